@@ -1,0 +1,138 @@
+"""Readers for JSONL, JSON, Parquet and local Hugging Face ``datasets`` folders.
+
+Every problem is reported as ``file:line: field 'x': what is wrong``. With ``skip_invalid`` bad rows are
+skipped but returned, so the caller can count them and list them in its run folder.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, TypeVar
+
+from pydantic import ValidationError
+
+from rlhfkit.data.records import RECORD_TYPES, Record
+
+R = TypeVar("R", bound=Record)
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file, the line (or row) and the field."""
+
+
+@dataclass(frozen=True)
+class InvalidRow:
+    location: str  # "file:line"
+    error: str
+
+
+def _rows(path: Path) -> Iterator[tuple[str, Any]]:
+    """Yield (location, raw row) pairs; location is file:line for JSONL, file:row for the others."""
+    suffix = path.suffix.lower()
+    if path.is_dir():
+        import datasets
+
+        ds = datasets.load_from_disk(str(path))
+        if isinstance(ds, datasets.DatasetDict):
+            if "train" not in ds:
+                raise DataError(f"{path}: a DatasetDict needs a 'train' split, found {list(ds)}")
+            ds = ds["train"]
+        for i, row in enumerate(ds):
+            yield f"{path}:row {i + 1}", row
+    elif suffix == ".jsonl":
+        with path.open(encoding="utf-8") as f:
+            for lineno, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    yield f"{path}:{lineno}", json.loads(line)
+                except json.JSONDecodeError as e:
+                    yield f"{path}:{lineno}", DataError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})")
+    elif suffix == ".json":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{e.lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
+        if isinstance(data, dict) and isinstance(data.get("data"), list):
+            data = data["data"]
+        if not isinstance(data, list):
+            raise DataError(f"{path}: a .json file must hold a list of records (or {{\"data\": [...]}})")
+        for i, row in enumerate(data):
+            yield f"{path}:item {i + 1}", row
+    elif suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        for i, row in enumerate(pq.read_table(path).to_pylist()):
+            yield f"{path}:row {i + 1}", row
+    else:
+        raise DataError(f"{path}: unknown data format '{suffix}'; use .jsonl, .json, .parquet or a datasets folder")
+
+
+_UNION_TAGS = {"str", "list[Message]", "float", "int"}
+
+
+def _describe(err: ValidationError) -> str:
+    """One readable sentence per bad field; union branches (str | messages) are folded into one."""
+    by_field: dict[str, list[tuple[int, str]]] = {}
+    for e in err.errors():
+        loc = [str(p) for p in e["loc"] if str(p) not in _UNION_TAGS]
+        field = ".".join(loc)
+        msg = "missing" if e["type"] == "missing" else e["msg"].removeprefix("Value error, ")
+        by_field.setdefault(field, []).append((len(e["loc"]), msg))
+    parts = []
+    for field, msgs in by_field.items():
+        if any(other.startswith(field + ".") for other in by_field):
+            continue  # a deeper error in the same field says more (e.g. 'messages.0.role')
+        if len(msgs) > 1:  # every branch of a union failed at the top: say what the union takes
+            msgs = [(0, "must be a string or a list of {role, content} messages")]
+        msg = msgs[0][1]
+        # Errors from whole-record checks already name their field.
+        parts.append(msg if not field or msg.startswith("field") else f"field '{field}': {msg}")
+    return "; ".join(parts)
+
+
+def parse_record(location: str, raw: Any, record_type: type[R]) -> R:
+    if isinstance(raw, DataError):
+        raise raw
+    if not isinstance(raw, dict):
+        raise DataError(f"{location}: expected a JSON object, got {type(raw).__name__}")
+    try:
+        return record_type.model_validate(raw)
+    except ValidationError as e:
+        raise DataError(f"{location}: {_describe(e)}") from None
+
+
+def read_records(path: str | Path, kind: str | type[R], *, skip_invalid: bool = False) -> tuple[list[R], list[InvalidRow]]:
+    """Read and validate every record of ``path``.
+
+    ``kind`` is a record class or one of ``demonstration``, ``comparison``, ``ranking``, ``rating``.
+    Returns (records, invalid rows); invalid rows are only ever non-empty with ``skip_invalid``.
+    """
+    path = Path(path)
+    record_type = RECORD_TYPES[kind] if isinstance(kind, str) else kind
+    if not path.exists():
+        raise DataError(f"{path}: no such file or folder")
+    records: list[R] = []
+    invalid: list[InvalidRow] = []
+    for location, raw in _rows(path):
+        try:
+            records.append(parse_record(location, raw, record_type))
+        except DataError as e:
+            if not skip_invalid:
+                raise
+            invalid.append(InvalidRow(location, str(e)))
+    if not records:
+        reason = f" ({len(invalid)} invalid rows skipped)" if invalid else ""
+        raise DataError(f"{path}: no valid records{reason}")
+    return records, invalid
+
+
+def write_jsonl(path: str | Path, rows: list[dict] | list[Record]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for row in rows:
+            if isinstance(row, Record):
+                row = row.model_dump(exclude_none=True)
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")

@@ -1,0 +1,145 @@
+"""Record types for every kind of data the stages read, and their validation.
+
+Field names follow TRL so its datasets load as they are:
+- demonstrations: ``prompt``/``completion`` (strings or message lists) or conversational ``messages``;
+- comparisons: ``prompt``/``chosen``/``rejected`` (TRL's "explicit prompt" preference format), plus
+  optional ``tie``, ``annotator``, ``margin``. TRL's "implicit prompt" form (conversational
+  ``chosen``/``rejected`` with no ``prompt``) is accepted: the shared leading messages become the prompt;
+- rankings: ``prompt``, ``completions`` (K >= 2) and ``ranking`` (indices into completions, best first);
+- ratings: ``prompt``/``completion`` with either ``rating`` on a 1..``scale`` Likert scale or
+  ``label`` (thumbs up = true), TRL's unpaired-preference (KTO) format.
+"""
+from __future__ import annotations
+
+from typing import Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, model_validator
+
+Role = Literal["system", "user", "assistant", "tool"]
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: Role
+    content: StrictStr
+
+
+NonEmptyStr = Field(min_length=1)
+Text = Union[StrictStr, list[Message]]
+
+
+def _is_empty(text: Text) -> bool:
+    if isinstance(text, str):
+        return not text.strip()
+    return len(text) == 0 or all(not m.content.strip() for m in text)
+
+
+class Record(BaseModel):
+    # Extra columns (ids, scores, sources) are common in public datasets; they are ignored, not refused.
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    def _require_text(self, *names: str) -> None:
+        for name in names:
+            if _is_empty(getattr(self, name)):
+                raise ValueError(f"field '{name}': must not be empty")
+
+
+class Demonstration(Record):
+    prompt: Text | None = None
+    completion: Text | None = None
+    messages: list[Message] | None = None
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.messages is not None:
+            if self.prompt is not None or self.completion is not None:
+                raise ValueError("give either 'messages' or 'prompt'/'completion', not both")
+            if not any(m.role == "assistant" for m in self.messages):
+                raise ValueError("field 'messages': needs at least one assistant message to learn from")
+            if any(not m.content.strip() for m in self.messages if m.role == "assistant"):
+                raise ValueError("field 'messages': an assistant message is empty")
+        else:
+            for name in ("prompt", "completion"):
+                if getattr(self, name) is None:
+                    raise ValueError(f"field '{name}': missing (or give 'messages')")
+            self._require_text("prompt", "completion")
+        return self
+
+
+def _common_prefix(a: list[Message], b: list[Message]) -> int:
+    n = 0
+    while n < min(len(a), len(b)) - 1 and a[n] == b[n]:
+        n += 1
+    return n
+
+
+class Comparison(Record):
+    prompt: Text
+    chosen: Text
+    rejected: Text
+    tie: StrictBool = False
+    annotator: StrictStr | None = None
+    margin: StrictFloat | StrictInt | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _implicit_prompt(cls, data):
+        if isinstance(data, dict) and "prompt" not in data:
+            chosen, rejected = data.get("chosen"), data.get("rejected")
+            if isinstance(chosen, list) and isinstance(rejected, list) and chosen and rejected:
+                n = _common_prefix(chosen, rejected)
+                if n > 0:
+                    data = {**data, "prompt": chosen[:n], "chosen": chosen[n:], "rejected": rejected[n:]}
+        return data
+
+    @model_validator(mode="after")
+    def _check(self):
+        self._require_text("prompt", "chosen", "rejected")
+        if self.chosen == self.rejected:
+            raise ValueError("fields 'chosen' and 'rejected': are identical, so the pair says nothing")
+        return self
+
+
+class Ranking(Record):
+    prompt: Text
+    completions: list[Text] = Field(min_length=2)
+    ranking: list[StrictInt]
+    annotator: StrictStr | None = None
+
+    @model_validator(mode="after")
+    def _check(self):
+        self._require_text("prompt")
+        for i, c in enumerate(self.completions):
+            if _is_empty(c):
+                raise ValueError(f"field 'completions.{i}': must not be empty")
+        if sorted(self.ranking) != list(range(len(self.completions))):
+            raise ValueError(
+                f"field 'ranking': must list each index 0..{len(self.completions) - 1} once (best first), "
+                f"got {self.ranking}")
+        return self
+
+
+class Rating(Record):
+    prompt: Text
+    completion: Text
+    rating: StrictFloat | StrictInt | None = None
+    scale: StrictInt = 5
+    label: StrictBool | None = None
+    annotator: StrictStr | None = None
+
+    @model_validator(mode="after")
+    def _check(self):
+        self._require_text("prompt", "completion")
+        if (self.rating is None) == (self.label is None):
+            raise ValueError("give exactly one of 'rating' (Likert) or 'label' (thumbs up/down)")
+        if self.rating is not None and not 1 <= self.rating <= self.scale:
+            raise ValueError(f"field 'rating': {self.rating} is outside the scale 1..{self.scale}")
+        return self
+
+
+RECORD_TYPES: dict[str, type[Record]] = {
+    "demonstration": Demonstration,
+    "comparison": Comparison,
+    "ranking": Ranking,
+    "rating": Rating,
+}
