@@ -136,3 +136,26 @@ def write_jsonl(path: str | Path, rows: list[dict] | list[Record]) -> None:
             if isinstance(row, Record):
                 row = row.model_dump(exclude_none=True)
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def load_train_eval(data: str, eval_data: str | None, eval_fraction: float, kind: str, *,
+                    skip_invalid: bool = False, seed: int = 0) -> tuple[list, list, list[InvalidRow]]:
+    """Training and held-out records. ``data='toy'`` takes the toy world's built-in set; without
+    ``eval_data`` a seeded ``eval_fraction`` of the training records is held out."""
+    import random
+
+    if data == "toy":
+        from rlhfkit.toy import toy_records
+
+        record_type = RECORD_TYPES[kind]
+        train, invalid = [record_type.model_validate(r) for r in toy_records(kind, seed)], []
+    else:
+        train, invalid = read_records(data, kind, skip_invalid=skip_invalid)
+    if eval_data:
+        held_out, more_invalid = read_records(eval_data, kind, skip_invalid=skip_invalid)
+        return train, held_out, invalid + more_invalid
+    n_eval = int(len(train) * eval_fraction)
+    order = list(range(len(train)))
+    random.Random(seed).shuffle(order)
+    held = set(order[:n_eval])
+    return [r for i, r in enumerate(train) if i not in held], [train[i] for i in sorted(held)], invalid

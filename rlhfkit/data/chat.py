@@ -1,0 +1,99 @@
+"""Chat templates and tokenisation with completion-only loss masks.
+
+Conversational records use the model's own chat template; a model without one gets
+``DEFAULT_CHAT_TEMPLATE``, the ChatML layout that SmolLM2 and Qwen use:
+``<|im_start|>{role}\\n{content}<|im_end|>\\n`` per message, and ``<|im_start|>assistant\\n`` as the
+generation prompt. Plain-string records are concatenated as they are (prompt + completion + EOS), as
+TRL does.
+"""
+from __future__ import annotations
+
+from rlhfkit.data.records import Message, Text
+
+DEFAULT_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+
+IGNORE_INDEX = -100
+
+
+def ensure_chat_template(tokenizer) -> None:
+    if not getattr(tokenizer, "chat_template", None):
+        tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
+
+
+def _as_dicts(messages: list[Message]) -> list[dict]:
+    return [{"role": m.role, "content": m.content} for m in messages]
+
+
+def render(tokenizer, messages: list[Message], add_generation_prompt: bool = False) -> str:
+    return tokenizer.apply_chat_template(_as_dicts(messages), tokenize=False,
+                                         add_generation_prompt=add_generation_prompt)
+
+
+def prompt_text(tokenizer, prompt: Text) -> str:
+    """What the model sees before it answers ``prompt``."""
+    if isinstance(prompt, str):
+        return prompt
+    return render(tokenizer, prompt, add_generation_prompt=True)
+
+
+def completion_text(tokenizer, prompt: Text, completion: Text) -> str:
+    """The text that follows ``prompt_text`` for this completion, end-of-turn marker included."""
+    if isinstance(prompt, str) and isinstance(completion, str):
+        return completion + (tokenizer.eos_token or "")
+    prompt_msgs = [Message(role="user", content=prompt)] if isinstance(prompt, str) else list(prompt)
+    reply = [Message(role="assistant", content=completion)] if isinstance(completion, str) else list(completion)
+    full = render(tokenizer, prompt_msgs + reply)
+    head = render(tokenizer, prompt_msgs, add_generation_prompt=True)
+    if not full.startswith(head):
+        raise ValueError("the chat template does not render a conversation as an extension of its prompt; "
+                         "give the model a template that does (or set chat_template)")
+    return full[len(head):]
+
+
+def _ids(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def tokenize_prompt_completion(tokenizer, prompt: Text, completion: Text) -> tuple[list[int], list[int]]:
+    """(prompt ids, completion ids). Tokenised apart so the boundary is exact (no merge across it).
+
+    A BOS token, if the tokenizer adds one and the template does not, is put before the prompt.
+    """
+    if isinstance(prompt, str) and not isinstance(completion, str):
+        prompt = [Message(role="user", content=prompt)]
+    prompt_ids = _ids(tokenizer, prompt_text(tokenizer, prompt))
+    bos = tokenizer.bos_token_id
+    if bos is not None and getattr(tokenizer, "add_bos_token", False) and prompt_ids[:1] != [bos]:
+        prompt_ids = [bos] + prompt_ids
+    return prompt_ids, _ids(tokenizer, completion_text(tokenizer, prompt, completion))
+
+
+def tokenize_demonstration(tokenizer, record) -> tuple[list[int], list[int]]:
+    """(input ids, labels) with labels = IGNORE_INDEX everywhere but the assistant's tokens.
+
+    In a multi-turn ``messages`` record every assistant turn is learned; the chunks between them are
+    found by rendering growing prefixes of the conversation, which works with any template that renders
+    a conversation as an extension of its prefixes.
+    """
+    if record.messages is None:
+        p, c = tokenize_prompt_completion(tokenizer, record.prompt, record.completion)
+        return p + c, [IGNORE_INDEX] * len(p) + c
+    msgs = record.messages
+    ids: list[int] = []
+    labels: list[int] = []
+    rendered = ""
+    for i, m in enumerate(msgs):
+        if m.role == "assistant":
+            head = render(tokenizer, msgs[:i], add_generation_prompt=True)
+            chunk = _ids(tokenizer, head[len(rendered):])
+            ids += chunk
+            labels += [IGNORE_INDEX] * len(chunk)
+            rendered = head
+        full = render(tokenizer, msgs[: i + 1])
+        chunk = _ids(tokenizer, full[len(rendered):])
+        ids += chunk
+        labels += chunk if m.role == "assistant" else [IGNORE_INDEX] * len(chunk)
+        rendered = full
+    return ids, labels

@@ -1,0 +1,111 @@
+"""Data records and readers: every kind of bad input is refused with file:line:field."""
+import json
+
+import pytest
+
+from rlhfkit.data import Comparison, DataError, Ranking, Rating, read_records, write_jsonl
+
+
+def write_lines(path, lines):
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+GOOD = json.dumps({"prompt": "p", "chosen": "a", "rejected": "b"})
+
+
+@pytest.mark.parametrize("bad_line, message", [
+    ('{"prompt": "p", "chosen": "a"', "malformed JSON"),
+    (json.dumps({"prompt": "p", "chosen": "a"}), "field 'rejected': missing"),
+    (json.dumps({"prompt": "p", "chosen": "  ", "rejected": "b"}), "field 'chosen': must not be empty"),
+    (json.dumps({"prompt": "p", "chosen": 3, "rejected": "b"}), "field 'chosen': must be a string or a list"),
+    (json.dumps({"prompt": "p", "chosen": "a", "rejected": "b", "tie": "yes"}), "field 'tie'"),
+    (json.dumps({"prompt": "p", "chosen": "same", "rejected": "same"}), "identical"),
+    (json.dumps({"prompt": [{"role": "wizard", "content": "hi"}], "chosen": "a", "rejected": "b"}), "field 'prompt.0.role'"),
+    ("[1, 2]", "expected a JSON object"),
+])
+def test_bad_comparison_rows_name_file_line_and_field(tmp_path, bad_line, message):
+    path = write_lines(tmp_path / "prefs.jsonl", [GOOD, bad_line, GOOD])
+    with pytest.raises(DataError) as err:
+        read_records(path, "comparison")
+    assert f"{path}:2:" in str(err.value)
+    assert message in str(err.value)
+
+
+def test_empty_file_is_refused(tmp_path):
+    path = tmp_path / "empty.jsonl"
+    path.write_text("\n")
+    with pytest.raises(DataError, match="empty.jsonl: no valid records"):
+        read_records(path, "comparison")
+
+
+def test_unknown_format_and_missing_file(tmp_path):
+    with pytest.raises(DataError, match="no such file"):
+        read_records(tmp_path / "nope.jsonl", "comparison")
+    (tmp_path / "x.csv").write_text("a,b\n")
+    with pytest.raises(DataError, match="unknown data format"):
+        read_records(tmp_path / "x.csv", "comparison")
+
+
+def test_skip_invalid_returns_what_was_skipped(tmp_path):
+    path = write_lines(tmp_path / "p.jsonl", [GOOD, "{oops", json.dumps({"prompt": "p", "chosen": "a", "rejected": "a"}), GOOD])
+    records, invalid = read_records(path, "comparison", skip_invalid=True)
+    assert len(records) == 2
+    assert [r.location for r in invalid] == [f"{path}:2", f"{path}:3"]
+
+
+def test_demonstration_forms_and_errors(tmp_path):
+    rows = [{"prompt": "hi", "completion": "hello"},
+            {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]},
+            {"prompt": [{"role": "user", "content": "q"}], "completion": [{"role": "assistant", "content": "a"}]}]
+    path = tmp_path / "d.jsonl"
+    write_jsonl(path, rows)
+    records, _ = read_records(path, "demonstration")
+    assert len(records) == 3
+    write_jsonl(path, [{"messages": [{"role": "user", "content": "q"}]}])
+    with pytest.raises(DataError, match=r"d.jsonl:1: field 'messages': needs at least one assistant"):
+        read_records(path, "demonstration")
+    write_jsonl(path, [{"prompt": "q"}])
+    with pytest.raises(DataError, match=r"d.jsonl:1: field 'completion': missing"):
+        read_records(path, "demonstration")
+
+
+def test_json_parquet_and_datasets_folder_read_the_same_records(tmp_path):
+    import datasets
+
+    rows = [{"prompt": f"p{i}", "chosen": "good", "rejected": "bad", "tie": False} for i in range(5)]
+    (tmp_path / "a.json").write_text(json.dumps(rows))
+    ds = datasets.Dataset.from_list(rows)
+    ds.to_parquet(str(tmp_path / "a.parquet"))
+    ds.save_to_disk(str(tmp_path / "folder"))
+    results = [read_records(tmp_path / name, "comparison")[0] for name in ("a.json", "a.parquet", "folder")]
+    assert results[0] == results[1] == results[2]
+    assert results[0][3].prompt == "p3"
+
+
+def test_json_location_names_the_item(tmp_path):
+    (tmp_path / "a.json").write_text(json.dumps([json.loads(GOOD), {"prompt": "p", "chosen": "a"}]))
+    with pytest.raises(DataError, match=r"a.json:item 2: field 'rejected': missing"):
+        read_records(tmp_path / "a.json", "comparison")
+
+
+def test_trl_implicit_prompt_conversations_are_split():
+    """TRL's implicit-prompt preference rows carry the prompt inside chosen/rejected."""
+    user = {"role": "user", "content": "What color is the sky?"}
+    rec = Comparison.model_validate({
+        "chosen": [user, {"role": "assistant", "content": "It is blue."}],
+        "rejected": [user, {"role": "assistant", "content": "It is green."}]})
+    assert [m.content for m in rec.prompt] == ["What color is the sky?"]
+    assert rec.chosen[0].content == "It is blue." and rec.rejected[0].content == "It is green."
+
+
+def test_rankings_and_ratings_are_validated():
+    Ranking.model_validate({"prompt": "p", "completions": ["a", "b", "c"], "ranking": [2, 0, 1]})
+    with pytest.raises(ValueError, match="field 'ranking'"):
+        Ranking.model_validate({"prompt": "p", "completions": ["a", "b", "c"], "ranking": [0, 0, 1]})
+    assert Rating.model_validate({"prompt": "p", "completion": "c", "rating": 4}).scale == 5
+    assert Rating.model_validate({"prompt": "p", "completion": "c", "label": True}).label is True
+    with pytest.raises(ValueError, match="outside the scale"):
+        Rating.model_validate({"prompt": "p", "completion": "c", "rating": 9})
+    with pytest.raises(ValueError, match="exactly one of"):
+        Rating.model_validate({"prompt": "p", "completion": "c"})
