@@ -50,7 +50,12 @@ def convert_gguf(gguf_path: str | Path) -> Path:
         return target
     tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
     model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    # The loader has already de-quantised every tensor to float; only its marker forbids saving.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
     # Write to a temporary sibling then rename, so an interrupted conversion never looks finished.
+    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".partial-"))
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)

