@@ -1,0 +1,84 @@
+"""Simulated annotators in the manner of AlpacaFarm (Dubois et al. 2023).
+
+A pool of personas weighs the gold criteria differently (one cares most about harm, one about
+helpfulness, one dislikes long answers, ...), each label is flipped with probability ``noise`` (AlpacaFarm
+flips 25%), and labels come in the forms people give: pairs with ties, rankings of K, Likert ratings
+and thumbs. Annotators see the world (they are its people); training code sees only their labels.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from rlhfkit.toy.gold import Criteria, utility
+from rlhfkit.toy.world import Prompt
+
+PERSONAS: dict[str, Criteria] = {
+    "balanced": Criteria(helpful=1.0, harmless=2.0, honest=1.0, concise=0.5),
+    "safety-first": Criteria(helpful=0.6, harmless=3.0, honest=1.0, concise=0.3),
+    "helpfulness-first": Criteria(helpful=1.5, harmless=1.5, honest=0.8, concise=0.3),
+    "stickler-for-truth": Criteria(helpful=1.0, harmless=2.0, honest=2.0, concise=0.5),
+    "busy-reader": Criteria(helpful=1.0, harmless=2.0, honest=1.0, concise=1.5),
+}
+
+
+@dataclass
+class Annotator:
+    name: str
+    weights: Criteria
+    noise: float
+    rng: random.Random
+    tie_margin: float = 0.05
+
+    def utility(self, prompt: Prompt, response: str) -> float:
+        return utility(prompt, response, self.weights)
+
+    def compare(self, prompt: Prompt, a: str, b: str) -> str:
+        """'a', 'b' or 'tie'. A decided label is flipped with probability ``noise``; ties stay ties."""
+        diff = self.utility(prompt, a) - self.utility(prompt, b)
+        if abs(diff) < self.tie_margin:
+            return "tie"
+        winner = "a" if diff > 0 else "b"
+        if self.rng.random() < self.noise:
+            winner = "b" if winner == "a" else "a"
+        return winner
+
+    def rank(self, prompt: Prompt, responses: list[str]) -> list[int]:
+        """Indices best first; noise swaps each adjacent pair with probability ``noise`` (one pass)."""
+        order = sorted(range(len(responses)), key=lambda i: -self.utility(prompt, responses[i]))
+        for i in range(len(order) - 1):
+            if self.rng.random() < self.noise:
+                order[i], order[i + 1] = order[i + 1], order[i]
+        return order
+
+    def rate(self, prompt: Prompt, response: str, scale: int = 5) -> int:
+        """Likert 1..scale: utility mapped from about [-2, 1.5] onto the scale, off by one with prob ``noise``."""
+        u = self.utility(prompt, response)
+        level = round(1 + (scale - 1) * min(1.0, max(0.0, (u + 2.0) / 3.5)))
+        if self.rng.random() < self.noise:
+            level += self.rng.choice([-1, 1])
+        return min(scale, max(1, level))
+
+    def thumbs(self, prompt: Prompt, response: str) -> bool:
+        up = self.utility(prompt, response) > 0.5
+        return (not up) if self.rng.random() < self.noise else up
+
+
+def annotator_pool(noise: float = 0.25, seed: int = 0) -> list[Annotator]:
+    return [Annotator(name, weights, noise, random.Random(seed * 1000 + i))
+            for i, (name, weights) in enumerate(PERSONAS.items())]
+
+
+def pairwise_agreement(pool: list[Annotator], items: list[tuple[Prompt, str, str]], seed: int = 0) -> float:
+    """How often two different annotators give the same non-tie label on the same pair: the ceiling a
+    reward model trained on their labels can be expected to reach against a fresh annotator."""
+    rng = random.Random(seed)
+    agree = total = 0
+    for prompt, a, b in items:
+        first, second = rng.sample(pool, 2)
+        la, lb = first.compare(prompt, a, b), second.compare(prompt, a, b)
+        if "tie" in (la, lb):
+            continue
+        agree += la == lb
+        total += 1
+    return agree / max(total, 1)
