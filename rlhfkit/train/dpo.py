@@ -1,0 +1,281 @@
+"""Direct preference optimisation (Rafailov et al. 2023) and its variants, from comparisons.
+
+    rlhfkit dpo --model runs/sft-... --data toy --max-steps 200                     # sigmoid DPO
+    rlhfkit dpo --model tiny --data pairs.jsonl --loss ipo --beta 0.5
+    rlhfkit dpo --model tiny --loss sigmoid --label-smoothing 0.1                  # conservative DPO
+    rlhfkit dpo --model smollm2-135m-instruct --lora --reference lora-off         # no second copy
+
+Python: ``rlhfkit.train.dpo.run(DPOConfig(...))`` returns the run folder.
+
+The loss is one of ``rlhfkit.losses.DPO_LOSSES`` (sigmoid, ipo, hinge, robust; sigmoid with
+label_smoothing > 0 is cDPO). The reference pi_ref is the starting model, either
+- ``precomputed`` (default): its log-probs of every pair computed once before training, cached in the
+  run folder (``ref_logps.safetensors``); no reference model in memory during training;
+- ``copy``: a frozen copy in memory, run on every batch;
+- ``lora-off``: the policy itself with its LoRA adapters switched off (needs ``lora``).
+
+How a batch is computed: chosen and rejected go through one forward, in one row per pair with the prompt
+computed once (``rlhfkit.data.pairs``); log-probs are taken only at completion tokens (no (B, T, V)
+log-softmax); no gradient checkpointing. Metric names are TRL's (rewards/chosen, rewards/rejected,
+rewards/margins, rewards/accuracies, logps/chosen, logps/rejected).
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import inspect
+import time
+from contextlib import nullcontext
+from functools import partial
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from rlhfkit import losses
+from rlhfkit.config import DataPart, ModelPart, OptimPart, RunPart
+from rlhfkit.data.io import load_train_eval
+from rlhfkit.data.pairs import Group, PackedGroups, collate_groups, model_mask, tokenize_comparison
+from rlhfkit.models.load import add_lora, load_causal_lm, save_model
+from rlhfkit.runs import file_hash
+from rlhfkit.train import common
+
+
+class DPOConfig(ModelPart, DataPart, OptimPart, RunPart):
+    """Settings of `rlhfkit dpo`."""
+
+    beta: float = Field(0.1, gt=0, description="strength of the KL leash to the reference (tau for IPO)")
+    loss: Literal["sigmoid", "ipo", "hinge", "robust"] = Field("sigmoid", description="DPO variant; sigmoid + label_smoothing > 0 is cDPO")
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="assumed label-flip rate (cDPO with sigmoid, rDPO with robust)")
+    reference: Literal["precomputed", "copy", "lora-off"] = Field("precomputed", description="how the reference log-probs are obtained (see the module docstring)")
+    shared_prompt: bool = Field(True, description="chosen and rejected in one row with the prompt computed once (exact)")
+
+
+class CompletionLogProbs(nn.Module):
+    """Wraps a causal LM: ``forward(packed) -> (N,)`` summed log-probs of every completion in the batch.
+
+    The body runs once over the batch; the LM head and the log-softmax are applied only at the M positions
+    that predict a completion token: (B, L, H) -> (M, H) -> (M, V) -> (M,) -> (N,)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def parts(self):
+        lm = self.model.get_base_model() if hasattr(self.model, "peft_config") else self.model
+        return lm.base_model, lm.get_output_embeddings()
+
+    def forward(self, packed: PackedGroups) -> torch.Tensor:
+        body, head = self.parts()
+        mask = packed.attention_mask
+        if mask.dim() == 4:
+            mask = model_mask(body, mask, next(body.parameters()).dtype)
+        hidden = body(input_ids=packed.input_ids, attention_mask=mask, position_ids=packed.position_ids,
+                      use_cache=False).last_hidden_state  # (B, L, H)
+        logits = head(hidden[packed.token_row, packed.token_pred]).float()  # (M, V)
+        token_logps = logits.gather(-1, packed.token_target.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)  # (M,)
+        return torch.zeros(packed.n_completions, device=logits.device).index_add(0, packed.token_seq, token_logps)
+
+
+def tokenize_all(tokenizer, records, max_length: int) -> list[Group]:
+    return [g for g in (tokenize_comparison(tokenizer, r, max_length) for r in records)
+            if all(len(c) > 0 for c in g.completion_ids)]
+
+
+def completion_lengths(groups: list[Group], device) -> torch.Tensor:
+    return torch.tensor([len(c) for g in groups for c in g.completion_ids], device=device, dtype=torch.float32)
+
+
+def make_loss_fn(cfg: DPOConfig):
+    """The variant's loss with its settings bound: (pc, pr, rc, rr) -> (losses, chosen_rewards, rejected_rewards)."""
+    fn = losses._pick(losses.DPO_LOSSES, cfg.loss, "DPO loss")
+    kwargs = {"beta": cfg.beta}
+    if "label_smoothing" in inspect.signature(fn).parameters:
+        kwargs["label_smoothing"] = cfg.label_smoothing
+    elif cfg.label_smoothing:
+        raise ValueError(f"label_smoothing is used by the sigmoid (cDPO) and robust losses, not by {cfg.loss!r}")
+    return partial(fn, **kwargs)
+
+
+def dpo_step(policy, groups: list[Group], ref_logps: torch.Tensor, loss_fn, cfg: DPOConfig, pad_id: int, device):
+    """Summed per-pair loss of a micro-batch and its metrics. ref_logps (N,): the reference's summed log-probs,
+    in the batch's completion order (chosen, rejected, chosen, ...)."""
+    packed = collate_groups(groups, pad_id, cfg.shared_prompt).to(device)
+    policy_logps = policy(packed)  # (N,)
+    pol, ref = policy_logps, ref_logps
+    if cfg.loss == "ipo":  # per-token averages, as TRL, so beta does not depend on the length
+        lengths = completion_lengths(groups, device)
+        pol, ref = pol / lengths, ref / lengths
+    pol, ref = pol.view(-1, 2), ref.view(-1, 2)  # (N,) -> (B, 2): chosen, rejected
+    per_pair, chosen_rewards, rejected_rewards = loss_fn(pol[:, 0], pol[:, 1], ref[:, 0], ref[:, 1])
+    if cfg.loss == "ipo":  # report rewards from summed log-probs, as TRL does
+        both = cfg.beta * (policy_logps.detach() - ref_logps).view(-1, 2)
+        chosen_rewards, rejected_rewards = both[:, 0], both[:, 1]
+    logps = policy_logps.detach().view(-1, 2)
+    stats = {"rewards/chosen": chosen_rewards.sum().item(), "rewards/rejected": rejected_rewards.sum().item(),
+             "rewards/margins": (chosen_rewards - rejected_rewards).sum().item(),
+             "rewards/accuracies": (chosen_rewards > rejected_rewards).float().sum().item(),
+             "logps/chosen": logps[:, 0].sum().item(), "logps/rejected": logps[:, 1].sum().item()}
+    return per_pair.sum(), stats
+
+
+@torch.no_grad()
+def reference_logps(ref, groups: list[Group], pad_id: int, shared_prompt: bool, batch_size: int, device) -> torch.Tensor:
+    """(2 * len(groups),) summed log-probs under the reference, chosen/rejected interleaved."""
+    out = []
+    for s in range(0, len(groups), batch_size):
+        out.append(ref(collate_groups(groups[s:s + batch_size], pad_id, shared_prompt).to(device)).float())
+    return torch.cat(out) if out else torch.zeros(0, device=device)
+
+
+def cached_reference_logps(run_dir, key: str, ref, train, held_out, pad_id, cfg, accelerator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference log-probs of the training and held-out pairs, computed once and cached in the run folder."""
+    from safetensors.torch import load_file, save_file
+
+    path = run_dir.path / "ref_logps.safetensors"
+    if path.exists():
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            if (f.metadata() or {}).get("key") == key:
+                cached = load_file(str(path))
+                return cached["train"].to(accelerator.device), cached["eval"].to(accelerator.device)
+    train_ref = reference_logps(ref, train, pad_id, cfg.shared_prompt, cfg.batch_size, accelerator.device)
+    eval_ref = reference_logps(ref, held_out, pad_id, cfg.shared_prompt, cfg.batch_size, accelerator.device)
+    if accelerator.is_main_process:
+        save_file({"train": train_ref.cpu().contiguous(), "eval": eval_ref.cpu().contiguous()}, str(path),
+                  metadata={"key": key})
+    return train_ref, eval_ref
+
+
+@torch.no_grad()
+def evaluate(policy, ref_fn, groups, eval_ref, loss_fn, cfg, pad_id, accelerator) -> dict[str, float]:
+    policy.eval()
+    totals, loss_total = {}, 0.0
+    idx = list(range(accelerator.process_index, len(groups), accelerator.num_processes))
+    for s in range(0, len(idx), cfg.batch_size):
+        chunk = idx[s:s + cfg.batch_size]
+        batch = [groups[i] for i in chunk]
+        ref = ref_fn(batch, chunk, eval_ref)
+        loss_sum, stats = dpo_step(policy, batch, ref, loss_fn, cfg, pad_id, accelerator.device)
+        loss_total += loss_sum.item()
+        for k, v in stats.items():
+            totals[k] = totals.get(k, 0.0) + v
+    policy.train()
+    keys = ["loss"] + sorted(totals)
+    vec = accelerator.reduce(torch.tensor([loss_total] + [totals.get(k, 0.0) for k in keys[1:]],
+                                          device=accelerator.device), "sum")
+    return {f"eval/{k}": v / max(len(groups), 1) for k, v in zip(keys, vec.tolist())}
+
+
+def run(cfg: DPOConfig) -> Path:
+    accelerator = common.make_accelerator(cfg)
+    run_dir, logger = common.open_run("dpo", cfg, accelerator)
+    if cfg.reference == "lora-off" and not cfg.lora:
+        raise ValueError("reference 'lora-off' needs --lora (the reference is the policy with its adapters off); "
+                         "use --reference copy or precomputed for full fine-tuning")
+    train_records, eval_records, invalid = load_train_eval(
+        cfg.data, cfg.eval_data, cfg.eval_fraction, "comparison", skip_invalid=cfg.skip_invalid, seed=cfg.seed)
+    if accelerator.is_main_process:
+        run_dir.write_invalid_rows(invalid)
+    model, tokenizer = load_causal_lm(cfg.model, common.training_dtype(cfg), cfg.chat_template, seed=cfg.seed)
+    pad_id = tokenizer.pad_token_id
+    train = tokenize_all(tokenizer, train_records, cfg.max_length)
+    held_out = tokenize_all(tokenizer, eval_records, cfg.max_length)
+    loss_fn = make_loss_fn(cfg)
+
+    ref_model = None
+    if cfg.reference == "copy" or cfg.reference == "precomputed":
+        ref_model = CompletionLogProbs(copy.deepcopy(model)).to(accelerator.device).eval().requires_grad_(False)
+    if cfg.lora:
+        model = add_lora(model, cfg)
+    policy = CompletionLogProbs(model)
+    train_ref = eval_ref = None
+    if cfg.reference == "precomputed":
+        key = hashlib.sha256(repr((cfg.model, file_hash(cfg.data) if cfg.data != "toy" else "toy", cfg.eval_data,
+                                   cfg.eval_fraction, cfg.seed, cfg.max_length, cfg.shared_prompt, len(train),
+                                   cfg.chat_template)).encode()).hexdigest()[:16]
+        train_ref, eval_ref = cached_reference_logps(run_dir, key, ref_model, train, held_out, pad_id, cfg, accelerator)
+        ref_model = None  # not kept in memory during training
+
+    n_steps = common.total_steps(cfg, len(train), accelerator.num_processes)
+    optimizer = common.make_optimizer(policy, cfg)
+    scheduler = common.make_scheduler(optimizer, cfg, n_steps)
+    policy, optimizer, scheduler = accelerator.prepare(policy, optimizer, scheduler)
+
+    def ref_fn(batch: list[Group], indices: list[int], cache: torch.Tensor | None) -> torch.Tensor:
+        """(N,) reference log-probs of a batch (chosen, rejected interleaved)."""
+        if cache is not None:
+            return torch.stack([cache[2 * i:2 * i + 2] for i in indices]).view(-1)
+        packed = collate_groups(batch, pad_id, cfg.shared_prompt).to(accelerator.device)
+        with torch.no_grad():
+            if ref_model is not None:
+                return ref_model(packed)
+            with accelerator.unwrap_model(policy).model.disable_adapter():
+                return accelerator.unwrap_model(policy)(packed)
+
+    state = common.TrainerState()
+    if cfg.resume and (ckpt := run_dir.latest_checkpoint()):
+        state = common.load_checkpoint(ckpt, accelerator)
+        accelerator.print(f"resumed from {ckpt}")
+    batches = common.global_batches([len(g) for g in train], cfg.batch_size * accelerator.num_processes, cfg.seed)
+    for _ in range(state.step):
+        next(batches)
+    if held_out and state.step == 0:
+        logger.log(0, evaluate(policy, ref_fn, held_out, eval_ref, loss_fn, cfg, pad_id, accelerator))
+    progress = common.Progress(n_steps, "dpo", cfg.progress and accelerator.is_main_process, completed=state.step)
+    policy.train()
+    window, n_pairs, start = {}, 0, time.perf_counter()
+    try:
+        with common.interrupt_as_keyboard_interrupt():
+            while state.step < n_steps:
+                global_batch = next(batches)
+                micro = common.split_micro(global_batch, accelerator, cfg.grad_accum)
+                for i, indices in enumerate(micro):
+                    groups = [train[j] for j in indices]
+                    ref = ref_fn(groups, indices, train_ref)
+                    with accelerator.no_sync(policy) if i < len(micro) - 1 else nullcontext():
+                        with accelerator.autocast():
+                            loss_sum, stats = dpo_step(policy, groups, ref, loss_fn, cfg, pad_id, accelerator.device)
+                        # Mean over the global batch, whatever the split into micro-batches and processes.
+                        accelerator.backward(loss_sum * accelerator.num_processes / len(global_batch))
+                    stats["loss"] = loss_sum.item()
+                    for k, v in stats.items():
+                        window[k] = window.get(k, 0.0) + v
+                    n_pairs += len(groups)
+                grad_norm = accelerator.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm) if cfg.max_grad_norm else None
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                state.step += 1
+                progress.update(info=f"loss {window['loss'] / max(n_pairs, 1):.3f}")
+                if state.step % cfg.log_every == 0 or state.step == n_steps:
+                    metrics = {("train/loss" if k == "loss" else k): v / n_pairs for k, v in window.items()}
+                    metrics["train/lr"] = scheduler.get_last_lr()[0]
+                    metrics["train/pairs_per_s"] = n_pairs * accelerator.num_processes / (time.perf_counter() - start)
+                    if grad_norm is not None:
+                        metrics["train/grad_norm"] = float(grad_norm)
+                    logger.log(state.step, metrics)
+                    window, n_pairs, start = {}, 0, time.perf_counter()
+                if cfg.eval_every and state.step % cfg.eval_every == 0 and held_out:
+                    logger.log(state.step, evaluate(policy, ref_fn, held_out, eval_ref, loss_fn, cfg, pad_id, accelerator))
+                if cfg.save_every and state.step % cfg.save_every == 0:
+                    common.save_checkpoint(run_dir, accelerator, state, cfg.keep_checkpoints)
+    except KeyboardInterrupt:
+        progress.close()
+        path = common.save_checkpoint(run_dir, accelerator, state, cfg.keep_checkpoints)
+        accelerator.print(f"interrupted at step {state.step}; checkpoint saved to {path}; rerun the same command to resume")
+        logger.close()
+        raise
+    progress.close()
+    figures = evaluate(policy, ref_fn, held_out, eval_ref, loss_fn, cfg, pad_id, accelerator) if held_out else {}
+    logger.log(state.step, figures)
+    logger.close()
+    if accelerator.is_main_process:
+        save_model(accelerator.unwrap_model(policy).model, tokenizer, run_dir.final, merge_lora=cfg.merge_lora)
+        run_dir.write_card("dpo", parents=[cfg.model], data={"train": cfg.data, "eval": cfg.eval_data},
+                           figures={**figures, "steps": state.step})
+    accelerator.wait_for_everyone()
+    return run_dir.path

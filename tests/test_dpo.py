@@ -1,0 +1,176 @@
+"""DPO: learning on a set with a known rule, the three kinds of reference agree, the shared-prompt layout
+is exact, every loss variant runs, resume equals an uninterrupted run, the command works."""
+import json
+
+import pytest
+import torch
+
+from rlhfkit.data.io import write_jsonl
+from rlhfkit.data.pairs import Group, collate_groups
+from rlhfkit.models.load import add_lora
+from rlhfkit.models.tiny import build_tiny
+from rlhfkit.runs import read_metrics
+from rlhfkit.toy import rule_comparisons
+from rlhfkit.train.dpo import CompletionLogProbs, DPOConfig, dpo_step, make_loss_fn, reference_logps, run
+
+FAST = dict(progress=False, report_to=["jsonl"], log_every=1, batch_size=8, warmup_ratio=0.0)
+
+
+@pytest.fixture(scope="module")
+def rule_data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("rule")
+    write_jsonl(folder / "train.jsonl", rule_comparisons(480, seed=0))
+    write_jsonl(folder / "eval.jsonl", rule_comparisons(100, seed=1))
+    return folder
+
+
+def _cfg(rule_data, out, **kw):
+    return DPOConfig(data=str(rule_data / "train.jsonl"), eval_data=str(rule_data / "eval.jsonl"), output_dir=str(out),
+                     **{**FAST, **kw})
+
+
+def test_dpo_learns_the_rule_held_out(rule_data, tmp_path):
+    """Held-out chosen-minus-rejected log-prob margin rises and implicit-reward accuracy exceeds 80%."""
+    out = tmp_path / "dpo"
+    run(_cfg(rule_data, out, max_steps=60, lr=3e-3, beta=0.1, log_every=20))
+    evals = [m for m in read_metrics(out) if "eval/loss" in m]
+    before, after = evals[0], evals[-1]
+    margin = lambda m: m["eval/logps/chosen"] - m["eval/logps/rejected"]  # noqa: E731
+    print("dpo held-out margin", margin(before), "->", margin(after), "accuracy", after["eval/rewards/accuracies"])
+    assert margin(after) > margin(before) + 1.0
+    assert after["eval/rewards/accuracies"] > 0.8
+    assert after["eval/loss"] < before["eval/loss"]
+    assert (out / "final" / "model.safetensors").exists()
+    card = json.loads((out / "card.json").read_text())
+    assert card["parents"] == ["tiny"] and card["data"]["train"]["sha256_16"]
+
+
+def _first_step(metrics):
+    return next(m for m in metrics if m["step"] == 1 and "train/loss" in m)
+
+
+def test_references_agree_on_the_first_step(rule_data, tmp_path):
+    """copy, precomputed and (with LoRA) lora-off give the same first-step loss; at step 1 the policy equals
+    the reference, so the loss is log 2 and the implicit rewards are 0."""
+    first = {}
+    for ref, lora in [("copy", False), ("precomputed", False), ("copy", True), ("lora-off", True)]:
+        out = tmp_path / f"{ref}-{lora}"
+        run(_cfg(rule_data, out, max_steps=2, reference=ref, lora=lora, lora_r=4))
+        first[(ref, lora)] = _first_step(read_metrics(out))
+    for m in first.values():
+        assert m["train/loss"] == pytest.approx(0.6931471805599453, abs=1e-5)
+    assert first[("copy", True)]["train/loss"] == pytest.approx(first[("lora-off", True)]["train/loss"], abs=1e-6)
+    assert first[("copy", False)]["train/loss"] == pytest.approx(first[("precomputed", False)]["train/loss"], abs=1e-6)
+    # and the second step (after one update) agrees too, so the reference stayed fixed
+    for a, b in [(("copy", False), ("precomputed", False)), (("copy", True), ("lora-off", True))]:
+        sa = next(m for m in read_metrics(tmp_path / f"{a[0]}-{a[1]}") if m["step"] == 2 and "train/loss" in m)
+        sb = next(m for m in read_metrics(tmp_path / f"{b[0]}-{b[1]}") if m["step"] == 2 and "train/loss" in m)
+        assert sa["train/loss"] == pytest.approx(sb["train/loss"], abs=1e-5)
+
+
+def test_lora_off_reference_equals_the_base_model():
+    model, _ = build_tiny("tiny", seed=0)
+    base = CompletionLogProbs(model)
+    groups = [Group([5, 6, 7], [[8, 9], [10]]), Group([11], [[12, 13, 14], [15, 16]])]
+    expected = reference_logps(base, groups, 0, True, 8, "cpu")
+    cfg = DPOConfig(lora=True, lora_r=4)
+    peft_policy = CompletionLogProbs(add_lora(model, cfg))
+    for p in peft_policy.parameters():  # move the adapters away from zero so they change the output
+        if p.requires_grad:
+            torch.nn.init.normal_(p, std=0.5)
+    with peft_policy.model.disable_adapter():
+        off = reference_logps(peft_policy, groups, 0, True, 8, "cpu")
+    assert torch.allclose(off, expected, atol=1e-6)
+    assert not torch.allclose(reference_logps(peft_policy, groups, 0, True, 8, "cpu"), expected, atol=1e-3)
+
+
+def test_precomputed_equal_on_the_fly(rule_data, tmp_path):
+    out = tmp_path / "pre"
+    run(_cfg(rule_data, out, max_steps=1, reference="precomputed"))
+    from safetensors.torch import load_file
+
+    from rlhfkit.data.io import read_records
+    from rlhfkit.train.dpo import tokenize_all
+
+    cached = load_file(str(out / "ref_logps.safetensors"))
+    model, tok = build_tiny("tiny", seed=0)
+    records = read_records(rule_data / "eval.jsonl", "comparison")[0]
+    fly = reference_logps(CompletionLogProbs(model), tokenize_all(tok, records, 512), tok.pad_token_id, False, 4, "cpu")
+    assert torch.allclose(cached["eval"], fly, atol=1e-4, rtol=1e-6)
+
+
+def test_shared_prompt_is_exact_in_value_and_gradient():
+    model, _ = build_tiny("tiny", seed=0)
+    policy = CompletionLogProbs(model)
+    groups = [Group([5, 6, 7, 8], [[9, 10, 11], [12, 13]]), Group([5, 6], [[14, 15, 16, 17], [18]])]
+    ref = torch.tensor([-20.0, -13.0, -25.0, -7.0])
+    grads = []
+    for shared in (True, False):
+        model.zero_grad()
+        loss, _ = dpo_step(policy, groups, ref, make_loss_fn(DPOConfig()), DPOConfig(shared_prompt=shared), 0, "cpu")
+        loss.backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+        if shared:
+            shared_loss = loss.item()
+    assert loss.item() == pytest.approx(shared_loss, abs=1e-5)
+    assert torch.allclose(grads[0], grads[1], atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", [dict(loss="sigmoid"), dict(loss="sigmoid", label_smoothing=0.1),
+                                     dict(loss="ipo"), dict(loss="hinge"), dict(loss="robust", label_smoothing=0.1)])
+def test_every_loss_gives_a_gradient(variant):
+    model, _ = build_tiny("tiny", seed=0)
+    policy = CompletionLogProbs(model)
+    groups = [Group([5, 6, 7, 8], [[9, 10, 11], [12, 13]]), Group([5, 6], [[14, 15, 16, 17], [18]])]
+    cfg = DPOConfig(**variant)
+    ref = reference_logps(policy, groups, 0, True, 8, "cpu") + torch.tensor([0.5, -0.5, 0.2, 0.1])
+    loss, stats = dpo_step(policy, groups, ref, make_loss_fn(cfg), cfg, 0, "cpu")
+    loss.backward()
+    assert torch.isfinite(loss) and model.lm_head.weight.grad.abs().sum() > 0
+    assert set(stats) >= {"rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
+                          "logps/chosen", "logps/rejected"}
+
+
+def test_label_smoothing_refused_where_unused():
+    with pytest.raises(ValueError, match="label_smoothing"):
+        make_loss_fn(DPOConfig(loss="hinge", label_smoothing=0.1))
+
+
+def test_lora_off_needs_lora(rule_data, tmp_path):
+    with pytest.raises(ValueError, match="needs --lora"):
+        run(_cfg(rule_data, tmp_path / "x", max_steps=1, reference="lora-off"))
+
+
+def test_resume_equals_uninterrupted(rule_data, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file
+
+    full = tmp_path / "full"
+    run(_cfg(rule_data, full, max_steps=4, lr=1e-3))
+    part = tmp_path / "part"
+    run(_cfg(rule_data, part, max_steps=4, lr=1e-3, save_every=2, keep_checkpoints=5))
+    # Pretend it was interrupted after step 2: drop what came later, then run the same command again.
+    shutil.rmtree(part / "final")
+    shutil.rmtree(part / "checkpoints" / "step-4")
+    (part / "card.json").unlink()
+    run(_cfg(rule_data, part, max_steps=4, lr=1e-3, save_every=2, keep_checkpoints=5))
+    a, b = load_file(str(full / "final" / "model.safetensors")), load_file(str(part / "final" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6), k
+
+
+def test_dpo_command(rule_data, tmp_path):
+    from typer.testing import CliRunner
+
+    from rlhfkit.cli import app
+
+    out = tmp_path / "cli"
+    result = CliRunner().invoke(app, ["dpo", "--data", str(rule_data / "train.jsonl"), "--max-steps", "1",
+                                      "--batch-size", "4", "--output-dir", str(out), "--no-progress",
+                                      "--report-to", "[jsonl]", "--loss", "ipo", "--beta", "0.5"])
+    assert result.exit_code == 0, result.output
+    assert (out / "final" / "config.json").exists()
+    bad = CliRunner().invoke(app, ["dpo", "--los", "ipo"])
+    assert bad.exit_code == 2 and "did you mean 'loss'" in bad.output
