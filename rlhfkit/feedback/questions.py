@@ -1,0 +1,103 @@
+"""The four question types and what a valid answer to each looks like.
+
+Answers refer to responses by their index in the task's ``responses`` list (the order they were
+loaded in), never by the shuffled position an annotator saw, so labels from different annotators
+compare directly.
+
+- pairwise (K = 2): ``{"choice": 0 | 1 | "tie" | "both_bad"}``
+- ranking:          ``{"ranking": [best, ..., worst]}``, a permutation of 0..K-1
+- rating (Likert):  ``{"ratings": [r_0, ..., r_K-1]}``, integers 1..scale
+- thumbs:           ``{"thumbs": [up_0, ..., up_K-1]}``, booleans (true = thumbs up)
+
+Every kind may also carry a free-text ``reason`` and ``flags`` per response
+(``{"1": ["harmful", "untrue"]}``), which are stored beside the answer.
+"""
+from __future__ import annotations
+
+from typing import Any, Hashable
+
+from rlhfkit.feedback.models import FLAGS, KINDS
+
+PAIRWISE_SPECIAL = ("tie", "both_bad")
+
+
+class AnswerError(ValueError):
+    pass
+
+
+def validate_answer(kind: str, answer: Any, k: int, scale: int) -> dict:
+    """Return the answer in canonical form or raise AnswerError naming the field that is wrong."""
+    if kind not in KINDS:
+        raise AnswerError(f"kind '{kind}': must be one of {', '.join(KINDS)}")
+    if not isinstance(answer, dict):
+        raise AnswerError(f"answer: must be an object, got {type(answer).__name__}")
+    if kind == "pairwise":
+        choice = answer.get("choice")
+        if choice not in (0, 1, *PAIRWISE_SPECIAL) or isinstance(choice, bool):
+            raise AnswerError(f"answer.choice: must be 0, 1, 'tie' or 'both_bad', got {choice!r}")
+        return {"choice": choice}
+    if kind == "ranking":
+        ranking = answer.get("ranking")
+        if not isinstance(ranking, list) or sorted(x for x in ranking if isinstance(x, int)) != list(range(k)) \
+                or any(isinstance(x, bool) for x in ranking):
+            raise AnswerError(f"answer.ranking: must list each response index 0..{k - 1} once, best first, "
+                              f"got {ranking!r}")
+        return {"ranking": list(ranking)}
+    if kind == "rating":
+        ratings = answer.get("ratings")
+        if not isinstance(ratings, list) or len(ratings) != k:
+            raise AnswerError(f"answer.ratings: must be a list of {k} ratings (one per response), got {ratings!r}")
+        for i, r in enumerate(ratings):
+            if not isinstance(r, int) or isinstance(r, bool) or not 1 <= r <= scale:
+                raise AnswerError(f"answer.ratings.{i}: must be an integer 1..{scale}, got {r!r}")
+        return {"ratings": list(ratings)}
+    thumbs = answer.get("thumbs")
+    if not isinstance(thumbs, list) or len(thumbs) != k or not all(isinstance(t, bool) for t in thumbs):
+        raise AnswerError(f"answer.thumbs: must be a list of {k} booleans (true = up), got {thumbs!r}")
+    return {"thumbs": list(thumbs)}
+
+
+def validate_flags(flags: Any, k: int) -> dict[str, list[str]] | None:
+    if flags in (None, {}):
+        return None
+    if not isinstance(flags, dict):
+        raise AnswerError("flags: must be an object mapping a response index to a list of flags")
+    out: dict[str, list[str]] = {}
+    for key, names in flags.items():
+        if not str(key).isdigit() or not 0 <= int(key) < k:
+            raise AnswerError(f"flags.{key}: not a response index 0..{k - 1}")
+        if not isinstance(names, list) or any(n not in FLAGS for n in names):
+            raise AnswerError(f"flags.{key}: must be a list drawn from {', '.join(FLAGS)}, got {names!r}")
+        if names:
+            out[str(int(key))] = sorted(set(names))
+    return out or None
+
+
+def gold_correct(kind: str, answer: dict, gold: dict) -> bool:
+    """Whether a label matches a gold item's known answer.
+
+    Pairwise and thumbs must match exactly; a ranking counts as correct when its best response is the
+    gold best (full orders of K > 2 rarely match exactly even among experts); Likert ratings when each
+    is within one point of the gold rating.
+    """
+    if kind == "pairwise":
+        return answer["choice"] == gold["choice"]
+    if kind == "ranking":
+        return answer["ranking"][0] == gold["ranking"][0]
+    if kind == "rating":
+        return all(abs(a - g) <= 1 for a, g in zip(answer["ratings"], gold["ratings"]))
+    return answer["thumbs"] == gold["thumbs"]
+
+
+def agreement_units(kind: str, task_id: int, answer: dict) -> list[tuple[Hashable, Hashable]]:
+    """Split one label into (unit, category) pairs for agreement statistics.
+
+    Pairwise and ranking labels are one unit per task (the choice, or the best response); ratings and
+    thumbs are one unit per response, since each response is judged on its own.
+    """
+    if kind == "pairwise":
+        return [((task_id,), answer["choice"])]
+    if kind == "ranking":
+        return [((task_id,), answer["ranking"][0])]
+    values = answer["ratings"] if kind == "rating" else answer["thumbs"]
+    return [((task_id, i), v) for i, v in enumerate(values)]

@@ -1,0 +1,145 @@
+"""The queue (overlap, leases, gold items, strategies), the schema, and the dashboard figures."""
+from __future__ import annotations
+
+import random
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+
+from rlhfkit.feedback.dashboard import stats
+from rlhfkit.feedback.db import migrate
+from rlhfkit.feedback.models import Base
+from rlhfkit.feedback.store import QueueSettings, next_task
+from tests.feedback.helpers import label, new_store, serve, tasks, users
+
+PAIR = {"prompt": "p", "responses": ["a", "b"]}
+
+
+def test_models_match_the_migrations(tmp_path):
+    store = new_store(tmp_path)
+    migrate(store)  # a second run is a no-op
+    with store.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    assert diff == []
+
+
+def test_overlap_caps_labels_per_item(tmp_path):
+    store = new_store(tmp_path)
+    [task] = tasks(store, [PAIR])
+    a, b, c = users(store, "a", "b", "c")
+    for user in (a, b):
+        assert serve(store, user, overlap=2) == task
+        label(store, user, task, {"choice": 0})
+    assert serve(store, c, overlap=2) is None
+    assert serve(store, c, overlap=3) == task
+
+
+def test_a_lease_keeps_others_off_an_item_until_it_expires(tmp_path):
+    store = new_store(tmp_path)
+    first, second = tasks(store, [PAIR, PAIR])
+    a, b = users(store, "a", "b")
+    assert serve(store, a, overlap=1) == first
+    assert serve(store, a, overlap=1) == first  # asking again returns the same item
+    assert serve(store, b, overlap=1) == second
+    assert serve(store, users(store, "c")[0], overlap=1) is None  # both leased
+    assert serve(store, a, overlap=1, lease_seconds=-1) == first  # renewing: still a's
+    assert serve(store, users(store, "d")[0], overlap=1) == first  # a's lease has now lapsed
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.3, 1.0])
+def test_gold_items_are_mixed_in_at_the_set_rate(tmp_path, rate):
+    """Each call draws once from the rng; a draw below the rate serves a gold item. A replica of the
+    rng says exactly how many gold items 30 calls must serve."""
+    store = new_store(tmp_path)
+    ids = tasks(store, [PAIR] * 30 + [{**PAIR, "gold": {"choice": 0}, "id": f"g{i}"} for i in range(30)])
+    gold = set(ids[30:])
+    [user] = users(store, "a")
+    rng, replica = random.Random(7), random.Random(7)
+    n_gold = 0
+    for _ in range(30):  # each item is labelled, so the next call moves on
+        with store.write() as db:
+            task = next_task(db, user, QueueSettings(gold_rate=rate), rng)
+        n_gold += task.id in gold
+        label(store, user, task.id, {"choice": 0})
+    assert n_gold == sum(replica.random() < rate for _ in range(30))
+    assert n_gold == {0.0: 0, 1.0: 30}.get(rate, n_gold) and (rate in (0, 1) or 0 < n_gold < 30)
+
+
+def test_round_robin_gives_every_item_a_label_before_any_gets_two(tmp_path):
+    store = new_store(tmp_path)
+    ids = tasks(store, [PAIR] * 4)
+    served = []
+    for user in users(store, "a", "b", "c", "d", "e", "f"):
+        task = serve(store, user, overlap=3, strategy="round-robin")
+        served.append(task)
+        label(store, user, task, {"choice": 0})
+    assert served == ids + ids[:2]
+
+
+def toy_scorer(prompt, responses):
+    """Two ensemble members; 'unsure' items score close together, 'split' items make them disagree."""
+    if prompt == "sure":
+        return [[5.0, -5.0], [5.1, -4.9]]
+    if prompt == "unsure":
+        return [[0.1, 0.0], [0.0, 0.1]]
+    return [[3.0, -3.0], [-3.0, 3.0]]  # 'split': the members disagree, their mean is unsure too
+
+
+@pytest.mark.parametrize("strategy, expected", [("uncertainty", ["split", "unsure", "sure"]),
+                                                ("disagreement", ["split", "unsure", "sure"])])
+def test_model_based_strategies_put_labels_where_the_model_is_unsure(tmp_path, strategy, expected):
+    store = new_store(tmp_path)
+    ids = tasks(store, [{**PAIR, "prompt": p} for p in ("sure", "unsure", "split")], scorer=toy_scorer)
+    prompt_of = dict(zip(ids, ("sure", "unsure", "split")))
+    order = []
+    [user] = users(store, "a")
+    for _ in range(3):
+        task = serve(store, user, strategy=strategy)
+        order.append(prompt_of[task])
+        label(store, user, task, {"choice": 0})
+    if strategy == "uncertainty":
+        # split and unsure both have a mean score gap of ~0: tied at the top, sure comes last.
+        assert set(order[:2]) == {"split", "unsure"} and order[2] == "sure"
+    else:
+        assert order == expected
+
+
+def test_random_strategy_serves_only_eligible_items(tmp_path):
+    store = new_store(tmp_path)
+    ids = tasks(store, [PAIR] * 5)
+    [user] = users(store, "a")
+    seen = []
+    for _ in range(5):
+        task = serve(store, user, strategy="random")
+        seen.append(task)
+        label(store, user, task, {"choice": 0})
+    assert sorted(seen) == ids and serve(store, user, strategy="random") is None
+
+
+def test_dashboard_reports_gold_accuracy_agreement_and_throughput(tmp_path):
+    """Six items; a always says 0, b says 1 on the first and 0 on the rest.
+
+    Cohen: p_o = 5/6, p_e = (6 * 5) / 36 = 5/6, kappa = 0. Fleiss: mean P_i = 5/6, p = (11/12, 1/12),
+    P_e = 122/144, kappa = (120 - 122) / (144 - 122) = -1/11. Krippendorff: o_00 = 10, o_01 = o_10 = 1,
+    n_0 = 11, n_1 = 1, n = 12, alpha = 1 - 11 * 2 / (2 * 11 * 1) = 0.
+    """
+    store = new_store(tmp_path)
+    ids = tasks(store, [PAIR] * 6 + [{**PAIR, "gold": {"choice": 1}, "id": "gold"}])
+    a, b = users(store, "a", "b")
+    for t in ids[:6]:
+        label(store, a, t, {"choice": 0}, duration_ms=3000)
+        label(store, b, t, {"choice": 0 if t != ids[0] else 1}, duration_ms=5000)
+    label(store, a, ids[6], {"choice": 1})
+    label(store, b, ids[6], {"choice": 0})
+    with store.read() as db:
+        s = stats(db, overlap=2)
+    assert s["totals"] == {"tasks": 6, "gold_tasks": 1, "labels": 14, "complete_tasks": 6, "overlap": 2, "users": 2}
+    by_user = {u["user"]: u for u in s["annotators"]}
+    assert by_user["a"]["gold_accuracy"] == 1.0 and by_user["b"]["gold_accuracy"] == 0.0
+    assert by_user["a"]["median_seconds"] == 3.0 and by_user["a"]["labels"] == 7
+    agreement = s["agreement"]["pairwise"]
+    assert agreement["units"] == 6 and agreement["labels"] == 12
+    assert agreement["cohen_kappa_mean"] == pytest.approx(0.0, abs=1e-12)
+    assert agreement["fleiss_kappa"] == pytest.approx(-1 / 11, abs=1e-12)
+    assert agreement["krippendorff_alpha"] == pytest.approx(0.0, abs=1e-12)
