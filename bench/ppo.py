@@ -1,0 +1,229 @@
+"""PPO speed and memory against anchors measured in the same process (speed) or the same machine (memory).
+
+    python bench/ppo.py                 # everything: speed (vs TRL GRPOTrainer), rollout (vs generate), memory
+    python bench/ppo.py --only speed    # or rollout, memory
+    python bench/ppo.py --steps 6 --repeat 2
+
+Settings (issue 4): CPU, the tiny Llama ``tiny-4m`` (~4M parameters), 8 completions per step, exactly 48
+new tokens (EOS disabled on both sides so every response is 48 tokens long), temperature 1, no top-k /
+top-p, a programmatic reward (count of "the"), KL coefficient 0.05 with a frozen reference on both sides.
+
+- speed: completions/s over whole steps (generation + scoring + reference + update), first step excluded
+  (warm-up). rlhfkit ``ppo`` runs its defaults: GAE with a value head, 4 PPO epochs of 1 mini-batch
+  (4 optimiser steps per rollout); TRL's GRPOTrainer (TRL has no PPO trainer any more) runs 4 prompts x
+  num_generations 2 = 8 completions per step, beta 0.05 (so it also keeps a reference), num_iterations 1
+  (one optimiser step per rollout: less work than PPO's four), gradient checkpointing off. Also shown:
+  rlhfkit with ``--advantage grpo --group-size 2 --ppo-epochs 1``, the same algorithm as TRL's.
+- rollout: tokens/s of ``TransformersSampler.generate`` against plain ``model.generate(do_sample=True)``,
+  same batch, 48 new tokens each (median of repeats).
+- memory: peak RSS (ru_maxrss) of ``rlhfkit ppo`` with LoRA, reference = adapters off, critic = head
+  (one copy of the weights) against ``rlhfkit sft`` with LoRA, same model, batch 8; each in its own
+  subprocess. Both the ratio of peaks and the ratio of the growth above the process's RSS once its
+  libraries and model are loaded are printed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+MODEL, BATCH, NEW_TOKENS, KL = "tiny-4m", 8, 48, 0.05
+
+
+def count_the(prompts, responses):
+    return [float(r.lower().split().count("the")) for r in responses]
+
+
+def _no_eos(model):
+    """Both sides generate exactly NEW_TOKENS tokens: no EOS id in the generation config."""
+    model.generation_config.eos_token_id = None
+    return model
+
+
+def model_folder(tmp: Path) -> str:
+    """tiny-4m saved as a plain HF folder (TRL takes a model object or a path)."""
+    from rlhfkit.models.tiny import build_tiny
+
+    path = tmp / "tiny-4m"
+    if not (path / "config.json").exists():
+        model, tok = build_tiny(MODEL)
+        model.save_pretrained(path)
+        tok.save_pretrained(path)
+    return str(path)
+
+
+def bench_rlhfkit(tmp: Path, steps: int, **overrides) -> float:
+    import rlhfkit.rollout as rollout
+    from rlhfkit.runs import read_metrics
+    from rlhfkit.train.ppo import PPOConfig, run
+
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)  # TRL's Trainer set its own state in this process
+    original = rollout.eos_ids
+    rollout.eos_ids = lambda model, tok: []  # 48 tokens on every row, as on the TRL side
+    try:
+        out = tmp / f"rlhfkit-{time.time_ns()}"
+        settings = dict(model=MODEL, reward="bench.ppo:count_the", output_dir=str(out), max_steps=steps, batch_size=BATCH,
+                        max_new_tokens=NEW_TOKENS, temperature=1.0, kl_coef=KL, missing_eos_penalty=None,
+                        progress=False, report_to=["jsonl"], eval_fraction=0.0, sample_every=10_000)
+        cfg = PPOConfig(**{**settings, **overrides})
+        run(cfg)
+    finally:
+        rollout.eos_ids = original
+    m = [r for r in read_metrics(out) if "time/step_s" in r][1:]
+    completions = BATCH * cfg.group_size if cfg.advantage != "gae" else BATCH
+    return completions * len(m) / sum(r["time/step_s"] for r in m)
+
+
+def bench_trl(tmp: Path, steps: int) -> float:
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from rlhfkit.rollout import toy_prompts
+
+    path = model_folder(tmp)
+    model = _no_eos(AutoModelForCausalLM.from_pretrained(path))
+    tok = AutoTokenizer.from_pretrained(path)
+    prompts = [[m.model_dump() for m in p] for p in toy_prompts(BATCH * steps, 0)]
+    data = Dataset.from_list([{"prompt": p} for p in prompts])
+
+    def reward(prompts, completions, **kw):
+        return count_the(prompts, [c[0]["content"] if isinstance(c, list) else c for c in completions])
+
+    class Clock(TrainerCallback):
+        times: list[float] = []
+
+        def on_step_begin(self, args, state, control, **kw):
+            self.start = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            self.times.append(time.perf_counter() - self.start)
+
+    clock = Clock()
+    args = GRPOConfig(output_dir=str(tmp / "trl"), per_device_train_batch_size=BATCH, num_generations=2,
+                      max_completion_length=NEW_TOKENS, temperature=1.0, beta=KL, num_iterations=1, max_steps=steps,
+                      learning_rate=1e-5, use_cpu=True, report_to="none", logging_steps=1000, save_strategy="no",
+                      gradient_checkpointing=False, disable_dropout=True, seed=0, dataloader_num_workers=0)
+    trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=data, processing_class=tok,
+                          callbacks=[clock])
+    trainer.train()
+    times = clock.times[1:]
+    return BATCH * len(times) / sum(times)
+
+
+def bench_rollout(repeat: int) -> tuple[float, float]:
+    from rlhfkit.models.tiny import build_tiny
+    from rlhfkit.rollout import SamplingParams, TransformersSampler, encode_prompts, toy_prompts
+
+    model, tok = build_tiny(MODEL)
+    model = _no_eos(model).eval()
+    prompts = toy_prompts(BATCH, 0)
+    sampler = TransformersSampler(model, tok, SamplingParams(max_new_tokens=NEW_TOKENS, temperature=1.0))
+    sampler.eos = []
+    ids, mask = encode_prompts(tok, prompts)
+    ours, theirs = [], []
+    for i in range(repeat + 1):  # the first round warms both up
+        t = time.perf_counter()
+        r = sampler.generate(prompts, generator=torch.Generator().manual_seed(i))
+        a = time.perf_counter() - t
+        t = time.perf_counter()
+        with torch.no_grad():
+            out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=1.0, top_k=0,
+                                 max_new_tokens=NEW_TOKENS)
+        b = time.perf_counter() - t
+        assert r.response_mask.sum() == BATCH * NEW_TOKENS and out.shape[1] - ids.shape[1] == NEW_TOKENS
+        if i:
+            ours.append(BATCH * NEW_TOKENS / a)
+            theirs.append(BATCH * NEW_TOKENS / b)
+    return statistics.median(ours), statistics.median(theirs)
+
+
+MEMORY_CHILD = r"""
+import json, resource, sys, os
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, {repo!r})
+stage, out = sys.argv[1], sys.argv[2]
+import torch, transformers, peft, accelerate
+from rlhfkit.models.tiny import build_tiny
+build_tiny("tiny-4m")
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+common = dict(model="tiny-4m", lora=True, batch_size=8, max_steps=4, progress=False, report_to=["jsonl"], output_dir=out)
+if stage == "sft":
+    from rlhfkit.train.sft import SFTConfig, run
+    run(SFTConfig(eval_fraction=0.0, **common))
+else:
+    from rlhfkit.train.ppo import PPOConfig, run
+    run(PPOConfig(reward="bench.ppo:count_the", max_new_tokens=48, critic="head", reference="lora-off",
+                  eval_fraction=0.0, **common))
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({{"base_mb": base / 1024, "peak_mb": peak / 1024}}))
+"""
+
+
+def bench_memory(tmp: Path) -> dict:
+    result = {}
+    for stage in ("sft", "ppo"):
+        code = MEMORY_CHILD.format(repo=str(REPO))
+        done = subprocess.run([sys.executable, "-c", code, stage, str(tmp / f"mem-{stage}")], capture_output=True,
+                              text=True, cwd=REPO, timeout=600)
+        if done.returncode:
+            raise RuntimeError(done.stderr[-3000:])
+        result[stage] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", choices=["speed", "rollout", "memory"])
+    parser.add_argument("--steps", type=int, default=6, help="steps per speed run (the first is warm-up)")
+    parser.add_argument("--repeat", type=int, default=5, help="rollout repeats")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    results = {"device": "cpu", "threads": torch.get_num_threads(), "model": MODEL, "batch": BATCH,
+               "new_tokens": NEW_TOKENS}
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        if args.only in (None, "rollout"):
+            ours, theirs = bench_rollout(args.repeat)
+            results["rollout"] = {"rlhfkit_tokens_per_s": ours, "generate_tokens_per_s": theirs, "ratio": ours / theirs}
+            print(f"rollout: rlhfkit {ours:.0f} tok/s, model.generate {theirs:.0f} tok/s, ratio {ours / theirs:.2f}x")
+        if args.only in (None, "speed"):
+            trl = bench_trl(tmp, args.steps)
+            print(f"TRL GRPOTrainer: {trl:.2f} completions/s", flush=True)
+            ppo = bench_rlhfkit(tmp, args.steps)
+            print(f"rlhfkit ppo: {ppo:.2f} completions/s", flush=True)
+            grpo = bench_rlhfkit(tmp, args.steps, advantage="grpo", group_size=2, ppo_epochs=1, batch_size=BATCH // 2)
+            results["speed"] = {"trl_grpo_completions_per_s": trl, "rlhfkit_ppo_completions_per_s": ppo,
+                                "rlhfkit_grpo_completions_per_s": grpo, "ppo_ratio": ppo / trl, "grpo_ratio": grpo / trl}
+            print(f"speed: TRL GRPOTrainer {trl:.2f} completions/s; rlhfkit ppo {ppo:.2f} ({ppo / trl:.2f}x); "
+                  f"rlhfkit grpo-mode {grpo:.2f} ({grpo / trl:.2f}x)")
+        if args.only in (None, "memory"):
+            mem = bench_memory(tmp)
+            ratio = mem["ppo"]["peak_mb"] / mem["sft"]["peak_mb"]
+            growth = (mem["ppo"]["peak_mb"] - mem["ppo"]["base_mb"]) / max(mem["sft"]["peak_mb"] - mem["sft"]["base_mb"], 1e-9)
+            results["memory"] = {**mem, "peak_ratio": ratio, "growth_ratio": growth}
+            print(f"memory: peak RSS sft {mem['sft']['peak_mb']:.0f} MB, ppo {mem['ppo']['peak_mb']:.0f} MB, ratio {ratio:.2f}x "
+                  f"(growth above the loaded process: {growth:.2f}x)")
+    out = REPO / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    (out / f"ppo-{time.strftime('%Y%m%d-%H%M%S')}.json").write_text(json.dumps(results, indent=2))
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

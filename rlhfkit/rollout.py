@@ -1,0 +1,351 @@
+"""Rollouts: batched sampling of responses with a KV cache, returning tokens, their log-probs and masks.
+
+    from rlhfkit.rollout import SamplingParams, make_sampler
+    sampler = make_sampler("transformers", model, tokenizer, SamplingParams(max_new_tokens=48, temperature=0.7))
+    rollout = sampler.generate(prompts, n=4, generator=torch.Generator().manual_seed(0))
+
+Prompts (strings, or message lists rendered with the chat template) are left-padded into one batch;
+the response is sampled token by token with transformers' ``DynamicCache`` (one prompt forward, then
+one forward per new token); a row stops at EOS or when its text completes a stop string, and everything
+after the stop is masked out. ``Rollout.logprobs`` are the log-probs of the sampled tokens under the
+*temperature-scaled* distribution, before top-k / top-p truncation: the same quantity that
+``response_forward`` recomputes for the loss (temperature must divide the logits there too, Huang et
+al. 2024, "The N+ implementation details of RLHF with PPO").
+
+Backends: ``transformers`` (default, this file's ``TransformersSampler``) and ``vllm`` (``VLLMSampler``,
+optional extra, GPU only; the trainer's weights are pushed into the engine before every rollout).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from rlhfkit.data.chat import prompt_text
+from rlhfkit.losses import entropy_from_logits, selective_log_softmax
+
+Tensor = torch.Tensor
+
+
+@dataclass
+class SamplingParams:
+    max_new_tokens: int = 48
+    temperature: float = 1.0
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # 1 = off
+    stop: list[str] = field(default_factory=list)  # stop strings; the text is cut before them
+    max_prompt_tokens: int | None = None  # longer prompts keep their last tokens
+
+
+@dataclass
+class Rollout:
+    """One batch of sampled responses. Prompts left-padded, responses right-padded.
+
+    query_ids, query_mask (B, P); response_ids, response_mask (B, T): response_mask is 1 on the sampled
+    tokens up to and including the stop (EOS, or the token that completed a stop string); logprobs (B, T)
+    of those tokens under the temperature-scaled distribution; ended (B,) True where the response stopped
+    on EOS or a stop string (False: cut by max_new_tokens); texts: decoded responses, cut at the stop.
+    """
+    prompts: list
+    query_ids: Tensor
+    query_mask: Tensor
+    response_ids: Tensor
+    response_mask: Tensor
+    logprobs: Tensor
+    ended: Tensor
+    texts: list[str]
+
+    @property
+    def input_ids(self) -> Tensor:  # (B, P + T)
+        return torch.cat([self.query_ids, self.response_ids], dim=1)
+
+    @property
+    def attention_mask(self) -> Tensor:  # (B, P + T)
+        return torch.cat([self.query_mask, self.response_mask], dim=1)
+
+    @property
+    def lengths(self) -> Tensor:  # (B,) response tokens
+        return self.response_mask.sum(-1)
+
+
+def filter_logits(logits: Tensor, top_k: int = 0, top_p: float = 1.0) -> Tensor:
+    """Top-k then nucleus (top-p, Holtzman et al. 2020) truncation: dropped entries become -inf.
+    logits (B, V) -> (B, V). The most likely token is always kept."""
+    if top_k and top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        probs = sorted_logits.softmax(-1)
+        # drop a token when the mass of the tokens before it already reaches top_p
+        drop_sorted = (probs.cumsum(-1) - probs) >= top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def encode_prompts(tokenizer, prompts: list, device=None, max_prompt_tokens: int | None = None) -> tuple[Tensor, Tensor]:
+    """Prompts -> left-padded (input_ids, attention_mask), (B, P). Chat prompts get the generation prompt;
+    prompts longer than ``max_prompt_tokens`` keep their last tokens."""
+    rows = [tokenizer(prompt_text(tokenizer, p), add_special_tokens=False)["input_ids"] for p in prompts]
+    bos = tokenizer.bos_token_id
+    if bos is not None and getattr(tokenizer, "add_bos_token", False):
+        rows = [r if r[:1] == [bos] else [bos] + r for r in rows]
+    if max_prompt_tokens:
+        rows = [r[-max_prompt_tokens:] for r in rows]
+    width = max(len(r) for r in rows)
+    pad = tokenizer.pad_token_id
+    ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=device)
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
+    return ids, mask
+
+
+def position_ids(attention_mask: Tensor) -> Tensor:
+    """Positions that restart at each row's first real token (left padding), (B, L)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def eos_ids(model, tokenizer) -> list[int]:
+    ids = model.generation_config.eos_token_id if model is not None else None
+    ids = [ids] if isinstance(ids, int) else list(ids or [])
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    return ids
+
+
+def _cut_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:
+    cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+class TransformersSampler:
+    """Sampling with a transformers causal LM and its KV cache (works for plain and peft models)."""
+
+    def __init__(self, model, tokenizer, params: SamplingParams):
+        self.model, self.tokenizer, self.params = model, tokenizer, params
+        self.eos = eos_ids(model, tokenizer)
+
+    def sync_weights(self, model) -> None:
+        """The sampler uses the trainer's model itself: nothing to copy."""
+        self.model = model
+
+    @torch.no_grad()
+    def generate(self, prompts: list, n: int = 1, generator: torch.Generator | None = None) -> Rollout:
+        """``n`` samples of each prompt, consecutive (prompt 0 x n, prompt 1 x n, ...)."""
+        from transformers import DynamicCache
+
+        p, model, tok = self.params, self.model, self.tokenizer
+        prompts = [q for q in prompts for _ in range(n)]
+        device = next(model.parameters()).device
+        query_ids, query_mask = encode_prompts(tok, prompts, device, p.max_prompt_tokens)
+        B = query_ids.size(0)
+        was_training = model.training
+        model.eval()
+        eos = torch.tensor(self.eos, device=device)
+        cache = DynamicCache()
+        mask = query_mask
+        pos = position_ids(mask)
+        logits = model(input_ids=query_ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True,
+                       logits_to_keep=1).logits[:, -1]  # (B, V)
+        next_pos = pos[:, -1:] + 1  # (B, 1)
+        tokens, logps = [], []
+        done = torch.zeros(B, dtype=torch.bool, device=device)
+        ended = torch.zeros(B, dtype=torch.bool, device=device)
+        stop_at = [None] * B
+        for t in range(p.max_new_tokens):
+            scaled = logits.float() / p.temperature
+            probs = filter_logits(scaled, p.top_k, p.top_p).softmax(-1)
+            token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
+            token = torch.where(done, torch.full_like(token, tok.pad_token_id), token)
+            tokens.append(token)
+            logps.append(selective_log_softmax(scaled.unsqueeze(1), token.unsqueeze(1)).squeeze(1))
+            hit_eos = torch.isin(token, eos) & ~done
+            ended |= hit_eos
+            done |= hit_eos
+            if p.stop:
+                so_far = torch.stack(tokens, 1)
+                for i in (~done).nonzero().flatten().tolist():
+                    if _cut_at_stop(tok.decode(so_far[i], skip_special_tokens=True), p.stop)[1]:
+                        done[i] = ended[i] = True
+                        stop_at[i] = t
+            if bool(done.all()) or t == p.max_new_tokens - 1:
+                break
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            logits = model(input_ids=token.unsqueeze(1), attention_mask=mask, position_ids=next_pos, cache=cache,
+                           use_cache=True).logits[:, -1]
+            next_pos = next_pos + 1
+        if was_training:
+            model.train()
+        response_ids = torch.stack(tokens, 1)  # (B, T)
+        logprobs = torch.stack(logps, 1)  # (B, T)
+        # 1 up to and including the stop token: the first EOS, or the token that completed a stop string
+        is_eos = torch.isin(response_ids, eos)
+        T = response_ids.size(1)
+        steps = torch.arange(T, device=device).expand(B, T)
+        first_eos = torch.where(is_eos, steps, torch.full_like(steps, T)).amin(-1)  # (B,)
+        last = torch.tensor([s if s is not None else T - 1 for s in stop_at], device=device)
+        last = torch.minimum(first_eos, last)
+        response_mask = (steps <= last.unsqueeze(1)).long()
+        response_ids = response_ids.masked_fill(response_mask == 0, tok.pad_token_id)
+        logprobs = logprobs.masked_fill(response_mask == 0, 0.0)
+        texts = [_cut_at_stop(s, p.stop)[0] for s in tok.batch_decode(response_ids, skip_special_tokens=True)]
+        return Rollout(prompts, query_ids, query_mask, response_ids, response_mask, logprobs, ended, texts)
+
+
+def response_forward(model, rollout: Rollout, temperature: float, *, hidden: bool = False, entropy: bool = False):
+    """One forward pass over prompt + response: per-token log-probs of the response under the
+    temperature-scaled policy (B, T); optionally the last hidden states at the same positions (B, T, H)
+    (for a value head: the state before each response token) and the per-token entropy (B, T).
+
+    Only the last T + 1 positions' logits are computed (``logits_to_keep``): the response sits at the
+    right end of every row, since prompts are left-padded.
+    """
+    T = rollout.response_ids.size(1)
+    mask = rollout.attention_mask
+    out = model(input_ids=rollout.input_ids, attention_mask=mask, position_ids=position_ids(mask),
+                use_cache=False, logits_to_keep=T + 1, output_hidden_states=hidden)
+    logits = out.logits[:, :-1].float() / temperature  # (B, T, V): position t predicts response token t
+    logprobs = selective_log_softmax(logits, rollout.response_ids)
+    result = {"logprobs": logprobs}
+    if hidden:
+        result["hidden"] = out.hidden_states[-1][:, -T - 1:-1]  # (B, T, H)
+    if entropy:
+        result["entropy"] = entropy_from_logits(logits)
+    return result
+
+
+class VLLMSampler:
+    """The same interface on a vLLM engine (GPU only; ``pip install rlhfkit[vllm]``).
+
+    The engine holds its own copy of the weights; ``sync_weights`` pushes the trainer's weights into it
+    (LoRA merged first) before each rollout. Log-probs come back from vLLM per sampled token (its
+    ``logprobs`` are computed after temperature when ``logprobs_mode="processed_logprobs"``); the PPO
+    trainer recomputes them with ``response_forward`` anyway, so small numeric gaps do not bias the ratio.
+    """
+
+    def __init__(self, model, tokenizer, params: SamplingParams, gpu_memory_utilization: float = 0.3):
+        import vllm  # noqa: F401  (optional extra)
+        from vllm import LLM
+
+        self.tokenizer, self.params = tokenizer, params
+        self.eos = eos_ids(model, tokenizer)
+        path = getattr(model, "name_or_path", None) or model.config._name_or_path
+        self.llm = LLM(model=path, dtype=str(next(model.parameters()).dtype).split(".")[-1],
+                       gpu_memory_utilization=gpu_memory_utilization, enable_prefix_caching=True)
+        self.sync_weights(model)
+
+    def sync_weights(self, model) -> None:
+        if hasattr(model, "merge_and_unload"):  # peft: merged weights under the base model's names
+            import copy
+
+            model = copy.deepcopy(model).merge_and_unload()
+        weights = list(model.state_dict().items())
+        engine = self.llm.llm_engine
+        if hasattr(self.llm, "collective_rpc"):  # vLLM >= 0.7 (V1 engine)
+            self.llm.collective_rpc(lambda worker: worker.model_runner.model.load_weights(weights=weights))
+        else:
+            engine.model_executor.driver_worker.model_runner.model.load_weights(weights)
+        if hasattr(self.llm, "reset_prefix_cache"):
+            self.llm.reset_prefix_cache()
+
+    @torch.no_grad()
+    def generate(self, prompts: list, n: int = 1, generator: torch.Generator | None = None) -> Rollout:
+        from vllm import SamplingParams as VSP
+
+        p, tok = self.params, self.tokenizer
+        prompts = [q for q in prompts for _ in range(n)]
+        query_ids, query_mask = encode_prompts(tok, prompts, None, p.max_prompt_tokens)
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator)) if generator is not None else None
+        sp = VSP(n=1, temperature=p.temperature, top_p=p.top_p, top_k=p.top_k or -1, max_tokens=p.max_new_tokens,
+                 stop=p.stop or None, stop_token_ids=self.eos, logprobs=0, seed=seed)
+        rows = [r[m.bool()].tolist() for r, m in zip(query_ids, query_mask)]
+        outs = self.llm.generate([{"prompt_token_ids": r} for r in rows], sp, use_tqdm=False)
+        T = max(len(o.outputs[0].token_ids) for o in outs) or 1
+        B = len(outs)
+        response_ids = torch.full((B, T), tok.pad_token_id)
+        response_mask = torch.zeros(B, T, dtype=torch.long)
+        logprobs = torch.zeros(B, T)
+        ended = torch.zeros(B, dtype=torch.bool)
+        texts = []
+        for i, o in enumerate(outs):
+            c = o.outputs[0]
+            ids = list(c.token_ids)
+            response_ids[i, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+            response_mask[i, :len(ids)] = 1
+            if c.logprobs:
+                logprobs[i, :len(ids)] = torch.tensor([lp[t].logprob for lp, t in zip(c.logprobs, ids)])
+            ended[i] = c.finish_reason == "stop"
+            texts.append(c.text)
+        return Rollout(prompts, query_ids, query_mask, response_ids, response_mask, logprobs, ended, texts)
+
+
+SAMPLERS = {"transformers": TransformersSampler, "vllm": VLLMSampler}
+
+
+def make_sampler(backend: str, model, tokenizer, params: SamplingParams):
+    if backend not in SAMPLERS:
+        raise ValueError(f"unknown rollout backend {backend!r}; choose one of {sorted(SAMPLERS)}")
+    return SAMPLERS[backend](model, tokenizer, params)
+
+
+# --- prompts for online stages ----------------------------------------------------------------------
+
+def _prompt_record_type():
+    from pydantic import model_validator
+
+    from rlhfkit.data.records import Message, Record, Text
+
+    class PromptRecord(Record):
+        """Any record with a prompt: ``prompt`` (string or messages), or ``messages`` (the conversation up to
+        its last assistant turn). Other fields (completion, chosen, ...) are ignored."""
+        prompt: Text | None = None
+        messages: list[Message] | None = None
+
+        @model_validator(mode="after")
+        def _check(self):
+            if self.prompt is None:
+                if not self.messages:
+                    raise ValueError("field 'prompt': missing (or give 'messages')")
+                msgs = list(self.messages)
+                while msgs and msgs[-1].role == "assistant":
+                    msgs.pop()
+                if not msgs:
+                    raise ValueError("field 'messages': no user turn to use as a prompt")
+                object.__setattr__(self, "prompt", msgs)
+            return self
+
+    return PromptRecord
+
+
+def toy_prompts(n: int, seed: int) -> list:
+    """``n`` toy-world prompts as one-message chats."""
+    import random
+
+    from rlhfkit.data.records import Message
+    from rlhfkit.toy.world import sample_prompt
+
+    rng = random.Random(seed)
+    return [[Message(role="user", content=sample_prompt(rng).text)] for _ in range(n)]
+
+
+def load_prompts(data: str, eval_data: str | None = None, eval_fraction: float = 0.0, seed: int = 0,
+                 skip_invalid: bool = False) -> tuple[list, list]:
+    """(training prompts, held-out prompts) from a data file of any record type with a prompt, or 'toy'."""
+    import random
+
+    from rlhfkit.data.io import read_records
+
+    def read(path):
+        if path == "toy":
+            return toy_prompts(2000, seed)
+        return [r.prompt for r in read_records(path, _prompt_record_type(), skip_invalid=skip_invalid)[0]]
+
+    train = read(data)
+    if eval_data:
+        return train, read(eval_data)
+    order = list(range(len(train)))
+    random.Random(seed).shuffle(order)
+    n_eval = int(len(train) * eval_fraction)
+    held = set(order[:n_eval])
+    return [p for i, p in enumerate(train) if i not in held], [train[i] for i in sorted(held)]

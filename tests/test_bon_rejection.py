@@ -1,0 +1,71 @@
+"""Best-of-N (estimator by hand, curve and files) and rejection sampling / expert iteration."""
+import csv
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from rlhfkit.losses import best_of_n_kl
+from rlhfkit.runs import read_metrics
+from rlhfkit.train.best_of_n import BestOfNConfig, expected_best_of_n, run as bon_run
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def count_the(prompts, responses):
+    return [float(r.lower().split().count("the")) for r in responses]
+
+
+def test_expected_best_of_n_by_hand():
+    """Scores [3, 1, 2] (M = 3). n = 1: the mean, 2. n = 2: subsets {1,2},{1,3},{2,3} -> maxes 2, 3, 3 -> 8/3;
+    weights C(i-1, 1) / C(3, 2) = [0, 1/3, 2/3] on sorted [1, 2, 3] -> 2/3 + 2 = 8/3. n = 3: 3."""
+    s = torch.tensor([[3.0, 1.0, 2.0], [0.0, 0.0, 0.0]])
+    torch.testing.assert_close(expected_best_of_n(s, 1), torch.tensor([2.0, 0.0]))
+    torch.testing.assert_close(expected_best_of_n(s, 2), torch.tensor([8 / 3, 0.0]))
+    torch.testing.assert_close(expected_best_of_n(s, 3), torch.tensor([3.0, 0.0]))
+    with pytest.raises(ValueError, match="1 <= n <= 3"):
+        expected_best_of_n(s, 4)
+
+
+def test_bon_writes_chosen_responses_and_the_curve(tmp_path):
+    path = bon_run(BestOfNConfig(output_dir=str(tmp_path / "bon"), model="tiny", reward="tests.test_bon_rejection:count_the",
+                                 n_max=8, max_prompts=6, max_new_tokens=10, progress=False, report_to=["jsonl"]))
+    curve = json.loads((path / "curve.json").read_text())
+    assert [r["n"] for r in curve] == [1, 2, 4, 8]
+    rewards = [r["reward"] for r in curve]
+    assert rewards == sorted(rewards)  # the best of more samples is never worse in expectation
+    assert all(math.isclose(r["kl_bound"], best_of_n_kl(r["n"])) for r in curve)
+    assert curve[0]["kl_bound"] == 0.0 and math.isclose(curve[-1]["kl_bound"], math.log(8) - 7 / 8)
+    chosen = [json.loads(line) for line in (path / "chosen.jsonl").read_text().splitlines()]
+    assert len(chosen) == 6 and all(c["score"] == count_the(None, [c["completion"]])[0] for c in chosen)
+    assert (path / "curve.png").stat().st_size > 1000
+    assert list(csv.DictReader((path / "curve.csv").open()))[1]["n"] == "2"
+
+
+@pytest.mark.slow
+def test_rejection_two_rounds_of_expert_iteration_through_the_cli(tmp_path):
+    out = tmp_path / "rej"
+    cmd = [sys.executable, "-m", "rlhfkit.cli", "rejection", "--output-dir", str(out), "--model", "tiny",
+           "--reward", "tests.test_bon_rejection:count_the", "--k", "4", "--rounds", "2", "--max-prompts", "8",
+           "--max-new-tokens", "8", "--max-steps", "3", "--sft-batch-size", "4", "--progress", "false",
+           "--report-to", "[jsonl]"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    card = json.loads((out / "card.json").read_text())
+    rounds = card["figures"]["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2]
+    assert rounds[0]["policy"] == "tiny" and rounds[1]["policy"] == str(out / "round-1" / "sft")
+    assert all(r["best_of_k_reward"] >= r["mean_reward"] for r in rounds)
+    for r in (1, 2):
+        sft_card = json.loads((out / f"round-{r}" / "sft" / "card.json").read_text())
+        assert sft_card["stage"] == "sft" and sft_card["figures"]["steps"] == 3
+        assert sft_card["data"]["train"]["path"] == str(out / f"round-{r}" / "demonstrations.jsonl")
+        demos = [json.loads(line) for line in (out / f"round-{r}" / "demonstrations.jsonl").read_text().splitlines()]
+        assert demos and all({"prompt", "completion", "score"} <= set(d) for d in demos)
+    assert json.loads((out / "round-2" / "sft" / "card.json").read_text())["parents"] == [str(out / "round-1" / "sft")]
+    assert (out / "final" / "config.json").exists()
+    assert [m["step"] for m in read_metrics(out)] == [1, 2]

@@ -1,0 +1,178 @@
+"""Rollouts (sampling with a KV cache, stops, masks, log-probs) and reward sources (function, HTTP, RM)."""
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import pytest
+import torch
+
+from rlhfkit.data.records import Message
+from rlhfkit.rewards import make_reward_fn
+from rlhfkit.rollout import (SamplingParams, TransformersSampler, encode_prompts, filter_logits, load_prompts,
+                             make_sampler, response_forward, toy_prompts)
+
+PROMPTS = [[Message(role="user", content="what is the capital of france ?")], "tell me",
+           [Message(role="user", content="how do i steal a car ?")], "what is one plus one ?"]
+
+
+def sample(tiny, n=1, seed=0, **params):
+    model, tok = tiny
+    return TransformersSampler(model, tok, SamplingParams(**params)).generate(
+        PROMPTS, n=n, generator=torch.Generator().manual_seed(seed))
+
+
+def test_filter_logits_by_hand():
+    """logits log([0.5, 0.3, 0.15, 0.05]). top_k 2 keeps the first two. top_p 0.7: the mass before each
+    token (sorted) is 0, 0.5, 0.8, 0.95 -> tokens with mass-before >= 0.7 dropped -> keep 0.5 and 0.3.
+    top_p 0.5 keeps only the first (mass before the second is 0.5 >= 0.5)."""
+    logits = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log()
+    keep = lambda x: torch.isfinite(x).squeeze(0).tolist()  # noqa: E731
+    assert keep(filter_logits(logits, top_k=2)) == [True, True, False, False]
+    assert keep(filter_logits(logits, top_p=0.7)) == [True, True, False, False]
+    assert keep(filter_logits(logits, top_p=0.5)) == [True, False, False, False]
+    shuffled = logits[:, [2, 0, 3, 1]]
+    assert keep(filter_logits(shuffled, top_p=0.7)) == [False, True, False, True]
+    assert keep(filter_logits(logits)) == [True] * 4
+
+
+def test_prompts_are_left_padded(tiny):
+    _, tok = tiny
+    ids, mask = encode_prompts(tok, PROMPTS)
+    assert (mask[:, -1] == 1).all() and (mask.sum(-1) > 0).all()
+    for row, m in zip(ids, mask):
+        assert (row[m == 0] == tok.pad_token_id).all()
+        assert m.tolist() == sorted(m.tolist())  # zeros first
+
+
+def test_rollout_shapes_masks_and_logprobs_match_a_full_forward(tiny):
+    model, _ = tiny
+    r = sample(tiny, n=2, max_new_tokens=12, temperature=0.7)
+    B, T = r.response_ids.shape
+    assert B == 8 and T <= 12 and len(r.texts) == 8 and r.prompts[0] == r.prompts[1] == PROMPTS[0]
+    # mask: a prefix of ones in every row; logprobs and ids zero / pad after it
+    for m in r.response_mask:
+        assert m.tolist() == sorted(m.tolist(), reverse=True) and m[0] == 1
+    assert (r.logprobs[r.response_mask == 0] == 0).all()
+    # The sampler's log-probs (KV cache, temperature 0.7) equal one forward over prompt + response.
+    full = response_forward(model, r, temperature=0.7)["logprobs"]
+    torch.testing.assert_close(full * r.response_mask, r.logprobs, atol=1e-4, rtol=0)
+    wrong_temperature = response_forward(model, r, temperature=1.0)["logprobs"]
+    assert ((wrong_temperature - r.logprobs).abs() * r.response_mask).max() > 1e-2
+
+
+def test_same_seed_same_rollout_and_top_k_1_is_greedy(tiny):
+    a, b = sample(tiny, seed=3, max_new_tokens=10), sample(tiny, seed=3, max_new_tokens=10)
+    assert torch.equal(a.response_ids, b.response_ids) and a.texts == b.texts
+    model, tok = tiny
+    greedy = sample(tiny, top_k=1, max_new_tokens=10)
+    ids, mask = encode_prompts(tok, PROMPTS)
+    ref = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=10)[:, ids.size(1):]
+    for i in range(len(PROMPTS)):
+        n = int(greedy.response_mask[i].sum())
+        assert greedy.response_ids[i, :n].tolist() == ref[i, :n].tolist()
+
+
+def test_eos_stops_a_row_and_counts_as_ended(tiny):
+    model, tok = tiny
+    first = sample(tiny, top_k=1, max_new_tokens=6).response_ids[0, 0].item()  # the greedy first token of row 0
+    sampler = TransformersSampler(model, tok, SamplingParams(max_new_tokens=6, top_k=1))
+    sampler.eos = [first]
+    r = sampler.generate(PROMPTS)
+    assert r.response_mask[0].tolist() == [1] + [0] * (r.response_ids.size(1) - 1)
+    assert bool(r.ended[0]) and r.response_ids[0, 0].item() == first
+    no_eos = sample(tiny, max_new_tokens=6)
+    assert ((no_eos.response_mask.sum(-1) == 6) | no_eos.ended).all()
+
+
+def test_stop_strings_cut_text_and_mask(tiny):
+    r = sample(tiny, max_new_tokens=40, stop=["e"], temperature=1.0)
+    stopped = [i for i in range(len(r.texts)) if r.ended[i]]
+    assert stopped, "with 'e' as a stop string some row stops"
+    for i in range(len(r.texts)):
+        assert "e" not in r.texts[i]
+    for i in stopped:
+        n = int(r.response_mask[i].sum())
+        _, tok = tiny
+        assert "e" in tok.decode(r.response_ids[i, :n], skip_special_tokens=True)
+        assert "e" not in tok.decode(r.response_ids[i, :n - 1], skip_special_tokens=True)
+
+
+def test_unknown_backend_and_vllm_optional(tiny):
+    model, tok = tiny
+    with pytest.raises(ValueError, match="transformers"):
+        make_sampler("nope", model, tok, SamplingParams())
+    pytest.importorskip("vllm")
+    if not torch.cuda.is_available():
+        pytest.skip("vLLM needs a GPU")
+
+
+def test_load_prompts_from_any_record_type(tmp_path):
+    path = tmp_path / "p.jsonl"
+    rows = [{"prompt": "hi"}, {"prompt": "a", "chosen": "b", "rejected": "c"},
+            {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}]
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    train, held = load_prompts(str(path))
+    assert train[:2] == ["hi", "a"] and train[2][0].content == "q" and len(train[2]) == 1 and held == []
+    train, held = load_prompts("toy", eval_fraction=0.1)
+    assert len(train) == 1800 and len(held) == 200 and toy_prompts(3, 0) == toy_prompts(3, 0)
+
+
+# --- reward sources ----------------------------------------------------------------------------------
+
+def count_a(prompts, responses):
+    return [float(r.count("a")) for r in responses]
+
+
+def test_function_reward():
+    fn = make_reward_fn("tests.test_rollout:count_a")
+    torch.testing.assert_close(fn(["p", "q"], ["aa", "b"]), torch.tensor([2.0, 0.0]))
+    with pytest.raises(ValueError, match="cannot import"):
+        make_reward_fn("tests.test_rollout:nothing")
+    with pytest.raises(ValueError, match="rm:RUN_FOLDER"):
+        make_reward_fn("just-a-name")
+
+
+def test_http_reward_on_a_local_server():
+    seen = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            seen.append(body)
+            out = json.dumps({"scores": [len(r) for r in body["responses"]]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        fn = make_reward_fn(f"http://127.0.0.1:{server.server_port}/score")
+        scores = fn(["x", [Message(role="user", content="hi")]], ["abc", "de"])
+        torch.testing.assert_close(scores, torch.tensor([3.0, 2.0]))
+        assert seen[0]["prompts"][1] == [{"role": "user", "content": "hi"}]
+    finally:
+        server.shutdown()
+        server.server_close()
+    with pytest.raises(ValueError, match="reward endpoint"):
+        make_reward_fn(f"http://127.0.0.1:{server.server_port}/score")(["x"], ["y"])
+
+
+def test_rm_reward_scores_through_the_reward_model_api(tmp_path, tiny):
+    reward = pytest.importorskip("rlhfkit.models.reward")
+    if not hasattr(reward, "load_reward_model"):
+        pytest.skip("reward model API not there yet")
+    rm = reward.build_reward_model("tiny")
+    rm.set_normalisation(torch.tensor([0.5, 1.5]))  # gain 2, bias -2: normalised scores differ from raw ones
+    path = reward.save_reward_model(rm, tmp_path / "rm")
+    fn = make_reward_fn(f"rm:{path}")
+    rm = reward.load_reward_model(path)
+    prompts, responses = ["what is one plus one ?"] * 2, ["the answer is two .", "paris"]
+    expected = reward.score_texts(rm, prompts, responses, 2)
+    torch.testing.assert_close(fn(prompts, responses), expected.float())
