@@ -27,6 +27,7 @@ from rlhfkit.data.io import write_jsonl
 from rlhfkit.evaluate import report
 from rlhfkit.evaluate.toy import PolicySamples, as_chat, compare, eval_prompts, sample_policy
 from rlhfkit.losses import best_of_n_kl
+from rlhfkit.runs import RunFolder
 from rlhfkit.toy import feedback
 from rlhfkit.toy.annotators import annotator_pool, pairwise_agreement
 from rlhfkit.toy.gold import utility
@@ -62,8 +63,8 @@ class DemoConfig(StageConfig):
     def budgets(self) -> "DemoConfig":
         if not self.quick:
             return self
-        return self.model_copy(update=dict(sft_steps=40, feedback_prompts=60, rm_steps=10, bon_n=4, rejection_k=2,
-                                           rejection_prompts=32, dpo_steps=5, ppo_steps=2, eval_prompts=48))
+        return self.model_copy(update=dict(sft_steps=20, feedback_prompts=48, rm_steps=5, bon_n=4, rejection_k=2,
+                                           rejection_prompts=32, dpo_steps=4, ppo_steps=2, eval_prompts=32))
 
 
 def _log(msg: str) -> None:
@@ -190,28 +191,23 @@ def run(cfg: DemoConfig) -> Path:
     summary = {"rows": rows, "annotator_agreement": agreement, "rm_heldout_accuracy": rm_accuracy,
                "wall_seconds": wall, "seed": cfg.seed}
     (root / "results.json").write_text(json.dumps(summary, indent=2))
+    RunFolder(root).write_card("demo", parents=[cfg.model], data={"demonstrations": str(data / "demonstrations.jsonl"),
+                               "comparisons": str(data / "comparisons.jsonl")}, figures=summary)
     print_table(rows, agreement, rm_accuracy, wall)
     return root
 
 
 def best_of_n_curve(model, tokenizer, prompts, proxy, cfg: DemoConfig) -> dict[int, PolicySamples]:
-    """Best-of-n for n = 1, 2, 4, ... bon_n from the same bon_n samples per prompt (the first n of them)."""
+    """Best-of-n for n = 1, 2, 4, ... bon_n: the proxy's favourite among the first n of bon_n samples per prompt."""
     from rlhfkit.rollout import SamplingParams, TransformersSampler
+    from rlhfkit.train.best_of_n import sample_and_score
 
     sampler = TransformersSampler(model, tokenizer, SamplingParams(max_new_tokens=cfg.max_new_tokens))
-    gen = torch.Generator().manual_seed(cfg.seed + 11)
-    groups, scores = [], []
-    for s in range(0, len(prompts), 16):
-        chunk = prompts[s:s + 16]
-        texts = sampler.generate([as_chat(p) for p in chunk], n=cfg.bon_n, generator=gen).texts
-        chats = [as_chat(p) for p in chunk for _ in range(cfg.bon_n)]
-        sc = proxy(chats, texts).view(len(chunk), cfg.bon_n)
-        groups += [texts[i * cfg.bon_n:(i + 1) * cfg.bon_n] for i in range(len(chunk))]
-        scores += sc.tolist()
+    texts, scores, _ = sample_and_score(sampler, proxy, [as_chat(p) for p in prompts], cfg.bon_n, 16, cfg.seed + 11)
     out = {}
     n = 1
     while n <= cfg.bon_n:
-        best = [g[max(range(n), key=lambda i: sc[i])] for g, sc in zip(groups, scores)]
+        best = [group[i] for group, i in zip(texts, scores[:, :n].argmax(-1).tolist())]
         out[n] = PolicySamples(prompts, best, [utility(p, t) for p, t in zip(prompts, best)])
         n *= 2
     return out
@@ -222,10 +218,10 @@ def print_table(rows: list[dict], agreement: float, rm_accuracy, wall: float) ->
     from rich.table import Table
 
     table = Table(title="rlhfkit demo (gold = hidden utility; win rate vs SFT with 95% interval)")
-    for col in ("method", "gold reward", "win rate vs SFT", "KL to SFT", "proxy (RM)", "RM held-out acc"):
-        table.add_column(col)
+    for col in ("method", "gold", "win vs SFT [95% CI]", "KL to SFT", "proxy (RM)", "RM acc"):
+        table.add_column(col, no_wrap=True)
     for r in rows:
-        table.add_row(r["method"], f"{r['gold']:.3f}", f"{r['win_rate']:.1%} [{r['win_lo']:.1%}, {r['win_hi']:.1%}]",
+        table.add_row(r["method"], f"{r['gold']:.3f}", f"{r['win_rate']:.1%} [{r['win_lo']:.0%}-{r['win_hi']:.0%}]",
                       f"{r['kl_to_sft']:.2f}", f"{r['proxy_reward']:.2f}",
                       f"{r['rm_heldout_acc']:.3f}" if r["rm_heldout_acc"] is not None else "-")
     Console().print(table)

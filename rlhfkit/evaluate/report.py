@@ -14,7 +14,7 @@ CURVES = {
     "rm": ["train/loss", "train/accuracy", "eval/accuracy"],
     "dpo": ["train/loss", "rewards/margins", "rewards/accuracies"],
     "ppo": ["objective/scores", "objective/kl", "objective/rlhf_reward"],
-    "rejection": ["train/loss"],
+    "rejection": ["rejection/mean_reward", "rejection/best_of_k_reward"],
 }
 
 
@@ -64,7 +64,8 @@ def plot_training_curves(runs: dict[str, Path], path: Path) -> Path:
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("step", fontsize=8)
         ax.tick_params(labelsize=7)
-        ax.legend(fontsize=6)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=6)
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -1,0 +1,33 @@
+"""The demo pipeline end to end with tiny budgets: every stage runs and the report is complete."""
+import json
+
+from rlhfkit.demo import DemoConfig, run
+
+
+def test_quick_demo_runs_every_stage_and_writes_the_report(tmp_path):
+    root = run(DemoConfig(quick=True, output_dir=str(tmp_path / "demo")))
+    results = json.loads((root / "results.json").read_text())
+    methods = [r["method"] for r in results["rows"]]
+    assert methods == ["sft", "best-of-4", "dpo", "ppo", "rejection"]
+    for row in results["rows"]:
+        assert 0.0 <= row["win_lo"] <= row["win_rate"] <= row["win_hi"] <= 1.0
+        assert row["kl_to_sft"] >= -0.5  # a Monte-Carlo estimate of a KL: near or above zero
+    for name in ("report.html", "reward_vs_kl.png", "training_curves.png", "card.json", "config.yaml"):
+        assert (root / name).exists(), name
+    for stage in ("sft", "rm", "dpo", "ppo", "rejection"):
+        assert (root / stage / "card.json").exists(), stage
+    html = (root / "report.html").read_text()
+    assert "<script" not in html.lower() and "best-of-4" in html
+    card = json.loads((root / "card.json").read_text())
+    assert card["stage"] == "demo" and card["figures"]["rows"] == results["rows"]
+    # Training data is only what the annotators said: no gold scores in it.
+    row = json.loads((root / "data" / "comparisons.jsonl").read_text().splitlines()[0])
+    assert set(row) <= {"prompt", "chosen", "rejected", "tie", "annotator"}
+
+
+def test_rerun_reuses_finished_stages(tmp_path):
+    out = tmp_path / "demo"
+    run(DemoConfig(quick=True, output_dir=str(out), methods=["dpo"]))
+    stamp = (out / "sft" / "card.json").stat().st_mtime
+    run(DemoConfig(quick=True, output_dir=str(out), methods=["dpo"]))
+    assert (out / "sft" / "card.json").stat().st_mtime == stamp
