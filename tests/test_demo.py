@@ -1,6 +1,8 @@
 """The demo pipeline end to end with tiny budgets: every stage runs and the report is complete."""
 import json
 
+import pytest
+
 from rlhfkit.demo import DemoConfig, run
 
 
@@ -25,6 +27,7 @@ def test_quick_demo_runs_every_stage_and_writes_the_report(tmp_path):
     assert set(row) <= {"prompt", "chosen", "rejected", "tie", "annotator"}
 
 
+@pytest.mark.slow
 def test_rerun_reuses_finished_stages(tmp_path):
     out = tmp_path / "demo"
     run(DemoConfig(quick=True, output_dir=str(out), methods=["dpo"]))
