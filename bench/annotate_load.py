@@ -4,9 +4,12 @@
     python bench/annotate_load.py --db postgresql://user@127.0.0.1:5432/empty_db
     python bench/annotate_load.py --annotators 10 --labels 50   # a quick look
 
-Phase 1 (load): N concurrent annotators (asyncio + httpx, one process) each ask for their next item
-and submit a label, M times, against a server subprocess on loopback. Reports labels/s and latency
-percentiles, then checks in the database that every acknowledged label is stored exactly once.
+Phase 1 (load): N concurrent annotators (asyncio, one process, a minimal keep-alive HTTP client;
+--client httpx for httpx, which costs ~3 ms CPU per request and on 2 cores starves the server) each
+ask for their next item and submit a label, M times, against a server subprocess on loopback.
+Reports labels/s, latency percentiles, CPU ms per label of the server (from /proc/PID/stat) and of
+the load generator, and the load averages; then checks in the database that every acknowledged label
+is stored exactly once.
 
 Phase 2 (crash): the same load with fresh annotators (--crash-labels each, default 60, to keep the
 whole run near 3 minutes on 2 cores; --crash-labels 200 for the full size). When 40% of it is
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import random
 import signal
@@ -39,7 +43,69 @@ from rlhfkit.feedback.auth import create_user, start_session  # noqa: E402
 from rlhfkit.feedback.db import Store, migrate  # noqa: E402
 from rlhfkit.feedback.models import Label, Task, User  # noqa: E402
 
-TRANSIENT = (httpx.TransportError,)
+
+
+class Reply:
+    def __init__(self, status_code: int, body: bytes):
+        self.status_code, self.content = status_code, body
+
+    @property
+    def text(self) -> str:
+        return self.content.decode(errors="replace")
+
+    def json(self):
+        return json.loads(self.content)
+
+
+class RawClient:
+    """A minimal HTTP/1.1 keep-alive client, one connection per annotator. httpx costs about 3 ms of
+    CPU per request, which on 2 shared cores made the load generator, not the server, the limit."""
+
+    def __init__(self, url: str, timeout: float = 30):
+        host, port = url.removeprefix("http://").split(":")
+        self.host, self.port, self.timeout = host, int(port), timeout
+        self.reader = self.writer = None
+
+    async def _exchange(self, head: bytes, body: bytes) -> Reply:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        self.writer.write(head + body)
+        status_line = await self.reader.readuntil(b"\r\n")
+        status = int(status_line.split(b" ", 2)[1])
+        length, close = None, False
+        while (line := await self.reader.readuntil(b"\r\n")) != b"\r\n":
+            name, _, value = line.partition(b":")
+            name = name.strip().lower()
+            if name == b"content-length":
+                length = int(value)
+            elif name == b"connection" and value.strip().lower() == b"close":
+                close = True
+            elif name == b"transfer-encoding":
+                raise ConnectionError("chunked responses are not expected from this server")
+        content = await self.reader.readexactly(length or 0)
+        if close:
+            self.close()
+        return Reply(status, content)
+
+    async def request(self, method: str, path: str, headers: dict, body: bytes = b"") -> Reply:
+        head = f"{method} {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+        head += "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        if body:
+            head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        try:
+            return await asyncio.wait_for(self._exchange((head + "\r\n").encode(), body), self.timeout)
+        except BaseException:
+            self.close()  # a half-read answer leaves the connection unusable
+            raise
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+
+TRANSIENT = (httpx.TransportError, OSError, asyncio.IncompleteReadError, asyncio.TimeoutError,
+             asyncio.LimitOverrunError)
 
 
 def free_port() -> int:
@@ -69,10 +135,24 @@ class ServerProcess:
                 time.sleep(0.05)
         sys.exit(f"server did not come up in 60 s; see {self.log}")
 
+    def pids(self) -> list[int]:
+        children = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout.split()
+        return [self.proc.pid, *map(int, children)]
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the server process and its workers so far (from /proc/PID/stat)."""
+        total = 0
+        for pid in self.pids():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+        return total / os.sysconf("SC_CLK_TCK")
+
     def kill9(self) -> None:
         # SIGKILL the whole server: with --workers the workers are children of the supervisor.
-        children = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout.split()
-        for pid in [self.proc.pid, *map(int, children)]:
+        for pid in self.pids():
             os.kill(pid, signal.SIGKILL)
         self.proc.wait()
 
@@ -134,12 +214,18 @@ async def with_retry(send, run: Run, deadline: float):
         wait = min(wait * 2, 1.0)
 
 
-async def annotator(client: httpx.AsyncClient, token: str, n: int, run: Run, seed: int) -> None:
+async def annotator(client, token: str, n: int, run: Run, seed: int) -> None:
     rng = random.Random(seed)
     auth = {"Authorization": f"Bearer {token}"}
+    if isinstance(client, RawClient):
+        get = lambda: client.request("GET", "/api/next", auth)  # noqa: E731
+        post = lambda: client.request("POST", "/api/labels", headers, json.dumps(body).encode())  # noqa: E731
+    else:
+        get = lambda: client.get("/api/next", headers=auth)  # noqa: E731
+        post = lambda: client.post("/api/labels", json=body, headers=headers)  # noqa: E731
     for _ in range(n):
         deadline = time.perf_counter() + 120
-        r = await with_retry(lambda: client.get("/api/next", headers=auth), run, deadline)
+        r = await with_retry(get, run, deadline)
         task = r.json()["task"]
         if task is None:
             run.errors.append("queue ran dry")
@@ -148,7 +234,7 @@ async def annotator(client: httpx.AsyncClient, token: str, n: int, run: Run, see
         body = {"task_id": task["id"], "answer": answer_for(task, rng), "duration_ms": rng.randint(2000, 9000)}
         headers = {**auth, "Idempotency-Key": key}
         t0 = time.perf_counter()
-        r = await with_retry(lambda: client.post("/api/labels", json=body, headers=headers), run, deadline)
+        r = await with_retry(post, run, deadline)
         if r.status_code not in (200, 201):
             run.errors.append(f"{r.status_code}: {r.text[:200]}")
             continue
@@ -157,15 +243,34 @@ async def annotator(client: httpx.AsyncClient, token: str, n: int, run: Run, see
         run.acked[key] = r.json()["id"]
 
 
-async def drive(url: str, sessions, labels: int, run: Run, on_progress=None) -> float:
-    limits = httpx.Limits(max_connections=len(sessions) + 10, max_keepalive_connections=len(sessions) + 10)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
+async def drive(url: str, sessions, labels: int, run: Run, on_progress=None, client: str = "raw") -> float:
+    if client == "raw":
+        clients = [RawClient(url) for _ in sessions]
+    else:
+        limits = httpx.Limits(max_connections=len(sessions) + 10, max_keepalive_connections=len(sessions) + 10)
+        clients = [httpx.AsyncClient(base_url=url, limits=limits, timeout=30)] * len(sessions)
+    try:
         t0 = time.perf_counter()
-        work = [asyncio.create_task(annotator(client, tok, labels, run, seed)) for seed, (_, tok) in enumerate(sessions)]
+        work = [asyncio.create_task(annotator(c, tok, labels, run, seed))
+                for seed, (c, (_, tok)) in enumerate(zip(clients, sessions))]
         if on_progress:
             work.append(asyncio.create_task(on_progress()))
         await asyncio.gather(*work)
         return time.perf_counter() - t0
+    finally:
+        if client == "raw":
+            for c in clients:
+                c.close()
+        else:
+            await clients[0].aclose()
+
+
+def run_async(coro):
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
 
 
 def verify(store: Store, user_ids: list[int], run: Run) -> dict:
@@ -200,6 +305,8 @@ def main() -> None:
     ap.add_argument("--crash-labels", type=int, default=60,
                     help="labels per annotator in the crash run (60 keeps the whole benchmark near 3 minutes)")
     ap.add_argument("--skip-crash", action="store_true")
+    ap.add_argument("--client", choices=["raw", "httpx"], default="raw",
+                    help="load generator's HTTP client: raw (a minimal keep-alive client, cheap on CPU) or httpx")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="annotate-load-"))
@@ -214,7 +321,11 @@ def main() -> None:
         sessions = setup(store, "load", args.annotators, n_tasks)
         server.start()
         run = Run()
-        seconds = asyncio.run(drive(server.url, sessions, args.labels, run))
+        load_before = os.getloadavg()
+        server_cpu0, client_cpu0 = server.cpu_seconds(), time.process_time()
+        seconds = run_async(drive(server.url, sessions, args.labels, run, client=args.client))
+        server_cpu, client_cpu = server.cpu_seconds() - server_cpu0, time.process_time() - client_cpu0
+        load_after = os.getloadavg()
         results["load"] = (run, seconds, verify(store, [u for u, _ in sessions], run))
 
         if not args.skip_crash:
@@ -232,7 +343,7 @@ def main() -> None:
                 server.kill9()
                 restart["restart_s"] = await asyncio.to_thread(server.start)
 
-            seconds = asyncio.run(drive(server.url, sessions, crash_labels, crash, killer))
+            seconds = run_async(drive(server.url, sessions, crash_labels, crash, killer, client=args.client))
             results["crash"] = (crash, seconds, verify(store, [u for u, _ in sessions], crash), restart)
     finally:
         server.stop()
@@ -240,7 +351,7 @@ def main() -> None:
 
     run, seconds, check = results["load"]
     print(f"\nannotation service load test: {args.annotators} annotators x {args.labels} labels, "
-          f"{store.dialect}, {args.workers} server workers, server log {server.log}")
+          f"{store.dialect}, {args.workers} server workers, {args.client} client, server log {server.log}")
     print(f"{'phase':<8}{'labels':>8}{'seconds':>9}{'labels/s':>10}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}"
           f"{'lost':>6}{'dup':>5}{'retries':>9}{'errors':>8}")
     for name, res in results.items():
@@ -248,6 +359,11 @@ def main() -> None:
         print(f"{name:<8}{check['acknowledged']:>8}{seconds:>9.1f}{check['acknowledged'] / seconds:>10.1f}"
               f"{pct(run.latencies, .5):>9.1f}{pct(run.latencies, .95):>9.1f}{pct(run.latencies, .99):>9.1f}"
               f"{check['lost']:>6}{check['duplicated']:>5}{run.retries:>9}{len(run.errors):>8}")
+    acked = results["load"][2]["acknowledged"] or 1
+    print(f"load phase CPU: server {server_cpu * 1000 / acked:.2f} ms/label ({server_cpu:.1f} s), load generator "
+          f"{client_cpu * 1000 / acked:.2f} ms/label ({client_cpu:.1f} s); load average before "
+          f"{' '.join(f'{x:.2f}' for x in load_before)}, after {' '.join(f'{x:.2f}' for x in load_after)} "
+          f"({os.cpu_count()} CPUs)")
     if "crash" in results:
         crash, _, check, restart = results["crash"]
         print(f"crash: SIGKILL after {restart['killed_at']} acknowledged labels; restarted in {restart['restart_s']:.1f} s; "

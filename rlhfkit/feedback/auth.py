@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from fastapi import Depends, HTTPException, Request
-from sqlalchemy import delete, select
+from sqlalchemy import Connection, bindparam, delete, select
 from sqlalchemy.orm import Session
 
 from rlhfkit.feedback.models import ROLES, AuthSession, Invite, User, utcnow
@@ -102,20 +102,36 @@ def request_token(request: Request) -> str | None:
     return request.cookies.get(COOKIE)
 
 
-def user_for_token(db: Session, token: str | None) -> User | None:
+# One indexed lookup by the token's SHA-256 (the primary key): no Argon2 here, a 256-bit random token
+# needs no slow hash. Built once; run as Core (an ORM query costs more CPU than the lookup itself).
+_USERS, _SESSIONS = User.__table__, AuthSession.__table__
+_SESSION_USER = (select(_USERS.c.id, _USERS.c.username, _USERS.c.role, _USERS.c.active, _SESSIONS.c.expires_at)
+                 .join(_SESSIONS, _SESSIONS.c.user_id == _USERS.c.id)
+                 .where(_SESSIONS.c.token_hash == bindparam("token_hash")))
+
+
+def user_for_token(db: Session | Connection, token: str | None) -> User | None:
+    """The active user of a live session, or None. The User returned is detached (read its fields)."""
     if not token:
         return None
-    row = db.execute(select(User, AuthSession.expires_at).join(AuthSession, AuthSession.user_id == User.id)
-                     .where(AuthSession.token_hash == hash_token(token))).first()
-    if row is None or row.expires_at < utcnow() or not row.User.active:
+    conn = db.connection() if isinstance(db, Session) else db
+    row = conn.execute(_SESSION_USER, {"token_hash": hash_token(token)}).first()
+    if row is None or row.expires_at < utcnow() or not row.active:
         return None
-    return row.User
+    return User(id=row.id, username=row.username, role=row.role, active=row.active)
 
 
-def current_user(request: Request) -> User:
+def _lookup(store, token: str | None) -> User | None:
+    if not token:
+        return None
+    with store.read_conn() as conn:
+        return user_for_token(conn, token)
+
+
+async def current_user(request: Request) -> User:
+    # async, so FastAPI does not hand each request's auth check to a thread of its own (see Store.run)
     store = request.app.state.store
-    with store.read() as db:
-        user = user_for_token(db, request_token(request))
+    user = await store.run(_lookup, store, request_token(request))
     if user is None:
         raise HTTPException(401, "not logged in (or the session expired): POST /api/auth/login first",
                             headers={"WWW-Authenticate": "Bearer"})
@@ -124,7 +140,7 @@ def current_user(request: Request) -> User:
 
 def require(role: str):
     """A dependency that lets through users whose role is ``role`` or higher."""
-    def check(user: User = Depends(current_user)) -> User:
+    async def check(user: User = Depends(current_user)) -> User:
         if RANK[user.role] < RANK[role]:
             raise HTTPException(403, f"this needs the '{role}' role; '{user.username}' is '{user.role}'")
         return user

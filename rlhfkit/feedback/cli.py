@@ -73,7 +73,7 @@ def serve(db: str = DB, host: str = typer.Option("127.0.0.1", help="interface to
     typer.echo(f"serving {store.dialect} store on http://{host}:{port} (strategy {strategy}, overlap {overlap}, "
                f"{workers} worker{'s' if workers > 1 else ''})")
     uvicorn.run("rlhfkit.feedback.cli:app_from_env", factory=True, host=host, port=port, workers=workers,
-                log_level="warning", timeout_graceful_shutdown=5)
+                log_level="warning", access_log=False, timeout_graceful_shutdown=5)
 
 
 def app_from_env():

@@ -1,59 +1,86 @@
 """Labelling API: the next item, submitting and reading one's own labels, skipping."""
 from __future__ import annotations
 
+from contextlib import nullcontext
 from datetime import timezone
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Request, Response
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from rlhfkit.feedback.auth import RANK, current_user
 from rlhfkit.feedback.models import Label, Task, User
 from rlhfkit.feedback.schemas import LabelIn, LabelOut, LabelUpdate, NextOut, Progress, ResponseOut, TaskOut
-from rlhfkit.feedback.store import (LabelConflict, display_order, next_task, progress, skip_task, submit_label,
-                                    update_label)
+from rlhfkit.feedback.store import (LabelConflict, display_order, lease_next, progress, skip_task, store_label,
+                                    stored_after_conflict, update_label)
 
 router = APIRouter(prefix="/api", tags=["labelling"])
 
 
-def label_out(label: Label, username: str) -> LabelOut:
+def label_out(label: Label | dict, username: str) -> LabelOut:
+    get = label.get if isinstance(label, dict) else label.__getattribute__
     # Stored as naive UTC; say so in the output.
-    return LabelOut(id=label.id, task_id=label.task_id, annotator=username, answer=label.answer,
-                    reason=label.reason, flags=label.flags, duration_ms=label.duration_ms,
-                    review_status=label.review_status, created_at=label.created_at.replace(tzinfo=timezone.utc),
-                    updated_at=label.updated_at.replace(tzinfo=timezone.utc))
+    return LabelOut(id=get("id"), task_id=get("task_id"), annotator=username, answer=get("answer"),
+                    reason=get("reason"), flags=get("flags"), duration_ms=get("duration_ms"),
+                    review_status=get("review_status"), created_at=get("created_at").replace(tzinfo=timezone.utc),
+                    updated_at=get("updated_at").replace(tzinfo=timezone.utc))
 
 
-def task_out(task: Task, user: User) -> TaskOut:
+def task_out(task, user: User) -> TaskOut:
     order = display_order(task.id, user.id, len(task.responses))
     return TaskOut(id=task.id, kind=task.kind, prompt=task.prompt, scale=task.scale,
                    responses=[ResponseOut(index=i, text=task.responses[i]) for i in order])
 
 
+def _json(model, status_code: int = 200, headers: dict | None = None) -> Response:
+    # The model is built and checked already: returning a Response skips FastAPI's second validation
+    # of it against response_model (which stays declared for the OpenAPI document).
+    return Response(model.model_dump_json(), status_code=status_code, headers=headers, media_type="application/json")
+
+
+# The two endpoints every label goes through are async: reads run through Store.run (inline on
+# SQLite), writes through Store.transact (group commit on SQLite): no threadpool hand-off per request
+# and no fsync on the event loop.
+
+def _progress(store, user: User, settings) -> dict:
+    with store.read_conn() as conn:
+        return progress(conn, user, settings)
+
+
 @router.get("/next", response_model=NextOut, summary="The next item for me (leased to me for a while)")
-def get_next(request: Request, user: User = Depends(current_user)) -> NextOut:
+async def get_next(request: Request, user: User = Depends(current_user)):
     store, settings = request.app.state.store, request.app.state.settings
-    with store.write(durable=False) as db:  # only a lease is written
-        task = next_task(db, user, settings)
-        out = task_out(task, user) if task else None
-    with store.read() as db:
-        return NextOut(task=out, progress=Progress(**progress(db, user, settings)))
+    counts = await store.run(_progress, store, user, settings)
+    # Only a lease is written: not durable (losing it in an OS crash just serves the item again).
+    row = await store.transact(lease_next, user.id, settings, durable=False)
+    return _json(NextOut(task=task_out(row, user) if row else None, progress=Progress(**counts)))
+
+
+def _submit(conn, user_id: int, key: str, body: LabelIn) -> tuple[dict, bool]:
+    args = (user_id, key, body.task_id)
+    # On PostgreSQL a failed INSERT aborts the transaction, so it runs in a savepoint; on SQLite a
+    # failed statement undoes only itself (and writers are serialised, so the race hardly arises).
+    try:
+        with nullcontext() if conn.dialect.name == "sqlite" else conn.begin_nested():
+            return store_label(conn, *args, body.answer, body.reason, body.flags, body.duration_ms)
+    except IntegrityError:  # a concurrent twin won the race; its row is the answer
+        return stored_after_conflict(conn, *args)
 
 
 @router.post("/labels", response_model=LabelOut, status_code=201, summary="Submit a label (idempotent)",
              responses={200: {"description": "a retry: the label already stored under this Idempotency-Key"}})
-def post_label(body: LabelIn, request: Request, response: Response, user: User = Depends(current_user),
-               idempotency_key: str = Header("", description="a fresh random key per submission; a retry "
-                                                             "with the same key returns the stored label")):
-    with request.app.state.store.write() as db:
-        try:
-            label, replayed = submit_label(db, user, idempotency_key, body.task_id, body.answer, body.reason,
-                                           body.flags, body.duration_ms)
-        except LabelConflict as e:
-            raise HTTPException(e.status, str(e)) from None
+async def post_label(body: LabelIn, request: Request, user: User = Depends(current_user),
+                     idempotency_key: str = Header("", description="a fresh random key per submission; a retry "
+                                                                   "with the same key returns the stored label")):
+    store = request.app.state.store
+    try:
+        # Returns once committed with synchronous=FULL (on disk), possibly together with other labels.
+        label, replayed = await store.transact(_submit, user.id, idempotency_key, body)
+    except LabelConflict as e:
+        raise HTTPException(e.status, str(e)) from None
     if replayed:
-        response.status_code = 200
-        response.headers["Idempotent-Replayed"] = "true"
-    return label_out(label, user.username)
+        return _json(label_out(label, user.username), 200, {"Idempotent-Replayed": "true"})
+    return _json(label_out(label, user.username), 201)
 
 
 @router.get("/labels", response_model=list[LabelOut], summary="My labels (reviewers and admins: anyone's)")

@@ -13,9 +13,11 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Iterable
 
-from sqlalchemy import and_, bindparam, delete, exists, func, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, delete, exists, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.orm.util import identity_key
 
 from rlhfkit.feedback import active
 from rlhfkit.feedback.models import KINDS, Assignment, Label, Task, User, utcnow
@@ -142,37 +144,72 @@ _OTHERS_HOLDING = (select(func.count()).select_from(Assignment)
                           Assignment.skipped.is_(False), Assignment.expires_at > bindparam("now"))
                    .correlate(Task).scalar_subquery())
 ELIGIBLE = and_(Task.is_gold.is_(False), _NOT_DONE, Task.n_labels + _OTHERS_HOLDING < bindparam("overlap"))
-_LEASED = (select(Task).join(Assignment, Assignment.task_id == Task.id)
+_TASK_COLS = (Task.id, Task.kind, Task.prompt, Task.responses, Task.scale)  # what serving an item needs
+_LEASED = (select(*_TASK_COLS).join(Assignment, Assignment.task_id == Task.id)
            .where(Assignment.user_id == bindparam("user_id"), Assignment.skipped.is_(False),
                   Assignment.expires_at > bindparam("now"), _NOT_DONE).limit(1))
-_GOLD = select(Task).where(Task.is_gold.is_(True), _NOT_DONE).order_by(func.random()).limit(1)
-_QUEUE = {name: select(Task).where(ELIGIBLE).order_by(*active.order_for(name)).limit(1) for name in active.STRATEGIES}
+_GOLD = select(*_TASK_COLS).where(Task.is_gold.is_(True), _NOT_DONE).order_by(func.random()).limit(1)
+_QUEUE = {name: select(*_TASK_COLS).where(ELIGIBLE).order_by(*active.order_for(name)).limit(1)
+          for name in active.STRATEGIES}
+_ASSIGNMENTS = Assignment.__table__
+
+
+def _lease_statement(dialect: str):
+    """Take or renew the lease in one statement (an upsert) where the database has one."""
+    values = {"task_id": bindparam("task_id"), "user_id": bindparam("user_id"), "skipped": False,
+              "expires_at": bindparam("expires_at")}
+    if dialect in ("sqlite", "postgresql"):
+        from importlib import import_module
+
+        insert = import_module(f"sqlalchemy.dialects.{dialect}").insert
+        stmt = insert(_ASSIGNMENTS).values(values)
+        return stmt.on_conflict_do_update(index_elements=["task_id", "user_id"],
+                                          set_={"expires_at": stmt.excluded.expires_at})
+    return None
+
+
+_LEASE = {d: _lease_statement(d) for d in ("sqlite", "postgresql")}
+_RENEW = (update(_ASSIGNMENTS).where(_ASSIGNMENTS.c.task_id == bindparam("task_id"),
+                                     _ASSIGNMENTS.c.user_id == bindparam("user_id"))
+          .values(expires_at=bindparam("expires_at")))
+
+
+def lease_next(conn: Connection, user_id: int, settings: QueueSettings, rng: random.Random | None = None):
+    """Pick the next item for ``user_id`` and write its lease, in the caller's transaction (the caller
+    commits). Returns a row (id, kind, prompt, responses, scale) or None when nothing is left."""
+    if settings.strategy not in _QUEUE:
+        raise ValueError(f"strategy '{settings.strategy}': must be one of {', '.join(_QUEUE)}")
+    now = utcnow()
+    rng = rng or random
+    params = {"user_id": user_id, "now": now, "overlap": settings.overlap}
+    # An item already leased to this user and not yet labelled comes back first (e.g. after a reload).
+    row = conn.execute(_LEASED, params).first()
+    if row is None and settings.gold_rate > 0 and rng.random() < settings.gold_rate:
+        row = conn.execute(_GOLD, params).first()
+    if row is None:
+        row = conn.execute(_QUEUE[settings.strategy], params).first()
+    if row is None:
+        return None
+    lease = {"task_id": row.id, "user_id": user_id, "expires_at": now + timedelta(seconds=settings.lease_seconds)}
+    upsert = _LEASE.get(conn.dialect.name)
+    if upsert is not None:
+        conn.execute(upsert, lease)
+    elif conn.execute(_RENEW, lease).rowcount == 0:
+        conn.execute(_ASSIGNMENTS.insert(), {**lease, "skipped": False})
+    return row
 
 
 def next_task(db: Session, user: User, settings: QueueSettings, rng: random.Random | None = None) -> Task | None:
     """Pick (and lease) the next item for ``user``; commits. None when nothing is left for them."""
-    now = utcnow()
-    rng = rng or random
-    params = {"user_id": user.id, "now": now, "overlap": settings.overlap}
-    if settings.strategy not in _QUEUE:
-        raise ValueError(f"strategy '{settings.strategy}': must be one of {', '.join(_QUEUE)}")
-    # An item already leased to this user and not yet labelled comes back first (e.g. after a reload).
-    task = db.scalar(_LEASED, params)
-    if task is None and settings.gold_rate > 0 and rng.random() < settings.gold_rate:
-        task = db.scalar(_GOLD, params)
-    if task is None:
-        task = db.scalar(_QUEUE[settings.strategy], params)
-    if task is None:
-        db.commit()
-        return None
-    lease = db.get(Assignment, (task.id, user.id))
-    if lease is None:
-        db.add(Assignment(task_id=task.id, user_id=user.id, skipped=False,
-                          expires_at=now + timedelta(seconds=settings.lease_seconds)))
-    else:
-        lease.expires_at = now + timedelta(seconds=settings.lease_seconds)
+    row = lease_next(db.connection(), user.id, settings, rng)
     db.commit()
-    return task
+    if row is None:
+        return None
+    # The lease was written with Core: bring a copy this session already holds up to date.
+    lease = db.identity_map.get(identity_key(Assignment, (row.id, user.id)))
+    if lease is not None:
+        db.refresh(lease)
+    return db.get(Task, row.id)
 
 
 def skip_task(db: Session, user: User, task_id: int) -> None:
@@ -193,40 +230,69 @@ _PROGRESS = select(
     .where(Assignment.user_id == bindparam("user_id"), Assignment.skipped.is_(True), _OPEN).scalar_subquery())
 
 
-def progress(db: Session, user: User, settings: QueueSettings) -> dict:
+def progress(db: Session | Connection, user: User, settings: QueueSettings) -> dict:
     """Labels done, and items left: open items (fewer than k labels) this user has not labelled or
     skipped. Leases are ignored here: counting them per item would cost a scan on every request."""
-    done, open_tasks, mine, skipped = db.execute(_PROGRESS, {"user_id": user.id, "overlap": settings.overlap}).one()
+    conn = db.connection() if isinstance(db, Session) else db
+    done, open_tasks, mine, skipped = conn.execute(_PROGRESS, {"user_id": user.id, "overlap": settings.overlap}).one()
     return {"done": done, "remaining": max(0, open_tasks - mine - skipped)}
 
 
 # ---------------------------------------------------------------- labels
 
-def submit_label(db: Session, user: User, key: str, task_id: int, answer: Any, reason: str | None,
-                 flags: Any, duration_ms: int | None) -> tuple[Label, bool]:
-    """Store one label and commit; returns (label, replayed).
+_LABELS = Label.__table__
+_LABEL_COLS = (_LABELS.c.id, _LABELS.c.task_id, _LABELS.c.idempotency_key, _LABELS.c.answer, _LABELS.c.reason,
+               _LABELS.c.flags, _LABELS.c.duration_ms, _LABELS.c.review_status, _LABELS.c.created_at,
+               _LABELS.c.updated_at)
+# One query finds both a replay (same key) and an earlier label for this item (another key).
+_EARLIER = select(*_LABEL_COLS).where(_LABELS.c.annotator_id == bindparam("user_id"),
+                                      or_(_LABELS.c.idempotency_key == bindparam("key"),
+                                          _LABELS.c.task_id == bindparam("task_id")))
+_TASK_AND_LEASE = select(Task.kind, Task.responses, Task.scale,
+                         exists().where(Assignment.task_id == Task.id, Assignment.user_id == bindparam("user_id"))
+                         .correlate(Task).label("served")).where(Task.id == bindparam("task_id"))
+_INSERT_LABEL = _LABELS.insert()
+_COUNT_LABEL = update(Task.__table__).where(Task.id == bindparam("task_id")).values(n_labels=Task.n_labels + 1)
+_END_LEASE = delete(_ASSIGNMENTS).where(_ASSIGNMENTS.c.task_id == bindparam("task_id"),
+                                        _ASSIGNMENTS.c.user_id == bindparam("user_id"))
+
+
+def _label_dict(row) -> dict:
+    return {k: getattr(row, k) for k in ("id", "task_id", "answer", "reason", "flags", "duration_ms", "review_status",
+                                         "created_at", "updated_at")}
+
+
+def store_label(conn: Connection, user_id: int, key: str, task_id: int, answer: Any, reason: str | None,
+                flags: Any, duration_ms: int | None) -> tuple[dict, bool]:
+    """Write one label in the caller's transaction (the caller commits; the label counts as stored
+    only then). Returns (the label's fields, replayed).
 
     A repeated ``key`` from the same annotator returns the label already stored under it (replayed =
-    True) and inserts nothing, whether the first request's answer reached the client or not.
+    True) and writes nothing, whether the first request's answer reached the client or not. A race
+    with a concurrent twin surfaces as IntegrityError from the INSERT: roll back and call
+    ``stored_after_conflict``.
     """
     if not key or len(key) > 100:
         raise LabelConflict(400, "header Idempotency-Key: required, 1-100 characters (e.g. a UUID per submission)")
-    # One query finds both a replay (same key) and an earlier label for this item (another key).
-    earlier = db.scalars(select(Label).where(Label.annotator_id == user.id,
-                                             or_(Label.idempotency_key == key, Label.task_id == task_id))).all()
+    earlier = conn.execute(_EARLIER, {"user_id": user_id, "key": key, "task_id": task_id}).all()
     for stored in earlier:
         if stored.idempotency_key == key:
             if stored.task_id != task_id:
                 raise LabelConflict(422, f"Idempotency-Key '{key}': already used for task {stored.task_id}, "
                                          f"not {task_id}; use a new key per submission")
-            return stored, True
+            return _label_dict(stored), True
     if earlier:
         raise LabelConflict(409, f"task {task_id}: you labelled it already (label {earlier[0].id}); "
                                  f"PUT /api/labels/{earlier[0].id} to change it")
-    task = db.get(Task, task_id)
+    task = conn.execute(_TASK_AND_LEASE, {"task_id": task_id, "user_id": user_id}).first()
     if task is None:
         raise LabelConflict(404, f"task {task_id}: no such task")
-    if db.get(Assignment, (task_id, user.id)) is None:
+    if not task.served:
+        # On PostgreSQL a concurrent twin may have committed (and ended the lease) since the first
+        # query: then this is a replay, not a label for an item never served.
+        again = conn.execute(_EARLIER, {"user_id": user_id, "key": key, "task_id": task_id}).first()
+        if again is not None and again.idempotency_key == key and again.task_id == task_id:
+            return _label_dict(again), True
         raise LabelConflict(403, f"task {task_id}: was not served to you; GET /api/next for your next item")
     try:
         answer = validate_answer(task.kind, answer, len(task.responses), task.scale)
@@ -234,26 +300,46 @@ def submit_label(db: Session, user: User, key: str, task_id: int, answer: Any, r
     except AnswerError as e:
         raise LabelConflict(422, str(e)) from None
     now = utcnow()
-    label = Label(task_id=task_id, annotator_id=user.id, idempotency_key=key, answer=answer,
-                  reason=(reason or None), flags=flags, created_at=now, updated_at=now,
-                  duration_ms=None if duration_ms is None else max(0, min(int(duration_ms), 3_600_000)))
+    label = {"task_id": task_id, "annotator_id": user_id, "idempotency_key": key, "answer": answer,
+             "reason": reason or None, "flags": flags, "created_at": now, "updated_at": now, "review_status": None,
+             "duration_ms": None if duration_ms is None else max(0, min(int(duration_ms), 3_600_000))}
+    # The INSERT: on PostgreSQL a concurrent twin waits here, then fails the unique check.
+    label["id"] = conn.execute(_INSERT_LABEL, label).inserted_primary_key[0]
+    conn.execute(_COUNT_LABEL, {"task_id": task_id})
+    conn.execute(_END_LEASE, {"task_id": task_id, "user_id": user_id})
+    del label["annotator_id"], label["idempotency_key"]
+    return label, False
+
+
+def stored_after_conflict(conn: Connection, user_id: int, key: str, task_id: int) -> tuple[dict, bool]:
+    """After an IntegrityError (and a rollback): a concurrent request with the same key (or for the
+    same task) won the race; return its row."""
+    stored = conn.execute(_EARLIER, {"user_id": user_id, "key": key, "task_id": task_id}).first()
+    if stored is None:
+        raise LabelConflict(500, f"task {task_id}: the label could not be stored; retry with the same key")
+    if stored.idempotency_key != key:
+        raise LabelConflict(409, f"task {task_id}: you labelled it already (label {stored.id})")
+    return _label_dict(stored), True
+
+
+def submit_label(db: Session, user: User, key: str, task_id: int, answer: Any, reason: str | None,
+                 flags: Any, duration_ms: int | None) -> tuple[Label, bool]:
+    """Store one label and commit; returns (label, replayed). See ``store_label``."""
     try:
-        db.add(label)
-        db.flush()  # the INSERT: on PostgreSQL a concurrent twin waits here, then fails the unique check
-        db.execute(update(Task).where(Task.id == task_id).values(n_labels=Task.n_labels + 1))
-        db.execute(delete(Assignment).where(Assignment.task_id == task_id, Assignment.user_id == user.id))
+        stored, replayed = store_label(db.connection(), user.id, key, task_id, answer, reason, flags, duration_ms)
         db.commit()
     except IntegrityError:
-        # A concurrent request with the same key (or for the same task) won the race; return its row.
         db.rollback()
-        stored = db.scalar(select(Label).where(Label.annotator_id == user.id,
-                                               or_(Label.idempotency_key == key, Label.task_id == task_id)))
-        if stored is None:
-            raise
-        if stored.idempotency_key != key:
-            raise LabelConflict(409, f"task {task_id}: you labelled it already (label {stored.id})") from None
-        return stored, True
-    return label, False
+        stored, replayed = stored_after_conflict(db.connection(), user.id, key, task_id)
+        db.commit()
+    if not replayed:  # written with Core: bring copies this session already holds up to date
+        lease = db.identity_map.get(identity_key(Assignment, (task_id, user.id)))
+        if lease is not None:
+            db.expunge(lease)
+        task = db.identity_map.get(identity_key(Task, task_id))
+        if task is not None and "n_labels" in task.__dict__:
+            set_committed_value(task, "n_labels", task.n_labels + 1)
+    return db.get(Label, stored["id"]), replayed
 
 
 def update_label(db: Session, user: User, label_id: int, answer: Any, reason: str | None, flags: Any) -> Label:

@@ -107,7 +107,7 @@ def test_concurrent_retries_store_one_label(server):
 
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(send, range(8)))
-    assert sorted(r.status_code for r in results) == [200] * 7 + [201]
+    assert sorted(r.status_code for r in results) == [200] * 7 + [201], [(r.status_code, r.text[:300]) for r in results]
     assert len({r.json()["id"] for r in results}) == 1
     assert server.sql("SELECT count(*) FROM labels WHERE task_id = :t", t=task_id) == [(1,)]
     assert server.sql("SELECT n_labels FROM tasks WHERE id = :t", t=task_id) == [(1,)]

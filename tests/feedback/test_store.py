@@ -143,3 +143,49 @@ def test_dashboard_reports_gold_accuracy_agreement_and_throughput(tmp_path):
     assert agreement["cohen_kappa_mean"] == pytest.approx(0.0, abs=1e-12)
     assert agreement["fleiss_kappa"] == pytest.approx(-1 / 11, abs=1e-12)
     assert agreement["krippendorff_alpha"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_group_commit_stores_each_label_once_and_isolates_a_failing_one(tmp_path, monkeypatch):
+    """Submissions that arrive together share one transaction (Store.transact on SQLite): a retry of
+    a key inside the same batch is answered with the label being stored, a bad answer fails alone,
+    and the item counters match the labels."""
+    import asyncio
+
+    from sqlalchemy import func, select
+
+    from rlhfkit.feedback.models import Assignment, Label, Task, utcnow
+    from rlhfkit.feedback.routes_label import _submit
+    from rlhfkit.feedback.schemas import LabelIn
+    from rlhfkit.feedback.store import LabelConflict
+
+    store = new_store(tmp_path)
+    ids = tasks(store, [PAIR] * 4)
+    annotators = users(store, "a", "b", "c")
+    with store.write() as db:  # each annotator was served the first three items
+        db.add_all([Assignment(task_id=task, user_id=user.id, expires_at=utcnow(), skipped=False)
+                    for user in annotators for task in ids[:3]])
+        db.commit()
+    body = lambda task, answer: LabelIn(task_id=task, answer=answer)  # noqa: E731
+    batches = []
+    run_batch = store._run_batch
+    monkeypatch.setattr(store, "_run_batch", lambda jobs: batches.append(len(jobs)) or run_batch(jobs))
+
+    async def submit_all():
+        jobs = [store.transact(_submit, user.id, f"{user.id}-{task}", body(task, {"choice": 1}))
+                for user in annotators for task in ids[:3]]
+        jobs.append(store.transact(_submit, annotators[0].id, f"{annotators[0].id}-{ids[0]}",
+                                   body(ids[0], {"choice": 1})))        # a retry, in the same batch
+        jobs.append(store.transact(_submit, annotators[1].id, "bad", body(ids[3], {"choice": 7})))  # not served
+        return await asyncio.gather(*jobs, return_exceptions=True)
+
+    results = asyncio.run(submit_all())
+    assert sum(batches) == 11 and len(batches) < 11  # they did share transactions
+    stored = results[:9]
+    assert all(not replayed for _, replayed in stored)
+    retry_label, replayed = results[9]
+    assert replayed and retry_label["id"] == stored[0][0]["id"]
+    assert isinstance(results[10], LabelConflict) and results[10].status == 403
+    with store.read() as db:
+        assert db.scalar(select(func.count()).select_from(Label)) == 9
+        assert db.scalar(select(func.sum(Task.n_labels))) == 9
+        assert sorted(db.scalars(select(Label.id))) == sorted(label["id"] for label, _ in stored)
