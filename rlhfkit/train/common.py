@@ -137,6 +137,23 @@ def interrupt_as_keyboard_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
+@contextmanager
+def checkpoint_on_interrupt(run: RunFolder, accelerator: Accelerator, state: TrainerState, keep: int,
+                            progress: "Progress", logger: MetricsLogger | None = None):
+    """Around a training loop: Ctrl-C or SIGTERM saves a checkpoint of ``state`` (as the loop left it) and
+    re-raises, so the same command resumes."""
+    try:
+        with interrupt_as_keyboard_interrupt():
+            yield
+    except KeyboardInterrupt:
+        progress.close()
+        path = save_checkpoint(run, accelerator, state, keep)
+        accelerator.print(f"interrupted at step {state.step}; checkpoint saved to {path}; rerun the same command to resume")
+        if logger is not None:
+            logger.close()
+        raise
+
+
 class Progress:
     """A rich progress bar with ETA on the main process; silent elsewhere."""
 

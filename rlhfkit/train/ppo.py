@@ -218,130 +218,123 @@ def run(cfg: PPOConfig) -> Path:
     kl_fn = KL_ESTIMATORS[cfg.kl_estimator]
     samples_file = run_dir.path / "samples.jsonl"
     policy.train()
-    try:
-        with common.interrupt_as_keyboard_interrupt():
-            while state.step < n_steps:
-                t0 = time.perf_counter()
-                kl_coef = state.extra["kl_coef"]
-                prompts = [train_prompts[i] for i in next(batches)][accelerator.process_index::accelerator.num_processes]
-                # 1. rollout (the sampling noise of step k is a function of (seed, k), so a resumed run matches)
-                sampler.sync_weights(raw_policy)
-                generator = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + state.step)
-                rollout = sampler.generate(prompts, n=cfg.group_size, generator=generator)
-                mask = rollout.response_mask.to(device)  # (B, T)
-                t_rollout = time.perf_counter() - t0
+    with common.checkpoint_on_interrupt(run_dir, accelerator, state, cfg.keep_checkpoints, progress, logger):
+        while state.step < n_steps:
+            t0 = time.perf_counter()
+            kl_coef = state.extra["kl_coef"]
+            prompts = [train_prompts[i] for i in next(batches)][accelerator.process_index::accelerator.num_processes]
+            # 1. rollout (the sampling noise of step k is a function of (seed, k), so a resumed run matches)
+            sampler.sync_weights(raw_policy)
+            generator = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + state.step)
+            rollout = sampler.generate(prompts, n=cfg.group_size, generator=generator)
+            mask = rollout.response_mask.to(device)  # (B, T)
+            t_rollout = time.perf_counter() - t0
 
-                # 2. score: normalised, and a fixed low score for responses that never ended
-                raw_scores = reward_fn(rollout.prompts, rollout.texts).to(device)  # (B,)
-                scores = normalizer(raw_scores)
-                if cfg.missing_eos_penalty is not None:
-                    scores = torch.where(rollout.ended.to(device), scores, torch.full_like(scores, cfg.missing_eos_penalty))
+            # 2. score: normalised, and a fixed low score for responses that never ended
+            raw_scores = reward_fn(rollout.prompts, rollout.texts).to(device)  # (B,)
+            scores = normalizer(raw_scores)
+            if cfg.missing_eos_penalty is not None:
+                scores = torch.where(rollout.ended.to(device), scores, torch.full_like(scores, cfg.missing_eos_penalty))
 
-                # 3. old log-probs and values (the behaviour policy), reference log-probs, per-token rewards
-                with torch.no_grad():
-                    old = forward(policy, critic, rollout, cfg, entropy=True)
-                    ref_logprobs = reference_logprobs(rollout)
-                old_logprobs, old_values = old["logprobs"], old.get("values")
-                rewards = kl_penalized_rewards(scores, old_logprobs, ref_logprobs, mask, kl_coef, cfg.kl_estimator)  # (B, T)
-                kl = masked_sum(kl_fn(old_logprobs, ref_logprobs), mask, dim=-1)  # (B,) KL per response
-                sequence_rewards = masked_sum(rewards, mask, dim=-1)  # (B,) score - kl_coef * KL
+            # 3. old log-probs and values (the behaviour policy), reference log-probs, per-token rewards
+            with torch.no_grad():
+                old = forward(policy, critic, rollout, cfg, entropy=True)
+                ref_logprobs = reference_logprobs(rollout)
+            old_logprobs, old_values = old["logprobs"], old.get("values")
+            rewards = kl_penalized_rewards(scores, old_logprobs, ref_logprobs, mask, kl_coef, cfg.kl_estimator)  # (B, T)
+            kl = masked_sum(kl_fn(old_logprobs, ref_logprobs), mask, dim=-1)  # (B,) KL per response
+            sequence_rewards = masked_sum(rewards, mask, dim=-1)  # (B,) score - kl_coef * KL
 
-                # 4. advantages: GAE on the per-token rewards, or a group baseline on the sequence reward
-                if cfg.advantage == "gae":
-                    advantages, returns = gae(rewards, old_values, mask, cfg.gamma, cfg.lam)  # (B, T) each
-                else:
-                    advantages = sequence_advantages(cfg, sequence_rewards).unsqueeze(1) * mask  # (B,) -> (B, T)
-                    returns = None
-                if cfg.whiten_advantages:
-                    advantages = masked_whiten(advantages, mask)
+            # 4. advantages: GAE on the per-token rewards, or a group baseline on the sequence reward
+            if cfg.advantage == "gae":
+                advantages, returns = gae(rewards, old_values, mask, cfg.gamma, cfg.lam)  # (B, T) each
+            else:
+                advantages = sequence_advantages(cfg, sequence_rewards).unsqueeze(1) * mask  # (B,) -> (B, T)
+                returns = None
+            if cfg.whiten_advantages:
+                advantages = masked_whiten(advantages, mask)
 
-                # 5. PPO epochs over mini-batches with the clipped losses
-                stats: dict[str, list[float]] = {}
-                B = mask.size(0)
-                mb_size = math.ceil(B / cfg.num_minibatches)
-                shuffle = torch.Generator().manual_seed(cfg.seed * 7_919 + state.step)
-                for _ in range(cfg.ppo_epochs):
-                    order = torch.randperm(B, generator=shuffle)
-                    for s in range(0, B, mb_size):
-                        idx = order[s:s + mb_size].to(device)
-                        mb_mask = mask[idx]
-                        new = forward(policy, critic, take(rollout, idx.cpu()), cfg, entropy=cfg.entropy_coef > 0)
-                        pg_loss, pg_stats = ppo_policy_loss(new["logprobs"], old_logprobs[idx], advantages[idx], mb_mask,
-                                                            cfg.cliprange)
-                        loss = pg_loss
-                        if critic is not None:
-                            vf_loss, vf_stats = ppo_value_loss(new["values"], old_values[idx], returns[idx], mb_mask,
-                                                               cfg.cliprange_value)
-                            loss = loss + cfg.vf_coef * vf_loss
-                            stats.setdefault("loss/value", []).append(vf_loss.item())
-                            stats.setdefault("val/clipfrac", []).append(vf_stats["vf_clipfrac"].item())
-                        if cfg.entropy_coef > 0:
-                            mb_entropy = masked_mean(new["entropy"], mb_mask)
-                            loss = loss - cfg.entropy_coef * mb_entropy
-                            stats.setdefault("policy/entropy", []).append(mb_entropy.item())
-                        accelerator.backward(loss)
-                        if cfg.max_grad_norm:
-                            grad_norm = accelerator.clip_grad_norm_(trainable.parameters(), cfg.max_grad_norm)
-                            stats.setdefault("train/grad_norm", []).append(float(grad_norm))
-                        optimizer.step()
-                        scheduler.step()
-                        optimizer.zero_grad(set_to_none=True)
-                        stats.setdefault("loss/policy", []).append(pg_loss.item())
-                        stats.setdefault("loss/total", []).append(loss.item())
-                        stats.setdefault("policy/clipfrac", []).append(pg_stats["clipfrac"].item())
-                        stats.setdefault("policy/approx_kl", []).append(pg_stats["approx_kl"].item())
-
-                # 6. adaptive KL control (Ziegler et al. 2019): n = responses in this batch, on all processes
-                mean_kl = accelerator.reduce(kl.mean(), "mean").item()
-                if cfg.adaptive_kl:
-                    state.extra["kl_coef"] = adaptive_kl_coef(kl_coef, mean_kl, cfg.target_kl, cfg.kl_horizon,
-                                                              B * accelerator.num_processes)
-                state.extra["reward_norm"] = normalizer.state()
-                state.step += 1
-                state.tokens_seen += int(accelerator.reduce(mask.sum(), "sum"))
-                elapsed = time.perf_counter() - t0
-
-                if state.step % cfg.log_every == 0 or state.step == n_steps:
-                    def avg(x):
-                        return accelerator.reduce(torch.as_tensor(float(x), device=device), "mean").item()
-
-                    metrics = {
-                        "objective/scores": avg(raw_scores.mean()),
-                        "objective/scores_normalized": avg(scores.mean()),
-                        "objective/rlhf_reward": avg(sequence_rewards.mean()),
-                        "objective/kl": mean_kl,
-                        "objective/kl_coef": kl_coef,
-                        "objective/entropy": avg(masked_mean(old["entropy"], mask)),
-                        "val/response_length": avg(mask.sum(-1).float().mean()),
-                        "val/eos_rate": avg(rollout.ended.float().mean()),
-                        "train/lr": scheduler.get_last_lr()[0],
-                        "time/rollout_s": t_rollout,
-                        "time/step_s": elapsed,
-                        "time/completions_per_s": B * accelerator.num_processes / elapsed,
-                        **{k: avg(sum(v) / len(v)) for k, v in stats.items()},
-                    }
+            # 5. PPO epochs over mini-batches with the clipped losses
+            stats: dict[str, list[float]] = {}
+            B = mask.size(0)
+            mb_size = math.ceil(B / cfg.num_minibatches)
+            shuffle = torch.Generator().manual_seed(cfg.seed * 7_919 + state.step)
+            for _ in range(cfg.ppo_epochs):
+                order = torch.randperm(B, generator=shuffle)
+                for s in range(0, B, mb_size):
+                    idx = order[s:s + mb_size].to(device)
+                    mb_mask = mask[idx]
+                    new = forward(policy, critic, take(rollout, idx.cpu()), cfg, entropy=cfg.entropy_coef > 0)
+                    pg_loss, pg_stats = ppo_policy_loss(new["logprobs"], old_logprobs[idx], advantages[idx], mb_mask,
+                                                        cfg.cliprange)
+                    loss = pg_loss
                     if critic is not None:
-                        metrics["val/explained_variance"] = avg(explained_variance(old_values, returns, mask))
-                        metrics["val/mean"] = avg(masked_mean(old_values, mask))
-                    logger.log(state.step, metrics)
-                    progress.update(0, info=f"score {metrics['objective/scores']:.3f} kl {mean_kl:.2f}")
-                if (state.step % cfg.sample_every == 0 or state.step == 1) and accelerator.is_main_process:
-                    logger.text(state.step, "samples", samples_table(rollout, raw_scores, cfg.num_samples))
-                    with samples_file.open("a") as f:
-                        for i in range(min(cfg.num_samples, B)):
-                            p = rollout.prompts[i]
-                            f.write(json.dumps({"step": state.step, "prompt": p if isinstance(p, str) else [m.model_dump() for m in p],
-                                                "response": rollout.texts[i], "score": raw_scores[i].item(),
-                                                "ended": bool(rollout.ended[i])}) + "\n")
-                progress.update()
-                if cfg.save_every and state.step % cfg.save_every == 0:
-                    common.save_checkpoint(run_dir, accelerator, state, cfg.keep_checkpoints)
-    except KeyboardInterrupt:
-        progress.close()
-        path = common.save_checkpoint(run_dir, accelerator, state, cfg.keep_checkpoints)
-        accelerator.print(f"interrupted at step {state.step}; checkpoint saved to {path}; rerun the same command to resume")
-        logger.close()
-        raise
+                        vf_loss, vf_stats = ppo_value_loss(new["values"], old_values[idx], returns[idx], mb_mask,
+                                                           cfg.cliprange_value)
+                        loss = loss + cfg.vf_coef * vf_loss
+                        stats.setdefault("loss/value", []).append(vf_loss.item())
+                        stats.setdefault("val/clipfrac", []).append(vf_stats["vf_clipfrac"].item())
+                    if cfg.entropy_coef > 0:
+                        mb_entropy = masked_mean(new["entropy"], mb_mask)
+                        loss = loss - cfg.entropy_coef * mb_entropy
+                        stats.setdefault("policy/entropy", []).append(mb_entropy.item())
+                    accelerator.backward(loss)
+                    if cfg.max_grad_norm:
+                        grad_norm = accelerator.clip_grad_norm_(trainable.parameters(), cfg.max_grad_norm)
+                        stats.setdefault("train/grad_norm", []).append(float(grad_norm))
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    stats.setdefault("loss/policy", []).append(pg_loss.item())
+                    stats.setdefault("loss/total", []).append(loss.item())
+                    stats.setdefault("policy/clipfrac", []).append(pg_stats["clipfrac"].item())
+                    stats.setdefault("policy/approx_kl", []).append(pg_stats["approx_kl"].item())
+
+            # 6. adaptive KL control (Ziegler et al. 2019): n = responses in this batch, on all processes
+            mean_kl = accelerator.reduce(kl.mean(), "mean").item()
+            if cfg.adaptive_kl:
+                state.extra["kl_coef"] = adaptive_kl_coef(kl_coef, mean_kl, cfg.target_kl, cfg.kl_horizon,
+                                                          B * accelerator.num_processes)
+            state.extra["reward_norm"] = normalizer.state()
+            state.step += 1
+            state.tokens_seen += int(accelerator.reduce(mask.sum(), "sum"))
+            elapsed = time.perf_counter() - t0
+
+            if state.step % cfg.log_every == 0 or state.step == n_steps:
+                def avg(x):
+                    return accelerator.reduce(torch.as_tensor(float(x), device=device), "mean").item()
+
+                metrics = {
+                    "objective/scores": avg(raw_scores.mean()),
+                    "objective/scores_normalized": avg(scores.mean()),
+                    "objective/rlhf_reward": avg(sequence_rewards.mean()),
+                    "objective/kl": mean_kl,
+                    "objective/kl_coef": kl_coef,
+                    "objective/entropy": avg(masked_mean(old["entropy"], mask)),
+                    "val/response_length": avg(mask.sum(-1).float().mean()),
+                    "val/eos_rate": avg(rollout.ended.float().mean()),
+                    "train/lr": scheduler.get_last_lr()[0],
+                    "time/rollout_s": t_rollout,
+                    "time/step_s": elapsed,
+                    "time/completions_per_s": B * accelerator.num_processes / elapsed,
+                    **{k: avg(sum(v) / len(v)) for k, v in stats.items()},
+                }
+                if critic is not None:
+                    metrics["val/explained_variance"] = avg(explained_variance(old_values, returns, mask))
+                    metrics["val/mean"] = avg(masked_mean(old_values, mask))
+                logger.log(state.step, metrics)
+                progress.update(0, info=f"score {metrics['objective/scores']:.3f} kl {mean_kl:.2f}")
+            if (state.step % cfg.sample_every == 0 or state.step == 1) and accelerator.is_main_process:
+                logger.text(state.step, "samples", samples_table(rollout, raw_scores, cfg.num_samples))
+                with samples_file.open("a") as f:
+                    for i in range(min(cfg.num_samples, B)):
+                        p = rollout.prompts[i]
+                        f.write(json.dumps({"step": state.step, "prompt": p if isinstance(p, str) else [m.model_dump() for m in p],
+                                            "response": rollout.texts[i], "score": raw_scores[i].item(),
+                                            "ended": bool(rollout.ended[i])}) + "\n")
+            progress.update()
+            if cfg.save_every and state.step % cfg.save_every == 0:
+                common.save_checkpoint(run_dir, accelerator, state, cfg.keep_checkpoints)
     progress.close()
     figures = evaluate(sampler, reward_fn, eval_prompts, cfg, device) if eval_prompts else {}
     logger.log(state.step, figures)

@@ -117,51 +117,44 @@ def run(cfg: SFTConfig) -> Path:
     progress = common.Progress(n_steps, "sft", cfg.progress and accelerator.is_main_process, completed=state.step)
     model.train()
     window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
-    try:
-        with common.interrupt_as_keyboard_interrupt():
-            while state.step < n_steps:
-                micro = [[train[i] for i in m] for m in common.split_micro(next(batches), accelerator, cfg.grad_accum)]
-                collated = [collate(m, pad_id, cfg.packing, cfg.max_length) for m in micro]
-                # Normalise by the completion tokens of the whole step, on all processes: accumulation
-                # and data parallelism then give the same gradient as one big batch.
-                n_tokens = torch.tensor(sum(int((c["labels"][:, 1:] != IGNORE_INDEX).sum()) for c in collated),
-                                        device=accelerator.device)
-                step_tokens = accelerator.reduce(n_tokens, "sum").clamp(min=1)
-                for i, batch in enumerate(collated):
-                    batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-                    sync = i == len(collated) - 1
-                    with accelerator.no_sync(model) if not sync else nullcontext():
-                        with accelerator.autocast():
-                            loss_sum, n = token_loss_sum(model, batch)
-                        accelerator.backward(loss_sum * accelerator.num_processes / step_tokens)
-                    window_loss += loss_sum.item()
-                    window_tokens += n
-                grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm) if cfg.max_grad_norm else None
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                state.step += 1
-                state.tokens_seen += int(step_tokens)
-                progress.update(info=f"loss {window_loss / max(window_tokens, 1):.3f}")
-                if state.step % cfg.log_every == 0 or state.step == n_steps:
-                    elapsed = time.perf_counter() - window_start
-                    metrics = {"train/loss": window_loss / max(window_tokens, 1), "train/lr": scheduler.get_last_lr()[0],
-                               "train/tokens_per_s": window_tokens * accelerator.num_processes / elapsed,
-                               "train/tokens_seen": state.tokens_seen}
-                    if grad_norm is not None:
-                        metrics["train/grad_norm"] = float(grad_norm)
-                    logger.log(state.step, metrics)
-                    window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
-                if cfg.eval_every and state.step % cfg.eval_every == 0 and held_out:
-                    logger.log(state.step, evaluate(model, held_out, cfg, pad_id, accelerator))
-                if cfg.save_every and state.step % cfg.save_every == 0:
-                    common.save_checkpoint(run_dir, accelerator, state, cfg.keep_checkpoints)
-    except KeyboardInterrupt:
-        progress.close()
-        path = common.save_checkpoint(run_dir, accelerator, state, cfg.keep_checkpoints)
-        accelerator.print(f"interrupted at step {state.step}; checkpoint saved to {path}; rerun the same command to resume")
-        logger.close()
-        raise
+    with common.checkpoint_on_interrupt(run_dir, accelerator, state, cfg.keep_checkpoints, progress, logger):
+        while state.step < n_steps:
+            micro = [[train[i] for i in m] for m in common.split_micro(next(batches), accelerator, cfg.grad_accum)]
+            collated = [collate(m, pad_id, cfg.packing, cfg.max_length) for m in micro]
+            # Normalise by the completion tokens of the whole step, on all processes: accumulation
+            # and data parallelism then give the same gradient as one big batch.
+            n_tokens = torch.tensor(sum(int((c["labels"][:, 1:] != IGNORE_INDEX).sum()) for c in collated),
+                                    device=accelerator.device)
+            step_tokens = accelerator.reduce(n_tokens, "sum").clamp(min=1)
+            for i, batch in enumerate(collated):
+                batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+                sync = i == len(collated) - 1
+                with accelerator.no_sync(model) if not sync else nullcontext():
+                    with accelerator.autocast():
+                        loss_sum, n = token_loss_sum(model, batch)
+                    accelerator.backward(loss_sum * accelerator.num_processes / step_tokens)
+                window_loss += loss_sum.item()
+                window_tokens += n
+            grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm) if cfg.max_grad_norm else None
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            state.step += 1
+            state.tokens_seen += int(step_tokens)
+            progress.update(info=f"loss {window_loss / max(window_tokens, 1):.3f}")
+            if state.step % cfg.log_every == 0 or state.step == n_steps:
+                elapsed = time.perf_counter() - window_start
+                metrics = {"train/loss": window_loss / max(window_tokens, 1), "train/lr": scheduler.get_last_lr()[0],
+                           "train/tokens_per_s": window_tokens * accelerator.num_processes / elapsed,
+                           "train/tokens_seen": state.tokens_seen}
+                if grad_norm is not None:
+                    metrics["train/grad_norm"] = float(grad_norm)
+                logger.log(state.step, metrics)
+                window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
+            if cfg.eval_every and state.step % cfg.eval_every == 0 and held_out:
+                logger.log(state.step, evaluate(model, held_out, cfg, pad_id, accelerator))
+            if cfg.save_every and state.step % cfg.save_every == 0:
+                common.save_checkpoint(run_dir, accelerator, state, cfg.keep_checkpoints)
     progress.close()
     figures = evaluate(model, held_out, cfg, pad_id, accelerator) if held_out else {}
     logger.log(state.step, figures)
