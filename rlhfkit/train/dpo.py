@@ -9,15 +9,18 @@ Python: ``rlhfkit.train.dpo.run(DPOConfig(...))`` returns the run folder.
 
 The loss is one of ``rlhfkit.losses.DPO_LOSSES`` (sigmoid, ipo, hinge, robust; sigmoid with
 label_smoothing > 0 is cDPO). The reference pi_ref is the starting model, either
-- ``precomputed`` (default): its log-probs of every pair computed once before training, cached in the
-  run folder (``ref_logps.safetensors``); no reference model in memory during training;
+- ``precomputed`` (default): its log-probs of every pair computed once before training (by the model
+  itself, before any update: no copy), cached in the run folder (``ref_logps.safetensors``); no reference
+  model in memory during training;
 - ``copy``: a frozen copy in memory, run on every batch;
 - ``lora-off``: the policy itself with its LoRA adapters switched off (needs ``lora``).
 
 How a batch is computed: chosen and rejected go through one forward, in one row per pair with the prompt
-computed once (``rlhfkit.data.pairs``); log-probs are taken only at completion tokens (no (B, T, V)
-log-softmax); no gradient checkpointing. Metric names are TRL's (rewards/chosen, rewards/rejected,
-rewards/margins, rewards/accuracies, logps/chosen, logps/rejected).
+computed once (``rlhfkit.data.pairs``; on CPU this beat plain rows and position_ids packing, see
+docs/performance.md); the last layer's MLP and output projection run only at the positions that predict a
+completion token, and the LM head and log-softmax only there (no (B, T, V) log-softmax); no gradient
+checkpointing; the reference pass runs under ``torch.inference_mode``. Metric names are TRL's
+(rewards/chosen, rewards/rejected, rewards/margins, rewards/accuracies, logps/chosen, logps/rejected).
 """
 from __future__ import annotations
 
@@ -37,7 +40,8 @@ from torch import nn
 from rlhfkit import losses
 from rlhfkit.config import DataPart, ModelPart, OptimPart, RunPart
 from rlhfkit.data.io import load_train_eval
-from rlhfkit.data.pairs import Group, PackedGroups, collate_groups, model_mask, tokenize_comparison
+from rlhfkit.data.pairs import (Group, PackedGroups, collate_groups, last_layer_only_at, model_mask,
+                                positions_to_keep, tokenize_comparison)
 from rlhfkit.models.load import add_lora, load_causal_lm, save_model
 from rlhfkit.runs import file_hash
 from rlhfkit.train import common
@@ -56,8 +60,9 @@ class DPOConfig(ModelPart, DataPart, OptimPart, RunPart):
 class CompletionLogProbs(nn.Module):
     """Wraps a causal LM: ``forward(packed) -> (N,)`` summed log-probs of every completion in the batch.
 
-    The body runs once over the batch; the LM head and the log-softmax are applied only at the M positions
-    that predict a completion token: (B, L, H) -> (M, H) -> (M, V) -> (M,) -> (N,)."""
+    The body runs once over the batch (its last layer's MLP only at the positions read, see
+    ``last_layer_only_at``); the LM head and the log-softmax are applied only at the M positions that predict
+    a completion token: (B, L, H) -> (M, H) -> (M, V) -> (M,) -> (N,)."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -72,8 +77,10 @@ class CompletionLogProbs(nn.Module):
         mask = packed.attention_mask
         if mask.dim() == 4:
             mask = model_mask(body, mask, next(body.parameters()).dtype)
-        hidden = body(input_ids=packed.input_ids, attention_mask=mask, position_ids=packed.position_ids,
-                      use_cache=False).last_hidden_state  # (B, L, H)
+        keep = positions_to_keep(packed.token_row, packed.token_pred, packed.input_ids.shape)
+        with last_layer_only_at(body, *keep):
+            hidden = body(input_ids=packed.input_ids, attention_mask=mask, position_ids=packed.position_ids,
+                          use_cache=False).last_hidden_state  # (B, L, H), right only at `keep`
         logits = head(hidden[packed.token_row, packed.token_pred]).float()  # (M, V)
         token_logps = logits.gather(-1, packed.token_target.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)  # (M,)
         return torch.zeros(packed.n_completions, device=logits.device).index_add(0, packed.token_seq, token_logps)
@@ -126,8 +133,9 @@ def reference_logps(ref, groups: list[Group], pad_id: int, shared_prompt: bool, 
     """(2 * len(groups),) summed log-probs under the reference, chosen/rejected interleaved."""
     out = []
     for s in range(0, len(groups), batch_size):
-        out.append(ref(collate_groups(groups[s:s + batch_size], pad_id, shared_prompt).to(device)).float())
-    return torch.cat(out) if out else torch.zeros(0, device=device)
+        with torch.inference_mode():
+            out.append(ref(collate_groups(groups[s:s + batch_size], pad_id, shared_prompt).to(device)).float())
+    return torch.cat(out) if out else torch.zeros(0, device=device)  # cat outside inference mode: a plain tensor
 
 
 def cached_reference_logps(run_dir, key: str, ref, train, held_out, pad_id, cfg, accelerator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -187,18 +195,20 @@ def run(cfg: DPOConfig) -> Path:
     loss_fn = make_loss_fn(cfg)
 
     ref_model = None
-    if cfg.reference == "copy" or cfg.reference == "precomputed":
+    if cfg.reference == "copy":
         ref_model = CompletionLogProbs(copy.deepcopy(model)).to(accelerator.device).eval().requires_grad_(False)
-    if cfg.lora:
-        model = add_lora(model, cfg)
-    policy = CompletionLogProbs(model)
     train_ref = eval_ref = None
-    if cfg.reference == "precomputed":
+    if cfg.reference == "precomputed":  # the model before LoRA and before any update is the reference: no copy
         key = hashlib.sha256(repr((cfg.model, file_hash(cfg.data) if cfg.data != "toy" else "toy", cfg.eval_data,
                                    cfg.eval_fraction, cfg.seed, cfg.max_length, cfg.shared_prompt, len(train),
                                    cfg.chat_template)).encode()).hexdigest()[:16]
-        train_ref, eval_ref = cached_reference_logps(run_dir, key, ref_model, train, held_out, pad_id, cfg, accelerator)
-        ref_model = None  # not kept in memory during training
+        was_training = model.training
+        ref = CompletionLogProbs(model.to(accelerator.device)).eval()
+        train_ref, eval_ref = cached_reference_logps(run_dir, key, ref, train, held_out, pad_id, cfg, accelerator)
+        model.train(was_training)
+    if cfg.lora:
+        model = add_lora(model, cfg)
+    policy = CompletionLogProbs(model)
 
     n_steps = common.total_steps(cfg, len(train), accelerator.num_processes)
     optimizer = common.make_optimizer(policy, cfg)
