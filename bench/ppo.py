@@ -9,11 +9,12 @@ new tokens (EOS disabled on both sides so every response is 48 tokens long), tem
 top-p, a programmatic reward (count of "the"), KL coefficient 0.05 with a frozen reference on both sides.
 
 - speed: completions/s over whole steps (generation + scoring + reference + update), first step excluded
-  (warm-up). rlhfkit ``ppo`` runs its defaults: GAE with a value head, 4 PPO epochs of 1 mini-batch
-  (4 optimiser steps per rollout); TRL's GRPOTrainer (TRL has no PPO trainer any more) runs 4 prompts x
-  num_generations 2 = 8 completions per step, beta 0.05 (so it also keeps a reference), num_iterations 1
-  (one optimiser step per rollout: less work than PPO's four), gradient checkpointing off. Also shown:
-  rlhfkit with ``--advantage grpo --group-size 2 --ppo-epochs 1``, the same algorithm as TRL's.
+  (warm-up), with the same work per rollout on both sides: first one optimiser pass (TRL's default
+  num_iterations 1 against ``--ppo-epochs 1``), then four (num_iterations 4 against rlhfkit's default 4 PPO
+  epochs). rlhfkit ``ppo`` runs GAE with a value head; TRL's GRPOTrainer (TRL has no PPO trainer any
+  more) runs 4 prompts x num_generations 2 = 8 completions per step, beta 0.05 (so it also keeps a
+  reference), gradient checkpointing off. Also shown: rlhfkit with ``--advantage grpo --group-size 2``,
+  the same algorithm as TRL's.
 - rollout: tokens/s of ``TransformersSampler.generate`` against plain ``model.generate(do_sample=True)``,
   same batch, 48 new tokens each (median of repeats).
 - memory: peak RSS (ru_maxrss) of ``rlhfkit ppo`` with LoRA, reference = adapters off, critic = head
@@ -41,6 +42,9 @@ import torch  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 MODEL, BATCH, NEW_TOKENS, KL = "tiny-4m", 8, 48, 0.05
+# Steps are timed in process CPU seconds (one thread per process): on a shared machine wall time swings
+# with the neighbours' load between the sequential runs, CPU time barely does. --wall switches to wall time.
+CLOCK, CLOCK_KEY = time.process_time, "time/step_cpu_s"
 
 
 def count_the(prompts, responses):
@@ -86,10 +90,10 @@ def bench_rlhfkit(tmp: Path, steps: int, **overrides) -> float:
         rollout.eos_ids = original
     m = [r for r in read_metrics(out) if "time/step_s" in r][1:]
     completions = BATCH * cfg.group_size if cfg.advantage != "gae" else BATCH
-    return completions * len(m) / sum(r["time/step_s"] for r in m)
+    return completions * len(m) / sum(r[CLOCK_KEY] for r in m)
 
 
-def bench_trl(tmp: Path, steps: int) -> float:
+def bench_trl(tmp: Path, steps: int, num_iterations: int = 1) -> float:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
@@ -109,21 +113,23 @@ def bench_trl(tmp: Path, steps: int) -> float:
         times: list[float] = []
 
         def on_step_begin(self, args, state, control, **kw):
-            self.start = time.perf_counter()
+            self.start = CLOCK()
 
         def on_step_end(self, args, state, control, **kw):
-            self.times.append(time.perf_counter() - self.start)
+            self.times.append(CLOCK() - self.start)
 
     clock = Clock()
     args = GRPOConfig(output_dir=str(tmp / "trl"), per_device_train_batch_size=BATCH, num_generations=2,
-                      max_completion_length=NEW_TOKENS, temperature=1.0, beta=KL, num_iterations=1, max_steps=steps,
+                      max_completion_length=NEW_TOKENS, temperature=1.0, beta=KL, num_iterations=num_iterations, max_steps=steps,
                       learning_rate=1e-5, use_cpu=True, report_to="none", logging_steps=1000, save_strategy="no",
                       gradient_checkpointing=False, disable_dropout=True, seed=0, dataloader_num_workers=0)
     trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=data, processing_class=tok,
                           callbacks=[clock])
     trainer.train()
     times = clock.times[1:]
-    return BATCH * len(times) / sum(times)
+    # With num_iterations > 1 TRL generates only every num_iterations-th step and trains on those
+    # completions again in between: count each completion once.
+    return BATCH * len(times) / num_iterations / sum(times)
 
 
 def bench_rollout(repeat: int) -> tuple[float, float]:
@@ -161,7 +167,17 @@ stage, out = sys.argv[1], sys.argv[2]
 import torch, transformers, peft, accelerate
 from rlhfkit.models.tiny import build_tiny
 build_tiny("tiny-4m")
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+def status_kb(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+
+# Reset the high-water mark (VmHWM) once libraries are loaded: building the tokenizer peaks above what
+# training needs, which would hide the difference between the stages.
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")
+base = status_kb("VmRSS")
 common = dict(model="tiny-4m", lora=True, batch_size=8, max_steps=4, progress=False, report_to=["jsonl"], output_dir=out)
 if stage == "sft":
     from rlhfkit.train.sft import SFTConfig, run
@@ -170,7 +186,7 @@ else:
     from rlhfkit.train.ppo import PPOConfig, run
     run(PPOConfig(reward="bench.ppo:count_the", max_new_tokens=48, critic="head", reference="lora-off",
                   eval_fraction=0.0, **common))
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+peak = status_kb("VmHWM")
 print(json.dumps({{"base_mb": base / 1024, "peak_mb": peak / 1024}}))
 """
 
@@ -192,7 +208,12 @@ def main():
     parser.add_argument("--only", choices=["speed", "rollout", "memory"])
     parser.add_argument("--steps", type=int, default=6, help="steps per speed run (the first is warm-up)")
     parser.add_argument("--repeat", type=int, default=5, help="rollout repeats")
+    parser.add_argument("--wall", action="store_true", help="time steps by wall clock instead of process CPU time")
     args = parser.parse_args()
+    if args.wall:
+        global CLOCK, CLOCK_KEY
+        CLOCK, CLOCK_KEY = time.perf_counter, "time/step_s"
+    torch.set_num_threads(1)
     torch.manual_seed(0)
     results = {"device": "cpu", "threads": torch.get_num_threads(), "model": MODEL, "batch": BATCH,
                "new_tokens": NEW_TOKENS}
@@ -203,15 +224,21 @@ def main():
             results["rollout"] = {"rlhfkit_tokens_per_s": ours, "generate_tokens_per_s": theirs, "ratio": ours / theirs}
             print(f"rollout: rlhfkit {ours:.0f} tok/s, model.generate {theirs:.0f} tok/s, ratio {ours / theirs:.2f}x")
         if args.only in (None, "speed"):
+            # Matched work per rollout: one optimiser pass on both sides (TRL's default num_iterations=1 and
+            # --ppo-epochs 1), then four on both (num_iterations=4 and rlhfkit's default 4 PPO epochs).
             trl = bench_trl(tmp, args.steps)
-            print(f"TRL GRPOTrainer: {trl:.2f} completions/s", flush=True)
-            ppo = bench_rlhfkit(tmp, args.steps)
-            print(f"rlhfkit ppo: {ppo:.2f} completions/s", flush=True)
+            ppo1 = bench_rlhfkit(tmp, args.steps, ppo_epochs=1)
             grpo = bench_rlhfkit(tmp, args.steps, advantage="grpo", group_size=2, ppo_epochs=1, batch_size=BATCH // 2)
-            results["speed"] = {"trl_grpo_completions_per_s": trl, "rlhfkit_ppo_completions_per_s": ppo,
-                                "rlhfkit_grpo_completions_per_s": grpo, "ppo_ratio": ppo / trl, "grpo_ratio": grpo / trl}
-            print(f"speed: TRL GRPOTrainer {trl:.2f} completions/s; rlhfkit ppo {ppo:.2f} ({ppo / trl:.2f}x); "
-                  f"rlhfkit grpo-mode {grpo:.2f} ({grpo / trl:.2f}x)")
+            trl4 = bench_trl(tmp, args.steps, num_iterations=4)
+            ppo4 = bench_rlhfkit(tmp, args.steps)
+            results["speed"] = {"trl_grpo_completions_per_s": trl, "rlhfkit_ppo_1_epoch_completions_per_s": ppo1,
+                                "rlhfkit_grpo_completions_per_s": grpo, "trl_grpo_4_iterations_completions_per_s": trl4,
+                                "rlhfkit_ppo_4_epochs_completions_per_s": ppo4, "ppo_ratio_1_pass": ppo1 / trl,
+                                "grpo_ratio_1_pass": grpo / trl, "ppo_ratio_4_passes": ppo4 / trl4}
+            print(f"speed, one optimiser pass per rollout: TRL GRPOTrainer {trl:.2f} completions/s; "
+                  f"rlhfkit ppo {ppo1:.2f} ({ppo1 / trl:.2f}x); rlhfkit grpo-mode {grpo:.2f} ({grpo / trl:.2f}x)")
+            print(f"speed, four passes per rollout: TRL GRPOTrainer {trl4:.2f} completions/s; "
+                  f"rlhfkit ppo {ppo4:.2f} ({ppo4 / trl4:.2f}x)")
         if args.only in (None, "memory"):
             mem = bench_memory(tmp)
             ratio = mem["ppo"]["peak_mb"] / mem["sft"]["peak_mb"]

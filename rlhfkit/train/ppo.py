@@ -220,7 +220,7 @@ def run(cfg: PPOConfig) -> Path:
     policy.train()
     with common.checkpoint_on_interrupt(run_dir, accelerator, state, cfg.keep_checkpoints, progress, logger):
         while state.step < n_steps:
-            t0 = time.perf_counter()
+            t0, cpu0 = time.perf_counter(), time.process_time()
             kl_coef = state.extra["kl_coef"]
             prompts = [train_prompts[i] for i in next(batches)][accelerator.process_index::accelerator.num_processes]
             # 1. rollout (the sampling noise of step k is a function of (seed, k), so a resumed run matches)
@@ -298,7 +298,7 @@ def run(cfg: PPOConfig) -> Path:
             state.extra["reward_norm"] = normalizer.state()
             state.step += 1
             state.tokens_seen += int(accelerator.reduce(mask.sum(), "sum"))
-            elapsed = time.perf_counter() - t0
+            elapsed, cpu_elapsed = time.perf_counter() - t0, time.process_time() - cpu0
 
             if state.step % cfg.log_every == 0 or state.step == n_steps:
                 def avg(x):
@@ -316,6 +316,7 @@ def run(cfg: PPOConfig) -> Path:
                     "train/lr": scheduler.get_last_lr()[0],
                     "time/rollout_s": t_rollout,
                     "time/step_s": elapsed,
+                    "time/step_cpu_s": cpu_elapsed,  # process CPU time: what the step costs, whatever runs beside it
                     "time/completions_per_s": B * accelerator.num_processes / elapsed,
                     **{k: avg(sum(v) / len(v)) for k, v in stats.items()},
                 }
