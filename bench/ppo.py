@@ -89,7 +89,7 @@ def bench_rlhfkit(tmp: Path, steps: int, **overrides) -> float:
     finally:
         rollout.eos_ids = original
     m = [r for r in read_metrics(out) if "time/step_s" in r][1:]
-    completions = BATCH * cfg.group_size if cfg.advantage != "gae" else BATCH
+    completions = cfg.batch_size * cfg.group_size  # prompts per step x samples per prompt
     return completions * len(m) / sum(r[CLOCK_KEY] for r in m)
 
 
@@ -203,8 +203,28 @@ def bench_memory(tmp: Path) -> dict:
     return result
 
 
+SPEED_RUNS = {
+    "trl": lambda tmp, steps: bench_trl(tmp, steps),
+    "trl4": lambda tmp, steps: bench_trl(tmp, steps, num_iterations=4),
+    "ppo1": lambda tmp, steps: bench_rlhfkit(tmp, steps, ppo_epochs=1),
+    "ppo4": lambda tmp, steps: bench_rlhfkit(tmp, steps),
+    "grpo": lambda tmp, steps: bench_rlhfkit(tmp, steps, advantage="grpo", group_size=2, ppo_epochs=1, batch_size=BATCH // 2),
+}
+
+
+def child(name: str, steps: int) -> float:
+    cmd = [sys.executable, __file__, "--child", name, "--steps", str(steps)] + (["--wall"] if CLOCK_KEY == "time/step_s" else [])
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=1200)
+    if done.returncode:
+        raise RuntimeError(done.stderr[-3000:])
+    value = float(done.stdout.strip().splitlines()[-1])
+    print(f"  {name}: {value:.2f} completions/s", flush=True)
+    return value
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--child", choices=sorted(SPEED_RUNS), help=argparse.SUPPRESS)
     parser.add_argument("--only", choices=["speed", "rollout", "memory"])
     parser.add_argument("--steps", type=int, default=6, help="steps per speed run (the first is warm-up)")
     parser.add_argument("--repeat", type=int, default=5, help="rollout repeats")
@@ -215,6 +235,10 @@ def main():
         CLOCK, CLOCK_KEY = time.perf_counter, "time/step_s"
     torch.set_num_threads(1)
     torch.manual_seed(0)
+    if args.child:
+        with tempfile.TemporaryDirectory() as d:
+            print(SPEED_RUNS[args.child](Path(d), args.steps))
+        return
     results = {"device": "cpu", "threads": torch.get_num_threads(), "model": MODEL, "batch": BATCH,
                "new_tokens": NEW_TOKENS}
     with tempfile.TemporaryDirectory() as d:
@@ -226,15 +250,14 @@ def main():
         if args.only in (None, "speed"):
             # Matched work per rollout: one optimiser pass on both sides (TRL's default num_iterations=1 and
             # --ppo-epochs 1), then four on both (num_iterations=4 and rlhfkit's default 4 PPO epochs).
-            trl = bench_trl(tmp, args.steps)
-            ppo1 = bench_rlhfkit(tmp, args.steps, ppo_epochs=1)
-            grpo = bench_rlhfkit(tmp, args.steps, advantage="grpo", group_size=2, ppo_epochs=1, batch_size=BATCH // 2)
-            trl4 = bench_trl(tmp, args.steps, num_iterations=4)
-            ppo4 = bench_rlhfkit(tmp, args.steps)
+            # Each measurement runs in its own process, so one trainer's leftovers cannot slow the next.
+            speed = {name: child(name, args.steps) for name in ("trl", "ppo1", "grpo", "trl4", "ppo4")}
+            trl, ppo1, grpo, trl4, ppo4 = (speed[k] for k in ("trl", "ppo1", "grpo", "trl4", "ppo4"))
             results["speed"] = {"trl_grpo_completions_per_s": trl, "rlhfkit_ppo_1_epoch_completions_per_s": ppo1,
                                 "rlhfkit_grpo_completions_per_s": grpo, "trl_grpo_4_iterations_completions_per_s": trl4,
                                 "rlhfkit_ppo_4_epochs_completions_per_s": ppo4, "ppo_ratio_1_pass": ppo1 / trl,
-                                "grpo_ratio_1_pass": grpo / trl, "ppo_ratio_4_passes": ppo4 / trl4}
+                                "grpo_ratio_1_pass": grpo / trl, "ppo_ratio_4_passes": ppo4 / trl4,
+                                "clock": CLOCK_KEY}
             print(f"speed, one optimiser pass per rollout: TRL GRPOTrainer {trl:.2f} completions/s; "
                   f"rlhfkit ppo {ppo1:.2f} ({ppo1 / trl:.2f}x); rlhfkit grpo-mode {grpo:.2f} ({grpo / trl:.2f}x)")
             print(f"speed, four passes per rollout: TRL GRPOTrainer {trl4:.2f} completions/s; "
