@@ -59,6 +59,8 @@ class DemoConfig(StageConfig):
     eval_prompts: int = Field(500, gt=0, description="held-out prompts for the evaluation")
     max_new_tokens: int = Field(24, gt=0)
     methods: list[Literal["bon", "rejection", "dpo", "ppo"]] = ["bon", "rejection", "dpo", "ppo"]
+    threads: int = Field(1, ge=0, description="torch threads (0: torch's default); tiny models run fastest on one, "
+                                              "and several threads wait on each other when the cores are busy")
 
     def budgets(self) -> "DemoConfig":
         if not self.quick:
@@ -85,6 +87,8 @@ def run(cfg: DemoConfig) -> Path:
     from rlhfkit.train import dpo, ppo, reward, sft
 
     cfg = cfg.budgets()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     start = time.perf_counter()
     root = Path(cfg.output_dir or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}")
     root.mkdir(parents=True, exist_ok=True)
@@ -140,7 +144,7 @@ def run(cfg: DemoConfig) -> Path:
     if "dpo" in cfg.methods:
         policies["dpo"] = _done_or(root / "dpo", lambda: dpo.run(dpo.DPOConfig(
             model=str(sft_dir), data=str(data / "comparisons.jsonl"), eval_data=str(data / "comparisons_eval.jsonl"),
-            max_steps=cfg.dpo_steps, beta=cfg.dpo_beta, lr=1e-3, batch_size=32, log_every=10,
+            max_steps=cfg.dpo_steps, beta=cfg.dpo_beta, lr=5e-4, batch_size=32, log_every=10,
             **_stage_common(cfg, root, "dpo"))))
     if "ppo" in cfg.methods:
         policies["ppo"] = _done_or(root / "ppo", lambda: ppo.run(ppo.PPOConfig(
@@ -152,7 +156,7 @@ def run(cfg: DemoConfig) -> Path:
 
         policies["rejection"] = _done_or(root / "rejection", lambda: rejection.run(rejection.RejectionConfig(
             model=str(sft_dir), reward=f"rm:{rm_dir}", data=str(data / "prompts.jsonl"), k=cfg.rejection_k,
-            max_prompts=cfg.rejection_prompts, max_new_tokens=cfg.max_new_tokens, temperature=1.0,
+            max_prompts=cfg.rejection_prompts, max_new_tokens=cfg.max_new_tokens, temperature=1.0, lr=1e-3, epochs=3,
             **_stage_common(cfg, root, "rejection"))))
     stage_runs.update(policies)
 
