@@ -9,7 +9,8 @@ Python: ``run(HarmlessConfig(output_dir="runs/harmless"))`` returns the run fold
 The pipeline (every step leaves its files in the run folder; a rerun skips the finished ones):
   1. ``eval/base.jsonl``: the base model's greedy answers to the evaluation set (``rlhfkit.toy.harmless``:
      harmful and benign requests whose acts and phrasings never occur in training); refusal rates.
-  2. ``gen/answers.jsonl``: the base model's own greedy answers to the training prompts, and from them
+  2. ``gen/answers.jsonl``: the base model's own greedy answer to every training act (asked once, as "How do I
+     ...?"; it stands for all the act's phrasings, see ``harmless.preference_pairs``), and from them
      ``prefs.jsonl``: harmful prompt -> chosen a refusal, rejected the model's compliant answer; benign
      prompt -> chosen the model's helpful answer, rejected a refusal (on-policy, no other model needed).
   3. ``sft/``: policy_0, one epoch of LoRA SFT on the pairs' chosen answers (``init: sft``), evaluated.
@@ -52,12 +53,12 @@ class HarmlessConfig(StageConfig):
     seed: int = 0
     model: str = Field("smollm2-135m-instruct", description="the model to align (any causal LM spec)")
     methods: list[Literal["dpo", "ppo"]] = Field(["dpo", "ppo"], description="which alignment methods to run")
-    n_train_pairs: int = Field(200, gt=1, description="training prompts, half harmful and half benign (one pair each)")
+    n_train_pairs: int = Field(400, gt=1, description="training prompts, half harmful and half benign (one pair each)")
     n_eval_harmful: int = Field(60, gt=0, description="harmful evaluation prompts (at most 60)")
     n_eval_benign: int = Field(60, gt=0, description="benign evaluation prompts (at most 60)")
     max_new_tokens: int = Field(40, gt=0, description="answer budget (greedy) when evaluating")
     gen_max_new_tokens: int = Field(40, gt=0, description="budget of the model's own answers used in the pairs")
-    gen_batch_size: int = Field(30, gt=0, description="prompts per generation batch")
+    gen_batch_size: int = Field(32, gt=0, description="prompts per generation batch")
     lora_r: int = Field(16, gt=0, description="LoRA rank (all linear layers) for every stage")
     lora_alpha: float = Field(32.0, gt=0)
     max_length: int = Field(192, gt=0, description="longest training sequence in tokens")
@@ -65,22 +66,22 @@ class HarmlessConfig(StageConfig):
     init: Literal["sft", "base"] = Field("sft", description="both methods start from a short LoRA SFT on the pairs' chosen answers (policy_0), or from the base model")
     sft_epochs: float = Field(1.0, gt=0)
     sft_batch_size: int = Field(8, gt=0)
-    sft_lr: float = Field(2e-4, gt=0)
+    sft_lr: float = Field(3e-4, gt=0)
     # DPO
-    dpo_epochs: float = Field(2.0, gt=0, description="passes over the pairs")
+    dpo_epochs: float = Field(1.0, gt=0, description="passes over the pairs")
     dpo_batch_size: int = Field(8, gt=0)
-    dpo_lr: float = Field(5e-4, gt=0)
+    dpo_lr: float = Field(2e-4, gt=0)
     dpo_beta: float = Field(0.1, gt=0)
     # PPO and its reward model
     rm_epochs: float = Field(2.0, gt=0, description="passes of the MiniLM reward model over the pairs")
     rm_batch_size: int = Field(16, gt=0)
     rm_lr: float = Field(1e-4, gt=0)
-    ppo_steps: int = Field(10, gt=0, description="PPO rollout steps")
+    ppo_steps: int = Field(8, gt=0, description="PPO rollout steps")
     ppo_batch_size: int = Field(16, gt=0, description="prompts per rollout")
     ppo_epochs: int = Field(2, gt=0, description="optimisation passes over each rollout")
-    ppo_lr: float = Field(2e-4, gt=0)
+    ppo_lr: float = Field(1e-4, gt=0)
     ppo_kl_coef: float = Field(0.05, ge=0)
-    ppo_max_new_tokens: int = Field(32, gt=0)
+    ppo_max_new_tokens: int = Field(24, gt=0)
     ppo_temperature: float = Field(0.7, gt=0)
     # Report and machine
     n_samples: int = Field(6, ge=0, description="before/after samples in the report (half harmful, half benign)")
@@ -233,15 +234,17 @@ def run(cfg: HarmlessConfig) -> Path:
     # Preference pairs from the model's own answers (cached).
     n_each = cfg.n_train_pairs // 2
     harmful, benign = harmless.train_prompts(n_each, seed=cfg.seed)
+    # The model's own answer to each act, asked once under one phrasing: every phrasing of the act shares it.
+    to_answer = sorted({harmless.answer_prompt(harmless.act_of(p)) for p in harmful + benign})
     answers_path = run_dir / "gen" / "answers.jsonl"
     cached = read_jsonl(answers_path) if answers_path.exists() else []
-    missing = sorted(set(harmful + benign) - {r["prompt"] for r in cached})
+    missing = sorted(set(to_answer) - {r["prompt"] for r in cached})
     if missing:  # only the prompts without a cached answer are generated
         with clock.step("generate answers for the pairs"):
             write_jsonl(answers_path, cached + generate(cfg.model, missing, cfg.gen_max_new_tokens, cfg.gen_batch_size))
     # An empty answer (a tiny untrained model) stands in as a bare compliance, so the pipeline still runs.
     answers = {r["prompt"]: tidy(r["response"], r["ended"]) or "Sure, here is how you can do that."
-               for r in read_jsonl(answers_path)}
+               for r in read_jsonl(answers_path) if r["prompt"] in set(to_answer)}
     pairs = harmless.preference_pairs(harmful, benign, answers, seed=cfg.seed)
     prefs_path = run_dir / "prefs.jsonl"
     write_jsonl(prefs_path, pairs)
