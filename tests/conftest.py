@@ -1,10 +1,17 @@
 import os
 
 import pytest
+import torch
 
 # Tests never reach a model hub, and share one cache for models they install.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Tiny models run fastest on one thread, and on busy cores several OpenMP threads spin waiting for each
+# other (which also inflates CPU-time measurements). Subprocesses started by tests inherit this.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 @pytest.fixture(scope="session")
