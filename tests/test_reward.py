@@ -17,16 +17,6 @@ from rlhfkit.train.reward import RewardConfig, reference_texts, run, score_group
 FAST = dict(progress=False, report_to=["jsonl"], log_every=10, batch_size=16, lr=3e-3, warmup_ratio=0.0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models gain nothing from more threads, and with the cores shared every small op waits on OpenMP
-    barriers (a 2-step tiny DPO run: 0.6 s with 1 thread, 3.7 s with 2 under load); restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def rule_data(tmp_path_factory):
     folder = tmp_path_factory.mktemp("rule")

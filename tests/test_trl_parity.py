@@ -35,16 +35,6 @@ from rlhfkit.train.reward import RewardConfig, group_loss, score_groups  # noqa:
 TOL = 1e-5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models gain nothing from more threads, and with the cores shared every small op waits on OpenMP
-    barriers (a 2-step tiny DPO run: 0.6 s with 1 thread, 3.7 s with 2 under load); restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _rows(n=6):
     rows = rule_comparisons(n, seed=3)
     rows[1]["rejected"] = rows[1]["rejected"] + " two three"  # uneven lengths, so padding is exercised
