@@ -3,7 +3,7 @@
     rlhfkit demo                                  # SFT -> sample -> simulated feedback -> reward model ->
                                                   # best-of-N, rejection sampling, DPO, PPO -> evaluation
     rlhfkit demo --seed 1 --output-dir runs/demo-1
-    rlhfkit demo --quick                          # tiny budgets: a smoke run in about a minute
+    rlhfkit demo --quick                          # tiny budgets: a smoke run in seconds
     rlhfkit demo --preset smollm2-harmless        # align the real SmolLM2-135M-Instruct (see docs)
 
 It prints a table in the manner of AlpacaFarm's (method, gold reward, win rate against SFT judged by the
@@ -35,7 +35,7 @@ from rlhfkit.toy.world import demonstrations, sample_prompt
 
 
 class DemoConfig(StageConfig):
-    """Settings of `rlhfkit demo` (the budgets are tuned for a 2-core CPU in under 10 minutes)."""
+    """Settings of `rlhfkit demo` (the budgets are tuned for a 2-core CPU: about 3 minutes)."""
 
     preset: Literal["toy", "smollm2-harmless"] = Field("toy", description="toy: the built-in world; smollm2-harmless: the real model")
     output_dir: str | None = Field(None, description="run folder; default runs/demo-<time>")
