@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -146,6 +146,8 @@ def describe_settings(cls: type[BaseModel]) -> str:
     rows = []
     for name, field in cls.model_fields.items():
         ann = getattr(field.annotation, "__name__", None) or str(field.annotation).replace("typing.", "")
+        if get_origin(field.annotation) is Literal:
+            ann = " | ".join(str(choice) for choice in get_args(field.annotation))
         default = field.default if field.default is not None else "null"
         desc = f" {field.description}" if field.description else ""
         rows.append(f"--{name.replace('_', '-')} ({ann}, default {default}){desc}")
