@@ -238,47 +238,40 @@ def run(cfg: DPOConfig) -> Path:
     progress = common.Progress(n_steps, "dpo", cfg.progress and accelerator.is_main_process, completed=state.step)
     policy.train()
     window, n_pairs, start = {}, 0, time.perf_counter()
-    try:
-        with common.interrupt_as_keyboard_interrupt():
-            while state.step < n_steps:
-                global_batch = next(batches)
-                micro = common.split_micro(global_batch, accelerator, cfg.grad_accum)
-                for i, indices in enumerate(micro):
-                    groups = [train[j] for j in indices]
-                    ref = ref_fn(groups, indices, train_ref)
-                    with accelerator.no_sync(policy) if i < len(micro) - 1 else nullcontext():
-                        with accelerator.autocast():
-                            loss_sum, stats = dpo_step(policy, groups, ref, loss_fn, cfg, pad_id, accelerator.device)
-                        # Mean over the global batch, whatever the split into micro-batches and processes.
-                        accelerator.backward(loss_sum * accelerator.num_processes / len(global_batch))
-                    stats["loss"] = loss_sum.item()
-                    for k, v in stats.items():
-                        window[k] = window.get(k, 0.0) + v
-                    n_pairs += len(groups)
-                grad_norm = accelerator.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm) if cfg.max_grad_norm else None
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                state.step += 1
-                progress.update(info=f"loss {window['loss'] / max(n_pairs, 1):.3f}")
-                if state.step % cfg.log_every == 0 or state.step == n_steps:
-                    metrics = {("train/loss" if k == "loss" else k): v / n_pairs for k, v in window.items()}
-                    metrics["train/lr"] = scheduler.get_last_lr()[0]
-                    metrics["train/pairs_per_s"] = n_pairs * accelerator.num_processes / (time.perf_counter() - start)
-                    if grad_norm is not None:
-                        metrics["train/grad_norm"] = float(grad_norm)
-                    logger.log(state.step, metrics)
-                    window, n_pairs, start = {}, 0, time.perf_counter()
-                if cfg.eval_every and state.step % cfg.eval_every == 0 and held_out:
-                    logger.log(state.step, evaluate(policy, ref_fn, held_out, eval_ref, loss_fn, cfg, pad_id, accelerator))
-                if cfg.save_every and state.step % cfg.save_every == 0:
-                    common.save_checkpoint(run_dir, accelerator, state, cfg.keep_checkpoints)
-    except KeyboardInterrupt:
-        progress.close()
-        path = common.save_checkpoint(run_dir, accelerator, state, cfg.keep_checkpoints)
-        accelerator.print(f"interrupted at step {state.step}; checkpoint saved to {path}; rerun the same command to resume")
-        logger.close()
-        raise
+    with common.checkpoint_on_interrupt(run_dir, accelerator, state, cfg.keep_checkpoints, progress, logger):
+        while state.step < n_steps:
+            global_batch = next(batches)
+            micro = common.split_micro(global_batch, accelerator, cfg.grad_accum)
+            for i, indices in enumerate(micro):
+                groups = [train[j] for j in indices]
+                ref = ref_fn(groups, indices, train_ref)
+                with accelerator.no_sync(policy) if i < len(micro) - 1 else nullcontext():
+                    with accelerator.autocast():
+                        loss_sum, stats = dpo_step(policy, groups, ref, loss_fn, cfg, pad_id, accelerator.device)
+                    # Mean over the global batch, whatever the split into micro-batches and processes.
+                    accelerator.backward(loss_sum * accelerator.num_processes / len(global_batch))
+                stats["loss"] = loss_sum.item()
+                for k, v in stats.items():
+                    window[k] = window.get(k, 0.0) + v
+                n_pairs += len(groups)
+            grad_norm = accelerator.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm) if cfg.max_grad_norm else None
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            state.step += 1
+            progress.update(info=f"loss {window['loss'] / max(n_pairs, 1):.3f}")
+            if state.step % cfg.log_every == 0 or state.step == n_steps:
+                metrics = {("train/loss" if k == "loss" else k): v / n_pairs for k, v in window.items()}
+                metrics["train/lr"] = scheduler.get_last_lr()[0]
+                metrics["train/pairs_per_s"] = n_pairs * accelerator.num_processes / (time.perf_counter() - start)
+                if grad_norm is not None:
+                    metrics["train/grad_norm"] = float(grad_norm)
+                logger.log(state.step, metrics)
+                window, n_pairs, start = {}, 0, time.perf_counter()
+            if cfg.eval_every and state.step % cfg.eval_every == 0 and held_out:
+                logger.log(state.step, evaluate(policy, ref_fn, held_out, eval_ref, loss_fn, cfg, pad_id, accelerator))
+            if cfg.save_every and state.step % cfg.save_every == 0:
+                common.save_checkpoint(run_dir, accelerator, state, cfg.keep_checkpoints)
     progress.close()
     figures = evaluate(policy, ref_fn, held_out, eval_ref, loss_fn, cfg, pad_id, accelerator) if held_out else {}
     logger.log(state.step, figures)

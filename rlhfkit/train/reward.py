@@ -244,52 +244,46 @@ def train_member(cfg: RewardConfig, index: int, run_dir: RunFolder, member_dir: 
     progress = common.Progress(n_steps, name, cfg.progress and accelerator.is_main_process, completed=state.step)
     model.train()
     window = {"loss": 0.0, "n": 0, "correct": 0.0, "pairs": 0, "margin": 0.0, "start": time.perf_counter()}
-    try:
-        with common.interrupt_as_keyboard_interrupt():
-            while state.step < n_steps:
-                global_batch = next(batches)
-                micro = [[train[i] for i in m] for m in common.split_micro(global_batch, accelerator, cfg.grad_accum)]
-                for i, groups in enumerate(micro):
-                    sync = i == len(micro) - 1
-                    with accelerator.no_sync(model) if not sync else nullcontext():
-                        with accelerator.autocast():
-                            scores = score_groups(model, groups, pad_id, shared, accelerator.device)
-                            loss_sum = group_loss(scores.float(), groups, cfg, with_ties).sum()
-                        # Mean over the global batch: equal for any split into micro-batches and processes.
-                        accelerator.backward(loss_sum * accelerator.num_processes / len(global_batch))
-                    better, worse = ordered_pairs(scores.detach().float(), groups)
-                    window["loss"] += loss_sum.item()
-                    window["n"] += len(groups)
-                    window["correct"] += (better > worse).float().sum().item()
-                    window["margin"] += (better - worse).sum().item()
-                    window["pairs"] += better.numel()
-                grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm) if cfg.max_grad_norm else None
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                state.step += 1
-                progress.update(info=f"loss {window['loss'] / max(window['n'], 1):.3f}")
-                if state.step % cfg.log_every == 0 or state.step == n_steps:
-                    elapsed = time.perf_counter() - window["start"]
-                    pairs = max(window["pairs"], 1)
-                    metrics = {"train/loss": window["loss"] / max(window["n"], 1),
-                               "train/accuracy": window["correct"] / pairs, "train/margin": window["margin"] / pairs,
-                               "train/lr": scheduler.get_last_lr()[0],
-                               "train/groups_per_s": window["n"] * accelerator.num_processes / elapsed}
-                    if grad_norm is not None:
-                        metrics["train/grad_norm"] = float(grad_norm)
-                    logger.log(state.step, {tag + k: v for k, v in metrics.items()})
-                    window = {"loss": 0.0, "n": 0, "correct": 0.0, "pairs": 0, "margin": 0.0, "start": time.perf_counter()}
-                if cfg.eval_every and state.step % cfg.eval_every == 0 and held_out:
-                    m, _ = evaluate(model, held_out, cfg, pad_id, shared, with_ties, accelerator)
-                    logger.log(state.step, {tag + k: v for k, v in m.items()})
-                if cfg.save_every and state.step % cfg.save_every == 0:
-                    common.save_checkpoint(member_dir, accelerator, state, cfg.keep_checkpoints)
-    except KeyboardInterrupt:
-        progress.close()
-        path = common.save_checkpoint(member_dir, accelerator, state, cfg.keep_checkpoints)
-        accelerator.print(f"interrupted at step {state.step}; checkpoint saved to {path}; rerun the same command to resume")
-        raise
+    with common.checkpoint_on_interrupt(member_dir, accelerator, state, cfg.keep_checkpoints, progress):
+        while state.step < n_steps:
+            global_batch = next(batches)
+            micro = [[train[i] for i in m] for m in common.split_micro(global_batch, accelerator, cfg.grad_accum)]
+            for i, groups in enumerate(micro):
+                sync = i == len(micro) - 1
+                with accelerator.no_sync(model) if not sync else nullcontext():
+                    with accelerator.autocast():
+                        scores = score_groups(model, groups, pad_id, shared, accelerator.device)
+                        loss_sum = group_loss(scores.float(), groups, cfg, with_ties).sum()
+                    # Mean over the global batch: equal for any split into micro-batches and processes.
+                    accelerator.backward(loss_sum * accelerator.num_processes / len(global_batch))
+                better, worse = ordered_pairs(scores.detach().float(), groups)
+                window["loss"] += loss_sum.item()
+                window["n"] += len(groups)
+                window["correct"] += (better > worse).float().sum().item()
+                window["margin"] += (better - worse).sum().item()
+                window["pairs"] += better.numel()
+            grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm) if cfg.max_grad_norm else None
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            state.step += 1
+            progress.update(info=f"loss {window['loss'] / max(window['n'], 1):.3f}")
+            if state.step % cfg.log_every == 0 or state.step == n_steps:
+                elapsed = time.perf_counter() - window["start"]
+                pairs = max(window["pairs"], 1)
+                metrics = {"train/loss": window["loss"] / max(window["n"], 1),
+                           "train/accuracy": window["correct"] / pairs, "train/margin": window["margin"] / pairs,
+                           "train/lr": scheduler.get_last_lr()[0],
+                           "train/groups_per_s": window["n"] * accelerator.num_processes / elapsed}
+                if grad_norm is not None:
+                    metrics["train/grad_norm"] = float(grad_norm)
+                logger.log(state.step, {tag + k: v for k, v in metrics.items()})
+                window = {"loss": 0.0, "n": 0, "correct": 0.0, "pairs": 0, "margin": 0.0, "start": time.perf_counter()}
+            if cfg.eval_every and state.step % cfg.eval_every == 0 and held_out:
+                m, _ = evaluate(model, held_out, cfg, pad_id, shared, with_ties, accelerator)
+                logger.log(state.step, {tag + k: v for k, v in m.items()})
+            if cfg.save_every and state.step % cfg.save_every == 0:
+                common.save_checkpoint(member_dir, accelerator, state, cfg.keep_checkpoints)
     progress.close()
     figures = {}
     if held_out:
