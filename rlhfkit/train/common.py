@@ -7,6 +7,7 @@ the same gradient as one big batch).
 """
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import random
@@ -80,15 +81,20 @@ def batch_order(lengths: list[int], batch_size: int, seed: int, epoch: int, grou
     return batches
 
 
-def global_batches(lengths: list[int], batch_size: int, seed: int, group_by_length: bool = False) -> Iterator[list[int]]:
-    """Endless stream of global batches, epoch after epoch; step k is always the same batch."""
-    epoch = 0
-    while True:
-        batches = batch_order(lengths, batch_size, seed, epoch, group_by_length)
-        if not batches:
-            raise ValueError(f"fewer examples ({len(lengths)}) than one batch ({batch_size})")
-        yield from batches
-        epoch += 1
+def global_batches(lengths: list[int], batch_size: int, seed: int, group_by_length: bool = False,
+                   start: int = 0) -> Iterator[list[int]]:
+    """Endless stream of global batches, epoch after epoch, from step ``start`` on; step k is always the
+    same batch, so a resumed run skips exactly what it already saw."""
+    def stream():
+        epoch = 0
+        while True:
+            batches = batch_order(lengths, batch_size, seed, epoch, group_by_length)
+            if not batches:
+                raise ValueError(f"fewer examples ({len(lengths)}) than one batch ({batch_size})")
+            yield from batches
+            epoch += 1
+
+    return itertools.islice(stream(), start, None)
 
 
 def split_micro(batch: list[int], accelerator: Accelerator, grad_accum: int) -> list[list[int]]:
@@ -124,6 +130,15 @@ def save_checkpoint(run: RunFolder, accelerator: Accelerator, state: TrainerStat
 def load_checkpoint(path: Path, accelerator: Accelerator) -> TrainerState:
     accelerator.load_state(str(path))
     return TrainerState(**json.loads((path / "trainer_state.json").read_text()))
+
+
+def resume(run: RunFolder, accelerator: Accelerator, enabled: bool, fresh: TrainerState) -> TrainerState:
+    """The state of the latest finished checkpoint in ``run`` (model, optimiser, scheduler and RNG restored
+    in place), or ``fresh`` when there is none or resuming is off."""
+    if enabled and (ckpt := run.latest_checkpoint()):
+        accelerator.print(f"resumed from {ckpt}")
+        return load_checkpoint(ckpt, accelerator)
+    return fresh
 
 
 @contextmanager

@@ -226,13 +226,8 @@ def run(cfg: DPOConfig) -> Path:
             with accelerator.unwrap_model(policy).model.disable_adapter():
                 return accelerator.unwrap_model(policy)(packed)
 
-    state = common.TrainerState()
-    if cfg.resume and (ckpt := run_dir.latest_checkpoint()):
-        state = common.load_checkpoint(ckpt, accelerator)
-        accelerator.print(f"resumed from {ckpt}")
-    batches = common.global_batches([len(g) for g in train], cfg.batch_size * accelerator.num_processes, cfg.seed)
-    for _ in range(state.step):
-        next(batches)
+    state = common.resume(run_dir, accelerator, cfg.resume, common.TrainerState())
+    batches = common.global_batches([len(g) for g in train], cfg.batch_size * accelerator.num_processes, cfg.seed, start=state.step)
     if held_out and state.step == 0:
         logger.log(0, evaluate(policy, ref_fn, held_out, eval_ref, loss_fn, cfg, pad_id, accelerator))
     progress = common.Progress(n_steps, "dpo", cfg.progress and accelerator.is_main_process, completed=state.step)

@@ -196,10 +196,8 @@ def run(cfg: PPOConfig) -> Path:
     else:
         policy, optimizer, scheduler = accelerator.prepare(policy, optimizer, scheduler)
     raw_policy = accelerator.unwrap_model(policy)
-    state = common.TrainerState(extra={"kl_coef": cfg.kl_coef, "reward_norm": None})
-    if cfg.resume and (ckpt := run_dir.latest_checkpoint()):
-        state = common.load_checkpoint(ckpt, accelerator)
-        accelerator.print(f"resumed from {ckpt}")
+    fresh = common.TrainerState(extra={"kl_coef": cfg.kl_coef, "reward_norm": None})
+    state = common.resume(run_dir, accelerator, cfg.resume, fresh)
     normalizer = RewardNormalizer(cfg.normalize_reward, state.extra.get("reward_norm"))
     sampler = make_sampler(cfg.rollout_backend, raw_policy, tokenizer, SamplingParams(
         cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, list(cfg.stop),
@@ -211,9 +209,7 @@ def run(cfg: PPOConfig) -> Path:
         with raw_policy.disable_adapter():
             return response_forward(policy, rollout, cfg.temperature)["logprobs"]
 
-    batches = common.global_batches([1] * len(train_prompts), cfg.batch_size * accelerator.num_processes, cfg.seed)
-    for _ in range(state.step):  # the prompts of step k are a function of k: skip those already used
-        next(batches)
+    batches = common.global_batches([1] * len(train_prompts), cfg.batch_size * accelerator.num_processes, cfg.seed, start=state.step)
     progress = common.Progress(n_steps, "ppo", cfg.progress and accelerator.is_main_process, completed=state.step)
     kl_fn = KL_ESTIMATORS[cfg.kl_estimator]
     samples_file = run_dir.path / "samples.jsonl"

@@ -233,13 +233,8 @@ def train_member(cfg: RewardConfig, index: int, run_dir: RunFolder, member_dir: 
     optimizer = common.make_optimizer(rm, cfg)
     scheduler = common.make_scheduler(optimizer, cfg, n_steps)
     model, optimizer, scheduler = accelerator.prepare(rm, optimizer, scheduler)
-    state = common.TrainerState()
-    if cfg.resume and (ckpt := member_dir.latest_checkpoint()):
-        state = common.load_checkpoint(ckpt, accelerator)
-        accelerator.print(f"resumed from {ckpt}")
-    batches = common.global_batches([len(g) for g in train], cfg.batch_size * accelerator.num_processes, seed)
-    for _ in range(state.step):
-        next(batches)
+    state = common.resume(member_dir, accelerator, cfg.resume, common.TrainerState())
+    batches = common.global_batches([len(g) for g in train], cfg.batch_size * accelerator.num_processes, seed, start=state.step)
     name = "rm" if cfg.ensemble == 1 else f"rm member {index + 1}/{cfg.ensemble}"
     progress = common.Progress(n_steps, name, cfg.progress and accelerator.is_main_process, completed=state.step)
     model.train()

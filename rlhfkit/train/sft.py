@@ -105,15 +105,10 @@ def run(cfg: SFTConfig) -> Path:
     optimizer = common.make_optimizer(model, cfg)
     scheduler = common.make_scheduler(optimizer, cfg, n_steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    state = common.TrainerState()
-    if cfg.resume and (ckpt := run_dir.latest_checkpoint()):
-        state = common.load_checkpoint(ckpt, accelerator)
-        accelerator.print(f"resumed from {ckpt}")
+    state = common.resume(run_dir, accelerator, cfg.resume, common.TrainerState())
 
     lengths = [len(ids) for ids, _ in train]
-    batches = common.global_batches(lengths, cfg.batch_size * accelerator.num_processes, cfg.seed, cfg.group_by_length)
-    for _ in range(state.step):  # the data order is a function of the step: skip what was already seen
-        next(batches)
+    batches = common.global_batches(lengths, cfg.batch_size * accelerator.num_processes, cfg.seed, cfg.group_by_length, start=state.step)
     progress = common.Progress(n_steps, "sft", cfg.progress and accelerator.is_main_process, completed=state.step)
     model.train()
     window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
