@@ -35,7 +35,7 @@ from rlhfkit.toy.world import demonstrations, sample_prompt
 
 
 class DemoConfig(StageConfig):
-    """Settings of `rlhfkit demo` (the budgets are tuned for a 2-core CPU: about 3 minutes)."""
+    """Settings of `rlhfkit demo` (the budgets are tuned for a 2-core CPU: about 1.5 minutes)."""
 
     preset: Literal["toy", "smollm2-harmless"] = Field("toy", description="toy: the built-in world; smollm2-harmless: the real model")
     output_dir: str | None = Field(None, description="run folder; default runs/demo-<time>")
