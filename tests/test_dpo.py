@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from rlhfkit.data.io import write_jsonl
-from rlhfkit.data.pairs import Group, last_layer_only_at, pack_groups, positions_to_keep
+from rlhfkit.data.pairs import Group, collate_groups, last_layer_only_at, pack_groups, positions_to_keep
 from rlhfkit.models.load import add_lora
 from rlhfkit.models.tiny import build_tiny
 from rlhfkit.runs import read_metrics
@@ -187,6 +187,21 @@ def test_every_loss_gives_a_gradient(variant):
     assert torch.isfinite(loss) and model.lm_head.weight.grad.abs().sum() > 0
     assert set(stats) >= {"rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
                           "logps/chosen", "logps/rejected"}
+
+
+def test_rpo_adds_the_chosen_mean_token_nll_by_hand():
+    model, _ = build_tiny("tiny", seed=0)
+    policy = CompletionLogProbs(model)
+    groups = [Group([5, 6, 7, 8], [[9, 10, 11], [12, 13]]), Group([5, 6], [[14, 15, 16, 17], [18]])]
+    ref = torch.tensor([-20.0, -13.0, -25.0, -7.0])
+    with torch.no_grad():
+        logps = policy(collate_groups(groups, 0, True))  # chosen, rejected, chosen, rejected
+        plain, _ = dpo_step(policy, groups, ref, make_loss_fn(DPOConfig()), DPOConfig(), 0, "cpu")
+        cfg = DPOConfig(rpo_alpha=0.5)
+        rpo, stats = dpo_step(policy, groups, ref, make_loss_fn(cfg), cfg, 0, "cpu")
+    nll = -logps[0] / 3 - logps[2] / 4  # chosen completions of 3 and 4 tokens
+    assert rpo.item() == pytest.approx(plain.item() + 0.5 * nll.item(), abs=1e-5)
+    assert stats["nll_loss"] == pytest.approx(nll.item(), abs=1e-5)
 
 
 def test_label_smoothing_refused_where_unused():

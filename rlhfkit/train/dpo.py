@@ -4,11 +4,14 @@
     rlhfkit dpo --model tiny --data pairs.jsonl --loss ipo --beta 0.5
     rlhfkit dpo --model tiny --loss sigmoid --label-smoothing 0.1                  # conservative DPO
     rlhfkit dpo --model smollm2-135m-instruct --lora --reference lora-off         # no second copy
+    rlhfkit dpo --model runs/sft-... --rpo-alpha 1.0                               # + NLL on chosen (RPO)
 
 Python: ``rlhfkit.train.dpo.run(DPOConfig(...))`` returns the run folder.
 
 The loss is one of ``rlhfkit.losses.DPO_LOSSES`` (sigmoid, ipo, hinge, robust; sigmoid with
-label_smoothing > 0 is cDPO). The reference pi_ref is the starting model, either
+label_smoothing > 0 is cDPO), plus, with ``rpo_alpha`` > 0, ``rpo_alpha`` times the chosen completion's
+mean per-token negative log-likelihood (RPO, Pang et al. 2024; TRL's ``rpo_alpha``, which averages over all
+chosen tokens of the batch instead of per pair). The reference pi_ref is the starting model, either
 - ``precomputed`` (default): its log-probs of every pair computed once before training (by the model
   itself, before any update: no copy), cached in the run folder (``ref_logps.safetensors``); no reference
   model in memory during training;
@@ -53,6 +56,7 @@ class DPOConfig(ModelPart, DataPart, OptimPart, RunPart):
     beta: float = Field(0.1, gt=0, description="strength of the KL leash to the reference (tau for IPO)")
     loss: Literal["sigmoid", "ipo", "hinge", "robust"] = Field("sigmoid", description="DPO variant; sigmoid + label_smoothing > 0 is cDPO")
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="assumed label-flip rate (cDPO with sigmoid, rDPO with robust)")
+    rpo_alpha: float = Field(0.0, ge=0, description="weight of an NLL term on the chosen completion, per-token mean (RPO, Pang et al. 2024); 0 = off")
     reference: Literal["precomputed", "copy", "lora-off"] = Field("precomputed", description="how the reference log-probs are obtained (see the module docstring)")
     shared_prompt: bool = Field(True, description="chosen and rejected in one row with the prompt computed once (exact)")
 
@@ -120,8 +124,13 @@ def dpo_step(policy, groups: list[Group], ref_logps: torch.Tensor, loss_fn, cfg:
     if cfg.loss == "ipo":  # report rewards from summed log-probs, as TRL does
         both = cfg.beta * (policy_logps.detach() - ref_logps).view(-1, 2)
         chosen_rewards, rejected_rewards = both[:, 0], both[:, 1]
+    extra = {}
+    if cfg.rpo_alpha:  # DPO alone can lower the chosen log-prob too, as long as the rejected one falls faster
+        nll = -policy_logps.view(-1, 2)[:, 0] / completion_lengths(groups, device).view(-1, 2)[:, 0]  # (B,)
+        per_pair = per_pair + cfg.rpo_alpha * nll
+        extra["nll_loss"] = nll.detach().sum().item()
     logps = policy_logps.detach().view(-1, 2)
-    stats = {"rewards/chosen": chosen_rewards.sum().item(), "rewards/rejected": rejected_rewards.sum().item(),
+    stats = {**extra, "rewards/chosen": chosen_rewards.sum().item(), "rewards/rejected": rejected_rewards.sum().item(),
              "rewards/margins": (chosen_rewards - rejected_rewards).sum().item(),
              "rewards/accuracies": (chosen_rewards > rejected_rewards).float().sum().item(),
              "logps/chosen": logps[:, 0].sum().item(), "logps/rejected": logps[:, 1].sum().item()}
