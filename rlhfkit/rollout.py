@@ -5,7 +5,7 @@
     rollout = sampler.generate(prompts, n=4, generator=torch.Generator().manual_seed(0))
 
 Prompts (strings, or message lists rendered with the chat template) are left-padded into one batch;
-the response is sampled token by token with transformers' ``DynamicCache`` (one prompt forward, then
+the response is sampled token by token with a KV cache written in place (one prompt forward, then
 one forward per new token); a row stops at EOS or when its text completes a stop string, and everything
 after the stop is masked out. ``Rollout.logprobs`` are the log-probs of the sampled tokens under the
 *temperature-scaled* distribution, before top-k / top-p truncation: the same quantity that
@@ -46,6 +46,10 @@ class Rollout:
     tokens up to and including the stop (EOS, or the token that completed a stop string); logprobs (B, T)
     of those tokens under the temperature-scaled distribution; ended (B,) True where the response stopped
     on EOS or a stop string (False: cut by max_new_tokens); texts: decoded responses, cut at the stop.
+    Filled by samplers that run the trainer's own model (``TransformersSampler``), so the trainer need not
+    run the policy again: hidden (B, T, H), the last hidden state at the position that predicts each
+    response token (``response_forward(..., hidden=True)``'s quantity), and entropy (B, T) of the
+    temperature-scaled distribution there.
     """
     prompts: list
     query_ids: Tensor
@@ -55,6 +59,8 @@ class Rollout:
     logprobs: Tensor
     ended: Tensor
     texts: list[str]
+    hidden: Tensor | None = None
+    entropy: Tensor | None = None
 
     @property
     def input_ids(self) -> Tensor:  # (B, P + T)
@@ -119,8 +125,39 @@ def _cut_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:
     return (text[:cut], True) if cut >= 0 else (text, False)
 
 
+def _in_place_cache(n_layers: int, capacity: int):
+    """A transformers KV cache whose layers write each new token into buffers sized once for the whole
+    rollout and hand attention a view, instead of ``DynamicCache``'s concatenation, which copies the whole
+    cache at every step and layer (a quarter of a tiny model's decoding time on CPU)."""
+    from transformers.cache_utils import Cache, DynamicLayer
+
+    class InPlaceLayer(DynamicLayer):
+        def lazy_initialization(self, key_states: Tensor, value_states: Tensor) -> None:
+            super().lazy_initialization(key_states, value_states)
+            B, H, _, D = key_states.shape
+            self.key_buffer = key_states.new_empty(B, H, capacity, D)
+            self.value_buffer = value_states.new_empty(B, value_states.size(1), capacity, value_states.size(3))
+            self.length = 0
+
+        def update(self, key_states: Tensor, value_states: Tensor, *args, **kwargs) -> tuple[Tensor, Tensor]:
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            end = self.length + key_states.size(-2)
+            self.key_buffer[:, :, self.length:end] = key_states
+            self.value_buffer[:, :, self.length:end] = value_states
+            self.length = end
+            self.keys, self.values = self.key_buffer[:, :, :end], self.value_buffer[:, :, :end]
+            return self.keys, self.values
+
+    return Cache(layers=[InPlaceLayer() for _ in range(n_layers)])
+
+
 class TransformersSampler:
-    """Sampling with a transformers causal LM and its KV cache (works for plain and peft models)."""
+    """Sampling with a transformers causal LM and its KV cache (works for plain and peft models).
+
+    The rollout carries the hidden states and entropies the model computed while sampling: the log-probs,
+    values and entropy of the behaviour policy then cost no second forward (the same weights in the same
+    process; up to float rounding between cached and full attention, ~1e-6)."""
 
     def __init__(self, model, tokenizer, params: SamplingParams):
         self.model, self.tokenizer, self.params = model, tokenizer, params
@@ -133,8 +170,6 @@ class TransformersSampler:
     @torch.no_grad()
     def generate(self, prompts: list, n: int = 1, generator: torch.Generator | None = None) -> Rollout:
         """``n`` samples of each prompt, consecutive (prompt 0 x n, prompt 1 x n, ...)."""
-        from transformers import DynamicCache
-
         p, model, tok = self.params, self.model, self.tokenizer
         prompts = [q for q in prompts for _ in range(n)]
         device = next(model.parameters()).device
@@ -143,18 +178,21 @@ class TransformersSampler:
         was_training = model.training
         model.eval()
         eos = torch.tensor(self.eos, device=device)
-        cache = DynamicCache()
-        mask = query_mask
-        pos = position_ids(mask)
-        logits = model(input_ids=query_ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True,
-                       logits_to_keep=1).logits[:, -1]  # (B, V)
+        cache = _in_place_cache(model.config.get_text_config().num_hidden_layers, query_ids.size(1) + p.max_new_tokens)
+        mask = torch.cat([query_mask, query_mask.new_zeros(B, p.max_new_tokens)], dim=1)  # grows by one 1 per step
+        P = query_ids.size(1)
+        pos = position_ids(query_mask)
+        out = model(input_ids=query_ids, attention_mask=query_mask, position_ids=pos, cache=cache, use_cache=True,
+                    logits_to_keep=1, output_hidden_states=True)
         next_pos = pos[:, -1:] + 1  # (B, 1)
-        tokens, logps = [], []
+        tokens, logps, hiddens, entropies = [], [], [], []
         done = torch.zeros(B, dtype=torch.bool, device=device)
         ended = torch.zeros(B, dtype=torch.bool, device=device)
         stop_at = [None] * B
         for t in range(p.max_new_tokens):
-            scaled = logits.float() / p.temperature
+            hiddens.append(out.hidden_states[-1][:, -1])  # (B, H): the state in which token t is chosen
+            scaled = out.logits[:, -1].float() / p.temperature  # (B, V)
+            entropies.append(entropy_from_logits(scaled))
             probs = filter_logits(scaled, p.top_k, p.top_p).softmax(-1)
             token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
             token = torch.where(done, torch.full_like(token, tok.pad_token_id), token)
@@ -171,9 +209,9 @@ class TransformersSampler:
                         stop_at[i] = t
             if bool(done.all()) or t == p.max_new_tokens - 1:
                 break
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-            logits = model(input_ids=token.unsqueeze(1), attention_mask=mask, position_ids=next_pos, cache=cache,
-                           use_cache=True).logits[:, -1]
+            mask[:, P + t] = 1
+            out = model(input_ids=token.unsqueeze(1), attention_mask=mask[:, :P + t + 1], position_ids=next_pos,
+                        cache=cache, use_cache=True, output_hidden_states=True)
             next_pos = next_pos + 1
         if was_training:
             model.train()
@@ -190,7 +228,8 @@ class TransformersSampler:
         response_ids = response_ids.masked_fill(response_mask == 0, tok.pad_token_id)
         logprobs = logprobs.masked_fill(response_mask == 0, 0.0)
         texts = [_cut_at_stop(s, p.stop)[0] for s in tok.batch_decode(response_ids, skip_special_tokens=True)]
-        return Rollout(prompts, query_ids, query_mask, response_ids, response_mask, logprobs, ended, texts)
+        return Rollout(prompts, query_ids, query_mask, response_ids, response_mask, logprobs, ended, texts,
+                       hidden=torch.stack(hiddens, 1), entropy=torch.stack(entropies, 1))
 
 
 def response_forward(model, rollout: Rollout, temperature: float, *, hidden: bool = False, entropy: bool = False):

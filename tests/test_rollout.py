@@ -53,9 +53,14 @@ def test_rollout_shapes_masks_and_logprobs_match_a_full_forward(tiny):
     for m in r.response_mask:
         assert m.tolist() == sorted(m.tolist(), reverse=True) and m[0] == 1
     assert (r.logprobs[r.response_mask == 0] == 0).all()
-    # The sampler's log-probs (KV cache, temperature 0.7) equal one forward over prompt + response.
-    full = response_forward(model, r, temperature=0.7)["logprobs"]
-    torch.testing.assert_close(full * r.response_mask, r.logprobs, atol=1e-4, rtol=0)
+    # The sampler's log-probs (KV cache, temperature 0.7), hidden states (what a value head reads) and
+    # entropies equal one forward over prompt + response: PPO takes them instead of running that forward.
+    full = response_forward(model, r, temperature=0.7, hidden=True, entropy=True)
+    torch.testing.assert_close(full["logprobs"] * r.response_mask, r.logprobs, atol=1e-4, rtol=0)
+    on = r.response_mask.bool()
+    assert r.hidden.shape == full["hidden"].shape and r.entropy.shape == full["entropy"].shape
+    torch.testing.assert_close(r.hidden[on], full["hidden"][on], atol=1e-4, rtol=0)
+    torch.testing.assert_close(r.entropy[on], full["entropy"][on], atol=1e-4, rtol=0)
     wrong_temperature = response_forward(model, r, temperature=1.0)["logprobs"]
     assert ((wrong_temperature - r.logprobs).abs() * r.response_mask).max() > 1e-2
 

@@ -13,7 +13,8 @@ details of RLHF with PPO"):
   1. rollout: sample a response to each prompt (``group_size`` per prompt) with the current policy;
   2. score: the reward source's score of each response (truncated at its stop), normalised; a response
      that never reached EOS gets ``missing_eos_penalty`` instead;
-  3. per-token rewards: -kl_coef * KL(policy || reference) on every token plus the score on the last;
+  3. per-token rewards: -kl_coef * KL(policy || reference) on every token plus the score on the last (the
+     policy's log-probs, entropy and value-head values come from the sampler, which already computed them);
   4. advantages: GAE(gamma, lambda) with the critic's values, or a group baseline (RLOO / GRPO) on the
      sequence reward; whitened per batch;
   5. ``ppo_epochs`` passes of ``num_minibatches`` mini-batches with the clipped policy and value losses;
@@ -73,6 +74,7 @@ class PPOConfig(ModelPart, DataPart, OptimPart, RunPart):
     missing_eos_penalty: float | None = Field(-1.0, description="score for a response without EOS; null to keep the model's")
     normalize_reward: Literal["none", "initial", "running"] = Field("initial", description="scores to mean 0, std 1: with the first batch's statistics (reference samples) or running ones")
     rollout_backend: Literal["transformers", "vllm"] = Field("transformers", description="vllm: GPU only, optional extra")
+    recompute_logprobs: bool = Field(False, description="run the policy again over each rollout for the behaviour log-probs and values, instead of taking those the transformers sampler computed (same weights; differ by ~1e-6)")
     reward_batch_size: int = Field(32, gt=0, description="responses per reward-model forward")
     sample_every: int = Field(10, gt=0, description="steps between logged sample tables (samples.jsonl, TensorBoard)")
     num_samples: int = Field(4, gt=0, description="rows in each sample table")
@@ -127,7 +129,7 @@ def take(rollout: Rollout, idx: torch.Tensor) -> Rollout:
     rows = idx.tolist()
     return Rollout([rollout.prompts[i] for i in rows], rollout.query_ids[idx], rollout.query_mask[idx],
                    rollout.response_ids[idx], rollout.response_mask[idx], rollout.logprobs[idx], rollout.ended[idx],
-                   [rollout.texts[i] for i in rows])
+                   [rollout.texts[i] for i in rows])  # hidden/entropy are not needed after the behaviour pass
 
 
 def forward(policy, critic, rollout: Rollout, cfg: PPOConfig, entropy: bool = False) -> dict:
@@ -136,6 +138,22 @@ def forward(policy, critic, rollout: Rollout, cfg: PPOConfig, entropy: bool = Fa
     out = response_forward(policy, rollout, cfg.temperature, hidden=head, entropy=entropy)
     if head:
         out["values"] = critic(out.pop("hidden"))
+    elif critic is not None:
+        out["values"] = critic(rollout)
+    return out
+
+
+def behaviour(policy, critic, rollout: Rollout, cfg: PPOConfig) -> dict:
+    """Log-probs, entropy and values of the policy that sampled the rollout. The transformers sampler runs
+    the trainer's own model and returns what it computed while sampling, so this costs no policy forward
+    (only a separate critic's); other samplers' rollouts (vLLM: other kernels, maybe another precision) are
+    run through the policy again, as is every rollout with ``recompute_logprobs``."""
+    if rollout.hidden is None or cfg.recompute_logprobs:
+        return forward(policy, critic, rollout, cfg, entropy=True)
+    out = {"logprobs": rollout.logprobs, "entropy": rollout.entropy}
+    head = isinstance(critic, ValueHead) or isinstance(getattr(critic, "module", None), ValueHead)
+    if head:
+        out["values"] = critic(rollout.hidden)
     elif critic is not None:
         out["values"] = critic(rollout)
     return out
@@ -234,7 +252,7 @@ def run(cfg: PPOConfig) -> Path:
 
             # 3. old log-probs and values (the behaviour policy), reference log-probs, per-token rewards
             with torch.no_grad():
-                old = forward(policy, critic, rollout, cfg, entropy=True)
+                old = behaviour(policy, critic, rollout, cfg)
                 ref_logprobs = reference_logprobs(rollout)
             old_logprobs, old_values = old["logprobs"], old.get("values")
             rewards = kl_penalized_rewards(scores, old_logprobs, ref_logprobs, mask, kl_coef, cfg.kl_estimator)  # (B, T)
