@@ -30,7 +30,7 @@ class StageConfig(BaseModel):
 
 class ModelPart(StageConfig):
     model: str = Field("tiny", description="tiny | tiny-4m | smollm2-135m-instruct | a run folder | a HF folder or id | a .gguf file")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="auto: bfloat16 on GPU, float32 on CPU")
+    dtype: Literal["auto", "float32", "bf16-mixed", "bfloat16", "float16"] = Field("auto", description="bf16-mixed: float32 weights, bfloat16 autocast (fast on CPUs with AMX too); auto: bf16-mixed on GPU, float32 on CPU")
     chat_template: str | None = Field(None, description="Jinja chat template; default: the model's own, else ChatML")
     lora: bool = Field(False, description="train LoRA adapters (peft) instead of all weights")
     lora_r: int = Field(16, gt=0, description="LoRA rank")

@@ -204,6 +204,26 @@ def test_rpo_adds_the_chosen_mean_token_nll_by_hand():
     assert stats["nll_loss"] == pytest.approx(nll.item(), abs=1e-5)
 
 
+def test_bf16_mixed_precision_then_float32_in_one_process(small_data, tmp_path):
+    """bf16 autocast with float32 weights: the precomputed reference runs in the same precision (the
+    first margins are exactly 0) and a float32 stage can follow in the same process (as in the demo)."""
+    runs = {}
+    for dtype in ("bf16-mixed", "float32"):
+        path = run(_cfg(small_data, tmp_path / dtype, dtype=dtype, max_steps=2))
+        runs[dtype] = [r for r in read_metrics(path) if "eval/rewards/margins" in r]
+        assert runs[dtype][0]["eval/rewards/margins"] == 0.0
+        assert next(iter(run_weights(path))).dtype == torch.float32
+    # autocast really ran: the figures differ from float32's in the low digits, not more
+    a, b = runs["bf16-mixed"][-1]["eval/loss"], runs["float32"][-1]["eval/loss"]
+    assert a != b and a == pytest.approx(b, abs=1e-2)
+
+
+def run_weights(path):
+    from safetensors.torch import load_file
+
+    return load_file(str(next((path / "final").glob("*.safetensors")))).values()
+
+
 def test_label_smoothing_refused_where_unused():
     with pytest.raises(ValueError, match="label_smoothing"):
         make_loss_fn(DPOConfig(loss="hinge", label_smoothing=0.1))

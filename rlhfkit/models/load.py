@@ -18,6 +18,8 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def resolve_dtype(name: str) -> torch.dtype:
+    if name == "bf16-mixed":  # the weights of a mixed-precision run stay in float32
+        return torch.float32
     if name == "auto":
         return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
     return DTYPES[name]

@@ -27,13 +27,22 @@ from rlhfkit.runs import MetricsLogger, RunFolder
 
 
 def make_accelerator(cfg: ModelPart) -> Accelerator:
-    # dtype "auto" on a GPU: float32 master weights with bfloat16 autocast (mixed precision).
-    mixed = "bf16" if cfg.dtype == "auto" and torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-    return Accelerator(mixed_precision=mixed)
+    # float32 master weights with bfloat16 autocast: asked for, or "auto" on a GPU. On the CPU it stays
+    # opt-in: only CPUs with bf16 matrix units (AMX) gain from it (1.6x for a DPO step here).
+    gpu_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    precision = "bf16" if cfg.dtype == "bf16-mixed" or (cfg.dtype == "auto" and gpu_bf16) else "no"
+    # Accelerate keeps one state per process and refuses a second precision; stages that run in one
+    # process (the demo) may differ, so a new precision starts a new state (the process group is kept).
+    from accelerate.state import AcceleratorState
+
+    if AcceleratorState._shared_state.get("_mixed_precision", precision) != precision:
+        AcceleratorState._reset_state()
+    return Accelerator(mixed_precision=precision)
 
 
 def training_dtype(cfg: ModelPart) -> str:
-    return "float32" if cfg.dtype == "auto" else cfg.dtype
+    """The dtype the weights are loaded in (mixed precision keeps float32 weights)."""
+    return "float32" if cfg.dtype in ("auto", "bf16-mixed") else cfg.dtype
 
 
 def make_optimizer(model: torch.nn.Module, cfg: OptimPart) -> torch.optim.Optimizer:

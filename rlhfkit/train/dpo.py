@@ -175,8 +175,9 @@ def evaluate(policy, ref_fn, groups, eval_ref, loss_fn, cfg, pad_id, accelerator
     for s in range(0, len(idx), cfg.batch_size):
         chunk = idx[s:s + cfg.batch_size]
         batch = [groups[i] for i in chunk]
-        ref = ref_fn(batch, chunk, eval_ref)
-        loss_sum, stats = dpo_step(policy, batch, ref, loss_fn, cfg, pad_id, accelerator.device)
+        with accelerator.autocast():
+            ref = ref_fn(batch, chunk, eval_ref)
+            loss_sum, stats = dpo_step(policy, batch, ref, loss_fn, cfg, pad_id, accelerator.device)
         loss_total += loss_sum.item()
         for k, v in stats.items():
             totals[k] = totals.get(k, 0.0) + v
@@ -210,10 +211,11 @@ def run(cfg: DPOConfig) -> Path:
     if cfg.reference == "precomputed":  # the model before LoRA and before any update is the reference: no copy
         key = hashlib.sha256(repr((cfg.model, file_hash(cfg.data) if cfg.data != "toy" else "toy", cfg.eval_data,
                                    cfg.eval_fraction, cfg.seed, cfg.max_length, cfg.shared_prompt, len(train),
-                                   cfg.chat_template)).encode()).hexdigest()[:16]
+                                   cfg.chat_template, cfg.dtype)).encode()).hexdigest()[:16]
         was_training = model.training
         ref = CompletionLogProbs(model.to(accelerator.device)).eval()
-        train_ref, eval_ref = cached_reference_logps(run_dir, key, ref, train, held_out, pad_id, cfg, accelerator)
+        with accelerator.autocast():  # the reference in the policy's precision: margins start at 0
+            train_ref, eval_ref = cached_reference_logps(run_dir, key, ref, train, held_out, pad_id, cfg, accelerator)
         model.train(was_training)
     if cfg.lora:
         model = add_lora(model, cfg)
@@ -248,9 +250,9 @@ def run(cfg: DPOConfig) -> Path:
             micro = common.split_micro(global_batch, accelerator, cfg.grad_accum)
             for i, indices in enumerate(micro):
                 groups = [train[j] for j in indices]
-                ref = ref_fn(groups, indices, train_ref)
                 with accelerator.no_sync(policy) if i < len(micro) - 1 else nullcontext():
                     with accelerator.autocast():
+                        ref = ref_fn(groups, indices, train_ref)
                         loss_sum, stats = dpo_step(policy, groups, ref, loss_fn, cfg, pad_id, accelerator.device)
                     # Mean over the global batch, whatever the split into micro-batches and processes.
                     accelerator.backward(loss_sum * accelerator.num_processes / len(global_batch))
