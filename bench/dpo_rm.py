@@ -75,7 +75,7 @@ def throughput(stamps: list[tuple[float, float]], warmup: int, steps: int, batch
     return {"pairs_per_s": steps * batch / (w1 - w0 + extra[0]), "pairs_per_cpu_s": steps * batch / (c1 - c0 + extra[1])}
 
 
-def trl_run(kind: str, folder: Path, steps: int, warmup: int, batch: int) -> dict:
+def trl_run(kind: str, folder: Path, steps: int, warmup: int, batch: int, bf16: bool = False) -> dict:
     import datasets
     from transformers import AutoTokenizer, TrainerCallback
 
@@ -89,7 +89,7 @@ def trl_run(kind: str, folder: Path, steps: int, warmup: int, batch: int) -> dic
             stamps.append(stamp())
 
     common = dict(output_dir=str(folder / f"trl-{kind}"), per_device_train_batch_size=batch, max_steps=warmup + steps,
-                  bf16=False, report_to="none", save_strategy="no", logging_steps=10_000, use_cpu=True,
+                  bf16=bf16, report_to="none", save_strategy="no", logging_steps=10_000, use_cpu=True,
                   disable_tqdm=True)
     if kind == "dpo":
         from trl import DPOConfig, DPOTrainer
@@ -105,7 +105,10 @@ def trl_run(kind: str, folder: Path, steps: int, warmup: int, batch: int) -> dic
     return {**throughput(stamps, warmup, steps, batch), "peak_mb": peak_mb()}
 
 
-def ours_run(kind: str, folder: Path, steps: int, warmup: int, batch: int, reference: str = "precomputed") -> dict:
+def ours_run(kind: str, folder: Path, steps: int, warmup: int, batch: int, reference: str = "precomputed",
+             bf16: bool = False) -> dict:
+    import torch
+
     from rlhfkit.train import common as trainer_common
 
     stamps: list[tuple[float, float]] = []
@@ -119,7 +122,7 @@ def ours_run(kind: str, folder: Path, steps: int, warmup: int, batch: int, refer
     out = Path(tempfile.mkdtemp(dir=folder, prefix=f"ours-{kind}-"))
     common = dict(model=str(folder / "model"), data=str(folder / "pairs.jsonl"), eval_fraction=0.0, batch_size=batch,
                   max_steps=warmup + steps, log_every=10_000, progress=False, report_to=["jsonl"],
-                  output_dir=str(out / "run"), dtype="float32")
+                  output_dir=str(out / "run"), dtype="bf16-mixed" if bf16 else "float32")
     extra = (0.0, 0.0)
     if kind == "dpo":
         from rlhfkit.train.dpo import DPOConfig, run
@@ -135,7 +138,8 @@ def ours_run(kind: str, folder: Path, steps: int, warmup: int, batch: int, refer
             records = read_records(folder / "pairs.jsonl", "comparison")[0][:(warmup + steps) * batch]
             groups = tokenize_all(tok, records, 512)
             w0, c0 = stamp()
-            reference_logps(CompletionLogProbs(lm).eval(), groups, tok.pad_token_id, True, batch, "cpu")
+            with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+                reference_logps(CompletionLogProbs(lm).eval(), groups, tok.pad_token_id, True, batch, "cpu")
             w1, c1 = stamp()
             share = steps / (warmup + steps)  # the timed steps' share of the pairs
             extra = ((w1 - w0) * share, (c1 - c0) * share)
@@ -144,7 +148,10 @@ def ours_run(kind: str, folder: Path, steps: int, warmup: int, batch: int, refer
 
         run(RewardConfig(normalize=False, **common))
         peak = peak_mb()
-    return {**throughput(stamps, warmup, steps, batch, extra), "peak_mb": peak, "ref_pass_s": extra[0]}
+    # TRL's default num_train_epochs is 3: over three epochs the one-off reference pass is paid once.
+    three = throughput(stamps, warmup, steps, batch, (extra[0] / 3, extra[1] / 3))
+    return {**throughput(stamps, warmup, steps, batch, extra), "peak_mb": peak, "ref_pass_s": extra[0],
+            "pairs_per_s_3_epochs": three["pairs_per_s"], "pairs_per_cpu_s_3_epochs": three["pairs_per_cpu_s"]}
 
 
 def child(args) -> None:
@@ -153,16 +160,16 @@ def child(args) -> None:
     torch.set_num_threads(args.threads)
     folder = Path(args.folder)
     if args.child == "trl":
-        result = trl_run(args.kind, folder, args.steps, args.warmup, args.batch)
+        result = trl_run(args.kind, folder, args.steps, args.warmup, args.batch, args.bf16)
     else:
-        result = ours_run(args.kind, folder, args.steps, args.warmup, args.batch, args.reference)
+        result = ours_run(args.kind, folder, args.steps, args.warmup, args.batch, args.reference, args.bf16)
     print("RESULT " + json.dumps(result))
 
 
-def spawn(who: str, kind: str, folder: Path, args, reference: str = "precomputed") -> dict:
+def spawn(who: str, kind: str, folder: Path, args, reference: str = "precomputed", bf16: bool = False) -> dict:
     cmd = [sys.executable, __file__, "--child", who, "--kind", kind, "--folder", str(folder), "--steps", str(args.steps),
            "--warmup", str(args.warmup), "--batch", str(args.batch), "--reference", reference,
-           "--threads", str(args.threads)]
+           "--threads", str(args.threads)] + (["--bf16"] if bf16 else [])
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     for line in proc.stdout.splitlines():
@@ -183,13 +190,19 @@ def one_repeat(folder: Path, args, ours_first: bool) -> dict:
             res[(who, kind)] = spawn(who, kind, folder, args)
             if who == "ours" and kind == "dpo":
                 res[("ours", "dpo-copy")] = spawn("ours", "dpo", folder, args, reference="copy")
+            if kind == "dpo":  # both in bf16 autocast, TRL's own default precision
+                res[(who, "dpo-bf16")] = spawn(who, "dpo", folder, args, bf16=True)
     return res
 
 
 def report(res: dict) -> dict[str, float]:
     d, c, m = res[("ours", "dpo")], res[("ours", "dpo-copy")], res[("ours", "rm")]
-    td, tm = res[("trl", "dpo")], res[("trl", "rm")]
+    td, tm, tb = res[("trl", "dpo")], res[("trl", "rm")], res[("trl", "dpo-bf16")]
     return {"dpo": d["pairs_per_s"] / td["pairs_per_s"], "dpo_cpu": d["pairs_per_cpu_s"] / td["pairs_per_cpu_s"],
+            "dpo_3_epochs": d["pairs_per_s_3_epochs"] / td["pairs_per_s"],
+            "dpo_3_epochs_cpu": d["pairs_per_cpu_s_3_epochs"] / td["pairs_per_cpu_s"],
+            "dpo_bf16": res[("ours", "dpo-bf16")]["pairs_per_s"] / tb["pairs_per_s"],
+            "dpo_bf16_3_epochs": res[("ours", "dpo-bf16")]["pairs_per_s_3_epochs"] / tb["pairs_per_s"],
             "dpo_copy": c["pairs_per_s"] / td["pairs_per_s"],
             "rm": m["pairs_per_s"] / tm["pairs_per_s"], "rm_cpu": m["pairs_per_cpu_s"] / tm["pairs_per_cpu_s"],
             "mem_dpo": d["peak_mb"] / td["peak_mb"], "mem_dpo_copy": c["peak_mb"] / td["peak_mb"],
@@ -208,6 +221,7 @@ def main() -> None:
     ap.add_argument("--kind", choices=["dpo", "rm"])
     ap.add_argument("--folder")
     ap.add_argument("--reference", default="precomputed")
+    ap.add_argument("--bf16", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         return child(args)
@@ -227,11 +241,16 @@ def main() -> None:
             q = report(res)
             ratios.append(q)
             print(f"DPO pairs/s rlhfkit/TRL: {q['dpo']:.2f}x wall, {q['dpo_cpu']:.2f}x CPU (reference=copy: {q['dpo_copy']:.2f}x)")
+            print(f"DPO over 3 epochs (TRL's default num_train_epochs; the reference pass paid once): "
+                  f"{q['dpo_3_epochs']:.2f}x wall, {q['dpo_3_epochs_cpu']:.2f}x CPU")
+            print(f"DPO, both in bf16 autocast (TRL's default precision; rlhfkit --dtype bf16-mixed): "
+                  f"{q['dpo_bf16']:.2f}x wall, 3 epochs {q['dpo_bf16_3_epochs']:.2f}x")
             print(f"RM  pairs/s rlhfkit/TRL: {q['rm']:.2f}x wall, {q['rm_cpu']:.2f}x CPU")
             print(f"peak RSS rlhfkit/TRL: DPO {q['mem_dpo']:.2f} (copy {q['mem_dpo_copy']:.2f}), RM {q['mem_rm']:.2f}")
     if args.repeats > 1:
         med = {k: statistics.median(q[k] for q in ratios) for k in ratios[0]}
-        print(f"\nmedian of {args.repeats} repeats: DPO {med['dpo']:.2f}x wall ({med['dpo_cpu']:.2f}x CPU), "
+        print(f"\nmedian of {args.repeats} repeats: DPO {med['dpo']:.2f}x wall ({med['dpo_cpu']:.2f}x CPU; "
+              f"3 epochs {med['dpo_3_epochs']:.2f}x, {med['dpo_3_epochs_cpu']:.2f}x CPU; both bf16 {med['dpo_bf16']:.2f}x, 3 epochs {med['dpo_bf16_3_epochs']:.2f}x), "
               f"RM {med['rm']:.2f}x wall ({med['rm_cpu']:.2f}x CPU), "
               f"peak RSS DPO {med['mem_dpo']:.2f}, RM {med['mem_rm']:.2f}")
 
