@@ -14,7 +14,8 @@ top-p, a programmatic reward (count of "the"), KL coefficient 0.05 with a frozen
   epochs). rlhfkit ``ppo`` runs GAE with a value head; TRL's GRPOTrainer (TRL has no PPO trainer any
   more) runs 4 prompts x num_generations 2 = 8 completions per step, beta 0.05 (so it also keeps a
   reference), gradient checkpointing off, float32 like rlhfkit (``bf16=False``; TRL's default is bf16
-  autocast, which also runs, as ``trl_bf16``: on this CPU it is slower). Also shown: rlhfkit with
+  autocast, which also runs, as ``trl_bf16``, against rlhfkit ``--dtype bf16-mixed``: on this CPU it is
+  slower). Also shown: rlhfkit with
   ``--advantage grpo --group-size 2``, the same algorithm as TRL's.
 - rollout: tokens/s of ``TransformersSampler.generate`` against plain ``model.generate(do_sample=True)``,
   same batch, 48 new tokens each (median of repeats).
@@ -210,6 +211,7 @@ SPEED_RUNS = {
     "trl": lambda tmp, steps: bench_trl(tmp, steps),
     "trl4": lambda tmp, steps: bench_trl(tmp, steps, num_iterations=4),
     "trl_bf16": lambda tmp, steps: bench_trl(tmp, steps, bf16=True),  # TRL's own default: bf16 autocast
+    "ppo1_bf16": lambda tmp, steps: bench_rlhfkit(tmp, steps, ppo_epochs=1, dtype="bf16-mixed"),
     "ppo1": lambda tmp, steps: bench_rlhfkit(tmp, steps, ppo_epochs=1),
     "ppo4": lambda tmp, steps: bench_rlhfkit(tmp, steps),
     "grpo": lambda tmp, steps: bench_rlhfkit(tmp, steps, advantage="grpo", group_size=2, ppo_epochs=1, batch_size=BATCH // 2),
@@ -255,20 +257,23 @@ def main():
             # Matched work per rollout: one optimiser pass on both sides (TRL's default num_iterations=1 and
             # --ppo-epochs 1), then four on both (num_iterations=4 and rlhfkit's default 4 PPO epochs).
             # Each measurement runs in its own process, so one trainer's leftovers cannot slow the next.
-            speed = {name: child(name, args.steps) for name in ("trl", "ppo1", "grpo", "trl4", "ppo4", "trl_bf16")}
-            trl, ppo1, grpo, trl4, ppo4, trl_bf16 = (speed[k] for k in ("trl", "ppo1", "grpo", "trl4", "ppo4", "trl_bf16"))
+            names = ("trl", "ppo1", "grpo", "trl4", "ppo4", "trl_bf16", "ppo1_bf16")
+            speed = {name: child(name, args.steps) for name in names}
+            trl, ppo1, grpo, trl4, ppo4, trl_bf16, ppo1_bf16 = (speed[k] for k in names)
             results["speed"] = {"trl_grpo_completions_per_s": trl, "rlhfkit_ppo_1_epoch_completions_per_s": ppo1,
                                 "rlhfkit_grpo_completions_per_s": grpo, "trl_grpo_4_iterations_completions_per_s": trl4,
                                 "rlhfkit_ppo_4_epochs_completions_per_s": ppo4, "ppo_ratio_1_pass": ppo1 / trl,
                                 "grpo_ratio_1_pass": grpo / trl, "ppo_ratio_4_passes": ppo4 / trl4,
                                 "trl_grpo_bf16_default_completions_per_s": trl_bf16, "ppo_ratio_1_pass_vs_trl_bf16": ppo1 / trl_bf16,
+                                "rlhfkit_ppo_1_epoch_bf16_completions_per_s": ppo1_bf16, "ppo_ratio_1_pass_both_bf16": ppo1_bf16 / trl_bf16,
                                 "clock": CLOCK_KEY}
             print(f"speed, one optimiser pass per rollout: TRL GRPOTrainer {trl:.2f} completions/s; "
                   f"rlhfkit ppo {ppo1:.2f} ({ppo1 / trl:.2f}x); rlhfkit grpo-mode {grpo:.2f} ({grpo / trl:.2f}x)")
             print(f"speed, four passes per rollout: TRL GRPOTrainer {trl4:.2f} completions/s; "
                   f"rlhfkit ppo {ppo4:.2f} ({ppo4 / trl4:.2f}x)")
             print(f"TRL with its default bf16 autocast (slower on this CPU): {trl_bf16:.2f} completions/s; "
-                  f"rlhfkit ppo, one pass, float32: {ppo1 / trl_bf16:.2f}x")
+                  f"rlhfkit ppo, one pass: float32 {ppo1 / trl_bf16:.2f}x, --dtype bf16-mixed {ppo1_bf16:.2f} "
+                  f"({ppo1_bf16 / trl_bf16:.2f}x)")
         if args.only in (None, "memory"):
             mem = bench_memory(tmp)
             ratio = mem["ppo"]["peak_mb"] / mem["sft"]["peak_mb"]

@@ -240,7 +240,8 @@ def run(cfg: PPOConfig) -> Path:
             # 1. rollout (the sampling noise of step k is a function of (seed, k), so a resumed run matches)
             sampler.sync_weights(raw_policy)
             generator = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + state.step)
-            rollout = sampler.generate(prompts, n=cfg.group_size, generator=generator)
+            with accelerator.autocast():  # one context for the whole rollout: weights cast once, not per token
+                rollout = sampler.generate(prompts, n=cfg.group_size, generator=generator)
             mask = rollout.response_mask.to(device)  # (B, T)
             t_rollout = time.perf_counter() - t0
 
@@ -251,7 +252,7 @@ def run(cfg: PPOConfig) -> Path:
                 scores = torch.where(rollout.ended.to(device), scores, torch.full_like(scores, cfg.missing_eos_penalty))
 
             # 3. old log-probs and values (the behaviour policy), reference log-probs, per-token rewards
-            with torch.no_grad():
+            with torch.no_grad(), accelerator.autocast():
                 old = behaviour(policy, critic, rollout, cfg)
                 ref_logprobs = reference_logprobs(rollout)
             old_logprobs, old_values = old["logprobs"], old.get("values")
@@ -278,7 +279,8 @@ def run(cfg: PPOConfig) -> Path:
                 for s in range(0, B, mb_size):
                     idx = order[s:s + mb_size].to(device)
                     mb_mask = mask[idx]
-                    new = forward(policy, critic, take(rollout, idx.cpu()), cfg, entropy=cfg.entropy_coef > 0)
+                    with accelerator.autocast():
+                        new = forward(policy, critic, take(rollout, idx.cpu()), cfg, entropy=cfg.entropy_coef > 0)
                     pg_loss, pg_stats = ppo_policy_loss(new["logprobs"], old_logprobs[idx], advantages[idx], mb_mask,
                                                         cfg.cliprange)
                     loss = pg_loss
@@ -351,7 +353,8 @@ def run(cfg: PPOConfig) -> Path:
             if cfg.save_every and state.step % cfg.save_every == 0:
                 common.save_checkpoint(run_dir, accelerator, state, cfg.keep_checkpoints)
     progress.close()
-    figures = evaluate(sampler, reward_fn, eval_prompts, cfg, device) if eval_prompts else {}
+    with accelerator.autocast():
+        figures = evaluate(sampler, reward_fn, eval_prompts, cfg, device) if eval_prompts else {}
     logger.log(state.step, figures)
     logger.close()
     if accelerator.is_main_process:
