@@ -182,16 +182,20 @@ class TransformersSampler:
         mask = torch.cat([query_mask, query_mask.new_zeros(B, p.max_new_tokens)], dim=1)  # grows by one 1 per step
         P = query_ids.size(1)
         pos = position_ids(query_mask)
-        out = model(input_ids=query_ids, attention_mask=query_mask, position_ids=pos, cache=cache, use_cache=True,
-                    logits_to_keep=1, output_hidden_states=True)
+        # The trunk and the LM head separately: the head runs at the last position only, and its input is
+        # the hidden state a value head reads.
+        lm = model.get_base_model() if hasattr(model, "peft_config") else model
+        body, head = lm.base_model, lm.get_output_embeddings()
+        hidden = body(input_ids=query_ids, attention_mask=query_mask, position_ids=pos, cache=cache,
+                      use_cache=True).last_hidden_state[:, -1]  # (B, H)
         next_pos = pos[:, -1:] + 1  # (B, 1)
         tokens, logps, hiddens, entropies = [], [], [], []
         done = torch.zeros(B, dtype=torch.bool, device=device)
         ended = torch.zeros(B, dtype=torch.bool, device=device)
         stop_at = [None] * B
         for t in range(p.max_new_tokens):
-            hiddens.append(out.hidden_states[-1][:, -1])  # (B, H): the state in which token t is chosen
-            scaled = out.logits[:, -1].float() / p.temperature  # (B, V)
+            hiddens.append(hidden)  # (B, H): the state in which token t is chosen
+            scaled = head(hidden).float() / p.temperature  # (B, V)
             entropies.append(entropy_from_logits(scaled))
             probs = filter_logits(scaled, p.top_k, p.top_p).softmax(-1)
             token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
@@ -210,8 +214,8 @@ class TransformersSampler:
             if bool(done.all()) or t == p.max_new_tokens - 1:
                 break
             mask[:, P + t] = 1
-            out = model(input_ids=token.unsqueeze(1), attention_mask=mask[:, :P + t + 1], position_ids=next_pos,
-                        cache=cache, use_cache=True, output_hidden_states=True)
+            hidden = body(input_ids=token.unsqueeze(1), attention_mask=mask[:, :P + t + 1], position_ids=next_pos,
+                          cache=cache, use_cache=True).last_hidden_state[:, -1]
             next_pos = next_pos + 1
         if was_training:
             model.train()
