@@ -9,7 +9,7 @@ What is compared, and how (see also docs/performance.md):
   same number of torch threads in every process (``--threads``, default 1: stable under other load);
 - TRL runs with its defaults (reference = a second model copy, gradient checkpointing on, fused AdamW, padded
   chosen/rejected rows, LM head applied only at completion tokens) except what it needs to run on the CPU
-  without evaluation, logging or saving: ``use_cpu``, ``bf16=False``, ``report_to="none"``,
+  without evaluation, logging or saving: ``use_cpu``, ``bf16=False`` (first run), ``report_to="none"``,
   ``save_strategy="no"``;
 - rlhfkit runs its defaults: reference ``precomputed``; its one-off reference pass over the pairs is timed
   on its own and charged to rlhfkit's time (as if the run were one epoch over exactly these pairs);
@@ -20,6 +20,10 @@ What is compared, and how (see also docs/performance.md):
   time is printed too because it moves much less when other jobs share the cores;
 - peak memory: each process's RSS high-water mark (``ru_maxrss``: model, optimiser, activations, and the
   Python/torch baseline each process pays alike), read when training ends;
+- precision: both sides in float32 (TRL ``bf16=False``), and again both in bf16 autocast (TRL's own default,
+  ``bf16=True``; rlhfkit ``dtype="bf16-mixed"``, float32 weights);
+- epochs: the reference pass is charged as for one epoch, and as for three (TRL's default
+  ``num_train_epochs``: rlhfkit makes the pass once per run, so a third of it per epoch);
 - ``--repeats`` runs everything again, alternating which side goes first; the ratios of each repeat and
   their median are printed. Ratios are comparable within one run only (other load moves both sides).
 """
