@@ -84,20 +84,32 @@ def pairwise_agreement(pool: list[Annotator], items: list[tuple[Prompt, str, str
     return agree / max(total, 1)
 
 
+def consensus(pool: list[Annotator], prompt: Prompt, a: str, b: str) -> int:
+    """The pool's noise-free majority (every persona's own preference, no flips): 1 for a, -1 for b, 0 for
+    no majority (ties abstain)."""
+    votes = 0
+    for x in pool:
+        d = x.utility(prompt, a) - x.utility(prompt, b)
+        if abs(d) >= x.tie_margin:
+            votes += 1 if d > 0 else -1
+    return (votes > 0) - (votes < 0)
+
+
+def consensus_accuracy(pool: list[Annotator], labelled: list[tuple[Prompt, str, str]]) -> float:
+    """Share of decided labels (prompt, chosen, rejected) the pool's consensus agrees with: the accuracy on
+    exactly these labels of a reward model that learnt the consensus perfectly, i.e. its ceiling there.
+    It is above ``pairwise_agreement``: with flip rate e two annotators agree (1-e)^2 + e^2 of the time,
+    an annotator and the consensus 1 - e (0.625 and 0.75 at e = 0.25)."""
+    votes = [consensus(pool, p, chosen, rejected) for p, chosen, rejected in labelled]
+    return (sum(v > 0 for v in votes) + 0.5 * sum(v == 0 for v in votes)) / max(len(votes), 1)  # no majority: a coin
+
+
 def consensus_agreement(pool: list[Annotator], items: list[tuple[Prompt, str, str]], seed: int = 0) -> float:
-    """How often one annotator's decided label matches the pool's noise-free majority (every persona's own
-    preference, no flips): the accuracy against a fresh annotator of a reward model that learnt the
-    pool's consensus exactly, i.e. the ceiling for a reward model trained on these labels. It is above
-    ``pairwise_agreement``: with flip rate e two annotators agree (1-e)^2 + e^2 of the time, an annotator
-    and the consensus 1 - e (0.625 and 0.75 at e = 0.25)."""
+    """``consensus_accuracy`` of one fresh label per item, drawn from a random annotator of the pool."""
     rng = random.Random(seed)
-    agree = total = 0
+    labelled = []
     for prompt, a, b in items:
         label = rng.choice(pool).compare(prompt, a, b)
-        diffs = [x.utility(prompt, a) - x.utility(prompt, b) for x in pool]
-        votes = sum((d > 0) - (d < 0) for x, d in zip(pool, diffs) if abs(d) >= x.tie_margin)
-        if label == "tie" or votes == 0:
-            continue
-        agree += label == ("a" if votes > 0 else "b")
-        total += 1
-    return agree / max(total, 1)
+        if label != "tie":
+            labelled.append((prompt, a, b) if label == "a" else (prompt, b, a))
+    return consensus_accuracy(pool, labelled)
