@@ -36,6 +36,7 @@ class SamplingParams:
     top_p: float = 1.0  # 1 = off
     stop: list[str] = field(default_factory=list)  # stop strings; the text is cut before them
     max_prompt_tokens: int | None = None  # longer prompts keep their last tokens
+    return_states: bool = False  # also the hidden states and entropies (Rollout.hidden, .entropy): PPO's behaviour pass
 
 
 @dataclass
@@ -46,8 +47,8 @@ class Rollout:
     tokens up to and including the stop (EOS, or the token that completed a stop string); logprobs (B, T)
     of those tokens under the temperature-scaled distribution; ended (B,) True where the response stopped
     on EOS or a stop string (False: cut by max_new_tokens); texts: decoded responses, cut at the stop.
-    Filled by samplers that run the trainer's own model (``TransformersSampler``), so the trainer need not
-    run the policy again: hidden (B, T, H), the last hidden state at the position that predicts each
+    Filled, with ``SamplingParams.return_states``, by samplers that run the trainer's own model
+    (``TransformersSampler``), so the trainer need not run the policy again: hidden (B, T, H), the last hidden state at the position that predicts each
     response token (``response_forward(..., hidden=True)``'s quantity), and entropy (B, T) of the
     temperature-scaled distribution there.
     """
@@ -194,9 +195,10 @@ class TransformersSampler:
         ended = torch.zeros(B, dtype=torch.bool, device=device)
         stop_at = [None] * B
         for t in range(p.max_new_tokens):
-            hiddens.append(hidden)  # (B, H): the state in which token t is chosen
             scaled = head(hidden).float() / p.temperature  # (B, V)
-            entropies.append(entropy_from_logits(scaled))
+            if p.return_states:
+                hiddens.append(hidden)  # (B, H): the state in which token t is chosen
+                entropies.append(entropy_from_logits(scaled))
             probs = filter_logits(scaled, p.top_k, p.top_p).softmax(-1)
             token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
             token = torch.where(done, torch.full_like(token, tok.pad_token_id), token)
@@ -232,8 +234,8 @@ class TransformersSampler:
         response_ids = response_ids.masked_fill(response_mask == 0, tok.pad_token_id)
         logprobs = logprobs.masked_fill(response_mask == 0, 0.0)
         texts = [_cut_at_stop(s, p.stop)[0] for s in tok.batch_decode(response_ids, skip_special_tokens=True)]
-        return Rollout(prompts, query_ids, query_mask, response_ids, response_mask, logprobs, ended, texts,
-                       hidden=torch.stack(hiddens, 1), entropy=torch.stack(entropies, 1))
+        states = dict(hidden=torch.stack(hiddens, 1), entropy=torch.stack(entropies, 1)) if p.return_states else {}
+        return Rollout(prompts, query_ids, query_mask, response_ids, response_mask, logprobs, ended, texts, **states)
 
 
 def response_forward(model, rollout: Rollout, temperature: float, *, hidden: bool = False, entropy: bool = False):

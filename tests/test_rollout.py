@@ -46,7 +46,8 @@ def test_prompts_are_left_padded(tiny):
 
 def test_rollout_shapes_masks_and_logprobs_match_a_full_forward(tiny):
     model, _ = tiny
-    r = sample(tiny, n=2, max_new_tokens=12, temperature=0.7)
+    r = sample(tiny, n=2, max_new_tokens=12, temperature=0.7, return_states=True)
+    assert sample(tiny, n=2, max_new_tokens=12, temperature=0.7).hidden is None  # only when asked
     B, T = r.response_ids.shape
     assert B == 8 and T <= 12 and len(r.texts) == 8 and r.prompts[0] == r.prompts[1] == PROMPTS[0]
     # mask: a prefix of ones in every row; logprobs and ids zero / pad after it

@@ -219,7 +219,7 @@ def run(cfg: PPOConfig) -> Path:
     normalizer = RewardNormalizer(cfg.normalize_reward, state.extra.get("reward_norm"))
     sampler = make_sampler(cfg.rollout_backend, raw_policy, tokenizer, SamplingParams(
         cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, list(cfg.stop),
-        max_prompt_tokens=max(cfg.max_length - cfg.max_new_tokens, 1)))
+        max_prompt_tokens=max(cfg.max_length - cfg.max_new_tokens, 1), return_states=not cfg.recompute_logprobs))
 
     def reference_logprobs(rollout: Rollout) -> torch.Tensor:
         if reference is not None:
