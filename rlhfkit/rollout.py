@@ -47,10 +47,10 @@ class Rollout:
     tokens up to and including the stop (EOS, or the token that completed a stop string); logprobs (B, T)
     of those tokens under the temperature-scaled distribution; ended (B,) True where the response stopped
     on EOS or a stop string (False: cut by max_new_tokens); texts: decoded responses, cut at the stop.
-    Filled, with ``SamplingParams.return_states``, by samplers that run the trainer's own model
-    (``TransformersSampler``), so the trainer need not run the policy again: hidden (B, T, H), the last hidden state at the position that predicts each
-    response token (``response_forward(..., hidden=True)``'s quantity), and entropy (B, T) of the
-    temperature-scaled distribution there.
+    With ``SamplingParams.return_states``, samplers that run the trainer's own model (``TransformersSampler``)
+    also fill, so that the trainer need not run the policy again: hidden (B, T, H), the last hidden state at
+    the position that predicts each response token (``response_forward(..., hidden=True)``'s quantity), and
+    entropy (B, T) of the temperature-scaled distribution there.
     """
     prompts: list
     query_ids: Tensor
@@ -156,9 +156,9 @@ def _in_place_cache(n_layers: int, capacity: int):
 class TransformersSampler:
     """Sampling with a transformers causal LM and its KV cache (works for plain and peft models).
 
-    The rollout carries the hidden states and entropies the model computed while sampling: the log-probs,
-    values and entropy of the behaviour policy then cost no second forward (the same weights in the same
-    process; up to float rounding between cached and full attention, ~1e-6)."""
+    With ``return_states`` the rollout carries the hidden states and entropies the model computed while
+    sampling: the log-probs, values and entropy of the behaviour policy then cost no second forward (the same
+    weights in the same process; equal up to float rounding between cached and full attention, ~1e-6)."""
 
     def __init__(self, model, tokenizer, params: SamplingParams):
         self.model, self.tokenizer, self.params = model, tokenizer, params
@@ -180,7 +180,7 @@ class TransformersSampler:
         model.eval()
         eos = torch.tensor(self.eos, device=device)
         cache = _in_place_cache(model.config.get_text_config().num_hidden_layers, query_ids.size(1) + p.max_new_tokens)
-        mask = torch.cat([query_mask, query_mask.new_zeros(B, p.max_new_tokens)], dim=1)  # grows by one 1 per step
+        mask = torch.cat([query_mask, query_mask.new_zeros(B, p.max_new_tokens)], dim=1)  # a 1 is written in per new token
         P = query_ids.size(1)
         pos = position_ids(query_mask)
         # The trunk and the LM head separately: the head runs at the last position only, and its input is

@@ -132,9 +132,15 @@ def take(rollout: Rollout, idx: torch.Tensor) -> Rollout:
                    [rollout.texts[i] for i in rows])  # hidden/entropy are not needed after the behaviour pass
 
 
+def is_value_head(critic) -> bool:
+    """A head on the policy's trunk (possibly wrapped for several processes), as opposed to no critic or a
+    separate model."""
+    return isinstance(critic, ValueHead) or isinstance(getattr(critic, "module", None), ValueHead)
+
+
 def forward(policy, critic, rollout: Rollout, cfg: PPOConfig, entropy: bool = False) -> dict:
     """Policy log-probs (B, T) at the sampling temperature, and the critic's values (B, T) if there is one."""
-    head = isinstance(critic, ValueHead) or isinstance(getattr(critic, "module", None), ValueHead)
+    head = is_value_head(critic)
     out = response_forward(policy, rollout, cfg.temperature, hidden=head, entropy=entropy)
     if head:
         out["values"] = critic(out.pop("hidden"))
@@ -151,8 +157,7 @@ def behaviour(policy, critic, rollout: Rollout, cfg: PPOConfig) -> dict:
     if rollout.hidden is None or cfg.recompute_logprobs:
         return forward(policy, critic, rollout, cfg, entropy=True)
     out = {"logprobs": rollout.logprobs, "entropy": rollout.entropy}
-    head = isinstance(critic, ValueHead) or isinstance(getattr(critic, "module", None), ValueHead)
-    if head:
+    if is_value_head(critic):
         out["values"] = critic(rollout.hidden)
     elif critic is not None:
         out["values"] = critic(rollout)
