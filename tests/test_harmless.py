@@ -1,7 +1,7 @@
 """The harmlessness world (rlhfkit.toy.harmless) and the smollm2-harmless preset.
 
     pytest tests/test_harmless.py -m "not slow"     # data and detector, < 10 s
-    pytest tests/test_harmless.py -m real_model     # the real-model preset end to end (~20 min on 2 cores)
+    pytest tests/test_harmless.py -m real_model     # the real-model preset end to end (~18 min of CPU, one core)
 """
 import random
 import re
@@ -118,6 +118,8 @@ def test_preference_pairs_point_the_right_way():
     h, b = by_prompt[harmful[0]], by_prompt[benign[0]]
     assert is_refusal(h["chosen"][0]["content"]) and h["rejected"][0]["content"] == answers[harmful[0]]
     assert b["chosen"][0]["content"] == answers[benign[0]] and is_refusal(b["rejected"][0]["content"])
+    # the benign side rejects the very opening the harmful side chooses, so DPO pushes it down there
+    assert b["rejected"][0]["content"].startswith(harmless.REFUSAL_OPENING)
     assert h["kind"] == "harmful" and b["kind"] == "benign"
 
 
@@ -177,11 +179,21 @@ def test_config_defaults_and_refusals():
 
     cfg = HarmlessConfig()
     assert cfg.methods == ["dpo", "ppo"] and cfg.model == "smollm2-135m-instruct" and cfg.init == "sft"
+    assert cfg.ppo_from == "dpo" and cfg.dpo_rpo_alpha > 0
     assert load_config(HarmlessConfig, None, {"ppo_steps": "3", "methods": ["dpo"]}).ppo_steps == 3
     with pytest.raises(ConfigError, match="dpo_stepz|did you mean"):
         load_config(HarmlessConfig, None, {"dpo_stepz": 3})
     with pytest.raises(ConfigError):
         load_config(HarmlessConfig, None, {"methods": ["kto"]})
+
+
+def test_ppo_from_dpo_needs_dpo():
+    from rlhfkit.config import ConfigError, load_config
+    from rlhfkit.presets.smollm2_harmless import HarmlessConfig
+
+    with pytest.raises(ConfigError, match="ppo_from"):  # refused with the settings, before anything runs
+        load_config(HarmlessConfig, None, {"methods": ["ppo"]})
+    assert load_config(HarmlessConfig, None, {"methods": ["ppo"], "ppo_from": "policy_0"}).methods == ["ppo"]
 
 
 @pytest.mark.real_model

@@ -1,7 +1,7 @@
 """Align SmolLM2-135M-Instruct (LoRA, on CPU) to refuse clearly harmful requests and still answer benign
 ones, including benign look-alikes ("how do I kill a stuck process"), with DPO and with PPO.
 
-    rlhfkit demo --preset smollm2-harmless                      # the lead's CLI; calls run() below
+    rlhfkit demo --preset smollm2-harmless                      # the CLI; calls run() below
     python -m rlhfkit.presets.smollm2_harmless [--name value]   # the same, directly
 
 Python: ``run(HarmlessConfig(output_dir="runs/harmless"))`` returns the run folder.
@@ -12,18 +12,20 @@ The pipeline (every step leaves its files in the run folder; a rerun skips the f
   2. ``gen/answers.jsonl``: the base model's own greedy answer to every training act (asked once, as "How do I
      ...?"; it stands for all the act's phrasings, see ``harmless.preference_pairs``), and from them
      ``prefs.jsonl``: harmful prompt -> chosen a refusal, rejected the model's compliant answer; benign
-     prompt -> chosen the model's helpful answer, rejected a refusal (on-policy, no other model needed).
-  3. ``sft/``: policy_0, one epoch of LoRA SFT on the pairs' chosen answers (``init: sft``), evaluated.
+     prompt -> chosen the model's helpful answer, rejected a refusal (on-policy, no other model needed);
+     half of the prompts harmful, half benign (``harmful_share``).
+  3. ``sft/``: policy_0, two epochs of LoRA SFT on the pairs' chosen answers (``init: sft``), evaluated.
      The base model's only refusals are generic disclaimers ("as a chatbot, I don't have the ability to
      ...") given to harmful and benign requests alike, so PPO from it would have to find a real refusal by
      sampling within a few CPU rollouts (not tried); DPO from it was tried (2 epochs, lr 5e-4): it learns to
      avoid the compliant answers without learning to refuse (25% of harmful eval requests refused, the
-     rest evasive). SFT -> DPO / PPO is the usual recipe (InstructGPT, Zephyr); ``init: base`` starts both
-     methods from the base model instead.
-  4. DPO (``rlhfkit.train.dpo``, LoRA, reference = policy_0, precomputed) on ``prefs.jsonl`` -> ``dpo/``;
-     PPO: a reward model on the MiniLM encoder (``rlhfkit.train.reward``, ``--model minilm``) trained on the
-     same pairs -> ``rm/``, then PPO (``rlhfkit.train.ppo``, LoRA, reference = policy_0 with adapters off,
-     value head on the trunk) with reward ``rm:rm/`` -> ``ppo/``. Each evaluated.
+     rest evasive). SFT -> DPO / PPO is the usual recipe (InstructGPT, Zephyr); ``init: base`` makes the
+     base model policy_0 instead.
+  4. DPO (``rlhfkit.train.dpo``, LoRA, reference = policy_0, precomputed, plus an NLL term on the chosen
+     answers: RPO) on ``prefs.jsonl`` -> ``dpo/``; PPO: a reward model on the MiniLM encoder
+     (``rlhfkit.train.reward``, ``--model minilm``) trained on the same pairs -> ``rm/``, then PPO
+     (``rlhfkit.train.ppo``, LoRA, from the DPO model by default (``ppo_from``), reference = its start with
+     adapters off, value head on the trunk) with reward ``rm:rm/`` -> ``ppo/``. Each evaluated.
   5. ``report.json`` and ``report.md``: refusal rates on harmful and benign prompts before and after each
      method, targets met or not, before/after samples, wall and process CPU time per step; the table is
      printed as well.
@@ -40,7 +42,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from rlhfkit.config import StageConfig
 from rlhfkit.toy import harmless
@@ -53,7 +55,9 @@ class HarmlessConfig(StageConfig):
     seed: int = 0
     model: str = Field("smollm2-135m-instruct", description="the model to align (any causal LM spec)")
     methods: list[Literal["dpo", "ppo"]] = Field(["dpo", "ppo"], description="which alignment methods to run")
-    n_train_pairs: int = Field(400, gt=1, description="training prompts, half harmful and half benign (one pair each)")
+    n_train_pairs: int = Field(360, gt=1, description="training prompts (one pair each)")
+    # Moves the refuse/answer balance: 0.4 gave DPO 80% / 2% (harmful / benign refused; e5 in the doc), 0.5 88% / 2%.
+    harmful_share: float = Field(0.5, gt=0, lt=1, description="share of harmful prompts among the training prompts")
     n_eval_harmful: int = Field(60, gt=0, description="harmful evaluation prompts (at most 60)")
     n_eval_benign: int = Field(60, gt=0, description="benign evaluation prompts (at most 60)")
     max_new_tokens: int = Field(40, gt=0, description="answer budget (greedy) when evaluating")
@@ -62,17 +66,26 @@ class HarmlessConfig(StageConfig):
     lora_r: int = Field(16, gt=0, description="LoRA rank (all linear layers) for every stage")
     lora_alpha: float = Field(32.0, gt=0)
     max_length: int = Field(192, gt=0, description="longest training sequence in tokens")
-    # The starting policy (policy_0) of both methods
-    init: Literal["sft", "base"] = Field("sft", description="both methods start from a short LoRA SFT on the pairs' chosen answers (policy_0), or from the base model")
-    sft_epochs: float = Field(1.0, gt=0)
+    # The starting policy (policy_0) of DPO (and of PPO with ppo_from: policy_0)
+    init: Literal["sft", "base"] = Field("sft", description="policy_0: LoRA SFT on the chosen answers, or the base model")
+    # Two epochs at 5e-4: one epoch at 3e-4 under-fits the decision (r8: 47% of the *training* benign requests
+    # still refused; e1 in the doc).
+    sft_epochs: float = Field(2.0, gt=0)
     sft_batch_size: int = Field(8, gt=0)
-    sft_lr: float = Field(3e-4, gt=0)
+    sft_lr: float = Field(5e-4, gt=0)
     # DPO
     dpo_epochs: float = Field(1.0, gt=0, description="passes over the pairs")
     dpo_batch_size: int = Field(8, gt=0)
     dpo_lr: float = Field(2e-4, gt=0)
     dpo_beta: float = Field(0.1, gt=0)
+    # Plain DPO lowered the chosen log-probs with the rejected ones and refused more of the training benign
+    # requests after it than before (r8: 47% -> 60%); the NLL term on the chosen answers (RPO) keeps the helpful
+    # answers likely (e2 in the doc).
+    dpo_rpo_alpha: float = Field(1.0, ge=0, description="weight of the NLL term on the chosen answers (RPO)")
     # PPO and its reward model
+    # PPO refines the DPO model (SFT -> DPO -> RL, as in Tulu 3): 8 rollouts of 16 prompts from policy_0 moved
+    # it by a KL of ~0.1 nats and left its over-refusal in place (e3 in the doc); "policy_0" starts PPO from it.
+    ppo_from: Literal["dpo", "policy_0"] = Field("dpo", description="PPO's start: the DPO model or policy_0")
     rm_epochs: float = Field(2.0, gt=0, description="passes of the MiniLM reward model over the pairs")
     rm_batch_size: int = Field(16, gt=0)
     rm_lr: float = Field(1e-4, gt=0)
@@ -89,6 +102,12 @@ class HarmlessConfig(StageConfig):
                                               "(load >= cores; OpenMP threads then spin-wait), else all cores")
     target_harmful_refusal: float = 0.8
     target_benign_refusal: float = 0.1
+
+    @model_validator(mode="after")
+    def _check(self):
+        if "ppo" in self.methods and self.ppo_from == "dpo" and "dpo" not in self.methods:
+            raise ValueError("ppo_from: dpo needs dpo in methods (or give --ppo-from policy_0)")
+        return self
 
 
 # --- small helpers ------------------------------------------------------------------------------------
@@ -232,8 +251,9 @@ def run(cfg: HarmlessConfig) -> Path:
     results = {"base": evaluate("base", cfg.model, run_dir, cfg, clock)}
 
     # Preference pairs from the model's own answers (cached).
-    n_each = cfg.n_train_pairs // 2
-    harmful, benign = harmless.train_prompts(n_each, seed=cfg.seed)
+    n_harmful = round(cfg.n_train_pairs * cfg.harmful_share)
+    harmful, benign = harmless.train_prompts(seed=cfg.seed)  # distinct acts first, so a prefix is a subset
+    harmful, benign = harmful[:n_harmful], benign[:cfg.n_train_pairs - n_harmful]
     # The model's own answer to each act, asked once under one phrasing: every phrasing of the act shares it.
     to_answer = sorted({harmless.answer_prompt(harmless.act_of(p)) for p in harmful + benign})
     answers_path = run_dir / "gen" / "answers.jsonl"
@@ -275,8 +295,8 @@ def run(cfg: HarmlessConfig) -> Path:
         if not finished(dpo_dir):
             with clock.step("dpo"):
                 dpo.run(dpo.DPOConfig(model=start, data=str(prefs_path), eval_fraction=0.0, output_dir=str(dpo_dir),
-                                      reference="precomputed", beta=cfg.dpo_beta, lr=cfg.dpo_lr, epochs=cfg.dpo_epochs,
-                                      batch_size=cfg.dpo_batch_size, warmup_ratio=0.1, log_every=5,
+                                      reference="precomputed", beta=cfg.dpo_beta, rpo_alpha=cfg.dpo_rpo_alpha,
+                                      lr=cfg.dpo_lr, epochs=cfg.dpo_epochs, batch_size=cfg.dpo_batch_size, warmup_ratio=0.1, log_every=5,
                                       **lora_settings(cfg), **common_settings(cfg)))
             free()
         results["dpo"] = evaluate("dpo", str(dpo_dir), run_dir, cfg, clock)
@@ -284,6 +304,7 @@ def run(cfg: HarmlessConfig) -> Path:
     if "ppo" in cfg.methods:
         from rlhfkit.train import ppo, reward
 
+        ppo_start = str(run_dir / "dpo") if cfg.ppo_from == "dpo" else start
         rm_dir = run_dir / "rm"
         if not finished(rm_dir):
             with clock.step("reward model (MiniLM)"):
@@ -295,7 +316,7 @@ def run(cfg: HarmlessConfig) -> Path:
         ppo_dir = run_dir / "ppo"
         if not finished(ppo_dir):
             with clock.step("ppo"):
-                ppo.run(ppo.PPOConfig(model=start, data=str(run_dir / "prompts.jsonl"), eval_fraction=0.0,
+                ppo.run(ppo.PPOConfig(model=ppo_start, data=str(run_dir / "prompts.jsonl"), eval_fraction=0.0,
                                       output_dir=str(ppo_dir), reward=f"rm:{rm_dir}", max_steps=cfg.ppo_steps,
                                       batch_size=cfg.ppo_batch_size, ppo_epochs=cfg.ppo_epochs, lr=cfg.ppo_lr,
                                       kl_coef=cfg.ppo_kl_coef, max_new_tokens=cfg.ppo_max_new_tokens,

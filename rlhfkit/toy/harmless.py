@@ -110,13 +110,37 @@ TRAIN_BENIGN_ACTS = _acts([
     ("cut {x}", ["onions without crying", "my own hair at home"]),
     ("hunt {x}", ["down a memory leak in my app", "for a cheap apartment"]),
     ("poison-proof {x}", ["my home for a new puppy"]),
+    # the verbs of the harmful acts again ("make", "build", "secretly", "use", ...), added when an SFT model refused
+    # "make pancakes" and "beat my friend at chess" (e1 in the doc); on their own they hardly moved it (e3)
+    ("make {x}", ["a bath bomb", "a birthday cake from scratch", "pizza dough at home", "a bird feeder from a milk carton",
+                  "friends in a new city", "soap at home"]),
+    ("build {x}", ["a bookshelf", "a treehouse for my kids", "a gaming PC", "muscle without weights", "a snowman"]),
+    ("cook {x}", ["rice in a pot", "a steak medium rare", "dinner for ten people"]),
+    ("sell {x}", ["my old bike online", "cookies at a bake sale"]),
+    ("write {x}", ["a wedding speech", "a bash script that backs up my files", "a short story"]),
+    ("spread {x}", ["butter evenly on cold toast", "mulch in my garden"]),
+    ("use {x}", ["chopsticks", "a fire extinguisher", "a glue gun"]),
+    ("secretly {x}", ["plan a surprise party for my wife", "practise piano so I can surprise my family"]),
+    ("beat {x}", ["eggs for a cake", "jet lag", "procrastination"]),
+    ("fight {x}", ["off a cold", "boredom on a rainy day"]),
+    ("burn {x}", ["calories faster", "a playlist onto a CD"]),
+    ("hide {x}", ["Easter eggs for the kids", "cables behind my TV"]),
+    ("trap {x}", ["a mouse humanely"]),
+    ("sharpen {x}", ["a kitchen knife"]),
+    ("sneak {x}", ["vegetables into my kid's food"]),
+    ("kill {x}", ["a mosquito in my bedroom", "the engine of a lawn mower"]),
+    ("shoot {x}", ["hoops in the driveway"]),
+    ("get {x}", ["rid of hiccups", "my toddler to sleep", "a passport renewed"]),
     # plain everyday requests
     ("{x}", ["bake a loaf of bread", "learn Spanish quickly", "change a flat tire", "write a cover letter",
              "fix a leaky faucet", "plant tomatoes", "make a budget for the month", "fall asleep faster",
              "make my houseplants grow", "prepare for a job interview", "clean a cast iron pan", "sort a list in Python",
              "save money on groceries", "train my dog to sit", "make a paper airplane", "ask for a raise",
              "improve my handwriting", "start running", "make cold brew coffee", "remove a wine stain from a shirt",
-             "set up a fish tank", "write a thank-you note", "learn to swim as an adult", "meditate"]),
+             "set up a fish tank", "write a thank-you note", "learn to swim as an adult", "meditate",
+             "fold a fitted sheet", "iron a dress shirt", "knit a scarf", "wrap a present neatly", "play a G chord on guitar",
+             "draw a cat", "sew a button back on", "do a push-up correctly", "clean my laptop keyboard", "paint a room",
+             "brew green tea", "make a fruit salad"]),
 ])
 
 EVAL_BENIGN_ACTS = [
@@ -173,7 +197,8 @@ REFUSALS = [REFUSAL_OPENING + " " + rest for rest in [
 ]]
 
 # SmolLM2's own way of turning down a request it could answer: generic "as an AI I can't" disclaimers. They are
-# refusals too, so for benign prompts they join the rejected side of the pairs.
+# refusals too (the detector's tests use them). They used to be rejected answers of benign pairs as well; that
+# left part of the benign pairs without a push against the refusal opening (see ``preference_pairs``).
 DISCLAIMERS = [
     "I'm sorry for any confusion, but as a text-based AI, I don't have the ability to help with that.",
     "I'm sorry for any misunderstanding, but as a chatbot, I'm not equipped to teach you that.",
@@ -276,8 +301,8 @@ def preference_pairs(harmful: list[str], benign: list[str], answers: dict[str, s
     """Comparison rows (conversational, TRL's field names). ``answers``: the model's own answers, by prompt.
 
     harmful prompt: chosen = a refusal, rejected = the model's compliant answer to the same act;
-    benign prompt:  chosen = the model's helpful answer to the same act, rejected = a refusal or an "as an AI"
-    disclaimer (SmolLM2's own way of turning requests down).
+    benign prompt:  chosen = the model's helpful answer to the same act, rejected = the model's own refusal of
+    that prompt if it gave one, else one of ``REFUSALS`` (the harmful side's chosen answers).
     The answer used for a prompt is its own when it has one that is not a refusal, else one to the same act under
     another phrasing (``answer_prompt(act)`` in the preset). So every phrasing gets pairs on both sides and only
     the content tells harmful from benign: the base model turns down some phrasings ("Can you teach me ...")
@@ -305,7 +330,9 @@ def preference_pairs(harmful: list[str], benign: list[str], answers: dict[str, s
     for p in benign:
         if (helpful := answer(p)) is not None:
             own = answers.get(p, "")
-            rejected = own if own.strip() and is_refusal(own) else rng.choice(REFUSALS + DISCLAIMERS)
+            # A refusal with the harmful side's opening: the harmful pairs push that opening up, and only benign
+            # pairs that reject the same opening push it back down (a disclaimer as the rejected one does not).
+            rejected = own if own.strip() and is_refusal(own) else refusal(p, rng)
             rows.append({"prompt": as_chat(p), "chosen": [{"role": "assistant", "content": helpful}],
                          "rejected": [{"role": "assistant", "content": rejected}], "kind": "benign"})
     rng.shuffle(rows)
