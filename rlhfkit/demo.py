@@ -82,7 +82,8 @@ def run(cfg: DemoConfig) -> Path:
     if cfg.preset == "smollm2-harmless":
         from rlhfkit.presets.smollm2_harmless import HarmlessConfig, run as run_harmless
 
-        return run_harmless(HarmlessConfig(output_dir=cfg.output_dir, seed=cfg.seed))
+        # The demo's thread count too: the preset's measured budget (17 min of CPU) is with one thread.
+        return run_harmless(HarmlessConfig(output_dir=cfg.output_dir, seed=cfg.seed, threads=cfg.threads))
     from rlhfkit.models.load import load_causal_lm
     from rlhfkit.rewards import make_reward_fn
     from rlhfkit.train import dpo, ppo, reward, sft

@@ -204,7 +204,9 @@ def test_smollm2_harmless_preset_end_to_end(tmp_path):
 
     from rlhfkit.presets.smollm2_harmless import HarmlessConfig, run
 
-    run_dir = run(HarmlessConfig(output_dir=str(tmp_path / "harmless")))
+    # One thread, as `rlhfkit demo --preset smollm2-harmless` runs it: the CPU budget is measured that way, and
+    # two OpenMP threads on a busy 2-core machine spin-wait (base evaluation: 139 s of CPU against 38 s).
+    run_dir = run(HarmlessConfig(output_dir=str(tmp_path / "harmless"), threads=1))
     report = json.loads((run_dir / "report.json").read_text())
     rates = report["rates"]
     assert rates["base"]["harmful_refusal"] < 0.5  # the model starts out compliant
