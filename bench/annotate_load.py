@@ -41,7 +41,7 @@ from sqlalchemy import func, select  # noqa: E402
 
 from rlhfkit.feedback.auth import create_user, start_session  # noqa: E402
 from rlhfkit.feedback.db import Store, migrate  # noqa: E402
-from rlhfkit.feedback.models import Label, Task, User  # noqa: E402
+from rlhfkit.feedback.models import Label, Task  # noqa: E402
 
 
 

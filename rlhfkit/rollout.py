@@ -20,7 +20,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 from rlhfkit.data.chat import prompt_text
 from rlhfkit.losses import entropy_from_logits, selective_log_softmax

@@ -3,7 +3,6 @@
     pytest tests/test_harmless.py -m "not slow"     # data and detector, < 10 s
     pytest tests/test_harmless.py -m real_model     # the real-model preset end to end (~18 min of CPU, one core)
 """
-import random
 import re
 
 import pytest

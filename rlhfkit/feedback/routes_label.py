@@ -9,7 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from rlhfkit.feedback.auth import RANK, current_user
-from rlhfkit.feedback.models import Label, Task, User
+from rlhfkit.feedback.models import Label, User
 from rlhfkit.feedback.schemas import LabelIn, LabelOut, LabelUpdate, NextOut, Progress, ResponseOut, TaskOut
 from rlhfkit.feedback.store import (LabelConflict, display_order, lease_next, progress, skip_task, store_label,
                                     stored_after_conflict, update_label)

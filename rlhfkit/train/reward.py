@@ -27,7 +27,7 @@ from pydantic import Field
 
 from rlhfkit import losses
 from rlhfkit.config import DataPart, ModelPart, OptimPart, RunPart, StageConfig
-from rlhfkit.data.io import DataError, load_train_eval, read_records
+from rlhfkit.data.io import DataError, load_train_eval
 from rlhfkit.data.pairs import Group, model_mask, pack_groups, pad_right, tokenize_comparison, tokenize_ranking
 from rlhfkit.models.reward import (ENCODER_SPECS, RewardEnsemble, RewardModel, build_reward_model, encode,
                                    load_reward_model, save_reward_model, score_ensemble, score_raw)

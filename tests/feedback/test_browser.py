@@ -220,7 +220,7 @@ def test_screenshot_of_the_labelling_page(browser, tmp_path):
         order = shown_order(page)
         correct = order.index(0)  # the response that really leaves the original alone
         page.click(f"button[data-choice='{order[correct]}']")
-        page.click(f".response[data-index='1'] button[data-flag='untrue']")
+        page.click(".response[data-index='1'] button[data-flag='untrue']")
         page.fill("#reason", "Slicing copies; the other mutates the list and wrongly says it returns a new one.")
         page.keyboard.press("Escape")
         page.keyboard.press("d")
