@@ -9,7 +9,7 @@ import rlhfkit
 from rlhfkit.data import Comparison, Ranking, Rating
 from rlhfkit.evaluate.stats import bootstrap_ci, win_rate
 from rlhfkit.toy import feedback
-from rlhfkit.toy.annotators import Annotator, annotator_pool, consensus_agreement, pairwise_agreement
+from rlhfkit.toy.annotators import Annotator, annotator_pool, consensus_accuracy, pairwise_agreement
 from rlhfkit.toy.gold import GOLD_WEIGHTS, utility
 from rlhfkit.toy.world import Prompt, good_response, poor_response, sample_prompt
 
@@ -76,7 +76,13 @@ def test_agreement_matches_two_independent_flips():
     assert abs(agreement - (0.75**2 + 0.25**2)) < 0.04
     # ... while one annotator agrees with the pool's noise-free consensus 1 - e of the time: the ceiling
     # for a reward model judged against fresh annotators
-    assert abs(consensus_agreement(annotator_pool(0.25), items) - 0.75) < 0.04
+    pool, rng = annotator_pool(0.25), random.Random(4)
+    labelled = []
+    for p, a, b in items:
+        label = rng.choice(pool).compare(p, a, b)
+        if label != "tie":
+            labelled.append((p, a, b) if label == "a" else (p, b, a))
+    assert abs(consensus_accuracy(pool, labelled) - 0.75) < 0.04
 
 
 def test_gold_prefers_the_good_response_and_parses_any_text():

@@ -103,13 +103,3 @@ def consensus_accuracy(pool: list[Annotator], labelled: list[tuple[Prompt, str, 
     votes = [consensus(pool, p, chosen, rejected) for p, chosen, rejected in labelled]
     return (sum(v > 0 for v in votes) + 0.5 * sum(v == 0 for v in votes)) / max(len(votes), 1)  # no majority: a coin
 
-
-def consensus_agreement(pool: list[Annotator], items: list[tuple[Prompt, str, str]], seed: int = 0) -> float:
-    """``consensus_accuracy`` of one fresh label per item, drawn from a random annotator of the pool."""
-    rng = random.Random(seed)
-    labelled = []
-    for prompt, a, b in items:
-        label = rng.choice(pool).compare(prompt, a, b)
-        if label != "tie":
-            labelled.append((prompt, a, b) if label == "a" else (prompt, b, a))
-    return consensus_accuracy(pool, labelled)

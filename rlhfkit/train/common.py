@@ -55,6 +55,15 @@ def make_optimizer(model: torch.nn.Module, cfg: OptimPart) -> torch.optim.Optimi
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps, fused=fused)
 
 
+def optimizer_step(accelerator, model: torch.nn.Module, optimizer, scheduler, max_grad_norm: float | None) -> float | None:
+    """Clip (if asked), step, advance the schedule, clear the gradients; returns the pre-clip grad norm."""
+    grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)) if max_grad_norm else None
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm
+
+
 def make_scheduler(optimizer, cfg: OptimPart, total_steps: int):
     from transformers import get_scheduler
 

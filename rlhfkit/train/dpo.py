@@ -116,8 +116,8 @@ def dpo_step(policy, groups: list[Group], ref_logps: torch.Tensor, loss_fn, cfg:
     packed = collate_groups(groups, pad_id, cfg.shared_prompt).to(device)
     policy_logps = policy(packed)  # (N,)
     pol, ref = policy_logps, ref_logps
+    lengths = completion_lengths(groups, device) if cfg.loss == "ipo" or cfg.rpo_alpha else None  # (N,)
     if cfg.loss == "ipo":  # per-token averages, as TRL, so beta does not depend on the length
-        lengths = completion_lengths(groups, device)
         pol, ref = pol / lengths, ref / lengths
     pol, ref = pol.view(-1, 2), ref.view(-1, 2)  # (N,) -> (B, 2): chosen, rejected
     per_pair, chosen_rewards, rejected_rewards = loss_fn(pol[:, 0], pol[:, 1], ref[:, 0], ref[:, 1])
@@ -126,7 +126,7 @@ def dpo_step(policy, groups: list[Group], ref_logps: torch.Tensor, loss_fn, cfg:
         chosen_rewards, rejected_rewards = both[:, 0], both[:, 1]
     extra = {}
     if cfg.rpo_alpha:  # DPO alone can lower the chosen log-prob too, as long as the rejected one falls faster
-        nll = -policy_logps.view(-1, 2)[:, 0] / completion_lengths(groups, device).view(-1, 2)[:, 0]  # (B,)
+        nll = -policy_logps.view(-1, 2)[:, 0] / lengths.view(-1, 2)[:, 0]  # (B,)
         per_pair = per_pair + cfg.rpo_alpha * nll
         extra["nll_loss"] = nll.detach().sum().item()
     logps = policy_logps.detach().view(-1, 2)
@@ -260,10 +260,7 @@ def run(cfg: DPOConfig) -> Path:
                 for k, v in stats.items():
                     window[k] = window.get(k, 0.0) + v
                 n_pairs += len(groups)
-            grad_norm = accelerator.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm) if cfg.max_grad_norm else None
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            grad_norm = common.optimizer_step(accelerator, policy, optimizer, scheduler, cfg.max_grad_norm)
             state.step += 1
             progress.update(info=f"loss {window['loss'] / max(n_pairs, 1):.3f}")
             if state.step % cfg.log_every == 0 or state.step == n_steps:
@@ -271,7 +268,7 @@ def run(cfg: DPOConfig) -> Path:
                 metrics["train/lr"] = scheduler.get_last_lr()[0]
                 metrics["train/pairs_per_s"] = n_pairs * accelerator.num_processes / (time.perf_counter() - start)
                 if grad_norm is not None:
-                    metrics["train/grad_norm"] = float(grad_norm)
+                    metrics["train/grad_norm"] = grad_norm
                 logger.log(state.step, metrics)
                 window, n_pairs, start = {}, 0, time.perf_counter()
             if cfg.eval_every and state.step % cfg.eval_every == 0 and held_out:

@@ -300,12 +300,9 @@ def run(cfg: PPOConfig) -> Path:
                         loss = loss - cfg.entropy_coef * mb_entropy
                         stats.setdefault("policy/entropy", []).append(mb_entropy.item())
                     accelerator.backward(loss)
-                    if cfg.max_grad_norm:
-                        grad_norm = accelerator.clip_grad_norm_(trainable.parameters(), cfg.max_grad_norm)
-                        stats.setdefault("train/grad_norm", []).append(float(grad_norm))
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
+                    grad_norm = common.optimizer_step(accelerator, trainable, optimizer, scheduler, cfg.max_grad_norm)
+                    if grad_norm is not None:
+                        stats.setdefault("train/grad_norm", []).append(grad_norm)
                     stats.setdefault("loss/policy", []).append(pg_loss.item())
                     stats.setdefault("loss/total", []).append(loss.item())
                     stats.setdefault("policy/clipfrac", []).append(pg_stats["clipfrac"].item())

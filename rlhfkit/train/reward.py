@@ -257,10 +257,7 @@ def train_member(cfg: RewardConfig, index: int, run_dir: RunFolder, member_dir: 
                 window["correct"] += (better > worse).float().sum().item()
                 window["margin"] += (better - worse).sum().item()
                 window["pairs"] += better.numel()
-            grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm) if cfg.max_grad_norm else None
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            grad_norm = common.optimizer_step(accelerator, model, optimizer, scheduler, cfg.max_grad_norm)
             state.step += 1
             progress.update(info=f"loss {window['loss'] / max(window['n'], 1):.3f}")
             if state.step % cfg.log_every == 0 or state.step == n_steps:
@@ -271,7 +268,7 @@ def train_member(cfg: RewardConfig, index: int, run_dir: RunFolder, member_dir: 
                            "train/lr": scheduler.get_last_lr()[0],
                            "train/groups_per_s": window["n"] * accelerator.num_processes / elapsed}
                 if grad_norm is not None:
-                    metrics["train/grad_norm"] = float(grad_norm)
+                    metrics["train/grad_norm"] = grad_norm
                 logger.log(state.step, {tag + k: v for k, v in metrics.items()})
                 window = {"loss": 0.0, "n": 0, "correct": 0.0, "pairs": 0, "margin": 0.0, "start": time.perf_counter()}
             if cfg.eval_every and state.step % cfg.eval_every == 0 and held_out:

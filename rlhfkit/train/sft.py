@@ -130,10 +130,7 @@ def run(cfg: SFTConfig) -> Path:
                     accelerator.backward(loss_sum * accelerator.num_processes / step_tokens)
                 window_loss += loss_sum.item()
                 window_tokens += n
-            grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm) if cfg.max_grad_norm else None
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            grad_norm = common.optimizer_step(accelerator, model, optimizer, scheduler, cfg.max_grad_norm)
             state.step += 1
             state.tokens_seen += int(step_tokens)
             progress.update(info=f"loss {window_loss / max(window_tokens, 1):.3f}")
@@ -143,7 +140,7 @@ def run(cfg: SFTConfig) -> Path:
                            "train/tokens_per_s": window_tokens * accelerator.num_processes / elapsed,
                            "train/tokens_seen": state.tokens_seen}
                 if grad_norm is not None:
-                    metrics["train/grad_norm"] = float(grad_norm)
+                    metrics["train/grad_norm"] = grad_norm
                 logger.log(state.step, metrics)
                 window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
             if cfg.eval_every and state.step % cfg.eval_every == 0 and held_out:
