@@ -66,6 +66,77 @@ def test_rollout_shapes_masks_and_logprobs_match_a_full_forward(tiny):
     assert ((wrong_temperature - r.logprobs).abs() * r.response_mask).max() > 1e-2
 
 
+def _llama(tok, seed=0, **config):
+    """A small Llama with the toy tokenizer; ``config`` overrides (grouped-query attention, biases...)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    settings = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                    num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=128,
+                    pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(LlamaConfig(**{**settings, **config})).eval()
+
+
+def _both_decoders(model, tok, **params):
+    """The same rollout (same seed) through the packed Llama step and through transformers' forward."""
+    out = []
+    for packed in (True, False):
+        sampler = TransformersSampler(model, tok, SamplingParams(return_states=True, packed_decode=packed, **params))
+        out.append(sampler.generate(PROMPTS, n=2, generator=torch.Generator().manual_seed(5)))
+    return out
+
+
+@pytest.mark.parametrize("variant", ["tiny", "grouped-query", "lora"])
+def test_packed_decode_equals_transformers_forward(tiny, variant):
+    """rlhfkit.models.decode.PackedLlama (packed, transposed weights, its own KV cache, left-padded prompts)
+    gives the tokens, log-probs, hidden states and entropies of transformers' own forward: with the embedded
+    model, with grouped-query attention (2 key/value heads for 4 query heads), and through peft LoRA
+    adapters whose B matrices are non-zero (so the adapters change the outputs and must be added in)."""
+    from peft import LoraConfig, get_peft_model
+
+    from rlhfkit.models.decode import PackedLlama
+
+    model, tok = tiny
+    if variant == "grouped-query":
+        model = _llama(tok, num_key_value_heads=2)
+    elif variant == "lora":
+        model = get_peft_model(_llama(tok), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(param, std=0.5)
+    assert PackedLlama.build(model, 8, 64) is not None
+    packed, plain = _both_decoders(model, tok, max_new_tokens=16, temperature=0.8)
+    assert torch.equal(packed.response_ids, plain.response_ids) and packed.texts == plain.texts
+    for field in ("logprobs", "hidden", "entropy"):
+        torch.testing.assert_close(getattr(packed, field), getattr(plain, field), atol=2e-5, rtol=0)
+    if variant == "lora":  # the adapters matter: with them off, the log-probs of the same tokens move
+        with model.disable_adapter():
+            assert ((response_forward(model, packed, 0.8)["logprobs"] - packed.logprobs).abs().max()) > 1e-2
+
+
+def test_packed_decode_declines_what_it_cannot_run_exactly(tiny):
+    """Biases (or another architecture) -> no packed decoder; the sampler falls back to transformers' forward."""
+    from rlhfkit.models.decode import PackedLlama
+
+    _, tok = tiny
+    model = _llama(tok, attention_bias=True)
+    assert PackedLlama.build(model, 8, 64) is None
+    r = TransformersSampler(model, tok, SamplingParams(max_new_tokens=8, return_states=True)).generate(PROMPTS)
+    full = response_forward(model, r, 1.0)
+    torch.testing.assert_close(full["logprobs"] * r.response_mask, r.logprobs, atol=1e-4, rtol=0)
+    assert PackedLlama.build(_llama(tok), 8, 129) is None  # beyond max_position_embeddings
+
+
+def test_packed_decode_under_bf16_autocast_stays_close(tiny):
+    """Under the trainer's bf16 autocast (--dtype bf16-mixed) the packed step multiplies in bf16 like
+    transformers' forward does: log-probs of the same tokens agree to bf16 precision, not bit for bit."""
+    model, tok = tiny
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        packed = _both_decoders(model, tok, max_new_tokens=12)[0]
+        full = response_forward(model, packed, 1.0)["logprobs"] * packed.response_mask
+    assert (full - packed.logprobs).abs().max() < 0.05
+
+
 def test_same_seed_same_rollout_and_top_k_1_is_greedy(tiny):
     a, b = sample(tiny, seed=3, max_new_tokens=10), sample(tiny, seed=3, max_new_tokens=10)
     assert torch.equal(a.response_ids, b.response_ids) and a.texts == b.texts
