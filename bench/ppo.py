@@ -15,7 +15,8 @@ top-p, a programmatic reward (count of "the"), KL coefficient 0.05 with a frozen
   more) runs 4 prompts x num_generations 2 = 8 completions per step, beta 0.05 (so it also keeps a
   reference), gradient checkpointing off, float32 like rlhfkit (``bf16=False``; TRL's default is bf16
   autocast, which also runs, as ``trl_bf16``, against rlhfkit ``--dtype bf16-mixed``: on this CPU it is
-  slower). Also shown: rlhfkit with
+  slower). ``trl_defaults`` is TRL as it comes (bf16 autocast and gradient checkpointing on) against
+  rlhfkit as it comes (float32, no checkpointing). Also shown: rlhfkit with
   ``--advantage grpo --group-size 2``, the same algorithm as TRL's.
 - rollout: tokens/s of ``TransformersSampler.generate`` against plain ``model.generate(do_sample=True)``,
   same batch, 48 new tokens each (median of repeats).
@@ -95,7 +96,7 @@ def bench_rlhfkit(tmp: Path, steps: int, **overrides) -> float:
     return completions * len(m) / sum(r[CLOCK_KEY] for r in m)
 
 
-def bench_trl(tmp: Path, steps: int, num_iterations: int = 1, bf16: bool = False) -> float:
+def bench_trl(tmp: Path, steps: int, num_iterations: int = 1, bf16: bool = False, checkpointing: bool = False) -> float:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
@@ -124,7 +125,7 @@ def bench_trl(tmp: Path, steps: int, num_iterations: int = 1, bf16: bool = False
     args = GRPOConfig(output_dir=str(tmp / "trl"), per_device_train_batch_size=BATCH, num_generations=2,
                       max_completion_length=NEW_TOKENS, temperature=1.0, beta=KL, num_iterations=num_iterations, max_steps=steps,
                       learning_rate=1e-5, use_cpu=True, bf16=bf16, report_to="none", logging_steps=1000, save_strategy="no",
-                      gradient_checkpointing=False, disable_dropout=True, seed=0, dataloader_num_workers=0)
+                      gradient_checkpointing=checkpointing, disable_dropout=True, seed=0, dataloader_num_workers=0)
     trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=data, processing_class=tok,
                           callbacks=[clock])
     trainer.train()
@@ -211,6 +212,8 @@ SPEED_RUNS = {
     "trl": lambda tmp, steps: bench_trl(tmp, steps),
     "trl4": lambda tmp, steps: bench_trl(tmp, steps, num_iterations=4),
     "trl_bf16": lambda tmp, steps: bench_trl(tmp, steps, bf16=True),  # TRL's own default: bf16 autocast
+    # TRL as it comes: bf16 autocast and gradient checkpointing on (its GRPOConfig defaults)
+    "trl_defaults": lambda tmp, steps: bench_trl(tmp, steps, bf16=True, checkpointing=True),
     "ppo1_bf16": lambda tmp, steps: bench_rlhfkit(tmp, steps, ppo_epochs=1, dtype="bf16-mixed"),
     "ppo1": lambda tmp, steps: bench_rlhfkit(tmp, steps, ppo_epochs=1),
     "ppo4": lambda tmp, steps: bench_rlhfkit(tmp, steps),
@@ -257,15 +260,16 @@ def main():
             # Matched work per rollout: one optimiser pass on both sides (TRL's default num_iterations=1 and
             # --ppo-epochs 1), then four on both (num_iterations=4 and rlhfkit's default 4 PPO epochs).
             # Each measurement runs in its own process, so one trainer's leftovers cannot slow the next.
-            names = ("trl", "ppo1", "grpo", "trl4", "ppo4", "trl_bf16", "ppo1_bf16")
+            names = ("trl", "ppo1", "grpo", "trl4", "ppo4", "trl_bf16", "ppo1_bf16", "trl_defaults")
             speed = {name: child(name, args.steps) for name in names}
-            trl, ppo1, grpo, trl4, ppo4, trl_bf16, ppo1_bf16 = (speed[k] for k in names)
+            trl, ppo1, grpo, trl4, ppo4, trl_bf16, ppo1_bf16, trl_defaults = (speed[k] for k in names)
             results["speed"] = {"trl_grpo_completions_per_s": trl, "rlhfkit_ppo_1_epoch_completions_per_s": ppo1,
                                 "rlhfkit_grpo_completions_per_s": grpo, "trl_grpo_4_iterations_completions_per_s": trl4,
                                 "rlhfkit_ppo_4_epochs_completions_per_s": ppo4, "ppo_ratio_1_pass": ppo1 / trl,
                                 "grpo_ratio_1_pass": grpo / trl, "ppo_ratio_4_passes": ppo4 / trl4,
                                 "trl_grpo_bf16_default_completions_per_s": trl_bf16, "ppo_ratio_1_pass_vs_trl_bf16": ppo1 / trl_bf16,
                                 "rlhfkit_ppo_1_epoch_bf16_completions_per_s": ppo1_bf16, "ppo_ratio_1_pass_both_bf16": ppo1_bf16 / trl_bf16,
+                                "trl_grpo_defaults_completions_per_s": trl_defaults, "ppo_ratio_1_pass_vs_trl_defaults": ppo1 / trl_defaults,
                                 "clock": CLOCK_KEY}
             print(f"speed, one optimiser pass per rollout: TRL GRPOTrainer {trl:.2f} completions/s; "
                   f"rlhfkit ppo {ppo1:.2f} ({ppo1 / trl:.2f}x); rlhfkit grpo-mode {grpo:.2f} ({grpo / trl:.2f}x)")
@@ -274,6 +278,8 @@ def main():
             print(f"TRL with its default bf16 autocast (slower on this CPU): {trl_bf16:.2f} completions/s; "
                   f"rlhfkit ppo, one pass: float32 {ppo1 / trl_bf16:.2f}x, --dtype bf16-mixed {ppo1_bf16:.2f} "
                   f"({ppo1_bf16 / trl_bf16:.2f}x)")
+            print(f"TRL with all its defaults (bf16 autocast, gradient checkpointing on): {trl_defaults:.2f} completions/s; "
+                  f"rlhfkit ppo with its defaults, one pass: {ppo1 / trl_defaults:.2f}x")
         if args.only in (None, "memory"):
             mem = bench_memory(tmp)
             ratio = mem["ppo"]["peak_mb"] / mem["sft"]["peak_mb"]
