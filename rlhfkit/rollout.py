@@ -6,7 +6,8 @@
 
 Prompts (strings, or message lists rendered with the chat template) are left-padded into one batch;
 the response is sampled token by token with a KV cache written in place (one prompt forward, then
-one forward per new token); a row stops at EOS or when its text completes a stop string, and everything
+one forward per new token; Llama-family models through ``rlhfkit.models.decode.PackedLlama``, others
+through transformers' own forward: ``make_decoder``); a row stops at EOS or when its text completes a stop string, and everything
 after the stop is masked out. ``Rollout.logprobs`` are the log-probs of the sampled tokens under the
 *temperature-scaled* distribution, before top-k / top-p truncation: the same quantity that
 ``response_forward`` recomputes for the loss (temperature must divide the logits there too, Huang et
