@@ -68,7 +68,9 @@ class PackedLlama:
         # type and attention scaling included): (capacity, D)
         positions = torch.arange(capacity, device=self.embed.device).unsqueeze(0)
         cos, sin = body.rotary_emb(self.embed[:1].unsqueeze(0).float(), positions)
-        self.cos, self.sin = cos[0].float(), sin[0].float()
+        half = cos.size(-1) // 2
+        # rotate_half(x) * sin == roll(x, half) * signed_sin, with the first half of sin negated
+        self.cos, self.signed_sin = cos[0].float(), torch.cat([-sin[0, :, :half], sin[0, :, half:]], dim=-1).float()
         self.keys: list[Tensor | None] = [None] * len(layers)  # (B, n_kv, capacity, D) each, on first write
         self.values: list[Tensor | None] = [None] * len(layers)
         self.batch, self.capacity, self.length = batch, capacity, 0
@@ -124,9 +126,9 @@ class PackedLlama:
         B, S = ids.shape
         nh, nkv, D = self.n_heads, self.n_kv_heads, self.head_dim
         x = F.embedding(ids, self.embed)  # (B, S, H)
-        cos, sin = self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)  # (B, 1, S, D)
+        cos, sin = self.cos[positions].unsqueeze(1), self.signed_sin[positions].unsqueeze(1)  # (B, 1, S, D)
         for i, w in enumerate(self.layers):
-            h = F.rms_norm(x, x.shape[-1:], w["attn_norm"], self.eps)
+            h = _rms_norm(x, w["attn_norm"], self.eps)
             qk, v = (h @ w["qkv_t"]).split([(nh + nkv) * D, nkv * D], dim=-1)
             qk = _rotate(qk.view(B, S, nh + nkv, D).transpose(1, 2), cos, sin)  # (B, nh + nkv, S, D)
             q, k = qk[:, :nh], qk[:, nh:]
@@ -138,10 +140,10 @@ class PackedLlama:
             out = F.scaled_dot_product_attention(q, self.keys[i][:, :, :end], self.values[i][:, :, :end],
                                                  attn_mask=attend, enable_gqa=nkv != nh)  # (B, nh, S, D)
             x = x + out.transpose(1, 2).reshape(B, S, nh * D) @ w["o_t"]
-            h = F.rms_norm(x, x.shape[-1:], w["mlp_norm"], self.eps)
+            h = _rms_norm(x, w["mlp_norm"], self.eps)
             gate, up = (h @ w["gate_up_t"]).chunk(2, dim=-1)
             x = x + (F.silu(gate) * up) @ w["down_t"]
-        return F.rms_norm(x, x.shape[-1:], self.final_norm, self.eps)
+        return _rms_norm(x, self.final_norm, self.eps)
 
     def logits(self, hidden: Tensor) -> Tensor:
         """(..., H) -> (..., V) by the LM head."""
@@ -165,7 +167,13 @@ def _attend(mask: Tensor, start: int) -> Tensor:
     return attend.unsqueeze(1)
 
 
-def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotary position embedding, transformers' convention (halves, not interleaved pairs)."""
-    half = x.size(-1) // 2
-    return x * cos + torch.cat([-x[..., half:], x[..., :half]], dim=-1) * sin
+def _rotate(x: Tensor, cos: Tensor, signed_sin: Tensor) -> Tensor:
+    """Rotary position embedding, transformers' convention (halves, not interleaved pairs): x cos +
+    rotate_half(x) sin, with rotate_half(x) = (-x2, x1) written as roll(x, D/2) = (x2, x1) times a sin whose
+    first half is negated (three kernels instead of five)."""
+    return torch.addcmul(x * cos, x.roll(x.size(-1) // 2, dims=-1), signed_sin)
+
+
+def _rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    """Llama's RMSNorm in float32 as written (F.rms_norm's composite kernel is slower at decode sizes)."""
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
