@@ -173,12 +173,12 @@ class TransformersDecoder:
         return self.head(hidden)
 
 
-def make_decoder(model, batch: int, capacity: int, packed: bool = True):
+def make_decoder(model, capacity: int, packed: bool = True):
     """The packed Llama decode step where the model allows it (same results up to rounding, ~2.5x faster
     on a tiny model), else transformers' own forward."""
     from rlhfkit.models.decode import PackedLlama
 
-    return (PackedLlama.build(model, batch, capacity) if packed else None) or TransformersDecoder(model, capacity)
+    return (PackedLlama.build(model, capacity) if packed else None) or TransformersDecoder(model, capacity)
 
 
 class TransformersSampler:
@@ -208,7 +208,7 @@ class TransformersSampler:
         was_training = model.training
         model.eval()
         eos = torch.tensor(self.eos, device=device)
-        decoder = make_decoder(model, B, P + p.max_new_tokens, p.packed_decode)
+        decoder = make_decoder(model, P + p.max_new_tokens, p.packed_decode)
         mask = torch.cat([query_mask, query_mask.new_zeros(B, p.max_new_tokens)], dim=1)  # a 1 is written in per new token
         pos = position_ids(query_mask)
         hidden = decoder.forward(query_ids, pos, query_mask)[:, -1]  # (B, H)

@@ -104,7 +104,7 @@ def test_packed_decode_equals_transformers_forward(tiny, variant):
         for name, param in model.named_parameters():
             if "lora_B" in name:
                 torch.nn.init.normal_(param, std=0.5)
-    assert PackedLlama.build(model, 8, 64) is not None
+    assert PackedLlama.build(model, 64) is not None
     packed, plain = _both_decoders(model, tok, max_new_tokens=16, temperature=0.8)
     assert torch.equal(packed.response_ids, plain.response_ids) and packed.texts == plain.texts
     for field in ("logprobs", "hidden", "entropy"):
@@ -120,11 +120,11 @@ def test_packed_decode_declines_what_it_cannot_run_exactly(tiny):
 
     _, tok = tiny
     model = _llama(tok, attention_bias=True)
-    assert PackedLlama.build(model, 8, 64) is None
+    assert PackedLlama.build(model, 64) is None
     r = TransformersSampler(model, tok, SamplingParams(max_new_tokens=8, return_states=True)).generate(PROMPTS)
     full = response_forward(model, r, 1.0)
     torch.testing.assert_close(full["logprobs"] * r.response_mask, r.logprobs, atol=1e-4, rtol=0)
-    assert PackedLlama.build(_llama(tok), 8, 129) is None  # beyond max_position_embeddings
+    assert PackedLlama.build(_llama(tok), 129) is None  # beyond max_position_embeddings
 
 
 def test_packed_decode_on_cpu_keeps_float32_under_autocast(tiny):

@@ -13,7 +13,7 @@ forward up to float rounding (tests/test_rollout.py compares tokens, log-probs, 
 Models it cannot run exactly (other architectures, biases, DoRA or other LoRA variants, position-dependent
 rope scaling) get ``None`` from ``PackedLlama.build`` and the sampler uses transformers' forward instead.
 
-    decoder = PackedLlama.build(model, batch=8, capacity=P + T)   # None: use the model's own forward
+    decoder = PackedLlama.build(model, capacity=P + T)            # None: use the model's own forward
     hidden = decoder.forward(ids, positions, mask)                # (B, S, H), after the final norm
     logits = decoder.logits(hidden[:, -1])                        # (B, V)
 """
@@ -54,7 +54,7 @@ class PackedLlama:
     """One rollout's decoder: packed, transposed weights and an in-place KV cache (see the module docstring).
     Built per rollout, so it always holds the policy's current weights; never trained through."""
 
-    def __init__(self, lm, layers: list[dict], batch: int, capacity: int, matmul_dtype: torch.dtype | None):
+    def __init__(self, lm, layers: list[dict], capacity: int, matmul_dtype: torch.dtype | None):
         cfg = lm.config
         self.n_heads, self.n_kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
@@ -73,12 +73,12 @@ class PackedLlama:
         self.cos, self.signed_sin = cos[0].float(), torch.cat([-sin[0, :, :half], sin[0, :, half:]], dim=-1).float()
         self.keys: list[Tensor | None] = [None] * len(layers)  # (B, n_kv, capacity, D) each, on first write
         self.values: list[Tensor | None] = [None] * len(layers)
-        self.batch, self.capacity, self.length = batch, capacity, 0
+        self.capacity, self.length = capacity, 0
         self.device_type, self.autocast = self.embed.device.type, matmul_dtype is not None
 
     @classmethod
     @torch.no_grad()
-    def build(cls, model, batch: int, capacity: int) -> "PackedLlama | None":
+    def build(cls, model, capacity: int) -> "PackedLlama | None":
         lm = _causal_lm(model)
         cfg = lm.config
         body = getattr(lm, "model", None)
@@ -109,7 +109,7 @@ class PackedLlama:
                 o_t=_transposed(matmul_dtype, o),
                 gate_up_t=_transposed(matmul_dtype, gate, up),  # (H, 2 I)
                 down_t=_transposed(matmul_dtype, down)))
-        return cls(lm, layers, batch, capacity, matmul_dtype)
+        return cls(lm, layers, capacity, matmul_dtype)
 
     @torch.no_grad()
     def forward(self, ids: Tensor, positions: Tensor, mask: Tensor) -> Tensor:
