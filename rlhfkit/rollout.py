@@ -174,8 +174,8 @@ class TransformersDecoder:
 
 
 def make_decoder(model, capacity: int, packed: bool = True):
-    """The packed Llama decode step where the model allows it (same results up to rounding, ~2.5x faster
-    on a tiny model), else transformers' own forward."""
+    """The packed Llama decode step where the model allows it (same results up to rounding; a tiny-4m rollout
+    in ~127 ms against ~190), else transformers' own forward."""
     from rlhfkit.models.decode import PackedLlama
 
     return (PackedLlama.build(model, capacity) if packed else None) or TransformersDecoder(model, capacity)
