@@ -7,8 +7,8 @@
 Prompts (strings, or message lists rendered with the chat template) are left-padded into one batch;
 the response is sampled token by token with a KV cache written in place (one prompt forward, then
 one forward per new token; Llama-family models through ``rlhfkit.models.decode.PackedLlama``, others
-through transformers' own forward: ``make_decoder``); a row stops at EOS or when its text completes a stop string, and everything
-after the stop is masked out. ``Rollout.logprobs`` are the log-probs of the sampled tokens under the
+through transformers' own forward: ``make_decoder``); a row stops at EOS or when its text completes a
+stop string, and everything after the stop is masked out. ``Rollout.logprobs`` are the log-probs of the sampled tokens under the
 *temperature-scaled* distribution, before top-k / top-p truncation: the same quantity that
 ``response_forward`` recomputes for the loss (temperature must divide the logits there too, Huang et
 al. 2024, "The N+ implementation details of RLHF with PPO").
@@ -24,6 +24,8 @@ import torch
 
 from rlhfkit.data.chat import prompt_text
 from rlhfkit.losses import entropy_from_logits, selective_log_softmax
+from rlhfkit.models.decode import PackedLlama
+from rlhfkit.models.load import base_causal_lm
 
 Tensor = torch.Tensor
 
@@ -160,7 +162,7 @@ class TransformersDecoder:
     state a value head reads. Same interface as ``rlhfkit.models.decode.PackedLlama``."""
 
     def __init__(self, model, capacity: int):
-        lm = model.get_base_model() if hasattr(model, "peft_config") else model
+        lm = base_causal_lm(model)
         self.body, self.head = lm.base_model, lm.get_output_embeddings()
         self.cache = _in_place_cache(model.config.get_text_config().num_hidden_layers, capacity)
 
@@ -176,8 +178,6 @@ class TransformersDecoder:
 def make_decoder(model, capacity: int, packed: bool = True):
     """The packed Llama decode step where the model allows it (same results up to rounding; a tiny-4m rollout
     in ~127 ms against ~190), else transformers' own forward."""
-    from rlhfkit.models.decode import PackedLlama
-
     return (PackedLlama.build(model, capacity) if packed else None) or TransformersDecoder(model, capacity)
 
 

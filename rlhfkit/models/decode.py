@@ -22,6 +22,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from rlhfkit.models.load import base_causal_lm
+
 Tensor = torch.Tensor
 
 
@@ -43,11 +45,6 @@ def _weight(linear) -> Tensor | None:
             return None
         weight = weight + linear.get_delta_weight(name)
     return weight
-
-
-def _causal_lm(model):
-    """The transformers model under a peft wrapper, if any."""
-    return model.get_base_model() if hasattr(model, "peft_config") else model
 
 
 class PackedLlama:
@@ -79,7 +76,7 @@ class PackedLlama:
     @classmethod
     @torch.no_grad()
     def build(cls, model, capacity: int) -> "PackedLlama | None":
-        lm = _causal_lm(model)
+        lm = base_causal_lm(model)
         cfg = lm.config
         body = getattr(lm, "model", None)
         if (cfg.model_type != "llama" or body is None or getattr(cfg, "attention_bias", False)

@@ -17,6 +17,11 @@ from rlhfkit.models.tiny import TINY_PRESETS, build_tiny
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def base_causal_lm(model):
+    """The transformers causal LM itself: under a peft wrapper, the wrapped model (adapters still in place)."""
+    return model.get_base_model() if hasattr(model, "peft_config") else model
+
+
 def resolve_dtype(name: str) -> torch.dtype:
     if name == "bf16-mixed":  # the weights of a mixed-precision run stay in float32
         return torch.float32

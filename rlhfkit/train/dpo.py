@@ -45,7 +45,7 @@ from rlhfkit.config import DataPart, ModelPart, OptimPart, RunPart
 from rlhfkit.data.io import load_train_eval
 from rlhfkit.data.pairs import (Group, PackedGroups, collate_groups, last_layer_only_at, model_mask,
                                 positions_to_keep, tokenize_comparison)
-from rlhfkit.models.load import add_lora, load_causal_lm, save_model
+from rlhfkit.models.load import add_lora, base_causal_lm, load_causal_lm, save_model
 from rlhfkit.runs import file_hash
 from rlhfkit.train import common
 
@@ -73,7 +73,7 @@ class CompletionLogProbs(nn.Module):
         self.model = model
 
     def parts(self):
-        lm = self.model.get_base_model() if hasattr(self.model, "peft_config") else self.model
+        lm = base_causal_lm(self.model)
         return lm.base_model, lm.get_output_embeddings()
 
     def forward(self, packed: PackedGroups) -> torch.Tensor:
