@@ -172,5 +172,5 @@ def _rotate(x: Tensor, cos: Tensor, signed_sin: Tensor) -> Tensor:
 
 
 def _rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
-    """Llama's RMSNorm in float32 as written (F.rms_norm's composite kernel is slower at decode sizes)."""
+    """Llama's RMSNorm as written out (F.rms_norm's composite kernel is slower at decode sizes)."""
     return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
