@@ -27,7 +27,7 @@ from rlhfkit.data.io import write_jsonl
 from rlhfkit.evaluate import report
 from rlhfkit.evaluate.toy import PolicySamples, as_chat, compare, eval_prompts, sample_policy
 from rlhfkit.losses import best_of_n_kl
-from rlhfkit.runs import RunFolder
+from rlhfkit.runs import RunFolder, refuse_other_settings
 from rlhfkit.toy import feedback
 from rlhfkit.toy.annotators import annotator_pool, consensus_accuracy, pairwise_agreement
 from rlhfkit.toy.gold import utility
@@ -93,6 +93,7 @@ def run(cfg: DemoConfig) -> Path:
         torch.set_num_threads(cfg.threads)
     start = time.perf_counter()
     root = Path(cfg.output_dir or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}")
+    refuse_other_settings(root, cfg, {"output_dir", "threads"})  # finished stages are reused on a rerun
     root.mkdir(parents=True, exist_ok=True)
     (root / "config.yaml").write_text(cfg.to_yaml())
     data = root / "data"

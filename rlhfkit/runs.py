@@ -42,6 +42,24 @@ def git_commit() -> str | None:
         return None
 
 
+def refuse_other_settings(folder: Path, config: StageConfig, run_only: set[str]) -> None:
+    """Pipelines (the demo, presets) reuse the finished steps in their folder on a rerun, so a rerun must ask
+    for what they were made with: refuse, before anything is written, when ``folder/config.yaml`` holds
+    other settings, naming them. Settings in ``run_only`` (output folder, threads) may differ."""
+    import yaml
+
+    path = Path(folder) / "config.yaml"
+    if not path.exists():
+        return
+    saved = yaml.safe_load(path.read_text()) or {}
+    now = config.model_dump(mode="json")
+    changed = [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(saved) | set(now))
+               if k not in run_only and saved.get(k) != now.get(k)]
+    if changed:
+        raise ValueError(f"{path}: this run folder was made with other settings ({'; '.join(changed)}); its finished "
+                         "steps would be reused as they are. Give a new --output-dir, or delete the folder to start over.")
+
+
 class RunFolder:
     def __init__(self, path: str | Path):
         self.path = Path(path)

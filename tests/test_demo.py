@@ -34,3 +34,13 @@ def test_rerun_reuses_finished_stages(tmp_path):
     stamp = (out / "sft" / "card.json").stat().st_mtime
     run(DemoConfig(quick=True, output_dir=str(out), methods=["dpo"]))
     assert (out / "sft" / "card.json").stat().st_mtime == stamp
+
+
+def test_rerun_with_other_settings_is_refused_before_anything_is_written(tmp_path):
+    """Finished stages are reused on a rerun, so a rerun in the same folder with other settings would mix
+    old stages with new settings: refused, naming the setting; the saved config stays as it was."""
+    saved = DemoConfig(quick=True, output_dir=str(tmp_path), seed=1).budgets().to_yaml()
+    (tmp_path / "config.yaml").write_text(saved)
+    with pytest.raises(ValueError, match=r"config.yaml.*seed: 1 -> 0"):
+        run(DemoConfig(quick=True, output_dir=str(tmp_path)))
+    assert (tmp_path / "config.yaml").read_text() == saved and [p.name for p in tmp_path.iterdir()] == ["config.yaml"]

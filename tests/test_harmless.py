@@ -198,14 +198,16 @@ def test_ppo_from_dpo_needs_dpo():
 def test_rerun_with_other_settings_is_refused_before_anything_is_written(tmp_path):
     """Finished steps are reused on a rerun in the same folder, so other settings there would silently mix
     old models with new settings: refused, naming the setting, and the saved config is left as it was."""
-    from rlhfkit.presets.smollm2_harmless import HarmlessConfig, check_same_settings, run
+    from rlhfkit.presets.smollm2_harmless import RUN_ONLY_SETTINGS, HarmlessConfig, run
+    from rlhfkit.runs import refuse_other_settings
 
     saved = HarmlessConfig(output_dir=str(tmp_path), harmful_share=0.4).to_yaml()
     (tmp_path / "config.yaml").write_text(saved)
     with pytest.raises(ValueError, match=r"config.yaml.*harmful_share: 0.4 -> 0.5"):
         run(HarmlessConfig(output_dir=str(tmp_path), threads=1))
     assert (tmp_path / "config.yaml").read_text() == saved and sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml"]
-    check_same_settings(tmp_path, HarmlessConfig(output_dir="elsewhere", harmful_share=0.4, threads=2))  # run-only: fine
+    refuse_other_settings(tmp_path, HarmlessConfig(output_dir="elsewhere", harmful_share=0.4, threads=2),
+                          RUN_ONLY_SETTINGS)  # run-only settings may differ
 
 
 @pytest.mark.real_model

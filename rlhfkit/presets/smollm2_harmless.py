@@ -45,6 +45,7 @@ import torch
 from pydantic import Field, model_validator
 
 from rlhfkit.config import StageConfig
+from rlhfkit.runs import refuse_other_settings
 from rlhfkit.toy import harmless
 
 
@@ -231,23 +232,6 @@ def lora_settings(cfg: HarmlessConfig) -> dict:
 RUN_ONLY_SETTINGS = {"output_dir", "threads"}
 
 
-def check_same_settings(run_dir: Path, cfg: HarmlessConfig) -> None:
-    """A rerun in a folder reuses its finished steps, so it must ask for what they were made with: refuse
-    (before anything is written) when the folder's config.yaml differs, naming the settings that changed."""
-    import yaml
-
-    path = run_dir / "config.yaml"
-    if not path.exists():
-        return
-    saved = yaml.safe_load(path.read_text()) or {}
-    now = cfg.model_dump(mode="json")
-    changed = [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(saved) | set(now))
-               if k not in RUN_ONLY_SETTINGS and saved.get(k) != now.get(k)]
-    if changed:
-        raise ValueError(f"{path}: this run folder was made with other settings ({'; '.join(changed)}); its finished "
-                         "steps would be reused as they are. Give a new --output-dir, or delete the folder to start over.")
-
-
 def finished(stage_dir: Path) -> bool:
     return (stage_dir / "final" / "config.json").exists() or (stage_dir / "final" / "reward.json").exists()
 
@@ -256,7 +240,7 @@ def finished(stage_dir: Path) -> bool:
 
 def run(cfg: HarmlessConfig) -> Path:
     run_dir = Path(cfg.output_dir or f"runs/smollm2-harmless-{time.strftime('%Y%m%d-%H%M%S')}")
-    check_same_settings(run_dir, cfg)
+    refuse_other_settings(run_dir, cfg, RUN_ONLY_SETTINGS)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(cfg.to_yaml())
     threads = pick_threads(cfg.threads)
