@@ -18,8 +18,10 @@ top-p, a programmatic reward (count of "the"), KL coefficient 0.05 with a frozen
   slower). ``trl_defaults`` is TRL as it comes (bf16 autocast and gradient checkpointing on) against
   rlhfkit as it comes (float32, no checkpointing). Also shown: rlhfkit with
   ``--advantage grpo --group-size 2``, the same algorithm as TRL's.
-- rollout: tokens/s of ``TransformersSampler.generate`` against plain ``model.generate(do_sample=True)``,
-  same batch, 48 new tokens each (median of repeats).
+- rollout: tokens/s of ``TransformersSampler.generate`` (the packed Llama step, and transformers' forward
+  with ``packed_decode=False``) against plain ``model.generate(do_sample=True)``, same batch, 48 new tokens
+  each (median of repeats), also the packed step in bf16 under autocast; and the time of one decode step's products with the weights as nn.Linear stores
+  them, transposed (what the packed step stores) and transposed in bf16.
 - memory: peak RSS (ru_maxrss) of ``rlhfkit ppo`` with LoRA, reference = adapters off, critic = head
   (one copy of the weights) against ``rlhfkit sft`` with LoRA, same model, batch 8; each in its own
   subprocess. Both the ratio of peaks and the ratio of the growth above the process's RSS once its
@@ -137,31 +139,77 @@ def bench_trl(tmp: Path, steps: int, num_iterations: int = 1, bf16: bool = False
     return BATCH * len(times) / num_iterations / sum(times)
 
 
-def bench_rollout(repeat: int) -> tuple[float, float]:
+def bench_rollout(repeat: int) -> dict[str, float]:
+    """Tokens/s of the sampler (packed Llama step, and transformers' forward: ``packed_decode=False``) and of
+    ``model.generate``, medians over ``repeat`` rounds after one warm-up round."""
     from rlhfkit.models.tiny import build_tiny
     from rlhfkit.rollout import SamplingParams, TransformersSampler, encode_prompts, toy_prompts
 
     model, tok = build_tiny(MODEL)
     model = _no_eos(model).eval()
     prompts = toy_prompts(BATCH, 0)
-    sampler = TransformersSampler(model, tok, SamplingParams(max_new_tokens=NEW_TOKENS, temperature=1.0))
-    sampler.eos = []
+    samplers = {}
+    for name, packed in (("packed", True), ("transformers_forward", False)):
+        samplers[name] = TransformersSampler(model, tok, SamplingParams(max_new_tokens=NEW_TOKENS, temperature=1.0,
+                                                                        packed_decode=packed))
+        samplers[name].eos = []
     ids, mask = encode_prompts(tok, prompts)
-    ours, theirs = [], []
-    for i in range(repeat + 1):  # the first round warms both up
-        t = time.perf_counter()
-        r = sampler.generate(prompts, generator=torch.Generator().manual_seed(i))
-        a = time.perf_counter() - t
-        t = time.perf_counter()
+
+    def generate():
         with torch.no_grad():
             out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=1.0, top_k=0,
                                  max_new_tokens=NEW_TOKENS)
-        b = time.perf_counter() - t
-        assert r.response_mask.sum() == BATCH * NEW_TOKENS and out.shape[1] - ids.shape[1] == NEW_TOKENS
-        if i:
-            ours.append(BATCH * NEW_TOKENS / a)
-            theirs.append(BATCH * NEW_TOKENS / b)
-    return statistics.median(ours), statistics.median(theirs)
+        assert out.shape[1] - ids.shape[1] == NEW_TOKENS
+
+    def packed_bf16():  # the packed step under bf16 autocast, as on a GPU (on the CPU it keeps float32)
+        import rlhfkit.models.decode as decode
+
+        decode.AUTOCAST_ON_CPU = True
+        try:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                samplers["packed"].generate(prompts, generator=torch.Generator().manual_seed(0))
+        finally:
+            decode.AUTOCAST_ON_CPU = False
+
+    runs = {name: (lambda s=s, i=0: s.generate(prompts, generator=torch.Generator().manual_seed(i)))
+            for name, s in samplers.items()}
+    runs["packed_bf16_autocast"] = packed_bf16
+    runs["generate"] = generate
+    rates: dict[str, list[float]] = {name: [] for name in runs}
+    for i in range(repeat + 1):  # the first round warms everything up
+        for name, fn in runs.items():
+            t = time.perf_counter()
+            fn()
+            if i:
+                rates[name].append(BATCH * NEW_TOKENS / (time.perf_counter() - t))
+    return {name: statistics.median(r) for name, r in rates.items()}
+
+
+def bench_products(repeat: int = 300) -> dict[str, float]:
+    """Microseconds per product of 8 rows (one decode step) with the tiny-4m layers' weights, in the three
+    forms the packed step could use: (out, in) float32 as nn.Linear stores it, (in, out) float32 (what
+    PackedLlama stores), (in, out) bf16. One copy per layer, cycled, so the weights are not hot in cache."""
+    import torch.nn.functional as F
+
+    from rlhfkit.models.tiny import TINY_PRESETS
+
+    H, inter = TINY_PRESETS[MODEL]["hidden_size"], TINY_PRESETS[MODEL]["intermediate_size"]
+    layers = TINY_PRESETS[MODEL]["num_hidden_layers"]
+    result = {}
+    for name, (n_out, n_in) in {"qkv": (3 * H, H), "gate_up": (2 * inter, H), "down": (H, inter)}.items():
+        weights = [torch.randn(n_out, n_in) for _ in range(layers)]
+        forms = {"out_in_f32": (torch.randn(BATCH, n_in), weights, lambda x, w: F.linear(x, w)),
+                 "in_out_f32": (torch.randn(BATCH, n_in), [w.t().contiguous() for w in weights], torch.matmul),
+                 "in_out_bf16": (torch.randn(BATCH, n_in).bfloat16(), [w.t().contiguous().bfloat16() for w in weights],
+                                 torch.matmul)}
+        for form, (x, ws, op) in forms.items():
+            for w in ws * 5:  # warm-up
+                op(x, w)
+            t = time.perf_counter()
+            for k in range(repeat):
+                op(x, ws[k % layers])
+            result[f"{name}_{form}_us"] = (time.perf_counter() - t) / repeat * 1e6
+    return result
 
 
 MEMORY_CHILD = r"""
@@ -253,9 +301,19 @@ def main():
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         if args.only in (None, "rollout"):
-            ours, theirs = bench_rollout(args.repeat)
-            results["rollout"] = {"rlhfkit_tokens_per_s": ours, "generate_tokens_per_s": theirs, "ratio": ours / theirs}
-            print(f"rollout: rlhfkit {ours:.0f} tok/s, model.generate {theirs:.0f} tok/s, ratio {ours / theirs:.2f}x")
+            rates = bench_rollout(args.repeat)
+            products = bench_products()
+            ours, unpacked, theirs = rates["packed"], rates["transformers_forward"], rates["generate"]
+            results["rollout"] = {"rlhfkit_tokens_per_s": ours, "rlhfkit_transformers_forward_tokens_per_s": unpacked,
+                                  "rlhfkit_packed_bf16_autocast_tokens_per_s": rates["packed_bf16_autocast"],
+                                  "generate_tokens_per_s": theirs, "ratio": ours / theirs,
+                                  "decode_products_us": products}
+            print(f"rollout: rlhfkit {ours:.0f} tok/s (through transformers' forward: {unpacked:.0f}; packed step "
+                  f"under bf16 autocast: {rates['packed_bf16_autocast']:.0f}), model.generate {theirs:.0f} tok/s, "
+                  f"ratio {ours / theirs:.2f}x")
+            print("decode products, 8 rows, us: " + ", ".join(
+                f"{n} {products[f'{n}_out_in_f32_us']:.0f} (out, in) / {products[f'{n}_in_out_f32_us']:.0f} (in, out) / "
+                f"{products[f'{n}_in_out_bf16_us']:.0f} bf16" for n in ("qkv", "gate_up", "down")))
         if args.only in (None, "speed"):
             # Matched work per rollout: one optimiser pass on both sides (TRL's default num_iterations=1 and
             # --ppo-epochs 1), then four on both (num_iterations=4 and rlhfkit's default 4 PPO epochs).

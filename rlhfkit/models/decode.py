@@ -4,7 +4,8 @@ fast path.
 At 8 rows and one new token per call, a small model's decode step is not arithmetic: in transformers' eager
 forward most of the time goes to dispatching ~30 modules per layer, building masks and rotary tables at every
 token, and multiplying by weights stored (out, in), which MKL reads slower than (in, out) at few rows (one
-core, tiny-4m: 32 against 52 us for the fused q/k/v product, 97 against 166 for gate/up). ``PackedLlama``
+core, tiny-4m: ~30 against ~46 us for the fused q/k/v product, ~95 against ~175 for gate/up; ``python
+bench/ppo.py --only rollout``). ``PackedLlama``
 takes the model's own weights once per rollout (LoRA deltas added in: the adapters the policy samples with),
 packs q/k/v and gate/up into one product each, stores every matrix transposed, and runs the same arithmetic
 as ``LlamaForCausalLM`` with one KV-cache buffer per layer written in place. Results equal transformers'
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 from rlhfkit.models.load import base_causal_lm
 
 Tensor = torch.Tensor
+AUTOCAST_ON_CPU = False  # decode in the autocast dtype on the CPU too (slower here; bench/ppo.py measures it)
 
 
 def _weight(linear) -> Tensor | None:
@@ -87,10 +89,10 @@ class PackedLlama:
             return None
         device = body.embed_tokens.weight.device
         # Under autocast (--dtype bf16-mixed) the weights are packed in the autocast dtype once, not cast at
-        # every token; except on the CPU, where decoding keeps float32: at decode batch sizes the bf16 products
-        # are no faster there (tiny-4m, 8 rows, one core: 175 against 136 ms a rollout), and the float32
-        # policy is the one the master weights define.
-        autocast = torch.is_autocast_enabled(device.type) and device.type != "cpu"
+        # every token; except on the CPU (unless AUTOCAST_ON_CPU), where decoding keeps float32: there the bf16
+        # products gain ~10% at 8 rows while casting every activation costs more (`python bench/ppo.py --only
+        # rollout` times both), and the float32 policy is the one the master weights define.
+        autocast = torch.is_autocast_enabled(device.type) and (device.type != "cpu" or AUTOCAST_ON_CPU)
         matmul_dtype = torch.get_autocast_dtype(device.type) if autocast else None
         layers = []
         for layer in body.layers:

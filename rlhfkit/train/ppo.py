@@ -245,7 +245,7 @@ def run(cfg: PPOConfig) -> Path:
             # 1. rollout (the sampling noise of step k is a function of (seed, k), so a resumed run matches)
             sampler.sync_weights(raw_policy)
             generator = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + state.step)
-            with accelerator.autocast():  # one context for the whole rollout: weights cast once, not per token
+            with accelerator.autocast():  # the trainer's precision, one context for the whole rollout
                 rollout = sampler.generate(prompts, n=cfg.group_size, generator=generator)
             mask = rollout.response_mask.to(device)  # (B, T)
             t_rollout = time.perf_counter() - t0
