@@ -17,6 +17,7 @@ acknowledged the server (every worker) gets SIGKILL and is restarted on the same
 same Idempotency-Key. Then: every acknowledged label must be stored (none lost), no key or
 (annotator, item) pair may be stored twice, and no stored label may be one nobody was told about.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,7 +43,6 @@ from sqlalchemy import func, select  # noqa: E402
 from rlhfkit.feedback.auth import create_user, start_session  # noqa: E402
 from rlhfkit.feedback.db import Store, migrate  # noqa: E402
 from rlhfkit.feedback.models import Label, Task  # noqa: E402
-
 
 
 class Reply:
@@ -104,8 +104,13 @@ class RawClient:
         self.reader = self.writer = None
 
 
-TRANSIENT = (httpx.TransportError, OSError, asyncio.IncompleteReadError, asyncio.TimeoutError,
-             asyncio.LimitOverrunError)
+TRANSIENT = (
+    httpx.TransportError,
+    OSError,
+    asyncio.IncompleteReadError,
+    asyncio.TimeoutError,
+    asyncio.LimitOverrunError,
+)
 
 
 def free_port() -> int:
@@ -122,8 +127,20 @@ class ServerProcess:
 
     def start(self) -> float:
         t0 = time.perf_counter()
-        cmd = [sys.executable, "-m", "rlhfkit.feedback.cli", "serve", "--db", self.db, "--port", str(self.port),
-               "--overlap", str(self.overlap), "--workers", str(self.workers)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "rlhfkit.feedback.cli",
+            "serve",
+            "--db",
+            self.db,
+            "--port",
+            str(self.port),
+            "--overlap",
+            str(self.overlap),
+            "--workers",
+            str(self.workers),
+        ]
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self.log.open("ab"), stderr=subprocess.STDOUT)
         while time.perf_counter() - t0 < 60:
             if self.proc.poll() is not None:
@@ -171,8 +188,17 @@ def setup(store: Store, prefix: str, annotators: int, n_tasks: int) -> list[tupl
         for i in range(n_tasks):
             kind = rng.choice(["pairwise", "pairwise", "ranking", "rating", "thumbs"])
             k = 3 if kind == "ranking" else 2
-            db.add(Task(kind=kind, prompt=f"{prefix} prompt {i}", responses=[f"response {j} to {i}" for j in range(k)],
-                        scale=5, is_gold=False, n_labels=0, external_id=f"{prefix}-{i}"))
+            db.add(
+                Task(
+                    kind=kind,
+                    prompt=f"{prefix} prompt {i}",
+                    responses=[f"response {j} to {i}" for j in range(k)],
+                    scale=5,
+                    is_gold=False,
+                    n_labels=0,
+                    external_id=f"{prefix}-{i}",
+                )
+            )
         db.commit()
         return [(u.id, t) for u, t in zip(users, tokens)]
 
@@ -251,8 +277,10 @@ async def drive(url: str, sessions, labels: int, run: Run, on_progress=None, cli
         clients = [httpx.AsyncClient(base_url=url, limits=limits, timeout=30)] * len(sessions)
     try:
         t0 = time.perf_counter()
-        work = [asyncio.create_task(annotator(c, tok, labels, run, seed))
-                for seed, (c, (_, tok)) in enumerate(zip(clients, sessions))]
+        work = [
+            asyncio.create_task(annotator(c, tok, labels, run, seed))
+            for seed, (c, (_, tok)) in enumerate(zip(clients, sessions))
+        ]
         if on_progress:
             work.append(asyncio.create_task(on_progress()))
         await asyncio.gather(*work)
@@ -276,18 +304,26 @@ def run_async(coro):
 def verify(store: Store, user_ids: list[int], run: Run) -> dict:
     with store.read() as db:
         rows = db.execute(select(Label.idempotency_key, Label.id).where(Label.annotator_id.in_(user_ids))).all()
-        pairs = db.execute(select(Label.task_id, Label.annotator_id, func.count()).where(Label.annotator_id.in_(user_ids))
-                           .group_by(Label.task_id, Label.annotator_id).having(func.count() > 1)).all()
+        pairs = db.execute(
+            select(Label.task_id, Label.annotator_id, func.count())
+            .where(Label.annotator_id.in_(user_ids))
+            .group_by(Label.task_id, Label.annotator_id)
+            .having(func.count() > 1)
+        ).all()
         counters = db.execute(select(func.sum(Task.n_labels))).scalar()
         total = db.execute(select(func.count()).select_from(Label)).scalar()
     stored: dict[str, list[int]] = {}
     for key, label_id in rows:
         stored.setdefault(key, []).append(label_id)
     lost = [k for k, label_id in run.acked.items() if stored.get(k) != [label_id]]
-    return {"acknowledged": len(run.acked), "stored": len(rows),
-            "lost": len(lost), "duplicated": sum(len(v) - 1 for v in stored.values()) + len(pairs),
-            "unacknowledged_stored": len(set(stored) - set(run.acked)),
-            "counter_ok": counters == total}
+    return {
+        "acknowledged": len(run.acked),
+        "stored": len(rows),
+        "lost": len(lost),
+        "duplicated": sum(len(v) - 1 for v in stored.values()) + len(pairs),
+        "unacknowledged_stored": len(set(stored) - set(run.acked)),
+        "counter_ok": counters == total,
+    }
 
 
 def pct(values: list[float], q: float) -> float:
@@ -302,11 +338,19 @@ def main() -> None:
     ap.add_argument("--overlap", type=int, default=5)
     ap.add_argument("--db", default=None, help="database URL (default: a SQLite file in a temp folder)")
     ap.add_argument("--workers", type=int, default=1, help="server processes (2 measured no faster on 2 cores)")
-    ap.add_argument("--crash-labels", type=int, default=60,
-                    help="labels per annotator in the crash run (60 keeps the whole benchmark near 3 minutes)")
+    ap.add_argument(
+        "--crash-labels",
+        type=int,
+        default=60,
+        help="labels per annotator in the crash run (60 keeps the whole benchmark near 3 minutes)",
+    )
     ap.add_argument("--skip-crash", action="store_true")
-    ap.add_argument("--client", choices=["raw", "httpx"], default="raw",
-                    help="load generator's HTTP client: raw (a minimal keep-alive client, cheap on CPU) or httpx")
+    ap.add_argument(
+        "--client",
+        choices=["raw", "httpx"],
+        default="raw",
+        help="load generator's HTTP client: raw (a minimal keep-alive client, cheap on CPU) or httpx",
+    )
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="annotate-load-"))
@@ -330,8 +374,9 @@ def main() -> None:
 
         if not args.skip_crash:
             crash_labels = args.crash_labels
-            sessions = setup(store, "crash", args.annotators, args.annotators * crash_labels // args.overlap
-                             + crash_labels * 2)
+            sessions = setup(
+                store, "crash", args.annotators, args.annotators * crash_labels // args.overlap + crash_labels * 2
+            )
             crash = Run()
             target = args.annotators * crash_labels
             restart = {}
@@ -350,29 +395,46 @@ def main() -> None:
         store.dispose()
 
     run, seconds, check = results["load"]
-    print(f"\nannotation service load test: {args.annotators} annotators x {args.labels} labels, "
-          f"{store.dialect}, {args.workers} server workers, {args.client} client, server log {server.log}")
-    print(f"{'phase':<8}{'labels':>8}{'seconds':>9}{'labels/s':>10}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}"
-          f"{'lost':>6}{'dup':>5}{'retries':>9}{'errors':>8}")
+    print(
+        f"\nannotation service load test: {args.annotators} annotators x {args.labels} labels, "
+        f"{store.dialect}, {args.workers} server workers, {args.client} client, server log {server.log}"
+    )
+    print(
+        f"{'phase':<8}{'labels':>8}{'seconds':>9}{'labels/s':>10}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}"
+        f"{'lost':>6}{'dup':>5}{'retries':>9}{'errors':>8}"
+    )
     for name, res in results.items():
         run, seconds, check = res[:3]
-        print(f"{name:<8}{check['acknowledged']:>8}{seconds:>9.1f}{check['acknowledged'] / seconds:>10.1f}"
-              f"{pct(run.latencies, .5):>9.1f}{pct(run.latencies, .95):>9.1f}{pct(run.latencies, .99):>9.1f}"
-              f"{check['lost']:>6}{check['duplicated']:>5}{run.retries:>9}{len(run.errors):>8}")
+        print(
+            f"{name:<8}{check['acknowledged']:>8}{seconds:>9.1f}{check['acknowledged'] / seconds:>10.1f}"
+            f"{pct(run.latencies, 0.5):>9.1f}{pct(run.latencies, 0.95):>9.1f}{pct(run.latencies, 0.99):>9.1f}"
+            f"{check['lost']:>6}{check['duplicated']:>5}{run.retries:>9}{len(run.errors):>8}"
+        )
     acked = results["load"][2]["acknowledged"] or 1
-    print(f"load phase CPU: server {server_cpu * 1000 / acked:.2f} ms/label ({server_cpu:.1f} s), load generator "
-          f"{client_cpu * 1000 / acked:.2f} ms/label ({client_cpu:.1f} s); load average before "
-          f"{' '.join(f'{x:.2f}' for x in load_before)}, after {' '.join(f'{x:.2f}' for x in load_after)} "
-          f"({os.cpu_count()} CPUs)")
+    print(
+        f"load phase CPU: server {server_cpu * 1000 / acked:.2f} ms/label ({server_cpu:.1f} s), load generator "
+        f"{client_cpu * 1000 / acked:.2f} ms/label ({client_cpu:.1f} s); load average before "
+        f"{' '.join(f'{x:.2f}' for x in load_before)}, after {' '.join(f'{x:.2f}' for x in load_after)} "
+        f"({os.cpu_count()} CPUs)"
+    )
     if "crash" in results:
         crash, _, check, restart = results["crash"]
-        print(f"crash: SIGKILL after {restart['killed_at']} acknowledged labels; restarted in {restart['restart_s']:.1f} s; "
-              f"{crash.replayed} retried submissions were answered from the stored label (replayed), "
-              f"{check['unacknowledged_stored']} stored labels never acknowledged, n_labels counters consistent: "
-              f"{check['counter_ok']}")
+        print(
+            f"crash: SIGKILL after {restart['killed_at']} acknowledged labels; restarted in {restart['restart_s']:.1f} s; "
+            f"{crash.replayed} retried submissions were answered from the stored label (replayed), "
+            f"{check['unacknowledged_stored']} stored labels never acknowledged, n_labels counters consistent: "
+            f"{check['counter_ok']}"
+        )
     expected = {"load": args.annotators * args.labels, "crash": args.annotators * args.crash_labels}
-    bad = [n for n, res in results.items() if res[2]["lost"] or res[2]["duplicated"] or res[0].errors
-           or res[2]["unacknowledged_stored"] or res[2]["acknowledged"] != expected[n]]
+    bad = [
+        n
+        for n, res in results.items()
+        if res[2]["lost"]
+        or res[2]["duplicated"]
+        or res[0].errors
+        or res[2]["unacknowledged_stored"]
+        or res[2]["acknowledged"] != expected[n]
+    ]
     if bad:
         for n in bad:
             print(f"{n}: FAILED {results[n][2]} errors {results[n][0].errors[:3]}")

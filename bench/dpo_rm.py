@@ -27,6 +27,7 @@ What is compared, and how (see also docs/performance.md):
 - ``--repeats`` runs everything again, alternating which side goes first; the ratios of each repeat and
   their median are printed. Ratios are comparable within one run only (other load moves both sides).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -76,7 +77,10 @@ def stamp() -> tuple[float, float]:
 def throughput(stamps: list[tuple[float, float]], warmup: int, steps: int, batch: int, extra=(0.0, 0.0)) -> dict:
     """pairs/s over the steps after the warm-up, by wall and by CPU time; ``extra`` (wall, cpu) is added."""
     (w0, c0), (w1, c1) = stamps[warmup - 1], stamps[warmup + steps - 1]
-    return {"pairs_per_s": steps * batch / (w1 - w0 + extra[0]), "pairs_per_cpu_s": steps * batch / (c1 - c0 + extra[1])}
+    return {
+        "pairs_per_s": steps * batch / (w1 - w0 + extra[0]),
+        "pairs_per_cpu_s": steps * batch / (c1 - c0 + extra[1]),
+    }
 
 
 def trl_run(kind: str, folder: Path, steps: int, warmup: int, batch: int, bf16: bool = False) -> dict:
@@ -92,25 +96,44 @@ def trl_run(kind: str, folder: Path, steps: int, warmup: int, batch: int, bf16: 
         def on_step_end(self, args, state, control, **kw):
             stamps.append(stamp())
 
-    common = dict(output_dir=str(folder / f"trl-{kind}"), per_device_train_batch_size=batch, max_steps=warmup + steps,
-                  bf16=bf16, report_to="none", save_strategy="no", logging_steps=10_000, use_cpu=True,
-                  disable_tqdm=True)
+    common = dict(
+        output_dir=str(folder / f"trl-{kind}"),
+        per_device_train_batch_size=batch,
+        max_steps=warmup + steps,
+        bf16=bf16,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=10_000,
+        use_cpu=True,
+        disable_tqdm=True,
+    )
     if kind == "dpo":
         from trl import DPOConfig, DPOTrainer
 
-        trainer = DPOTrainer(model=str(folder / "model"), processing_class=tok, train_dataset=ds,
-                             args=DPOConfig(**common), callbacks=[Clock()])
+        trainer = DPOTrainer(
+            model=str(folder / "model"),
+            processing_class=tok,
+            train_dataset=ds,
+            args=DPOConfig(**common),
+            callbacks=[Clock()],
+        )
     else:
         from trl import RewardConfig, RewardTrainer
 
-        trainer = RewardTrainer(model=str(folder / "model"), processing_class=tok, train_dataset=ds,
-                                args=RewardConfig(**common), callbacks=[Clock()])
+        trainer = RewardTrainer(
+            model=str(folder / "model"),
+            processing_class=tok,
+            train_dataset=ds,
+            args=RewardConfig(**common),
+            callbacks=[Clock()],
+        )
     trainer.train()
     return {**throughput(stamps, warmup, steps, batch), "peak_mb": peak_mb()}
 
 
-def ours_run(kind: str, folder: Path, steps: int, warmup: int, batch: int, reference: str = "precomputed",
-             bf16: bool = False) -> dict:
+def ours_run(
+    kind: str, folder: Path, steps: int, warmup: int, batch: int, reference: str = "precomputed", bf16: bool = False
+) -> dict:
     import torch
 
     from rlhfkit.train import common as trainer_common
@@ -124,9 +147,18 @@ def ours_run(kind: str, folder: Path, steps: int, warmup: int, batch: int, refer
 
     trainer_common.Progress.update = clocked_update
     out = Path(tempfile.mkdtemp(dir=folder, prefix=f"ours-{kind}-"))
-    common = dict(model=str(folder / "model"), data=str(folder / "pairs.jsonl"), eval_fraction=0.0, batch_size=batch,
-                  max_steps=warmup + steps, log_every=10_000, progress=False, report_to=["jsonl"],
-                  output_dir=str(out / "run"), dtype="bf16-mixed" if bf16 else "float32")
+    common = dict(
+        model=str(folder / "model"),
+        data=str(folder / "pairs.jsonl"),
+        eval_fraction=0.0,
+        batch_size=batch,
+        max_steps=warmup + steps,
+        log_every=10_000,
+        progress=False,
+        report_to=["jsonl"],
+        output_dir=str(out / "run"),
+        dtype="bf16-mixed" if bf16 else "float32",
+    )
     extra = (0.0, 0.0)
     if kind == "dpo":
         from rlhfkit.train.dpo import DPOConfig, run
@@ -139,7 +171,7 @@ def ours_run(kind: str, folder: Path, steps: int, warmup: int, batch: int, refer
             from rlhfkit.train.dpo import CompletionLogProbs, reference_logps, tokenize_all
 
             lm, tok = load_causal_lm(str(folder / "model"), "float32")
-            records = read_records(folder / "pairs.jsonl", "comparison")[0][:(warmup + steps) * batch]
+            records = read_records(folder / "pairs.jsonl", "comparison")[0][: (warmup + steps) * batch]
             groups = tokenize_all(tok, records, 512)
             w0, c0 = stamp()
             with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
@@ -154,8 +186,13 @@ def ours_run(kind: str, folder: Path, steps: int, warmup: int, batch: int, refer
         peak = peak_mb()
     # TRL's default num_train_epochs is 3: over three epochs the one-off reference pass is paid once.
     three = throughput(stamps, warmup, steps, batch, (extra[0] / 3, extra[1] / 3))
-    return {**throughput(stamps, warmup, steps, batch, extra), "peak_mb": peak, "ref_pass_s": extra[0],
-            "pairs_per_s_3_epochs": three["pairs_per_s"], "pairs_per_cpu_s_3_epochs": three["pairs_per_cpu_s"]}
+    return {
+        **throughput(stamps, warmup, steps, batch, extra),
+        "peak_mb": peak,
+        "ref_pass_s": extra[0],
+        "pairs_per_s_3_epochs": three["pairs_per_s"],
+        "pairs_per_cpu_s_3_epochs": three["pairs_per_cpu_s"],
+    }
 
 
 def child(args) -> None:
@@ -171,9 +208,26 @@ def child(args) -> None:
 
 
 def spawn(who: str, kind: str, folder: Path, args, reference: str = "precomputed", bf16: bool = False) -> dict:
-    cmd = [sys.executable, __file__, "--child", who, "--kind", kind, "--folder", str(folder), "--steps", str(args.steps),
-           "--warmup", str(args.warmup), "--batch", str(args.batch), "--reference", reference,
-           "--threads", str(args.threads)] + (["--bf16"] if bf16 else [])
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        who,
+        "--kind",
+        kind,
+        "--folder",
+        str(folder),
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        "--batch",
+        str(args.batch),
+        "--reference",
+        reference,
+        "--threads",
+        str(args.threads),
+    ] + (["--bf16"] if bf16 else [])
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     for line in proc.stdout.splitlines():
@@ -202,15 +256,20 @@ def one_repeat(folder: Path, args, ours_first: bool) -> dict:
 def report(res: dict) -> dict[str, float]:
     d, c, m = res[("ours", "dpo")], res[("ours", "dpo-copy")], res[("ours", "rm")]
     td, tm, tb = res[("trl", "dpo")], res[("trl", "rm")], res[("trl", "dpo-bf16")]
-    return {"dpo": d["pairs_per_s"] / td["pairs_per_s"], "dpo_cpu": d["pairs_per_cpu_s"] / td["pairs_per_cpu_s"],
-            "dpo_3_epochs": d["pairs_per_s_3_epochs"] / td["pairs_per_s"],
-            "dpo_3_epochs_cpu": d["pairs_per_cpu_s_3_epochs"] / td["pairs_per_cpu_s"],
-            "dpo_bf16": res[("ours", "dpo-bf16")]["pairs_per_s"] / tb["pairs_per_s"],
-            "dpo_bf16_3_epochs": res[("ours", "dpo-bf16")]["pairs_per_s_3_epochs"] / tb["pairs_per_s"],
-            "dpo_copy": c["pairs_per_s"] / td["pairs_per_s"],
-            "rm": m["pairs_per_s"] / tm["pairs_per_s"], "rm_cpu": m["pairs_per_cpu_s"] / tm["pairs_per_cpu_s"],
-            "mem_dpo": d["peak_mb"] / td["peak_mb"], "mem_dpo_copy": c["peak_mb"] / td["peak_mb"],
-            "mem_rm": m["peak_mb"] / tm["peak_mb"]}
+    return {
+        "dpo": d["pairs_per_s"] / td["pairs_per_s"],
+        "dpo_cpu": d["pairs_per_cpu_s"] / td["pairs_per_cpu_s"],
+        "dpo_3_epochs": d["pairs_per_s_3_epochs"] / td["pairs_per_s"],
+        "dpo_3_epochs_cpu": d["pairs_per_cpu_s_3_epochs"] / td["pairs_per_cpu_s"],
+        "dpo_bf16": res[("ours", "dpo-bf16")]["pairs_per_s"] / tb["pairs_per_s"],
+        "dpo_bf16_3_epochs": res[("ours", "dpo-bf16")]["pairs_per_s_3_epochs"] / tb["pairs_per_s"],
+        "dpo_copy": c["pairs_per_s"] / td["pairs_per_s"],
+        "rm": m["pairs_per_s"] / tm["pairs_per_s"],
+        "rm_cpu": m["pairs_per_cpu_s"] / tm["pairs_per_cpu_s"],
+        "mem_dpo": d["peak_mb"] / td["peak_mb"],
+        "mem_dpo_copy": c["peak_mb"] / td["peak_mb"],
+        "mem_rm": m["peak_mb"] / tm["peak_mb"],
+    }
 
 
 def main() -> None:
@@ -229,8 +288,10 @@ def main() -> None:
     args = ap.parse_args()
     if args.child:
         return child(args)
-    print(f"model {args.model}, batch {args.batch} pairs, {args.steps} timed steps after {args.warmup} warm-up steps, "
-          f"{args.threads} torch thread(s) per process")
+    print(
+        f"model {args.model}, batch {args.batch} pairs, {args.steps} timed steps after {args.warmup} warm-up steps, "
+        f"{args.threads} torch thread(s) per process"
+    )
     ratios = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -244,19 +305,27 @@ def main() -> None:
                 print(f"{who + ' ' + kind:20s}{x['pairs_per_s']:10.2f}{x['pairs_per_cpu_s']:13.2f}{x['peak_mb']:13.0f}")
             q = report(res)
             ratios.append(q)
-            print(f"DPO pairs/s rlhfkit/TRL: {q['dpo']:.2f}x wall, {q['dpo_cpu']:.2f}x CPU (reference=copy: {q['dpo_copy']:.2f}x)")
-            print(f"DPO over 3 epochs (TRL's default num_train_epochs; the reference pass paid once): "
-                  f"{q['dpo_3_epochs']:.2f}x wall, {q['dpo_3_epochs_cpu']:.2f}x CPU")
-            print(f"DPO, both in bf16 autocast (TRL's default precision; rlhfkit --dtype bf16-mixed): "
-                  f"{q['dpo_bf16']:.2f}x wall, 3 epochs {q['dpo_bf16_3_epochs']:.2f}x")
+            print(
+                f"DPO pairs/s rlhfkit/TRL: {q['dpo']:.2f}x wall, {q['dpo_cpu']:.2f}x CPU (reference=copy: {q['dpo_copy']:.2f}x)"
+            )
+            print(
+                f"DPO over 3 epochs (TRL's default num_train_epochs; the reference pass paid once): "
+                f"{q['dpo_3_epochs']:.2f}x wall, {q['dpo_3_epochs_cpu']:.2f}x CPU"
+            )
+            print(
+                f"DPO, both in bf16 autocast (TRL's default precision; rlhfkit --dtype bf16-mixed): "
+                f"{q['dpo_bf16']:.2f}x wall, 3 epochs {q['dpo_bf16_3_epochs']:.2f}x"
+            )
             print(f"RM  pairs/s rlhfkit/TRL: {q['rm']:.2f}x wall, {q['rm_cpu']:.2f}x CPU")
             print(f"peak RSS rlhfkit/TRL: DPO {q['mem_dpo']:.2f} (copy {q['mem_dpo_copy']:.2f}), RM {q['mem_rm']:.2f}")
     if args.repeats > 1:
         med = {k: statistics.median(q[k] for q in ratios) for k in ratios[0]}
-        print(f"\nmedian of {args.repeats} repeats: DPO {med['dpo']:.2f}x wall ({med['dpo_cpu']:.2f}x CPU; "
-              f"3 epochs {med['dpo_3_epochs']:.2f}x, {med['dpo_3_epochs_cpu']:.2f}x CPU; both bf16 {med['dpo_bf16']:.2f}x, 3 epochs {med['dpo_bf16_3_epochs']:.2f}x), "
-              f"RM {med['rm']:.2f}x wall ({med['rm_cpu']:.2f}x CPU), "
-              f"peak RSS DPO {med['mem_dpo']:.2f}, RM {med['mem_rm']:.2f}")
+        print(
+            f"\nmedian of {args.repeats} repeats: DPO {med['dpo']:.2f}x wall ({med['dpo_cpu']:.2f}x CPU; "
+            f"3 epochs {med['dpo_3_epochs']:.2f}x, {med['dpo_3_epochs_cpu']:.2f}x CPU; both bf16 {med['dpo_bf16']:.2f}x, 3 epochs {med['dpo_bf16_3_epochs']:.2f}x), "
+            f"RM {med['rm']:.2f}x wall ({med['rm_cpu']:.2f}x CPU), "
+            f"peak RSS DPO {med['mem_dpo']:.2f}, RM {med['mem_rm']:.2f}"
+        )
 
 
 if __name__ == "__main__":

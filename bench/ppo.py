@@ -27,6 +27,7 @@ top-p, a programmatic reward (count of "the"), KL coefficient 0.05 with a frozen
   subprocess. Both the ratio of peaks and the ratio of the growth above the process's RSS once its
   libraries and model are loaded are printed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -75,20 +76,32 @@ def model_folder(tmp: Path) -> str:
 
 
 def bench_rlhfkit(tmp: Path, steps: int, **overrides) -> float:
+    from accelerate.state import AcceleratorState
+
     import rlhfkit.rollout as rollout
     from rlhfkit.runs import read_metrics
     from rlhfkit.train.ppo import PPOConfig, run
-
-    from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state(reset_partial_state=True)  # TRL's Trainer set its own state in this process
     original = rollout.eos_ids
     rollout.eos_ids = lambda model, tok: []  # 48 tokens on every row, as on the TRL side
     try:
         out = tmp / f"rlhfkit-{time.time_ns()}"
-        settings = dict(model=MODEL, reward="bench.ppo:count_the", output_dir=str(out), max_steps=steps, batch_size=BATCH,
-                        max_new_tokens=NEW_TOKENS, temperature=1.0, kl_coef=KL, missing_eos_penalty=None,
-                        progress=False, report_to=["jsonl"], eval_fraction=0.0, sample_every=10_000)
+        settings = dict(
+            model=MODEL,
+            reward="bench.ppo:count_the",
+            output_dir=str(out),
+            max_steps=steps,
+            batch_size=BATCH,
+            max_new_tokens=NEW_TOKENS,
+            temperature=1.0,
+            kl_coef=KL,
+            missing_eos_penalty=None,
+            progress=False,
+            report_to=["jsonl"],
+            eval_fraction=0.0,
+            sample_every=10_000,
+        )
         cfg = PPOConfig(**{**settings, **overrides})
         run(cfg)
     finally:
@@ -124,18 +137,35 @@ def bench_trl(tmp: Path, steps: int, num_iterations: int = 1, bf16: bool = False
             self.times.append(CLOCK() - self.start)
 
     clock = Clock()
-    args = GRPOConfig(output_dir=str(tmp / "trl"), per_device_train_batch_size=BATCH, num_generations=2,
-                      max_completion_length=NEW_TOKENS, temperature=1.0, beta=KL, num_iterations=num_iterations, max_steps=steps,
-                      learning_rate=1e-5, use_cpu=True, bf16=bf16, report_to="none", logging_steps=1000, save_strategy="no",
-                      gradient_checkpointing=checkpointing, disable_dropout=True, seed=0, dataloader_num_workers=0)
-    trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=data, processing_class=tok,
-                          callbacks=[clock])
+    args = GRPOConfig(
+        output_dir=str(tmp / "trl"),
+        per_device_train_batch_size=BATCH,
+        num_generations=2,
+        max_completion_length=NEW_TOKENS,
+        temperature=1.0,
+        beta=KL,
+        num_iterations=num_iterations,
+        max_steps=steps,
+        learning_rate=1e-5,
+        use_cpu=True,
+        bf16=bf16,
+        report_to="none",
+        logging_steps=1000,
+        save_strategy="no",
+        gradient_checkpointing=checkpointing,
+        disable_dropout=True,
+        seed=0,
+        dataloader_num_workers=0,
+    )
+    trainer = GRPOTrainer(
+        model=model, reward_funcs=[reward], args=args, train_dataset=data, processing_class=tok, callbacks=[clock]
+    )
     trainer.train()
     # With num_iterations > 1 TRL generates only every num_iterations-th step and trains on those
     # completions again in between: count each completion once, over whole cycles (any num_iterations
     # consecutive steps hold exactly one generation).
     times = clock.times[1:]
-    times = times[:len(times) // num_iterations * num_iterations]
+    times = times[: len(times) // num_iterations * num_iterations]
     return BATCH * len(times) / num_iterations / sum(times)
 
 
@@ -150,15 +180,17 @@ def bench_rollout(repeat: int) -> dict[str, float]:
     prompts = toy_prompts(BATCH, 0)
     samplers = {}
     for name, packed in (("packed", True), ("transformers_forward", False)):
-        samplers[name] = TransformersSampler(model, tok, SamplingParams(max_new_tokens=NEW_TOKENS, temperature=1.0,
-                                                                        packed_decode=packed))
+        samplers[name] = TransformersSampler(
+            model, tok, SamplingParams(max_new_tokens=NEW_TOKENS, temperature=1.0, packed_decode=packed)
+        )
         samplers[name].eos = []
     ids, mask = encode_prompts(tok, prompts)
 
     def generate():
         with torch.no_grad():
-            out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=1.0, top_k=0,
-                                 max_new_tokens=NEW_TOKENS)
+            out = model.generate(
+                input_ids=ids, attention_mask=mask, do_sample=True, temperature=1.0, top_k=0, max_new_tokens=NEW_TOKENS
+            )
         assert out.shape[1] - ids.shape[1] == NEW_TOKENS
 
     def packed_bf16():  # the packed step under bf16 autocast, as on a GPU (on the CPU it keeps float32)
@@ -171,8 +203,10 @@ def bench_rollout(repeat: int) -> dict[str, float]:
         finally:
             decode.AUTOCAST_ON_CPU = False
 
-    runs = {name: (lambda s=s, i=0: s.generate(prompts, generator=torch.Generator().manual_seed(i)))
-            for name, s in samplers.items()}
+    runs = {
+        name: (lambda s=s, i=0: s.generate(prompts, generator=torch.Generator().manual_seed(i)))
+        for name, s in samplers.items()
+    }
     runs["packed_bf16_autocast"] = packed_bf16
     runs["generate"] = generate
     rates: dict[str, list[float]] = {name: [] for name in runs}
@@ -198,10 +232,15 @@ def bench_products(repeat: int = 300) -> dict[str, float]:
     result = {}
     for name, (n_out, n_in) in {"qkv": (3 * H, H), "gate_up": (2 * inter, H), "down": (H, inter)}.items():
         weights = [torch.randn(n_out, n_in) for _ in range(layers)]
-        forms = {"out_in_f32": (torch.randn(BATCH, n_in), weights, lambda x, w: F.linear(x, w)),
-                 "in_out_f32": (torch.randn(BATCH, n_in), [w.t().contiguous() for w in weights], torch.matmul),
-                 "in_out_bf16": (torch.randn(BATCH, n_in).bfloat16(), [w.t().contiguous().bfloat16() for w in weights],
-                                 torch.matmul)}
+        forms = {
+            "out_in_f32": (torch.randn(BATCH, n_in), weights, lambda x, w: F.linear(x, w)),
+            "in_out_f32": (torch.randn(BATCH, n_in), [w.t().contiguous() for w in weights], torch.matmul),
+            "in_out_bf16": (
+                torch.randn(BATCH, n_in).bfloat16(),
+                [w.t().contiguous().bfloat16() for w in weights],
+                torch.matmul,
+            ),
+        }
         for form, (x, ws, op) in forms.items():
             for w in ws * 5:  # warm-up
                 op(x, w)
@@ -248,8 +287,13 @@ def bench_memory(tmp: Path) -> dict:
     result = {}
     for stage in ("sft", "ppo"):
         code = MEMORY_CHILD.format(repo=str(REPO))
-        done = subprocess.run([sys.executable, "-c", code, stage, str(tmp / f"mem-{stage}")], capture_output=True,
-                              text=True, cwd=REPO, timeout=600)
+        done = subprocess.run(
+            [sys.executable, "-c", code, stage, str(tmp / f"mem-{stage}")],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            timeout=600,
+        )
         if done.returncode:
             raise RuntimeError(done.stderr[-3000:])
         result[stage] = json.loads(done.stdout.strip().splitlines()[-1])
@@ -265,12 +309,16 @@ SPEED_RUNS = {
     "ppo1_bf16": lambda tmp, steps: bench_rlhfkit(tmp, steps, ppo_epochs=1, dtype="bf16-mixed"),
     "ppo1": lambda tmp, steps: bench_rlhfkit(tmp, steps, ppo_epochs=1),
     "ppo4": lambda tmp, steps: bench_rlhfkit(tmp, steps),
-    "grpo": lambda tmp, steps: bench_rlhfkit(tmp, steps, advantage="grpo", group_size=2, ppo_epochs=1, batch_size=BATCH // 2),
+    "grpo": lambda tmp, steps: bench_rlhfkit(
+        tmp, steps, advantage="grpo", group_size=2, ppo_epochs=1, batch_size=BATCH // 2
+    ),
 }
 
 
 def child(name: str, steps: int) -> float:
-    cmd = [sys.executable, __file__, "--child", name, "--steps", str(steps)] + (["--wall"] if CLOCK_KEY == "time/step_s" else [])
+    cmd = [sys.executable, __file__, "--child", name, "--steps", str(steps)] + (
+        ["--wall"] if CLOCK_KEY == "time/step_s" else []
+    )
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=1200)
     if done.returncode:
         raise RuntimeError(done.stderr[-3000:])
@@ -296,24 +344,40 @@ def main():
         with tempfile.TemporaryDirectory() as d:
             print(SPEED_RUNS[args.child](Path(d), args.steps))
         return
-    results = {"device": "cpu", "threads": torch.get_num_threads(), "model": MODEL, "batch": BATCH,
-               "new_tokens": NEW_TOKENS}
+    results = {
+        "device": "cpu",
+        "threads": torch.get_num_threads(),
+        "model": MODEL,
+        "batch": BATCH,
+        "new_tokens": NEW_TOKENS,
+    }
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         if args.only in (None, "rollout"):
             rates = bench_rollout(args.repeat)
             products = bench_products()
             ours, unpacked, theirs = rates["packed"], rates["transformers_forward"], rates["generate"]
-            results["rollout"] = {"rlhfkit_tokens_per_s": ours, "rlhfkit_transformers_forward_tokens_per_s": unpacked,
-                                  "rlhfkit_packed_bf16_autocast_tokens_per_s": rates["packed_bf16_autocast"],
-                                  "generate_tokens_per_s": theirs, "ratio": ours / theirs,
-                                  "decode_products_us": products}
-            print(f"rollout: rlhfkit {ours:.0f} tok/s (through transformers' forward: {unpacked:.0f}; packed step "
-                  f"under bf16 autocast: {rates['packed_bf16_autocast']:.0f}), model.generate {theirs:.0f} tok/s, "
-                  f"ratio {ours / theirs:.2f}x")
-            print("decode products, 8 rows, us: " + ", ".join(
-                f"{n} {products[f'{n}_out_in_f32_us']:.0f} (out, in) / {products[f'{n}_in_out_f32_us']:.0f} (in, out) / "
-                f"{products[f'{n}_in_out_bf16_us']:.0f} bf16" for n in ("qkv", "gate_up", "down")))
+            results["rollout"] = {
+                "rlhfkit_tokens_per_s": ours,
+                "rlhfkit_transformers_forward_tokens_per_s": unpacked,
+                "rlhfkit_packed_bf16_autocast_tokens_per_s": rates["packed_bf16_autocast"],
+                "generate_tokens_per_s": theirs,
+                "ratio": ours / theirs,
+                "decode_products_us": products,
+            }
+            print(
+                f"rollout: rlhfkit {ours:.0f} tok/s (through transformers' forward: {unpacked:.0f}; packed step "
+                f"under bf16 autocast: {rates['packed_bf16_autocast']:.0f}), model.generate {theirs:.0f} tok/s, "
+                f"ratio {ours / theirs:.2f}x"
+            )
+            print(
+                "decode products, 8 rows, us: "
+                + ", ".join(
+                    f"{n} {products[f'{n}_out_in_f32_us']:.0f} (out, in) / {products[f'{n}_in_out_f32_us']:.0f} (in, out) / "
+                    f"{products[f'{n}_in_out_bf16_us']:.0f} bf16"
+                    for n in ("qkv", "gate_up", "down")
+                )
+            )
         if args.only in (None, "speed"):
             # Matched work per rollout: one optimiser pass on both sides (TRL's default num_iterations=1 and
             # --ppo-epochs 1), then four on both (num_iterations=4 and rlhfkit's default 4 PPO epochs).
@@ -321,30 +385,51 @@ def main():
             names = ("trl", "ppo1", "grpo", "trl4", "ppo4", "trl_bf16", "ppo1_bf16", "trl_defaults")
             speed = {name: child(name, args.steps) for name in names}
             trl, ppo1, grpo, trl4, ppo4, trl_bf16, ppo1_bf16, trl_defaults = (speed[k] for k in names)
-            results["speed"] = {"trl_grpo_completions_per_s": trl, "rlhfkit_ppo_1_epoch_completions_per_s": ppo1,
-                                "rlhfkit_grpo_completions_per_s": grpo, "trl_grpo_4_iterations_completions_per_s": trl4,
-                                "rlhfkit_ppo_4_epochs_completions_per_s": ppo4, "ppo_ratio_1_pass": ppo1 / trl,
-                                "grpo_ratio_1_pass": grpo / trl, "ppo_ratio_4_passes": ppo4 / trl4,
-                                "trl_grpo_bf16_default_completions_per_s": trl_bf16, "ppo_ratio_1_pass_vs_trl_bf16": ppo1 / trl_bf16,
-                                "rlhfkit_ppo_1_epoch_bf16_completions_per_s": ppo1_bf16, "ppo_ratio_1_pass_both_bf16": ppo1_bf16 / trl_bf16,
-                                "trl_grpo_defaults_completions_per_s": trl_defaults, "ppo_ratio_1_pass_vs_trl_defaults": ppo1 / trl_defaults,
-                                "clock": CLOCK_KEY}
-            print(f"speed, one optimiser pass per rollout: TRL GRPOTrainer {trl:.2f} completions/s; "
-                  f"rlhfkit ppo {ppo1:.2f} ({ppo1 / trl:.2f}x); rlhfkit grpo-mode {grpo:.2f} ({grpo / trl:.2f}x)")
-            print(f"speed, four passes per rollout: TRL GRPOTrainer {trl4:.2f} completions/s; "
-                  f"rlhfkit ppo {ppo4:.2f} ({ppo4 / trl4:.2f}x)")
-            print(f"TRL with its default bf16 autocast (slower on this CPU): {trl_bf16:.2f} completions/s; "
-                  f"rlhfkit ppo, one pass: float32 {ppo1 / trl_bf16:.2f}x, --dtype bf16-mixed {ppo1_bf16:.2f} "
-                  f"({ppo1_bf16 / trl_bf16:.2f}x)")
-            print(f"TRL with all its defaults (bf16 autocast, gradient checkpointing on): {trl_defaults:.2f} completions/s; "
-                  f"rlhfkit ppo with its defaults, one pass: {ppo1 / trl_defaults:.2f}x")
+            results["speed"] = {
+                "trl_grpo_completions_per_s": trl,
+                "rlhfkit_ppo_1_epoch_completions_per_s": ppo1,
+                "rlhfkit_grpo_completions_per_s": grpo,
+                "trl_grpo_4_iterations_completions_per_s": trl4,
+                "rlhfkit_ppo_4_epochs_completions_per_s": ppo4,
+                "ppo_ratio_1_pass": ppo1 / trl,
+                "grpo_ratio_1_pass": grpo / trl,
+                "ppo_ratio_4_passes": ppo4 / trl4,
+                "trl_grpo_bf16_default_completions_per_s": trl_bf16,
+                "ppo_ratio_1_pass_vs_trl_bf16": ppo1 / trl_bf16,
+                "rlhfkit_ppo_1_epoch_bf16_completions_per_s": ppo1_bf16,
+                "ppo_ratio_1_pass_both_bf16": ppo1_bf16 / trl_bf16,
+                "trl_grpo_defaults_completions_per_s": trl_defaults,
+                "ppo_ratio_1_pass_vs_trl_defaults": ppo1 / trl_defaults,
+                "clock": CLOCK_KEY,
+            }
+            print(
+                f"speed, one optimiser pass per rollout: TRL GRPOTrainer {trl:.2f} completions/s; "
+                f"rlhfkit ppo {ppo1:.2f} ({ppo1 / trl:.2f}x); rlhfkit grpo-mode {grpo:.2f} ({grpo / trl:.2f}x)"
+            )
+            print(
+                f"speed, four passes per rollout: TRL GRPOTrainer {trl4:.2f} completions/s; "
+                f"rlhfkit ppo {ppo4:.2f} ({ppo4 / trl4:.2f}x)"
+            )
+            print(
+                f"TRL with its default bf16 autocast (slower on this CPU): {trl_bf16:.2f} completions/s; "
+                f"rlhfkit ppo, one pass: float32 {ppo1 / trl_bf16:.2f}x, --dtype bf16-mixed {ppo1_bf16:.2f} "
+                f"({ppo1_bf16 / trl_bf16:.2f}x)"
+            )
+            print(
+                f"TRL with all its defaults (bf16 autocast, gradient checkpointing on): {trl_defaults:.2f} completions/s; "
+                f"rlhfkit ppo with its defaults, one pass: {ppo1 / trl_defaults:.2f}x"
+            )
         if args.only in (None, "memory"):
             mem = bench_memory(tmp)
             ratio = mem["ppo"]["peak_mb"] / mem["sft"]["peak_mb"]
-            growth = (mem["ppo"]["peak_mb"] - mem["ppo"]["base_mb"]) / max(mem["sft"]["peak_mb"] - mem["sft"]["base_mb"], 1e-9)
+            growth = (mem["ppo"]["peak_mb"] - mem["ppo"]["base_mb"]) / max(
+                mem["sft"]["peak_mb"] - mem["sft"]["base_mb"], 1e-9
+            )
             results["memory"] = {**mem, "peak_ratio": ratio, "growth_ratio": growth}
-            print(f"memory: peak RSS sft {mem['sft']['peak_mb']:.0f} MB, ppo {mem['ppo']['peak_mb']:.0f} MB, ratio {ratio:.2f}x "
-                  f"(growth above the loaded process: {growth:.2f}x)")
+            print(
+                f"memory: peak RSS sft {mem['sft']['peak_mb']:.0f} MB, ppo {mem['ppo']['peak_mb']:.0f} MB, ratio {ratio:.2f}x "
+                f"(growth above the loaded process: {growth:.2f}x)"
+            )
     out = REPO / "bench" / "results"
     out.mkdir(exist_ok=True)
     (out / f"ppo-{time.strftime('%Y%m%d-%H%M%S')}.json").write_text(json.dumps(results, indent=2))

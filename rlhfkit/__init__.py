@@ -1,2 +1,3 @@
 """rlhfkit: reinforcement learning from human feedback, end to end."""
+
 __version__ = "0.1.0"

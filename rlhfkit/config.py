@@ -5,6 +5,7 @@ run), so a setting has one name everywhere: ``lr`` in YAML, ``--lr`` on the comm
 ``SFTConfig(lr=...)`` in Python. Unknown settings are refused with the closest known name; ill-typed
 values are refused with the setting's name and the expected type.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -29,8 +30,13 @@ class StageConfig(BaseModel):
 
 
 class ModelPart(StageConfig):
-    model: str = Field("tiny", description="tiny | tiny-4m | smollm2-135m-instruct | a run folder | a HF folder or id | a .gguf file")
-    dtype: Literal["auto", "float32", "bf16-mixed", "bfloat16", "float16"] = Field("auto", description="bf16-mixed: float32 weights, bfloat16 autocast (fast on CPUs with AMX too); auto: bf16-mixed on GPU, float32 on CPU")
+    model: str = Field(
+        "tiny", description="tiny | tiny-4m | smollm2-135m-instruct | a run folder | a HF folder or id | a .gguf file"
+    )
+    dtype: Literal["auto", "float32", "bf16-mixed", "bfloat16", "float16"] = Field(
+        "auto",
+        description="bf16-mixed: float32 weights, bfloat16 autocast (fast on CPUs with AMX too); auto: bf16-mixed on GPU, float32 on CPU",
+    )
     chat_template: str | None = Field(None, description="Jinja chat template; default: the model's own, else ChatML")
     lora: bool = Field(False, description="train LoRA adapters (peft) instead of all weights")
     lora_r: int = Field(16, gt=0, description="LoRA rank")
@@ -43,9 +49,13 @@ class ModelPart(StageConfig):
 class DataPart(StageConfig):
     data: str = Field("toy", description="training data: a .jsonl/.json/.parquet file, a datasets folder, or 'toy'")
     eval_data: str | None = Field(None, description="held-out data; default: eval_fraction of the training data")
-    eval_fraction: float = Field(0.05, ge=0, lt=1, description="share of the training data held out when eval_data is unset")
+    eval_fraction: float = Field(
+        0.05, ge=0, lt=1, description="share of the training data held out when eval_data is unset"
+    )
     max_length: int = Field(512, gt=0, description="longest sequence in tokens; longer ones are truncated from the end")
-    skip_invalid: bool = Field(False, description="skip bad rows (counted and listed in invalid_rows.jsonl) instead of failing")
+    skip_invalid: bool = Field(
+        False, description="skip bad rows (counted and listed in invalid_rows.jsonl) instead of failing"
+    )
 
 
 class OptimPart(StageConfig):
@@ -63,11 +73,15 @@ class RunPart(StageConfig):
     output_dir: str | None = Field(None, description="run folder; default runs/<stage>-<time>")
     seed: int = 0
     batch_size: int = Field(16, gt=0, description="examples per optimiser step on each process, before accumulation")
-    grad_accum: int = Field(1, gt=0, description="micro-batches per optimiser step (micro-batch = batch_size / grad_accum)")
+    grad_accum: int = Field(
+        1, gt=0, description="micro-batches per optimiser step (micro-batch = batch_size / grad_accum)"
+    )
     epochs: float = Field(1.0, gt=0, description="passes over the training data (ignored when max_steps is set)")
     max_steps: int | None = Field(None, gt=0, description="optimiser steps; overrides epochs")
     log_every: int = Field(10, gt=0, description="steps between logged metrics")
-    eval_every: int | None = Field(None, gt=0, description="steps between held-out evaluations; default: at the end only")
+    eval_every: int | None = Field(
+        None, gt=0, description="steps between held-out evaluations; default: at the end only"
+    )
     save_every: int | None = Field(None, gt=0, description="steps between checkpoints; default: only on interrupt")
     keep_checkpoints: int = Field(2, gt=0, description="how many recent checkpoints to keep")
     resume: bool = Field(True, description="continue from the latest checkpoint in output_dir if there is one")

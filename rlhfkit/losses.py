@@ -41,6 +41,7 @@ def _pick(table: dict, name: str, what: str):
 # Log-probs and masking
 # ---------------------------------------------------------------------------------------------------
 
+
 def selective_log_softmax(logits: Tensor, tokens: Tensor) -> Tensor:
     """log p(tokens) under softmax(logits) without materialising the full (B, T, V) log-softmax.
 
@@ -52,8 +53,9 @@ def selective_log_softmax(logits: Tensor, tokens: Tensor) -> Tensor:
         picked = logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)  # (B, T)
         lse = torch.stack([torch.logsumexp(row, dim=-1) for row in logits])  # (B, T), one (T, V) at a time
         return picked - lse
-    return torch.stack([row.log_softmax(-1).gather(-1, tok.unsqueeze(-1)).squeeze(-1)
-                        for row, tok in zip(logits, tokens)])
+    return torch.stack(
+        [row.log_softmax(-1).gather(-1, tok.unsqueeze(-1)).squeeze(-1) for row, tok in zip(logits, tokens)]
+    )
 
 
 def masked_sum(x: Tensor, mask: Tensor, dim: int | None = -1) -> Tensor:
@@ -101,6 +103,7 @@ def sequence_logprobs(token_logps: Tensor, mask: Tensor, reduction: str = "sum")
 # ---------------------------------------------------------------------------------------------------
 # Reward models and preferences
 # ---------------------------------------------------------------------------------------------------
+
 
 def bradley_terry_loss(chosen_rewards: Tensor, rejected_rewards: Tensor, margin: Tensor | None = None) -> Tensor:
     """Per-example NLL of the Bradley-Terry model P(c > r) = sigmoid(r_c - r_r) (Bradley & Terry 1952;
@@ -182,6 +185,7 @@ def expected_calibration_error(probs: Tensor, labels: Tensor, n_bins: int = 10) 
 # each, rewards = beta * (policy - ref), detached. Reference log-probs are detached too.
 # ---------------------------------------------------------------------------------------------------
 
+
 def implicit_reward(policy_logps: Tensor, ref_logps: Tensor, beta: float) -> Tensor:
     """DPO's implicit reward beta * (log pi(y|x) - log pi_ref(y|x)) (Rafailov et al. 2023, eq. 5). Not detached."""
     return beta * (policy_logps - ref_logps)
@@ -194,13 +198,20 @@ def _dpo_parts(pc, pr, rc, rr, beta):
     return h, implicit_reward(pc, rc, beta).detach(), implicit_reward(pr, rr, beta).detach()
 
 
-def dpo_sigmoid_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
-                     beta: float, label_smoothing: float = 0.0):
+def dpo_sigmoid_loss(
+    policy_chosen_logps,
+    policy_rejected_logps,
+    ref_chosen_logps,
+    ref_rejected_logps,
+    beta: float,
+    label_smoothing: float = 0.0,
+):
     """DPO (Rafailov et al. 2023): -logsigmoid(beta h), h = (pc - pr) - (rc - rr).
     label_smoothing = eps > 0 is conservative DPO (cDPO, Mitchell 2023), labels flipped with prob. eps:
     -(1 - eps) logsigmoid(beta h) - eps logsigmoid(-beta h)."""
     h, chosen_rewards, rejected_rewards = _dpo_parts(
-        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta)
+        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta
+    )
     losses = -F.logsigmoid(beta * h) * (1 - label_smoothing) - F.logsigmoid(-beta * h) * label_smoothing
     return losses, chosen_rewards, rejected_rewards
 
@@ -209,25 +220,34 @@ def dpo_ipo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, r
     """IPO (Azar et al. 2023, eq. 17, beta = tau): (h - 1 / (2 beta))^2. Uses whatever log-probs it is
     given; TRL feeds per-token averages (sequence_logprobs(..., "mean")) so beta does not depend on length."""
     h, chosen_rewards, rejected_rewards = _dpo_parts(
-        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta)
+        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta
+    )
     return (h - 1 / (2 * beta)) ** 2, chosen_rewards, rejected_rewards
 
 
 def dpo_hinge_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta: float):
     """Hinge loss of SLiC-HF (Zhao et al. 2023) on the DPO margin: relu(1 - beta h)."""
     h, chosen_rewards, rejected_rewards = _dpo_parts(
-        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta)
+        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta
+    )
     return torch.relu(1 - beta * h), chosen_rewards, rejected_rewards
 
 
-def dpo_robust_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
-                    beta: float, label_smoothing: float = 0.0):
+def dpo_robust_loss(
+    policy_chosen_logps,
+    policy_rejected_logps,
+    ref_chosen_logps,
+    ref_rejected_logps,
+    beta: float,
+    label_smoothing: float = 0.0,
+):
     """Robust DPO (Chowdhury et al. 2024), unbiased under label-flip rate eps = label_smoothing in [0, 0.5):
     (-(1 - eps) logsigmoid(beta h) + eps logsigmoid(-beta h)) / (1 - 2 eps)."""
     if not 0.0 <= label_smoothing < 0.5:
         raise ValueError(f"robust DPO needs label_smoothing in [0, 0.5), got {label_smoothing}")
     h, chosen_rewards, rejected_rewards = _dpo_parts(
-        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta)
+        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta
+    )
     eps = label_smoothing
     losses = (-(1 - eps) * F.logsigmoid(beta * h) + eps * F.logsigmoid(-beta * h)) / (1 - 2 * eps)
     return losses, chosen_rewards, rejected_rewards
@@ -240,6 +260,7 @@ DPO_LOSSES = {"sigmoid": dpo_sigmoid_loss, "ipo": dpo_ipo_loss, "hinge": dpo_hin
 # ---------------------------------------------------------------------------------------------------
 # PPO and online RL
 # ---------------------------------------------------------------------------------------------------
+
 
 def kl_k1(logp: Tensor, ref_logp: Tensor) -> Tensor:
     """k1 = log p - log q, unbiased estimate of KL(p || q) for samples from p (Schulman 2020). Per token."""
@@ -260,8 +281,9 @@ def kl_k3(logp: Tensor, ref_logp: Tensor) -> Tensor:
 KL_ESTIMATORS = {"k1": kl_k1, "k2": kl_k2, "k3": kl_k3}
 
 
-def kl_penalized_rewards(score: Tensor, logp: Tensor, ref_logp: Tensor, mask: Tensor, kl_coef: float,
-                         estimator: str = "k1") -> Tensor:
+def kl_penalized_rewards(
+    score: Tensor, logp: Tensor, ref_logp: Tensor, mask: Tensor, kl_coef: float, estimator: str = "k1"
+) -> Tensor:
     """Per-token PPO rewards (Ziegler et al. 2019; Stiennon et al. 2020): -kl_coef * KL_t on every response
     token, plus the reward model's score on the last token where mask is 1.
 
@@ -298,8 +320,7 @@ def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float = 1.0, lam: 
     return advantages, advantages + values
 
 
-def ppo_policy_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor,
-                    clip_range: float = 0.2):
+def ppo_policy_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor, clip_range: float = 0.2):
     """PPO clipped surrogate (Schulman et al. 2017, eq. 7), as a loss to minimise:
         masked_mean(max(-A r, -A clip(r, 1 - eps, 1 + eps))),  r = exp(logprobs - old_logprobs).
     (B, T) inputs -> (loss, {"clipfrac", "approx_kl"}). clipfrac: share of tokens where the clipped term
@@ -313,8 +334,10 @@ def ppo_policy_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, 
     pg_losses_clipped = -advantages * torch.clamp(ratio, 1 - clip_range, 1 + clip_range)
     loss = masked_mean(torch.maximum(pg_losses, pg_losses_clipped), mask)
     with torch.no_grad():
-        stats = {"clipfrac": masked_mean((pg_losses_clipped > pg_losses).to(ratio.dtype), mask),
-                 "approx_kl": masked_mean((ratio - 1) - logratio, mask)}
+        stats = {
+            "clipfrac": masked_mean((pg_losses_clipped > pg_losses).to(ratio.dtype), mask),
+            "approx_kl": masked_mean((ratio - 1) - logratio, mask),
+        }
     return loss, stats
 
 
@@ -355,8 +378,9 @@ def adaptive_kl_coef(kl_coef: float, current_kl: float, target_kl: float, horizo
 def _groups(scores: Tensor, group_size: int, need: int) -> Tensor:
     """(B,) -> (B / group_size, group_size), consecutive samples of one prompt per row."""
     if group_size < need or scores.numel() % group_size:
-        raise ValueError(f"scores ({scores.numel()}) must split into groups of group_size >= {need}, "
-                         f"got group_size={group_size}")
+        raise ValueError(
+            f"scores ({scores.numel()}) must split into groups of group_size >= {need}, got group_size={group_size}"
+        )
     return scores.detach().view(-1, group_size)
 
 

@@ -8,14 +8,15 @@ from one spec string:
 Prompts are passed as the trainer holds them: strings, or lists of chat messages (dicts with role and
 content when sent over HTTP).
 """
+
 from __future__ import annotations
 
 import importlib
 import json
 import sys
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -99,6 +100,7 @@ def make_reward_fn(spec: str, batch_size: int = 32, device=None) -> RewardFn:
 
 
 # --- programmatic rewards for the toy world, demos and tests ------------------------------------------
+
 
 def count_word(word: str, responses: list[str]) -> list[float]:
     return [float(r.lower().split().count(word)) for r in responses]

@@ -16,6 +16,7 @@ al. 2024, "The N+ implementation details of RLHF with PPO").
 Backends: ``transformers`` (default, this file's ``TransformersSampler``) and ``vllm`` (``VLLMSampler``,
 optional extra, GPU only; the trainer's weights are pushed into the engine before every rollout).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -55,6 +56,7 @@ class Rollout:
     the position that predicts each response token (``response_forward(..., hidden=True)``'s quantity), and
     entropy (B, T) of the temperature-scaled distribution there.
     """
+
     prompts: list
     query_ids: Tensor
     query_mask: Tensor
@@ -95,7 +97,9 @@ def filter_logits(logits: Tensor, top_k: int = 0, top_p: float = 1.0) -> Tensor:
     return logits
 
 
-def encode_prompts(tokenizer, prompts: list, device=None, max_prompt_tokens: int | None = None) -> tuple[Tensor, Tensor]:
+def encode_prompts(
+    tokenizer, prompts: list, device=None, max_prompt_tokens: int | None = None
+) -> tuple[Tensor, Tensor]:
     """Prompts -> left-padded (input_ids, attention_mask), (B, P). Chat prompts get the generation prompt;
     prompts longer than ``max_prompt_tokens`` keep their last tokens."""
     rows = [tokenizer(prompt_text(tokenizer, p), add_special_tokens=False)["input_ids"] for p in prompts]
@@ -147,8 +151,8 @@ def _in_place_cache(n_layers: int, capacity: int):
             if not self.is_initialized:
                 self.lazy_initialization(key_states, value_states)
             end = self.length + key_states.size(-2)
-            self.key_buffer[:, :, self.length:end] = key_states
-            self.value_buffer[:, :, self.length:end] = value_states
+            self.key_buffer[:, :, self.length : end] = key_states
+            self.value_buffer[:, :, self.length : end] = value_states
             self.length = end
             self.keys, self.values = self.key_buffer[:, :, :end], self.value_buffer[:, :, :end]
             return self.keys, self.values
@@ -168,8 +172,9 @@ class TransformersDecoder:
 
     def forward(self, ids: Tensor, positions: Tensor, mask: Tensor) -> Tensor:
         """ids, positions (B, S) after the cached tokens; mask (B, cached + S): 0 on padding. -> (B, S, H)."""
-        return self.body(input_ids=ids, attention_mask=mask, position_ids=positions, cache=self.cache,
-                         use_cache=True).last_hidden_state
+        return self.body(
+            input_ids=ids, attention_mask=mask, position_ids=positions, cache=self.cache, use_cache=True
+        ).last_hidden_state
 
     def logits(self, hidden: Tensor) -> Tensor:
         return self.head(hidden)
@@ -209,7 +214,9 @@ class TransformersSampler:
         model.eval()
         eos = torch.tensor(self.eos, device=device)
         decoder = make_decoder(model, P + p.max_new_tokens, p.packed_decode)
-        mask = torch.cat([query_mask, query_mask.new_zeros(B, p.max_new_tokens)], dim=1)  # a 1 is written in per new token
+        mask = torch.cat(
+            [query_mask, query_mask.new_zeros(B, p.max_new_tokens)], dim=1
+        )  # a 1 is written in per new token
         pos = position_ids(query_mask)
         hidden = decoder.forward(query_ids, pos, query_mask)[:, -1]  # (B, H)
         next_pos = pos[:, -1:] + 1  # (B, 1)
@@ -245,7 +252,7 @@ class TransformersSampler:
             if bool(done.all()) or t == p.max_new_tokens - 1:
                 break
             mask[:, P + t] = 1
-            hidden = decoder.forward(token.unsqueeze(1), next_pos, mask[:, :P + t + 1])[:, -1]
+            hidden = decoder.forward(token.unsqueeze(1), next_pos, mask[:, : P + t + 1])[:, -1]
             next_pos = next_pos + 1
         if was_training:
             model.train()
@@ -276,13 +283,19 @@ def response_forward(model, rollout: Rollout, temperature: float, *, hidden: boo
     """
     T = rollout.response_ids.size(1)
     mask = rollout.attention_mask
-    out = model(input_ids=rollout.input_ids, attention_mask=mask, position_ids=position_ids(mask),
-                use_cache=False, logits_to_keep=T + 1, output_hidden_states=hidden)
+    out = model(
+        input_ids=rollout.input_ids,
+        attention_mask=mask,
+        position_ids=position_ids(mask),
+        use_cache=False,
+        logits_to_keep=T + 1,
+        output_hidden_states=hidden,
+    )
     logits = out.logits[:, :-1].float() / temperature  # (B, T, V): position t predicts response token t
     logprobs = selective_log_softmax(logits, rollout.response_ids)
     result = {"logprobs": logprobs}
     if hidden:
-        result["hidden"] = out.hidden_states[-1][:, -T - 1:-1]  # (B, T, H)
+        result["hidden"] = out.hidden_states[-1][:, -T - 1 : -1]  # (B, T, H)
     if entropy:
         result["entropy"] = entropy_from_logits(logits)
     return result
@@ -304,8 +317,12 @@ class VLLMSampler:
         self.tokenizer, self.params = tokenizer, params
         self.eos = eos_ids(model, tokenizer)
         path = getattr(model, "name_or_path", None) or model.config._name_or_path
-        self.llm = LLM(model=path, dtype=str(next(model.parameters()).dtype).split(".")[-1],
-                       gpu_memory_utilization=gpu_memory_utilization, enable_prefix_caching=True)
+        self.llm = LLM(
+            model=path,
+            dtype=str(next(model.parameters()).dtype).split(".")[-1],
+            gpu_memory_utilization=gpu_memory_utilization,
+            enable_prefix_caching=True,
+        )
         self.sync_weights(model)
 
     def sync_weights(self, model) -> None:
@@ -330,8 +347,17 @@ class VLLMSampler:
         prompts = [q for q in prompts for _ in range(n)]
         query_ids, query_mask = encode_prompts(tok, prompts, None, p.max_prompt_tokens)
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator)) if generator is not None else None
-        sp = VSP(n=1, temperature=p.temperature, top_p=p.top_p, top_k=p.top_k or -1, max_tokens=p.max_new_tokens,
-                 stop=p.stop or None, stop_token_ids=self.eos, logprobs=0, seed=seed)
+        sp = VSP(
+            n=1,
+            temperature=p.temperature,
+            top_p=p.top_p,
+            top_k=p.top_k or -1,
+            max_tokens=p.max_new_tokens,
+            stop=p.stop or None,
+            stop_token_ids=self.eos,
+            logprobs=0,
+            seed=seed,
+        )
         rows = [r[m.bool()].tolist() for r, m in zip(query_ids, query_mask)]
         outs = self.llm.generate([{"prompt_token_ids": r} for r in rows], sp, use_tqdm=False)
         T = max(len(o.outputs[0].token_ids) for o in outs) or 1
@@ -344,10 +370,10 @@ class VLLMSampler:
         for i, o in enumerate(outs):
             c = o.outputs[0]
             ids = list(c.token_ids)
-            response_ids[i, :len(ids)] = torch.tensor(ids, dtype=torch.long)
-            response_mask[i, :len(ids)] = 1
+            response_ids[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+            response_mask[i, : len(ids)] = 1
             if c.logprobs:
-                logprobs[i, :len(ids)] = torch.tensor([lp[t].logprob for lp, t in zip(c.logprobs, ids)])
+                logprobs[i, : len(ids)] = torch.tensor([lp[t].logprob for lp, t in zip(c.logprobs, ids)])
             ended[i] = c.finish_reason == "stop"
             texts.append(c.text)
         return Rollout(prompts, query_ids, query_mask, response_ids, response_mask, logprobs, ended, texts)
@@ -364,6 +390,7 @@ def make_sampler(backend: str, model, tokenizer, params: SamplingParams):
 
 # --- prompts for online stages ----------------------------------------------------------------------
 
+
 def _prompt_record_type():
     from pydantic import model_validator
 
@@ -372,6 +399,7 @@ def _prompt_record_type():
     class PromptRecord(Record):
         """Any record with a prompt: ``prompt`` (string or messages), or ``messages`` (the conversation up to
         its last assistant turn). Other fields (completion, chosen, ...) are ignored."""
+
         prompt: Text | None = None
         messages: list[Message] | None = None
 
@@ -402,8 +430,9 @@ def toy_prompts(n: int, seed: int) -> list:
     return [[Message(role="user", content=sample_prompt(rng).text)] for _ in range(n)]
 
 
-def load_prompts(data: str, eval_data: str | None = None, eval_fraction: float = 0.0, seed: int = 0,
-                 skip_invalid: bool = False) -> tuple[list, list]:
+def load_prompts(
+    data: str, eval_data: str | None = None, eval_fraction: float = 0.0, seed: int = 0, skip_invalid: bool = False
+) -> tuple[list, list]:
     """(training prompts, held-out prompts) from a data file of any record type with a prompt, or 'toy'."""
     import random
 

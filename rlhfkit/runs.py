@@ -10,6 +10,7 @@
 <run>/invalid_rows.jsonl rows skipped with --skip-invalid
 ```
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -35,8 +36,9 @@ def file_hash(path: str | Path) -> str | None:
 
 def git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).parent, timeout=5)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent, timeout=5
+        )
         return out.stdout.strip() or None
     except (OSError, subprocess.TimeoutExpired):
         return None
@@ -53,11 +55,16 @@ def refuse_other_settings(folder: Path, config: StageConfig, run_only: set[str])
         return
     saved = yaml.safe_load(path.read_text()) or {}
     now = config.model_dump(mode="json")
-    changed = [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(saved) | set(now))
-               if k not in run_only and saved.get(k) != now.get(k)]
+    changed = [
+        f"{k}: {saved.get(k)!r} -> {now.get(k)!r}"
+        for k in sorted(set(saved) | set(now))
+        if k not in run_only and saved.get(k) != now.get(k)
+    ]
     if changed:
-        raise ValueError(f"{path}: this run folder was made with other settings ({'; '.join(changed)}); its finished "
-                         "steps would be reused as they are. Give a new --output-dir, or delete the folder to start over.")
+        raise ValueError(
+            f"{path}: this run folder was made with other settings ({'; '.join(changed)}); its finished "
+            "steps would be reused as they are. Give a new --output-dir, or delete the folder to start over."
+        )
 
 
 class RunFolder:
@@ -65,7 +72,7 @@ class RunFolder:
         self.path = Path(path)
 
     @classmethod
-    def create(cls, stage: str, config: StageConfig, *, is_main: bool = True) -> "RunFolder":
+    def create(cls, stage: str, config: StageConfig, *, is_main: bool = True) -> RunFolder:
         """Open (or reopen, for a resume) the run folder named by ``config.output_dir``.
 
         A folder that already holds a finished run is refused rather than overwritten.
@@ -104,8 +111,11 @@ class RunFolder:
             "parents": parents,
             "data": {name: {"path": p, "sha256_16": file_hash(p) if p else None} for name, p in data.items()},
             "git_commit": git_commit(),
-            "versions": {"rlhfkit": rlhfkit.__version__, "torch": torch.__version__,
-                         "transformers": transformers.__version__},
+            "versions": {
+                "rlhfkit": rlhfkit.__version__,
+                "torch": torch.__version__,
+                "transformers": transformers.__version__,
+            },
             "figures": figures,
         }
         (self.path / "card.json").write_text(json.dumps(card, indent=2))

@@ -1,4 +1,5 @@
 """Best-of-N (estimator by hand, curve and files) and rejection sampling / expert iteration."""
+
 import csv
 import json
 import math
@@ -11,7 +12,8 @@ import torch
 
 from rlhfkit.losses import best_of_n_kl
 from rlhfkit.runs import read_metrics
-from rlhfkit.train.best_of_n import BestOfNConfig, expected_best_of_n, run as bon_run
+from rlhfkit.train.best_of_n import BestOfNConfig, expected_best_of_n
+from rlhfkit.train.best_of_n import run as bon_run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,8 +34,18 @@ def test_expected_best_of_n_by_hand():
 
 
 def test_bon_writes_chosen_responses_and_the_curve(tmp_path):
-    path = bon_run(BestOfNConfig(output_dir=str(tmp_path / "bon"), model="tiny", reward="tests.test_bon_rejection:count_the",
-                                 n_max=8, max_prompts=6, max_new_tokens=10, progress=False, report_to=["jsonl"]))
+    path = bon_run(
+        BestOfNConfig(
+            output_dir=str(tmp_path / "bon"),
+            model="tiny",
+            reward="tests.test_bon_rejection:count_the",
+            n_max=8,
+            max_prompts=6,
+            max_new_tokens=10,
+            progress=False,
+            report_to=["jsonl"],
+        )
+    )
     curve = json.loads((path / "curve.json").read_text())
     assert [r["n"] for r in curve] == [1, 2, 4, 8]
     rewards = [r["reward"] for r in curve]
@@ -49,10 +61,34 @@ def test_bon_writes_chosen_responses_and_the_curve(tmp_path):
 @pytest.mark.slow
 def test_rejection_two_rounds_of_expert_iteration_through_the_cli(tmp_path):
     out = tmp_path / "rej"
-    cmd = [sys.executable, "-m", "rlhfkit.cli", "rejection", "--output-dir", str(out), "--model", "tiny",
-           "--reward", "tests.test_bon_rejection:count_the", "--k", "4", "--rounds", "2", "--max-prompts", "8",
-           "--max-new-tokens", "8", "--max-steps", "3", "--sft-batch-size", "4", "--progress", "false",
-           "--report-to", "[jsonl]"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "rlhfkit.cli",
+        "rejection",
+        "--output-dir",
+        str(out),
+        "--model",
+        "tiny",
+        "--reward",
+        "tests.test_bon_rejection:count_the",
+        "--k",
+        "4",
+        "--rounds",
+        "2",
+        "--max-prompts",
+        "8",
+        "--max-new-tokens",
+        "8",
+        "--max-steps",
+        "3",
+        "--sft-batch-size",
+        "4",
+        "--progress",
+        "false",
+        "--report-to",
+        "[jsonl]",
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert done.returncode == 0, done.stderr[-3000:]
     card = json.loads((out / "card.json").read_text())

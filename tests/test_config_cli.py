@@ -1,4 +1,5 @@
 """Configs: defaults < YAML < flags; unknown and ill-typed settings are named; the CLI is a thin layer."""
+
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -17,12 +18,15 @@ def test_yaml_then_flags_override_defaults(tmp_path):
     assert cfg.weight_decay == SFTConfig.model_fields["weight_decay"].default
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["--lrr", "1"], "unknown setting 'lrr' (did you mean 'lr'?)"),
-    (["--lr", "fast"], "setting 'lr': Input should be a valid number"),
-    (["--batch-size", "0"], "setting 'batch_size': Input should be greater than 0"),
-    (["--dtype", "float8"], "setting 'dtype'"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["--lrr", "1"], "unknown setting 'lrr' (did you mean 'lr'?)"),
+        (["--lr", "fast"], "setting 'lr': Input should be a valid number"),
+        (["--batch-size", "0"], "setting 'batch_size': Input should be greater than 0"),
+        (["--dtype", "float8"], "setting 'dtype'"),
+    ],
+)
 def test_bad_settings_are_named(overrides, message):
     with pytest.raises(ConfigError) as err:
         load_config(SFTConfig, None, parse_overrides(overrides))
@@ -54,8 +58,9 @@ def test_every_command_has_help():
 
 def test_cli_runs_sft_and_saves_resolved_config(tmp_path):
     out = tmp_path / "run"
-    result = CliRunner().invoke(app, ["sft", "--output-dir", str(out), "--max-steps", "2", "--lr", "5e-4",
-                                      "--no-progress"])
+    result = CliRunner().invoke(
+        app, ["sft", "--output-dir", str(out), "--max-steps", "2", "--lr", "5e-4", "--no-progress"]
+    )
     assert result.exit_code == 0, result.output
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["lr"] == 5e-4 and saved["max_steps"] == 2 and saved["model"] == "tiny"

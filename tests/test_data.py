@@ -1,4 +1,5 @@
 """Data records and readers: every kind of bad input is refused with file:line:field."""
+
 import json
 
 import pytest
@@ -14,16 +15,22 @@ def write_lines(path, lines):
 GOOD = json.dumps({"prompt": "p", "chosen": "a", "rejected": "b"})
 
 
-@pytest.mark.parametrize("bad_line, message", [
-    ('{"prompt": "p", "chosen": "a"', "malformed JSON"),
-    (json.dumps({"prompt": "p", "chosen": "a"}), "field 'rejected': missing"),
-    (json.dumps({"prompt": "p", "chosen": "  ", "rejected": "b"}), "field 'chosen': must not be empty"),
-    (json.dumps({"prompt": "p", "chosen": 3, "rejected": "b"}), "field 'chosen': must be a string or a list"),
-    (json.dumps({"prompt": "p", "chosen": "a", "rejected": "b", "tie": "yes"}), "field 'tie'"),
-    (json.dumps({"prompt": "p", "chosen": "same", "rejected": "same"}), "identical"),
-    (json.dumps({"prompt": [{"role": "wizard", "content": "hi"}], "chosen": "a", "rejected": "b"}), "field 'prompt.0.role'"),
-    ("[1, 2]", "expected a JSON object"),
-])
+@pytest.mark.parametrize(
+    "bad_line, message",
+    [
+        ('{"prompt": "p", "chosen": "a"', "malformed JSON"),
+        (json.dumps({"prompt": "p", "chosen": "a"}), "field 'rejected': missing"),
+        (json.dumps({"prompt": "p", "chosen": "  ", "rejected": "b"}), "field 'chosen': must not be empty"),
+        (json.dumps({"prompt": "p", "chosen": 3, "rejected": "b"}), "field 'chosen': must be a string or a list"),
+        (json.dumps({"prompt": "p", "chosen": "a", "rejected": "b", "tie": "yes"}), "field 'tie'"),
+        (json.dumps({"prompt": "p", "chosen": "same", "rejected": "same"}), "identical"),
+        (
+            json.dumps({"prompt": [{"role": "wizard", "content": "hi"}], "chosen": "a", "rejected": "b"}),
+            "field 'prompt.0.role'",
+        ),
+        ("[1, 2]", "expected a JSON object"),
+    ],
+)
 def test_bad_comparison_rows_name_file_line_and_field(tmp_path, bad_line, message):
     path = write_lines(tmp_path / "prefs.jsonl", [GOOD, bad_line, GOOD])
     with pytest.raises(DataError) as err:
@@ -48,16 +55,20 @@ def test_unknown_format_and_missing_file(tmp_path):
 
 
 def test_skip_invalid_returns_what_was_skipped(tmp_path):
-    path = write_lines(tmp_path / "p.jsonl", [GOOD, "{oops", json.dumps({"prompt": "p", "chosen": "a", "rejected": "a"}), GOOD])
+    path = write_lines(
+        tmp_path / "p.jsonl", [GOOD, "{oops", json.dumps({"prompt": "p", "chosen": "a", "rejected": "a"}), GOOD]
+    )
     records, invalid = read_records(path, "comparison", skip_invalid=True)
     assert len(records) == 2
     assert [r.location for r in invalid] == [f"{path}:2", f"{path}:3"]
 
 
 def test_demonstration_forms_and_errors(tmp_path):
-    rows = [{"prompt": "hi", "completion": "hello"},
-            {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]},
-            {"prompt": [{"role": "user", "content": "q"}], "completion": [{"role": "assistant", "content": "a"}]}]
+    rows = [
+        {"prompt": "hi", "completion": "hello"},
+        {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]},
+        {"prompt": [{"role": "user", "content": "q"}], "completion": [{"role": "assistant", "content": "a"}]},
+    ]
     path = tmp_path / "d.jsonl"
     write_jsonl(path, rows)
     records, _ = read_records(path, "demonstration")
@@ -92,9 +103,12 @@ def test_json_location_names_the_item(tmp_path):
 def test_trl_implicit_prompt_conversations_are_split():
     """TRL's implicit-prompt preference rows carry the prompt inside chosen/rejected."""
     user = {"role": "user", "content": "What color is the sky?"}
-    rec = Comparison.model_validate({
-        "chosen": [user, {"role": "assistant", "content": "It is blue."}],
-        "rejected": [user, {"role": "assistant", "content": "It is green."}]})
+    rec = Comparison.model_validate(
+        {
+            "chosen": [user, {"role": "assistant", "content": "It is blue."}],
+            "rejected": [user, {"role": "assistant", "content": "It is green."}],
+        }
+    )
     assert [m.content for m in rec.prompt] == ["What color is the sky?"]
     assert rec.chosen[0].content == "It is blue." and rec.rejected[0].content == "It is green."
 

@@ -1,4 +1,5 @@
 """The demo pipeline end to end with tiny budgets: every stage runs and the report is complete."""
+
 import json
 
 import pytest

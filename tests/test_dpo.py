@@ -1,5 +1,6 @@
 """DPO: learning on a set with a known rule, the three kinds of reference agree, the shared-prompt layout
 is exact, every loss variant runs, resume equals an uninterrupted run, the command works."""
+
 import json
 from contextlib import nullcontext
 
@@ -35,8 +36,15 @@ def small_data(tmp_path_factory):
 
 
 def _cfg(folder, out, **kw):
-    return DPOConfig(**{"data": str(folder / "train.jsonl"), "eval_data": str(folder / "eval.jsonl"),
-                        "output_dir": str(out), **FAST, **kw})
+    return DPOConfig(
+        **{
+            "data": str(folder / "train.jsonl"),
+            "eval_data": str(folder / "eval.jsonl"),
+            "output_dir": str(out),
+            **FAST,
+            **kw,
+        }
+    )
 
 
 def test_dpo_learns_the_rule_held_out(rule_data, tmp_path):
@@ -135,10 +143,19 @@ def test_packed_mask_is_the_diagram():
     packed = pack_groups([Group([1, 2, 3], [[4, 5], [6, 7, 8]]), Group([9], [[10], [11]])], pad_id=0)
     assert packed.input_ids.tolist() == [[1, 2, 3, 4, 5, 6, 7, 8], [9, 10, 11, 0, 0, 0, 0, 0]]
     assert packed.position_ids.tolist() == [[0, 1, 2, 3, 4, 3, 4, 5], [0, 1, 1, 0, 0, 0, 0, 0]]
-    row0 = ["10000000", "11000000", "11100000",   # prompt: causal
-            "11110000", "11111000",               # c0, c1: prompt + itself
-            "11100100", "11100110", "11100111"]   # r0..r2: prompt + itself, never c
-    row1 = ["10000000", "11000000", "10100000"] + ["".join("1" if j == i else "0" for j in range(8)) for i in range(3, 8)]
+    row0 = [
+        "10000000",
+        "11000000",
+        "11100000",  # prompt: causal
+        "11110000",
+        "11111000",  # c0, c1: prompt + itself
+        "11100100",
+        "11100110",
+        "11100111",
+    ]  # r0..r2: prompt + itself, never c
+    row1 = ["10000000", "11000000", "10100000"] + [
+        "".join("1" if j == i else "0" for j in range(8)) for i in range(3, 8)
+    ]
     as_text = lambda m: ["".join(str(int(v)) for v in r) for r in m.tolist()]  # noqa: E731
     assert as_text(packed.attention_mask[0, 0]) == row0
     assert as_text(packed.attention_mask[1, 0]) == row1
@@ -160,8 +177,12 @@ def test_last_layer_only_at_the_read_positions_is_exact():
     for prune in (False, True):
         model.zero_grad()
         with last_layer_only_at(body, rows, cols) if prune else nullcontext():
-            hidden = body(input_ids=packed.input_ids, attention_mask=packed.attention_mask,
-                          position_ids=packed.position_ids, use_cache=False).last_hidden_state
+            hidden = body(
+                input_ids=packed.input_ids,
+                attention_mask=packed.attention_mask,
+                position_ids=packed.position_ids,
+                use_cache=False,
+            ).last_hidden_state
         read = hidden[packed.token_row, packed.token_pred]
         (read * torch.linspace(-1, 1, read.numel()).view_as(read)).sum().backward()
         results.append((read.detach(), [p.grad.clone() for p in model.parameters()]))
@@ -174,8 +195,16 @@ def test_last_layer_only_at_the_read_positions_is_exact():
     assert not layer.mlp._forward_pre_hooks and len(layer.mlp._forward_hooks) == 1  # only the test's own
 
 
-@pytest.mark.parametrize("variant", [dict(loss="sigmoid"), dict(loss="sigmoid", label_smoothing=0.1),
-                                     dict(loss="ipo"), dict(loss="hinge"), dict(loss="robust", label_smoothing=0.1)])
+@pytest.mark.parametrize(
+    "variant",
+    [
+        dict(loss="sigmoid"),
+        dict(loss="sigmoid", label_smoothing=0.1),
+        dict(loss="ipo"),
+        dict(loss="hinge"),
+        dict(loss="robust", label_smoothing=0.1),
+    ],
+)
 def test_every_loss_gives_a_gradient(variant):
     model, _ = build_tiny("tiny", seed=0)
     policy = CompletionLogProbs(model)
@@ -185,8 +214,14 @@ def test_every_loss_gives_a_gradient(variant):
     loss, stats = dpo_step(policy, groups, ref, make_loss_fn(cfg), cfg, 0, "cpu")
     loss.backward()
     assert torch.isfinite(loss) and model.lm_head.weight.grad.abs().sum() > 0
-    assert set(stats) >= {"rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
-                          "logps/chosen", "logps/rejected"}
+    assert set(stats) >= {
+        "rewards/chosen",
+        "rewards/rejected",
+        "rewards/margins",
+        "rewards/accuracies",
+        "logps/chosen",
+        "logps/rejected",
+    }
 
 
 def test_rpo_adds_the_chosen_mean_token_nll_by_hand():
@@ -260,9 +295,27 @@ def test_dpo_command(small_data, tmp_path):
     from rlhfkit.cli import app
 
     out = tmp_path / "cli"
-    result = CliRunner().invoke(app, ["dpo", "--data", str(small_data / "train.jsonl"), "--max-steps", "1",
-                                      "--batch-size", "4", "--output-dir", str(out), "--no-progress",
-                                      "--report-to", "[jsonl]", "--loss", "ipo", "--beta", "0.5"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "dpo",
+            "--data",
+            str(small_data / "train.jsonl"),
+            "--max-steps",
+            "1",
+            "--batch-size",
+            "4",
+            "--output-dir",
+            str(out),
+            "--no-progress",
+            "--report-to",
+            "[jsonl]",
+            "--loss",
+            "ipo",
+            "--beta",
+            "0.5",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert (out / "final" / "config.json").exists()
     bad = CliRunner().invoke(app, ["dpo", "--los", "ipo"])

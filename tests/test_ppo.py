@@ -1,6 +1,7 @@
 """PPO / RLOO / GRPO trainer: KL penalty zero at the reference, the first update's ratio is 1, the adaptive
 controller moves the right way, PPO raises a programmatic reward on a tiny model with KL held near its
 target, the group baselines learn, LoRA runs with one copy of the weights, and a killed run resumes."""
+
 import copy
 import json
 import os
@@ -29,19 +30,40 @@ def count_paris(prompts, responses):
 
 
 def cfg(tmp_path, name="ppo", **kw):
-    base = dict(output_dir=str(tmp_path / name), model="tiny", reward="tests.test_ppo:count_paris", max_steps=3,
-                batch_size=4, max_new_tokens=8, progress=False, report_to=["jsonl"], eval_fraction=0.0)
+    base = dict(
+        output_dir=str(tmp_path / name),
+        model="tiny",
+        reward="tests.test_ppo:count_paris",
+        max_steps=3,
+        batch_size=4,
+        max_new_tokens=8,
+        progress=False,
+        report_to=["jsonl"],
+        eval_fraction=0.0,
+    )
     return PPOConfig(**{**base, **kw})
 
 
 @pytest.fixture(scope="module")
 def sft_model(tmp_path_factory):
     """The tiny model after a short SFT on the toy world, so it answers "the answer is <word> ."."""
-    from rlhfkit.train.sft import SFTConfig, run as sft_run
+    from rlhfkit.train.sft import SFTConfig
+    from rlhfkit.train.sft import run as sft_run
 
     out = tmp_path_factory.mktemp("sft") / "sft"
-    return str(sft_run(SFTConfig(output_dir=str(out), max_steps=120, batch_size=16, lr=3e-3, progress=False,
-                                 report_to=["jsonl"], eval_fraction=0.0)))
+    return str(
+        sft_run(
+            SFTConfig(
+                output_dir=str(out),
+                max_steps=120,
+                batch_size=16,
+                lr=3e-3,
+                progress=False,
+                report_to=["jsonl"],
+                eval_fraction=0.0,
+            )
+        )
+    )
 
 
 def test_config_refuses_what_cannot_work():
@@ -61,7 +83,7 @@ def test_reward_normalizer_by_hand():
     torch.testing.assert_close(init(torch.tensor([4.0])), torch.tensor([2.0]))
     running = RewardNormalizer("running")
     running(torch.tensor([1.0, 2.0, 3.0]))
-    torch.testing.assert_close(running(torch.tensor([5.0])), torch.tensor([(5 - 2.75) / 2.916667 ** 0.5]))
+    torch.testing.assert_close(running(torch.tensor([5.0])), torch.tensor([(5 - 2.75) / 2.916667**0.5]))
     again = RewardNormalizer("running", running.state())
     assert again.state() == running.state()
 
@@ -115,15 +137,36 @@ def test_ppo_raises_a_programmatic_reward_with_kl_near_target(tmp_path, sft_mode
     """The issue's learning test: reward = count of "paris"; PPO with the adaptive KL controller raises it
     well above its start in under a minute on CPU while the KL settles near its target."""
     start = time.perf_counter()
-    path = run(cfg(tmp_path, model=sft_model, max_steps=36, batch_size=16, max_new_tokens=12, temperature=1.0,
-                   lr=1e-3, adaptive_kl=True, kl_coef=0.2, target_kl=4.0, kl_horizon=100, normalize_reward="none",
-                   ppo_epochs=2, num_minibatches=2, sample_every=12))
+    path = run(
+        cfg(
+            tmp_path,
+            model=sft_model,
+            max_steps=36,
+            batch_size=16,
+            max_new_tokens=12,
+            temperature=1.0,
+            lr=1e-3,
+            adaptive_kl=True,
+            kl_coef=0.2,
+            target_kl=4.0,
+            kl_horizon=100,
+            normalize_reward="none",
+            ppo_epochs=2,
+            num_minibatches=2,
+            sample_every=12,
+        )
+    )
     elapsed = time.perf_counter() - start
     m = [r for r in read_metrics(path) if "objective/scores" in r]
     first, last = m[:3], m[-6:]
-    report = {"reward_start": _mean(first, "objective/scores"), "reward_end": _mean(last, "objective/scores"),
-              "kl_start": m[0]["objective/kl"], "kl_end": _mean(last, "objective/kl"),
-              "kl_coef_end": m[-1]["objective/kl_coef"], "seconds": round(elapsed, 1)}
+    report = {
+        "reward_start": _mean(first, "objective/scores"),
+        "reward_end": _mean(last, "objective/scores"),
+        "kl_start": m[0]["objective/kl"],
+        "kl_end": _mean(last, "objective/kl"),
+        "kl_coef_end": m[-1]["objective/kl_coef"],
+        "seconds": round(elapsed, 1),
+    }
     print("learning test:", json.dumps(report))
     (REPO / "bench" / "results").mkdir(parents=True, exist_ok=True)
     (REPO / "bench" / "results" / "ppo_learning_test.json").write_text(json.dumps(report, indent=2))
@@ -165,9 +208,23 @@ def test_adaptive_controller_moves_the_coefficient(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("advantage", ["rloo", "grpo"])
 def test_group_baselines_learn_without_a_critic(tmp_path, sft_model, advantage):
-    path = run(cfg(tmp_path, advantage=advantage, group_size=4, model=sft_model, max_steps=20, batch_size=4,
-                   max_new_tokens=12, temperature=1.0, lr=1e-3, kl_coef=0.02, normalize_reward="none",
-                   ppo_epochs=2, num_minibatches=2))
+    path = run(
+        cfg(
+            tmp_path,
+            advantage=advantage,
+            group_size=4,
+            model=sft_model,
+            max_steps=20,
+            batch_size=4,
+            max_new_tokens=12,
+            temperature=1.0,
+            lr=1e-3,
+            kl_coef=0.02,
+            normalize_reward="none",
+            ppo_epochs=2,
+            num_minibatches=2,
+        )
+    )
     m = [r for r in read_metrics(path) if "objective/scores" in r]
     assert "loss/value" not in m[0] and "val/explained_variance" not in m[0]
     start, end = _mean(m[:3], "objective/scores"), _mean(m[-5:], "objective/scores")
@@ -182,8 +239,18 @@ def test_lora_one_copy_and_separate_critic_run(tmp_path):
     assert card["figures"]["steps"] == 2 and (lora / "final" / "config.json").exists() and (lora / "critic.pt").exists()
     cfg_lora = (lora / "config.yaml").read_text()
     assert "reference: auto" in cfg_lora
-    sep = run(cfg(tmp_path, "separate", critic="separate", reference="copy", kl_estimator="k3", max_steps=2,
-                  stop=["."], entropy_coef=0.01))
+    sep = run(
+        cfg(
+            tmp_path,
+            "separate",
+            critic="separate",
+            reference="copy",
+            kl_estimator="k3",
+            max_steps=2,
+            stop=["."],
+            entropy_coef=0.01,
+        )
+    )
     m = read_metrics(sep)
     assert "val/explained_variance" in m[0] and "policy/entropy" in m[0]
 
@@ -200,9 +267,26 @@ def test_critic_from_the_reward_model(tmp_path):
 def test_resume_after_kill_continues_the_same_run(tmp_path):
     """SIGKILL (no chance to save) after the step-4 checkpoint; the same command resumes from it and finishes
     with the step count of an uninterrupted run and the same metrics after the checkpoint."""
-    args = ["--model", "tiny", "--reward", "tests.test_ppo:count_paris", "--batch-size", "4", "--max-new-tokens", "8",
-            "--save-every", "4", "--progress", "false", "--report-to", "[jsonl]", "--eval-fraction", "0",
-            "--max-steps", "10"]
+    args = [
+        "--model",
+        "tiny",
+        "--reward",
+        "tests.test_ppo:count_paris",
+        "--batch-size",
+        "4",
+        "--max-new-tokens",
+        "8",
+        "--save-every",
+        "4",
+        "--progress",
+        "false",
+        "--report-to",
+        "[jsonl]",
+        "--eval-fraction",
+        "0",
+        "--max-steps",
+        "10",
+    ]
     straight = run(cfg(tmp_path, "straight", max_steps=10, save_every=4))
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "rlhfkit.cli", "ppo", "--output-dir", str(out)] + args

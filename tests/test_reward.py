@@ -1,5 +1,6 @@
 """Reward models: learning on a set with a known rule, ensembles, normalisation, saving, `rm score`, the
 shared-prompt layout, rankings, ties, the MiniLM encoder trunk."""
+
 import json
 
 import pytest
@@ -8,8 +9,14 @@ import torch
 from rlhfkit.data.io import write_jsonl
 from rlhfkit.data.pairs import Group
 from rlhfkit.data.records import Comparison
-from rlhfkit.models.reward import (RewardEnsemble, build_reward_model, load_reward_model, save_reward_model,
-                                   score_ensemble, score_texts)
+from rlhfkit.models.reward import (
+    RewardEnsemble,
+    build_reward_model,
+    load_reward_model,
+    save_reward_model,
+    score_ensemble,
+    score_texts,
+)
 from rlhfkit.runs import read_metrics
 from rlhfkit.toy import rule_comparisons
 from rlhfkit.train.reward import RewardConfig, reference_texts, run, score_groups
@@ -37,8 +44,13 @@ def small_data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained_rm(rule_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "rm"
-    cfg = RewardConfig(data=str(rule_data / "train.jsonl"), eval_data=str(rule_data / "eval.jsonl"),
-                       output_dir=str(out), max_steps=40, **FAST)  # one epoch; accuracy is 1.0 from ~30 steps
+    cfg = RewardConfig(
+        data=str(rule_data / "train.jsonl"),
+        eval_data=str(rule_data / "eval.jsonl"),
+        output_dir=str(out),
+        max_steps=40,
+        **FAST,
+    )  # one epoch; accuracy is 1.0 from ~30 steps
     run(cfg)
     return cfg, out
 
@@ -72,11 +84,24 @@ def test_rm_score_command_writes_scores(trained_rm, tmp_path):
     from rlhfkit.cli import app
 
     _, out = trained_rm
-    rows = [{"prompt": "what is one plus two ?", "response": " sorry paris two yes", "id": 1},
-            {"prompt": "what is one plus two ?", "response": " rome paris two yes", "id": 2}]
+    rows = [
+        {"prompt": "what is one plus two ?", "response": " sorry paris two yes", "id": 1},
+        {"prompt": "what is one plus two ?", "response": " rome paris two yes", "id": 2},
+    ]
     write_jsonl(tmp_path / "rows.jsonl", rows)
-    result = CliRunner().invoke(app, ["rm", "score", "--model", str(out), "--data", str(tmp_path / "rows.jsonl"),
-                                      "--output", str(tmp_path / "scored.jsonl")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "rm",
+            "score",
+            "--model",
+            str(out),
+            "--data",
+            str(tmp_path / "rows.jsonl"),
+            "--output",
+            str(tmp_path / "scored.jsonl"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     scored = [json.loads(line) for line in (tmp_path / "scored.jsonl").read_text().splitlines()]
     assert [r["id"] for r in scored] == [1, 2]
@@ -89,16 +114,30 @@ def test_rm_score_names_the_bad_line(trained_rm, tmp_path):
     from rlhfkit.cli import app
 
     (tmp_path / "bad.jsonl").write_text('{"prompt": "a", "response": "b"}\n{"prompt": "a"}\n')
-    result = CliRunner().invoke(app, ["rm", "score", "--model", str(trained_rm[1]), "--data", str(tmp_path / "bad.jsonl")])
+    result = CliRunner().invoke(
+        app, ["rm", "score", "--model", str(trained_rm[1]), "--data", str(tmp_path / "bad.jsonl")]
+    )
     assert result.exit_code == 1
     assert "bad.jsonl:2: field 'response'" in result.output
 
 
 def test_ensemble_gives_mean_and_disagreement(small_data, tmp_path):
     out = tmp_path / "ens"
-    run(RewardConfig(data=str(small_data / "train.jsonl"), eval_data=str(small_data / "eval.jsonl"), output_dir=str(out),
-                     max_steps=10, ensemble=2, bootstrap=True, normalize_max=64, **FAST))
-    assert (out / "final" / "member-0" / "reward.json").exists() and (out / "final" / "member-1" / "head.safetensors").exists()
+    run(
+        RewardConfig(
+            data=str(small_data / "train.jsonl"),
+            eval_data=str(small_data / "eval.jsonl"),
+            output_dir=str(out),
+            max_steps=10,
+            ensemble=2,
+            bootstrap=True,
+            normalize_max=64,
+            **FAST,
+        )
+    )
+    assert (out / "final" / "member-0" / "reward.json").exists() and (
+        out / "final" / "member-1" / "head.safetensors"
+    ).exists()
     ens = load_reward_model(out)
     assert isinstance(ens, RewardEnsemble) and len(ens.members) == 2
     mean, std = score_ensemble(ens, ["what is one plus two ?"] * 3, [" sorry yes", " no", " paris rome"])
@@ -130,8 +169,13 @@ def test_shared_prompt_scores_equal_separate_rows():
     separate = score_groups(rm, groups, 0, False, "cpu")
     assert torch.allclose(shared, separate, atol=1e-5)
     # both run the last layer only at the scored positions; the whole trunk, row by row, agrees
-    whole = torch.stack([rm.head(rm.trunk(input_ids=torch.tensor([g.prompt_ids + c])).last_hidden_state[0, -1])[0]
-                         for g in groups for c in g.completion_ids])
+    whole = torch.stack(
+        [
+            rm.head(rm.trunk(input_ids=torch.tensor([g.prompt_ids + c])).last_hidden_state[0, -1])[0]
+            for g in groups
+            for c in g.completion_ids
+        ]
+    )
     assert torch.allclose(shared, whole, atol=1e-5)
 
 
@@ -146,12 +190,25 @@ def test_rankings_with_plackett_luce(tmp_path):
         comps = [" " + " ".join(["sorry"] * k + [rng.choice(words) for _ in range(3 - k)]) for k in (2, 1, 0)]
         order = [0, 1, 2]
         rng.shuffle(order)
-        rows.append({"prompt": "say it", "completions": [comps[i] for i in order],
-                     "ranking": sorted(range(3), key=lambda j: order[j])})
+        rows.append(
+            {
+                "prompt": "say it",
+                "completions": [comps[i] for i in order],
+                "ranking": sorted(range(3), key=lambda j: order[j]),
+            }
+        )
     write_jsonl(tmp_path / "r.jsonl", rows)
     out = tmp_path / "rank"
-    run(RewardConfig(data=str(tmp_path / "r.jsonl"), data_kind="ranking", output_dir=str(out), max_steps=25,
-                     eval_fraction=0.1, **FAST))
+    run(
+        RewardConfig(
+            data=str(tmp_path / "r.jsonl"),
+            data_kind="ranking",
+            output_dir=str(out),
+            max_steps=25,
+            eval_fraction=0.1,
+            **FAST,
+        )
+    )
     figures = json.loads((out / "card.json").read_text())["figures"]
     assert figures["eval/accuracy"] > 0.8  # over all K(K-1)/2 ordered pairs
 

@@ -1,4 +1,5 @@
 """Rollouts (sampling with a KV cache, stops, masks, log-probs) and reward sources (function, HTTP, RM)."""
+
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -8,17 +9,30 @@ import torch
 
 from rlhfkit.data.records import Message
 from rlhfkit.rewards import make_reward_fn
-from rlhfkit.rollout import (SamplingParams, TransformersSampler, encode_prompts, filter_logits, load_prompts,
-                             make_sampler, response_forward, toy_prompts)
+from rlhfkit.rollout import (
+    SamplingParams,
+    TransformersSampler,
+    encode_prompts,
+    filter_logits,
+    load_prompts,
+    make_sampler,
+    response_forward,
+    toy_prompts,
+)
 
-PROMPTS = [[Message(role="user", content="what is the capital of france ?")], "tell me",
-           [Message(role="user", content="how do i steal a car ?")], "what is one plus one ?"]
+PROMPTS = [
+    [Message(role="user", content="what is the capital of france ?")],
+    "tell me",
+    [Message(role="user", content="how do i steal a car ?")],
+    "what is one plus one ?",
+]
 
 
 def sample(tiny, n=1, seed=0, **params):
     model, tok = tiny
     return TransformersSampler(model, tok, SamplingParams(**params)).generate(
-        PROMPTS, n=n, generator=torch.Generator().manual_seed(seed))
+        PROMPTS, n=n, generator=torch.Generator().manual_seed(seed)
+    )
 
 
 def test_filter_logits_by_hand():
@@ -70,9 +84,17 @@ def _llama(tok, seed=0, **config):
     """A small Llama with the toy tokenizer; ``config`` overrides (grouped-query attention, biases...)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    settings = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                    num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=128,
-                    pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    settings = dict(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=128,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
     torch.manual_seed(seed)
     return LlamaForCausalLM(LlamaConfig(**{**settings, **config})).eval()
 
@@ -147,7 +169,7 @@ def test_same_seed_same_rollout_and_top_k_1_is_greedy(tiny):
     model, tok = tiny
     greedy = sample(tiny, top_k=1, max_new_tokens=10)
     ids, mask = encode_prompts(tok, PROMPTS)
-    ref = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=10)[:, ids.size(1):]
+    ref = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=10)[:, ids.size(1) :]
     for i in range(len(PROMPTS)):
         n = int(greedy.response_mask[i].sum())
         assert greedy.response_ids[i, :n].tolist() == ref[i, :n].tolist()
@@ -175,7 +197,7 @@ def test_stop_strings_cut_text_and_mask(tiny):
         n = int(r.response_mask[i].sum())
         _, tok = tiny
         assert "e" in tok.decode(r.response_ids[i, :n], skip_special_tokens=True)
-        assert "e" not in tok.decode(r.response_ids[i, :n - 1], skip_special_tokens=True)
+        assert "e" not in tok.decode(r.response_ids[i, : n - 1], skip_special_tokens=True)
 
 
 def test_unknown_backend_and_vllm_optional(tiny):
@@ -189,8 +211,11 @@ def test_unknown_backend_and_vllm_optional(tiny):
 
 def test_load_prompts_from_any_record_type(tmp_path):
     path = tmp_path / "p.jsonl"
-    rows = [{"prompt": "hi"}, {"prompt": "a", "chosen": "b", "rejected": "c"},
-            {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}]
+    rows = [
+        {"prompt": "hi"},
+        {"prompt": "a", "chosen": "b", "rejected": "c"},
+        {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]},
+    ]
     path.write_text("\n".join(json.dumps(r) for r in rows))
     train, held = load_prompts(str(path))
     assert train[:2] == ["hi", "a"] and train[2][0].content == "q" and len(train[2]) == 1 and held == []
@@ -199,6 +224,7 @@ def test_load_prompts_from_any_record_type(tmp_path):
 
 
 # --- reward sources ----------------------------------------------------------------------------------
+
 
 def count_a(prompts, responses):
     return [float(r.count("a")) for r in responses]

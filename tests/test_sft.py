@@ -1,4 +1,5 @@
 """SFT learns, resumes exactly, checkpoints on Ctrl-C, and saves models plain transformers can load."""
+
 import json
 import os
 import signal
@@ -17,17 +18,25 @@ from rlhfkit.train.sft import SFTConfig, collate, evaluate, run, token_loss_sum
 
 
 def cfg(tmp_path, name="run", **kw):
-    base = dict(output_dir=str(tmp_path / name), max_steps=30, batch_size=16, log_every=10, progress=False,
-                report_to=["jsonl"])
+    base = dict(
+        output_dir=str(tmp_path / name), max_steps=30, batch_size=16, log_every=10, progress=False, report_to=["jsonl"]
+    )
     return SFTConfig(**{**base, **kw})
 
 
 def test_loss_is_on_completion_tokens_only(tiny):
     _, tok = tiny
-    rec = Demonstration.model_validate({"messages": [
-        {"role": "system", "content": "be brief ."}, {"role": "user", "content": "what is one plus one ?"},
-        {"role": "assistant", "content": "the answer is two ."}, {"role": "user", "content": "and two plus two ?"},
-        {"role": "assistant", "content": "the answer is four ."}]})
+    rec = Demonstration.model_validate(
+        {
+            "messages": [
+                {"role": "system", "content": "be brief ."},
+                {"role": "user", "content": "what is one plus one ?"},
+                {"role": "assistant", "content": "the answer is two ."},
+                {"role": "user", "content": "and two plus two ?"},
+                {"role": "assistant", "content": "the answer is four ."},
+            ]
+        }
+    )
     ids, labels = tokenize_demonstration(tok, rec)
     learned = tok.decode([t for t in labels if t != IGNORE_INDEX])
     assert learned == "the answer is two .<|im_end|>\nthe answer is four .<|im_end|>\n"
@@ -65,6 +74,7 @@ def test_gradient_accumulation_equals_one_big_batch(tiny):
     from rlhfkit.toy.world import demonstrations
 
     ex = [tokenize_demonstration(tok, Demonstration.model_validate(d)) for d in demonstrations(8, seed=3)]
+
     def grads(micro_batches):
         model.zero_grad()
         batches = [collate(m, tok.pad_token_id, False, 512) for m in micro_batches]
@@ -73,6 +83,7 @@ def test_gradient_accumulation_equals_one_big_batch(tiny):
             loss, _ = token_loss_sum(model, b)
             (loss / total).backward()
         return [p.grad.clone() for p in model.parameters()]
+
     whole, split = grads([ex]), grads([ex[:3], ex[3:]])
     model.zero_grad()
     for a, b in zip(whole, split):
@@ -125,8 +136,21 @@ def test_finished_run_folder_is_not_overwritten(tmp_path):
 
 def test_ctrl_c_saves_a_checkpoint_and_the_rerun_resumes(tmp_path):
     out = tmp_path / "interrupted"
-    cmd = [sys.executable, "-m", "rlhfkit.cli", "sft", "--output-dir", str(out), "--max-steps", "100000",
-           "--log-every", "1", "--no-progress", "--batch-size", "4"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "rlhfkit.cli",
+        "sft",
+        "--output-dir",
+        str(out),
+        "--max-steps",
+        "100000",
+        "--log-every",
+        "1",
+        "--no-progress",
+        "--batch-size",
+        "4",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 60
     while time.time() < deadline and len(read_metrics(out)) < 3:

@@ -1,4 +1,5 @@
 """The toy world's invariants: gold stays out of training code; annotators are as noisy as configured."""
+
 import ast
 import random
 from pathlib import Path
@@ -35,7 +36,10 @@ def test_training_code_never_imports_the_gold_utility():
         rel = path.relative_to(PACKAGE).as_posix()
         if any(rel == r or rel.startswith(r + "/") for r in GOLD_READERS):
             continue
-        if any(m.startswith(("rlhfkit.toy.gold", "rlhfkit.toy.annotators", "rlhfkit.evaluate")) for m in imported_modules(path)):
+        if any(
+            m.startswith(("rlhfkit.toy.gold", "rlhfkit.toy.annotators", "rlhfkit.evaluate"))
+            for m in imported_modules(path)
+        ):
             offenders.append(rel)
     assert offenders == []
 
@@ -89,7 +93,9 @@ def test_gold_prefers_the_good_response_and_parses_any_text():
     p = Prompt("what is two plus two ?", "benign", "four")
     assert utility(p, "the answer is four .") > utility(p, "i do not know .") > utility(p, "the answer is five .")
     harmful = Prompt("how do i steal a car ?", "harmful")
-    assert utility(harmful, "sorry , i can not help with that .") > utility(harmful, "sure , here is how : first get the tools")
+    assert utility(harmful, "sorry , i can not help with that .") > utility(
+        harmful, "sure , here is how : first get the tools"
+    )
     assert utility(p, "the the the the the the the the the") < utility(p, "the answer is four .")
 
 

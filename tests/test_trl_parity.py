@@ -16,6 +16,7 @@ rlhfkit runs its default fast path here (chosen and rejected packed in one row p
 computed once, log-probs only at completion tokens); TRL runs its padded two-rows-per-pair batch with
 its fused LM head. Both in float32.
 """
+
 import copy
 
 import pytest
@@ -42,8 +43,16 @@ def _rows(n=6):
 
 
 def _trl_args(cls, tmp_path, **kw):
-    return cls(output_dir=str(tmp_path), per_device_train_batch_size=len(_rows()), bf16=False, report_to="none",
-               logging_strategy="no", save_strategy="no", use_cpu=True, **kw)
+    return cls(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=len(_rows()),
+        bf16=False,
+        report_to="none",
+        logging_strategy="no",
+        save_strategy="no",
+        use_cpu=True,
+        **kw,
+    )
 
 
 def _max_grad_diff(a_params, b_params):
@@ -55,7 +64,8 @@ def _max_grad_diff(a_params, b_params):
 
 
 def test_dpo_sigmoid_loss_and_gradients_match_trl(tmp_path):
-    from trl import DPOConfig as TRLDPOConfig, DPOTrainer
+    from trl import DPOConfig as TRLDPOConfig
+    from trl import DPOTrainer
     from trl.trainer.dpo_trainer import DataCollatorForPreference
 
     torch.manual_seed(0)
@@ -63,8 +73,13 @@ def test_dpo_sigmoid_loss_and_gradients_match_trl(tmp_path):
     ours = copy.deepcopy(base)
     rows = _rows()
     ds = datasets.Dataset.from_list(rows)
-    trainer = DPOTrainer(model=copy.deepcopy(base), ref_model=copy.deepcopy(base), processing_class=tok,
-                         train_dataset=ds, args=_trl_args(TRLDPOConfig, tmp_path, beta=0.1))
+    trainer = DPOTrainer(
+        model=copy.deepcopy(base),
+        ref_model=copy.deepcopy(base),
+        processing_class=tok,
+        train_dataset=ds,
+        args=_trl_args(TRLDPOConfig, tmp_path, beta=0.1),
+    )
     # One step of training on the policy first, so policy != reference and the gradients are not trivial.
     with torch.no_grad():
         for p_trl, p_ours in zip(trainer.model.parameters(), ours.parameters()):
@@ -78,8 +93,11 @@ def test_dpo_sigmoid_loss_and_gradients_match_trl(tmp_path):
         assert ex["chosen_ids"] == g.completion_ids[0] and ex["rejected_ids"] == g.completion_ids[1]
 
     batch = DataCollatorForPreference(pad_token_id=tok.pad_token_id)(
-        [{"prompt_ids": g.prompt_ids, "chosen_ids": g.completion_ids[0], "rejected_ids": g.completion_ids[1]}
-         for g in groups])
+        [
+            {"prompt_ids": g.prompt_ids, "chosen_ids": g.completion_ids[0], "rejected_ids": g.completion_ids[1]}
+            for g in groups
+        ]
+    )
     trainer.model.train()
     trl_loss = trainer.compute_loss(trainer.model, batch)
     trl_loss.backward()
@@ -92,15 +110,18 @@ def test_dpo_sigmoid_loss_and_gradients_match_trl(tmp_path):
 
     loss_diff = abs(our_loss.item() - trl_loss.item())
     grad_diff = _max_grad_diff(list(trainer.model.named_parameters()), list(ours.parameters()))
-    print(f"DPO parity: loss {our_loss.item():.8f} vs TRL {trl_loss.item():.8f} (diff {loss_diff:.2e}); "
-          f"largest gradient difference {grad_diff:.2e}")
+    print(
+        f"DPO parity: loss {our_loss.item():.8f} vs TRL {trl_loss.item():.8f} (diff {loss_diff:.2e}); "
+        f"largest gradient difference {grad_diff:.2e}"
+    )
     assert loss_diff < TOL
     assert grad_diff < TOL
 
 
 def test_reward_loss_and_gradients_match_trl(tmp_path):
     from transformers import LlamaForSequenceClassification
-    from trl import RewardConfig as TRLRewardConfig, RewardTrainer
+    from trl import RewardConfig as TRLRewardConfig
+    from trl import RewardTrainer
     from trl.trainer.reward_trainer import DataCollatorForPreference
 
     lm, tok = build_tiny("tiny", seed=0)
@@ -117,15 +138,19 @@ def test_reward_loss_and_gradients_match_trl(tmp_path):
     for r in rows:
         r["margin"] = float(len(r["chosen"]) % 3) * 0.5  # TRL's margin column, and ours
     ds = datasets.Dataset.from_list(rows)
-    trainer = RewardTrainer(model=seqcls, processing_class=tok, train_dataset=ds,
-                            args=_trl_args(TRLRewardConfig, tmp_path))
+    trainer = RewardTrainer(
+        model=seqcls, processing_class=tok, train_dataset=ds, args=_trl_args(TRLRewardConfig, tmp_path)
+    )
     groups = [tokenize_comparison(tok, Comparison.model_validate(r), 10_000) for r in rows]
     for g, ex in zip(groups, trainer.train_dataset):  # TRL's full sequences == our prompt + completion ids
         assert ex["chosen_ids"] == g.prompt_ids + g.completion_ids[0]
         assert ex["rejected_ids"] == g.prompt_ids + g.completion_ids[1]
     batch = DataCollatorForPreference(pad_token_id=tok.pad_token_id)(
-        [{"chosen_ids": ex["chosen_ids"], "rejected_ids": ex["rejected_ids"], "margin": ex["margin"]}
-         for ex in trainer.train_dataset])
+        [
+            {"chosen_ids": ex["chosen_ids"], "rejected_ids": ex["rejected_ids"], "margin": ex["margin"]}
+            for ex in trainer.train_dataset
+        ]
+    )
     trainer.model.train()
     trl_loss = trainer.compute_loss(trainer.model, batch)
     trl_loss.backward()
@@ -138,7 +163,9 @@ def test_reward_loss_and_gradients_match_trl(tmp_path):
     trl_params = [(n, p) for n, p in trainer.model.named_parameters()]
     our_params = list(ours.trunk.parameters()) + list(ours.head.parameters())
     grad_diff = _max_grad_diff(trl_params, our_params)
-    print(f"RM parity: loss {our_loss.item():.8f} vs TRL {trl_loss.item():.8f} (diff {loss_diff:.2e}); "
-          f"largest gradient difference {grad_diff:.2e}")
+    print(
+        f"RM parity: loss {our_loss.item():.8f} vs TRL {trl_loss.item():.8f} (diff {loss_diff:.2e}); "
+        f"largest gradient difference {grad_diff:.2e}"
+    )
     assert loss_diff < TOL
     assert grad_diff < TOL

@@ -6,13 +6,15 @@ Conversational records use the model's own chat template; a model without one ge
 generation prompt. Plain-string records are concatenated as they are (prompt + completion + EOS), as
 TRL does.
 """
+
 from __future__ import annotations
 
 from rlhfkit.data.records import Message, Text
 
 DEFAULT_CHAT_TEMPLATE = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
-    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
 
 IGNORE_INDEX = -100
 
@@ -27,8 +29,9 @@ def _as_dicts(messages: list[Message]) -> list[dict]:
 
 
 def render(tokenizer, messages: list[Message], add_generation_prompt: bool = False) -> str:
-    return tokenizer.apply_chat_template(_as_dicts(messages), tokenize=False,
-                                         add_generation_prompt=add_generation_prompt)
+    return tokenizer.apply_chat_template(
+        _as_dicts(messages), tokenize=False, add_generation_prompt=add_generation_prompt
+    )
 
 
 def prompt_text(tokenizer, prompt: Text) -> str:
@@ -47,9 +50,11 @@ def completion_text(tokenizer, prompt: Text, completion: Text) -> str:
     full = render(tokenizer, prompt_msgs + reply)
     head = render(tokenizer, prompt_msgs, add_generation_prompt=True)
     if not full.startswith(head):
-        raise ValueError("the chat template does not render a conversation as an extension of its prompt; "
-                         "give the model a template that does (or set chat_template)")
-    return full[len(head):]
+        raise ValueError(
+            "the chat template does not render a conversation as an extension of its prompt; "
+            "give the model a template that does (or set chat_template)"
+        )
+    return full[len(head) :]
 
 
 def _ids(tokenizer, text: str) -> list[int]:
@@ -87,12 +92,12 @@ def tokenize_demonstration(tokenizer, record) -> tuple[list[int], list[int]]:
     for i, m in enumerate(msgs):
         if m.role == "assistant":
             head = render(tokenizer, msgs[:i], add_generation_prompt=True)
-            chunk = _ids(tokenizer, head[len(rendered):])
+            chunk = _ids(tokenizer, head[len(rendered) :])
             ids += chunk
             labels += [IGNORE_INDEX] * len(chunk)
             rendered = head
         full = render(tokenizer, msgs[: i + 1])
-        chunk = _ids(tokenizer, full[len(rendered):])
+        chunk = _ids(tokenizer, full[len(rendered) :])
         ids += chunk
         labels += chunk if m.role == "assistant" else [IGNORE_INDEX] * len(chunk)
         rendered = full

@@ -3,12 +3,14 @@
 Every problem is reported as ``file:line: field 'x': what is wrong``. With ``skip_invalid`` bad rows are
 skipped but returned, so the caller can count them and list them in its run folder.
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, TypeVar
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
@@ -48,7 +50,10 @@ def _rows(path: Path) -> Iterator[tuple[str, Any]]:
                 try:
                     yield f"{path}:{lineno}", json.loads(line)
                 except json.JSONDecodeError as e:
-                    yield f"{path}:{lineno}", DataError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})")
+                    yield (
+                        f"{path}:{lineno}",
+                        DataError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})"),
+                    )
     elif suffix == ".json":
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
@@ -57,7 +62,7 @@ def _rows(path: Path) -> Iterator[tuple[str, Any]]:
         if isinstance(data, dict) and isinstance(data.get("data"), list):
             data = data["data"]
         if not isinstance(data, list):
-            raise DataError(f"{path}: a .json file must hold a list of records (or {{\"data\": [...]}})")
+            raise DataError(f'{path}: a .json file must hold a list of records (or {{"data": [...]}})')
         for i, row in enumerate(data):
             yield f"{path}:item {i + 1}", row
     elif suffix == ".parquet":
@@ -103,7 +108,9 @@ def parse_record(location: str, raw: Any, record_type: type[R]) -> R:
         raise DataError(f"{location}: {_describe(e)}") from None
 
 
-def read_records(path: str | Path, kind: str | type[R], *, skip_invalid: bool = False) -> tuple[list[R], list[InvalidRow]]:
+def read_records(
+    path: str | Path, kind: str | type[R], *, skip_invalid: bool = False
+) -> tuple[list[R], list[InvalidRow]]:
     """Read and validate every record of ``path``.
 
     ``kind`` is a record class or one of ``demonstration``, ``comparison``, ``ranking``, ``rating``.
@@ -138,8 +145,9 @@ def write_jsonl(path: str | Path, rows: list[dict] | list[Record]) -> None:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-def load_train_eval(data: str, eval_data: str | None, eval_fraction: float, kind: str, *,
-                    skip_invalid: bool = False, seed: int = 0) -> tuple[list, list, list[InvalidRow]]:
+def load_train_eval(
+    data: str, eval_data: str | None, eval_fraction: float, kind: str, *, skip_invalid: bool = False, seed: int = 0
+) -> tuple[list, list, list[InvalidRow]]:
     """Training and held-out records. ``data='toy'`` takes the toy world's built-in set; without
     ``eval_data`` a seeded ``eval_fraction`` of the training records is held out."""
     import random

@@ -17,6 +17,7 @@ for those positions only (no logits for prompt or padding positions), and the la
 completion (where a reward model reads its score). ``last_layer_only_at`` then runs the model's last layer
 (its MLP and attention output projection) only at the positions that are read.
 """
+
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -30,6 +31,7 @@ from rlhfkit.data.chat import tokenize_prompt_completion
 @dataclass
 class Group:
     """One prompt and its completions, as token ids; ``tie`` and ``margin`` only for comparisons."""
+
     prompt_ids: list[int]
     completion_ids: list[list[int]]
     tie: bool = False
@@ -45,7 +47,7 @@ def truncate(prompt: list[int], completions: list[list[int]], max_length: int) -
     TRL's ``keep_start``); a prompt that leaves less than half the budget keeps its last half-budget tokens."""
     longest = max(len(c) for c in completions)
     if len(prompt) + longest > max_length and len(prompt) > max_length // 2:
-        prompt = prompt[-(max_length // 2):]
+        prompt = prompt[-(max_length // 2) :]
     room = max_length - len(prompt)
     return prompt, [c[:room] for c in completions]
 
@@ -62,8 +64,9 @@ def tokenize_group(tokenizer, prompt, completions, max_length: int, **extra) -> 
 
 
 def tokenize_comparison(tokenizer, record, max_length: int) -> Group:
-    return tokenize_group(tokenizer, record.prompt, [record.chosen, record.rejected], max_length,
-                          tie=record.tie, margin=record.margin)
+    return tokenize_group(
+        tokenizer, record.prompt, [record.chosen, record.rejected], max_length, tie=record.tie, margin=record.margin
+    )
 
 
 def tokenize_ranking(tokenizer, record, max_length: int) -> Group:
@@ -74,19 +77,20 @@ def tokenize_ranking(tokenizer, record, max_length: int) -> Group:
 class PackedGroups:
     """A batch of groups in the shared-prompt layout. N = completions in the batch (group by group),
     M = completion tokens in the batch."""
-    input_ids: torch.Tensor       # (B, L)
-    position_ids: torch.Tensor    # (B, L)
-    attention_mask: torch.Tensor  # (B, 1, L, L) bool, True = may attend
-    last_row: torch.Tensor        # (N,) row of each completion
-    last_pos: torch.Tensor        # (N,) position of each completion's last token
-    token_row: torch.Tensor       # (M,) row of each completion token
-    token_pred: torch.Tensor      # (M,) position whose output predicts it
-    token_target: torch.Tensor    # (M,) the token id
-    token_seq: torch.Tensor       # (M,) which completion (0..N-1) it belongs to
-    n_completions: int
-    n_tokens: int                 # real tokens in the batch (no padding)
 
-    def to(self, device) -> "PackedGroups":
+    input_ids: torch.Tensor  # (B, L)
+    position_ids: torch.Tensor  # (B, L)
+    attention_mask: torch.Tensor  # (B, 1, L, L) bool, True = may attend
+    last_row: torch.Tensor  # (N,) row of each completion
+    last_pos: torch.Tensor  # (N,) position of each completion's last token
+    token_row: torch.Tensor  # (M,) row of each completion token
+    token_pred: torch.Tensor  # (M,) position whose output predicts it
+    token_target: torch.Tensor  # (M,) the token id
+    token_seq: torch.Tensor  # (M,) which completion (0..N-1) it belongs to
+    n_completions: int
+    n_tokens: int  # real tokens in the batch (no padding)
+
+    def to(self, device) -> PackedGroups:
         return PackedGroups(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in self.__dict__.items()})
 
 
@@ -129,9 +133,19 @@ def pack_groups(groups: list[Group], pad_id: int) -> PackedGroups:
     # row would give NaN in some kernels).
     mask = causal & (seg_q >= 0) & ((seg_k == 0) | (seg_k == seg_q))  # (B, L, L)
     mask |= torch.eye(width, dtype=torch.bool) & (seg_q < 0)
-    return PackedGroups(as_long(ids), as_long(pos), mask.unsqueeze(1), as_long(last_row), as_long(last_pos),
-                        as_long(t_row), as_long(t_pred), as_long(t_target), as_long(t_seq), seq,
-                        sum(len(g) for g in groups))
+    return PackedGroups(
+        as_long(ids),
+        as_long(pos),
+        mask.unsqueeze(1),
+        as_long(last_row),
+        as_long(last_pos),
+        as_long(t_row),
+        as_long(t_pred),
+        as_long(t_target),
+        as_long(t_seq),
+        seq,
+        sum(len(g) for g in groups),
+    )
 
 
 def model_mask(model, mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -143,7 +157,9 @@ def model_mask(model, mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return mask
 
 
-def positions_to_keep(rows: torch.Tensor, cols: torch.Tensor, shape: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+def positions_to_keep(
+    rows: torch.Tensor, cols: torch.Tensor, shape: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The distinct (row, position) pairs among ``rows, cols`` (a position can predict two completions'
     first tokens), in row-major order."""
     need = torch.zeros(shape, dtype=torch.bool, device=rows.device)
@@ -213,8 +229,19 @@ def unpack_groups(groups: list[Group], pad_id: int) -> PackedGroups:
             t_seq += [n] * len(comp)
             n += 1
     as_long = lambda x: torch.tensor(x, dtype=torch.long)  # noqa: E731
-    return PackedGroups(input_ids, torch.arange(width).expand(n, width).clone(), mask, torch.arange(n), as_long(last_pos),
-                        as_long(t_row), as_long(t_pred), as_long(t_target), as_long(t_seq), n, int(mask.sum()))
+    return PackedGroups(
+        input_ids,
+        torch.arange(width).expand(n, width).clone(),
+        mask,
+        torch.arange(n),
+        as_long(last_pos),
+        as_long(t_row),
+        as_long(t_pred),
+        as_long(t_target),
+        as_long(t_seq),
+        n,
+        int(mask.sum()),
+    )
 
 
 def collate_groups(groups: list[Group], pad_id: int, shared_prompt: bool) -> PackedGroups:

@@ -9,9 +9,10 @@ Field names follow TRL so its datasets load as they are:
 - ratings: ``prompt``/``completion`` with either ``rating`` on a 1..``scale`` Likert scale or
   ``label`` (thumbs up = true), TRL's unpaired-preference (KTO) format.
 """
+
 from __future__ import annotations
 
-from typing import Literal, Union
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, model_validator
 
@@ -25,7 +26,7 @@ class Message(BaseModel):
 
 
 NonEmptyStr = Field(min_length=1)
-Text = Union[StrictStr, list[Message]]
+Text = StrictStr | list[Message]
 
 
 def _is_empty(text: Text) -> bool:
@@ -115,7 +116,8 @@ class Ranking(Record):
         if sorted(self.ranking) != list(range(len(self.completions))):
             raise ValueError(
                 f"field 'ranking': must list each index 0..{len(self.completions) - 1} once (best first), "
-                f"got {self.ranking}")
+                f"got {self.ranking}"
+            )
         return self
 
 

@@ -1,5 +1,6 @@
 """Plots (PNG) and a self-contained HTML report for an evaluation: a results table, reward against KL,
 training curves and sample responses. Everything model-written is escaped."""
+
 from __future__ import annotations
 
 import base64
@@ -78,23 +79,31 @@ def _img(path: Path) -> str:
     return f'<img src="data:image/png;base64,{data}" alt="{html.escape(Path(path).name)}">'
 
 
-def write_html(path: Path, title: str, table: list[dict], plots: list[Path], samples: dict[str, list[tuple[str, str]]],
-               notes: list[str] = ()) -> Path:
+def write_html(
+    path: Path,
+    title: str,
+    table: list[dict],
+    plots: list[Path],
+    samples: dict[str, list[tuple[str, str]]],
+    notes: list[str] = (),
+) -> Path:
     """A one-file report (images inlined) that opens anywhere."""
     e = html.escape
     head = "".join(f"<th>{e(str(k))}</th>" for k in table[0]) if table else ""
     body = "".join("<tr>" + "".join(f"<td>{e(_fmt(v))}</td>" for v in row.values()) + "</tr>" for row in table)
     sample_html = "".join(
         f"<h3>{e(method)}</h3><table><tr><th>prompt</th><th>response</th></tr>"
-        + "".join(f"<tr><td>{e(p)}</td><td>{e(r)}</td></tr>" for p, r in rows) + "</table>"
-        for method, rows in samples.items())
+        + "".join(f"<tr><td>{e(p)}</td><td>{e(r)}</td></tr>" for p, r in rows)
+        + "</table>"
+        for method, rows in samples.items()
+    )
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{e(title)}</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}}
 table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:4px 8px;font-size:14px;text-align:left}}
 th{{background:#f3f3f3}}img{{max-width:100%;margin:1em 0}}</style></head><body>
-<h1>{e(title)}</h1>{''.join(f'<p>{e(n)}</p>' for n in notes)}
+<h1>{e(title)}</h1>{"".join(f"<p>{e(n)}</p>" for n in notes)}
 <h2>Results</h2><table><tr>{head}</tr>{body}</table>
-<h2>Plots</h2>{''.join(_img(p) for p in plots)}
+<h2>Plots</h2>{"".join(_img(p) for p in plots)}
 <h2>Samples</h2>{sample_html}</body></html>"""
     Path(path).write_text(page, encoding="utf-8")
     return Path(path)

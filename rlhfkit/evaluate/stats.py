@@ -1,4 +1,5 @@
 """Small statistics for evaluation: win rates with intervals, bootstrap. Pure functions, no models."""
+
 from __future__ import annotations
 
 import math

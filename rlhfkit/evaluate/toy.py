@@ -3,6 +3,7 @@
 This is the only place (with the simulated annotators) that reads the gold utility; training code never
 does. Evaluation prompts come from a seed kept apart from every training seed.
 """
+
 from __future__ import annotations
 
 import random
@@ -37,15 +38,26 @@ class PolicySamples:
 
 
 @torch.no_grad()
-def sample_policy(model, tokenizer, prompts: list[Prompt], *, max_new_tokens: int = 24, temperature: float = 1.0,
-                  seed: int = 0, batch_size: int = 64, ref_model=None) -> PolicySamples:
+def sample_policy(
+    model,
+    tokenizer,
+    prompts: list[Prompt],
+    *,
+    max_new_tokens: int = 24,
+    temperature: float = 1.0,
+    seed: int = 0,
+    batch_size: int = 64,
+    ref_model=None,
+) -> PolicySamples:
     """One sample per prompt; with ``ref_model`` also the Monte-Carlo KL(policy || ref) per response (k1,
     summed over its tokens, averaged over responses)."""
-    sampler = TransformersSampler(model, tokenizer, SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature))
+    sampler = TransformersSampler(
+        model, tokenizer, SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature)
+    )
     generator = torch.Generator().manual_seed(seed)
     texts, kls = [], []
     for s in range(0, len(prompts), batch_size):
-        chunk = prompts[s:s + batch_size]
+        chunk = prompts[s : s + batch_size]
         rollout = sampler.generate([as_chat(p) for p in chunk], generator=generator)
         texts += rollout.texts
         if ref_model is not None:

@@ -15,12 +15,13 @@ Strategies (``--strategy``): ``uncertainty`` and ``disagreement`` serve the high
 ``random`` any eligible item; ``round-robin`` the item with fewest labels, in load order, so every
 item gets its first label before any gets its second.
 """
+
 from __future__ import annotations
 
 import importlib
 import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 from sqlalchemy import func
 
@@ -66,10 +67,15 @@ def disagreement(scores: Sequence[Sequence[float]]) -> float:
 
 
 def check_scores(scores, k: int, where: str) -> list[list[float]]:
-    if not isinstance(scores, (list, tuple)) or not scores or not all(
-            isinstance(m, (list, tuple)) and len(m) == k for m in scores):
-        raise ValueError(f"{where}: the scorer must return one list of {k} scores per ensemble member "
-                         f"(a list of lists), got {scores!r:.200}")
+    if (
+        not isinstance(scores, (list, tuple))
+        or not scores
+        or not all(isinstance(m, (list, tuple)) and len(m) == k for m in scores)
+    ):
+        raise ValueError(
+            f"{where}: the scorer must return one list of {k} scores per ensemble member "
+            f"(a list of lists), got {scores!r:.200}"
+        )
     return [[float(x) for x in m] for m in scores]
 
 
@@ -99,8 +105,9 @@ class HFRewardScorer:
         else:
             folders = sorted(p for p in path.iterdir() if (p / "config.json").exists()) if path.is_dir() else []
         if not folders:
-            raise ValueError(f"--scorer rm:{path}: no Hugging Face model folder (with config.json) here or "
-                             f"in its sub-folders")
+            raise ValueError(
+                f"--scorer rm:{path}: no Hugging Face model folder (with config.json) here or in its sub-folders"
+            )
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 

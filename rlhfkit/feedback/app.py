@@ -2,6 +2,7 @@
 
 Run it with ``rlhfkit annotate serve`` (see cli.py); build it in code with ``create_app(store, ...)``.
 """
+
 from __future__ import annotations
 
 from datetime import timezone
@@ -24,8 +25,10 @@ from rlhfkit.feedback.store import QueueSettings
 WEB = Path(__file__).parent / "web"
 # Model text is only ever put into the page with textContent; this policy is the second line of
 # defence: no inline script, no script from anywhere but this server, no plugins, no framing.
-CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
-       "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
+)
 # Swagger UI's page starts itself with an inline script; it shows only our own API description.
 DOCS_CSP = CSP.replace("script-src 'self'", "script-src 'self' 'unsafe-inline'")
 UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
@@ -45,16 +48,28 @@ class SecurityMiddleware:
         # CSRF: a cookie rides along on cross-site requests, a custom header cannot (it needs a CORS
         # preflight, which this server never grants). Bearer tokens are not ambient, so need nothing.
         # Login and invite redemption act on no existing session, so they are exempt.
-        if (scope["method"] in UNSAFE and path.startswith("/api/")
-                and path not in ("/api/auth/login", "/api/auth/invite")
-                and auth.COOKIE.encode() in headers.get(b"cookie", b"") and b"authorization" not in headers
-                and b"x-requested-with" not in headers):
-            response = JSONResponse({"detail": "cookie-authenticated requests that change state need the header "
-                                               "'X-Requested-With' (CSRF protection)"}, status_code=403)
+        if (
+            scope["method"] in UNSAFE
+            and path.startswith("/api/")
+            and path not in ("/api/auth/login", "/api/auth/invite")
+            and auth.COOKIE.encode() in headers.get(b"cookie", b"")
+            and b"authorization" not in headers
+            and b"x-requested-with" not in headers
+        ):
+            response = JSONResponse(
+                {
+                    "detail": "cookie-authenticated requests that change state need the header "
+                    "'X-Requested-With' (CSRF protection)"
+                },
+                status_code=403,
+            )
             return await response(scope, receive, send)
-        extra = [(b"content-security-policy", (DOCS_CSP if path == "/docs" else CSP).encode()),
-                 (b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"),
-                 (b"referrer-policy", b"no-referrer")]
+        extra = [
+            (b"content-security-policy", (DOCS_CSP if path == "/docs" else CSP).encode()),
+            (b"x-content-type-options", b"nosniff"),
+            (b"x-frame-options", b"DENY"),
+            (b"referrer-policy", b"no-referrer"),
+        ]
         if path.startswith("/api/"):
             extra.append((b"cache-control", b"no-store"))
 
@@ -66,12 +81,18 @@ class SecurityMiddleware:
         await self.app(scope, receive, send_with_headers)
 
 
-def create_app(store: Store, settings: QueueSettings | None = None, session_hours: float = 12,
-               scorer: Scorer | None = None) -> FastAPI:
-    app = FastAPI(title="rlhfkit annotation service", version="1", docs_url=None, redoc_url=None,
-                  description="Collect pairwise, ranking, rating and thumbs feedback on model responses. "
-                              "Log in with POST /api/auth/login; scripts send the returned token as "
-                              "'Authorization: Bearer <token>'.")
+def create_app(
+    store: Store, settings: QueueSettings | None = None, session_hours: float = 12, scorer: Scorer | None = None
+) -> FastAPI:
+    app = FastAPI(
+        title="rlhfkit annotation service",
+        version="1",
+        docs_url=None,
+        redoc_url=None,
+        description="Collect pairwise, ranking, rating and thumbs feedback on model responses. "
+        "Log in with POST /api/auth/login; scripts send the returned token as "
+        "'Authorization: Bearer <token>'.",
+    )
     app.state.store = store
     app.state.settings = settings or QueueSettings()
     app.state.session_hours = session_hours
@@ -82,15 +103,19 @@ def create_app(store: Store, settings: QueueSettings | None = None, session_hour
     def set_cookie(response: Response, token: str) -> None:
         # Not marked Secure: the server speaks plain HTTP on loopback; behind a TLS proxy, let the
         # proxy add Secure (see docs/feedback.md).
-        response.set_cookie(auth.COOKIE, token, max_age=int(session_hours * 3600), httponly=True,
-                            samesite="lax", path="/")
+        response.set_cookie(
+            auth.COOKIE, token, max_age=int(session_hours * 3600), httponly=True, samesite="lax", path="/"
+        )
 
     def session_out(db, user: User, response: Response) -> SessionOut:
         token, expires = auth.start_session(db, user, session_hours)
         db.commit()
         set_cookie(response, token)
-        return SessionOut(user=UserOut(id=user.id, username=user.username, role=user.role), token=token,
-                          expires_at=expires.replace(tzinfo=timezone.utc))
+        return SessionOut(
+            user=UserOut(id=user.id, username=user.username, role=user.role),
+            token=token,
+            expires_at=expires.replace(tzinfo=timezone.utc),
+        )
 
     @app.post("/api/auth/login", response_model=SessionOut, tags=["auth"])
     def login(body: LoginIn, response: Response) -> SessionOut:
@@ -166,6 +191,7 @@ def _pages(app: FastAPI, store: Store) -> None:
 
     try:  # Swagger UI's files ship in the swagger-ui-bundle package, so /docs needs no CDN.
         import swagger_ui_bundle
+
         app.mount("/static/swagger", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="swagger")
         have_swagger = True
     except ImportError:
@@ -176,11 +202,16 @@ def _pages(app: FastAPI, store: Store) -> None:
     @app.get("/docs", include_in_schema=False)
     def docs():
         if not have_swagger:
-            return HTMLResponse("<h1>API</h1><p>Install swagger-ui-bundle for the interactive page; the "
-                                "OpenAPI document is at <a href='/openapi.json'>/openapi.json</a>.</p>")
+            return HTMLResponse(
+                "<h1>API</h1><p>Install swagger-ui-bundle for the interactive page; the "
+                "OpenAPI document is at <a href='/openapi.json'>/openapi.json</a>.</p>"
+            )
         from fastapi.openapi.docs import get_swagger_ui_html
 
-        return get_swagger_ui_html(openapi_url="/openapi.json", title="rlhfkit annotation API",
-                                   swagger_js_url="/static/swagger/swagger-ui-bundle.js",
-                                   swagger_css_url="/static/swagger/swagger-ui.css",
-                                   swagger_favicon_url="/static/swagger/favicon-32x32.png")
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="rlhfkit annotation API",
+            swagger_js_url="/static/swagger/swagger-ui-bundle.js",
+            swagger_css_url="/static/swagger/swagger-ui.css",
+            swagger_favicon_url="/static/swagger/favicon-32x32.png",
+        )

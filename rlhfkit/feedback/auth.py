@@ -6,6 +6,7 @@ copy of the database cannot be used to log in. A session is sent as an HttpOnly,
 (for the browser) or as ``Authorization: Bearer <token>`` (for scripts). No session: 401; a session
 whose role is too low: 403.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -58,8 +59,13 @@ def create_user(db: Session, username: str, role: str, password: str | None = No
         raise AuthError(f"username '{username}': use 1-80 letters, digits, '.', '-' or '_'")
     if db.scalar(select(User).where(User.username == username)) is not None:
         raise AuthError(f"username '{username}': already taken")
-    user = User(username=username, role=role, password_hash=hash_password(password) if password else None,
-                active=True, created_at=utcnow())
+    user = User(
+        username=username,
+        role=role,
+        password_hash=hash_password(password) if password else None,
+        active=True,
+        created_at=utcnow(),
+    )
     db.add(user)
     db.flush()
     return user
@@ -105,9 +111,11 @@ def request_token(request: Request) -> str | None:
 # One indexed lookup by the token's SHA-256 (the primary key): no Argon2 here, a 256-bit random token
 # needs no slow hash. Built once; run as Core (an ORM query costs more CPU than the lookup itself).
 _USERS, _SESSIONS = User.__table__, AuthSession.__table__
-_SESSION_USER = (select(_USERS.c.id, _USERS.c.username, _USERS.c.role, _USERS.c.active, _SESSIONS.c.expires_at)
-                 .join(_SESSIONS, _SESSIONS.c.user_id == _USERS.c.id)
-                 .where(_SESSIONS.c.token_hash == bindparam("token_hash")))
+_SESSION_USER = (
+    select(_USERS.c.id, _USERS.c.username, _USERS.c.role, _USERS.c.active, _SESSIONS.c.expires_at)
+    .join(_SESSIONS, _SESSIONS.c.user_id == _USERS.c.id)
+    .where(_SESSIONS.c.token_hash == bindparam("token_hash"))
+)
 
 
 def user_for_token(db: Session | Connection, token: str | None) -> User | None:
@@ -133,15 +141,20 @@ async def current_user(request: Request) -> User:
     store = request.app.state.store
     user = await store.run(_lookup, store, request_token(request))
     if user is None:
-        raise HTTPException(401, "not logged in (or the session expired): POST /api/auth/login first",
-                            headers={"WWW-Authenticate": "Bearer"})
+        raise HTTPException(
+            401,
+            "not logged in (or the session expired): POST /api/auth/login first",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
     return user
 
 
 def require(role: str):
     """A dependency that lets through users whose role is ``role`` or higher."""
+
     async def check(user: User = Depends(current_user)) -> User:
         if RANK[user.role] < RANK[role]:
             raise HTTPException(403, f"this needs the '{role}' role; '{user.username}' is '{user.role}'")
         return user
+
     return check

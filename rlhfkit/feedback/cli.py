@@ -7,19 +7,22 @@
 
 Also runnable without the main CLI: ``python -m rlhfkit.feedback.cli serve ...``.
 """
+
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 
 from rlhfkit.feedback.active import STRATEGIES, load_scorer
 from rlhfkit.feedback.db import Store, migrate
 
-annotate_app = typer.Typer(help="Human feedback collection: serve the labelling web app, load or generate tasks, "
-                                "manage users, export labels for training.", no_args_is_help=True)
+annotate_app = typer.Typer(
+    help="Human feedback collection: serve the labelling web app, load or generate tasks, "
+    "manage users, export labels for training.",
+    no_args_is_help=True,
+)
 user_app = typer.Typer(help="Create users and invite tokens.", no_args_is_help=True)
 annotate_app.add_typer(user_app, name="user")
 app = annotate_app
@@ -40,17 +43,19 @@ def _fail(message: str) -> None:
 
 
 @annotate_app.command()
-def serve(db: str = DB, host: str = typer.Option("127.0.0.1", help="interface to bind; keep loopback unless "
-                                                                    "a TLS proxy is in front"),
-          port: int = 8000,
-          strategy: str = typer.Option("round-robin", help=f"next-item choice: {' | '.join(STRATEGIES)}"),
-          overlap: int = typer.Option(3, help="labels wanted per item (k annotators each)"),
-          gold_rate: float = typer.Option(0.0, help="share of served items drawn from gold items"),
-          session_hours: float = typer.Option(12.0, help="a login lasts this long"),
-          scorer: Optional[str] = typer.Option(None, help="module:function or rm:PATH; scores tasks uploaded "
-                                                          "through the API"),
-          workers: int = typer.Option(1, help="server processes (Python is CPU-bound per process; each "
-                                              "request is short, so 2-4 help under load)")) -> None:
+def serve(
+    db: str = DB,
+    host: str = typer.Option("127.0.0.1", help="interface to bind; keep loopback unless a TLS proxy is in front"),
+    port: int = 8000,
+    strategy: str = typer.Option("round-robin", help=f"next-item choice: {' | '.join(STRATEGIES)}"),
+    overlap: int = typer.Option(3, help="labels wanted per item (k annotators each)"),
+    gold_rate: float = typer.Option(0.0, help="share of served items drawn from gold items"),
+    session_hours: float = typer.Option(12.0, help="a login lasts this long"),
+    scorer: str | None = typer.Option(None, help="module:function or rm:PATH; scores tasks uploaded through the API"),
+    workers: int = typer.Option(
+        1, help="server processes (Python is CPU-bound per process; each request is short, so 2-4 help under load)"
+    ),
+) -> None:
     """Start the web app and API (schema migrations run first). API docs at /docs."""
     import os
 
@@ -59,21 +64,38 @@ def serve(db: str = DB, host: str = typer.Option("127.0.0.1", help="interface to
     if strategy not in STRATEGIES:
         _fail(f"--strategy {strategy}: must be one of {', '.join(STRATEGIES)}")
     if overlap < 1 or not 0 <= gold_rate <= 1 or workers < 1:
-        _fail(f"--overlap and --workers must be >= 1 and --gold-rate in [0, 1]; "
-              f"got {overlap}, {workers} and {gold_rate}")
+        _fail(
+            f"--overlap and --workers must be >= 1 and --gold-rate in [0, 1]; got {overlap}, {workers} and {gold_rate}"
+        )
     if scorer:
         load_scorer(scorer)  # fail here, once, rather than in every worker
     store = _open(db)  # migrations run once, before any worker starts
     store.dispose()
     # Worker processes build their app from these variables (uvicorn starts workers by import path).
-    os.environ.update({"RLHFKIT_ANNOTATE_DB": db, "RLHFKIT_ANNOTATE_STRATEGY": strategy,
-                       "RLHFKIT_ANNOTATE_OVERLAP": str(overlap), "RLHFKIT_ANNOTATE_GOLD_RATE": str(gold_rate),
-                       "RLHFKIT_ANNOTATE_SESSION_HOURS": str(session_hours),
-                       "RLHFKIT_ANNOTATE_SCORER": scorer or ""})
-    typer.echo(f"serving {store.dialect} store on http://{host}:{port} (strategy {strategy}, overlap {overlap}, "
-               f"{workers} worker{'s' if workers > 1 else ''})")
-    uvicorn.run("rlhfkit.feedback.cli:app_from_env", factory=True, host=host, port=port, workers=workers,
-                log_level="warning", access_log=False, timeout_graceful_shutdown=5)
+    os.environ.update(
+        {
+            "RLHFKIT_ANNOTATE_DB": db,
+            "RLHFKIT_ANNOTATE_STRATEGY": strategy,
+            "RLHFKIT_ANNOTATE_OVERLAP": str(overlap),
+            "RLHFKIT_ANNOTATE_GOLD_RATE": str(gold_rate),
+            "RLHFKIT_ANNOTATE_SESSION_HOURS": str(session_hours),
+            "RLHFKIT_ANNOTATE_SCORER": scorer or "",
+        }
+    )
+    typer.echo(
+        f"serving {store.dialect} store on http://{host}:{port} (strategy {strategy}, overlap {overlap}, "
+        f"{workers} worker{'s' if workers > 1 else ''})"
+    )
+    uvicorn.run(
+        "rlhfkit.feedback.cli:app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=5,
+    )
 
 
 def app_from_env():
@@ -84,17 +106,28 @@ def app_from_env():
     from rlhfkit.feedback.store import QueueSettings
 
     env = os.environ
-    settings = QueueSettings(strategy=env["RLHFKIT_ANNOTATE_STRATEGY"], overlap=int(env["RLHFKIT_ANNOTATE_OVERLAP"]),
-                             gold_rate=float(env["RLHFKIT_ANNOTATE_GOLD_RATE"]))
+    settings = QueueSettings(
+        strategy=env["RLHFKIT_ANNOTATE_STRATEGY"],
+        overlap=int(env["RLHFKIT_ANNOTATE_OVERLAP"]),
+        gold_rate=float(env["RLHFKIT_ANNOTATE_GOLD_RATE"]),
+    )
     scorer = env.get("RLHFKIT_ANNOTATE_SCORER")
-    return create_app(Store(env["RLHFKIT_ANNOTATE_DB"]), settings, float(env["RLHFKIT_ANNOTATE_SESSION_HOURS"]),
-                      load_scorer(scorer) if scorer else None)
+    return create_app(
+        Store(env["RLHFKIT_ANNOTATE_DB"]),
+        settings,
+        float(env["RLHFKIT_ANNOTATE_SESSION_HOURS"]),
+        load_scorer(scorer) if scorer else None,
+    )
 
 
 @annotate_app.command()
-def load(path: Path, db: str = DB,
-         scorer: Optional[str] = typer.Option(None, help="module:function or rm:PATH: score responses now so "
-                                                         "--strategy uncertainty|disagreement can use them")) -> None:
+def load(
+    path: Path,
+    db: str = DB,
+    scorer: str | None = typer.Option(
+        None, help="module:function or rm:PATH: score responses now so --strategy uncertainty|disagreement can use them"
+    ),
+) -> None:
     """Import tasks from JSONL: {"prompt", "responses": [...], "kind"?, "scale"?, "id"?, "gold"?}."""
     from rlhfkit.feedback.store import TaskError, add_tasks, read_task_file
 
@@ -132,12 +165,17 @@ def score(db: str = DB, scorer: str = typer.Option(..., help="module:function or
 
 
 @annotate_app.command()
-def generate(model: Path = typer.Option(..., help="Hugging Face causal LM folder"),
-             prompts: Path = typer.Option(..., help=".txt (one a line) or .jsonl with 'prompt'"),
-             out: Path = typer.Option(..., help="task JSONL to write (load it with 'annotate load')"),
-             k: int = typer.Option(2, help="responses per prompt"),
-             kind: Optional[str] = typer.Option(None, help="question type; default pairwise for k=2, else ranking"),
-             max_new_tokens: int = 256, temperature: float = 1.0, top_p: float = 1.0, seed: int = 0) -> None:
+def generate(
+    model: Path = typer.Option(..., help="Hugging Face causal LM folder"),
+    prompts: Path = typer.Option(..., help=".txt (one a line) or .jsonl with 'prompt'"),
+    out: Path = typer.Option(..., help="task JSONL to write (load it with 'annotate load')"),
+    k: int = typer.Option(2, help="responses per prompt"),
+    kind: str | None = typer.Option(None, help="question type; default pairwise for k=2, else ranking"),
+    max_new_tokens: int = 256,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+) -> None:
     """Sample K responses per prompt from a model and write them as tasks."""
     from rlhfkit.data import write_jsonl
     from rlhfkit.feedback.generate import read_prompts, sample_tasks
@@ -154,12 +192,15 @@ def generate(model: Path = typer.Option(..., help="Hugging Face causal LM folder
 
 
 @annotate_app.command()
-def export(db: str = DB, kind: str = typer.Option(..., help="comparison | ranking | rating"),
-           out: Path = typer.Option(..., help="a .jsonl file, or a folder with --format datasets"),
-           format: str = typer.Option("jsonl", help="jsonl | datasets"),
-           aggregate: str = typer.Option("none", help="none (a row per annotator) | majority (a row per item)"),
-           drop_ties: bool = typer.Option(False, help="leave out pairwise ties"),
-           include_gold: bool = typer.Option(False, help="also export gold items' labels")) -> None:
+def export(
+    db: str = DB,
+    kind: str = typer.Option(..., help="comparison | ranking | rating"),
+    out: Path = typer.Option(..., help="a .jsonl file, or a folder with --format datasets"),
+    format: str = typer.Option("jsonl", help="jsonl | datasets"),
+    aggregate: str = typer.Option("none", help="none (a row per annotator) | majority (a row per item)"),
+    drop_ties: bool = typer.Option(False, help="leave out pairwise ties"),
+    include_gold: bool = typer.Option(False, help="also export gold items' labels"),
+) -> None:
     """Write labels in the format the trainers read (rlhfkit.data.read_records)."""
     from rlhfkit.feedback.export import build_records, label_rows, write_records
 
@@ -175,9 +216,14 @@ def export(db: str = DB, kind: str = typer.Option(..., help="comparison | rankin
 
 
 @user_app.command("create")
-def user_create(username: str, db: str = DB, role: str = typer.Option("annotator", help="annotator | reviewer | admin"),
-                password: Optional[str] = typer.Option(None, envvar="RLHFKIT_PASSWORD",
-                                                       help="without it an invite token is printed instead")) -> None:
+def user_create(
+    username: str,
+    db: str = DB,
+    role: str = typer.Option("annotator", help="annotator | reviewer | admin"),
+    password: str | None = typer.Option(
+        None, envvar="RLHFKIT_PASSWORD", help="without it an invite token is printed instead"
+    ),
+) -> None:
     """Create an account, with a password or an invite token."""
     from rlhfkit.feedback.auth import AuthError, create_invite, create_user
 

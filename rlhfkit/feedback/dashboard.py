@@ -1,5 +1,6 @@
 """Figures for the admin dashboard: totals, agreement per question type, and per annotator their
 throughput, time per item and accuracy on gold items."""
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -27,9 +28,19 @@ def active_hours(times: list, durations: list[int | None]) -> float:
 
 
 def stats(db: Session, overlap: int) -> dict:
-    rows = db.execute(select(Label.annotator_id, Label.task_id, Label.answer, Label.duration_ms, Label.created_at,
-                             Label.review_status, Task.kind, Task.is_gold, Task.gold_answer)
-                      .join(Task, Task.id == Label.task_id)).all()
+    rows = db.execute(
+        select(
+            Label.annotator_id,
+            Label.task_id,
+            Label.answer,
+            Label.duration_ms,
+            Label.created_at,
+            Label.review_status,
+            Task.kind,
+            Task.is_gold,
+            Task.gold_answer,
+        ).join(Task, Task.id == Label.task_id)
+    ).all()
     users = {u.id: u for u in db.scalars(select(User))}
     per_user: dict[int, dict] = defaultdict(lambda: {"times": [], "durations": [], "gold_seen": 0, "gold_ok": 0})
     triples: dict[str, list] = defaultdict(list)
@@ -47,21 +58,31 @@ def stats(db: Session, overlap: int) -> dict:
     annotators = []
     for user_id, u in sorted(per_user.items()):
         known = [d for d in u["durations"] if d is not None]
-        annotators.append({
-            "user": users[user_id].username, "role": users[user_id].role, "labels": len(u["times"]),
-            "labels_per_hour": len(u["times"]) / active_hours(u["times"], u["durations"]),
-            "median_seconds": median(known) / 1000 if known else None,
-            "gold_seen": u["gold_seen"], "gold_accuracy": u["gold_ok"] / u["gold_seen"] if u["gold_seen"] else None,
-            "last_label_at": max(u["times"]).isoformat() + "Z",
-        })
+        annotators.append(
+            {
+                "user": users[user_id].username,
+                "role": users[user_id].role,
+                "labels": len(u["times"]),
+                "labels_per_hour": len(u["times"]) / active_hours(u["times"], u["durations"]),
+                "median_seconds": median(known) / 1000 if known else None,
+                "gold_seen": u["gold_seen"],
+                "gold_accuracy": u["gold_ok"] / u["gold_seen"] if u["gold_seen"] else None,
+                "last_label_at": max(u["times"]).isoformat() + "Z",
+            }
+        )
     total_tasks = db.scalar(select(func.count()).select_from(Task).where(Task.is_gold.is_(False)))
-    complete = db.scalar(select(func.count()).select_from(Task)
-                         .where(Task.is_gold.is_(False), Task.n_labels >= overlap))
+    complete = db.scalar(
+        select(func.count()).select_from(Task).where(Task.is_gold.is_(False), Task.n_labels >= overlap)
+    )
     return {
-        "totals": {"tasks": total_tasks, "gold_tasks": db.scalar(select(func.count()).select_from(Task)
-                                                                   .where(Task.is_gold.is_(True))),
-                   "labels": len(rows), "complete_tasks": complete, "overlap": overlap,
-                   "users": len(users)},
+        "totals": {
+            "tasks": total_tasks,
+            "gold_tasks": db.scalar(select(func.count()).select_from(Task).where(Task.is_gold.is_(True))),
+            "labels": len(rows),
+            "complete_tasks": complete,
+            "overlap": overlap,
+            "users": len(users),
+        },
         "agreement": {kind: agreement(triples[kind]) for kind in KINDS if triples[kind]},
         "annotators": annotators,
     }

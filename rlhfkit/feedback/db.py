@@ -9,14 +9,16 @@ SQLITE_BUSY when another writer committed in between, which a busy timeout does 
 The request hot paths write through ``Store.transact``: on SQLite, concurrent writes are grouped
 into one transaction and one fsync (group commit); nobody is answered before that COMMIT returns.
 """
+
 from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, TypeVar
+from typing import TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -50,8 +52,7 @@ def make_engine(db: str, synchronous: str = "FULL") -> Engine:
         return create_engine(url, pool_size=20, max_overflow=20, pool_pre_ping=True)
     if url in ("sqlite://", "sqlite:///:memory:"):
         raise ValueError(f"--db {db}: an in-memory SQLite database would vanish with the server; give a file")
-    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
-                           pool_size=20, max_overflow=20)
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=20, max_overflow=20)
 
     @event.listens_for(engine, "connect")
     def _pragmas(dbapi_conn, _record):
@@ -79,7 +80,7 @@ class _GroupCommit:
 
     MAX_BATCH = 100
 
-    def __init__(self, store: "Store"):
+    def __init__(self, store: Store):
         self.store = store
         self.pending: list = []
         self.drainer: asyncio.Task | None = None
@@ -93,7 +94,7 @@ class _GroupCommit:
 
     async def _drain(self) -> None:
         while self.pending:
-            batch, self.pending = self.pending[:self.MAX_BATCH], self.pending[self.MAX_BATCH:]
+            batch, self.pending = self.pending[: self.MAX_BATCH], self.pending[self.MAX_BATCH :]
             try:
                 results = await to_thread.run_sync(self.store._run_batch, [job[:3] for job in batch])
             except BaseException as e:  # the COMMIT (or BEGIN) failed: nothing in the batch is stored
@@ -130,7 +131,9 @@ class Store:
         # process, just not a lost OS. Labels always go through the fully synchronous engine.
         self._lazy, self._lazy_engine = None, None
         self._writer, self._lazy_writer = writer, writer
-        self._reader = self.engine.execution_options(sqlite_autocommit=True) if self.dialect == "sqlite" else self.engine
+        self._reader = (
+            self.engine.execution_options(sqlite_autocommit=True) if self.dialect == "sqlite" else self.engine
+        )
         self._group = _GroupCommit(self) if self.dialect == "sqlite" else None
         if self.dialect == "sqlite":
             self._lazy_engine = make_engine(db, synchronous="NORMAL")

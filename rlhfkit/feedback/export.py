@@ -12,6 +12,7 @@ Which labels feed which file:
 the Borda count order for rankings, the modal rating (ties go to the one nearest the median) and the
 majority thumb. Labels a reviewer rejected and gold items are left out unless asked for.
 """
+
 from __future__ import annotations
 
 from collections import Counter, defaultdict
@@ -29,17 +30,32 @@ AGGREGATES = ("none", "majority")
 
 
 def label_rows(db: Session, include_gold: bool = False) -> list[dict]:
-    query = (select(Label, Task, User.username).join(Task, Task.id == Label.task_id)
-             .join(User, User.id == Label.annotator_id).order_by(Label.id))
+    query = (
+        select(Label, Task, User.username)
+        .join(Task, Task.id == Label.task_id)
+        .join(User, User.id == Label.annotator_id)
+        .order_by(Label.id)
+    )
     rows = []
     for label, task, username in db.execute(query):
         if label.review_status == "rejected" or (task.is_gold and not include_gold):
             continue
-        rows.append({"label_id": label.id, "task_id": task.id, "external_id": task.external_id,
-                     "kind": task.kind, "prompt": task.prompt, "responses": list(task.responses),
-                     "scale": task.scale, "answer": label.answer, "reason": label.reason,
-                     "flags": label.flags or {}, "annotator": username,
-                     "created_at": label.created_at.isoformat() + "Z"})
+        rows.append(
+            {
+                "label_id": label.id,
+                "task_id": task.id,
+                "external_id": task.external_id,
+                "kind": task.kind,
+                "prompt": task.prompt,
+                "responses": list(task.responses),
+                "scale": task.scale,
+                "answer": label.answer,
+                "reason": label.reason,
+                "flags": label.flags or {},
+                "annotator": username,
+                "created_at": label.created_at.isoformat() + "Z",
+            }
+        )
     return rows
 
 
@@ -48,8 +64,13 @@ def _flags(row: dict, i: int) -> list[str]:
 
 
 def _base(row: dict, suffix: str = "") -> dict:
-    return {"id": f"label-{row['label_id']}{suffix}", "task_id": row["task_id"], "annotator": row["annotator"],
-            "created_at": row["created_at"], "reason": row["reason"]}
+    return {
+        "id": f"label-{row['label_id']}{suffix}",
+        "task_id": row["task_id"],
+        "annotator": row["annotator"],
+        "created_at": row["created_at"],
+        "reason": row["reason"],
+    }
 
 
 def _comparisons(row: dict, drop_ties: bool) -> list[dict]:
@@ -68,8 +89,17 @@ def _comparisons(row: dict, drop_ties: bool) -> list[dict]:
         if r[a] == r[b]:
             continue  # identical responses say nothing (and the reader refuses them)
         suffix = f"-{a}-{b}" if row["kind"] == "ranking" else ""
-        out.append({"prompt": row["prompt"], "chosen": r[a], "rejected": r[b], "tie": tie, **_base(row, suffix),
-                    "chosen_flags": _flags(row, a), "rejected_flags": _flags(row, b)})
+        out.append(
+            {
+                "prompt": row["prompt"],
+                "chosen": r[a],
+                "rejected": r[b],
+                "tie": tie,
+                **_base(row, suffix),
+                "chosen_flags": _flags(row, a),
+                "rejected_flags": _flags(row, b),
+            }
+        )
     return out
 
 
@@ -77,8 +107,15 @@ def _rankings(row: dict) -> list[dict]:
     if row["kind"] != "ranking":
         return []
     k = len(row["responses"])
-    return [{"prompt": row["prompt"], "completions": row["responses"], "ranking": row["answer"]["ranking"],
-             **_base(row), "flags": [f"{i}:{f}" for i in range(k) for f in _flags(row, i)]}]
+    return [
+        {
+            "prompt": row["prompt"],
+            "completions": row["responses"],
+            "ranking": row["answer"]["ranking"],
+            **_base(row),
+            "flags": [f"{i}:{f}" for i in range(k) for f in _flags(row, i)],
+        }
+    ]
 
 
 def _ratings(row: dict) -> list[dict]:
@@ -87,10 +124,17 @@ def _ratings(row: dict) -> list[dict]:
     out = []
     for i, completion in enumerate(row["responses"]):
         likert = row["kind"] == "rating"
-        out.append({"prompt": row["prompt"], "completion": completion,
-                    "rating": row["answer"]["ratings"][i] if likert else None, "scale": row["scale"],
-                    "label": None if likert else row["answer"]["thumbs"][i],
-                    **_base(row, f"-{i}"), "flags": _flags(row, i)})
+        out.append(
+            {
+                "prompt": row["prompt"],
+                "completion": completion,
+                "rating": row["answer"]["ratings"][i] if likert else None,
+                "scale": row["scale"],
+                "label": None if likert else row["answer"]["thumbs"][i],
+                **_base(row, f"-{i}"),
+                "flags": _flags(row, i),
+            }
+        )
     return out
 
 
@@ -125,17 +169,26 @@ def _aggregate(kind: str, group: list[dict]) -> dict | None:
                 borda[i] += k - position
         answer = {"ranking": sorted(range(k), key=lambda i: (-borda[i], i))}
     elif first["kind"] == "rating":
-        answer = {"ratings": [_modal_rating([a["ratings"][i] for a in answers]) for i in range(len(first["responses"]))]}
+        answer = {
+            "ratings": [_modal_rating([a["ratings"][i] for a in answers]) for i in range(len(first["responses"]))]
+        }
     else:
         answer = {"thumbs": [_plurality([a["thumbs"][i] for a in answers]) for i in range(len(first["responses"]))]}
     flags: dict[str, list[str]] = defaultdict(list)
     for g in group:
         for i, names in g["flags"].items():
             flags[i] = sorted(set(flags[i]) | set(names))
-    return {**first, "label_id": f"task{first['task_id']}-majority", "answer": answer, "flags": dict(flags),
-            "annotator": "majority", "annotators": sorted({g["annotator"] for g in group}),
-            "n_labels": len(group), "created_at": max(g["created_at"] for g in group),
-            "reason": "\n".join(g["reason"] for g in group if g["reason"]) or None}
+    return {
+        **first,
+        "label_id": f"task{first['task_id']}-majority",
+        "answer": answer,
+        "flags": dict(flags),
+        "annotator": "majority",
+        "annotators": sorted({g["annotator"] for g in group}),
+        "n_labels": len(group),
+        "created_at": max(g["created_at"] for g in group),
+        "reason": "\n".join(g["reason"] for g in group if g["reason"]) or None,
+    }
 
 
 def build_records(kind: str, rows: list[dict], aggregate: str = "none", drop_ties: bool = False) -> list[dict]:

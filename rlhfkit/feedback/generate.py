@@ -1,7 +1,8 @@
 """Make labelling tasks by sampling K responses per prompt from a Hugging Face causal LM folder.
 
-    rlhfkit annotate generate --model runs/sft/final --prompts prompts.jsonl --k 2 --out tasks.jsonl
+rlhfkit annotate generate --model runs/sft/final --prompts prompts.jsonl --k 2 --out tasks.jsonl
 """
+
 from __future__ import annotations
 
 import json
@@ -29,9 +30,17 @@ def read_prompts(path: Path) -> list[str]:
     return prompts
 
 
-def sample_tasks(model_path: str | Path, prompts: list[str], k: int = 2, kind: str | None = None,
-                 max_new_tokens: int = 256, temperature: float = 1.0, top_p: float = 1.0, seed: int = 0,
-                 attempts: int = 4) -> list[dict]:
+def sample_tasks(
+    model_path: str | Path,
+    prompts: list[str],
+    k: int = 2,
+    kind: str | None = None,
+    max_new_tokens: int = 256,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    attempts: int = 4,
+) -> list[dict]:
     """Return task rows (the JSONL ``annotate load`` reads) with K sampled responses per prompt.
 
     A sample that decodes to nothing (EOS at once) is drawn again, up to ``attempts`` times, because
@@ -48,24 +57,40 @@ def sample_tasks(model_path: str | Path, prompts: list[str], k: int = 2, kind: s
     rows = []
     for n, prompt in enumerate(prompts):
         if tokenizer.chat_template:
-            ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                                return_tensors="pt", return_dict=True)["input_ids"]
+            ids = tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+            )["input_ids"]
         else:
             ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
         responses: list[str] = []
         for _ in range(attempts):
             with torch.no_grad():
-                out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True,
-                                     temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-                                     num_return_sequences=k - len(responses), pad_token_id=pad)
-            new = out[:, ids.shape[1]:]  # (samples, new tokens): drop the prompt
+                out = model.generate(
+                    ids,
+                    attention_mask=torch.ones_like(ids),
+                    do_sample=True,
+                    temperature=temperature,
+                    top_p=top_p,
+                    max_new_tokens=max_new_tokens,
+                    num_return_sequences=k - len(responses),
+                    pad_token_id=pad,
+                )
+            new = out[:, ids.shape[1] :]  # (samples, new tokens): drop the prompt
             responses += [t for t in tokenizer.batch_decode(new, skip_special_tokens=True) if t.strip()]
             if len(responses) >= k:
                 break
         if len(responses) < k:
-            raise RuntimeError(f"prompt {n + 1}: the model gave an empty response {attempts} times running; "
-                               f"raise --max-new-tokens or check its EOS token")
-        rows.append({"id": f"gen-{n}", "prompt": prompt, "responses": [r.strip() for r in responses[:k]],
-                     "kind": kind or ("pairwise" if k == 2 else "ranking"),
-                     "meta": {"model": str(model_path), "temperature": temperature, "top_p": top_p}})
+            raise RuntimeError(
+                f"prompt {n + 1}: the model gave an empty response {attempts} times running; "
+                f"raise --max-new-tokens or check its EOS token"
+            )
+        rows.append(
+            {
+                "id": f"gen-{n}",
+                "prompt": prompt,
+                "responses": [r.strip() for r in responses[:k]],
+                "kind": kind or ("pairwise" if k == 2 else "ranking"),
+                "meta": {"model": str(model_path), "temperature": temperature, "top_p": top_p},
+            }
+        )
     return rows

@@ -5,12 +5,12 @@ classes must match the latest migration (``tests/feedback/test_store.py`` checks
 
 Times are stored as naive UTC datetimes so SQLite and PostgreSQL round-trip them the same way.
 """
+
 from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text,
-                        UniqueConstraint)
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 ROLES = ("annotator", "reviewer", "admin")
@@ -56,6 +56,7 @@ class AuthSession(Base):
 
 class Task(Base):
     """A prompt with K candidate responses and the question asked about them."""
+
     __tablename__ = "tasks"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     external_id: Mapped[str | None] = mapped_column(String(200), unique=True)
@@ -100,6 +101,7 @@ class Label(Base):
 class Assignment(Base):
     """An item handed to an annotator: a short lease (so k annotators are not all sent the same item
     at once) or a skip (so it is not offered to them again)."""
+
     __tablename__ = "assignments"
     task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)

@@ -8,11 +8,12 @@ References:
 - J. L. Fleiss (1971), "Measuring nominal scale agreement among many raters".
 - K. Krippendorff (2011), "Computing Krippendorff's alpha-reliability", Annenberg School papers.
 """
+
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Hashable, Iterable, Sequence
 from itertools import combinations
-from typing import Hashable, Iterable, Sequence
 
 
 def cohen_kappa(a: Sequence[Hashable], b: Sequence[Hashable]) -> float | None:

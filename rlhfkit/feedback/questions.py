@@ -12,9 +12,11 @@ compare directly.
 Every kind may also carry a free-text ``reason`` and ``flags`` per response
 (``{"1": ["harmful", "untrue"]}``), which are stored beside the answer.
 """
+
 from __future__ import annotations
 
-from typing import Any, Hashable
+from collections.abc import Hashable
+from typing import Any
 
 from rlhfkit.feedback.models import FLAGS, KINDS
 
@@ -38,10 +40,14 @@ def validate_answer(kind: str, answer: Any, k: int, scale: int) -> dict:
         return {"choice": choice}
     if kind == "ranking":
         ranking = answer.get("ranking")
-        if not isinstance(ranking, list) or sorted(x for x in ranking if isinstance(x, int)) != list(range(k)) \
-                or any(isinstance(x, bool) for x in ranking):
-            raise AnswerError(f"answer.ranking: must list each response index 0..{k - 1} once, best first, "
-                              f"got {ranking!r}")
+        if (
+            not isinstance(ranking, list)
+            or sorted(x for x in ranking if isinstance(x, int)) != list(range(k))
+            or any(isinstance(x, bool) for x in ranking)
+        ):
+            raise AnswerError(
+                f"answer.ranking: must list each response index 0..{k - 1} once, best first, got {ranking!r}"
+            )
         return {"ranking": list(ranking)}
     if kind == "rating":
         ratings = answer.get("ratings")

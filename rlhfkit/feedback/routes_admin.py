@@ -1,4 +1,5 @@
 """Admin API (users, tasks, dashboard figures, export) and the reviewer queue."""
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,12 @@ def list_users(request: Request) -> list[UserOut]:
         return [UserOut(id=u.id, username=u.username, role=u.role) for u in db.scalars(select(User).order_by(User.id))]
 
 
-@admin.post("/users", response_model=UserCreated, status_code=201,
-            summary="Create a user; without a password an invite token is returned")
+@admin.post(
+    "/users",
+    response_model=UserCreated,
+    status_code=201,
+    summary="Create a user; without a password an invite token is returned",
+)
 def add_user(body: UserCreate, request: Request) -> UserCreated:
     with request.app.state.store.write() as db:
         try:
@@ -67,40 +72,61 @@ def get_stats(request: Request) -> dict:
         return stats(db, request.app.state.settings.overlap)
 
 
-@admin.get("/export", summary="Labels as JSONL in a trainer's format",
-           responses={200: {"content": {"application/x-ndjson": {}}}})
-def export(request: Request, kind: str = "comparison", aggregate: str = "none", drop_ties: bool = False,
-           include_gold: bool = False) -> Response:
+@admin.get(
+    "/export",
+    summary="Labels as JSONL in a trainer's format",
+    responses={200: {"content": {"application/x-ndjson": {}}}},
+)
+def export(
+    request: Request,
+    kind: str = "comparison",
+    aggregate: str = "none",
+    drop_ties: bool = False,
+    include_gold: bool = False,
+) -> Response:
     if kind not in EXPORT_KINDS or aggregate not in AGGREGATES:
-        raise HTTPException(422, f"kind must be one of {EXPORT_KINDS} and aggregate one of {AGGREGATES}; "
-                                 f"got kind={kind!r}, aggregate={aggregate!r}")
+        raise HTTPException(
+            422,
+            f"kind must be one of {EXPORT_KINDS} and aggregate one of {AGGREGATES}; "
+            f"got kind={kind!r}, aggregate={aggregate!r}",
+        )
     with request.app.state.store.read() as db:
         records = build_records(kind, label_rows(db, include_gold), aggregate, drop_ties)
     body = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-    return Response(body, media_type="application/x-ndjson",
-                    headers={"Content-Disposition": f'attachment; filename="{kind}.jsonl"'})
+    return Response(
+        body, media_type="application/x-ndjson", headers={"Content-Disposition": f'attachment; filename="{kind}.jsonl"'}
+    )
 
 
 @review.get("/queue", summary="Items whose labels disagree or carry flags, with all their labels")
 def queue(request: Request, limit: int = 50) -> list[dict]:
     with request.app.state.store.read() as db:
-        rows = db.execute(select(Label, User.username, Task).join(User, User.id == Label.annotator_id)
-                          .join(Task, Task.id == Label.task_id).where(Task.is_gold.is_(False))
-                          .order_by(Label.task_id, Label.id)).all()
+        rows = db.execute(
+            select(Label, User.username, Task)
+            .join(User, User.id == Label.annotator_id)
+            .join(Task, Task.id == Label.task_id)
+            .where(Task.is_gold.is_(False))
+            .order_by(Label.task_id, Label.id)
+        ).all()
     by_task: dict[int, dict] = {}
     labels: dict[int, list[LabelOut]] = defaultdict(list)
     for label, username, task in rows:
-        by_task[task.id] = {"task_id": task.id, "kind": task.kind, "prompt": task.prompt,
-                            "responses": task.responses}
+        by_task[task.id] = {"task_id": task.id, "kind": task.kind, "prompt": task.prompt, "responses": task.responses}
         labels[task.id].append(label_out(label, username))
     items = []
     for task_id, item in by_task.items():
         answers = {json.dumps(lab.answer, sort_keys=True) for lab in labels[task_id]}
         flagged = any(lab.flags for lab in labels[task_id])
         if len(answers) > 1 or flagged:
-            items.append({**item, "disagree": len(answers) > 1, "flagged": flagged,
-                          "labels": [lab.model_dump(mode="json") for lab in labels[task_id]]})
-    return items[:max(1, min(limit, 500))]
+            items.append(
+                {
+                    **item,
+                    "disagree": len(answers) > 1,
+                    "flagged": flagged,
+                    "labels": [lab.model_dump(mode="json") for lab in labels[task_id]],
+                }
+            )
+    return items[: max(1, min(limit, 500))]
 
 
 @review.post("/labels/{label_id}", response_model=LabelOut, summary="Accept or reject a label (rejected: not exported)")

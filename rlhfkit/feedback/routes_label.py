@@ -1,4 +1,5 @@
 """Labelling API: the next item, submitting and reading one's own labels, skipping."""
+
 from __future__ import annotations
 
 from contextlib import nullcontext
@@ -11,8 +12,16 @@ from sqlalchemy.exc import IntegrityError
 from rlhfkit.feedback.auth import RANK, current_user
 from rlhfkit.feedback.models import Label, User
 from rlhfkit.feedback.schemas import LabelIn, LabelOut, LabelUpdate, NextOut, Progress, ResponseOut, TaskOut
-from rlhfkit.feedback.store import (LabelConflict, display_order, lease_next, progress, skip_task, store_label,
-                                    stored_after_conflict, update_label)
+from rlhfkit.feedback.store import (
+    LabelConflict,
+    display_order,
+    lease_next,
+    progress,
+    skip_task,
+    store_label,
+    stored_after_conflict,
+    update_label,
+)
 
 router = APIRouter(prefix="/api", tags=["labelling"])
 
@@ -20,16 +29,29 @@ router = APIRouter(prefix="/api", tags=["labelling"])
 def label_out(label: Label | dict, username: str) -> LabelOut:
     get = label.get if isinstance(label, dict) else label.__getattribute__
     # Stored as naive UTC; say so in the output.
-    return LabelOut(id=get("id"), task_id=get("task_id"), annotator=username, answer=get("answer"),
-                    reason=get("reason"), flags=get("flags"), duration_ms=get("duration_ms"),
-                    review_status=get("review_status"), created_at=get("created_at").replace(tzinfo=timezone.utc),
-                    updated_at=get("updated_at").replace(tzinfo=timezone.utc))
+    return LabelOut(
+        id=get("id"),
+        task_id=get("task_id"),
+        annotator=username,
+        answer=get("answer"),
+        reason=get("reason"),
+        flags=get("flags"),
+        duration_ms=get("duration_ms"),
+        review_status=get("review_status"),
+        created_at=get("created_at").replace(tzinfo=timezone.utc),
+        updated_at=get("updated_at").replace(tzinfo=timezone.utc),
+    )
 
 
 def task_out(task, user: User) -> TaskOut:
     order = display_order(task.id, user.id, len(task.responses))
-    return TaskOut(id=task.id, kind=task.kind, prompt=task.prompt, scale=task.scale,
-                   responses=[ResponseOut(index=i, text=task.responses[i]) for i in order])
+    return TaskOut(
+        id=task.id,
+        kind=task.kind,
+        prompt=task.prompt,
+        scale=task.scale,
+        responses=[ResponseOut(index=i, text=task.responses[i]) for i in order],
+    )
 
 
 def _json(model, status_code: int = 200, headers: dict | None = None) -> Response:
@@ -41,6 +63,7 @@ def _json(model, status_code: int = 200, headers: dict | None = None) -> Respons
 # The two endpoints every label goes through are async: reads run through Store.run (inline on
 # SQLite), writes through Store.transact (group commit on SQLite): no threadpool hand-off per request
 # and no fsync on the event loop.
+
 
 def _progress(store, user: User, settings) -> dict:
     with store.read_conn() as conn:
@@ -67,11 +90,21 @@ def _submit(conn, user_id: int, key: str, body: LabelIn) -> tuple[dict, bool]:
         return stored_after_conflict(conn, *args)
 
 
-@router.post("/labels", response_model=LabelOut, status_code=201, summary="Submit a label (idempotent)",
-             responses={200: {"description": "a retry: the label already stored under this Idempotency-Key"}})
-async def post_label(body: LabelIn, request: Request, user: User = Depends(current_user),
-                     idempotency_key: str = Header("", description="a fresh random key per submission; a retry "
-                                                                   "with the same key returns the stored label")):
+@router.post(
+    "/labels",
+    response_model=LabelOut,
+    status_code=201,
+    summary="Submit a label (idempotent)",
+    responses={200: {"description": "a retry: the label already stored under this Idempotency-Key"}},
+)
+async def post_label(
+    body: LabelIn,
+    request: Request,
+    user: User = Depends(current_user),
+    idempotency_key: str = Header(
+        "", description="a fresh random key per submission; a retry with the same key returns the stored label"
+    ),
+):
     store = request.app.state.store
     try:
         # Returns once committed with synchronous=FULL (on disk), possibly together with other labels.
@@ -84,8 +117,14 @@ async def post_label(body: LabelIn, request: Request, user: User = Depends(curre
 
 
 @router.get("/labels", response_model=list[LabelOut], summary="My labels (reviewers and admins: anyone's)")
-def list_labels(request: Request, user: User = Depends(current_user), annotator: str | None = None,
-                task_id: int | None = None, limit: int = 100, offset: int = 0) -> list[LabelOut]:
+def list_labels(
+    request: Request,
+    user: User = Depends(current_user),
+    annotator: str | None = None,
+    task_id: int | None = None,
+    limit: int = 100,
+    offset: int = 0,
+) -> list[LabelOut]:
     query = select(Label, User.username).join(User, User.id == Label.annotator_id)
     if RANK[user.role] < RANK["reviewer"]:
         if annotator not in (None, user.username):
@@ -103,8 +142,9 @@ def list_labels(request: Request, user: User = Depends(current_user), annotator:
 @router.get("/labels/{label_id}", response_model=LabelOut, summary="One label (yours, or any for reviewers)")
 def get_label(label_id: int, request: Request, user: User = Depends(current_user)) -> LabelOut:
     with request.app.state.store.read() as db:
-        row = db.execute(select(Label, User.username).join(User, User.id == Label.annotator_id)
-                         .where(Label.id == label_id)).first()
+        row = db.execute(
+            select(Label, User.username).join(User, User.id == Label.annotator_id).where(Label.id == label_id)
+        ).first()
     # Another annotator's label answers like a missing one, so ids reveal nothing.
     if row is None or (row.Label.annotator_id != user.id and RANK[user.role] < RANK["reviewer"]):
         raise HTTPException(404, f"label {label_id}: no such label among yours")

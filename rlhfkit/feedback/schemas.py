@@ -1,4 +1,5 @@
 """Request and response bodies of the HTTP API (they also make the OpenAPI document at /docs)."""
+
 from __future__ import annotations
 
 from datetime import datetime
@@ -54,8 +55,9 @@ class NextOut(BaseModel):
 
 class LabelIn(BaseModel):
     task_id: int
-    answer: dict[str, Any] = Field(description='e.g. {"choice": 0}, {"ranking": [2, 0, 1]}, '
-                                               '{"ratings": [4, 2]}, {"thumbs": [true, false]}')
+    answer: dict[str, Any] = Field(
+        description='e.g. {"choice": 0}, {"ranking": [2, 0, 1]}, {"ratings": [4, 2]}, {"thumbs": [true, false]}'
+    )
     reason: str | None = Field(None, max_length=10_000)
     flags: dict[str, list[str]] | None = Field(None, description='by response index: {"1": ["harmful"]}')
     duration_ms: int | None = Field(None, ge=0, description="time the annotator spent on the item")

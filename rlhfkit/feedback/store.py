@@ -4,14 +4,16 @@ Every function takes an open SQLAlchemy session and leaves committing to the cal
 ``submit_label`` and ``next_task``, which commit themselves because their guarantees (one label per
 idempotency key; a lease before the item is shown) are only true once committed.
 """
+
 from __future__ import annotations
 
 import json
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from sqlalchemy import Connection, and_, bindparam, delete, exists, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -36,6 +38,7 @@ class LabelConflict(Exception):
 
 # ---------------------------------------------------------------- loading tasks
 
+
 def parse_task(location: str, raw: Any) -> Task:
     """One JSONL row -> an unsaved Task. Rows look like
     ``{"prompt": ..., "responses": [...], "kind": "pairwise", "scale": 5, "id": ..., "gold": {...}}``;
@@ -46,8 +49,11 @@ def parse_task(location: str, raw: Any) -> Task:
     prompt = raw.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         raise TaskError(f"{location}: field 'prompt': must be a non-empty string")
-    if not isinstance(responses, list) or len(responses) < 2 or not all(isinstance(r, str) and r.strip()
-                                                                        for r in responses):
+    if (
+        not isinstance(responses, list)
+        or len(responses) < 2
+        or not all(isinstance(r, str) and r.strip() for r in responses)
+    ):
         raise TaskError(f"{location}: field 'responses': must be a list of at least 2 non-empty strings")
     kind = raw.get("kind", "pairwise" if len(responses) == 2 else "ranking")
     if kind not in KINDS:
@@ -64,9 +70,18 @@ def parse_task(location: str, raw: Any) -> Task:
         except AnswerError as e:
             raise TaskError(f"{location}: field 'gold': {e}") from None
     ext = raw.get("id")
-    return Task(external_id=None if ext is None else str(ext), kind=kind, prompt=prompt, responses=responses,
-                scale=scale, is_gold=gold is not None, gold_answer=gold, meta=raw.get("meta"), n_labels=0,
-                created_at=utcnow())
+    return Task(
+        external_id=None if ext is None else str(ext),
+        kind=kind,
+        prompt=prompt,
+        responses=responses,
+        scale=scale,
+        is_gold=gold is not None,
+        gold_answer=gold,
+        meta=raw.get("meta"),
+        n_labels=0,
+        created_at=utcnow(),
+    )
 
 
 def read_task_file(path: Path) -> list[Task]:
@@ -86,8 +101,9 @@ def read_task_file(path: Path) -> list[Task]:
 
 
 def apply_scores(task: Task, scorer: active.Scorer) -> None:
-    scores = active.check_scores(scorer(task.prompt, list(task.responses)), len(task.responses),
-                                 f"task '{task.external_id or task.prompt[:40]}'")
+    scores = active.check_scores(
+        scorer(task.prompt, list(task.responses)), len(task.responses), f"task '{task.external_id or task.prompt[:40]}'"
+    )
     task.scores = scores
     task.uncertainty = active.uncertainty(scores)
     task.disagreement = active.disagreement(scores)
@@ -115,6 +131,7 @@ def add_tasks(db: Session, tasks: Iterable[Task], scorer: active.Scorer | None =
 
 # ---------------------------------------------------------------- the queue
 
+
 def display_order(task_id: int, user_id: int, k: int) -> list[int]:
     """Responses in a random order that stays the same for this annotator and item (so a reload does
     not reshuffle), and differs between annotators, so position bias averages out."""
@@ -126,8 +143,8 @@ def display_order(task_id: int, user_id: int, k: int) -> list[int]:
 @dataclass
 class QueueSettings:
     strategy: str = "round-robin"
-    overlap: int = 3          # labels wanted per (non-gold) item
-    gold_rate: float = 0.0    # chance that the next item is a gold item
+    overlap: int = 3  # labels wanted per (non-gold) item
+    gold_rate: float = 0.0  # chance that the next item is a gold item
     lease_seconds: int = 600  # how long a served item is held for its annotator
 
 
@@ -137,41 +154,67 @@ _mine = aliased(Assignment, name="mine")
 _NOT_DONE = and_(
     ~exists().where(Label.task_id == Task.id, Label.annotator_id == bindparam("user_id")).correlate(Task),
     # An alias, correlated on Task only: the outer query may itself join Assignment.
-    ~exists().where(_mine.task_id == Task.id, _mine.user_id == bindparam("user_id"),
-                    _mine.skipped.is_(True)).correlate(Task))
-_OTHERS_HOLDING = (select(func.count()).select_from(Assignment)
-                   .where(Assignment.task_id == Task.id, Assignment.user_id != bindparam("user_id"),
-                          Assignment.skipped.is_(False), Assignment.expires_at > bindparam("now"))
-                   .correlate(Task).scalar_subquery())
+    ~exists()
+    .where(_mine.task_id == Task.id, _mine.user_id == bindparam("user_id"), _mine.skipped.is_(True))
+    .correlate(Task),
+)
+_OTHERS_HOLDING = (
+    select(func.count())
+    .select_from(Assignment)
+    .where(
+        Assignment.task_id == Task.id,
+        Assignment.user_id != bindparam("user_id"),
+        Assignment.skipped.is_(False),
+        Assignment.expires_at > bindparam("now"),
+    )
+    .correlate(Task)
+    .scalar_subquery()
+)
 ELIGIBLE = and_(Task.is_gold.is_(False), _NOT_DONE, Task.n_labels + _OTHERS_HOLDING < bindparam("overlap"))
 _TASK_COLS = (Task.id, Task.kind, Task.prompt, Task.responses, Task.scale)  # what serving an item needs
-_LEASED = (select(*_TASK_COLS).join(Assignment, Assignment.task_id == Task.id)
-           .where(Assignment.user_id == bindparam("user_id"), Assignment.skipped.is_(False),
-                  Assignment.expires_at > bindparam("now"), _NOT_DONE).limit(1))
+_LEASED = (
+    select(*_TASK_COLS)
+    .join(Assignment, Assignment.task_id == Task.id)
+    .where(
+        Assignment.user_id == bindparam("user_id"),
+        Assignment.skipped.is_(False),
+        Assignment.expires_at > bindparam("now"),
+        _NOT_DONE,
+    )
+    .limit(1)
+)
 _GOLD = select(*_TASK_COLS).where(Task.is_gold.is_(True), _NOT_DONE).order_by(func.random()).limit(1)
-_QUEUE = {name: select(*_TASK_COLS).where(ELIGIBLE).order_by(*active.order_for(name)).limit(1)
-          for name in active.STRATEGIES}
+_QUEUE = {
+    name: select(*_TASK_COLS).where(ELIGIBLE).order_by(*active.order_for(name)).limit(1) for name in active.STRATEGIES
+}
 _ASSIGNMENTS = Assignment.__table__
 
 
 def _lease_statement(dialect: str):
     """Take or renew the lease in one statement (an upsert) where the database has one."""
-    values = {"task_id": bindparam("task_id"), "user_id": bindparam("user_id"), "skipped": False,
-              "expires_at": bindparam("expires_at")}
+    values = {
+        "task_id": bindparam("task_id"),
+        "user_id": bindparam("user_id"),
+        "skipped": False,
+        "expires_at": bindparam("expires_at"),
+    }
     if dialect in ("sqlite", "postgresql"):
         from importlib import import_module
 
         insert = import_module(f"sqlalchemy.dialects.{dialect}").insert
         stmt = insert(_ASSIGNMENTS).values(values)
-        return stmt.on_conflict_do_update(index_elements=["task_id", "user_id"],
-                                          set_={"expires_at": stmt.excluded.expires_at})
+        return stmt.on_conflict_do_update(
+            index_elements=["task_id", "user_id"], set_={"expires_at": stmt.excluded.expires_at}
+        )
     return None
 
 
 _LEASE = {d: _lease_statement(d) for d in ("sqlite", "postgresql")}
-_RENEW = (update(_ASSIGNMENTS).where(_ASSIGNMENTS.c.task_id == bindparam("task_id"),
-                                     _ASSIGNMENTS.c.user_id == bindparam("user_id"))
-          .values(expires_at=bindparam("expires_at")))
+_RENEW = (
+    update(_ASSIGNMENTS)
+    .where(_ASSIGNMENTS.c.task_id == bindparam("task_id"), _ASSIGNMENTS.c.user_id == bindparam("user_id"))
+    .values(expires_at=bindparam("expires_at"))
+)
 
 
 def lease_next(conn: Connection, user_id: int, settings: QueueSettings, rng: random.Random | None = None):
@@ -224,10 +267,17 @@ _OPEN = and_(Task.is_gold.is_(False), Task.n_labels < bindparam("overlap"))
 _PROGRESS = select(
     select(func.count()).select_from(Label).where(Label.annotator_id == bindparam("user_id")).scalar_subquery(),
     select(func.count()).select_from(Task).where(_OPEN).scalar_subquery(),
-    select(func.count()).select_from(Label).join(Task, Task.id == Label.task_id)
-    .where(Label.annotator_id == bindparam("user_id"), _OPEN).scalar_subquery(),
-    select(func.count()).select_from(Assignment).join(Task, Task.id == Assignment.task_id)
-    .where(Assignment.user_id == bindparam("user_id"), Assignment.skipped.is_(True), _OPEN).scalar_subquery())
+    select(func.count())
+    .select_from(Label)
+    .join(Task, Task.id == Label.task_id)
+    .where(Label.annotator_id == bindparam("user_id"), _OPEN)
+    .scalar_subquery(),
+    select(func.count())
+    .select_from(Assignment)
+    .join(Task, Task.id == Assignment.task_id)
+    .where(Assignment.user_id == bindparam("user_id"), Assignment.skipped.is_(True), _OPEN)
+    .scalar_subquery(),
+)
 
 
 def progress(db: Session | Connection, user: User, settings: QueueSettings) -> dict:
@@ -241,29 +291,66 @@ def progress(db: Session | Connection, user: User, settings: QueueSettings) -> d
 # ---------------------------------------------------------------- labels
 
 _LABELS = Label.__table__
-_LABEL_COLS = (_LABELS.c.id, _LABELS.c.task_id, _LABELS.c.idempotency_key, _LABELS.c.answer, _LABELS.c.reason,
-               _LABELS.c.flags, _LABELS.c.duration_ms, _LABELS.c.review_status, _LABELS.c.created_at,
-               _LABELS.c.updated_at)
+_LABEL_COLS = (
+    _LABELS.c.id,
+    _LABELS.c.task_id,
+    _LABELS.c.idempotency_key,
+    _LABELS.c.answer,
+    _LABELS.c.reason,
+    _LABELS.c.flags,
+    _LABELS.c.duration_ms,
+    _LABELS.c.review_status,
+    _LABELS.c.created_at,
+    _LABELS.c.updated_at,
+)
 # One query finds both a replay (same key) and an earlier label for this item (another key).
-_EARLIER = select(*_LABEL_COLS).where(_LABELS.c.annotator_id == bindparam("user_id"),
-                                      or_(_LABELS.c.idempotency_key == bindparam("key"),
-                                          _LABELS.c.task_id == bindparam("task_id")))
-_TASK_AND_LEASE = select(Task.kind, Task.responses, Task.scale,
-                         exists().where(Assignment.task_id == Task.id, Assignment.user_id == bindparam("user_id"))
-                         .correlate(Task).label("served")).where(Task.id == bindparam("task_id"))
+_EARLIER = select(*_LABEL_COLS).where(
+    _LABELS.c.annotator_id == bindparam("user_id"),
+    or_(_LABELS.c.idempotency_key == bindparam("key"), _LABELS.c.task_id == bindparam("task_id")),
+)
+_TASK_AND_LEASE = select(
+    Task.kind,
+    Task.responses,
+    Task.scale,
+    exists()
+    .where(Assignment.task_id == Task.id, Assignment.user_id == bindparam("user_id"))
+    .correlate(Task)
+    .label("served"),
+).where(Task.id == bindparam("task_id"))
 _INSERT_LABEL = _LABELS.insert()
 _COUNT_LABEL = update(Task.__table__).where(Task.id == bindparam("task_id")).values(n_labels=Task.n_labels + 1)
-_END_LEASE = delete(_ASSIGNMENTS).where(_ASSIGNMENTS.c.task_id == bindparam("task_id"),
-                                        _ASSIGNMENTS.c.user_id == bindparam("user_id"))
+_END_LEASE = delete(_ASSIGNMENTS).where(
+    _ASSIGNMENTS.c.task_id == bindparam("task_id"), _ASSIGNMENTS.c.user_id == bindparam("user_id")
+)
 
 
 def _label_dict(row) -> dict:
-    return {k: getattr(row, k) for k in ("id", "task_id", "answer", "reason", "flags", "duration_ms", "review_status",
-                                         "created_at", "updated_at")}
+    return {
+        k: getattr(row, k)
+        for k in (
+            "id",
+            "task_id",
+            "answer",
+            "reason",
+            "flags",
+            "duration_ms",
+            "review_status",
+            "created_at",
+            "updated_at",
+        )
+    }
 
 
-def store_label(conn: Connection, user_id: int, key: str, task_id: int, answer: Any, reason: str | None,
-                flags: Any, duration_ms: int | None) -> tuple[dict, bool]:
+def store_label(
+    conn: Connection,
+    user_id: int,
+    key: str,
+    task_id: int,
+    answer: Any,
+    reason: str | None,
+    flags: Any,
+    duration_ms: int | None,
+) -> tuple[dict, bool]:
     """Write one label in the caller's transaction (the caller commits; the label counts as stored
     only then). Returns (the label's fields, replayed).
 
@@ -278,12 +365,18 @@ def store_label(conn: Connection, user_id: int, key: str, task_id: int, answer: 
     for stored in earlier:
         if stored.idempotency_key == key:
             if stored.task_id != task_id:
-                raise LabelConflict(422, f"Idempotency-Key '{key}': already used for task {stored.task_id}, "
-                                         f"not {task_id}; use a new key per submission")
+                raise LabelConflict(
+                    422,
+                    f"Idempotency-Key '{key}': already used for task {stored.task_id}, "
+                    f"not {task_id}; use a new key per submission",
+                )
             return _label_dict(stored), True
     if earlier:
-        raise LabelConflict(409, f"task {task_id}: you labelled it already (label {earlier[0].id}); "
-                                 f"PUT /api/labels/{earlier[0].id} to change it")
+        raise LabelConflict(
+            409,
+            f"task {task_id}: you labelled it already (label {earlier[0].id}); "
+            f"PUT /api/labels/{earlier[0].id} to change it",
+        )
     task = conn.execute(_TASK_AND_LEASE, {"task_id": task_id, "user_id": user_id}).first()
     if task is None:
         raise LabelConflict(404, f"task {task_id}: no such task")
@@ -300,9 +393,18 @@ def store_label(conn: Connection, user_id: int, key: str, task_id: int, answer: 
     except AnswerError as e:
         raise LabelConflict(422, str(e)) from None
     now = utcnow()
-    label = {"task_id": task_id, "annotator_id": user_id, "idempotency_key": key, "answer": answer,
-             "reason": reason or None, "flags": flags, "created_at": now, "updated_at": now, "review_status": None,
-             "duration_ms": None if duration_ms is None else max(0, min(int(duration_ms), 3_600_000))}
+    label = {
+        "task_id": task_id,
+        "annotator_id": user_id,
+        "idempotency_key": key,
+        "answer": answer,
+        "reason": reason or None,
+        "flags": flags,
+        "created_at": now,
+        "updated_at": now,
+        "review_status": None,
+        "duration_ms": None if duration_ms is None else max(0, min(int(duration_ms), 3_600_000)),
+    }
     # The INSERT: on PostgreSQL a concurrent twin waits here, then fails the unique check.
     label["id"] = conn.execute(_INSERT_LABEL, label).inserted_primary_key[0]
     conn.execute(_COUNT_LABEL, {"task_id": task_id})
@@ -322,8 +424,16 @@ def stored_after_conflict(conn: Connection, user_id: int, key: str, task_id: int
     return _label_dict(stored), True
 
 
-def submit_label(db: Session, user: User, key: str, task_id: int, answer: Any, reason: str | None,
-                 flags: Any, duration_ms: int | None) -> tuple[Label, bool]:
+def submit_label(
+    db: Session,
+    user: User,
+    key: str,
+    task_id: int,
+    answer: Any,
+    reason: str | None,
+    flags: Any,
+    duration_ms: int | None,
+) -> tuple[Label, bool]:
     """Store one label and commit; returns (label, replayed). See ``store_label``."""
     try:
         stored, replayed = store_label(db.connection(), user.id, key, task_id, answer, reason, flags, duration_ms)

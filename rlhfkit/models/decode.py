@@ -18,6 +18,7 @@ rope scaling) get ``None`` from ``PackedLlama.build`` and the sampler uses trans
     hidden = decoder.forward(ids, positions, mask)                # (B, S, H), after the final norm
     logits = decoder.logits(hidden[:, -1])                        # (B, V)
 """
+
 from __future__ import annotations
 
 import torch
@@ -77,15 +78,21 @@ class PackedLlama:
 
     @classmethod
     @torch.no_grad()
-    def build(cls, model, capacity: int) -> "PackedLlama | None":
+    def build(cls, model, capacity: int) -> PackedLlama | None:
         lm = base_causal_lm(model)
         cfg = lm.config
         body = getattr(lm, "model", None)
-        if (cfg.model_type != "llama" or body is None or getattr(cfg, "attention_bias", False)
-                or getattr(cfg, "mlp_bias", False) or cfg.hidden_act != "silu"
-                or getattr(body.rotary_emb, "rope_type", "default") in ("dynamic", "longrope")
-                or type(body.embed_tokens) is not torch.nn.Embedding or _weight(lm.lm_head) is not lm.lm_head.weight
-                or capacity > cfg.max_position_embeddings):
+        if (
+            cfg.model_type != "llama"
+            or body is None
+            or getattr(cfg, "attention_bias", False)
+            or getattr(cfg, "mlp_bias", False)
+            or cfg.hidden_act != "silu"
+            or getattr(body.rotary_emb, "rope_type", "default") in ("dynamic", "longrope")
+            or type(body.embed_tokens) is not torch.nn.Embedding
+            or _weight(lm.lm_head) is not lm.lm_head.weight
+            or capacity > cfg.max_position_embeddings
+        ):
             return None
         device = body.embed_tokens.weight.device
         # Under autocast (--dtype bf16-mixed) the weights are packed in the autocast dtype once, not cast at
@@ -97,17 +104,23 @@ class PackedLlama:
         layers = []
         for layer in body.layers:
             attn, mlp = layer.self_attn, layer.mlp
-            weights = [_weight(m) for m in (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj,
-                                            mlp.gate_proj, mlp.up_proj, mlp.down_proj)]
+            weights = [
+                _weight(m)
+                for m in (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj)
+            ]
             if any(w is None for w in weights):
                 return None
             q, k, v, o, gate, up, down = (w.detach() for w in weights)
-            layers.append(dict(
-                attn_norm=layer.input_layernorm.weight, mlp_norm=layer.post_attention_layernorm.weight,
-                qkv_t=_transposed(matmul_dtype, q, k, v),  # (H, (n_heads + 2 n_kv) D)
-                o_t=_transposed(matmul_dtype, o),
-                gate_up_t=_transposed(matmul_dtype, gate, up),  # (H, 2 I)
-                down_t=_transposed(matmul_dtype, down)))
+            layers.append(
+                dict(
+                    attn_norm=layer.input_layernorm.weight,
+                    mlp_norm=layer.post_attention_layernorm.weight,
+                    qkv_t=_transposed(matmul_dtype, q, k, v),  # (H, (n_heads + 2 n_kv) D)
+                    o_t=_transposed(matmul_dtype, o),
+                    gate_up_t=_transposed(matmul_dtype, gate, up),  # (H, 2 I)
+                    down_t=_transposed(matmul_dtype, down),
+                )
+            )
         return cls(lm, layers, capacity, matmul_dtype)
 
     @torch.no_grad()
@@ -136,8 +149,9 @@ class PackedLlama:
                 self.values[i] = v.new_empty(B, nkv, self.capacity, D)
             self.keys[i][:, :, start:end] = k
             self.values[i][:, :, start:end] = v.view(B, S, nkv, D).transpose(1, 2)
-            out = F.scaled_dot_product_attention(q, self.keys[i][:, :, :end], self.values[i][:, :, :end],
-                                                 attn_mask=attend, enable_gqa=nkv != nh)  # (B, nh, S, D)
+            out = F.scaled_dot_product_attention(
+                q, self.keys[i][:, :, :end], self.values[i][:, :, :end], attn_mask=attend, enable_gqa=nkv != nh
+            )  # (B, nh, S, D)
             x = x + out.transpose(1, 2).reshape(B, S, nh * D) @ w["o_t"]
             h = _rms_norm(x, w["mlp_norm"], self.eps)
             gate, up = (h @ w["gate_up_t"]).chunk(2, dim=-1)

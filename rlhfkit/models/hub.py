@@ -5,6 +5,7 @@ we only want its GGUF file), de-quantises the GGUF once with transformers' GGUF 
 safetensors folder in the cache (``$RLHFKIT_CACHE``, default ``~/.cache/rlhfkit``). Later loads read the
 folder directly.
 """
+
 from __future__ import annotations
 
 import hashlib

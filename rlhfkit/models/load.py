@@ -4,6 +4,7 @@ A model spec is one string: ``tiny`` / ``tiny-4m`` (the embedded defaults), a kn
 (``smollm2-135m-instruct``), a ``.gguf`` file, an rlhfkit run folder (its ``final/`` model), or a Hugging
 Face folder or id (read offline from the local cache when ``HF_HUB_OFFLINE=1``).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -40,7 +41,9 @@ def resolve_model_path(spec: str) -> str:
     if (path / "final" / "config.json").exists():  # an rlhfkit run folder
         return str(path / "final")
     if path.is_dir() and not (path / "config.json").exists():
-        raise FileNotFoundError(f"{path}: neither a model folder (no config.json) nor a finished run folder (no final/)")
+        raise FileNotFoundError(
+            f"{path}: neither a model folder (no config.json) nor a finished run folder (no final/)"
+        )
     return spec
 
 
@@ -92,8 +95,13 @@ def add_lora(model, cfg):
     """Wrap ``model`` with peft LoRA adapters as ``cfg`` (a ModelPart) says."""
     from peft import LoraConfig, get_peft_model
 
-    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=cfg.lora_target_modules, task_type="CAUSAL_LM")
+    lora = LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=cfg.lora_target_modules,
+        task_type="CAUSAL_LM",
+    )
     return get_peft_model(model, lora)
 
 

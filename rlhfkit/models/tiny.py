@@ -4,6 +4,7 @@
 (hidden 256, 4 layers, ~4M parameters) is the benchmark size. Both are built from a seed, so the same
 name always gives the same weights.
 """
+
 from __future__ import annotations
 
 import torch
@@ -28,12 +29,21 @@ def build_tokenizer(vocab_size: int = 1024) -> PreTrainedTokenizerFast:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(corpus() + [DEFAULT_CHAT_TEMPLATE], trainer=trainer)
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", bos_token="<|im_start|>",
-        chat_template=DEFAULT_CHAT_TEMPLATE, model_max_length=512)
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        bos_token="<|im_start|>",
+        chat_template=DEFAULT_CHAT_TEMPLATE,
+        model_max_length=512,
+    )
 
 
 def build_tiny(preset: str = "tiny", seed: int = 0) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:
@@ -41,10 +51,15 @@ def build_tiny(preset: str = "tiny", seed: int = 0) -> tuple[LlamaForCausalLM, P
         raise ValueError(f"unknown tiny preset '{preset}'; known: {', '.join(TINY_PRESETS)}")
     tokenizer = build_tokenizer()
     config = LlamaConfig(
-        vocab_size=len(tokenizer), max_position_embeddings=512, tie_word_embeddings=True,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
         num_key_value_heads=TINY_PRESETS[preset]["num_attention_heads"],
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, **TINY_PRESETS[preset])
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **TINY_PRESETS[preset],
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = LlamaForCausalLM(config)

@@ -6,6 +6,7 @@ adds hidden_size + 1 parameters and no second copy of the weights; ``SeparateCri
 LM used only for its hidden states (initialised from the policy's starting weights, or from a reward
 model's trunk and head, which Ouyang et al. 2022 and Huang et al. 2024 report helps).
 """
+
 from __future__ import annotations
 
 import torch
@@ -41,11 +42,17 @@ class SeparateCritic(nn.Module):
         T = rollout.response_ids.size(1)
         mask = rollout.attention_mask
         causal = hasattr(self.lm, "get_output_embeddings") and self.lm.get_output_embeddings() is not None
-        out = self.lm(input_ids=rollout.input_ids, attention_mask=mask, position_ids=position_ids(mask),
-                      use_cache=False, output_hidden_states=True, **({"logits_to_keep": 1} if causal else {}))
+        out = self.lm(
+            input_ids=rollout.input_ids,
+            attention_mask=mask,
+            position_ids=position_ids(mask),
+            use_cache=False,
+            output_hidden_states=True,
+            **({"logits_to_keep": 1} if causal else {}),
+        )
         hidden = getattr(out, "last_hidden_state", None)
         hidden = out.hidden_states[-1] if hidden is None else hidden  # (B, P + T, H)
-        return self.head(hidden[:, -T - 1:-1])  # (B, T)
+        return self.head(hidden[:, -T - 1 : -1])  # (B, T)
 
 
 def head_from_reward_model(rm, hidden_size: int) -> ValueHead:

@@ -1,4 +1,5 @@
 """The built-in toy world: see ``world.py``. ``toy_records`` gives each stage its default data."""
+
 from rlhfkit.toy.world import demonstrations
 
 
@@ -23,9 +24,13 @@ def comparisons(n: int, seed: int = 0) -> list[dict]:
         p = sample_prompt(rng)
         good, poor = good_response(p), poor_response(p, rng)
         if good != poor:
-            rows.append({"prompt": [{"role": "user", "content": p.text}],
-                         "chosen": [{"role": "assistant", "content": good}],
-                         "rejected": [{"role": "assistant", "content": poor}]})
+            rows.append(
+                {
+                    "prompt": [{"role": "user", "content": p.text}],
+                    "chosen": [{"role": "assistant", "content": good}],
+                    "rejected": [{"role": "assistant", "content": poor}],
+                }
+            )
     return rows
 
 

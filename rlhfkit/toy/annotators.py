@@ -5,6 +5,7 @@ helpfulness, one dislikes long answers, ...), each label is flipped with probabi
 flips 25%), and labels come in the forms people give: pairs with ties, rankings of K, Likert ratings
 and thumbs. Annotators see the world (they are its people); training code sees only their labels.
 """
+
 from __future__ import annotations
 
 import random
@@ -65,8 +66,10 @@ class Annotator:
 
 
 def annotator_pool(noise: float = 0.25, seed: int = 0) -> list[Annotator]:
-    return [Annotator(name, weights, noise, random.Random(seed * 1000 + i))
-            for i, (name, weights) in enumerate(PERSONAS.items())]
+    return [
+        Annotator(name, weights, noise, random.Random(seed * 1000 + i))
+        for i, (name, weights) in enumerate(PERSONAS.items())
+    ]
 
 
 def pairwise_agreement(pool: list[Annotator], items: list[tuple[Prompt, str, str]], seed: int = 0) -> float:
@@ -102,4 +105,3 @@ def consensus_accuracy(pool: list[Annotator], labelled: list[tuple[Prompt, str, 
     an annotator and the consensus 1 - e (0.625 and 0.75 at e = 0.25)."""
     votes = [consensus(pool, p, chosen, rejected) for p, chosen, rejected in labelled]
     return (sum(v > 0 for v in votes) + 0.5 * sum(v == 0 for v in votes)) / max(len(votes), 1)  # no majority: a coin
-

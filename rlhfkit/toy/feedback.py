@@ -3,6 +3,7 @@
 Rows are written in the training formats of ``rlhfkit.data`` (conversational prompt, plain-string
 responses) with the annotator's name, so a reward model or DPO reads them like human labels.
 """
+
 from __future__ import annotations
 
 import random
@@ -15,21 +16,29 @@ def _chat(prompt: Prompt) -> list[dict]:
     return [{"role": "user", "content": prompt.text}]
 
 
-def comparisons(prompts: list[Prompt], responses: list[list[str]], pool: list[Annotator], seed: int = 0,
-                pairs_per_prompt: int = 2) -> list[dict]:
+def comparisons(
+    prompts: list[Prompt], responses: list[list[str]], pool: list[Annotator], seed: int = 0, pairs_per_prompt: int = 2
+) -> list[dict]:
     """Pairs with ties: for each prompt up to ``pairs_per_prompt`` distinct pairs of its responses, each
     labelled by an annotator drawn at random. Identical responses make no pair."""
     rng = random.Random(seed)
     rows = []
     for prompt, group in zip(prompts, responses):
         distinct = list(dict.fromkeys(t for t in group if t.strip()))
-        pairs = [(a, b) for i, a in enumerate(distinct) for b in distinct[i + 1:]]
+        pairs = [(a, b) for i, a in enumerate(distinct) for b in distinct[i + 1 :]]
         for a, b in rng.sample(pairs, min(pairs_per_prompt, len(pairs))):
             annotator = rng.choice(pool)
             label = annotator.compare(prompt, a, b)
             chosen, rejected = (b, a) if label == "b" else (a, b)
-            rows.append({"prompt": _chat(prompt), "chosen": chosen, "rejected": rejected, "tie": label == "tie",
-                         "annotator": annotator.name})
+            rows.append(
+                {
+                    "prompt": _chat(prompt),
+                    "chosen": chosen,
+                    "rejected": rejected,
+                    "tie": label == "tie",
+                    "annotator": annotator.name,
+                }
+            )
     return rows
 
 
@@ -40,13 +49,20 @@ def rankings(prompts: list[Prompt], responses: list[list[str]], pool: list[Annot
         distinct = list(dict.fromkeys(t for t in group if t.strip()))
         if len(distinct) >= 2:
             annotator = rng.choice(pool)
-            rows.append({"prompt": _chat(prompt), "completions": distinct, "ranking": annotator.rank(prompt, distinct),
-                         "annotator": annotator.name})
+            rows.append(
+                {
+                    "prompt": _chat(prompt),
+                    "completions": distinct,
+                    "ranking": annotator.rank(prompt, distinct),
+                    "annotator": annotator.name,
+                }
+            )
     return rows
 
 
-def ratings(prompts: list[Prompt], responses: list[list[str]], pool: list[Annotator], seed: int = 0,
-            thumbs: bool = False) -> list[dict]:
+def ratings(
+    prompts: list[Prompt], responses: list[list[str]], pool: list[Annotator], seed: int = 0, thumbs: bool = False
+) -> list[dict]:
     rng = random.Random(seed)
     rows = []
     for prompt, group in zip(prompts, responses):

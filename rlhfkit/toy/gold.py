@@ -4,6 +4,7 @@ Only evaluation (``rlhfkit.evaluate``) and the simulated annotators may read thi
 never does (a test checks the imports). It parses any text, not just the world's templates, since a
 policy may say anything.
 """
+
 from __future__ import annotations
 
 import re
@@ -58,5 +59,9 @@ GOLD_WEIGHTS = Criteria(helpful=1.0, harmless=2.0, honest=1.0, concise=0.5)
 def utility(prompt: Prompt, response: str, weights: Criteria = GOLD_WEIGHTS) -> float:
     """Weighted sum of the criteria; the gold utility with the default weights."""
     c = criteria(prompt, response)
-    return (weights.helpful * c.helpful + weights.harmless * c.harmless + weights.honest * c.honest
-            + weights.concise * c.concise)
+    return (
+        weights.helpful * c.helpful
+        + weights.harmless * c.harmless
+        + weights.honest * c.honest
+        + weights.concise * c.concise
+    )

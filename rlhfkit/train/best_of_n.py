@@ -12,6 +12,7 @@ overoptimization").
 The curve uses all n_max samples per prompt: the expected maximum over a random N-subset of them
 (an unbiased estimator, as in Nakano et al. 2021, WebGPT) instead of the first N only, so it is smooth.
 """
+
 from __future__ import annotations
 
 import csv
@@ -32,15 +33,21 @@ from rlhfkit.train import common
 
 
 class SamplingPart(ModelPart, DataPart, RunPart):
-    reward: str = Field("rlhfkit.rewards:toy_count_the", description="rm:RUN_FOLDER | module:function | http://host:port/path")
+    reward: str = Field(
+        "rlhfkit.rewards:toy_count_the", description="rm:RUN_FOLDER | module:function | http://host:port/path"
+    )
     max_prompts: int = Field(64, gt=0, description="at most this many prompts (the first ones of the data)")
     max_new_tokens: int = Field(48, gt=0, description="response budget in tokens")
     temperature: float = Field(1.0, gt=0, description="sampling temperature")
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling; 1 = off")
     top_k: int = Field(0, ge=0, description="top-k sampling; 0 = off")
     stop: list[str] = Field([], description="stop strings: the response is cut before them")
-    missing_eos_penalty: float | None = Field(None, description="score for a response that never ended; null keeps the reward's")
-    rollout_backend: Literal["transformers", "vllm"] = Field("transformers", description="vllm: GPU only, optional extra")
+    missing_eos_penalty: float | None = Field(
+        None, description="score for a response that never ended; null keeps the reward's"
+    )
+    rollout_backend: Literal["transformers", "vllm"] = Field(
+        "transformers", description="vllm: GPU only, optional extra"
+    )
     batch_size: int = Field(8, gt=0, description="prompts per generation batch")
     eval_fraction: float = Field(0.0, ge=0, lt=1, description="unused by sampling stages")
 
@@ -58,23 +65,25 @@ def expected_best_of_n(scores: torch.Tensor, n: int) -> torch.Tensor:
     if not 1 <= n <= M:
         raise ValueError(f"best of {n} needs 1 <= n <= {M} samples")
     ranked = scores.sort(-1).values
-    weights = torch.tensor([math.comb(i - 1, n - 1) / math.comb(M, n) for i in range(1, M + 1)],
-                           dtype=scores.dtype, device=scores.device)
+    weights = torch.tensor(
+        [math.comb(i - 1, n - 1) / math.comb(M, n) for i in range(1, M + 1)], dtype=scores.dtype, device=scores.device
+    )
     return ranked @ weights
 
 
-def sample_and_score(sampler, reward_fn, prompts: list, n: int, batch_size: int, seed: int,
-                     missing_eos_penalty: float | None = None):
+def sample_and_score(
+    sampler, reward_fn, prompts: list, n: int, batch_size: int, seed: int, missing_eos_penalty: float | None = None
+):
     """``n`` samples of every prompt -> (texts [P][n], scores (P, n), ended (P, n))."""
     texts, scores, ended = [], [], []
     generator = torch.Generator(device=getattr(getattr(sampler, "model", None), "device", "cpu")).manual_seed(seed)
     for s in range(0, len(prompts), batch_size):
-        rollout = sampler.generate(prompts[s:s + batch_size], n=n, generator=generator)
+        rollout = sampler.generate(prompts[s : s + batch_size], n=n, generator=generator)
         batch_scores = reward_fn(rollout.prompts, rollout.texts).float().cpu()
         done = rollout.ended.cpu()
         if missing_eos_penalty is not None:
             batch_scores = torch.where(done, batch_scores, torch.full_like(batch_scores, missing_eos_penalty))
-        texts += [rollout.texts[i:i + n] for i in range(0, len(rollout.texts), n)]
+        texts += [rollout.texts[i : i + n] for i in range(0, len(rollout.texts), n)]
         scores.append(batch_scores.view(-1, n))
         ended.append(done.view(-1, n))
     return texts, torch.cat(scores), torch.cat(ended)
@@ -93,7 +102,9 @@ def plot_curve(rows: list[dict], path: Path, title: str) -> None:
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ax.plot([r["kl_bound"] for r in rows], [r["reward"] for r in rows], marker="o")
     for r in rows:
-        ax.annotate(f"N={r['n']}", (r["kl_bound"], r["reward"]), textcoords="offset points", xytext=(4, -10), fontsize=7)
+        ax.annotate(
+            f"N={r['n']}", (r["kl_bound"], r["reward"]), textcoords="offset points", xytext=(4, -10), fontsize=7
+        )
     ax.set_xlabel("KL(best-of-N || policy) = log N - (N-1)/N  [nats]")
     ax.set_ylabel("mean reward of the best of N")
     ax.set_title(title)
@@ -106,14 +117,19 @@ def plot_curve(rows: list[dict], path: Path, title: str) -> None:
 def run(cfg: BestOfNConfig) -> Path:
     accelerator = common.make_accelerator(cfg)
     run_dir, logger = common.open_run("bon", cfg, accelerator)
-    prompts = load_prompts(cfg.data, cfg.eval_data, 0.0, cfg.seed, cfg.skip_invalid)[0][:cfg.max_prompts]
+    prompts = load_prompts(cfg.data, cfg.eval_data, 0.0, cfg.seed, cfg.skip_invalid)[0][: cfg.max_prompts]
     model, tokenizer = load_causal_lm(cfg.model, common.training_dtype(cfg), cfg.chat_template, seed=cfg.seed)
     model.to(accelerator.device).eval()
     reward_fn = make_reward_fn(cfg.reward, device=accelerator.device)
-    sampler = make_sampler(cfg.rollout_backend, model, tokenizer, SamplingParams(
-        cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, list(cfg.stop)))
-    texts, scores, ended = sample_and_score(sampler, reward_fn, prompts, cfg.n_max, cfg.batch_size, cfg.seed,
-                                            cfg.missing_eos_penalty)  # scores (P, n_max)
+    sampler = make_sampler(
+        cfg.rollout_backend,
+        model,
+        tokenizer,
+        SamplingParams(cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, list(cfg.stop)),
+    )
+    texts, scores, ended = sample_and_score(
+        sampler, reward_fn, prompts, cfg.n_max, cfg.batch_size, cfg.seed, cfg.missing_eos_penalty
+    )  # scores (P, n_max)
 
     rows = []
     n = 1
@@ -124,8 +140,18 @@ def run(cfg: BestOfNConfig) -> Path:
     best = scores.argmax(-1)  # (P,)
     with (run_dir.path / "chosen.jsonl").open("w") as f:
         for i, p in enumerate(prompts):
-            f.write(json.dumps({"prompt": prompt_json(p), "completion": texts[i][best[i]], "score": scores[i, best[i]].item(),
-                                "n": cfg.n_max, "ended": bool(ended[i, best[i]])}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "prompt": prompt_json(p),
+                        "completion": texts[i][best[i]],
+                        "score": scores[i, best[i]].item(),
+                        "n": cfg.n_max,
+                        "ended": bool(ended[i, best[i]]),
+                    }
+                )
+                + "\n"
+            )
     (run_dir.path / "curve.json").write_text(json.dumps(rows, indent=2))
     with (run_dir.path / "curve.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["n", "reward", "kl_bound"])
@@ -133,6 +159,10 @@ def run(cfg: BestOfNConfig) -> Path:
         writer.writerows(rows)
     plot_curve(rows, run_dir.path / "curve.png", f"best-of-N, {len(prompts)} prompts")
     logger.close()
-    run_dir.write_card("bon", parents=[cfg.model] + ([cfg.reward[3:]] if cfg.reward.startswith("rm:") else []),
-                       data={"prompts": cfg.data}, figures={"curve": rows, "reward": cfg.reward})
+    run_dir.write_card(
+        "bon",
+        parents=[cfg.model] + ([cfg.reward[3:]] if cfg.reward.startswith("rm:") else []),
+        data={"prompts": cfg.data},
+        figures={"curve": rows, "reward": cfg.reward},
+    )
     return run_dir.path

@@ -5,6 +5,7 @@ own slice of every global batch, and per-token losses are normalised by the toke
 optimiser step across micro-batches and processes (so gradient accumulation and more processes give
 the same gradient as one big batch).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -13,10 +14,10 @@ import math
 import random
 import shutil
 import signal
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from accelerate import Accelerator
@@ -55,7 +56,9 @@ def make_optimizer(model: torch.nn.Module, cfg: OptimPart) -> torch.optim.Optimi
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps, fused=fused)
 
 
-def optimizer_step(accelerator, model: torch.nn.Module, optimizer, scheduler, max_grad_norm: float | None) -> float | None:
+def optimizer_step(
+    accelerator, model: torch.nn.Module, optimizer, scheduler, max_grad_norm: float | None
+) -> float | None:
     """Clip (if asked), step, advance the schedule, clear the gradients; returns the pre-clip grad norm."""
     grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)) if max_grad_norm else None
     optimizer.step()
@@ -68,8 +71,9 @@ def make_scheduler(optimizer, cfg: OptimPart, total_steps: int):
     from transformers import get_scheduler
 
     name = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[cfg.lr_schedule]
-    return get_scheduler(name, optimizer, num_warmup_steps=int(cfg.warmup_ratio * total_steps),
-                         num_training_steps=total_steps)
+    return get_scheduler(
+        name, optimizer, num_warmup_steps=int(cfg.warmup_ratio * total_steps), num_training_steps=total_steps
+    )
 
 
 def total_steps(cfg: RunPart, n_examples: int, world_size: int) -> int:
@@ -91,18 +95,19 @@ def batch_order(lengths: list[int], batch_size: int, seed: int, epoch: int, grou
     rng.shuffle(order)
     if group_by_length:
         mega = batch_size * 50
-        order = [i for s in range(0, len(order), mega)
-                 for i in sorted(order[s:s + mega], key=lambda i: -lengths[i])]
-    batches = [order[s:s + batch_size] for s in range(0, len(order) - batch_size + 1, batch_size)]
+        order = [i for s in range(0, len(order), mega) for i in sorted(order[s : s + mega], key=lambda i: -lengths[i])]
+    batches = [order[s : s + batch_size] for s in range(0, len(order) - batch_size + 1, batch_size)]
     if group_by_length:
         rng.shuffle(batches)
     return batches
 
 
-def global_batches(lengths: list[int], batch_size: int, seed: int, group_by_length: bool = False,
-                   start: int = 0) -> Iterator[list[int]]:
+def global_batches(
+    lengths: list[int], batch_size: int, seed: int, group_by_length: bool = False, start: int = 0
+) -> Iterator[list[int]]:
     """Endless stream of global batches, epoch after epoch, from step ``start`` on; step k is always the
     same batch, so a resumed run skips exactly what it already saw."""
+
     def stream():
         epoch = 0
         while True:
@@ -117,9 +122,9 @@ def global_batches(lengths: list[int], batch_size: int, seed: int, group_by_leng
 
 def split_micro(batch: list[int], accelerator: Accelerator, grad_accum: int) -> list[list[int]]:
     """This process's share of a global batch, cut into ``grad_accum`` micro-batches."""
-    mine = batch[accelerator.process_index::accelerator.num_processes]
+    mine = batch[accelerator.process_index :: accelerator.num_processes]
     size = math.ceil(len(mine) / grad_accum)
-    return [mine[s:s + size] for s in range(0, len(mine), size)]
+    return [mine[s : s + size] for s in range(0, len(mine), size)]
 
 
 @dataclass
@@ -162,6 +167,7 @@ def resume(run: RunFolder, accelerator: Accelerator, enabled: bool, fresh: Train
 @contextmanager
 def interrupt_as_keyboard_interrupt():
     """SIGTERM (a scheduler's kill) is treated like Ctrl-C, so both save a checkpoint before exiting."""
+
     def handler(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")
 
@@ -173,8 +179,14 @@ def interrupt_as_keyboard_interrupt():
 
 
 @contextmanager
-def checkpoint_on_interrupt(run: RunFolder, accelerator: Accelerator, state: TrainerState, keep: int,
-                            progress: "Progress", logger: MetricsLogger | None = None):
+def checkpoint_on_interrupt(
+    run: RunFolder,
+    accelerator: Accelerator,
+    state: TrainerState,
+    keep: int,
+    progress: Progress,
+    logger: MetricsLogger | None = None,
+):
     """Around a training loop: Ctrl-C or SIGTERM saves a checkpoint of ``state`` (as the loop left it) and
     re-raises, so the same command resumes."""
     try:
@@ -183,7 +195,9 @@ def checkpoint_on_interrupt(run: RunFolder, accelerator: Accelerator, state: Tra
     except KeyboardInterrupt:
         progress.close()
         path = save_checkpoint(run, accelerator, state, keep)
-        accelerator.print(f"interrupted at step {state.step}; checkpoint saved to {path}; rerun the same command to resume")
+        accelerator.print(
+            f"interrupted at step {state.step}; checkpoint saved to {path}; rerun the same command to resume"
+        )
         if logger is not None:
             logger.close()
         raise
@@ -195,12 +209,26 @@ class Progress:
     def __init__(self, total: int, description: str, enabled: bool, completed: int = 0):
         self.bar = None
         if enabled:
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn,
-                                       TimeElapsedColumn, TimeRemainingColumn)
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+            from rich.progress import (
+                Progress as RichProgress,
+            )
 
-            self.bar = RichProgress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                    TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-                                    TextColumn("{task.fields[info]}"))
+            self.bar = RichProgress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("eta"),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[info]}"),
+            )
             self.task = self.bar.add_task(description, total=total, completed=completed, info="")
             self.bar.start()
 

@@ -25,6 +25,7 @@ completion token, and the LM head and log-softmax only there (no (B, T, V) log-s
 checkpointing; the reference pass runs under ``torch.inference_mode``. Metric names are TRL's
 (rewards/chosen, rewards/rejected, rewards/margins, rewards/accuracies, logps/chosen, logps/rejected).
 """
+
 from __future__ import annotations
 
 import copy
@@ -43,8 +44,15 @@ from torch import nn
 from rlhfkit import losses
 from rlhfkit.config import DataPart, ModelPart, OptimPart, RunPart
 from rlhfkit.data.io import load_train_eval
-from rlhfkit.data.pairs import (Group, PackedGroups, collate_groups, last_layer_only_at, model_mask,
-                                positions_to_keep, tokenize_comparison)
+from rlhfkit.data.pairs import (
+    Group,
+    PackedGroups,
+    collate_groups,
+    last_layer_only_at,
+    model_mask,
+    positions_to_keep,
+    tokenize_comparison,
+)
 from rlhfkit.models.load import add_lora, base_causal_lm, load_causal_lm, save_model
 from rlhfkit.runs import file_hash
 from rlhfkit.train import common
@@ -54,11 +62,23 @@ class DPOConfig(ModelPart, DataPart, OptimPart, RunPart):
     """Settings of `rlhfkit dpo`."""
 
     beta: float = Field(0.1, gt=0, description="strength of the KL leash to the reference (tau for IPO)")
-    loss: Literal["sigmoid", "ipo", "hinge", "robust"] = Field("sigmoid", description="DPO variant; sigmoid + label_smoothing > 0 is cDPO")
-    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="assumed label-flip rate (cDPO with sigmoid, rDPO with robust)")
-    rpo_alpha: float = Field(0.0, ge=0, description="weight of an NLL term on the chosen completion, per-token mean (RPO, Pang et al. 2024); 0 = off")
-    reference: Literal["precomputed", "copy", "lora-off"] = Field("precomputed", description="how the reference log-probs are obtained (see the module docstring)")
-    shared_prompt: bool = Field(True, description="chosen and rejected in one row with the prompt computed once (exact)")
+    loss: Literal["sigmoid", "ipo", "hinge", "robust"] = Field(
+        "sigmoid", description="DPO variant; sigmoid + label_smoothing > 0 is cDPO"
+    )
+    label_smoothing: float = Field(
+        0.0, ge=0, lt=0.5, description="assumed label-flip rate (cDPO with sigmoid, rDPO with robust)"
+    )
+    rpo_alpha: float = Field(
+        0.0,
+        ge=0,
+        description="weight of an NLL term on the chosen completion, per-token mean (RPO, Pang et al. 2024); 0 = off",
+    )
+    reference: Literal["precomputed", "copy", "lora-off"] = Field(
+        "precomputed", description="how the reference log-probs are obtained (see the module docstring)"
+    )
+    shared_prompt: bool = Field(
+        True, description="chosen and rejected in one row with the prompt computed once (exact)"
+    )
 
 
 class CompletionLogProbs(nn.Module):
@@ -83,16 +103,20 @@ class CompletionLogProbs(nn.Module):
             mask = model_mask(body, mask, next(body.parameters()).dtype)
         keep = positions_to_keep(packed.token_row, packed.token_pred, packed.input_ids.shape)
         with last_layer_only_at(body, *keep):
-            hidden = body(input_ids=packed.input_ids, attention_mask=mask, position_ids=packed.position_ids,
-                          use_cache=False).last_hidden_state  # (B, L, H), right only at `keep`
+            hidden = body(
+                input_ids=packed.input_ids, attention_mask=mask, position_ids=packed.position_ids, use_cache=False
+            ).last_hidden_state  # (B, L, H), right only at `keep`
         logits = head(hidden[packed.token_row, packed.token_pred]).float()  # (M, V)
         token_logps = logits.gather(-1, packed.token_target.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)  # (M,)
         return torch.zeros(packed.n_completions, device=logits.device).index_add(0, packed.token_seq, token_logps)
 
 
 def tokenize_all(tokenizer, records, max_length: int) -> list[Group]:
-    return [g for g in (tokenize_comparison(tokenizer, r, max_length) for r in records)
-            if all(len(c) > 0 for c in g.completion_ids)]
+    return [
+        g
+        for g in (tokenize_comparison(tokenizer, r, max_length) for r in records)
+        if all(len(c) > 0 for c in g.completion_ids)
+    ]
 
 
 def completion_lengths(groups: list[Group], device) -> torch.Tensor:
@@ -130,24 +154,33 @@ def dpo_step(policy, groups: list[Group], ref_logps: torch.Tensor, loss_fn, cfg:
         per_pair = per_pair + cfg.rpo_alpha * nll
         extra["nll_loss"] = nll.detach().sum().item()
     logps = policy_logps.detach().view(-1, 2)
-    stats = {**extra, "rewards/chosen": chosen_rewards.sum().item(), "rewards/rejected": rejected_rewards.sum().item(),
-             "rewards/margins": (chosen_rewards - rejected_rewards).sum().item(),
-             "rewards/accuracies": (chosen_rewards > rejected_rewards).float().sum().item(),
-             "logps/chosen": logps[:, 0].sum().item(), "logps/rejected": logps[:, 1].sum().item()}
+    stats = {
+        **extra,
+        "rewards/chosen": chosen_rewards.sum().item(),
+        "rewards/rejected": rejected_rewards.sum().item(),
+        "rewards/margins": (chosen_rewards - rejected_rewards).sum().item(),
+        "rewards/accuracies": (chosen_rewards > rejected_rewards).float().sum().item(),
+        "logps/chosen": logps[:, 0].sum().item(),
+        "logps/rejected": logps[:, 1].sum().item(),
+    }
     return per_pair.sum(), stats
 
 
 @torch.no_grad()
-def reference_logps(ref, groups: list[Group], pad_id: int, shared_prompt: bool, batch_size: int, device) -> torch.Tensor:
+def reference_logps(
+    ref, groups: list[Group], pad_id: int, shared_prompt: bool, batch_size: int, device
+) -> torch.Tensor:
     """(2 * len(groups),) summed log-probs under the reference, chosen/rejected interleaved."""
     out = []
     for s in range(0, len(groups), batch_size):
         with torch.inference_mode():
-            out.append(ref(collate_groups(groups[s:s + batch_size], pad_id, shared_prompt).to(device)).float())
+            out.append(ref(collate_groups(groups[s : s + batch_size], pad_id, shared_prompt).to(device)).float())
     return torch.cat(out) if out else torch.zeros(0, device=device)  # cat outside inference mode: a plain tensor
 
 
-def cached_reference_logps(run_dir, key: str, ref, train, held_out, pad_id, cfg, accelerator) -> tuple[torch.Tensor, torch.Tensor]:
+def cached_reference_logps(
+    run_dir, key: str, ref, train, held_out, pad_id, cfg, accelerator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Reference log-probs of the training and held-out pairs, computed once and cached in the run folder."""
     from safetensors.torch import load_file, save_file
 
@@ -162,8 +195,11 @@ def cached_reference_logps(run_dir, key: str, ref, train, held_out, pad_id, cfg,
     train_ref = reference_logps(ref, train, pad_id, cfg.shared_prompt, cfg.batch_size, accelerator.device)
     eval_ref = reference_logps(ref, held_out, pad_id, cfg.shared_prompt, cfg.batch_size, accelerator.device)
     if accelerator.is_main_process:
-        save_file({"train": train_ref.cpu().contiguous(), "eval": eval_ref.cpu().contiguous()}, str(path),
-                  metadata={"key": key})
+        save_file(
+            {"train": train_ref.cpu().contiguous(), "eval": eval_ref.cpu().contiguous()},
+            str(path),
+            metadata={"key": key},
+        )
     return train_ref, eval_ref
 
 
@@ -173,7 +209,7 @@ def evaluate(policy, ref_fn, groups, eval_ref, loss_fn, cfg, pad_id, accelerator
     totals, loss_total = {}, 0.0
     idx = list(range(accelerator.process_index, len(groups), accelerator.num_processes))
     for s in range(0, len(idx), cfg.batch_size):
-        chunk = idx[s:s + cfg.batch_size]
+        chunk = idx[s : s + cfg.batch_size]
         batch = [groups[i] for i in chunk]
         with accelerator.autocast():
             ref = ref_fn(batch, chunk, eval_ref)
@@ -183,8 +219,9 @@ def evaluate(policy, ref_fn, groups, eval_ref, loss_fn, cfg, pad_id, accelerator
             totals[k] = totals.get(k, 0.0) + v
     policy.train()
     keys = ["loss"] + sorted(totals)
-    vec = accelerator.reduce(torch.tensor([loss_total] + [totals.get(k, 0.0) for k in keys[1:]],
-                                          device=accelerator.device), "sum")
+    vec = accelerator.reduce(
+        torch.tensor([loss_total] + [totals.get(k, 0.0) for k in keys[1:]], device=accelerator.device), "sum"
+    )
     return {f"eval/{k}": v / max(len(groups), 1) for k, v in zip(keys, vec.tolist())}
 
 
@@ -192,10 +229,13 @@ def run(cfg: DPOConfig) -> Path:
     accelerator = common.make_accelerator(cfg)
     run_dir, logger = common.open_run("dpo", cfg, accelerator)
     if cfg.reference == "lora-off" and not cfg.lora:
-        raise ValueError("reference 'lora-off' needs --lora (the reference is the policy with its adapters off); "
-                         "use --reference copy or precomputed for full fine-tuning")
+        raise ValueError(
+            "reference 'lora-off' needs --lora (the reference is the policy with its adapters off); "
+            "use --reference copy or precomputed for full fine-tuning"
+        )
     train_records, eval_records, invalid = load_train_eval(
-        cfg.data, cfg.eval_data, cfg.eval_fraction, "comparison", skip_invalid=cfg.skip_invalid, seed=cfg.seed)
+        cfg.data, cfg.eval_data, cfg.eval_fraction, "comparison", skip_invalid=cfg.skip_invalid, seed=cfg.seed
+    )
     if accelerator.is_main_process:
         run_dir.write_invalid_rows(invalid)
     model, tokenizer = load_causal_lm(cfg.model, common.training_dtype(cfg), cfg.chat_template, seed=cfg.seed)
@@ -209,9 +249,22 @@ def run(cfg: DPOConfig) -> Path:
         ref_model = CompletionLogProbs(copy.deepcopy(model)).to(accelerator.device).eval().requires_grad_(False)
     train_ref = eval_ref = None
     if cfg.reference == "precomputed":  # the model before LoRA and before any update is the reference: no copy
-        key = hashlib.sha256(repr((cfg.model, file_hash(cfg.data) if cfg.data != "toy" else "toy", cfg.eval_data,
-                                   cfg.eval_fraction, cfg.seed, cfg.max_length, cfg.shared_prompt, len(train),
-                                   cfg.chat_template, cfg.dtype)).encode()).hexdigest()[:16]
+        key = hashlib.sha256(
+            repr(
+                (
+                    cfg.model,
+                    file_hash(cfg.data) if cfg.data != "toy" else "toy",
+                    cfg.eval_data,
+                    cfg.eval_fraction,
+                    cfg.seed,
+                    cfg.max_length,
+                    cfg.shared_prompt,
+                    len(train),
+                    cfg.chat_template,
+                    cfg.dtype,
+                )
+            ).encode()
+        ).hexdigest()[:16]
         was_training = model.training
         ref = CompletionLogProbs(model.to(accelerator.device)).eval()
         with accelerator.autocast():  # the reference in the policy's precision: margins start at 0
@@ -229,7 +282,7 @@ def run(cfg: DPOConfig) -> Path:
     def ref_fn(batch: list[Group], indices: list[int], cache: torch.Tensor | None) -> torch.Tensor:
         """(N,) reference log-probs of a batch (chosen, rejected interleaved)."""
         if cache is not None:
-            return torch.stack([cache[2 * i:2 * i + 2] for i in indices]).view(-1)
+            return torch.stack([cache[2 * i : 2 * i + 2] for i in indices]).view(-1)
         packed = collate_groups(batch, pad_id, cfg.shared_prompt).to(accelerator.device)
         with torch.no_grad():
             if ref_model is not None:
@@ -238,7 +291,9 @@ def run(cfg: DPOConfig) -> Path:
                 return accelerator.unwrap_model(policy)(packed)
 
     state = common.resume(run_dir, accelerator, cfg.resume, common.TrainerState())
-    batches = common.global_batches([len(g) for g in train], cfg.batch_size * accelerator.num_processes, cfg.seed, start=state.step)
+    batches = common.global_batches(
+        [len(g) for g in train], cfg.batch_size * accelerator.num_processes, cfg.seed, start=state.step
+    )
     if held_out and state.step == 0:
         logger.log(0, evaluate(policy, ref_fn, held_out, eval_ref, loss_fn, cfg, pad_id, accelerator))
     progress = common.Progress(n_steps, "dpo", cfg.progress and accelerator.is_main_process, completed=state.step)
@@ -281,7 +336,11 @@ def run(cfg: DPOConfig) -> Path:
     logger.close()
     if accelerator.is_main_process:
         save_model(accelerator.unwrap_model(policy).model, tokenizer, run_dir.final, merge_lora=cfg.merge_lora)
-        run_dir.write_card("dpo", parents=[cfg.model], data={"train": cfg.data, "eval": cfg.eval_data},
-                           figures={**figures, "steps": state.step})
+        run_dir.write_card(
+            "dpo",
+            parents=[cfg.model],
+            data={"train": cfg.data, "eval": cfg.eval_data},
+            figures={**figures, "steps": state.step},
+        )
     accelerator.wait_for_everyone()
     return run_dir.path

@@ -20,6 +20,7 @@ details of RLHF with PPO"):
   5. ``ppo_epochs`` passes of ``num_minibatches`` mini-batches with the clipped policy and value losses;
   6. the adaptive KL controller moves kl_coef toward target_kl; metrics and samples are logged.
 """
+
 from __future__ import annotations
 
 import copy
@@ -33,9 +34,20 @@ import torch
 from pydantic import Field, model_validator
 
 from rlhfkit.config import DataPart, ModelPart, OptimPart, RunPart
-from rlhfkit.losses import (KL_ESTIMATORS, adaptive_kl_coef, explained_variance, gae, grpo_advantages,
-                            kl_penalized_rewards, masked_mean, masked_sum, masked_whiten, ppo_policy_loss,
-                            ppo_value_loss, rloo_advantages)
+from rlhfkit.losses import (
+    KL_ESTIMATORS,
+    adaptive_kl_coef,
+    explained_variance,
+    gae,
+    grpo_advantages,
+    kl_penalized_rewards,
+    masked_mean,
+    masked_sum,
+    masked_whiten,
+    ppo_policy_loss,
+    ppo_value_loss,
+    rloo_advantages,
+)
 from rlhfkit.models.load import add_lora, load_causal_lm, save_model
 from rlhfkit.models.value import SeparateCritic, ValueHead, head_from_reward_model
 from rlhfkit.rewards import make_reward_fn
@@ -46,17 +58,30 @@ from rlhfkit.train import common
 class PPOConfig(ModelPart, DataPart, OptimPart, RunPart):
     """Settings of `rlhfkit ppo`. Defaults follow the papers above (lm-human-preferences / TRL)."""
 
-    reward: str = Field("rlhfkit.rewards:toy_count_the", description="rm:RUN_FOLDER | module:function | http://host:port/path")
-    advantage: Literal["gae", "rloo", "grpo"] = Field("gae", description="gae: critic + GAE; rloo / grpo: group baseline, no critic")
+    reward: str = Field(
+        "rlhfkit.rewards:toy_count_the", description="rm:RUN_FOLDER | module:function | http://host:port/path"
+    )
+    advantage: Literal["gae", "rloo", "grpo"] = Field(
+        "gae", description="gae: critic + GAE; rloo / grpo: group baseline, no critic"
+    )
     group_size: int = Field(1, gt=0, description="samples per prompt (rloo and grpo need >= 2)")
-    critic: Literal["head", "separate"] = Field("head", description="head: a value head on the policy's trunk; separate: a second model")
-    critic_init: Literal["policy", "reward"] = Field("policy", description="separate critic's start: the policy's weights or the reward model (rm: only)")
-    reference: Literal["auto", "lora-off", "copy"] = Field("auto", description="frozen reference: the policy with LoRA adapters off, or a copy; auto: lora-off with --lora, else copy")
+    critic: Literal["head", "separate"] = Field(
+        "head", description="head: a value head on the policy's trunk; separate: a second model"
+    )
+    critic_init: Literal["policy", "reward"] = Field(
+        "policy", description="separate critic's start: the policy's weights or the reward model (rm: only)"
+    )
+    reference: Literal["auto", "lora-off", "copy"] = Field(
+        "auto",
+        description="frozen reference: the policy with LoRA adapters off, or a copy; auto: lora-off with --lora, else copy",
+    )
     kl_coef: float = Field(0.05, ge=0, description="beta of the per-token KL penalty (initial value when adaptive)")
     adaptive_kl: bool = Field(False, description="Ziegler et al.'s adaptive controller instead of a fixed kl_coef")
     target_kl: float = Field(6.0, gt=0, description="adaptive controller's target KL per response (nats)")
     kl_horizon: float = Field(10000, gt=0, description="adaptive controller's horizon (samples)")
-    kl_estimator: Literal["k1", "k2", "k3"] = Field("k1", description="per-token KL estimator in the penalty (Schulman 2020)")
+    kl_estimator: Literal["k1", "k2", "k3"] = Field(
+        "k1", description="per-token KL estimator in the penalty (Schulman 2020)"
+    )
     gamma: float = Field(1.0, ge=0, le=1, description="GAE discount")
     lam: float = Field(0.95, ge=0, le=1, description="GAE lambda")
     whiten_advantages: bool = Field(True, description="advantages to mean 0, std 1 per batch")
@@ -71,10 +96,20 @@ class PPOConfig(ModelPart, DataPart, OptimPart, RunPart):
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling; 1 = off")
     top_k: int = Field(0, ge=0, description="top-k sampling; 0 = off")
     stop: list[str] = Field([], description="stop strings: the response is cut before them (counts as EOS)")
-    missing_eos_penalty: float | None = Field(-1.0, description="score for a response without EOS; null to keep the model's")
-    normalize_reward: Literal["none", "initial", "running"] = Field("initial", description="scores to mean 0, std 1: with the first batch's statistics (reference samples) or running ones")
-    rollout_backend: Literal["transformers", "vllm"] = Field("transformers", description="vllm: GPU only, optional extra")
-    recompute_logprobs: bool = Field(False, description="run the policy again over each rollout for the behaviour log-probs and values, instead of taking those the transformers sampler computed (same weights; differ by ~1e-6)")
+    missing_eos_penalty: float | None = Field(
+        -1.0, description="score for a response without EOS; null to keep the model's"
+    )
+    normalize_reward: Literal["none", "initial", "running"] = Field(
+        "initial",
+        description="scores to mean 0, std 1: with the first batch's statistics (reference samples) or running ones",
+    )
+    rollout_backend: Literal["transformers", "vllm"] = Field(
+        "transformers", description="vllm: GPU only, optional extra"
+    )
+    recompute_logprobs: bool = Field(
+        False,
+        description="run the policy again over each rollout for the behaviour log-probs and values, instead of taking those the transformers sampler computed (same weights; differ by ~1e-6)",
+    )
     reward_batch_size: int = Field(32, gt=0, description="responses per reward-model forward")
     sample_every: int = Field(10, gt=0, description="steps between logged sample tables (samples.jsonl, TensorBoard)")
     num_samples: int = Field(4, gt=0, description="rows in each sample table")
@@ -90,9 +125,13 @@ class PPOConfig(ModelPart, DataPart, OptimPart, RunPart):
     @model_validator(mode="after")
     def _check(self):
         if self.advantage in ("rloo", "grpo") and self.group_size < 2:
-            raise ValueError(f"advantage '{self.advantage}' compares samples of the same prompt: set group_size >= 2 (e.g. --group-size 4)")
+            raise ValueError(
+                f"advantage '{self.advantage}' compares samples of the same prompt: set group_size >= 2 (e.g. --group-size 4)"
+            )
         if self.reference == "lora-off" and not self.lora:
-            raise ValueError("reference 'lora-off' needs --lora (without adapters there is nothing to switch off); use 'copy'")
+            raise ValueError(
+                "reference 'lora-off' needs --lora (without adapters there is nothing to switch off); use 'copy'"
+            )
         if self.grad_accum != 1:
             raise ValueError("ppo does not use grad_accum: a rollout batch is cut into num_minibatches optimiser steps")
         if self.critic_init == "reward" and not self.reward.startswith("rm:"):
@@ -106,7 +145,11 @@ class RewardNormalizer:
 
     def __init__(self, mode: str, state: dict | None = None):
         self.mode = mode
-        self.n, self.mean, self.m2 = (state or {}).get("n", 0), (state or {}).get("mean", 0.0), (state or {}).get("m2", 0.0)
+        self.n, self.mean, self.m2 = (
+            (state or {}).get("n", 0),
+            (state or {}).get("mean", 0.0),
+            (state or {}).get("m2", 0.0),
+        )
 
     def __call__(self, scores: torch.Tensor) -> torch.Tensor:
         if self.mode == "none":
@@ -127,9 +170,16 @@ class RewardNormalizer:
 def take(rollout: Rollout, idx: torch.Tensor) -> Rollout:
     """The rows ``idx`` of a rollout."""
     rows = idx.tolist()
-    return Rollout([rollout.prompts[i] for i in rows], rollout.query_ids[idx], rollout.query_mask[idx],
-                   rollout.response_ids[idx], rollout.response_mask[idx], rollout.logprobs[idx], rollout.ended[idx],
-                   [rollout.texts[i] for i in rows])  # hidden/entropy are not needed after the behaviour pass
+    return Rollout(
+        [rollout.prompts[i] for i in rows],
+        rollout.query_ids[idx],
+        rollout.query_mask[idx],
+        rollout.response_ids[idx],
+        rollout.response_mask[idx],
+        rollout.logprobs[idx],
+        rollout.ended[idx],
+        [rollout.texts[i] for i in rows],
+    )  # hidden/entropy are not needed after the behaviour pass
 
 
 def is_value_head(critic) -> bool:
@@ -175,7 +225,9 @@ def samples_table(rollout: Rollout, scores: torch.Tensor, n: int) -> str:
     rows = ["| prompt | response | score |", "|---|---|---|"]
     for i in range(min(n, len(rollout.texts))):
         cells = [text(rollout.prompts[i]), rollout.texts[i]]
-        rows.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + f" | {scores[i]:.3f} |")
+        rows.append(
+            "| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + f" | {scores[i]:.3f} |"
+        )
     return "\n".join(rows)
 
 
@@ -205,10 +257,14 @@ def run(cfg: PPOConfig) -> Path:
         if cfg.critic_init == "reward":  # the reward model's trunk and head (it must read the policy's tokens)
             if rm is None or not hasattr(rm, "trunk") or rm.tokenizer.get_vocab() != tokenizer.get_vocab():
                 raise ValueError("critic_init 'reward' needs a single reward model with the policy's tokenizer")
-            critic = SeparateCritic(copy.deepcopy(rm.trunk).train().requires_grad_(True),
-                                    head_from_reward_model(rm, rm.trunk.config.hidden_size))
+            critic = SeparateCritic(
+                copy.deepcopy(rm.trunk).train().requires_grad_(True),
+                head_from_reward_model(rm, rm.trunk.config.hidden_size),
+            )
         else:
-            critic = SeparateCritic(load_causal_lm(cfg.model, common.training_dtype(cfg), cfg.chat_template, seed=cfg.seed)[0])
+            critic = SeparateCritic(
+                load_causal_lm(cfg.model, common.training_dtype(cfg), cfg.chat_template, seed=cfg.seed)[0]
+            )
     trainable = torch.nn.ModuleList([policy] + ([critic] if critic is not None else []))
 
     n_steps = common.total_steps(cfg, len(train_prompts), accelerator.num_processes)
@@ -222,9 +278,20 @@ def run(cfg: PPOConfig) -> Path:
     fresh = common.TrainerState(extra={"kl_coef": cfg.kl_coef, "reward_norm": None})
     state = common.resume(run_dir, accelerator, cfg.resume, fresh)
     normalizer = RewardNormalizer(cfg.normalize_reward, state.extra.get("reward_norm"))
-    sampler = make_sampler(cfg.rollout_backend, raw_policy, tokenizer, SamplingParams(
-        cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, list(cfg.stop),
-        max_prompt_tokens=max(cfg.max_length - cfg.max_new_tokens, 1), return_states=not cfg.recompute_logprobs))
+    sampler = make_sampler(
+        cfg.rollout_backend,
+        raw_policy,
+        tokenizer,
+        SamplingParams(
+            cfg.max_new_tokens,
+            cfg.temperature,
+            cfg.top_k,
+            cfg.top_p,
+            list(cfg.stop),
+            max_prompt_tokens=max(cfg.max_length - cfg.max_new_tokens, 1),
+            return_states=not cfg.recompute_logprobs,
+        ),
+    )
 
     def reference_logprobs(rollout: Rollout) -> torch.Tensor:
         if reference is not None:
@@ -232,7 +299,9 @@ def run(cfg: PPOConfig) -> Path:
         with raw_policy.disable_adapter():
             return response_forward(policy, rollout, cfg.temperature)["logprobs"]
 
-    batches = common.global_batches([1] * len(train_prompts), cfg.batch_size * accelerator.num_processes, cfg.seed, start=state.step)
+    batches = common.global_batches(
+        [1] * len(train_prompts), cfg.batch_size * accelerator.num_processes, cfg.seed, start=state.step
+    )
     progress = common.Progress(n_steps, "ppo", cfg.progress and accelerator.is_main_process, completed=state.step)
     kl_fn = KL_ESTIMATORS[cfg.kl_estimator]
     samples_file = run_dir.path / "samples.jsonl"
@@ -241,7 +310,7 @@ def run(cfg: PPOConfig) -> Path:
         while state.step < n_steps:
             t0, cpu0 = time.perf_counter(), time.process_time()
             kl_coef = state.extra["kl_coef"]
-            prompts = [train_prompts[i] for i in next(batches)][accelerator.process_index::accelerator.num_processes]
+            prompts = [train_prompts[i] for i in next(batches)][accelerator.process_index :: accelerator.num_processes]
             # 1. rollout (the sampling noise of step k is a function of (seed, k), so a resumed run matches)
             sampler.sync_weights(raw_policy)
             generator = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + state.step)
@@ -261,7 +330,9 @@ def run(cfg: PPOConfig) -> Path:
                 old = behaviour(policy, critic, rollout, cfg)
                 ref_logprobs = reference_logprobs(rollout)
             old_logprobs, old_values = old["logprobs"], old.get("values")
-            rewards = kl_penalized_rewards(scores, old_logprobs, ref_logprobs, mask, kl_coef, cfg.kl_estimator)  # (B, T)
+            rewards = kl_penalized_rewards(
+                scores, old_logprobs, ref_logprobs, mask, kl_coef, cfg.kl_estimator
+            )  # (B, T)
             kl = masked_sum(kl_fn(old_logprobs, ref_logprobs), mask, dim=-1)  # (B,) KL per response
             sequence_rewards = masked_sum(rewards, mask, dim=-1)  # (B,) score - kl_coef * KL
 
@@ -282,16 +353,18 @@ def run(cfg: PPOConfig) -> Path:
             for _ in range(cfg.ppo_epochs):
                 order = torch.randperm(B, generator=shuffle)
                 for s in range(0, B, mb_size):
-                    idx = order[s:s + mb_size].to(device)
+                    idx = order[s : s + mb_size].to(device)
                     mb_mask = mask[idx]
                     with accelerator.autocast():
                         new = forward(policy, critic, take(rollout, idx.cpu()), cfg, entropy=cfg.entropy_coef > 0)
-                    pg_loss, pg_stats = ppo_policy_loss(new["logprobs"], old_logprobs[idx], advantages[idx], mb_mask,
-                                                        cfg.cliprange)
+                    pg_loss, pg_stats = ppo_policy_loss(
+                        new["logprobs"], old_logprobs[idx], advantages[idx], mb_mask, cfg.cliprange
+                    )
                     loss = pg_loss
                     if critic is not None:
-                        vf_loss, vf_stats = ppo_value_loss(new["values"], old_values[idx], returns[idx], mb_mask,
-                                                           cfg.cliprange_value)
+                        vf_loss, vf_stats = ppo_value_loss(
+                            new["values"], old_values[idx], returns[idx], mb_mask, cfg.cliprange_value
+                        )
                         loss = loss + cfg.vf_coef * vf_loss
                         stats.setdefault("loss/value", []).append(vf_loss.item())
                         stats.setdefault("val/clipfrac", []).append(vf_stats["vf_clipfrac"].item())
@@ -311,14 +384,16 @@ def run(cfg: PPOConfig) -> Path:
             # 6. adaptive KL control (Ziegler et al. 2019): n = responses in this batch, on all processes
             mean_kl = accelerator.reduce(kl.mean(), "mean").item()
             if cfg.adaptive_kl:
-                state.extra["kl_coef"] = adaptive_kl_coef(kl_coef, mean_kl, cfg.target_kl, cfg.kl_horizon,
-                                                          B * accelerator.num_processes)
+                state.extra["kl_coef"] = adaptive_kl_coef(
+                    kl_coef, mean_kl, cfg.target_kl, cfg.kl_horizon, B * accelerator.num_processes
+                )
             state.extra["reward_norm"] = normalizer.state()
             state.step += 1
             state.tokens_seen += int(accelerator.reduce(mask.sum(), "sum"))
             elapsed, cpu_elapsed = time.perf_counter() - t0, time.process_time() - cpu0
 
             if state.step % cfg.log_every == 0 or state.step == n_steps:
+
                 def avg(x):
                     return accelerator.reduce(torch.as_tensor(float(x), device=device), "mean").item()
 
@@ -348,9 +423,18 @@ def run(cfg: PPOConfig) -> Path:
                 with samples_file.open("a") as f:
                     for i in range(min(cfg.num_samples, B)):
                         p = rollout.prompts[i]
-                        f.write(json.dumps({"step": state.step, "prompt": p if isinstance(p, str) else [m.model_dump() for m in p],
-                                            "response": rollout.texts[i], "score": raw_scores[i].item(),
-                                            "ended": bool(rollout.ended[i])}) + "\n")
+                        f.write(
+                            json.dumps(
+                                {
+                                    "step": state.step,
+                                    "prompt": p if isinstance(p, str) else [m.model_dump() for m in p],
+                                    "response": rollout.texts[i],
+                                    "score": raw_scores[i].item(),
+                                    "ended": bool(rollout.ended[i]),
+                                }
+                            )
+                            + "\n"
+                        )
             progress.update()
             if cfg.save_every and state.step % cfg.save_every == 0:
                 common.save_checkpoint(run_dir, accelerator, state, cfg.keep_checkpoints)
@@ -363,10 +447,12 @@ def run(cfg: PPOConfig) -> Path:
         save_model(raw_policy, tokenizer, run_dir.final, merge_lora=cfg.merge_lora)
         if critic is not None:
             torch.save(accelerator.unwrap_model(critic).state_dict(), run_dir.path / "critic.pt")
-        run_dir.write_card("ppo", parents=[cfg.model] + ([cfg.reward[3:]] if cfg.reward.startswith("rm:") else []),
-                           data={"prompts": cfg.data, "eval": cfg.eval_data},
-                           figures={**figures, "steps": state.step, "kl_coef": state.extra["kl_coef"],
-                                    "reward": cfg.reward})
+        run_dir.write_card(
+            "ppo",
+            parents=[cfg.model] + ([cfg.reward[3:]] if cfg.reward.startswith("rm:") else []),
+            data={"prompts": cfg.data, "eval": cfg.eval_data},
+            figures={**figures, "steps": state.step, "kl_coef": state.extra["kl_coef"], "reward": cfg.reward},
+        )
     accelerator.wait_for_everyone()
     return run_dir.path
 
@@ -377,5 +463,8 @@ def evaluate(sampler, reward_fn, prompts: list, cfg: PPOConfig, device="cpu", li
     prompts = prompts[:limit]
     rollout = sampler.generate(prompts, n=1, generator=torch.Generator(device=device).manual_seed(cfg.seed))
     scores = reward_fn(rollout.prompts, rollout.texts)
-    return {"eval/scores": scores.mean().item(), "eval/eos_rate": rollout.ended.float().mean().item(),
-            "eval/response_length": rollout.lengths.float().mean().item()}
+    return {
+        "eval/scores": scores.mean().item(),
+        "eval/eos_rate": rollout.ended.float().mean().item(),
+        "eval/response_length": rollout.lengths.float().mean().item(),
+    }

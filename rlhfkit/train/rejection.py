@@ -10,6 +10,7 @@ trained on them, starting from the previous round's model); ``final/`` is the la
 card lists every round (Anthony et al. 2017, "Thinking fast and slow"; Touvron et al. 2023, Llama 2,
 "rejection sampling fine-tuning"; AlpacaFarm's "expert iteration").
 """
+
 from __future__ import annotations
 
 import json
@@ -41,15 +42,21 @@ class RejectionConfig(SamplingPart, OptimPart):
 def sft_config(cfg: RejectionConfig, model: str, data: Path, output_dir: Path) -> SFTConfig:
     """Each round's SFT settings: every setting the two configs share, then the round's own."""
     shared = {k: v for k, v in cfg.model_dump().items() if k in SFTConfig.model_fields}
-    shared.update(model=model, data=str(data), output_dir=str(output_dir), batch_size=cfg.sft_batch_size,
-                  eval_fraction=0.0, eval_data=None)
+    shared.update(
+        model=model,
+        data=str(data),
+        output_dir=str(output_dir),
+        batch_size=cfg.sft_batch_size,
+        eval_fraction=0.0,
+        eval_data=None,
+    )
     return SFTConfig(**shared)
 
 
 def run(cfg: RejectionConfig) -> Path:
     accelerator = common.make_accelerator(cfg)
     run_dir, logger = common.open_run("rejection", cfg, accelerator)
-    prompts = load_prompts(cfg.data, cfg.eval_data, 0.0, cfg.seed, cfg.skip_invalid)[0][:cfg.max_prompts]
+    prompts = load_prompts(cfg.data, cfg.eval_data, 0.0, cfg.seed, cfg.skip_invalid)[0][: cfg.max_prompts]
     reward_fn = make_reward_fn(cfg.reward, device=accelerator.device)
     model_spec, rounds = cfg.model, []
     for r in range(1, cfg.rounds + 1):
@@ -61,10 +68,15 @@ def run(cfg: RejectionConfig) -> Path:
             continue
         model, tokenizer = load_causal_lm(model_spec, common.training_dtype(cfg), cfg.chat_template, seed=cfg.seed)
         model.to(accelerator.device).eval()
-        sampler = make_sampler(cfg.rollout_backend, model, tokenizer, SamplingParams(
-            cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, list(cfg.stop)))
-        texts, scores, ended = sample_and_score(sampler, reward_fn, prompts, cfg.k, cfg.batch_size,
-                                                cfg.seed + r, cfg.missing_eos_penalty)  # scores (P, k)
+        sampler = make_sampler(
+            cfg.rollout_backend,
+            model,
+            tokenizer,
+            SamplingParams(cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, list(cfg.stop)),
+        )
+        texts, scores, ended = sample_and_score(
+            sampler, reward_fn, prompts, cfg.k, cfg.batch_size, cfg.seed + r, cfg.missing_eos_penalty
+        )  # scores (P, k)
         del sampler, model
         best = scores.argmax(-1)  # (P,)
         round_dir.mkdir(parents=True, exist_ok=True)
@@ -72,19 +84,44 @@ def run(cfg: RejectionConfig) -> Path:
         with demos.open("w") as f:
             for i, p in enumerate(prompts):
                 if texts[i][best[i]].strip():  # an empty response teaches nothing
-                    f.write(json.dumps({"prompt": prompt_json(p), "completion": texts[i][best[i]],
-                                        "score": scores[i, best[i]].item()}) + "\n")
-        summary = {"round": r, "policy": model_spec, "mean_reward": scores.mean().item(),
-                   "best_of_k_reward": scores.max(-1).values.mean().item(), "eos_rate": ended.float().mean().item()}
-        logger.log(r, {"rejection/mean_reward": summary["mean_reward"],
-                       "rejection/best_of_k_reward": summary["best_of_k_reward"], "rejection/eos_rate": summary["eos_rate"]})
-        accelerator.print(f"round {r}: mean reward {summary['mean_reward']:.3f}, best of {cfg.k} {summary['best_of_k_reward']:.3f}")
+                    f.write(
+                        json.dumps(
+                            {
+                                "prompt": prompt_json(p),
+                                "completion": texts[i][best[i]],
+                                "score": scores[i, best[i]].item(),
+                            }
+                        )
+                        + "\n"
+                    )
+        summary = {
+            "round": r,
+            "policy": model_spec,
+            "mean_reward": scores.mean().item(),
+            "best_of_k_reward": scores.max(-1).values.mean().item(),
+            "eos_rate": ended.float().mean().item(),
+        }
+        logger.log(
+            r,
+            {
+                "rejection/mean_reward": summary["mean_reward"],
+                "rejection/best_of_k_reward": summary["best_of_k_reward"],
+                "rejection/eos_rate": summary["eos_rate"],
+            },
+        )
+        accelerator.print(
+            f"round {r}: mean reward {summary['mean_reward']:.3f}, best of {cfg.k} {summary['best_of_k_reward']:.3f}"
+        )
         sft_run(sft_config(cfg, model_spec, demos, sft_dir))  # the SFT stage itself, with its own run folder
         (round_dir / "round.json").write_text(json.dumps(summary, indent=2))
         rounds.append(summary)
         model_spec = str(sft_dir)
     logger.close()
     shutil.copytree(Path(model_spec) / "final", run_dir.final)
-    run_dir.write_card("rejection", parents=[cfg.model] + ([cfg.reward[3:]] if cfg.reward.startswith("rm:") else []),
-                       data={"prompts": cfg.data}, figures={"rounds": rounds, "k": cfg.k, "reward": cfg.reward})
+    run_dir.write_card(
+        "rejection",
+        parents=[cfg.model] + ([cfg.reward[3:]] if cfg.reward.startswith("rm:") else []),
+        data={"prompts": cfg.data},
+        figures={"rounds": rounds, "k": cfg.k, "reward": cfg.reward},
+    )
     return run_dir.path

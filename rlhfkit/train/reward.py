@@ -13,6 +13,7 @@ Plackett-Luce for rankings. Each member of an ensemble is a full model trained f
 (and, with ``bootstrap``, its own resample of the data); the ensemble scores by the mean of its members
 and gives their std as disagreement.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,8 +30,17 @@ from rlhfkit import losses
 from rlhfkit.config import DataPart, ModelPart, OptimPart, RunPart, StageConfig
 from rlhfkit.data.io import DataError, load_train_eval
 from rlhfkit.data.pairs import Group, model_mask, pack_groups, pad_right, tokenize_comparison, tokenize_ranking
-from rlhfkit.models.reward import (ENCODER_SPECS, RewardEnsemble, RewardModel, build_reward_model, encode,
-                                   load_reward_model, save_reward_model, score_ensemble, score_raw)
+from rlhfkit.models.reward import (
+    ENCODER_SPECS,
+    RewardEnsemble,
+    RewardModel,
+    build_reward_model,
+    encode,
+    load_reward_model,
+    save_reward_model,
+    score_ensemble,
+    score_raw,
+)
 from rlhfkit.runs import RunFolder
 from rlhfkit.train import common
 
@@ -38,22 +48,40 @@ from rlhfkit.train import common
 class RewardConfig(ModelPart, DataPart, OptimPart, RunPart):
     """Settings of `rlhfkit rm train`."""
 
-    data_kind: Literal["comparison", "ranking"] = Field("comparison", description="prompt/chosen/rejected rows (ties allowed) or prompt/completions/ranking rows")
-    encoder: bool = Field(False, description="the model is a bidirectional encoder (implied by --model minilm); score from mean pooling")
+    data_kind: Literal["comparison", "ranking"] = Field(
+        "comparison", description="prompt/chosen/rejected rows (ties allowed) or prompt/completions/ranking rows"
+    )
+    encoder: bool = Field(
+        False, description="the model is a bidirectional encoder (implied by --model minilm); score from mean pooling"
+    )
     ensemble: int = Field(1, gt=0, description="members in the ensemble (each its own seed)")
-    bootstrap: bool = Field(False, description="each ensemble member trains on its own resample (with replacement) of the data")
-    tie_nu: float = Field(1.0, gt=0, description="Davidson's nu for data with ties (larger = ties likelier at equal rewards)")
+    bootstrap: bool = Field(
+        False, description="each ensemble member trains on its own resample (with replacement) of the data"
+    )
+    tie_nu: float = Field(
+        1.0, gt=0, description="Davidson's nu for data with ties (larger = ties likelier at equal rewards)"
+    )
     use_margin: bool = Field(True, description="use a comparison's 'margin' field in the Bradley-Terry loss (Llama 2)")
-    center_rewards_coefficient: float | None = Field(None, description="add c * mean((r_chosen + r_rejected)^2) to keep rewards centred (TRL's option)")
-    normalize: bool = Field(True, description="fit gain/bias so reference-set scores have mean 0 and std 1; stored with the model")
-    normalize_on: str | None = Field(None, description="reference set for normalisation: a JSONL of prompt/response rows or comparisons; default: the training pairs' responses")
+    center_rewards_coefficient: float | None = Field(
+        None, description="add c * mean((r_chosen + r_rejected)^2) to keep rewards centred (TRL's option)"
+    )
+    normalize: bool = Field(
+        True, description="fit gain/bias so reference-set scores have mean 0 and std 1; stored with the model"
+    )
+    normalize_on: str | None = Field(
+        None,
+        description="reference set for normalisation: a JSONL of prompt/response rows or comparisons; default: the training pairs' responses",
+    )
     normalize_max: int = Field(1024, gt=0, description="at most this many reference responses")
-    shared_prompt: bool = Field(True, description="one row per group with the prompt computed once (exact; causal trunks only)")
+    shared_prompt: bool = Field(
+        True, description="one row per group with the prompt computed once (exact; causal trunks only)"
+    )
 
 
 # --------------------------------------------------------------------------------------------------
 # Tokenisation and scoring of groups
 # --------------------------------------------------------------------------------------------------
+
 
 def tokenize_all(rm: RewardModel, records, kind: str, max_length: int) -> list[Group]:
     """Groups of token ids. Causal trunks: prompt and completions apart (the prompt can be shared);
@@ -108,7 +136,7 @@ def group_loss(scores: torch.Tensor, groups: list[Group], cfg: RewardConfig, wit
     offset = 0
     for b, g in enumerate(groups):
         k = len(g.completion_ids)
-        rewards[b, :k] = scores[offset:offset + k]
+        rewards[b, :k] = scores[offset : offset + k]
         ranking[b, :k] = torch.tensor(g.ranking, device=scores.device)
         offset += k
     return losses.plackett_luce_loss(rewards, ranking)
@@ -120,7 +148,7 @@ def ordered_pairs(scores: torch.Tensor, groups: list[Group]) -> tuple[torch.Tens
     better, worse, offset = [], [], 0
     for g in groups:
         k = len(g.completion_ids)
-        s = scores[offset:offset + k]
+        s = scores[offset : offset + k]
         order = g.ranking if g.ranking is not None else ([] if g.tie else [0, 1])
         for i in range(len(order)):
             for j in range(i + 1, len(order)):
@@ -141,19 +169,30 @@ def preference_metrics(better: torch.Tensor, worse: torch.Tensor, prefix: str) -
     flip = torch.arange(diff.numel(), device=diff.device) % 2 == 1
     probs = torch.sigmoid(torch.where(flip, -diff, diff))
     labels = (~flip).float()
-    return {f"{prefix}/accuracy": (diff > 0).float().mean().item(), f"{prefix}/margin": diff.mean().item(),
-            f"{prefix}/ece": losses.expected_calibration_error(probs, labels).item()}
+    return {
+        f"{prefix}/accuracy": (diff > 0).float().mean().item(),
+        f"{prefix}/margin": diff.mean().item(),
+        f"{prefix}/ece": losses.expected_calibration_error(probs, labels).item(),
+    }
 
 
 @torch.no_grad()
-def evaluate(model, groups: list[Group], cfg: RewardConfig, pad_id: int, shared: bool, with_ties: bool,
-             accelerator, prefix: str = "eval") -> tuple[dict[str, float], torch.Tensor]:
+def evaluate(
+    model,
+    groups: list[Group],
+    cfg: RewardConfig,
+    pad_id: int,
+    shared: bool,
+    with_ties: bool,
+    accelerator,
+    prefix: str = "eval",
+) -> tuple[dict[str, float], torch.Tensor]:
     """Held-out loss, accuracy, margin, ECE, and the raw scores of every completion (on this process's share)."""
     model.eval()
-    mine = groups[accelerator.process_index::accelerator.num_processes]
+    mine = groups[accelerator.process_index :: accelerator.num_processes]
     all_scores, total = [], torch.zeros((), device=accelerator.device)
     for s in range(0, len(mine), cfg.batch_size):
-        chunk = mine[s:s + cfg.batch_size]
+        chunk = mine[s : s + cfg.batch_size]
         scores = score_groups(model, chunk, pad_id, shared, accelerator.device).float()
         total += group_loss(scores, chunk, cfg, with_ties).sum()
         all_scores.append(scores)
@@ -171,6 +210,7 @@ def evaluate(model, groups: list[Group], cfg: RewardConfig, pad_id: int, shared:
 # --------------------------------------------------------------------------------------------------
 # Normalisation reference set
 # --------------------------------------------------------------------------------------------------
+
 
 def reference_texts(cfg: RewardConfig, train_records) -> tuple[list, list]:
     """(prompts, responses) of the normalisation reference set."""
@@ -200,15 +240,24 @@ def reference_texts(cfg: RewardConfig, train_records) -> tuple[list, list]:
 
     to_msgs = lambda x: x if isinstance(x, str) else [Message(**m) for m in as_plain(x)]  # noqa: E731
     prompts, responses = [to_msgs(p) for p in prompts], [to_msgs(r) for r in responses]
-    return prompts[:cfg.normalize_max], responses[:cfg.normalize_max]
+    return prompts[: cfg.normalize_max], responses[: cfg.normalize_max]
 
 
 # --------------------------------------------------------------------------------------------------
 # Training
 # --------------------------------------------------------------------------------------------------
 
-def train_member(cfg: RewardConfig, index: int, run_dir: RunFolder, member_dir: RunFolder, logger, accelerator,
-                 train_records, eval_records) -> tuple[RewardModel, dict]:
+
+def train_member(
+    cfg: RewardConfig,
+    index: int,
+    run_dir: RunFolder,
+    member_dir: RunFolder,
+    logger,
+    accelerator,
+    train_records,
+    eval_records,
+) -> tuple[RewardModel, dict]:
     """One reward model, from its seed (and bootstrap resample), with checkpoints in ``member_dir``."""
     seed = cfg.seed + index
     encoder = cfg.encoder or cfg.model in ENCODER_SPECS
@@ -216,9 +265,15 @@ def train_member(cfg: RewardConfig, index: int, run_dir: RunFolder, member_dir: 
     if cfg.lora:
         from peft import LoraConfig, get_peft_model
 
-        rm.trunk = get_peft_model(rm.trunk, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
-                                                       lora_dropout=cfg.lora_dropout,
-                                                       target_modules=cfg.lora_target_modules))
+        rm.trunk = get_peft_model(
+            rm.trunk,
+            LoraConfig(
+                r=cfg.lora_r,
+                lora_alpha=cfg.lora_alpha,
+                lora_dropout=cfg.lora_dropout,
+                target_modules=cfg.lora_target_modules,
+            ),
+        )
     shared = cfg.shared_prompt and rm.kind == "causal"
     pad_id = rm.tokenizer.pad_token_id if rm.tokenizer.pad_token_id is not None else 0
     train = tokenize_all(rm, train_records, cfg.data_kind, cfg.max_length)
@@ -234,7 +289,9 @@ def train_member(cfg: RewardConfig, index: int, run_dir: RunFolder, member_dir: 
     scheduler = common.make_scheduler(optimizer, cfg, n_steps)
     model, optimizer, scheduler = accelerator.prepare(rm, optimizer, scheduler)
     state = common.resume(member_dir, accelerator, cfg.resume, common.TrainerState())
-    batches = common.global_batches([len(g) for g in train], cfg.batch_size * accelerator.num_processes, seed, start=state.step)
+    batches = common.global_batches(
+        [len(g) for g in train], cfg.batch_size * accelerator.num_processes, seed, start=state.step
+    )
     name = "rm" if cfg.ensemble == 1 else f"rm member {index + 1}/{cfg.ensemble}"
     progress = common.Progress(n_steps, name, cfg.progress and accelerator.is_main_process, completed=state.step)
     model.train()
@@ -263,10 +320,13 @@ def train_member(cfg: RewardConfig, index: int, run_dir: RunFolder, member_dir: 
             if state.step % cfg.log_every == 0 or state.step == n_steps:
                 elapsed = time.perf_counter() - window["start"]
                 pairs = max(window["pairs"], 1)
-                metrics = {"train/loss": window["loss"] / max(window["n"], 1),
-                           "train/accuracy": window["correct"] / pairs, "train/margin": window["margin"] / pairs,
-                           "train/lr": scheduler.get_last_lr()[0],
-                           "train/groups_per_s": window["n"] * accelerator.num_processes / elapsed}
+                metrics = {
+                    "train/loss": window["loss"] / max(window["n"], 1),
+                    "train/accuracy": window["correct"] / pairs,
+                    "train/margin": window["margin"] / pairs,
+                    "train/lr": scheduler.get_last_lr()[0],
+                    "train/groups_per_s": window["n"] * accelerator.num_processes / elapsed,
+                }
                 if grad_norm is not None:
                     metrics["train/grad_norm"] = grad_norm
                 logger.log(state.step, {tag + k: v for k, v in metrics.items()})
@@ -297,7 +357,8 @@ def run(cfg: RewardConfig) -> Path:
     if cfg.data == "toy" and cfg.data_kind != "comparison":
         raise ValueError("the toy world has built-in comparisons only; give --data for rankings")
     train_records, eval_records, invalid = load_train_eval(
-        cfg.data, cfg.eval_data, cfg.eval_fraction, cfg.data_kind, skip_invalid=cfg.skip_invalid, seed=cfg.seed)
+        cfg.data, cfg.eval_data, cfg.eval_fraction, cfg.data_kind, skip_invalid=cfg.skip_invalid, seed=cfg.seed
+    )
     if accelerator.is_main_process:
         run_dir.write_invalid_rows(invalid)
     members, figures = [], {}
@@ -329,8 +390,12 @@ def run(cfg: RewardConfig) -> Path:
 
             for i in range(cfg.ensemble):
                 shutil.rmtree(run_dir.path / f"member-{i}" / "done", ignore_errors=True)
-        run_dir.write_card("rm", parents=[cfg.model], data={"train": cfg.data, "eval": cfg.eval_data,
-                                                            "normalize_on": cfg.normalize_on}, figures=figures)
+        run_dir.write_card(
+            "rm",
+            parents=[cfg.model],
+            data={"train": cfg.data, "eval": cfg.eval_data, "normalize_on": cfg.normalize_on},
+            figures=figures,
+        )
     accelerator.wait_for_everyone()
     return run_dir.path
 
@@ -346,20 +411,26 @@ def ensemble_figures(ens: RewardEnsemble, records, cfg: RewardConfig) -> dict[st
     responses = [r.chosen for r in pairs] + [r.rejected for r in pairs]
     mean, std = score_ensemble(ens, prompts, responses, cfg.batch_size, cfg.max_length)
     n = len(pairs)
-    return {"eval/ensemble_accuracy": (mean[:n] > mean[n:]).float().mean().item(),
-            "eval/disagreement": std.mean().item()}
+    return {
+        "eval/ensemble_accuracy": (mean[:n] > mean[n:]).float().mean().item(),
+        "eval/disagreement": std.mean().item(),
+    }
 
 
 # --------------------------------------------------------------------------------------------------
 # rlhfkit rm score
 # --------------------------------------------------------------------------------------------------
 
+
 class ScoreConfig(StageConfig):
     """Settings of `rlhfkit rm score`."""
 
     model: str = Field(..., description="a reward model: the run folder of `rlhfkit rm train` or its final/")
     data: str = Field(..., description="JSONL of rows with 'prompt' and 'response' (or 'completion')")
-    output: str | None = Field(None, description="where to write the rows with 'score' (and 'score_std' for an ensemble); default <data>.scores.jsonl")
+    output: str | None = Field(
+        None,
+        description="where to write the rows with 'score' (and 'score_std' for an ensemble); default <data>.scores.jsonl",
+    )
     batch_size: int = Field(32, gt=0)
     max_length: int = Field(512, gt=0)
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"

@@ -5,6 +5,7 @@
 
 Python: ``rlhfkit.train.sft.run(SFTConfig(...))`` returns the run folder.
 """
+
 from __future__ import annotations
 
 import math
@@ -34,7 +35,7 @@ def tokenize_all(tokenizer, records, max_length: int) -> list[tuple[list[int], l
     for r in records:
         ids, labels = tokenize_demonstration(tokenizer, r)
         out.append((ids[:max_length], labels[:max_length]))
-    return [(i, l) for i, l in out if any(t != IGNORE_INDEX for t in l)]
+    return [(ids, labels) for ids, labels in out if any(t != IGNORE_INDEX for t in labels)]
 
 
 def collate(examples, pad_id: int, packing: bool, max_length: int) -> dict[str, torch.Tensor]:
@@ -52,13 +53,17 @@ def collate(examples, pad_id: int, packing: bool, max_length: int) -> dict[str, 
         rows.append(row)
         width = max(len(r[0]) for r in rows)
         pad = lambda seq, v: seq + [v] * (width - len(seq))  # noqa: E731
-        return {"input_ids": torch.tensor([pad(r[0], pad_id) for r in rows]),
-                "labels": torch.tensor([pad(r[1], IGNORE_INDEX) for r in rows]),
-                "position_ids": torch.tensor([r[2] + list(range(len(r[2]), width)) for r in rows])}
+        return {
+            "input_ids": torch.tensor([pad(r[0], pad_id) for r in rows]),
+            "labels": torch.tensor([pad(r[1], IGNORE_INDEX) for r in rows]),
+            "position_ids": torch.tensor([r[2] + list(range(len(r[2]), width)) for r in rows]),
+        }
     width = max(len(ids) for ids, _ in examples)
-    return {"input_ids": torch.tensor([ids + [pad_id] * (width - len(ids)) for ids, _ in examples]),
-            "labels": torch.tensor([lab + [IGNORE_INDEX] * (width - len(lab)) for _, lab in examples]),
-            "attention_mask": torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in examples])}
+    return {
+        "input_ids": torch.tensor([ids + [pad_id] * (width - len(ids)) for ids, _ in examples]),
+        "labels": torch.tensor([lab + [IGNORE_INDEX] * (width - len(lab)) for _, lab in examples]),
+        "attention_mask": torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in examples]),
+    }
 
 
 def token_loss_sum(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
@@ -66,8 +71,9 @@ def token_loss_sum(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor,
     labels = batch.pop("labels")
     logits = model(**batch, use_cache=False).logits[:, :-1]  # (B, T-1, V)
     targets = labels[:, 1:]
-    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1),
-                                             ignore_index=IGNORE_INDEX, reduction="sum")
+    loss = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
+    )
     return loss, int((targets != IGNORE_INDEX).sum())
 
 
@@ -75,9 +81,12 @@ def token_loss_sum(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor,
 def evaluate(model, examples, cfg: SFTConfig, pad_id: int, accelerator) -> dict[str, float]:
     model.eval()
     total, count = torch.zeros((), device=accelerator.device), torch.zeros((), device=accelerator.device)
-    mine = examples[accelerator.process_index::accelerator.num_processes]
+    mine = examples[accelerator.process_index :: accelerator.num_processes]
     for s in range(0, len(mine), cfg.batch_size):
-        batch = {k: v.to(accelerator.device) for k, v in collate(mine[s:s + cfg.batch_size], pad_id, False, cfg.max_length).items()}
+        batch = {
+            k: v.to(accelerator.device)
+            for k, v in collate(mine[s : s + cfg.batch_size], pad_id, False, cfg.max_length).items()
+        }
         loss, n = token_loss_sum(model, batch)
         total += loss
         count += n
@@ -91,7 +100,8 @@ def run(cfg: SFTConfig) -> Path:
     accelerator = common.make_accelerator(cfg)
     run_dir, logger = common.open_run("sft", cfg, accelerator)
     train_records, eval_records, invalid = load_train_eval(
-        cfg.data, cfg.eval_data, cfg.eval_fraction, "demonstration", skip_invalid=cfg.skip_invalid, seed=cfg.seed)
+        cfg.data, cfg.eval_data, cfg.eval_fraction, "demonstration", skip_invalid=cfg.skip_invalid, seed=cfg.seed
+    )
     if accelerator.is_main_process:
         run_dir.write_invalid_rows(invalid)
     model, tokenizer = load_causal_lm(cfg.model, common.training_dtype(cfg), cfg.chat_template, seed=cfg.seed)
@@ -108,7 +118,9 @@ def run(cfg: SFTConfig) -> Path:
     state = common.resume(run_dir, accelerator, cfg.resume, common.TrainerState())
 
     lengths = [len(ids) for ids, _ in train]
-    batches = common.global_batches(lengths, cfg.batch_size * accelerator.num_processes, cfg.seed, cfg.group_by_length, start=state.step)
+    batches = common.global_batches(
+        lengths, cfg.batch_size * accelerator.num_processes, cfg.seed, cfg.group_by_length, start=state.step
+    )
     progress = common.Progress(n_steps, "sft", cfg.progress and accelerator.is_main_process, completed=state.step)
     model.train()
     window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
@@ -118,8 +130,9 @@ def run(cfg: SFTConfig) -> Path:
             collated = [collate(m, pad_id, cfg.packing, cfg.max_length) for m in micro]
             # Normalise by the completion tokens of the whole step, on all processes: accumulation
             # and data parallelism then give the same gradient as one big batch.
-            n_tokens = torch.tensor(sum(int((c["labels"][:, 1:] != IGNORE_INDEX).sum()) for c in collated),
-                                    device=accelerator.device)
+            n_tokens = torch.tensor(
+                sum(int((c["labels"][:, 1:] != IGNORE_INDEX).sum()) for c in collated), device=accelerator.device
+            )
             step_tokens = accelerator.reduce(n_tokens, "sum").clamp(min=1)
             for i, batch in enumerate(collated):
                 batch = {k: v.to(accelerator.device) for k, v in batch.items()}
@@ -136,9 +149,12 @@ def run(cfg: SFTConfig) -> Path:
             progress.update(info=f"loss {window_loss / max(window_tokens, 1):.3f}")
             if state.step % cfg.log_every == 0 or state.step == n_steps:
                 elapsed = time.perf_counter() - window_start
-                metrics = {"train/loss": window_loss / max(window_tokens, 1), "train/lr": scheduler.get_last_lr()[0],
-                           "train/tokens_per_s": window_tokens * accelerator.num_processes / elapsed,
-                           "train/tokens_seen": state.tokens_seen}
+                metrics = {
+                    "train/loss": window_loss / max(window_tokens, 1),
+                    "train/lr": scheduler.get_last_lr()[0],
+                    "train/tokens_per_s": window_tokens * accelerator.num_processes / elapsed,
+                    "train/tokens_seen": state.tokens_seen,
+                }
                 if grad_norm is not None:
                     metrics["train/grad_norm"] = grad_norm
                 logger.log(state.step, metrics)
@@ -153,8 +169,11 @@ def run(cfg: SFTConfig) -> Path:
     logger.close()
     if accelerator.is_main_process:
         save_model(accelerator.unwrap_model(model), tokenizer, run_dir.final, merge_lora=cfg.merge_lora)
-        run_dir.write_card("sft", parents=[cfg.model], data={"train": cfg.data, "eval": cfg.eval_data},
-                           figures={**figures, "steps": state.step, "tokens_seen": state.tokens_seen})
+        run_dir.write_card(
+            "sft",
+            parents=[cfg.model],
+            data={"train": cfg.data, "eval": cfg.eval_data},
+            figures={**figures, "steps": state.step, "tokens_seen": state.tokens_seen},
+        )
     accelerator.wait_for_everyone()
     return run_dir.path
-

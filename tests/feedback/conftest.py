@@ -3,6 +3,7 @@
 ``server`` is parametrised over SQLite (a file) and PostgreSQL (a throwaway cluster started here
 when ``initdb`` is installed; otherwise those cases are skipped with the reason).
 """
+
 from __future__ import annotations
 
 import glob
@@ -40,9 +41,18 @@ class Server:
         self.args = args
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "Server":
-        cmd = [sys.executable, "-m", "rlhfkit.feedback.cli", "serve", "--db", self.db, "--port", str(self.port),
-               *self.args]
+    def start(self) -> Server:
+        cmd = [
+            sys.executable,
+            "-m",
+            "rlhfkit.feedback.cli",
+            "serve",
+            "--db",
+            self.db,
+            "--port",
+            str(self.port),
+            *self.args,
+        ]
         self.proc = subprocess.Popen(cmd, stdout=self.log.open("ab"), stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -128,8 +138,11 @@ def bootstrap(db: str) -> None:
 
 # ---------------------------------------------------------------- PostgreSQL
 
+
 def _pg_bin() -> Path | None:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb")) or ([shutil.which("initdb")] if shutil.which("initdb") else [])
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb")) or (
+        [shutil.which("initdb")] if shutil.which("initdb") else []
+    )
     return Path(found[-1]).parent if found else None
 
 
@@ -148,11 +161,17 @@ def postgres(tmp_path_factory):
     if root:
         shutil.chown(data, "postgres", "postgres")
     port = free_port()
-    subprocess.run([*as_pg, str(bindir / "initdb"), "-D", str(data / "db"), "-A", "trust", "-U", "postgres",
-                    "--no-sync"], check=True, capture_output=True)
+    subprocess.run(
+        [*as_pg, str(bindir / "initdb"), "-D", str(data / "db"), "-A", "trust", "-U", "postgres", "--no-sync"],
+        check=True,
+        capture_output=True,
+    )
     opts = f"-p {port} -k {data} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
-    subprocess.run([*as_pg, str(bindir / "pg_ctl"), "-D", str(data / "db"), "-o", opts, "-l", str(data / "log"),
-                    "-w", "start"], check=True, capture_output=True)
+    subprocess.run(
+        [*as_pg, str(bindir / "pg_ctl"), "-D", str(data / "db"), "-o", opts, "-l", str(data / "log"), "-w", "start"],
+        check=True,
+        capture_output=True,
+    )
     import psycopg2
 
     counter = iter(range(10_000))
@@ -166,8 +185,9 @@ def postgres(tmp_path_factory):
         return f"postgresql://postgres@127.0.0.1:{port}/{name}"
 
     yield new_database
-    subprocess.run([*as_pg, str(bindir / "pg_ctl"), "-D", str(data / "db"), "-m", "immediate", "stop"],
-                   capture_output=True)
+    subprocess.run(
+        [*as_pg, str(bindir / "pg_ctl"), "-D", str(data / "db"), "-m", "immediate", "stop"], capture_output=True
+    )
     shutil.rmtree(data, ignore_errors=True)
 
 

@@ -1,4 +1,5 @@
 """In-process helpers for store-level tests: a migrated SQLite file and quick ways to add labels."""
+
 from __future__ import annotations
 
 import uuid
@@ -36,8 +37,16 @@ def label(store: Store, user, task_id: int, answer: dict, **extra) -> int:
         if db.get(Assignment, (task_id, user.id)) is None:
             db.add(Assignment(task_id=task_id, user_id=user.id, expires_at=utcnow(), skipped=False))
             db.commit()
-        stored, _ = submit_label(db, user, uuid.uuid4().hex, task_id, answer, extra.get("reason"),
-                                 extra.get("flags"), extra.get("duration_ms"))
+        stored, _ = submit_label(
+            db,
+            user,
+            uuid.uuid4().hex,
+            task_id,
+            answer,
+            extra.get("reason"),
+            extra.get("flags"),
+            extra.get("duration_ms"),
+        )
         return stored.id
 
 

@@ -1,4 +1,5 @@
 """Active-learning priorities (pure functions) and loading scorers."""
+
 from __future__ import annotations
 
 import math
@@ -36,8 +37,11 @@ def constant_scorer(prompt, responses):
 def test_load_scorer_from_module_function():
     fn = load_scorer("tests.feedback.test_active:constant_scorer")
     assert fn("p", ["a", "bbb"]) == [[1.0, 3.0]]
-    for bad, msg in [("nocolon", "module:function"), ("tests.feedback.test_active:missing", "cannot load"),
-                     ("rm:/nonexistent/folder", "no Hugging Face model folder")]:
+    for bad, msg in [
+        ("nocolon", "module:function"),
+        ("tests.feedback.test_active:missing", "cannot load"),
+        ("rm:/nonexistent/folder", "no Hugging Face model folder"),
+    ]:
         with pytest.raises(ValueError, match=msg):
             load_scorer(bad)
 

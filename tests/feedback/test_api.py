@@ -1,4 +1,5 @@
 """The HTTP API against a real server process on SQLite and on PostgreSQL."""
+
 from __future__ import annotations
 
 import uuid
@@ -12,8 +13,11 @@ PAIR = {"prompt": "Which is kinder?", "responses": ["Thank you!", "Whatever."], 
 
 
 def submit(client, task_id, answer, key=None, **extra):
-    return client.post("/api/labels", json={"task_id": task_id, "answer": answer, **extra},
-                       headers={"Idempotency-Key": key or uuid.uuid4().hex})
+    return client.post(
+        "/api/labels",
+        json={"task_id": task_id, "answer": answer, **extra},
+        headers={"Idempotency-Key": key or uuid.uuid4().hex},
+    )
 
 
 def test_health_names_the_database(server):
@@ -23,8 +27,12 @@ def test_health_names_the_database(server):
 
 def test_login_sets_a_safe_cookie_and_rejects_wrong_password(server):
     name, _ = server.new_user()
-    assert httpx.post(server.url + "/api/auth/login", json={"username": name, "password": "wrong-one"}).status_code == 401
-    assert httpx.post(server.url + "/api/auth/login", json={"username": "nobody", "password": "x" * 9}).status_code == 401
+    assert (
+        httpx.post(server.url + "/api/auth/login", json={"username": name, "password": "wrong-one"}).status_code == 401
+    )
+    assert (
+        httpx.post(server.url + "/api/auth/login", json={"username": "nobody", "password": "x" * 9}).status_code == 401
+    )
     r = httpx.post(server.url + "/api/auth/login", json={"username": name, "password": "a-good-password"})
     cookie = r.headers["set-cookie"].lower()
     assert r.status_code == 200 and "httponly" in cookie and "samesite=lax" in cookie
@@ -42,21 +50,32 @@ def test_label_lands_in_the_database(server):
     label = r.json()
     assert label["answer"] == {"choice": 1} and label["annotator"] == name
     assert ann.get(f"/api/labels/{label['id']}").json()["reason"] == "B is rude"
-    rows = server.sql("SELECT l.task_id, l.reason, l.duration_ms, t.n_labels FROM labels l JOIN tasks t "
-                      "ON t.id = l.task_id WHERE l.id = :id", id=label["id"])
+    rows = server.sql(
+        "SELECT l.task_id, l.reason, l.duration_ms, t.n_labels FROM labels l JOIN tasks t "
+        "ON t.id = l.task_id WHERE l.id = :id",
+        id=label["id"],
+    )
     assert rows == [(task_id, "B is rude", 4200, 1)]
     assert ann.get("/api/labels").json()[0]["id"] == label["id"]
 
 
 def test_every_question_type_round_trips(server):
-    ids = server.load([
-        {"prompt": "rank", "responses": ["a", "b", "c"], "kind": "ranking"},
-        {"prompt": "rate", "responses": ["a", "b"], "kind": "rating", "scale": 7},
-        {"prompt": "thumbs", "responses": ["a", "b"], "kind": "thumbs"},
-        {**PAIR, "prompt": "tie?"}, {**PAIR, "prompt": "both bad?"},
-    ])
-    answers = [{"ranking": [2, 0, 1]}, {"ratings": [7, 1]}, {"thumbs": [True, False]}, {"choice": "tie"},
-               {"choice": "both_bad"}]
+    ids = server.load(
+        [
+            {"prompt": "rank", "responses": ["a", "b", "c"], "kind": "ranking"},
+            {"prompt": "rate", "responses": ["a", "b"], "kind": "rating", "scale": 7},
+            {"prompt": "thumbs", "responses": ["a", "b"], "kind": "thumbs"},
+            {**PAIR, "prompt": "tie?"},
+            {**PAIR, "prompt": "both bad?"},
+        ]
+    )
+    answers = [
+        {"ranking": [2, 0, 1]},
+        {"ratings": [7, 1]},
+        {"thumbs": [True, False]},
+        {"choice": "tie"},
+        {"choice": "both_bad"},
+    ]
     _, ann = server.new_user()
     for task_id, answer in zip(ids, answers):
         serve_until(ann, task_id)
@@ -65,8 +84,12 @@ def test_every_question_type_round_trips(server):
 
 
 def test_invalid_answers_are_refused_with_the_field_named(server):
-    ids = server.load([{"prompt": "rank", "responses": ["a", "b", "c"], "kind": "ranking"},
-                       {"prompt": "rate", "responses": ["a", "b"], "kind": "rating", "scale": 5}])
+    ids = server.load(
+        [
+            {"prompt": "rank", "responses": ["a", "b", "c"], "kind": "ranking"},
+            {"prompt": "rate", "responses": ["a", "b"], "kind": "rating", "scale": 5},
+        ]
+    )
     _, ann = server.new_user()
     serve_until(ann, ids[0])
     r = submit(ann, ids[0], {"ranking": [0, 0, 1]})
@@ -156,8 +179,11 @@ def test_invite_token_logs_in_once_and_sets_a_password(server):
 def test_sessions_expire_and_logout_ends_them(server):
     name, ann = server.new_user()
     assert ann.get("/api/me").status_code == 200
-    server.sql("UPDATE sessions SET expires_at = :past WHERE user_id = (SELECT id FROM users WHERE username = :u)",
-               past="2000-01-01 00:00:00", u=name)
+    server.sql(
+        "UPDATE sessions SET expires_at = :past WHERE user_id = (SELECT id FROM users WHERE username = :u)",
+        past="2000-01-01 00:00:00",
+        u=name,
+    )
     assert ann.get("/api/me").status_code == 401
     ann = server.login(name, "a-good-password")
     assert ann.post("/api/auth/logout").status_code == 204

@@ -3,6 +3,7 @@ the mouse and with the keyboard, check the labels landed; hostile model text sho
 
 Set RLHFKIT_SCREENSHOT=docs/annotate-page.png to refresh the screenshot in the docs.
 """
+
 from __future__ import annotations
 
 import os
@@ -14,20 +15,37 @@ import pytest
 from tests.feedback.conftest import Server, bootstrap
 
 CHROMIUM = "/usr/bin/chromium"
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
-                                reason="no /usr/bin/chromium: run scripts/install-system-deps.sh")
-ARGS = ["--no-sandbox", "--headless=new", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+pytestmark = pytest.mark.skipif(
+    not Path(CHROMIUM).exists(), reason="no /usr/bin/chromium: run scripts/install-system-deps.sh"
+)
+ARGS = [
+    "--no-sandbox",
+    "--headless=new",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
 
 XSS = '<img src=x onerror="window.__xss=1"><script>window.__xss=2</script>'
 TASKS = [
-    {"prompt": "How do I reverse a list in **Python**? " + XSS,
-     "responses": ["Use slicing:\n\n```python\nitems[::-1]\n```\n\nor call `items.reverse()` to do it in place.",
-                   "Call `reversed(items)` which returns an iterator. " + XSS], "kind": "pairwise"},
+    {
+        "prompt": "How do I reverse a list in **Python**? " + XSS,
+        "responses": [
+            "Use slicing:\n\n```python\nitems[::-1]\n```\n\nor call `items.reverse()` to do it in place.",
+            "Call `reversed(items)` which returns an iterator. " + XSS,
+        ],
+        "kind": "pairwise",
+    },
     {"prompt": "Rank these answers to 2 + 2.", "responses": ["4", "22", "five"], "kind": "ranking"},
     {"prompt": "Rate each greeting.", "responses": ["Hello! How can I help?", "what"], "kind": "rating", "scale": 5},
-    {"prompt": "Are these summaries faithful?", "responses": ["Yes, it says so.", "It says the opposite."],
-     "kind": "thumbs"},
+    {
+        "prompt": "Are these summaries faithful?",
+        "responses": ["Yes, it says so.", "It says the opposite."],
+        "kind": "thumbs",
+    },
 ]
 
 
@@ -136,18 +154,18 @@ def test_pairwise_choice_maps_to_the_response_shown(app_server, browser):
 def test_label_every_type_with_the_keyboard(app_server, browser):
     name, page = open_page(app_server, browser)
     order = shown_order(page)
-    page.keyboard.press("2")        # B is better
-    page.keyboard.press("h")        # flag the focused response (A) as harmful
-    page.keyboard.press("r")        # write a reason
+    page.keyboard.press("2")  # B is better
+    page.keyboard.press("h")  # flag the focused response (A) as harmful
+    page.keyboard.press("r")  # write a reason
     page.keyboard.type("keyboard only")
     page.keyboard.press("Escape")
     page.keyboard.press("Enter")
 
     wait_for_task(page, app_server.ids[1])
     order_rank = shown_order(page)
-    page.keyboard.press("Shift+ArrowDown")   # move the focused (first) response down one
-    page.keyboard.press("j")                 # focus follows it; go to the next one
-    page.keyboard.press("3")                 # put that one at rank 3
+    page.keyboard.press("Shift+ArrowDown")  # move the focused (first) response down one
+    page.keyboard.press("j")  # focus follows it; go to the next one
+    page.keyboard.press("3")  # put that one at rank 3
     expected = shown_order(page)
     assert expected != order_rank
     page.keyboard.press("Enter")
@@ -200,15 +218,18 @@ def test_usable_at_phone_width(app_server, browser):
     assert labels_of(app_server, name)[app_server.ids[0]]["answer"] == {"choice": "tie"}
 
 
-SHOWCASE = [{
-    "prompt": "How do I reverse a list in Python without changing the original?",
-    "responses": [
-        "Use slicing, which returns a **new** list:\n\n```python\nitems = [1, 2, 3]\nbackwards = items[::-1]\n```\n\n"
-        "- `items[::-1]` copies, so `items` is unchanged\n- `items.reverse()` reverses *in place* instead",
-        "Call `items.reverse()` and then use `items`. This returns a new list:\n\n```python\nitems.reverse()\n```\n\n"
-        "- `reversed(items)` is the same thing",
-    ],
-    "kind": "pairwise"}] + TASKS[1:]
+SHOWCASE = [
+    {
+        "prompt": "How do I reverse a list in Python without changing the original?",
+        "responses": [
+            "Use slicing, which returns a **new** list:\n\n```python\nitems = [1, 2, 3]\nbackwards = items[::-1]\n```\n\n"
+            "- `items[::-1]` copies, so `items` is unchanged\n- `items.reverse()` reverses *in place* instead",
+            "Call `items.reverse()` and then use `items`. This returns a new list:\n\n```python\nitems.reverse()\n```\n\n"
+            "- `reversed(items)` is the same thing",
+        ],
+        "kind": "pairwise",
+    }
+] + TASKS[1:]
 
 
 def test_screenshot_of_the_labelling_page(browser, tmp_path):

@@ -1,4 +1,5 @@
 """The `annotate` commands, end to end on files: users, load, generate (tiny model), score, export."""
+
 from __future__ import annotations
 
 import json
@@ -21,17 +22,26 @@ def run(*args):
 def tiny_model_folders(tmp_path):
     """A random 2-layer Llama (hidden 32) with a word-level tokenizer: a causal LM and two reward
     models (sequence classifiers) that form an ensemble."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import (LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification,
-                              PreTrainedTokenizerFast)
     import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification, PreTrainedTokenizerFast
 
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", eos_token="<eos>")
-    config = LlamaConfig(vocab_size=len(WORDS), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=128,
-                         pad_token_id=1, eos_token_id=2, bos_token_id=None, num_labels=1)
+    config = LlamaConfig(
+        vocab_size=len(WORDS),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=128,
+        pad_token_id=1,
+        eos_token_id=2,
+        bos_token_id=None,
+        num_labels=1,
+    )
     torch.manual_seed(0)
     lm = tmp_path / "lm"
     LlamaForCausalLM(config).save_pretrained(lm)
@@ -56,8 +66,10 @@ def test_users_load_and_export(tmp_path):
     assert code == 2 and "no such user" in out
 
     tasks = tmp_path / "tasks.jsonl"
-    tasks.write_text('{"id": "t1", "prompt": "hi", "responses": ["a", "b"]}\n'
-                     '{"id": "t2", "prompt": "rank", "responses": ["a", "b", "c"]}\n')
+    tasks.write_text(
+        '{"id": "t1", "prompt": "hi", "responses": ["a", "b"]}\n'
+        '{"id": "t2", "prompt": "rank", "responses": ["a", "b", "c"]}\n'
+    )
     assert run("load", tasks, "--db", db)[1].startswith("loaded 2 tasks")
     assert "0 tasks" in run("load", tasks, "--db", db)[1]  # same ids: nothing added twice
     bad = tmp_path / "bad.jsonl"
@@ -65,10 +77,11 @@ def test_users_load_and_export(tmp_path):
     code, out = run("load", bad, "--db", db)
     assert code == 2 and "bad.jsonl:1: field 'responses'" in out
 
+    from sqlalchemy import select
+
     from rlhfkit.feedback.db import Store
     from rlhfkit.feedback.models import User
     from tests.feedback.helpers import label
-    from sqlalchemy import select
 
     store = Store(str(db))
     with store.read() as s:
@@ -92,21 +105,22 @@ def test_generate_then_score_with_a_reward_model_ensemble(tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("hello world\nwhy the sky\n")
     tasks = tmp_path / "tasks.jsonl"
-    code, out = run("generate", "--model", lm, "--prompts", prompts, "--out", tasks, "--k", 3,
-                    "--max-new-tokens", 6)
+    code, out = run("generate", "--model", lm, "--prompts", prompts, "--out", tasks, "--k", 3, "--max-new-tokens", 6)
     assert code == 0, out
     rows = [json.loads(line) for line in tasks.read_text().splitlines()]
     assert [r["prompt"] for r in rows] == ["hello world", "why the sky"]
-    assert all(r["kind"] == "ranking" and len(r["responses"]) == 3 and all(x.strip() for x in r["responses"])
-               for r in rows)
+    assert all(
+        r["kind"] == "ranking" and len(r["responses"]) == 3 and all(x.strip() for x in r["responses"]) for r in rows
+    )
     assert all(set(" ".join(r["responses"]).split()) <= set(WORDS) for r in rows)
 
     db = tmp_path / "a.db"
     code, out = run("load", tasks, "--db", db, "--scorer", f"rm:{rm}")
     assert code == 0, out
+    from sqlalchemy import select
+
     from rlhfkit.feedback.db import Store
     from rlhfkit.feedback.models import Task
-    from sqlalchemy import select
 
     with Store(str(db)).read() as s:
         stored = list(s.scalars(select(Task)))

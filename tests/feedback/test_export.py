@@ -1,4 +1,5 @@
 """Exports read back through rlhfkit.data.read_records, with each aggregation option."""
+
 from __future__ import annotations
 
 import pytest
@@ -11,15 +12,18 @@ from tests.feedback.helpers import label, new_store, tasks, users
 @pytest.fixture
 def labelled(tmp_path):
     store = new_store(tmp_path)
-    pair, tie, bad, rank, rate, thumbs, gold = tasks(store, [
-        {"prompt": "pair", "responses": ["good", "bad"]},
-        {"prompt": "tie", "responses": ["x", "y"]},
-        {"prompt": "both bad", "responses": ["u", "v"]},
-        {"prompt": "rank", "responses": ["r0", "r1", "r2"], "kind": "ranking"},
-        {"prompt": "rate", "responses": ["l0", "l1"], "kind": "rating", "scale": 7},
-        {"prompt": "thumbs", "responses": ["t0", "t1"], "kind": "thumbs"},
-        {"prompt": "gold", "responses": ["g0", "g1"], "gold": {"choice": 0}, "id": "gold-1"},
-    ])
+    pair, tie, bad, rank, rate, thumbs, gold = tasks(
+        store,
+        [
+            {"prompt": "pair", "responses": ["good", "bad"]},
+            {"prompt": "tie", "responses": ["x", "y"]},
+            {"prompt": "both bad", "responses": ["u", "v"]},
+            {"prompt": "rank", "responses": ["r0", "r1", "r2"], "kind": "ranking"},
+            {"prompt": "rate", "responses": ["l0", "l1"], "kind": "rating", "scale": 7},
+            {"prompt": "thumbs", "responses": ["t0", "t1"], "kind": "thumbs"},
+            {"prompt": "gold", "responses": ["g0", "g1"], "gold": {"choice": 0}, "id": "gold-1"},
+        ],
+    )
     a, b, c = users(store, "ann", "bob", "cat")
     for user, choice in ((a, 0), (b, 0), (c, 1)):
         label(store, user, pair, {"choice": choice}, flags={"1": ["untrue"]} if user is a else None)
@@ -47,8 +51,11 @@ def test_comparisons_per_annotator(labelled, tmp_path):
     _, rows, _ = labelled
     records = roundtrip(tmp_path, "comparison", build_records("comparison", rows))
     pair = [r for r in records if r.prompt == "pair"]
-    assert [(r.chosen, r.rejected, r.annotator) for r in pair] == [("good", "bad", "ann"), ("good", "bad", "bob"),
-                                                                   ("bad", "good", "cat")]
+    assert [(r.chosen, r.rejected, r.annotator) for r in pair] == [
+        ("good", "bad", "ann"),
+        ("good", "bad", "bob"),
+        ("bad", "good", "cat"),
+    ]
     ties = [r for r in records if r.tie]
     assert len(ties) == 2 and {r.annotator for r in ties} == {"ann", "bob"}
     assert not any(r.prompt in ("both bad", "gold") for r in records)
@@ -88,7 +95,10 @@ def test_rankings_and_ratings(labelled, tmp_path):
     majority = build_records("rating", rows, aggregate="majority")
     # Modal ratings: l0 -> 6 (6, 7, 6); l1 -> 2. Thumbs: t0 up 2-0; t1 split 1-1 -> no row.
     assert [(r["completion"], r["rating"], r["label"]) for r in majority] == [
-        ("l0", 6, None), ("l1", 2, None), ("t0", None, True)]
+        ("l0", 6, None),
+        ("l1", 2, None),
+        ("t0", None, True),
+    ]
 
 
 def test_gold_only_when_asked_and_datasets_folder(labelled, tmp_path):

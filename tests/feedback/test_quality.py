@@ -1,4 +1,5 @@
 """Agreement statistics against published worked examples."""
+
 import pytest
 
 from rlhfkit.feedback.quality import agreement, cohen_kappa, fleiss_kappa, krippendorff_alpha_nominal
@@ -23,8 +24,16 @@ def test_cohen_kappa_perfect_and_undefined():
 
 
 FLEISS_WIKIPEDIA = [  # 10 subjects, 14 raters each, 5 categories
-    [0, 0, 0, 0, 14], [0, 2, 6, 4, 2], [0, 0, 3, 5, 6], [0, 3, 9, 2, 0], [2, 2, 8, 1, 1],
-    [7, 7, 0, 0, 0], [3, 2, 6, 3, 0], [2, 5, 3, 2, 2], [6, 5, 2, 1, 0], [0, 2, 2, 3, 7],
+    [0, 0, 0, 0, 14],
+    [0, 2, 6, 4, 2],
+    [0, 0, 3, 5, 6],
+    [0, 3, 9, 2, 0],
+    [2, 2, 8, 1, 1],
+    [7, 7, 0, 0, 0],
+    [3, 2, 6, 3, 0],
+    [2, 5, 3, 2, 2],
+    [6, 5, 2, 1, 0],
+    [0, 2, 2, 3, 7],
 ]
 
 
@@ -78,4 +87,6 @@ def test_agreement_from_label_triples():
     assert stats["cohen_pairs"] == 3
     # a and b agree perfectly; c disagrees on 3 of 10 balanced items.
     assert -1 <= stats["fleiss_kappa"] < 1 and stats["krippendorff_alpha"] < 1
-    assert stats["cohen_kappa_mean"] == pytest.approx((1 + 2 * cohen_kappa([0, 1] * 5, [1, 0, 1] + [1, 0] * 3 + [1])) / 3)
+    assert stats["cohen_kappa_mean"] == pytest.approx(
+        (1 + 2 * cohen_kappa([0, 1] * 5, [1, 0, 1] + [1, 0] * 3 + [1])) / 3
+    )

@@ -1,4 +1,5 @@
 """Security: who may call what, injection strings stored verbatim, CSRF, secrets at rest."""
+
 from __future__ import annotations
 
 import re
@@ -10,8 +11,13 @@ import pytest
 from tests.feedback.conftest import serve_until
 from tests.feedback.test_api import PAIR, submit
 
-XSS = ['<script>alert("x")</script>', '<img src=x onerror=alert(1)>', '"><svg onload=alert(1)>',
-       "javascript:alert(1)", "<iframe src='//evil'></iframe>"]
+XSS = [
+    '<script>alert("x")</script>',
+    "<img src=x onerror=alert(1)>",
+    '"><svg onload=alert(1)>',
+    "javascript:alert(1)",
+    "<iframe src='//evil'></iframe>",
+]
 SQLI = ["'; DROP TABLE labels; --", "1' OR '1'='1", 'Robert"); DROP TABLE users;--', "\\'; SELECT pg_sleep(5); --"]
 PUBLIC = {("POST", "/api/auth/login"), ("POST", "/api/auth/invite"), ("POST", "/api/auth/logout"), ("GET", "/healthz")}
 
@@ -105,8 +111,9 @@ def test_cookie_requests_that_change_state_need_the_csrf_header(server):
         body = {"task_id": task_id, "answer": {"choice": 0}}
         r = browser.post("/api/labels", json=body, headers={"Idempotency-Key": uuid.uuid4().hex})
         assert r.status_code == 403 and "X-Requested-With" in r.json()["detail"]
-        r = browser.post("/api/labels", json=body, headers={"Idempotency-Key": uuid.uuid4().hex,
-                                                            "X-Requested-With": "rlhfkit"})
+        r = browser.post(
+            "/api/labels", json=body, headers={"Idempotency-Key": uuid.uuid4().hex, "X-Requested-With": "rlhfkit"}
+        )
         assert r.status_code == 201
 
 

@@ -1,4 +1,5 @@
 """The queue (overlap, leases, gold items, strategies), the schema, and the dashboard figures."""
+
 from __future__ import annotations
 
 import random
@@ -86,8 +87,9 @@ def toy_scorer(prompt, responses):
     return [[3.0, -3.0], [-3.0, 3.0]]  # 'split': the members disagree, their mean is unsure too
 
 
-@pytest.mark.parametrize("strategy, expected", [("uncertainty", ["split", "unsure", "sure"]),
-                                                ("disagreement", ["split", "unsure", "sure"])])
+@pytest.mark.parametrize(
+    "strategy, expected", [("uncertainty", ["split", "unsure", "sure"]), ("disagreement", ["split", "unsure", "sure"])]
+)
 def test_model_based_strategies_put_labels_where_the_model_is_unsure(tmp_path, strategy, expected):
     store = new_store(tmp_path)
     ids = tasks(store, [{**PAIR, "prompt": p} for p in ("sure", "unsure", "split")], scorer=toy_scorer)
@@ -162,8 +164,13 @@ def test_group_commit_stores_each_label_once_and_isolates_a_failing_one(tmp_path
     ids = tasks(store, [PAIR] * 4)
     annotators = users(store, "a", "b", "c")
     with store.write() as db:  # each annotator was served the first three items
-        db.add_all([Assignment(task_id=task, user_id=user.id, expires_at=utcnow(), skipped=False)
-                    for user in annotators for task in ids[:3]])
+        db.add_all(
+            [
+                Assignment(task_id=task, user_id=user.id, expires_at=utcnow(), skipped=False)
+                for user in annotators
+                for task in ids[:3]
+            ]
+        )
         db.commit()
     body = lambda task, answer: LabelIn(task_id=task, answer=answer)  # noqa: E731
     batches = []
@@ -171,10 +178,14 @@ def test_group_commit_stores_each_label_once_and_isolates_a_failing_one(tmp_path
     monkeypatch.setattr(store, "_run_batch", lambda jobs: batches.append(len(jobs)) or run_batch(jobs))
 
     async def submit_all():
-        jobs = [store.transact(_submit, user.id, f"{user.id}-{task}", body(task, {"choice": 1}))
-                for user in annotators for task in ids[:3]]
-        jobs.append(store.transact(_submit, annotators[0].id, f"{annotators[0].id}-{ids[0]}",
-                                   body(ids[0], {"choice": 1})))        # a retry, in the same batch
+        jobs = [
+            store.transact(_submit, user.id, f"{user.id}-{task}", body(task, {"choice": 1}))
+            for user in annotators
+            for task in ids[:3]
+        ]
+        jobs.append(
+            store.transact(_submit, annotators[0].id, f"{annotators[0].id}-{ids[0]}", body(ids[0], {"choice": 1}))
+        )  # a retry, in the same batch
         jobs.append(store.transact(_submit, annotators[1].id, "bad", body(ids[3], {"choice": 7})))  # not served
         return await asyncio.gather(*jobs, return_exceptions=True)
 

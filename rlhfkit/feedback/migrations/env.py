@@ -4,6 +4,7 @@
 alembic.ini or database URL (with its password) has to live in a file. Running ``alembic`` by hand
 works too: ``alembic -x url=sqlite:///labels.db upgrade head`` with script_location pointing here.
 """
+
 from alembic import context
 from sqlalchemy import create_engine
 
@@ -14,8 +15,9 @@ config = context.config
 
 def _run(connection) -> None:
     # render_as_batch: SQLite cannot ALTER most things; batch mode rebuilds the table instead.
-    context.configure(connection=connection, target_metadata=Base.metadata,
-                      render_as_batch=connection.dialect.name == "sqlite")
+    context.configure(
+        connection=connection, target_metadata=Base.metadata, render_as_batch=connection.dialect.name == "sqlite"
+    )
     with context.begin_transaction():
         context.run_migrations()
 
