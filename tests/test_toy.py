@@ -16,7 +16,14 @@ from rlhfkit.toy.world import Prompt, good_response, poor_response, sample_promp
 
 PACKAGE = Path(rlhfkit.__file__).parent
 # Modules allowed to read the gold utility: the simulated people, evaluation, and the demo's report.
-GOLD_READERS = {"toy/gold.py", "toy/annotators.py", "toy/feedback.py", "evaluate", "demo.py"}
+GOLD_READERS = {
+    "toy/gold.py",
+    "toy/annotators.py",
+    "toy/feedback.py",
+    "toy/evaluation.py",
+    "evaluate",
+    "pipelines/toy.py",
+}
 
 
 def imported_modules(path: Path) -> set[str]:

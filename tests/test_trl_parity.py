@@ -29,7 +29,7 @@ from rlhfkit.data.pairs import tokenize_comparison  # noqa: E402
 from rlhfkit.data.records import Comparison  # noqa: E402
 from rlhfkit.models.reward import RewardModel  # noqa: E402
 from rlhfkit.models.tiny import build_tiny  # noqa: E402
-from rlhfkit.toy import rule_comparisons  # noqa: E402
+from rlhfkit.toy.data import rule_comparisons  # noqa: E402
 from rlhfkit.train.dpo import CompletionLogProbs, DPOConfig, dpo_step, make_loss_fn, reference_logps  # noqa: E402
 from rlhfkit.train.reward import RewardConfig, group_loss, score_groups  # noqa: E402
 
@@ -102,7 +102,7 @@ def test_dpo_sigmoid_loss_and_gradients_match_trl(tmp_path):
     trl_loss = trainer.compute_loss(trainer.model, batch)
     trl_loss.backward()
 
-    cfg = DPOConfig(beta=0.1, loss="sigmoid")
+    cfg = DPOConfig(data="pairs.jsonl", beta=0.1, loss="sigmoid")
     ref = reference_logps(CompletionLogProbs(base), groups, tok.pad_token_id, True, 8, "cpu")
     loss_sum, _ = dpo_step(CompletionLogProbs(ours), groups, ref, make_loss_fn(cfg), cfg, tok.pad_token_id, "cpu")
     our_loss = loss_sum / len(groups)
@@ -156,7 +156,7 @@ def test_reward_loss_and_gradients_match_trl(tmp_path):
     trl_loss.backward()
 
     scores = score_groups(ours, groups, tok.pad_token_id, True, "cpu")
-    our_loss = group_loss(scores, groups, RewardConfig(), with_ties=False).mean()
+    our_loss = group_loss(scores, groups, RewardConfig(data="pairs.jsonl"), with_ties=False).mean()
     our_loss.backward()
 
     loss_diff = abs(our_loss.item() - trl_loss.item())

@@ -139,9 +139,78 @@ class Rating(Record):
         return self
 
 
+class PromptRecord(Record):
+    """Any record with a prompt, for stages that sample their own responses: ``prompt`` (string or messages),
+    or ``messages`` (the conversation up to its last assistant turn). Other fields are ignored."""
+
+    prompt: Text | None = None
+    messages: list[Message] | None = None
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.prompt is None:
+            if not self.messages:
+                raise ValueError("field 'prompt': missing (or give 'messages')")
+            msgs = list(self.messages)
+            while msgs and msgs[-1].role == "assistant":
+                msgs.pop()
+            if not msgs:
+                raise ValueError("field 'messages': no user turn to use as a prompt")
+            object.__setattr__(self, "prompt", msgs)
+        return self
+
+
+class Response(Record):
+    """A prompt and one response to it, as a reward scores it: ``response``, or ``completion`` (TRL's name)."""
+
+    prompt: Text
+    response: Text | None = None
+    completion: Text | None = None
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.response is None and self.completion is None:
+            raise ValueError("field 'response': missing (or give 'completion')")
+        if self.response is not None and self.completion is not None:
+            raise ValueError("give 'response' or 'completion', not both")
+        if self.response is None:
+            object.__setattr__(self, "response", self.completion)
+        self._require_text("prompt", "response")
+        return self
+
+
 RECORD_TYPES: dict[str, type[Record]] = {
     "demonstration": Demonstration,
     "comparison": Comparison,
     "ranking": Ranking,
     "rating": Rating,
+    "prompt": PromptRecord,
+    "response": Response,
 }
+
+
+# --- one converter each way between a text (string or messages) and its JSON form -------------------------
+
+
+def to_json(text: Text) -> str | list[dict]:
+    """A prompt or response as JSON writes it: a string, or a list of {role, content}."""
+    if isinstance(text, str):
+        return text
+    return [m.model_dump() if isinstance(m, Message) else dict(m) for m in text]
+
+
+def from_json(value: str | list) -> Text:
+    """The inverse of ``to_json``: messages (dicts or ``Message``) become ``Message`` objects."""
+    if isinstance(value, str):
+        return value
+    return [m if isinstance(m, Message) else Message(**m) for m in value]
+
+
+def flat_text(text: Text) -> str:
+    """The words of a text: a string as it is, messages' contents joined by newlines."""
+    return text if isinstance(text, str) else "\n".join(m.content for m in text)
+
+
+def user_turn(text: str) -> list[Message]:
+    """A one-message chat: how plain prompts are put to a chat model."""
+    return [Message(role="user", content=text)]

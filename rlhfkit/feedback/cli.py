@@ -16,7 +16,6 @@ from pathlib import Path
 import typer
 
 from rlhfkit.feedback.active import STRATEGIES, load_scorer
-from rlhfkit.feedback.db import Store, migrate
 
 annotate_app = typer.Typer(
     help="Human feedback collection: serve the labelling web app, load or generate tasks, "
@@ -31,7 +30,10 @@ DB_HELP = "SQLite file path or a database URL (postgresql://user:pass@host/db)"
 DB = typer.Option("annotations.db", "--db", help=DB_HELP)
 
 
-def _open(db: str) -> Store:
+def _open(db: str):
+    """The store at ``db``, migrated (SQLAlchemy is imported here, not when the command line starts)."""
+    from rlhfkit.feedback.db import Store, migrate
+
     store = Store(db)
     migrate(store)
     return store
@@ -51,7 +53,10 @@ def serve(
     overlap: int = typer.Option(3, help="labels wanted per item (k annotators each)"),
     gold_rate: float = typer.Option(0.0, help="share of served items drawn from gold items"),
     session_hours: float = typer.Option(12.0, help="a login lasts this long"),
-    scorer: str | None = typer.Option(None, help="module:function or rm:PATH; scores tasks uploaded through the API"),
+    scorer: str | None = typer.Option(
+        None,
+        help="any reward setting (a reward-model run folder, module:function, an endpoint...); scores tasks uploaded through the API",
+    ),
     workers: int = typer.Option(
         1, help="server processes (Python is CPU-bound per process; each request is short, so 2-4 help under load)"
     ),
@@ -68,7 +73,10 @@ def serve(
             f"--overlap and --workers must be >= 1 and --gold-rate in [0, 1]; got {overlap}, {workers} and {gold_rate}"
         )
     if scorer:
-        load_scorer(scorer)  # fail here, once, rather than in every worker
+        try:
+            load_scorer(scorer)  # fail here, once, rather than in every worker
+        except ValueError as e:
+            _fail(str(e))
     store = _open(db)  # migrations run once, before any worker starts
     store.dispose()
     # Worker processes build their app from these variables (uvicorn starts workers by import path).
@@ -103,6 +111,7 @@ def app_from_env():
     import os
 
     from rlhfkit.feedback.app import create_app
+    from rlhfkit.feedback.db import Store
     from rlhfkit.feedback.store import QueueSettings
 
     env = os.environ
@@ -125,7 +134,7 @@ def load(
     path: Path,
     db: str = DB,
     scorer: str | None = typer.Option(
-        None, help="module:function or rm:PATH: score responses now so --strategy uncertainty|disagreement can use them"
+        None, help="any reward setting: score responses now so --strategy uncertainty|disagreement can use them"
     ),
 ) -> None:
     """Import tasks from JSONL: {"prompt", "responses": [...], "kind"?, "scale"?, "id"?, "gold"?}."""
@@ -144,7 +153,10 @@ def load(
 
 
 @annotate_app.command()
-def score(db: str = DB, scorer: str = typer.Option(..., help="module:function or rm:PATH")) -> None:
+def score(
+    db: str = DB,
+    scorer: str = typer.Option(..., help="any reward setting (a reward-model run folder, module:function, ...)"),
+) -> None:
     """(Re)score every task with a reward model, e.g. after training a new one."""
     from sqlalchemy import select
 
@@ -166,7 +178,7 @@ def score(db: str = DB, scorer: str = typer.Option(..., help="module:function or
 
 @annotate_app.command()
 def generate(
-    model: Path = typer.Option(..., help="Hugging Face causal LM folder"),
+    model: str = typer.Option(..., help="a model setting: a run folder, a Hugging Face folder, a built-in name"),
     prompts: Path = typer.Option(..., help=".txt (one a line) or .jsonl with 'prompt'"),
     out: Path = typer.Option(..., help="task JSONL to write (load it with 'annotate load')"),
     k: int = typer.Option(2, help="responses per prompt"),

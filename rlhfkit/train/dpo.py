@@ -35,14 +35,12 @@ import time
 from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
-from typing import Literal
 
 import torch
-from pydantic import Field
 from torch import nn
 
 from rlhfkit import losses
-from rlhfkit.config import DataPart, ModelPart, OptimPart, RunPart
+from rlhfkit.config.stages import DPOConfig
 from rlhfkit.data.io import load_train_eval
 from rlhfkit.data.pairs import (
     Group,
@@ -54,31 +52,8 @@ from rlhfkit.data.pairs import (
     tokenize_comparison,
 )
 from rlhfkit.models.load import add_lora, base_causal_lm, load_causal_lm, save_model
-from rlhfkit.runs import file_hash
+from rlhfkit.runs import file_hash, parent_of
 from rlhfkit.train import common
-
-
-class DPOConfig(ModelPart, DataPart, OptimPart, RunPart):
-    """Settings of `rlhfkit dpo`."""
-
-    beta: float = Field(0.1, gt=0, description="strength of the KL leash to the reference (tau for IPO)")
-    loss: Literal["sigmoid", "ipo", "hinge", "robust"] = Field(
-        "sigmoid", description="DPO variant; sigmoid + label_smoothing > 0 is cDPO"
-    )
-    label_smoothing: float = Field(
-        0.0, ge=0, lt=0.5, description="assumed label-flip rate (cDPO with sigmoid, rDPO with robust)"
-    )
-    rpo_alpha: float = Field(
-        0.0,
-        ge=0,
-        description="weight of an NLL term on the chosen completion, per-token mean (RPO, Pang et al. 2024); 0 = off",
-    )
-    reference: Literal["precomputed", "copy", "lora-off"] = Field(
-        "precomputed", description="how the reference log-probs are obtained (see the module docstring)"
-    )
-    shared_prompt: bool = Field(
-        True, description="chosen and rejected in one row with the prompt computed once (exact)"
-    )
 
 
 class CompletionLogProbs(nn.Module):
@@ -227,22 +202,18 @@ def evaluate(policy, ref_fn, groups, eval_ref, loss_fn, cfg, pad_id, accelerator
 
 def run(cfg: DPOConfig) -> Path:
     accelerator = common.make_accelerator(cfg)
-    run_dir, logger = common.open_run("dpo", cfg, accelerator)
-    if cfg.reference == "lora-off" and not cfg.lora:
-        raise ValueError(
-            "reference 'lora-off' needs --lora (the reference is the policy with its adapters off); "
-            "use --reference copy or precomputed for full fine-tuning"
-        )
+    run_dir = common.open_run(cfg, accelerator)
     train_records, eval_records, invalid = load_train_eval(
         cfg.data, cfg.eval_data, cfg.eval_fraction, "comparison", skip_invalid=cfg.skip_invalid, seed=cfg.seed
     )
-    if accelerator.is_main_process:
-        run_dir.write_invalid_rows(invalid)
     model, tokenizer = load_causal_lm(cfg.model, common.training_dtype(cfg), cfg.chat_template, seed=cfg.seed)
     pad_id = tokenizer.pad_token_id
     train = tokenize_all(tokenizer, train_records, cfg.max_length)
     held_out = tokenize_all(tokenizer, eval_records, cfg.max_length)
     loss_fn = make_loss_fn(cfg)
+    parents = [parent_of("model", cfg.model), parent_of("reference", cfg.model)]
+    logger = common.start_run(run_dir, cfg, accelerator, parents, {"train": cfg.data, "eval": cfg.eval_data})
+    run_dir.write_invalid_rows(invalid)
 
     ref_model = None
     if cfg.reference == "copy":
@@ -253,7 +224,7 @@ def run(cfg: DPOConfig) -> Path:
             repr(
                 (
                     cfg.model,
-                    file_hash(cfg.data) if cfg.data != "toy" else "toy",
+                    file_hash(cfg.data),
                     cfg.eval_data,
                     cfg.eval_fraction,
                     cfg.seed,
@@ -331,16 +302,20 @@ def run(cfg: DPOConfig) -> Path:
             if cfg.save_every and state.step % cfg.save_every == 0:
                 common.save_checkpoint(run_dir, accelerator, state, cfg.keep_checkpoints)
     progress.close()
-    figures = evaluate(policy, ref_fn, held_out, eval_ref, loss_fn, cfg, pad_id, accelerator) if held_out else {}
-    logger.log(state.step, figures)
+    final_eval = evaluate(policy, ref_fn, held_out, eval_ref, loss_fn, cfg, pad_id, accelerator) if held_out else {}
+    logger.log(state.step, final_eval)
     logger.close()
     if accelerator.is_main_process:
         save_model(accelerator.unwrap_model(policy).model, tokenizer, run_dir.final, merge_lora=cfg.merge_lora)
-        run_dir.write_card(
-            "dpo",
-            parents=[cfg.model],
-            data={"train": cfg.data, "eval": cfg.eval_data},
-            figures={**figures, "steps": state.step},
-        )
+    run_dir.finish(
+        {
+            "steps": state.step,
+            "eval_loss": final_eval.get("eval/loss"),
+            "eval_accuracy": final_eval.get("eval/rewards/accuracies"),
+            "eval_margin": final_eval.get("eval/rewards/margins"),
+            "eval_chosen_reward": final_eval.get("eval/rewards/chosen"),
+            "eval_rejected_reward": final_eval.get("eval/rewards/rejected"),
+        }
+    )
     accelerator.wait_for_everyone()
     return run_dir.path

@@ -3,7 +3,7 @@
     rlhfkit rm train --model tiny --data toy --max-steps 200            # causal trunk, CPU, seconds
     rlhfkit rm train --model minilm --data pairs.jsonl --lr 3e-5         # the MiniLM encoder trunk
     rlhfkit rm train --data rankings.jsonl --data-kind ranking --ensemble 4 --bootstrap
-    rlhfkit rm score --model runs/rm-... --data rows.jsonl --output scores.jsonl
+    rlhfkit rm score --reward runs/rm-... --data rows.jsonl --output scores.jsonl
 
 Python: ``rlhfkit.train.reward.run(RewardConfig(...))`` returns the run folder.
 
@@ -18,20 +18,20 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Literal
 
 import torch
-from pydantic import Field
 
 from rlhfkit import losses
-from rlhfkit.config import DataPart, ModelPart, OptimPart, RunPart, StageConfig
-from rlhfkit.data.io import DataError, load_train_eval
+from rlhfkit.config.stages import RewardConfig, ScoreConfig
+from rlhfkit.data.io import DataError, load_train_eval, read_jsonl, read_records, write_jsonl
 from rlhfkit.data.pairs import Group, model_mask, pack_groups, pad_right, tokenize_comparison, tokenize_ranking
+from rlhfkit.data.records import from_json
+from rlhfkit.models.catalog import ENCODER_MODELS
 from rlhfkit.models.reward import (
-    ENCODER_SPECS,
     RewardEnsemble,
     RewardModel,
     build_reward_model,
@@ -41,42 +41,9 @@ from rlhfkit.models.reward import (
     score_ensemble,
     score_raw,
 )
-from rlhfkit.runs import RunFolder
+from rlhfkit.runs import RunFolder, parent_of
+from rlhfkit.specs import parse_model_spec
 from rlhfkit.train import common
-
-
-class RewardConfig(ModelPart, DataPart, OptimPart, RunPart):
-    """Settings of `rlhfkit rm train`."""
-
-    data_kind: Literal["comparison", "ranking"] = Field(
-        "comparison", description="prompt/chosen/rejected rows (ties allowed) or prompt/completions/ranking rows"
-    )
-    encoder: bool = Field(
-        False, description="the model is a bidirectional encoder (implied by --model minilm); score from mean pooling"
-    )
-    ensemble: int = Field(1, gt=0, description="members in the ensemble (each its own seed)")
-    bootstrap: bool = Field(
-        False, description="each ensemble member trains on its own resample (with replacement) of the data"
-    )
-    tie_nu: float = Field(
-        1.0, gt=0, description="Davidson's nu for data with ties (larger = ties likelier at equal rewards)"
-    )
-    use_margin: bool = Field(True, description="use a comparison's 'margin' field in the Bradley-Terry loss (Llama 2)")
-    center_rewards_coefficient: float | None = Field(
-        None, description="add c * mean((r_chosen + r_rejected)^2) to keep rewards centred (TRL's option)"
-    )
-    normalize: bool = Field(
-        True, description="fit gain/bias so reference-set scores have mean 0 and std 1; stored with the model"
-    )
-    normalize_on: str | None = Field(
-        None,
-        description="reference set for normalisation: a JSONL of prompt/response rows or comparisons; default: the training pairs' responses",
-    )
-    normalize_max: int = Field(1024, gt=0, description="at most this many reference responses")
-    shared_prompt: bool = Field(
-        True, description="one row per group with the prompt computed once (exact; causal trunks only)"
-    )
-
 
 # --------------------------------------------------------------------------------------------------
 # Tokenisation and scoring of groups
@@ -213,33 +180,22 @@ def evaluate(
 
 
 def reference_texts(cfg: RewardConfig, train_records) -> tuple[list, list]:
-    """(prompts, responses) of the normalisation reference set."""
+    """(prompts, responses) of the normalisation reference set: ``normalize_on``'s rows (a response each, or
+    both sides of a comparison), else every response of the training data."""
     prompts, responses = [], []
     if cfg.normalize_on:
-        path = Path(cfg.normalize_on)
-        if not path.exists():
-            raise DataError(f"{path}: no such file (normalize_on)")
-        for lineno, line in enumerate(path.read_text().splitlines(), start=1):
-            if not line.strip():
-                continue
-            row = json.loads(line)
+        for lineno, row in enumerate(read_jsonl(cfg.normalize_on), start=1):
             if "prompt" not in row:
-                raise DataError(f"{path}:{lineno}: field 'prompt': missing")
+                raise DataError(f"{cfg.normalize_on}:{lineno}: field 'prompt': missing (normalize_on)")
             for key in ("response", "completion", "chosen", "rejected"):
                 if key in row:
-                    prompts.append(row["prompt"])
-                    responses.append(row[key])
+                    prompts.append(from_json(row["prompt"]))
+                    responses.append(from_json(row[key]))
     else:
         for r in train_records:
-            comps = [r.chosen, r.rejected] if hasattr(r, "chosen") else list(r.completions)
-            for c in comps:
+            for c in [r.chosen, r.rejected] if hasattr(r, "chosen") else list(r.completions):
                 prompts.append(r.prompt)
                 responses.append(c)
-    as_plain = lambda x: x if isinstance(x, str) else [m if isinstance(m, dict) else m.model_dump() for m in x]  # noqa: E731
-    from rlhfkit.data.records import Message
-
-    to_msgs = lambda x: x if isinstance(x, str) else [Message(**m) for m in as_plain(x)]  # noqa: E731
-    prompts, responses = [to_msgs(p) for p in prompts], [to_msgs(r) for r in responses]
     return prompts[: cfg.normalize_max], responses[: cfg.normalize_max]
 
 
@@ -260,7 +216,7 @@ def train_member(
 ) -> tuple[RewardModel, dict]:
     """One reward model, from its seed (and bootstrap resample), with checkpoints in ``member_dir``."""
     seed = cfg.seed + index
-    encoder = cfg.encoder or cfg.model in ENCODER_SPECS
+    encoder = cfg.encoder or cfg.model in ENCODER_MODELS
     rm = build_reward_model(cfg.model, common.training_dtype(cfg), cfg.chat_template, seed=seed, encoder=encoder)
     if cfg.lora:
         from peft import LoraConfig, get_peft_model
@@ -353,49 +309,49 @@ def train_member(
 
 def run(cfg: RewardConfig) -> Path:
     accelerator = common.make_accelerator(cfg)
-    run_dir, logger = common.open_run("rm", cfg, accelerator)
-    if cfg.data == "toy" and cfg.data_kind != "comparison":
-        raise ValueError("the toy world has built-in comparisons only; give --data for rankings")
+    run_dir = common.open_run(cfg, accelerator)
     train_records, eval_records, invalid = load_train_eval(
         cfg.data, cfg.eval_data, cfg.eval_fraction, cfg.data_kind, skip_invalid=cfg.skip_invalid, seed=cfg.seed
     )
-    if accelerator.is_main_process:
-        run_dir.write_invalid_rows(invalid)
-    members, figures = [], {}
+    parse_model_spec(cfg.model)  # a bad model setting fails here, before the run folder is made
+    data = {"train": cfg.data, "eval": cfg.eval_data, "normalize_on": cfg.normalize_on}
+    logger = common.start_run(run_dir, cfg, accelerator, [parent_of("model", cfg.model)], data)
+    run_dir.write_invalid_rows(invalid)
+    members, member_figures = [], []
     try:
         for i in range(cfg.ensemble):
             member_dir = run_dir if cfg.ensemble == 1 else RunFolder(run_dir.path / f"member-{i}")
-            done = member_dir.path / "done"
-            if (done / "reward.json").exists():  # finished before an interruption: keep it
-                members.append(load_reward_model(done))
+            saved = member_dir.path / "done"  # a member trained before an interruption is kept, not retrained
+            if (saved / "reward.json").exists():
+                members.append(load_reward_model(saved))
+                member_figures.append(json.loads((saved / "figures.json").read_text()))
                 continue
             rm, figs = train_member(cfg, i, run_dir, member_dir, logger, accelerator, train_records, eval_records)
             if accelerator.is_main_process and cfg.ensemble > 1:
-                save_reward_model(rm, done)
+                save_reward_model(rm, saved)
+                (saved / "figures.json").write_text(json.dumps(figs))
             members.append(rm)
-            figures.update({(f"member{i}/" if cfg.ensemble > 1 else "") + k: v for k, v in figs.items()})
+            member_figures.append(figs)
     except KeyboardInterrupt:
         logger.close()
         raise
     model = members[0] if cfg.ensemble == 1 else RewardEnsemble(members)
-    if cfg.ensemble > 1 and eval_records:
-        ens_figs = ensemble_figures(model, eval_records, cfg)
-        logger.log(figures.get("member0/steps", 0), ens_figs)
-        figures.update(ens_figs)
+    figures = {
+        "steps": member_figures[0]["steps"],
+        **{k.replace("eval/", "eval_"): v for k, v in member_figures[0].items() if k.startswith("eval/")},
+    }
+    if cfg.ensemble > 1:
+        figures = {"steps": figures["steps"], "members": member_figures}
+        if eval_records:
+            ensemble = ensemble_figures(model, eval_records, cfg)
+            logger.log(figures["steps"], ensemble)
+            figures.update({k.removeprefix("eval/"): v for k, v in ensemble.items()})
     logger.close()
     if accelerator.is_main_process:
         save_reward_model(model, run_dir.final)
-        if cfg.ensemble > 1:
-            import shutil
-
-            for i in range(cfg.ensemble):
-                shutil.rmtree(run_dir.path / f"member-{i}" / "done", ignore_errors=True)
-        run_dir.write_card(
-            "rm",
-            parents=[cfg.model],
-            data={"train": cfg.data, "eval": cfg.eval_data, "normalize_on": cfg.normalize_on},
-            figures=figures,
-        )
+        for i in range(cfg.ensemble if cfg.ensemble > 1 else 0):
+            shutil.rmtree(run_dir.path / f"member-{i}" / "done", ignore_errors=True)
+    run_dir.finish(figures)
     accelerator.wait_for_everyone()
     return run_dir.path
 
@@ -422,53 +378,18 @@ def ensemble_figures(ens: RewardEnsemble, records, cfg: RewardConfig) -> dict[st
 # --------------------------------------------------------------------------------------------------
 
 
-class ScoreConfig(StageConfig):
-    """Settings of `rlhfkit rm score`."""
-
-    model: str = Field(..., description="a reward model: the run folder of `rlhfkit rm train` or its final/")
-    data: str = Field(..., description="JSONL of rows with 'prompt' and 'response' (or 'completion')")
-    output: str | None = Field(
-        None,
-        description="where to write the rows with 'score' (and 'score_std' for an ensemble); default <data>.scores.jsonl",
-    )
-    batch_size: int = Field(32, gt=0)
-    max_length: int = Field(512, gt=0)
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-
-
 def score_file(cfg: ScoreConfig) -> Path:
-    """Score every row of ``cfg.data``; each output row is the input row plus 'score' (normalised)."""
-    from rlhfkit.data.records import Message
+    """Score every row of ``cfg.data`` with any reward; each output row is the input row plus 'score' (the
+    ensemble's mean) and, for an ensemble, 'score_std' (the spread of its members)."""
+    from rlhfkit.rewards import load_reward
 
-    path = Path(cfg.data)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file")
-    rows, prompts, responses = [], [], []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
-        key = "completion" if "completion" in row and "response" not in row else "response"
-        for field in ("prompt", key):
-            if not isinstance(row.get(field), (str, list)):
-                raise DataError(f"{path}:{lineno}: field '{field}': missing (rows need 'prompt' and 'response')")
-        as_msgs = lambda x: x if isinstance(x, str) else [Message(**m) for m in x]  # noqa: E731
-        rows.append(row)
-        prompts.append(as_msgs(row["prompt"]))
-        responses.append(as_msgs(row[key]))
-    rm = load_reward_model(cfg.model, cfg.dtype)
-    if torch.cuda.is_available():
-        rm.cuda()
-    mean, std = score_ensemble(rm, prompts, responses, cfg.batch_size, cfg.max_length)
-    out = Path(cfg.output) if cfg.output else path.with_suffix(".scores.jsonl")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", encoding="utf-8") as f:
-        for row, m, s in zip(rows, mean.tolist(), std.tolist()):
-            row = {**row, "score": m}
-            if isinstance(rm, RewardEnsemble):
-                row["score_std"] = s
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    records = read_records(cfg.data, "response")[0]
+    rows = read_jsonl(cfg.data)  # the same rows as they were written, to be echoed back with their scores
+    reward = load_reward(cfg.reward, cfg.batch_size, "cuda" if torch.cuda.is_available() else None)
+    members = reward.members([r.prompt for r in records], [r.response for r in records])  # (E, N)
+    out = Path(cfg.output) if cfg.output else Path(cfg.data).with_suffix(".scores.jsonl")
+    scored = []
+    for row, mean, std in zip(rows, members.mean(0).tolist(), members.std(0, unbiased=False).tolist()):
+        scored.append({**row, "score": mean, **({"score_std": std} if members.size(0) > 1 else {})})
+    write_jsonl(out, scored)
     return out

@@ -11,9 +11,10 @@ from dataclasses import dataclass
 
 import torch
 
+from rlhfkit.config import SamplingPart
 from rlhfkit.data.records import Message
 from rlhfkit.evaluate.stats import win_rate
-from rlhfkit.rollout import SamplingParams, TransformersSampler, response_forward
+from rlhfkit.rollout import TransformersSampler, response_forward
 from rlhfkit.toy.gold import refuses, utility
 from rlhfkit.toy.world import Prompt, sample_prompt
 
@@ -52,7 +53,7 @@ def sample_policy(
     """One sample per prompt; with ``ref_model`` also the Monte-Carlo KL(policy || ref) per response (k1,
     summed over its tokens, averaged over responses)."""
     sampler = TransformersSampler(
-        model, tokenizer, SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature)
+        model, tokenizer, SamplingPart(max_new_tokens=max_new_tokens, temperature=temperature)
     )
     generator = torch.Generator().manual_seed(seed)
     texts, kls = [], []
