@@ -1,0 +1,89 @@
+"""Losses, advantages and metrics for RLHF as pure functions over tensors (no I/O, no models).
+
+One module per purpose; every name is importable from here (``from rlhfkit.losses import X``):
+- ``tokens``: per-token and per-sequence log-probs, masked sums, means and variances;
+- ``preference``: reward-model losses over scores (Bradley-Terry, Davidson ties, Plackett-Luce), calibration;
+- ``policy``: direct preference losses on policy and reference log-probs (the DPO family);
+- ``rl``: PPO and online RL (whitening, KL estimators, GAE, PPO losses, RLOO/GRPO advantages).
+
+Shapes: B = batch, T = tokens of the response, V = vocabulary, K = items in a ranking.
+Masks are 0/1 (bool or numeric) and mark the positions that count; what sits under a 0 is ignored.
+Each module's docstring lists the papers its formulas come from.
+"""
+
+from rlhfkit.losses.policy import (
+    DPO_LOSSES,
+    dpo_hinge_loss,
+    dpo_ipo_loss,
+    dpo_robust_loss,
+    dpo_sigmoid_loss,
+    implicit_reward,
+)
+from rlhfkit.losses.preference import (
+    bradley_terry_loss,
+    davidson_probs,
+    expected_calibration_error,
+    plackett_luce_loss,
+    preference_loss_with_ties,
+    tie_loss_davidson,
+)
+from rlhfkit.losses.rl import (
+    KL_ESTIMATORS,
+    adaptive_kl_coef,
+    best_of_n_kl,
+    entropy_from_logits,
+    explained_variance,
+    gae,
+    grpo_advantages,
+    kl_k1,
+    kl_k2,
+    kl_k3,
+    kl_penalized_rewards,
+    masked_whiten,
+    ppo_policy_loss,
+    ppo_value_loss,
+    rloo_advantages,
+)
+from rlhfkit.losses.tokens import _pick as _pick
+from rlhfkit.losses.tokens import (
+    masked_mean,
+    masked_sum,
+    masked_var,
+    selective_log_softmax,
+    sequence_logprobs,
+)
+
+__all__ = [
+    "DPO_LOSSES",
+    "KL_ESTIMATORS",
+    "adaptive_kl_coef",
+    "best_of_n_kl",
+    "bradley_terry_loss",
+    "davidson_probs",
+    "dpo_hinge_loss",
+    "dpo_ipo_loss",
+    "dpo_robust_loss",
+    "dpo_sigmoid_loss",
+    "entropy_from_logits",
+    "expected_calibration_error",
+    "explained_variance",
+    "gae",
+    "grpo_advantages",
+    "implicit_reward",
+    "kl_k1",
+    "kl_k2",
+    "kl_k3",
+    "kl_penalized_rewards",
+    "masked_mean",
+    "masked_sum",
+    "masked_var",
+    "masked_whiten",
+    "plackett_luce_loss",
+    "ppo_policy_loss",
+    "ppo_value_loss",
+    "preference_loss_with_ties",
+    "rloo_advantages",
+    "selective_log_softmax",
+    "sequence_logprobs",
+    "tie_loss_davidson",
+]
