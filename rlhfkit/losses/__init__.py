@@ -3,7 +3,8 @@
 One module per purpose; every name is importable from here (``from rlhfkit.losses import X``):
 - ``tokens``: per-token and per-sequence log-probs, masked sums, means and variances;
 - ``preference``: reward-model losses over scores (Bradley-Terry, Davidson ties, Plackett-Luce), calibration;
-- ``policy``: direct preference losses on policy and reference log-probs (the DPO family);
+- ``policy``: direct preference losses on policy and reference log-probs (the DPO family, ties in DPO, soft
+  labels, KTO for unpaired thumbs up/down);
 - ``rl``: PPO and online RL (whitening, KL estimators, GAE, PPO losses, RLOO/GRPO advantages).
 
 Shapes: B = batch, T = tokens of the response, V = vocabulary, K = items in a ranking.
@@ -13,14 +14,22 @@ Each module's docstring lists the papers its formulas come from.
 
 from rlhfkit.losses.policy import (
     DPO_LOSSES,
+    DPO_TIE_LOSSES,
+    dpo_davidson_tie_loss,
     dpo_hinge_loss,
     dpo_ipo_loss,
+    dpo_rao_kupper_tie_loss,
     dpo_robust_loss,
     dpo_sigmoid_loss,
+    dpo_soft_label_loss,
     implicit_reward,
+    kto_batch_kl,
+    kto_loss,
+    kto_mismatched_indices,
 )
 from rlhfkit.losses.preference import (
     bradley_terry_loss,
+    bradley_terry_soft_loss,
     davidson_probs,
     expected_calibration_error,
     plackett_luce_loss,
@@ -55,15 +64,20 @@ from rlhfkit.losses.tokens import (
 
 __all__ = [
     "DPO_LOSSES",
+    "DPO_TIE_LOSSES",
     "KL_ESTIMATORS",
     "adaptive_kl_coef",
     "best_of_n_kl",
     "bradley_terry_loss",
+    "bradley_terry_soft_loss",
     "davidson_probs",
+    "dpo_davidson_tie_loss",
     "dpo_hinge_loss",
     "dpo_ipo_loss",
+    "dpo_rao_kupper_tie_loss",
     "dpo_robust_loss",
     "dpo_sigmoid_loss",
+    "dpo_soft_label_loss",
     "entropy_from_logits",
     "expected_calibration_error",
     "explained_variance",
@@ -74,6 +88,9 @@ __all__ = [
     "kl_k2",
     "kl_k3",
     "kl_penalized_rewards",
+    "kto_batch_kl",
+    "kto_loss",
+    "kto_mismatched_indices",
     "masked_mean",
     "masked_sum",
     "masked_var",

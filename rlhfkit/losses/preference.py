@@ -27,6 +27,16 @@ def bradley_terry_loss(chosen_rewards: Tensor, rejected_rewards: Tensor, margin:
     return -F.logsigmoid(diff)
 
 
+def bradley_terry_soft_loss(reward_a: Tensor, reward_b: Tensor, prob_a: Tensor) -> Tensor:
+    """Bradley-Terry with a soft label: cross-entropy of P(a > b) = sigmoid(r_a - r_b) against the target
+    p = prob_a in [0, 1] (e.g. an AI judge's normalised option probability, Bai et al. 2022; a share of votes):
+        -p logsigmoid(r_a - r_b) - (1 - p) logsigmoid(r_b - r_a)
+    p = 1 is `bradley_terry_loss` exactly; the loss is smallest, at the entropy of p, where sigmoid(r_a - r_b) = p,
+    so p = 0.5 pulls the two rewards together. (B,), (B,), prob_a (B,) or a float -> (B,)."""
+    diff = reward_a - reward_b
+    return -(prob_a * F.logsigmoid(diff) + (1 - prob_a) * F.logsigmoid(-diff))
+
+
 def _davidson_logits(reward_a: Tensor, reward_b: Tensor, nu) -> Tensor:
     """(B,) x2 -> (B, 3) unnormalised log-probs of [a wins, tie, b wins]: [d/2, log nu, -d/2], d = r_a - r_b."""
     half = (reward_a - reward_b) / 2
