@@ -1,5 +1,5 @@
-"""Unit tests for the losses that train on every form of feedback: KTO (thumbs), ties in DPO, soft labels.
-Numbers worked out by hand (working in each docstring) and behaviour.
+"""Unit tests for the losses that train on every form of feedback: KTO (thumbs), ties in DPO, soft labels,
+ratings (regression and ordered logit). Numbers worked out by hand (working in each docstring) and behaviour.
 
 Run: PYTHONPATH=. python -m pytest tests/test_losses_forms.py -q
 """
@@ -216,3 +216,90 @@ def test_dpo_soft_label_of_one_half_pulls_the_implicit_rewards_together():
     losses.sum().backward()
     assert pc.grad.item() > 0 > pr.grad.item()
     assert rc.grad is None and rr.grad is None
+
+
+# --- ratings ----------------------------------------------------------------------------------------------
+
+
+def test_ratings_to_unit_interval_by_hand():
+    """(r - 1) / (scale - 1): [1, 3, 5] of 5 -> [0, 0.5, 1]; 5 of 10 -> 4/9."""
+    close(L.ratings_to_unit_interval(t([1.0, 3.0, 5.0]), 5), [0.0, 0.5, 1.0])
+    close(L.ratings_to_unit_interval(t([1.0, 3.0, 5.0]), torch.tensor([5, 5, 10])), [0.0, 0.5, 4 / 9])
+
+
+def test_standardize_ratings_by_hand():
+    """All together: [1, 2, 3, 5, 5], mean 3.2, population var (4.84 + 1.44 + 0.04 + 3.24 + 3.24) / 5 = 2.56,
+    std 1.6 -> [-1.375, -0.75, -0.125, 1.125, 1.125].
+    Per group [0, 0, 0, 1, 1]: group 0 mean 2, std sqrt(2/3) -> [-1.224745, 0, 1.224745]; group 1 all equal -> 0."""
+    ratings = t([1.0, 2.0, 3.0, 5.0, 5.0])
+    close(L.standardize_ratings(ratings), [-1.375, -0.75, -0.125, 1.125, 1.125])
+    s = math.sqrt(1.5)
+    close(L.standardize_ratings(ratings, torch.tensor([0, 0, 0, 1, 1])), [-s, 0.0, s, 0.0, 0.0])
+
+
+def test_rating_regression_loss_by_hand_and_gradient():
+    """(0.5 - 0)^2 = 0.25, (1 - 1)^2 = 0; d/dr = 2 (r - t) = [1, 0]."""
+    rewards = t([0.5, 1.0], grad=True)
+    out = L.rating_regression_loss(rewards, t([0.0, 1.0]))
+    close(out, [0.25, 0.0])
+    out.sum().backward()
+    close(rewards.grad, [1.0, 0.0])
+
+
+def test_ordered_thresholds_by_hand_and_always_increasing():
+    """raw [0, ln(e - 1), 0] -> [0, 0 + softplus(ln(e - 1)) = 1, 1 + softplus(0) = 1 + ln 2]. Any raw gives an
+    increasing sequence. initial_threshold_params(5) -> [-1.5, -0.5, 0.5, 1.5]."""
+    close(L.ordered_thresholds(t([0.0, math.log(math.e - 1), 0.0])), [0.0, 1.0, 1 + LN2])
+    raw = torch.randn(50, 6, dtype=torch.float64) * 5
+    assert all((L.ordered_thresholds(r).diff() > 0).all() for r in raw)
+    close(L.ordered_thresholds(L.initial_threshold_params(5)), [-1.5, -0.5, 0.5, 1.5])
+    close(L.ordered_thresholds(L.initial_threshold_params(2)), [0.0])
+
+
+def test_ordinal_logit_by_hand():
+    """K = 3, thresholds [-ln 3, ln 3].
+    r = 0: P(<= 1) = sigmoid(-ln 3) = 1/4, P(<= 2) = sigmoid(ln 3) = 3/4 -> P = [1/4, 1/2, 1/4]:
+    NLL of ratings 1, 2, 3 = ln 4, ln 2, ln 4.
+    r = ln 3: P(<= 1) = sigmoid(-2 ln 3) = 1/10, P(<= 2) = sigmoid(0) = 1/2 -> P = [0.1, 0.4, 0.5]:
+    NLL of rating 3 = ln 2, of rating 1 = ln 10."""
+    thresholds = t([-LN3, LN3])
+    close(L.ordinal_log_probs(t([0.0, LN3]), thresholds).exp(), [[0.25, 0.5, 0.25], [0.1, 0.4, 0.5]])
+    rewards = t([0.0, 0.0, 0.0, LN3, LN3])
+    ratings = torch.tensor([1, 2, 3, 3, 1])
+    close(L.ordinal_logit_loss(rewards, ratings, thresholds), [math.log(4), LN2, math.log(4), LN2, math.log(10)])
+    close(
+        L.ordinal_logit_loss(rewards, ratings.double(), thresholds), [math.log(4), LN2, math.log(4), LN2, math.log(10)]
+    )
+
+
+def test_ordinal_logit_with_two_levels_is_logistic_regression():
+    """K = 2: P(rating 2) = 1 - sigmoid(theta - r) = sigmoid(r - theta)."""
+    rewards, theta = torch.randn(8, dtype=torch.float64) * 3, t([0.7])
+    ratings = torch.tensor([1, 2] * 4)
+    expected = torch.where(ratings == 2, -F.logsigmoid(rewards - 0.7), -F.logsigmoid(0.7 - rewards))
+    close(L.ordinal_logit_loss(rewards, ratings, theta), expected, atol=1e-12)
+
+
+def test_ordinal_probabilities_sum_to_one_and_gradients_are_finite():
+    raw = L.initial_threshold_params(5).double().requires_grad_()
+    rewards = t([-30.0, -1.0, 0.0, 2.0, 30.0], grad=True)
+    thresholds = L.ordered_thresholds(raw)
+    close(L.ordinal_log_probs(rewards, thresholds).exp().sum(-1), torch.ones(5), atol=1e-12)
+    L.ordinal_logit_loss(rewards, torch.tensor([1, 2, 3, 4, 5]), thresholds).sum().backward()
+    assert torch.isfinite(rewards.grad).all() and torch.isfinite(raw.grad).all()
+    assert raw.grad.abs().sum() > 0  # the thresholds learn
+
+
+def test_ordinal_higher_reward_means_higher_expected_rating():
+    thresholds = L.ordered_thresholds(L.initial_threshold_params(5)).double()
+    probs = L.ordinal_log_probs(t([-2.0, 0.0, 2.0]), thresholds).exp()
+    expected_rating = (probs * torch.arange(1, 6, dtype=torch.float64)).sum(-1)
+    assert (expected_rating.diff() > 0).all()
+
+
+def test_ordinal_logit_refuses_ratings_off_the_scale():
+    thresholds = t([-1.0, 1.0])
+    with pytest.raises(ValueError, match=r"whole numbers in 1\.\.3"):
+        L.ordinal_logit_loss(t([0.0]), torch.tensor([4]), thresholds)
+    with pytest.raises(ValueError, match="whole numbers"):
+        L.ordinal_logit_loss(t([0.0]), t([2.5]), thresholds)

@@ -3,6 +3,7 @@
 One module per purpose; every name is importable from here (``from rlhfkit.losses import X``):
 - ``tokens``: per-token and per-sequence log-probs, masked sums, means and variances;
 - ``preference``: reward-model losses over scores (Bradley-Terry, Davidson ties, Plackett-Luce), calibration;
+- ``ratings``: reward-model losses for Likert ratings (regression on a normalised rating, ordered logit);
 - ``policy``: direct preference losses on policy and reference log-probs (the DPO family, ties in DPO, soft
   labels, KTO for unpaired thumbs up/down);
 - ``rl``: PPO and online RL (whitening, KL estimators, GAE, PPO losses, RLOO/GRPO advantages).
@@ -35,6 +36,15 @@ from rlhfkit.losses.preference import (
     plackett_luce_loss,
     preference_loss_with_ties,
     tie_loss_davidson,
+)
+from rlhfkit.losses.ratings import (
+    initial_threshold_params,
+    ordered_thresholds,
+    ordinal_log_probs,
+    ordinal_logit_loss,
+    rating_regression_loss,
+    ratings_to_unit_interval,
+    standardize_ratings,
 )
 from rlhfkit.losses.rl import (
     KL_ESTIMATORS,
@@ -84,6 +94,7 @@ __all__ = [
     "gae",
     "grpo_advantages",
     "implicit_reward",
+    "initial_threshold_params",
     "kl_k1",
     "kl_k2",
     "kl_k3",
@@ -95,12 +106,18 @@ __all__ = [
     "masked_sum",
     "masked_var",
     "masked_whiten",
+    "ordered_thresholds",
+    "ordinal_log_probs",
+    "ordinal_logit_loss",
     "plackett_luce_loss",
     "ppo_policy_loss",
     "ppo_value_loss",
     "preference_loss_with_ties",
+    "rating_regression_loss",
+    "ratings_to_unit_interval",
     "rloo_advantages",
     "selective_log_softmax",
     "sequence_logprobs",
+    "standardize_ratings",
     "tie_loss_davidson",
 ]
