@@ -20,6 +20,7 @@ GOLD_READERS = {
     "toy/gold.py",
     "toy/annotators.py",
     "toy/feedback.py",
+    "toy/judge.py",
     "toy/evaluation.py",
     "evaluate",
     "pipelines/toy.py",
