@@ -117,9 +117,10 @@ def length_controlled_win_rate(
 
     preferences (n,) in [0, 1]: 1 the model's answer preferred, 0 the baseline's, 0.5 a tie, or a soft preference.
     model_lengths, baseline_lengths (n,): the two answers' lengths (AlpacaEval uses characters; tokens work too).
-    difficulty (n,) optional per-item difficulty. l2: ridge penalty per item on the length and difficulty terms
-    (AlpacaEval's C = 100 is a penalty of 0.01 on the summed loss; with the penalty scaled by n, 1e-3 is weaker
-    and only matters when the outcomes are separable). n_boot > 0 adds a percentile-bootstrap interval over items.
+    difficulty (n,) optional per-item difficulty. l2: ridge n * l2 / 2 * w^2 on the length and difficulty
+    coefficients (1000 times less on the model term); it matters only when length (nearly) separates the
+    outcomes, where the unpenalised fit has no finite maximum. AlpacaEval uses an L1 penalty of 0.01 |w| on the
+    summed loss (C = 100) instead. n_boot > 0 adds a percentile-bootstrap interval over items.
     """
     y = np.asarray(preferences, dtype=float)
     length = length_feature(model_lengths, baseline_lengths)
