@@ -305,5 +305,14 @@ def _mount_annotate() -> None:
 
 _mount_annotate()
 
+
+def _mount_production() -> None:
+    from rlhfkit.registry import cli as registry_cli
+
+    app.add_typer(registry_cli.app, name="registry")
+
+
+_mount_production()
+
 if __name__ == "__main__":
     sys.exit(app())
