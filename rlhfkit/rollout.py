@@ -24,6 +24,7 @@ optional extra, GPU only; the trainer's weights are pushed into the engine befor
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -157,68 +158,115 @@ class TransformersSampler:
         prompts = [q for q in prompts for _ in range(n)]
         device = next(model.parameters()).device
         query_ids, query_mask = encode_prompts(tok, prompts, device, self.max_prompt_tokens)
-        B, P = query_ids.shape
+        B = query_ids.size(0)
         was_training = model.training
         model.eval()
-        eos = torch.tensor(self.eos, device=device)
-        decoder = make_decoder(model, P + p.max_new_tokens, self.packed_decode)
-        mask = torch.cat(
-            [query_mask, query_mask.new_zeros(B, p.max_new_tokens)], dim=1
-        )  # a 1 is written in per new token
-        pos = position_ids(query_mask)
-        hidden = decoder.forward(query_ids, pos, query_mask)[:, -1]  # (B, H)
-        next_pos = pos[:, -1:] + 1  # (B, 1)
-        tokens, logps, hiddens, entropies = [], [], [], []
-        done = torch.zeros(B, dtype=torch.bool, device=device)
-        ended = torch.zeros(B, dtype=torch.bool, device=device)
-        stop_at = [None] * B
-        filtered = bool(p.top_k) or p.top_p < 1.0
-        for t in range(p.max_new_tokens):
-            scaled = decoder.logits(hidden).float()  # (B, V)
-            if p.temperature != 1.0:
-                scaled = scaled / p.temperature
-            logp = scaled.log_softmax(-1)  # (B, V)
-            probs = logp.exp()
-            if self.return_states:
-                hiddens.append(hidden)  # (B, H): the state in which token t is chosen
-                entropies.append(-(probs * logp).sum(-1))
-            if filtered:
-                probs = filter_logits(scaled, p.top_k, p.top_p).softmax(-1)
-            token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
-            logps.append(logp.gather(-1, token.unsqueeze(-1)).squeeze(-1))
-            token = torch.where(done, torch.full_like(token, tok.pad_token_id), token)
-            tokens.append(token)
-            hit_eos = torch.isin(token, eos) & ~done
-            ended |= hit_eos
-            done |= hit_eos
-            if p.stop:
-                so_far = torch.stack(tokens, 1)
-                for i in (~done).nonzero().flatten().tolist():
-                    if _cut_at_stop(tok.decode(so_far[i], skip_special_tokens=True), p.stop)[1]:
-                        done[i] = ended[i] = True
-                        stop_at[i] = t
-            if bool(done.all()) or t == p.max_new_tokens - 1:
-                break
-            mask[:, P + t] = 1
-            hidden = decoder.forward(token.unsqueeze(1), next_pos, mask[:, : P + t + 1])[:, -1]
-            next_pos = next_pos + 1
+        steps = list(
+            sample_steps(
+                model, tok, p, query_ids, query_mask, eos=self.eos, generator=generator,
+                packed_decode=self.packed_decode, return_states=self.return_states,
+            )
+        )  # fmt: skip
         if was_training:
             model.train()
-        response_ids = torch.stack(tokens, 1)  # (B, T)
-        logprobs = torch.stack(logps, 1)  # (B, T)
+        response_ids = torch.stack([s.tokens for s in steps], 1)  # (B, T)
+        logprobs = torch.stack([s.logprobs for s in steps], 1)  # (B, T)
+        ended, stop_at = steps[-1].ended, steps[-1].stop_at
         # 1 up to and including the stop token: the first EOS, or the token that completed a stop string
+        eos = torch.tensor(self.eos, device=device)
         is_eos = torch.isin(response_ids, eos)
         T = response_ids.size(1)
-        steps = torch.arange(T, device=device).expand(B, T)
-        first_eos = torch.where(is_eos, steps, torch.full_like(steps, T)).amin(-1)  # (B,)
+        steps_ = torch.arange(T, device=device).expand(B, T)
+        first_eos = torch.where(is_eos, steps_, torch.full_like(steps_, T)).amin(-1)  # (B,)
         last = torch.tensor([s if s is not None else T - 1 for s in stop_at], device=device)
         last = torch.minimum(first_eos, last)
-        response_mask = (steps <= last.unsqueeze(1)).long()
+        response_mask = (steps_ <= last.unsqueeze(1)).long()
         response_ids = response_ids.masked_fill(response_mask == 0, tok.pad_token_id)
         logprobs = logprobs.masked_fill(response_mask == 0, 0.0)
         texts = [_cut_at_stop(s, p.stop)[0] for s in tok.batch_decode(response_ids, skip_special_tokens=True)]
-        states = dict(hidden=torch.stack(hiddens, 1), entropy=torch.stack(entropies, 1)) if self.return_states else {}
+        states = {}
+        if self.return_states:
+            states = dict(
+                hidden=torch.stack([s.hidden for s in steps], 1), entropy=torch.stack([s.entropy for s in steps], 1)
+            )
         return Rollout(prompts, query_ids, query_mask, response_ids, response_mask, logprobs, ended, texts, **states)
+
+
+@dataclass
+class Step:
+    """One new token for every row of a batch. tokens, logprobs (B,): the token sampled at this step (padding on
+    rows that had stopped before it) and its log-prob under the temperature-scaled distribution; done (B,): rows
+    stopped, this token included; ended (B,): rows stopped by EOS or a stop string; stop_at: per row, the step at
+    which a stop string completed (None if none did). hidden (B, H), entropy (B,): with ``return_states``."""
+
+    index: int
+    tokens: Tensor
+    logprobs: Tensor
+    done: Tensor
+    ended: Tensor
+    stop_at: list
+    hidden: Tensor | None = None
+    entropy: Tensor | None = None
+
+
+@torch.no_grad()
+def sample_steps(
+    model,
+    tokenizer,
+    params: SamplingPart,
+    query_ids: Tensor,
+    query_mask: Tensor,
+    *,
+    eos: list[int],
+    generator: torch.Generator | None = None,
+    packed_decode: bool = True,
+    return_states: bool = False,
+) -> Iterator[Step]:
+    """The sampler's loop, one ``Step`` per new token: ``TransformersSampler.generate`` collects them into a
+    ``Rollout``; a server streams them as they come. Prompts are left-padded (``encode_prompts``); the caller puts
+    the model in eval mode. Stops after the step at which every row has stopped, or at ``max_new_tokens``."""
+    p, tok = params, tokenizer
+    B, P = query_ids.shape
+    device = query_ids.device
+    eos_t = torch.tensor(eos, device=device)
+    decoder = make_decoder(model, P + p.max_new_tokens, packed_decode)
+    mask = torch.cat([query_mask, query_mask.new_zeros(B, p.max_new_tokens)], dim=1)  # a 1 is written in per new token
+    pos = position_ids(query_mask)
+    hidden = decoder.forward(query_ids, pos, query_mask)[:, -1]  # (B, H)
+    next_pos = pos[:, -1:] + 1  # (B, 1)
+    tokens = []
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    ended = torch.zeros(B, dtype=torch.bool, device=device)
+    stop_at = [None] * B
+    filtered = bool(p.top_k) or p.top_p < 1.0
+    for t in range(p.max_new_tokens):
+        scaled = decoder.logits(hidden).float()  # (B, V)
+        if p.temperature != 1.0:
+            scaled = scaled / p.temperature
+        logp = scaled.log_softmax(-1)  # (B, V)
+        probs = logp.exp()
+        states = dict(hidden=hidden, entropy=-(probs * logp).sum(-1)) if return_states else {}
+        if filtered:
+            probs = filter_logits(scaled, p.top_k, p.top_p).softmax(-1)
+        token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
+        token_logp = logp.gather(-1, token.unsqueeze(-1)).squeeze(-1)
+        token = torch.where(done, torch.full_like(token, tok.pad_token_id), token)
+        tokens.append(token)
+        hit_eos = torch.isin(token, eos_t) & ~done
+        ended |= hit_eos
+        done |= hit_eos
+        if p.stop:
+            so_far = torch.stack(tokens, 1)
+            for i in (~done).nonzero().flatten().tolist():
+                if _cut_at_stop(tok.decode(so_far[i], skip_special_tokens=True), p.stop)[1]:
+                    done[i] = ended[i] = True
+                    stop_at[i] = t
+        yield Step(t, token, token_logp, done.clone(), ended.clone(), list(stop_at), **states)
+        if bool(done.all()) or t == p.max_new_tokens - 1:
+            break
+        mask[:, P + t] = 1
+        hidden = decoder.forward(token.unsqueeze(1), next_pos, mask[:, : P + t + 1])[:, -1]
+        next_pos = next_pos + 1
 
 
 def response_forward(model, rollout: Rollout, temperature: float, *, hidden: bool = False, entropy: bool = False):
