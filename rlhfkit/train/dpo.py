@@ -17,6 +17,9 @@ chosen tokens of the batch instead of per pair). The reference pi_ref is the sta
   model in memory during training;
 - ``copy``: a frozen copy in memory, run on every batch;
 - ``lora-off``: the policy itself with its LoRA adapters switched off (needs ``lora``).
+With ``ref_model`` the reference is that model instead of the starting one (precomputed or copy): iterative DPO
+("RLHF Workflow", Dong et al. 2024) starts each round from the last round's policy and keeps the SFT model as
+the reference.
 
 How a batch is computed: chosen and rejected go through one forward, in one row per pair with the prompt
 computed once (``rlhfkit.data.pairs``; on CPU this beat plain rows and position_ids packing, see
@@ -211,13 +214,20 @@ def run(cfg: DPOConfig) -> Path:
     train = tokenize_all(tokenizer, train_records, cfg.max_length)
     held_out = tokenize_all(tokenizer, eval_records, cfg.max_length)
     loss_fn = make_loss_fn(cfg)
-    parents = [parent_of("model", cfg.model), parent_of("reference", cfg.model)]
+    reference_spec = cfg.ref_model or cfg.model
+    parents = [parent_of("model", cfg.model), parent_of("reference", reference_spec)]
     logger = common.start_run(run_dir, cfg, accelerator, parents, {"train": cfg.data, "eval": cfg.eval_data})
     run_dir.write_invalid_rows(invalid)
 
-    ref_model = None
-    if cfg.reference == "copy":
-        ref_model = CompletionLogProbs(copy.deepcopy(model)).to(accelerator.device).eval().requires_grad_(False)
+    def reference_copy():
+        """A frozen reference: the ``ref_model`` when one is given, else a copy of the starting model."""
+        if cfg.ref_model is None:
+            ref = copy.deepcopy(model)
+        else:
+            ref, _ = load_causal_lm(cfg.ref_model, common.training_dtype(cfg), cfg.chat_template, seed=cfg.seed)
+        return CompletionLogProbs(ref).to(accelerator.device).eval().requires_grad_(False)
+
+    ref_model = reference_copy() if cfg.reference == "copy" else None
     train_ref = eval_ref = None
     if cfg.reference == "precomputed":  # the model before LoRA and before any update is the reference: no copy
         key = hashlib.sha256(
@@ -233,13 +243,16 @@ def run(cfg: DPOConfig) -> Path:
                     len(train),
                     cfg.chat_template,
                     cfg.dtype,
+                    cfg.ref_model,
                 )
             ).encode()
         ).hexdigest()[:16]
         was_training = model.training
-        ref = CompletionLogProbs(model.to(accelerator.device)).eval()
+        # The model before LoRA and before any update, or the given reference (loaded for this pass only).
+        ref = CompletionLogProbs(model.to(accelerator.device)).eval() if cfg.ref_model is None else reference_copy()
         with accelerator.autocast():  # the reference in the policy's precision: margins start at 0
             train_ref, eval_ref = cached_reference_logps(run_dir, key, ref, train, held_out, pad_id, cfg, accelerator)
+        del ref
         model.train(was_training)
     if cfg.lora:
         model = add_lora(model, cfg)
