@@ -308,8 +308,11 @@ _mount_annotate()
 
 def _mount_production() -> None:
     from rlhfkit.registry import cli as registry_cli
+    from rlhfkit.serve import cli as serve_cli
 
     app.add_typer(registry_cli.app, name="registry")
+    app.command("serve")(serve_cli.serve)
+    app.add_typer(serve_cli.ab_app, name="ab")
 
 
 _mount_production()
