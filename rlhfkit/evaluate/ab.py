@@ -80,7 +80,9 @@ def compare(treatment: RatioEstimate, control: RatioEstimate) -> Difference | No
     diff = treatment.value - control.value
     se = math.sqrt(treatment.se**2 + control.se**2)
     if se == 0:  # both arms without any spread: no evidence either way unless the rates differ exactly
-        return Difference(diff, 0.0, diff, diff, 0.0 if diff == 0 else math.copysign(math.inf, diff), 1.0 if diff == 0 else 0.0)
+        return Difference(
+            diff, 0.0, diff, diff, 0.0 if diff == 0 else math.copysign(math.inf, diff), 1.0 if diff == 0 else 0.0
+        )
     z = diff / se
     return Difference(diff, se, diff - Z95 * se, diff + Z95 * se, z, normal_two_sided_p(z))
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from fastapi import FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -136,7 +136,9 @@ def create_app(
             return
         token = (authorization or "").removeprefix("Bearer ").strip()
         if not hmac.compare_digest(token.encode(), api_key.encode()):
-            raise ApiError(401, "send the server's API key as 'Authorization: Bearer KEY'", None, "authentication_error")
+            raise ApiError(
+                401, "send the server's API key as 'Authorization: Bearer KEY'", None, "authentication_error"
+            )
 
     @app.get("/healthz", include_in_schema=False)
     def healthz():
@@ -201,8 +203,9 @@ def create_app(
         return {
             **meta,
             "object": "chat.completion",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                         "finish_reason": done.finish_reason}],  # fmt: skip
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": done.finish_reason}
+            ],  # fmt: skip
             "usage": _usage(done),
             "rlhfkit": extension,
         }
@@ -228,9 +231,7 @@ def create_app(
         return JSONResponse(out, status_code=201)
 
     @app.get("/v1/monitor")
-    async def monitor(
-        experiment: str | None = None, hours: float = 24.0, authorization: str | None = Header(None)
-    ):
+    async def monitor(experiment: str | None = None, hours: float = 24.0, authorization: str | None = Header(None)):
         from rlhfkit.serve.monitor import experiment_report, live_figures
 
         authorise(authorization)

@@ -94,7 +94,9 @@ def create(
 
     experiment = guarded(make)
     total = sum(a.weight for a in experiment.arms)
-    typer.echo(f"{experiment.name}: " + ", ".join(f"{a.name}={a.target} {a.weight / total:.0%}" for a in experiment.arms))
+    typer.echo(
+        f"{experiment.name}: " + ", ".join(f"{a.name}={a.target} {a.weight / total:.0%}" for a in experiment.arms)
+    )
 
 
 @ab_app.command("list")

@@ -151,10 +151,10 @@ class Engine:
         return loaded
 
     def _run(self, batch: list[Job]) -> None:
+        import torch
+
         from rlhfkit.data.records import Message
         from rlhfkit.rollout import _cut_at_stop, encode_prompts, sample_steps
-
-        import torch
 
         loaded = self._model(batch[0].version)
         params = batch[0].params
@@ -177,7 +177,9 @@ class Engine:
         sent = [0] * len(batch)
         finished = [False] * len(batch)
         self.batches += 1
-        for step in sample_steps(loaded.model, tok, sampling, query_ids, query_mask, eos=loaded.eos, generator=generator):
+        for step in sample_steps(
+            loaded.model, tok, sampling, query_ids, query_mask, eos=loaded.eos, generator=generator
+        ):
             tokens = step.tokens.tolist()
             for i, job in enumerate(batch):
                 if finished[i]:

@@ -143,7 +143,9 @@ def experiment_report(store: Store, name: str) -> dict:
         "experiment": name,
         "status": experiment.status,
         "control": experiment.control,
-        "arms": [{"arm": a.name, "target": a.target, "weight": a.weight, **_public(arms[a.name])} for a in experiment.arms],
+        "arms": [
+            {"arm": a.name, "target": a.target, "weight": a.weight, **_public(arms[a.name])} for a in experiment.arms
+        ],
         "comparisons": comparisons,
         "alarms": alarms,
         "test": {

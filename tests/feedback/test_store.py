@@ -11,8 +11,8 @@ from alembic.migration import MigrationContext
 from rlhfkit.feedback.dashboard import stats
 from rlhfkit.feedback.db import migrate
 from rlhfkit.feedback.models import Base
-from rlhfkit.registry.tables import metadata as production_metadata
 from rlhfkit.feedback.store import QueueSettings, next_task
+from rlhfkit.registry.tables import metadata as production_metadata
 from tests.feedback.helpers import label, new_store, serve, tasks, users
 
 PAIR = {"prompt": "p", "responses": ["a", "b"]}

@@ -71,7 +71,10 @@ def test_answers_streamed_and_not_are_stored_with_version_and_user(served):
     assert r.status_code == 200, r.text
     out = r.json()
     assert out["object"] == "chat.completion" and out["id"].startswith("chatcmpl-") and out["model"] == "champion"
-    assert out["choices"][0]["message"]["role"] == "assistant" and out["choices"][0]["finish_reason"] in ("stop", "length")
+    assert out["choices"][0]["message"]["role"] == "assistant" and out["choices"][0]["finish_reason"] in (
+        "stop",
+        "length",
+    )
     assert out["usage"]["completion_tokens"] <= 12 and out["rlhfkit"]["version"] == "policy:1"
     [stored] = rows(served.db, responses, id=out["id"])
     assert stored["text"] == out["choices"][0]["message"]["content"] and stored["user_id"] == "u1"
@@ -83,7 +86,9 @@ def test_answers_streamed_and_not_are_stored_with_version_and_user(served):
     assert stored["text"] == text and stored["stream"] and stored["latency_ms"] >= stored["ttft_ms"]
     # a fixed seed decides the text; temperature 0 is greedy
     same = [served.chat(ASK, seed=7, max_tokens=10).json()["choices"][0]["message"]["content"] for _ in range(2)]
-    greedy = [served.chat(ASK, temperature=0, max_tokens=10).json()["choices"][0]["message"]["content"] for _ in range(2)]
+    greedy = [
+        served.chat(ASK, temperature=0, max_tokens=10).json()["choices"][0]["message"]["content"] for _ in range(2)
+    ]
     assert same[0] == same[1] and greedy[0] == greedy[1]
 
 
@@ -135,7 +140,10 @@ def test_experiment_arms_are_sticky_per_user(served):
             seen.setdefault(f"sticky-{i}", set()).add((out["rlhfkit"]["arm"], out["rlhfkit"]["version"]))
     assert all(len(arms) == 1 for arms in seen.values())
     arms = Counter(next(iter(a))[0] for a in seen.values())
-    assert set(arms) == {"control", "treatment"} and {v for a in seen.values() for _, v in a} == {"policy:1", "policy:2"}
+    assert set(arms) == {"control", "treatment"} and {v for a in seen.values() for _, v in a} == {
+        "policy:1",
+        "policy:2",
+    }
 
 
 def test_promotion_and_rollback_apply_without_a_restart(served):
