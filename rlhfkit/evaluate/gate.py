@@ -150,7 +150,8 @@ def run_gate(inputs: GateInputs, settings: GateSettings) -> dict:
         judge_score = float(inputs.judge.score(inputs.prompts, cand_texts).mean())
     check = Check(step=len(inputs.history) + 1, kl=kl, proxy_reward=proxy_score, second_rm_reward=judge_score,
                   mean_length=length)  # fmt: skip
-    monitor = OveroptimisationMonitor(MonitorSettings(kl_budget=settings.kl_budget))
+    # One check per round, and a round is expensive: a reason fires at its first occurrence (patience 1).
+    monitor = OveroptimisationMonitor(MonitorSettings(kl_budget=settings.kl_budget, patience=1))
     for earlier in inputs.history:
         monitor.update(earlier)
     status = monitor.update(check)

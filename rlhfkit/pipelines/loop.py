@@ -120,7 +120,7 @@ class Loop:
                 gate = self._gate(candidate_dir, champion, labeller if rm_dir else None)
             _write(rd / "gate.json", gate)
         version = self.registry.register(
-            str(candidate_dir), name=champion.name, labels=self._label_summary(human, pairs, rd)
+            str(candidate_dir), name=champion.name, labels=self._label_summary(human, pairs, rd, rm_dir)
         )
         if not any(e["against_id"] == champion.id for e in self.registry.evaluations(version.ref)):
             self.registry.add_evaluation(version.ref, gate, passed=gate["passed"], against=champion.ref)
@@ -311,11 +311,15 @@ class Loop:
             return False
         return True
 
-    def _label_summary(self, human: list[dict], pairs: list[dict], rd: Path) -> dict:
-        from rlhfkit.runs import file_hash
+    def _label_summary(self, human: list[dict], pairs: list[dict], rd: Path, rm_dir) -> dict:
+        """What the candidate learnt from, by source, for its registry entry (and its lineage: the reward model that
+        picked the pairs is named by run id)."""
+        from rlhfkit.runs import RunCard, file_hash
 
         out = {source: {"n": n, "sha256_16": file_hash(rd / "human.jsonl")} for source, n in _count(human).items()}
         out["pairs"] = {"n": len(pairs), "labeller": self.cfg.labeller, "sha256_16": file_hash(rd / "pairs.jsonl")}
+        if rm_dir is not None:
+            out["pairs"].update(run_id=RunCard.read(rm_dir).id, path=str(rm_dir))
         return out
 
     def finish(self) -> Path:

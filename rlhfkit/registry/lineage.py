@@ -168,7 +168,7 @@ def lineage(registry: Registry, ref: str, max_depth: int = 20) -> Graph:
 
     def walk_parent(parent: dict, depth: int) -> str:
         run_id, path = parent.get("id"), parent.get("path", "?")
-        version = registry.find_run(run_id) if run_id else None
+        version = registry.find_run(run_id) if run_id else registry.find_source(path) if Path(path).exists() else None
         if version is not None:
             return add_version(version, depth)
         if run_id:
@@ -189,6 +189,10 @@ def lineage(registry: Registry, ref: str, max_depth: int = 20) -> Graph:
             summary = ", ".join(f"{source} {info.get('n', '?')}" for source, info in version.labels.items())
             graph.add(Node(f"labels:{version.id}", "labels", "labels", summary))
             graph.edges.append((key, f"labels:{version.id}", "trained on"))
+            labeller = version.labels.get("pairs") or {}
+            if labeller.get("run_id"):  # the reward model that picked the pairs, and what it learnt from
+                parent = walk_parent({"id": labeller["run_id"], "path": labeller.get("path", "?")}, depth + 1)
+                graph.edges.append((f"labels:{version.id}", parent, "labelled by"))
         for e in registry.evaluations(version.ref):
             report = e["report"] or {}
             verdict = {True: "passed", False: "rejected", None: "measured"}[e["passed"]]

@@ -220,6 +220,15 @@ class Registry:
             ).first()
         return _version(row) if row else None
 
+    def find_source(self, path: str) -> Version | None:
+        """The latest version made from this folder or file (a parent named by path rather than run id)."""
+        where = str(Path(path).expanduser().resolve()) if not str(path).startswith(("http://", "https://")) else path
+        with self.store.read_conn() as conn:
+            row = conn.execute(
+                select(versions).where(versions.c.source == where).order_by(versions.c.id.desc())
+            ).first()
+        return _version(row) if row else None
+
     def resolve(self, ref: str) -> Version:
         """``name:N`` (a version), ``name:latest``, or an alias."""
         ref = str(ref).strip()
