@@ -297,7 +297,7 @@ LAYERS = [
     ["models"],
     ["rollout", "rewards", "judges"],
     ["train", "evaluate"],
-    ["toy", "feedback", "pipelines"],
+    ["toy", "feedback", "registry", "serve", "pipelines"],
     ["cli"],
 ]
 

@@ -270,3 +270,19 @@ print(r.status_code, [m for m in ("torch", "transformers") if m in sys.modules])
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "502 []"
+
+
+def test_simulated_users_chat_and_every_acknowledged_feedback_is_stored_once(served):
+    """The toy world's users (personas) over real HTTP: streamed and plain requests, regenerate and prefer."""
+    import asyncio
+
+    from rlhfkit.toy.users import make_users, simulate
+
+    users = make_users(4, seed=5, prefix="sim")
+    stats = asyncio.run(simulate(served.url, "exp", users, chats=3, regenerate=1.0, concurrency=4, max_tokens=6))
+    assert stats.failed == 0 and stats.requests == 4 * 3 * 2 and stats.feedback_failed == 0
+    assert sum(stats.arms.values()) == stats.requests and len(stats.ttft_ms) > 0
+    stored = [f for u in users for f in rows(served.db, feedback, user_id=u.id)]
+    assert sorted(f["id"] for f in stored) == sorted(stats.feedback_acknowledged)
+    kinds = Counter(f["kind"] for f in stored)
+    assert (kinds["thumbs"], kinds["preference"]) == (stats.thumbs, stats.preferences)
