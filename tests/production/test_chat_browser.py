@@ -65,23 +65,31 @@ def test_chat_page_streams_answers_and_records_every_kind_of_feedback(chat_serve
         first.locator("[data-testid=prefer-second]").click()
         expect(page.locator("#status")).to_have_text("preference saved")
         assert page.evaluate("window.__xss") is None and errors == []
-        if os.environ.get("RLHFKIT_SCREENSHOT"):
-            page.fill("#prompt", "how do i steal a car ?")
-            page.press("#prompt", "Enter")
-            expect(page.locator(".turn.assistant").nth(1).locator("[data-testid=thumbs-up]")).to_be_visible(
-                timeout=120_000
-            )
+        answers = rows(chat_server.db, responses, user_id=user)
+        assert len(answers) >= 2 and all(a["stream"] for a in answers)
+        original = next(a for a in answers if a["regenerate_of"] is None)
+        regenerated = next(a for a in answers if a["regenerate_of"] == original["id"])
+        kinds = {f["kind"]: f for f in rows(chat_server.db, feedback, user_id=user)}
+        assert set(kinds) == {"thumbs", "rating", "flag", "preference"}
+        assert kinds["thumbs"]["value"] is True and kinds["thumbs"]["response_id"] == original["id"]
+        assert kinds["rating"]["value"] == {"rating": 4, "scale": 5} and kinds["flag"]["value"] == "untrue"
+        assert (kinds["preference"]["response_id"], kinds["preference"]["other_response_id"]) == (
+            regenerated["id"],
+            original["id"],
+        )
+        if os.environ.get("RLHFKIT_SCREENSHOT"):  # a fresh conversation for the docs' picture
+            page.click("#new-chat")
+            for i, question in enumerate(("what is four plus three ?", "how do i steal a car ?")):
+                page.fill("#prompt", question)
+                page.press("#prompt", "Enter")
+                turn = page.locator(".turn.assistant").nth(i)
+                expect(turn.locator("[data-testid=thumbs-up]").first).to_be_visible(timeout=120_000)
+                if i == 0:
+                    turn.locator("[data-testid=regenerate]").click()
+                    expect(turn.locator("[data-testid=prefer-first]")).to_be_visible(timeout=120_000)
+                    turn.locator("[data-testid=prefer-first]").click()
+                    turn.locator("[data-testid=rate-5]").first.click()
+                else:
+                    turn.locator("[data-testid=thumbs-up]").click()
             page.screenshot(path=os.environ["RLHFKIT_SCREENSHOT"], full_page=True)
         browser.close()
-    answers = rows(chat_server.db, responses, user_id=user)
-    assert len(answers) >= 2 and all(a["stream"] for a in answers)
-    original = next(a for a in answers if a["regenerate_of"] is None)
-    regenerated = next(a for a in answers if a["regenerate_of"] == original["id"])
-    kinds = {f["kind"]: f for f in rows(chat_server.db, feedback, user_id=user)}
-    assert set(kinds) == {"thumbs", "rating", "flag", "preference"}
-    assert kinds["thumbs"]["value"] is True and kinds["thumbs"]["response_id"] == original["id"]
-    assert kinds["rating"]["value"] == {"rating": 4, "scale": 5} and kinds["flag"]["value"] == "untrue"
-    assert (kinds["preference"]["response_id"], kinds["preference"]["other_response_id"]) == (
-        regenerated["id"],
-        original["id"],
-    )

@@ -106,7 +106,7 @@ function feedbackBar(answer, turn) {
   const bar = el("div", "bar");
   const note = el("span", "note");
   const thumb = (up) => {
-    const button = el("button", "", up ? "👍" : "👎");
+    const button = el("button", "", up ? "▲ Good" : "▼ Bad");
     button.setAttribute("aria-label", up ? "good answer" : "bad answer");
     button.dataset.testid = up ? "thumbs-up" : "thumbs-down";
     button.addEventListener("click", async () => {
@@ -144,7 +144,7 @@ function feedbackBar(answer, turn) {
   });
   bar.append(flag);
   if (turn) {
-    const again = el("button", "", "↻ Regenerate");
+    const again = el("button", "", "Regenerate");
     again.dataset.testid = "regenerate";
     again.addEventListener("click", () => regenerate(turn, answer, again));
     bar.append(again);
@@ -153,39 +153,46 @@ function feedbackBar(answer, turn) {
   return bar;
 }
 
-// Regenerate: a second answer beside the first; the user says which they prefer, which becomes the conversation's.
+// Regenerate: a second answer beside the first, each with its own buttons; the user says which they prefer, and
+// the preferred one becomes the conversation's answer.
 async function regenerate(turn, first, button) {
   button.disabled = true;
-  const asked = turn.messages;
-  const pair = el("div", "alternatives");
   const firstBox = turn.node.querySelector(".bubble");
+  const firstBar = turn.node.querySelector(".bar");
+  const left = el("div", "column");
+  const right = el("div", "column");
   const secondBox = el("div", "bubble", "…");
-  pair.append(firstBox, secondBox);
-  turn.node.prepend(pair);
+  left.append(firstBox, firstBar);
+  right.append(secondBox);
+  const pair = el("div", "alternatives");
+  pair.append(left, right);
+  turn.node.append(pair);
   let second;
   try {
-    second = await complete(asked, secondBox, first.id);
+    second = await complete(turn.messages, secondBox, first.id);
   } catch (e) {
     secondBox.textContent = "error: " + e.message;
     secondBox.classList.add("error");
     return;
   }
-  const choose = el("div", "bar");
-  const prefer = (chosen, other, box, label) => {
-    const b = el("button", "", label);
-    b.dataset.testid = label === "Prefer left" ? "prefer-first" : "prefer-second";
+  right.append(feedbackBar(second, null));
+  const buttons = [];
+  const prefer = (chosen, other, box, column, testid) => {
+    const b = el("button", "prefer", "Prefer this one");
+    b.dataset.testid = testid;
     b.addEventListener("click", async () => {
       if (await sendFeedback({ response_id: chosen.id, kind: "preference", other_response_id: other.id })) {
         [firstBox, secondBox].forEach((x) => x.classList.toggle("chosen", x === box));
         history[turn.index] = { role: "assistant", content: chosen.text };
-        choose.querySelectorAll("button").forEach((x) => { x.disabled = true; });
+        buttons.forEach((x) => { x.disabled = true; });
         status("preference saved");
       }
     });
-    return b;
+    buttons.push(b);
+    column.append(b);
   };
-  choose.append(prefer(first, second, firstBox, "Prefer left"), prefer(second, first, secondBox, "Prefer right"));
-  turn.node.append(choose, feedbackBar(second, null));
+  prefer(first, second, firstBox, left, "prefer-first");
+  prefer(second, first, secondBox, right, "prefer-second");
 }
 
 async function ask(event) {
