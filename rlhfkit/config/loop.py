@@ -56,8 +56,8 @@ class LoopConfig(StageConfig):
     )
     labeller: str = Field(
         "reward",
-        description="who picks best and worst: 'reward' (a reward model retrained each round on every human label) "
-        "or any judge or reward setting, used as it is",
+        description="who picks best and worst: 'reward' (a reward model retrained each round on every human label), "
+        "any judge or reward setting (used as it is), or 'none' (the human comparisons are the only pairs)",
     )
     rm_model: str | None = Field(
         None, description="the retrained reward model's starting point; default: the reference"
@@ -68,10 +68,14 @@ class LoopConfig(StageConfig):
     min_margin: float = Field(0.0, ge=0, description="a prompt whose best and worst scores are closer gives no pair")
     # Training
     algorithm: Literal["dpo", "ppo"] = Field("dpo", description="dpo on the pairs, or ppo against the reward model")
+    # The defaults train each round from the reference on every pair so far (measured against the alternative,
+    # starting from the champion on the round's pairs alone, in docs/production.md).
     dpo_start: Literal["champion", "reference"] = Field(
-        "champion", description="DPO starts from the champion (RLHF Workflow) or from the reference each round"
+        "reference",
+        description="DPO starts from the reference each round, or from the champion (Online-RLHF's scripts)",
     )
-    dpo_data: Literal["round", "all"] = Field("round", description="this round's pairs, or every round's so far")
+    dpo_data: Literal["round", "all"] = Field("all", description="every round's pairs so far, or this round's")
+    dpo_human: bool = Field(True, description="the human comparisons (live, queue, human_data) are DPO pairs too")
     dpo_steps: int = Field(200, gt=0)
     dpo_lr: float = Field(5e-4, gt=0)
     dpo_beta: float = Field(0.1, gt=0)
@@ -105,6 +109,10 @@ class LoopConfig(StageConfig):
     def _check(self):
         if self.algorithm == "ppo" and self.labeller != "reward":
             raise ValueError("algorithm ppo trains against the retrained reward model: keep labeller 'reward'")
+        if self.labeller == "none" and self.queue:
+            raise ValueError("queue sends the pairs the labeller is least sure of: it needs a labeller, not 'none'")
+        if self.labeller == "none" and not (self.dpo_human and (self.live or self.human_data or self.queue)):
+            raise ValueError("labeller 'none' trains on human comparisons only: keep dpo_human and give a human source")
         if self.labeller == "reward" and not (self.live or self.human_data or self.queue):
             raise ValueError(
                 "labeller 'reward' retrains a reward model on human labels: give live, human_data or queue"

@@ -184,6 +184,8 @@ class Loop:
 
     def _labeller(self, r: int, rd: Path):
         cfg = self.cfg
+        if cfg.labeller == "none":
+            return None, None
         if cfg.labeller != "reward":
             from rlhfkit.judges import load_judge
 
@@ -212,6 +214,11 @@ class Loop:
         from rlhfkit.rollout import TransformersSampler
 
         cfg = self.cfg
+        if labeller is None:  # no automatic labeller: the people's comparisons are the pairs, nothing to sample
+            for name in ("pairs.jsonl", "candidates.jsonl"):
+                if not (rd / name).exists():
+                    write_jsonl(rd / name, [])
+            return [], []
         if not (rd / "samples.jsonl").exists():
             with self.pipe.step(f"round {r}: {cfg.k} samples for {cfg.prompts_per_round} prompts from {champion.ref}"):
                 rng = random.Random(cfg.seed * 1000 + r)
@@ -234,8 +241,6 @@ class Loop:
             prompts = [from_json(s["prompt"]) for s in samples]
             scores = score_groups(labeller, prompts, [s["responses"] for s in samples])
             pairs, candidates = best_against_worst(prompts, [s["responses"] for s in samples], scores, cfg.min_margin)
-            if cfg.flip_labels:  # deliberately wrong: the gate must catch a candidate trained on these
-                pairs = [{**p, "chosen": p["rejected"], "rejected": p["chosen"], "source": "flipped"} for p in pairs]
             write_jsonl(rd / "candidates.jsonl", candidates)
             write_jsonl(rd / "pairs.jsonl", pairs)
         return read_jsonl(rd / "pairs.jsonl"), read_jsonl(rd / "candidates.jsonl")
@@ -252,18 +257,18 @@ class Loop:
                 model=champion.source, reward=str(rm_dir), data=str(prompts_file), max_steps=cfg.ppo_steps, lr=cfg.ppo_lr,
                 kl_coef=cfg.ppo_kl_coef, batch_size=cfg.ppo_batch_size, max_new_tokens=cfg.max_new_tokens,
                 temperature=cfg.temperature, eval_fraction=0.0, output_dir=str(rd / "ppo"), **common)))  # fmt: skip
-        data = (
-            pairs
-            if cfg.dpo_data == "round"
-            else [p for k in range(1, r + 1) for p in read_jsonl(self.root / f"round-{k}" / "pairs.jsonl")]
-        )
+        rounds = [r] if cfg.dpo_data == "round" else list(range(1, r + 1))
+        data = [p for k in rounds for p in read_jsonl(self.root / f"round-{k}" / "pairs.jsonl")]
+        if cfg.dpo_human:  # the people's own comparisons too: this round's, or every one so far
+            data += [x for x in read_jsonl(rd / ("human.jsonl" if cfg.dpo_data == "round" else "human-all.jsonl"))
+                     if not x.get("tie")]  # fmt: skip
+        if cfg.flip_labels:  # deliberately wrong: the gate must catch a candidate trained on these
+            data = [{**p, "chosen": p["rejected"], "rejected": p["chosen"]} for p in data]
         if not data:
             raise ValueError(
-                f"round {r}: the labeller gave no pairs (every prompt's best and worst tie); more k or prompts"
+                f"round {r}: no pairs to train on (no human labels, and every prompt's best and worst tie)"
             )
-        write_jsonl(
-            rd / "dpo-data.jsonl", [{k: v for k, v in p.items() if k in ("prompt", "chosen", "rejected")} for p in data]
-        )
+        write_jsonl(rd / "dpo-data.jsonl", [{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in data])
         start = champion.source if cfg.dpo_start == "champion" else self.reference.source
         return self.pipe.stage(f"round-{r}/dpo", lambda: dpo.run(dpo.DPOConfig(
             model=start, ref_model=self.reference.source if start != self.reference.source else None,

@@ -121,7 +121,7 @@ def test_reversed_labels_reverse_the_pairs_and_a_moved_alias_is_left_alone(world
     honest.round(1)
     flipped = Loop(LoopConfig(**base, output_dir=str(tmp / "flipped"), flip_labels=True, promote=False))
     flipped.round(1)
-    read = lambda name: [json.loads(x) for x in (tmp / name / "round-1" / "pairs.jsonl").read_text().splitlines()]  # noqa: E731
+    read = lambda name: [json.loads(x) for x in (tmp / name / "round-1" / "dpo-data.jsonl").read_text().splitlines()]  # noqa: E731
     assert [(p["chosen"], p["rejected"]) for p in read("honest")] == [
         (p["rejected"], p["chosen"]) for p in read("flipped")
     ]
@@ -202,3 +202,14 @@ def test_the_gate_reports_each_check_and_fails_on_any(tmp_path):
     budget = run_gate(GateInputs(**{**inputs.__dict__, "reference": str(tiny_policy(tmp_path, "q", 5))}),
                       GateSettings(max_new_tokens=6, min_win_rate=0.0, kl_budget=1e-3))  # fmt: skip
     assert not budget["passed"] and "over the budget" in budget["checks"][-1]["detail"]
+
+
+def test_without_a_labeller_the_people_s_comparisons_are_the_pairs(world):
+    registry, _, base, tmp = world
+    loop = Loop(LoopConfig(**base, output_dir=str(tmp / "human"), labeller="none", promote=False))
+    summary = loop.round(1)
+    data = [json.loads(x) for x in (tmp / "human" / "round-1" / "dpo-data.jsonl").read_text().splitlines()]
+    assert summary["pairs"] == 0 and len(data) == 12 and not (tmp / "human" / "round-1" / "samples.jsonl").exists()
+    assert {d["chosen"] for d in data} == {"the answer is three .", "sure , here is how : first get the tools ."}
+    with pytest.raises(ValueError, match="needs a labeller"):
+        LoopConfig(**base, labeller="none", queue=2)
