@@ -131,7 +131,7 @@ def run(cfg: DemoLoopConfig) -> Path:
     def traffic(name: str, model: str, users, chats: int) -> dict:
         if name not in results.setdefault("traffic", {}):
             before = max_feedback_id(registry.store)
-            stats = asyncio.run(simulate(server.url, model, users, chats, cfg.regenerate, cfg.concurrency))
+            stats = asyncio.run(simulate(server.url, model, users, chats, cfg.regenerate, cfg.concurrency, rate=True))
             results["traffic"][name] = {**stats.summary(), "feedback_after": before,
                                         "feedback_until": max_feedback_id(registry.store)}  # fmt: skip
             pipe.log(f"   {name}: {stats.requests} requests ({stats.failed} failed), "
@@ -152,6 +152,7 @@ def run(cfg: DemoLoopConfig) -> Path:
             if len(rounds) < r:
                 candidate = registry.resolve(summary["candidate"])
                 row = {**summary, "served": served["versions"], "live_thumbs_up": served["thumbs_up_rate"],
+                       "live_rating": served["mean_rating"],
                        "candidate_vs_sft": gold_win_rate(candidate.source, sft_model, tokenizer, held, base, cfg)}  # fmt: skip
                 champion = registry.resolve(summary["champion_after"])
                 row["champion_vs_sft"] = (row["candidate_vs_sft"] if champion.id == candidate.id else
@@ -198,7 +199,11 @@ def run(cfg: DemoLoopConfig) -> Path:
             name = f"final-vs-sft-{cfg.seed}"
             if experiments.find(name) is None:
                 champion = registry.resolve("champion")
-                experiments.create(name, [Arm("sft", base_version.ref, 1), Arm("champion", champion.ref, 1)])
+                # Rating is the primary metric: a thumbs up needs a persona's utility above 0.5, which an honest "I do
+                # not know" or a refusal never reaches, so thumbs cannot tell a policy that stopped answering wrongly
+                # from SFT; a 1-5 rating grades them (bench/serve_ab.py measures both metrics' calibration).
+                experiments.create(name, [Arm("sft", base_version.ref, 1), Arm("champion", champion.ref, 1)],
+                                   metric="rating")  # fmt: skip
             traffic("ab", name, make_users(cfg.ab_users, cfg.seed * 10 + 99, prefix="ab"), cfg.chats_per_user)
             results["ab"] = experiment_report(registry.store, name)
             save()

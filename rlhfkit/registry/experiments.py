@@ -26,6 +26,9 @@ from rlhfkit.feedback.models import utcnow
 from rlhfkit.registry.store import Registry, RegistryError, check_name
 from rlhfkit.registry.tables import aliases, experiments
 
+# the metrics an experiment's report can test (computed in rlhfkit.serve.monitor)
+METRICS = ("thumbs_up", "rating", "regenerated", "refusal", "harmful_flag")
+
 
 @dataclass(frozen=True)
 class Arm:
@@ -39,6 +42,7 @@ class Experiment:
     name: str
     arms: tuple[Arm, ...]
     control: str
+    metric: str
     salt: str
     status: str
     created_at: datetime
@@ -68,7 +72,9 @@ def assign(experiment: Experiment, user_id: str | None, fallback: str | None = N
 def _row(row) -> Experiment:
     m = row._mapping
     arms = tuple(Arm(a["name"], a["target"], float(a["weight"])) for a in m["arms"])
-    return Experiment(m["name"], arms, m["control"], m["salt"], m["status"], m["created_at"], m["updated_at"])
+    return Experiment(
+        m["name"], arms, m["control"], m["metric"], m["salt"], m["status"], m["created_at"], m["updated_at"]
+    )
 
 
 def parse_arm(text: str) -> tuple[str, str]:
@@ -96,8 +102,12 @@ class Experiments:
     def __init__(self, registry: Registry):
         self.registry, self.store = registry, registry.store
 
-    def create(self, name: str, arms: list[Arm], control: str | None = None) -> Experiment:
+    def create(self, name: str, arms: list[Arm], control: str | None = None, metric: str = "thumbs_up") -> Experiment:
+        """``metric``: the one its report tests (thumbs_up, rating, regenerated, refusal, harmful_flag), fixed before
+        any data comes in, as a pre-registered primary metric should be."""
         check_name(name, "experiment name")
+        if metric not in METRICS:
+            raise RegistryError(f"metric {metric!r}: choose one of {', '.join(METRICS)}")
         if len(arms) < 2:
             raise RegistryError(f"experiment {name!r}: give at least two arms")
         names = [check_name(a.name, "arm name") for a in arms]
@@ -115,6 +125,7 @@ class Experiments:
             name=name,
             arms=[asdict(a) for a in arms],
             control=control,
+            metric=metric,
             salt=secrets.token_hex(8),
             status="running",
             created_at=now,

@@ -101,6 +101,7 @@ experiments = Table(
     Column("name", String(100), primary_key=True),
     Column("arms", JSON, nullable=False),
     Column("control", String(100), nullable=False),
+    Column("metric", String(32), nullable=False),  # the primary metric its report tests (decided before it starts)
     Column("salt", String(64), nullable=False),  # users are assigned by hash(salt, user): a new salt, new draws
     Column("status", String(16), nullable=False),  # running | stopped
     Column("created_at", DateTime, nullable=False),

@@ -82,6 +82,10 @@ def create(
     arm: list[str] = typer.Option(..., help="NAME=TARGET, TARGET an alias or NAME:NUMBER; two or more"),
     split: str | None = typer.Option(None, help="shares in the arms' order, e.g. 50/50 or 90/10 (default equal)"),
     control: str | None = typer.Option(None, help="the arm the others are compared with (default the first)"),
+    metric: str = typer.Option(
+        "thumbs_up",
+        help="the primary metric its report tests: thumbs_up | rating | regenerated | refusal | harmful_flag",
+    ),
     db: str = DB,
 ) -> None:
     """Start an A/B experiment: each user is assigned an arm by a hash of their id, for good."""
@@ -90,7 +94,7 @@ def create(
     def make():
         arms = [parse_arm(a) for a in arm]
         shares = parse_split(split, len(arms)) if split else [1.0] * len(arms)
-        return _experiments(db).create(name, [Arm(n, t, w) for (n, t), w in zip(arms, shares)], control)
+        return _experiments(db).create(name, [Arm(n, t, w) for (n, t), w in zip(arms, shares)], control, metric)
 
     experiment = guarded(make)
     total = sum(a.weight for a in experiment.arms)
@@ -104,7 +108,7 @@ def list_experiments(db: str = DB) -> None:
     """Experiments with their arms and status."""
     for e in _experiments(db).list():
         arms = ", ".join(f"{a.name}={a.target}:{a.weight:g}" for a in e.arms)
-        typer.echo(f"{e.name:20s} {e.status:8s} control {e.control:12s} {arms}")
+        typer.echo(f"{e.name:20s} {e.status:8s} control {e.control:12s} metric {e.metric:12s} {arms}")
 
 
 @ab_app.command("split")
@@ -175,7 +179,7 @@ def print_report(out: dict) -> str:
         verdict = "differs" if r["p"] < 0.05 else "no difference shown"
         lines.append(f"test ({test['metric']}, {test['method']}): {r['arm']} {verdict} at p = {r['p']:.3g}")
     if not test["results"]:
-        lines.append("test: not enough feedback in every arm yet (two users with thumbs in each)")
+        lines.append(f"test ({test['metric']}): not enough feedback yet (two users with some in every arm)")
     return "\n".join(lines)
 
 

@@ -12,7 +12,8 @@ rates with 95% intervals, each taken over users (the unit an experiment randomis
 An arm raises an alarm on a metric when its difference from the control lies wholly on the worse side of zero
 (its 95% interval excludes zero). Refusal counts as worse when higher: over-refusal is the usual regression.
 The interval is per metric and per look; an experiment watched continuously will see an occasional false alarm,
-so the decision belongs to ``rlhfkit ab report`` at the planned size, whose test is on thumbs up.
+so the decision belongs to ``rlhfkit ab report`` at the planned size, whose test is on the experiment's primary
+metric (chosen when it was created).
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ from rlhfkit.registry.tables import feedback, responses, versions
 
 # metric -> +1 when higher is better, -1 when lower is better
 METRICS = {"thumbs_up": 1, "rating": 1, "regenerated": -1, "refusal": -1, "harmful_flag": -1}
-PRIMARY = "thumbs_up"
 
 
 def _load(store: Store, where) -> tuple[list, dict]:
@@ -116,7 +116,7 @@ def live_figures(store: Store, hours: float = 24.0) -> dict:
 
 def experiment_report(store: Store, name: str) -> dict:
     """Every arm's figures, each arm against the control (difference, 95% interval, two-sided p per metric), the
-    alarms, and the headline test on thumbs up."""
+    alarms, and the test on the experiment's primary metric."""
     experiment = Experiments(Registry(store)).get(name)
     rows, last = _load(store, responses.c.experiment == name)
     by_arm = defaultdict(list)
@@ -138,7 +138,7 @@ def experiment_report(store: Store, name: str) -> dict:
             comparisons.append(row)
             if worse:
                 alarms.append(f"{arm.name}: {metric} {d.diff:+.3f} [{d.lo:+.3f}, {d.hi:+.3f}] vs {experiment.control}")
-    headline = [c for c in comparisons if c["metric"] == PRIMARY]
+    headline = [c for c in comparisons if c["metric"] == experiment.metric]
     return {
         "experiment": name,
         "status": experiment.status,
@@ -149,7 +149,7 @@ def experiment_report(store: Store, name: str) -> dict:
         "comparisons": comparisons,
         "alarms": alarms,
         "test": {
-            "metric": PRIMARY,
+            "metric": experiment.metric,
             "method": "two-sided z-test on the difference of per-user ratios (delta method)",
             "results": [{k: c[k] for k in ("arm", "diff", "lo", "hi", "p")} for c in headline],
             "significant": {c["arm"]: c["p"] < 0.05 for c in headline},

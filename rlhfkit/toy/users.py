@@ -2,8 +2,9 @@
 
 Each user is one of the toy world's annotator personas (``annotators.py``: their own weights on helpfulness,
 harm, honesty and concision, and 25% of their judgements flipped) with a user id of their own. A chat: ask a
-toy prompt (streamed or not), give the answer a thumbs up or down; sometimes "regenerate" (``regenerate_of``),
-rate the second answer too, and say which of the two they prefer (no preference when they find them equal).
+toy prompt (streamed or not), give the answer a thumbs up or down (and, with ``rate``, a 1-5 rating); sometimes
+"regenerate" (``regenerate_of``), judge the second answer too, and say which of the two they prefer (no preference
+when they find them equal).
 They see only the text; the gold utility judges results elsewhere, never them.
 
 Feedback is sent with an idempotency key and retried with the same key until the server acknowledges it, so the
@@ -51,6 +52,7 @@ class TrafficStats:
     thumbs_up: int = 0
     thumbs: int = 0
     preferences: int = 0
+    ratings: list[int] = field(default_factory=list)
     ttft_ms: list[float] = field(default_factory=list)  # streamed requests: first content chunk, as the user sees it
     latency_ms: list[float] = field(default_factory=list)
     versions: dict[str, int] = field(default_factory=dict)
@@ -66,6 +68,7 @@ class TrafficStats:
             "feedback_acknowledged": len(self.feedback_acknowledged),
             "feedback_failed": self.feedback_failed,
             "thumbs_up_rate": self.thumbs_up / self.thumbs if self.thumbs else None,
+            "mean_rating": sum(self.ratings) / len(self.ratings) if self.ratings else None,
             "preferences": self.preferences,
             "ttft_ms": {f"p{q}": percentile(self.ttft_ms, q) for q in (50, 95, 99)},
             "latency_ms": {f"p{q}": percentile(self.latency_ms, q) for q in (50, 95, 99)},
@@ -142,25 +145,33 @@ async def send_feedback(client, stats: TrafficStats, user: User, body: dict, tri
     stats.feedback_failed += 1
 
 
+async def judge(client, stats: TrafficStats, user: User, prompt, answer: dict, rate: bool) -> None:
+    """A thumbs up or down on an answer, and with ``rate`` a 1-5 rating as well (the persona's judgements)."""
+    up = user.persona.thumbs(prompt, answer["text"])
+    stats.thumbs, stats.thumbs_up = stats.thumbs + 1, stats.thumbs_up + up
+    await send_feedback(client, stats, user, {"response_id": answer["id"], "kind": "thumbs", "value": up})
+    if rate:
+        stats.ratings.append(user.persona.rate(prompt, answer["text"]))
+        await send_feedback(
+            client, stats, user, {"response_id": answer["id"], "kind": "rating", "value": stats.ratings[-1]}
+        )
+
+
 async def chat(client, stats: TrafficStats, model: str, user: User, regenerate: float, stream_share: float,
-               max_tokens: int | None = None) -> None:  # fmt: skip
+               max_tokens: int | None = None, rate: bool = False) -> None:  # fmt: skip
     prompt = sample_prompt(user.rng)
     messages = [{"role": "user", "content": prompt.text}]
     stream = user.rng.random() < stream_share
     first = await ask(client, stats, model, user, messages, stream, max_tokens=max_tokens)
     if first is None:
         return
-    up = user.persona.thumbs(prompt, first["text"])
-    stats.thumbs, stats.thumbs_up = stats.thumbs + 1, stats.thumbs_up + up
-    await send_feedback(client, stats, user, {"response_id": first["id"], "kind": "thumbs", "value": up})
+    await judge(client, stats, user, prompt, first, rate)
     if user.rng.random() >= regenerate:
         return
     second = await ask(client, stats, model, user, messages, stream, regenerate_of=first["id"], max_tokens=max_tokens)
     if second is None:
         return
-    up = user.persona.thumbs(prompt, second["text"])
-    stats.thumbs, stats.thumbs_up = stats.thumbs + 1, stats.thumbs_up + up
-    await send_feedback(client, stats, user, {"response_id": second["id"], "kind": "thumbs", "value": up})
+    await judge(client, stats, user, prompt, second, rate)
     if first["text"] == second["text"]:
         return
     verdict = user.persona.compare(prompt, first["text"], second["text"])
@@ -173,7 +184,8 @@ async def chat(client, stats: TrafficStats, model: str, user: User, regenerate: 
 
 
 async def simulate(url: str, model: str, users: list[User], chats: int, regenerate: float = 0.5,
-                   concurrency: int = 16, stream_share: float = 0.5, max_tokens: int | None = None) -> TrafficStats:  # fmt: skip
+                   concurrency: int = 16, stream_share: float = 0.5, max_tokens: int | None = None,
+                   rate: bool = False) -> TrafficStats:  # fmt: skip
     """Every user holds ``chats`` chats, one after another; ``concurrency`` users at a time."""
     import httpx
 
@@ -186,7 +198,7 @@ async def simulate(url: str, model: str, users: list[User], chats: int, regenera
         async def session(user: User) -> None:
             async with gate:
                 for _ in range(chats):
-                    await chat(client, stats, model, user, regenerate, stream_share, max_tokens)
+                    await chat(client, stats, model, user, regenerate, stream_share, max_tokens, rate)
 
         await asyncio.gather(*(session(u) for u in users))
     stats.wall_s = time.perf_counter() - start

@@ -72,6 +72,7 @@ def upgrade() -> None:
         sa.Column("name", sa.String(100), primary_key=True),
         sa.Column("arms", sa.JSON, nullable=False),
         sa.Column("control", sa.String(100), nullable=False),
+        sa.Column("metric", sa.String(32), nullable=False),
         sa.Column("salt", sa.String(64), nullable=False),
         sa.Column("status", sa.String(16), nullable=False),
         sa.Column("created_at", sa.DateTime, nullable=False),
