@@ -12,9 +12,10 @@
    preference so far picks the best and worst of 8 samples per prompt from the champion, DPO from the champion
    with SFT as the reference, the gate against the champion, registration, promotion if it passed. The server
    serves the new champion from its next request on.
-3. For comparison, offline DPO on the same number of live labels, all given to SFT's answers (a traffic phase
-   served by ``policy:1`` before the rounds); a candidate trained on reversed labels put through the gate; an
-   A/B test of the final champion against SFT with fresh users, and its report.
+3. For comparison, offline DPO on as many live labels as the loop used, all given to SFT's answers (round 1's
+   traffic and a phase after the rounds served by ``policy:1``), judged against SFT and head to head against the
+   final champion; a candidate trained on reversed labels put through the gate; an A/B test of the final
+   champion against SFT with fresh users (primary metric: the 1-5 rating), and its report.
 
 Only the evaluation reads the gold utility (win rates against SFT on held-out prompts); the users see text.
 """
@@ -53,13 +54,23 @@ def write_world(cfg: DemoLoopConfig, data: Path) -> None:
     write_jsonl(data / "capability.jsonl", demonstrations(300, seed=cfg.seed + 4, quality=1.0))
 
 
-def gold_win_rate(model_dir, sft, tokenizer, held, base, cfg) -> dict:
+def gold_samples(model_dir, sft, tokenizer, held, cfg):
+    """One answer per held-out prompt (the same seed for every model), with its gold utility and KL to SFT."""
     from rlhfkit.models.load import load_causal_lm
-    from rlhfkit.toy.evaluation import compare, sample_policy
+    from rlhfkit.toy.evaluation import sample_policy
 
     model, _ = load_causal_lm(str(model_dir))
-    s = sample_policy(model, tokenizer, held, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + 9, ref_model=sft)
-    return {**compare(s, base), "kl_to_sft": s.kl_to_ref}
+    return sample_policy(model, tokenizer, held, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + 9, ref_model=sft)
+
+
+def gold_vs(samples, base) -> dict:
+    from rlhfkit.toy.evaluation import compare
+
+    return {**compare(samples, base), "kl_to_sft": samples.kl_to_ref}
+
+
+def gold_win_rate(model_dir, sft, tokenizer, held, base, cfg) -> dict:
+    return gold_vs(gold_samples(model_dir, sft, tokenizer, held, cfg), base)
 
 
 def run(cfg: DemoLoopConfig) -> Path:
@@ -72,7 +83,7 @@ def run(cfg: DemoLoopConfig) -> Path:
     from rlhfkit.serve.monitor import experiment_report
     from rlhfkit.serve.process import ServerProcess
     from rlhfkit.serve.records import live_comparisons, max_feedback_id
-    from rlhfkit.toy.evaluation import eval_prompts, sample_policy
+    from rlhfkit.toy.evaluation import compare, eval_prompts, sample_policy
     from rlhfkit.train import dpo, reward, sft
 
     cfg = cfg.budgets()
@@ -128,10 +139,11 @@ def run(cfg: DemoLoopConfig) -> Path:
     held = eval_prompts(cfg.eval_prompts)
     base = sample_policy(sft_model, tokenizer, held, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + 7)
 
-    def traffic(name: str, model: str, users, chats: int) -> dict:
+    def traffic(name: str, model: str, users, chats: int, regenerate: float | None = None, rate: bool = False) -> dict:
         if name not in results.setdefault("traffic", {}):
             before = max_feedback_id(registry.store)
-            stats = asyncio.run(simulate(server.url, model, users, chats, cfg.regenerate, cfg.concurrency, rate=True))
+            regen = cfg.regenerate if regenerate is None else regenerate
+            stats = asyncio.run(simulate(server.url, model, users, chats, regen, cfg.concurrency, rate=rate))
             results["traffic"][name] = {**stats.summary(), "feedback_after": before,
                                         "feedback_until": max_feedback_id(registry.store)}  # fmt: skip
             pipe.log(f"   {name}: {stats.requests} requests ({stats.failed} failed), "
@@ -152,7 +164,7 @@ def run(cfg: DemoLoopConfig) -> Path:
             if len(rounds) < r:
                 candidate = registry.resolve(summary["candidate"])
                 row = {**summary, "served": served["versions"], "live_thumbs_up": served["thumbs_up_rate"],
-                       "live_rating": served["mean_rating"],
+
                        "candidate_vs_sft": gold_win_rate(candidate.source, sft_model, tokenizer, held, base, cfg)}  # fmt: skip
                 champion = registry.resolve(summary["champion_after"])
                 row["champion_vs_sft"] = (row["candidate_vs_sft"] if champion.id == candidate.id else
@@ -161,26 +173,41 @@ def run(cfg: DemoLoopConfig) -> Path:
                 save()
         loop.finish()
         live_used = sum(r["labels"].get("live", 0) for r in rounds)
-        if cfg.offline:
-            # After the rounds, so that no round's live window holds any of it: every round's users again (new
-            # ones, as many), all served by SFT; the first live_used of their labels train offline DPO.
-            pipe.log("3/5 offline traffic: as many users as all the rounds had, every one served by SFT (policy:1)")
-            traffic("offline", base_version.ref, make_users(cfg.users * cfg.rounds, cfg.seed, prefix="offline"),
+        if cfg.offline and cfg.rounds > 1:
+            # Round 1's users met SFT already; as many again for every later round, all served by SFT, after the
+            # rounds so that no round's live window holds any of it.
+            pipe.log("3/5 offline traffic: every later round's worth of users again, all served by SFT (policy:1)")
+            traffic("offline", base_version.ref, make_users(cfg.users * (cfg.rounds - 1), cfg.seed, prefix="offline"),
                     cfg.chats_per_user)  # fmt: skip
         if cfg.offline and live_used and "offline" not in results.get("comparison", {}):
-            pipe.log(
-                f"3/5 offline DPO on {live_used} live labels of SFT's answers (the loop's live labels: {live_used})"
+            # Labels on SFT's answers: round 1's and the offline phase's, the first live_used of them (as many as the
+            # loop trained on over all its rounds).
+            windows = [results["traffic"]["round-1"]] + ([results["traffic"]["offline"]] if cfg.rounds > 1 else [])
+            assert set(windows[0]["versions"]) == {base_version.ref}, "round 1 must have been served by SFT alone"
+            labels = [
+                x for w in windows for x in live_comparisons(registry.store, w["feedback_after"], w["feedback_until"])
+            ]
+            labels = labels[:live_used]
+            pipe.log(f"3/5 offline DPO on {len(labels)} live labels of SFT's answers (the loop used {live_used})")
+            write_jsonl(
+                data / "offline_labels.jsonl", [{k: x[k] for k in ("prompt", "chosen", "rejected")} for x in labels]
             )
-            window = results["traffic"]["offline"]
-            labels = live_comparisons(registry.store, window["feedback_after"], window["feedback_until"])[:live_used]
-            write_jsonl(data / "offline_labels.jsonl", [{k: v for k, v in x.items() if k in ("prompt", "chosen", "rejected")}
-                                                        for x in labels])  # fmt: skip
             offline_dir = pipe.stage("offline-dpo", lambda: dpo.run(dpo.DPOConfig(
                 model=str(sft_dir), data=str(data / "offline_labels.jsonl"), max_steps=cfg.dpo_steps, lr=5e-4, beta=0.1,
-                batch_size=min(32, len(labels)), eval_fraction=0.0, log_every=25, output_dir=str(root / "offline-dpo"), **common)))  # fmt: skip
-            results.setdefault("comparison", {})["offline"] = {
-                "labels": len(labels), **gold_win_rate(offline_dir, sft_model, tokenizer, held, base, cfg)}  # fmt: skip
-            results["comparison"]["iterative"] = {"labels": live_used, **rounds[-1]["champion_vs_sft"]}
+                batch_size=min(32, len(labels)), eval_fraction=0.0, log_every=25, output_dir=str(root / "offline-dpo"),
+                **common)))  # fmt: skip
+            final = registry.resolve(rounds[-1]["champion_after"])
+            offline_samples, final_samples = (
+                gold_samples(d, sft_model, tokenizer, held, cfg) for d in (offline_dir, final.source)
+            )
+            results.setdefault("comparison", {})["offline"] = {"labels": len(labels), **gold_vs(offline_samples, base)}
+            results["comparison"]["iterative"] = {
+                "labels": live_used,
+                "version": final.ref,
+                **gold_vs(final_samples, base),
+            }
+            # Head to head, judged by the gold utility: the loop's final champion against offline DPO.
+            results["comparison"]["iterative_vs_offline"] = compare(final_samples, offline_samples)
             save()
         if cfg.sabotage and "sabotage" not in results:
             pipe.log("4/5 a candidate trained on reversed labels, through the gate")
@@ -204,7 +231,8 @@ def run(cfg: DemoLoopConfig) -> Path:
                 # from SFT; a 1-5 rating grades them (bench/serve_ab.py measures both metrics' calibration).
                 experiments.create(name, [Arm("sft", base_version.ref, 1), Arm("champion", champion.ref, 1)],
                                    metric="rating")  # fmt: skip
-            traffic("ab", name, make_users(cfg.ab_users, cfg.seed * 10 + 99, prefix="ab"), cfg.chats_per_user)
+            # Users of the A/B test rate every answer and do not regenerate (a rating per answer is what it tests).
+            traffic("ab", name, make_users(cfg.ab_users, cfg.seed * 10 + 99, prefix="ab"), cfg.ab_chats, 0.0, True)
             results["ab"] = experiment_report(registry.store, name)
             save()
     results.update(seed=cfg.seed, wall_seconds=pipe.totals()["wall_s"])
@@ -221,27 +249,24 @@ def run(cfg: DemoLoopConfig) -> Path:
 
 
 def print_summary(results: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title="rlhfkit demo --loop (gold win rate vs SFT on held-out prompts, 95% interval)")
-    for col in ("round", "champion -> candidate", "live labels", "pairs", "gate: win vs champion", "promoted",
-                "candidate vs SFT", "champion after", "live thumbs up"):  # fmt: skip
-        table.add_column(col)
+    """The round-by-round table and the comparisons, as plain lines (they fit a terminal and a log)."""
+    print("round  champion -> candidate   live labels  pairs  gate: win vs champion [95%]  promoted  "
+          "candidate vs SFT [95%]  champion vs SFT  live thumbs up")  # fmt: skip
     for r in results.get("rounds", []):
         c, ch, g = r["candidate_vs_sft"], r["champion_vs_sft"], r["gate"]
-        table.add_row(str(r["round"]), f"{r['champion']} -> {r['candidate']}", str(r["labels"].get("live", 0)),
-                      str(r["pairs"]), f"{g['win_rate']:.3f} [{g['win_lo']:.2f}-{g['win_hi']:.2f}]"
-                      + ("" if g["passed"] else f" failed {','.join(g['failed'])}"), "yes" if r["promoted"] else "no",
-                      f"{c['win_rate']:.1%} [{c['win_lo']:.0%}-{c['win_hi']:.0%}]", f"{ch['win_rate']:.1%}",
-                      f"{r['live_thumbs_up']:.3f}")  # fmt: skip
-    Console().print(table)
+        gate = f"{g['win_rate']:.3f} [{g['win_lo']:.2f}-{g['win_hi']:.2f}]" + ("" if g["passed"] else " (fails)")
+        print(f"{r['round']:>5}  {r['champion'] + ' -> ' + r['candidate']:22s}  {r['labels'].get('live', 0):>11}  "
+              f"{r['pairs']:>5}  {gate:27s}  {'yes' if r['promoted'] else 'no':8s}  "
+              f"{c['win_rate']:.1%} [{c['win_lo']:.0%}-{c['win_hi']:.0%}]      {ch['win_rate']:.1%}"
+              f"            {r['live_thumbs_up']:.3f}")  # fmt: skip
     comparison = results.get("comparison", {})
     if comparison:
         off, it = comparison["offline"], comparison["iterative"]
+        h2h = comparison["iterative_vs_offline"]
         print(f"offline DPO ({off['labels']} live labels on SFT's answers): {off['win_rate']:.1%} vs SFT; "
               f"iterative ({it['labels']} live labels over the rounds): {it['win_rate']:.1%}; "
-              f"difference {100 * (it['win_rate'] - off['win_rate']):+.1f} points")  # fmt: skip
+              f"difference {100 * (it['win_rate'] - off['win_rate']):+.1f} points; head to head the iterative "
+              f"champion wins {h2h['win_rate']:.1%} [{h2h['win_lo']:.1%}-{h2h['win_hi']:.1%}]")  # fmt: skip
     if "sabotage" in results:
         s = results["sabotage"]["gate"]
         print(f"reversed labels: gate {'passed' if s['passed'] else 'rejected'} (win rate {s['win_rate']:.3f}; "
@@ -249,8 +274,8 @@ def print_summary(results: dict) -> None:
     if "ab" in results:
         test = results["ab"]["test"]
         for t in test["results"]:
-            print(f"A/B {results['ab']['experiment']}: {t['arm']} - sft thumbs up {t['diff']:+.3f} "
-                  f"[{t['lo']:+.3f}, {t['hi']:+.3f}], p = {t['p']:.2g}")  # fmt: skip
+            print(f"A/B {results['ab']['experiment']}: {t['arm']} - {results['ab']['control']} {test['metric']} "
+                  f"{t['diff']:+.3f} [{t['lo']:+.3f}, {t['hi']:+.3f}], p = {t['p']:.2g}")  # fmt: skip
     traffic = results.get("traffic", {})
     print("traffic: " + "; ".join(f"{k} {v['requests']} requests, {v['failed']} failed, "
                                   f"{v['feedback_acknowledged']} feedback" for k, v in traffic.items()))  # fmt: skip
