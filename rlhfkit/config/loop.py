@@ -68,8 +68,9 @@ class LoopConfig(StageConfig):
     min_margin: float = Field(0.0, ge=0, description="a prompt whose best and worst scores are closer gives no pair")
     # Training
     algorithm: Literal["dpo", "ppo"] = Field("dpo", description="dpo on the pairs, or ppo against the reward model")
-    # The defaults train each round from the reference on every pair so far (measured against the alternative,
-    # starting from the champion on the round's pairs alone, in docs/production.md).
+    # The defaults train each round from the reference on every pair so far: one DPO run on all the labels, so a
+    # round's candidate never drifts further from the reference than the data asks (the alternative, from the
+    # champion on the round's pairs alone, compounds each round's DPO on the last).
     dpo_start: Literal["champion", "reference"] = Field(
         "reference",
         description="DPO starts from the reference each round, or from the champion (Online-RLHF's scripts)",

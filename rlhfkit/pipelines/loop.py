@@ -9,8 +9,10 @@ Each round, from the version the ``policy`` alias names (the champion):
 3. ``k`` responses for each of ``prompts_per_round`` fresh prompts, sampled from the champion;
 4. the labeller scores them; the best against the worst of each prompt is a pair ("RLHF Workflow", Dong et al.
    2024: 8 samples, best and worst by a reward model, ~3 rounds); the pairs it is least sure of go to the queue;
-5. DPO on the pairs from the champion with the first round's policy as the fixed reference (the Online-RLHF
-   scripts: ``model_path`` the last iteration, ``ref_model`` the initial model), or PPO against the reward model;
+5. DPO with the first round's policy as the fixed reference, by default from that reference on every pair so far
+   (``dpo_start: champion`` and ``dpo_data: round`` train from the champion on the round's pairs, as the
+   Online-RLHF scripts do: ``model_path`` the last iteration, ``ref_model`` the initial model), or PPO against
+   the reward model;
 6. the gate (``rlhfkit.evaluate.gate``): win rate against the champion by an independent judge, safety,
    capability, the over-optimisation monitor;
 7. the candidate is registered (with the labels it was trained on and the gate's report) and promoted only if
