@@ -142,7 +142,9 @@ def create_app(
 
     @app.get("/healthz", include_in_schema=False)
     def healthz():
-        return {"ok": True, "database": store.dialect}
+        # ready: every model the server preloads at start is loaded (always true without the built-in engine)
+        engine = app.state.engine
+        return {"ok": True, "database": store.dialect, "ready": engine is None or engine.ready}
 
     @app.get("/v1/models")
     def models(authorization: str | None = Header(None)):

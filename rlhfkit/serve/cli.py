@@ -34,6 +34,9 @@ def serve(
     refresh: float = typer.Option(1.0, help="seconds an alias or experiment is cached: promotions apply within this"),
     preload: bool = typer.Option(True, help="load the models of every alias and running experiment at start"),
     upstream_timeout: float = typer.Option(120.0, help="seconds to wait for an OpenAI-compatible upstream"),
+    keep_alive: float = typer.Option(
+        75.0, help="seconds an idle client connection is kept open; longer than clients keep theirs (httpx: 5)"
+    ),
     seed: int = 0,
 ) -> None:
     """Serve registry aliases, versions and A/B experiments over an OpenAI-compatible API, recording every response
@@ -67,7 +70,12 @@ def serve(
         for version in {v.id: v for v in targets if v.kind == "policy" and not v.endpoint}.values():
             engine.preload(version)
     typer.echo(f"serving {registry.store.dialect} registry on http://{host}:{port} (chat page at /)", err=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, timeout_graceful_shutdown=5)
+    # A server that closes idle connections as soon as its clients might reuse them (uvicorn's default: 5 s, as
+    # httpx's pool) races them: a request sent on a connection being closed fails with a read error. 9 of 1,600
+    # requests did so in bench/serve_load.py; a server that keeps them longer than clients do leaves the closing
+    # to the clients, which never race themselves.
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, timeout_graceful_shutdown=5,
+                timeout_keep_alive=keep_alive)  # fmt: skip
 
 
 def _experiments(db: str):

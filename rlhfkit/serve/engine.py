@@ -84,6 +84,9 @@ class Engine:
         self.models: OrderedDict[int, LoadedModel] = OrderedDict()  # least recently used first
         self.seed, self.generator = seed, None
         self.batches = 0
+        # Preloads asked for and not yet done: /healthz reports the server ready when none is left, so a load
+        # balancer (or a test) sends no request that would wait for a model to load.
+        self.preloading = 0
         self.thread = threading.Thread(target=self._work, name="rlhfkit-engine", daemon=True)
         self.thread.start()
 
@@ -92,7 +95,12 @@ class Engine:
 
     def preload(self, version: Version) -> None:
         """Load ``version`` now, before its first request (in the worker thread, which owns torch)."""
+        self.preloading += 1
         self.inbox.put(version)
+
+    @property
+    def ready(self) -> bool:
+        return self.preloading == 0
 
     def close(self) -> None:
         self.inbox.put(None)
@@ -122,6 +130,8 @@ class Engine:
                     self._model(version)
                 except Exception as e:  # noqa: BLE001 - a request for it will report the error
                     print(f"could not preload {version.ref}: {type(e).__name__}: {e}", flush=True)
+                finally:
+                    self.preloading -= 1  # only this thread decrements; the GIL makes the int update atomic enough
             pending = [j for j in pending if not j.cancelled]
             if not pending:
                 continue

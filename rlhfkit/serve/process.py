@@ -44,10 +44,12 @@ class ServerProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"rlhfkit serve exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
             try:
-                if httpx.get(self.url + "/healthz", timeout=2).status_code == 200:
+                health = httpx.get(self.url + "/healthz", timeout=2)
+                if health.status_code == 200 and health.json().get("ready", True):  # its models loaded
                     return self
             except httpx.HTTPError:
-                time.sleep(0.2)
+                pass
+            time.sleep(0.2)
         self.stop()
         raise RuntimeError(f"rlhfkit serve did not answer /healthz in {timeout:.0f} s:\n{self.log.read_text()[-3000:]}")
 

@@ -59,7 +59,7 @@ class ServeServer:
         self.log = tmp / f"serve-{self.port}.log"
         self.proc = None
 
-    def start(self, timeout: float = 120) -> ServeServer:
+    def start(self, timeout: float = 300) -> ServeServer:
         import os
         import subprocess
         import sys
@@ -74,10 +74,12 @@ class ServeServer:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"serve exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
             try:
-                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                health = httpx.get(self.url + "/healthz", timeout=1)
+                if health.status_code == 200 and health.json().get("ready", True):  # its models loaded
                     return self
             except httpx.HTTPError:
-                time.sleep(0.2)
+                pass
+            time.sleep(0.2)
         raise RuntimeError(f"serve did not answer /healthz in {timeout} s:\n{self.log.read_text()[-3000:]}")
 
     def stop(self) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -265,11 +266,29 @@ registry.register("ext", kind="policy", endpoint="http://127.0.0.1:9/v1#m", name
 registry.promote("champion", "ext:1")
 client = TestClient(create_app(registry.store, Engine(), Upstream()))
 r = client.post("/v1/chat/completions", json={{"model": "champion", "messages": [{{"role": "user", "content": "hi"}}]}})
-print(r.status_code, [m for m in ("torch", "transformers") if m in sys.modules])
+print(r.status_code, client.get("/healthz").json()["ready"], [m for m in ("torch", "transformers") if m in sys.modules])
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip() == "502 []"
+    assert out.stdout.strip() == "502 True []"
+
+
+def test_the_server_is_ready_once_its_preloads_are_done_even_one_that_failed(tmp_path):
+    """/healthz says ready only when no preload is outstanding; a model that cannot load does not hold it back
+    for ever (its requests report the error)."""
+    from rlhfkit.serve.engine import Engine
+    from tests.production.conftest import fake_run
+
+    registry = Registry.open(str(tmp_path / "p.db"))
+    broken = registry.register(str(fake_run(tmp_path, "broken")), name="broken")  # weights.bin: not a model
+    engine = Engine()
+    assert engine.ready
+    engine.preload(broken)
+    deadline = time.monotonic() + 600  # importing torch alone took 6 minutes at a load average of 51
+    while not engine.ready and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert engine.ready and engine.preloading == 0
+    engine.close()
 
 
 def test_simulated_users_chat_and_every_acknowledged_feedback_is_stored_once(served):
