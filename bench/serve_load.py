@@ -65,9 +65,12 @@ def tiny_versions(root: Path, db: str) -> Registry:
 async def user_session(client, stats: TrafficStats, user: User, n: int, retry_requests: bool, progress: dict) -> None:
     for _ in range(n):
         messages = [{"role": "user", "content": sample_prompt(user.rng).text}]
-        for _ in range(60 if retry_requests else 1):
+        # Across a crash, a request is retried until the server is back: a restart on a crowded machine takes
+        # minutes (importing torch alone), so the patience is time, not a count of tries.
+        deadline = time.monotonic() + (900 if retry_requests else 0)
+        while True:
             answer = await ask(client, stats, "champion", user, messages, stream=True)
-            if answer is not None:
+            if answer is not None or time.monotonic() >= deadline:
                 break
             await asyncio.sleep(0.25)
         if answer is None:
@@ -83,10 +86,13 @@ async def phase(url: str, users: list[User], n: int, retry_requests: bool = Fals
     limits = httpx.Limits(max_connections=len(users) * 2, max_keepalive_connections=len(users) * 2)
     start = time.perf_counter()
     async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as client:
-        tasks = [user_session(client, stats, u, n, retry_requests, progress) for u in users]
-        if events is not None:
-            tasks.append(events(progress, len(users) * n))
-        await asyncio.gather(*tasks)
+        # The events watch the progress until the users are done: "done" counts answered requests only, so a
+        # watcher that waited for all of them would wait for ever once one request failed.
+        watcher = asyncio.create_task(events(progress, len(users) * n)) if events is not None else None
+        await asyncio.gather(*[user_session(client, stats, u, n, retry_requests, progress) for u in users])
+        progress["finished"] = True
+        if watcher is not None:
+            await watcher
     stats.wall_s = time.perf_counter() - start
     return stats
 
@@ -149,7 +155,9 @@ def main() -> None:
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--db", default=None, help="a database URL (default: SQLite in a temp folder)")
     parser.add_argument("--out", default=None, help="also write the phases' JSON here")
+    parser.add_argument("--phases", default="load,rollback,crash", help="which phases to run, in this order")
     args = parser.parse_args()
+    phases = args.phases.split(",")
     tmp = Path(tempfile.mkdtemp(prefix="serve-load-"))
     db = args.db or str(tmp / "serve.db")
     registry = tiny_versions(tmp, db)
@@ -160,46 +168,56 @@ def main() -> None:
     try:
         httpx.post(server.url + "/v1/chat/completions", json={"model": "champion", "messages": [
             {"role": "user", "content": "hi"}]}, timeout=300)  # the model loaded before the clock starts  # fmt: skip
-        users = make_users(args.users, seed=1, prefix="load")
-        cpu0, client0 = server.cpu_seconds(), resource.getrusage(resource.RUSAGE_SELF)
-        stats = asyncio.run(phase(server.url, users, args.requests))
-        client1 = resource.getrusage(resource.RUSAGE_SELF)
-        client_cpu = (client1.ru_utime + client1.ru_stime) - (client0.ru_utime + client0.ru_stime)
-        results.append(report("load", stats, server.cpu_seconds() - cpu0, stored_once(registry, stats.feedback_acknowledged, users),
-                              {"client_cpu_ms_per_request": round(1000 * client_cpu / max(stats.requests, 1), 2)}))  # fmt: skip
+        if "load" in phases:
+            users = make_users(args.users, seed=1, prefix="load")
+            cpu0, client0 = server.cpu_seconds(), resource.getrusage(resource.RUSAGE_SELF)
+            stats = asyncio.run(phase(server.url, users, args.requests))
+            client1 = resource.getrusage(resource.RUSAGE_SELF)
+            client_cpu = (client1.ru_utime + client1.ru_stime) - (client0.ru_utime + client0.ru_stime)
+            results.append(report("load", stats, server.cpu_seconds() - cpu0, stored_once(registry, stats.feedback_acknowledged, users),
+                                  {"client_cpu_ms_per_request": round(1000 * client_cpu / max(stats.requests, 1), 2)}))  # fmt: skip
 
-        async def promote_then_rollback(progress: dict, total: int) -> None:
-            moved = []
-            while progress["done"] < total:
-                if not moved and progress["done"] >= total // 4:
-                    registry.promote("champion", "tiny:2", reason="bench: promote under traffic")
-                    moved.append(("promote", progress["done"]))
-                if len(moved) == 1 and progress["done"] >= total // 2:
-                    registry.rollback("champion", reason="bench: rollback under traffic")
-                    moved.append(("rollback", progress["done"]))
-                await asyncio.sleep(0.05)
-            promote_then_rollback.moves = moved
+        if "rollback" in phases:
 
-        users = make_users(args.users, seed=2, prefix="rollback")
-        stats = asyncio.run(phase(server.url, users, args.rollback_requests, events=promote_then_rollback))
-        results.append(report("rollback", stats, None, stored_once(registry, stats.feedback_acknowledged, users),
-                              {"moves_at_request": promote_then_rollback.moves,
-                               "champion_after": registry.resolve("champion").ref}))  # fmt: skip
+            async def promote_then_rollback(progress: dict, total: int) -> None:
+                moved = promote_then_rollback.moves = []
+                while not progress.get("finished"):
+                    if not moved and progress["done"] >= total // 4:
+                        registry.promote("champion", "tiny:2", reason="bench: promote under traffic")
+                        moved.append(("promote", progress["done"]))
+                    if len(moved) == 1 and progress["done"] >= total // 2:
+                        registry.rollback("champion", reason="bench: rollback under traffic")
+                        moved.append(("rollback", progress["done"]))
+                    await asyncio.sleep(0.05)
 
-        async def kill_and_restart(progress: dict, total: int) -> None:
-            while progress["done"] < 0.4 * total:
-                await asyncio.sleep(0.05)
-            server.kill()
-            start = time.perf_counter()
-            await asyncio.to_thread(server.start)
-            kill_and_restart.restart_s = round(time.perf_counter() - start, 1)
-            kill_and_restart.killed_at = progress["done"]
+            users = make_users(args.users, seed=2, prefix="rollback")
+            stats = asyncio.run(phase(server.url, users, args.rollback_requests, events=promote_then_rollback))
+            results.append(report("rollback", stats, None, stored_once(registry, stats.feedback_acknowledged, users),
+                                  {"moves_at_request": promote_then_rollback.moves,
+                                   "champion_after": registry.resolve("champion").ref}))  # fmt: skip
 
-        users = make_users(args.users, seed=3, prefix="crash")
-        stats = asyncio.run(phase(server.url, users, args.crash_requests, retry_requests=True, events=kill_and_restart))
-        results.append(report("crash", stats, None, stored_once(registry, stats.feedback_acknowledged, users),
-                              {"killed_at_request": kill_and_restart.killed_at,
-                               "restart_s": kill_and_restart.restart_s}))  # fmt: skip
+        if "crash" in phases:
+
+            async def kill_and_restart(progress: dict, total: int) -> None:
+                kill_and_restart.killed_at = kill_and_restart.restart_s = None
+                while progress["done"] < 0.4 * total:
+                    if progress.get("finished"):
+                        return  # every user gave up before the kill: the report shows killed_at None
+                    await asyncio.sleep(0.05)
+                killed_at = progress["done"]
+                server.kill()
+                start = time.perf_counter()
+                await asyncio.to_thread(server.start)
+                kill_and_restart.restart_s = round(time.perf_counter() - start, 1)
+                kill_and_restart.killed_at = killed_at
+
+            users = make_users(args.users, seed=3, prefix="crash")
+            stats = asyncio.run(
+                phase(server.url, users, args.crash_requests, retry_requests=True, events=kill_and_restart)
+            )
+            results.append(report("crash", stats, None, stored_once(registry, stats.feedback_acknowledged, users),
+                                  {"killed_at_request": kill_and_restart.killed_at,
+                                   "restart_s": kill_and_restart.restart_s}))  # fmt: skip
     finally:
         server.stop()
     if args.out:
