@@ -221,6 +221,7 @@ class KTOFigures(Figures):
     eval_chosen_reward: float | None = Field(None, description="mean implicit reward of held-out thumbs-up")
     eval_rejected_reward: float | None = Field(None, description="mean implicit reward of held-out thumbs-down")
     eval_margin: float | None = Field(None, description="eval_chosen_reward - eval_rejected_reward")
+    desirable_weight: float | None = Field(None, description="lambda_D used (set, or balanced from the data)")
 
 
 class KTOConfig(ModelPart, DataPart, OptimPart, RunPart):
@@ -230,13 +231,13 @@ class KTOConfig(ModelPart, DataPart, OptimPart, RunPart):
     figures: ClassVar[type[Figures]] = KTOFigures
 
     beta: float = Field(0.1, gt=0, description="strength of the KL leash to the reference")
-    desirable_weight: float = Field(1.0, gt=0, description="weight of thumbs-up examples (lambda_D)")
-    undesirable_weight: float = Field(
-        1.0,
+    desirable_weight: float | None = Field(
+        None,
         gt=0,
-        description="weight of thumbs-down examples (lambda_U); the paper keeps lambda_D n_D / (lambda_U n_U) "
-        "in [1, 4/3]",
+        description="weight of thumbs-up examples (lambda_D); default: lambda_U n_U / n_D, so that lambda_D n_D = "
+        "lambda_U n_U (the paper keeps lambda_D n_D / (lambda_U n_U) in [1, 4/3]; TRL's default is 1)",
     )
+    undesirable_weight: float = Field(1.0, gt=0, description="weight of thumbs-down examples (lambda_U)")
     reference: Literal["precomputed", "copy", "lora-off"] = Field(
         "precomputed", description="how the reference log-probs are obtained (as DPO)"
     )

@@ -163,11 +163,15 @@ def run(cfg: KTOConfig) -> Path:
     parents = [parent_of("model", cfg.model), parent_of("reference", cfg.model)]
     logger = common.start_run(run_dir, cfg, accelerator, parents, {"train": cfg.data, "eval": cfg.eval_data})
     run_dir.write_invalid_rows(invalid)
-    ratio = cfg.desirable_weight * up / (cfg.undesirable_weight * (len(train) - up))
-    if not 1 <= ratio <= 4 / 3:  # Ethayarajh et al. 2024, sec. 4.2
+    # Ethayarajh et al. 2024, sec. 4.2: keep lambda_D n_D / (lambda_U n_U) in [1, 4/3]. Unbalanced thumbs (most
+    # people's samples get more downs than ups) otherwise push every completion down, wanted or not.
+    weight = cfg.desirable_weight or cfg.undesirable_weight * (len(train) - up) / up
+    cfg = cfg.model_copy(update={"desirable_weight": weight})
+    ratio = weight * up / (cfg.undesirable_weight * (len(train) - up))
+    if not 1 - 1e-9 <= ratio <= 4 / 3:
         accelerator.print(
             f"note: lambda_D n_D / (lambda_U n_U) = {ratio:.2f} ({up} up, {len(train) - up} down); the KTO paper "
-            "keeps it in [1, 4/3] (set --desirable-weight / --undesirable-weight)"
+            "keeps it in [1, 4/3] (leave --desirable-weight unset to balance it)"
         )
 
     reference = Reference(cfg, model, run_dir, train, held_out, pad_id, accelerator, key_extra=("kto", chunk))
@@ -234,6 +238,7 @@ def run(cfg: KTOConfig) -> Path:
             "eval_chosen_reward": final_eval.get("eval/rewards/chosen"),
             "eval_rejected_reward": final_eval.get("eval/rewards/rejected"),
             "eval_margin": final_eval.get("eval/rewards/margins"),
+            "desirable_weight": cfg.desirable_weight,
         }
     )
     accelerator.wait_for_everyone()
