@@ -45,7 +45,7 @@ from torch import nn
 
 from rlhfkit import losses
 from rlhfkit.config.stages import DPOConfig
-from rlhfkit.data.io import load_train_eval
+from rlhfkit.data.io import DataError, load_train_eval
 from rlhfkit.data.pairs import (
     Group,
     PackedGroups,
@@ -205,7 +205,7 @@ def average(sums: dict[str, float], n_pairs: int, prefix: str = "") -> dict[str,
     sums = dict(sums)
     decided, ties = sums.pop("pairs/decided", n_pairs), sums.pop("pairs/ties", 0)
     per = {"rewards/accuracies": decided, "rewards/tie_gaps": ties}
-    return {prefix + k: v / max(per.get(k, n_pairs), 1) for k, v in sums.items()}
+    return {prefix + k: v / max(per.get(k, n_pairs), 1) for k, v in sums.items() if per.get(k, n_pairs)}
 
 
 @torch.no_grad()
@@ -303,8 +303,7 @@ def evaluate(policy, ref_fn, groups, eval_ref, loss_fn, cfg, pad_id, accelerator
         torch.tensor([loss_total] + [totals.get(k, 0.0) for k in keys[1:]], device=accelerator.device), "sum"
     )
     sums = dict(zip(keys, vec.tolist()))
-    out = average(sums, len(groups), "eval/")
-    return out if sums["pairs/ties"] else {k: v for k, v in out.items() if k != "eval/rewards/tie_gaps"}
+    return average(sums, len(groups), "eval/")
 
 
 def run(cfg: DPOConfig) -> Path:
@@ -315,6 +314,8 @@ def run(cfg: DPOConfig) -> Path:
     )
     train_records = check_pairs(cfg, train_records, cfg.data)
     eval_records = check_pairs(cfg, eval_records, cfg.eval_data or cfg.data)
+    if not train_records:
+        raise DataError(f"{cfg.data}: no pairs left once ties are dropped (--ties drop); train them as ties instead")
     model, tokenizer = load_causal_lm(cfg.model, common.training_dtype(cfg), cfg.chat_template, seed=cfg.seed)
     pad_id = tokenizer.pad_token_id
     train = tokenize_all(tokenizer, train_records, cfg.max_length)
