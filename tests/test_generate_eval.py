@@ -36,7 +36,8 @@ def is_refusal_fn(prompts, responses):
 def rows_for(model: str, responses: list[str], prompts=None) -> list[dict]:
     prompts = prompts or [f"question {i}" for i in range(len(responses))]
     return [
-        {"model": model, "prompt_index": i, "prompt": p, "response": r} for i, (p, r) in enumerate(zip(prompts, responses))
+        {"model": model, "prompt_index": i, "prompt": p, "response": r}
+        for i, (p, r) in enumerate(zip(prompts, responses))
     ]
 
 
@@ -180,7 +181,9 @@ def test_sample_kl_from_stored_tokens_matches_the_rollout(tiny):
     from rlhfkit.data.records import from_json
 
     chats = [from_json(p) for p in prompts]
-    rollout = make_sampler(model, tok, SamplingPart(max_new_tokens=6)).generate(chats, generator=torch.Generator().manual_seed(0))
+    rollout = make_sampler(model, tok, SamplingPart(max_new_tokens=6)).generate(
+        chats, generator=torch.Generator().manual_seed(0)
+    )
     with torch.no_grad():
         expected = (
             (response_forward(model, rollout, 1.0)["logprobs"] - response_forward(other, rollout, 1.0)["logprobs"])

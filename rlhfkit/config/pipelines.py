@@ -61,6 +61,14 @@ class DemoConfig(StageConfig):
     ppo_steps: int = Field(60, gt=0)
     ppo_kl_coef: float = Field(0.02, ge=0)
     eval_prompts: int = Field(500, gt=0, description="held-out prompts for the evaluation")
+    eval_tasks: int = Field(
+        100, gt=0, description="toy questions (exact match) and harmful and benign requests (safety) in the evaluation"
+    )
+    monitor: bool = Field(
+        False,
+        description="run PPO, DPO and rejection sampling with the over-optimisation monitor, its second reward model "
+        "(an ensemble of 4) trained on the held-out labels",
+    )
     max_new_tokens: int = Field(24, gt=0)
     methods: list[Literal["bon", "rejection", "dpo", "ppo"]] = ["bon", "rejection", "dpo", "ppo"]
     threads: int = Field(
@@ -84,6 +92,7 @@ class DemoConfig(StageConfig):
                 dpo_steps=4,
                 ppo_steps=2,
                 eval_prompts=32,
+                eval_tasks=8,
             )
         )
 

@@ -55,10 +55,8 @@ def reward_model_report(
     spec = getattr(spec, "text", spec)
     out: dict = {"judge": str(spec), "pairs": 0}
     plots: list[Path] = []
-    if comparisons:
-        pairs = [r for r in read_records(comparisons, "comparison")[0] if not r.tie]
-        if not pairs:
-            raise DataError(f"{comparisons}: no comparison without a tie to score")
+    pairs = [r for r in read_records(comparisons, "comparison")[0] if not r.tie] if comparisons else []
+    if pairs:  # every comparison a tie: nothing to be right or wrong about
         prompts = [r.prompt for r in pairs]
         both = reward(prompts + prompts, [r.chosen for r in pairs] + [r.rejected for r in pairs]).tolist()
         chosen, rejected = both[: len(pairs)], both[len(pairs) :]

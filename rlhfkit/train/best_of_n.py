@@ -44,7 +44,7 @@ def expected_best_of_n(scores: torch.Tensor, n: int, values: torch.Tensor | None
     M = scores.size(-1)
     if not 1 <= n <= M:
         raise ValueError(f"best of {n} needs 1 <= n <= {M} samples")
-    order = scores.argsort(-1, stable=True)
+    order = scores.argsort(dim=-1, stable=True)
     ranked = (scores if values is None else values).gather(-1, order)
     weights = torch.tensor(
         [math.comb(i - 1, n - 1) / math.comb(M, n) for i in range(1, M + 1)], dtype=ranked.dtype, device=ranked.device

@@ -189,14 +189,11 @@ class PolicyMonitor:
     def measure(self, samples: CheckSamples, step: int, **extra) -> Check:
         """The signals of a check from its samples; ``extra`` adds signals the trainer measured itself."""
         prompts, texts = samples.prompts, samples.texts
-        proxy = self.training_reward(prompts, texts) if self.training_reward is not None else None
+        proxy_members = self.training_reward.members(prompts, texts) if self.training_reward is not None else None
+        proxy = None if proxy_members is None else proxy_members.mean(0)
         second = self.second(prompts, texts) if self.second is not None else None
-        ensemble = self.ensemble or self.training_reward
-        spread = None
-        if ensemble is not None:
-            members = ensemble.members(prompts, texts)  # (E, N)
-            if members.size(0) > 1:
-                spread = float(members.std(0).mean())
+        members = self.ensemble.members(prompts, texts) if self.ensemble is not None else proxy_members  # (E, N)
+        spread = float(members.std(0).mean()) if members is not None and members.size(0) > 1 else None
         kl = samples.given_kl if samples.given_kl is not None else None
         if kl is None and samples.kl is not None:
             kl = float(samples.kl.mean())
