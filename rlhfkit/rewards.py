@@ -3,6 +3,7 @@
     reward = load_reward("runs/rm-1")                    # or a classifier folder, module:function, http://..., a,b
     scores = reward(prompts, responses)                  # (N,): the mean over the ensemble's members
     members = reward.members(prompts, responses)         # (E, N): each member's scores (E = 1 for one reward)
+    cautious = load_reward("a,b,c,d", transform="mean_minus_std:1")   # calling it: mean - 1 std of the members
 
 Every command that scores text uses this: PPO, best-of-N, rejection sampling, ``rm score``, the feedback
 app's active learning, evaluation. Prompts are passed as the caller holds them: strings, or lists of
@@ -16,6 +17,11 @@ chat messages (sent over HTTP as lists of {role, content}).
 - ``http(s)://...``: POST ``{"prompts": [...], "responses": [...]}``, answered by ``{"scores": [N numbers]}`` or
   ``{"members": [[N numbers] x E]}``;
 - comma-separated specs: an ensemble whose members are all theirs.
+
+``transform`` (every stage's ``reward_transform`` setting) makes one number per response from an ensemble's members,
+by ``rlhfkit.losses.ensemble_reward``: ``mean`` (the default), ``mean_minus_std:L``, ``uncertainty_weighted:L``,
+``worst`` (Coste et al. 2023's conservative rewards), ``quantile:Q`` (the Q-quantile of a Gaussian with the members'
+mean and spread).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+from rlhfkit.config.parts import parse_reward_transform
 from rlhfkit.data.records import flat_text, from_json, to_json, user_turn
 from rlhfkit.specs import RewardSpec, parse_reward_spec
 
@@ -47,16 +54,36 @@ def _as_members(scores, n: int, source: str) -> torch.Tensor:
 
 
 class Reward:
-    """The interface every reward has: ``members`` (E, N); calling it gives their mean (N,)."""
+    """The interface every reward has: ``members`` (E, N); calling it gives one number per response, by its
+    ``transform`` (the members' mean unless set otherwise)."""
 
     spec: RewardSpec
     model: torch.nn.Module | None = None  # the reward model itself, where there is one (a PPO critic can start from it)
+    transform: str = "mean"
 
     def members(self, prompts: list, responses: list[str]) -> torch.Tensor:
         raise NotImplementedError
 
+    def combine(self, members: torch.Tensor) -> torch.Tensor:
+        """(E, N) member scores -> (N,) by the transform."""
+        from statistics import NormalDist
+
+        from rlhfkit.losses import ensemble_reward
+
+        how, coef = parse_reward_transform(self.transform)
+        if how == "mean":
+            return members.mean(0)
+        if members.size(0) < 2:
+            raise ValueError(
+                f"reward_transform {self.transform!r} needs the spread of several members, but {self.spec.text!r} "
+                "gives one score per response; give an ensemble (a,b,c or `rm train --ensemble N`)"
+            )
+        if how == "quantile":
+            return members.mean(0) + NormalDist().inv_cdf(coef) * members.std(0, unbiased=False)
+        return ensemble_reward(members, how, coef or 0.0)
+
     def __call__(self, prompts: list, responses: list[str]) -> torch.Tensor:
-        return self.members(prompts, responses).mean(0)
+        return self.combine(self.members(prompts, responses))
 
 
 class RewardModelReward(Reward):
@@ -165,15 +192,21 @@ class EnsembleReward(Reward):
         return torch.cat([part.members(prompts, responses) for part in self.parts])
 
 
-def load_reward(spec: str | RewardSpec, batch_size: int = 32, device=None, setting: str = "reward") -> Reward:
-    """The reward a reward setting names (see the module docstring)."""
+def load_reward(
+    spec: str | RewardSpec, batch_size: int = 32, device=None, setting: str = "reward", transform: str = "mean"
+) -> Reward:
+    """The reward a reward setting names (see the module docstring); calling it applies ``transform``."""
     spec = parse_reward_spec(spec, setting) if isinstance(spec, str) else spec
+    parse_reward_transform(transform)  # a bad transform fails before anything loads
     if spec.kind == "ensemble":
-        return EnsembleReward(spec, [load_reward(m, batch_size, device, setting) for m in spec.members])
-    if spec.kind == "reward-model":
-        return RewardModelReward(spec, batch_size, device)
-    if spec.kind == "classifier":
-        return ClassifierReward(spec, batch_size, device)
-    if spec.kind == "http":
-        return HTTPReward(spec)
-    return FunctionReward(spec)
+        reward = EnsembleReward(spec, [load_reward(m, batch_size, device, setting) for m in spec.members])
+    elif spec.kind == "reward-model":
+        reward = RewardModelReward(spec, batch_size, device)
+    elif spec.kind == "classifier":
+        reward = ClassifierReward(spec, batch_size, device)
+    elif spec.kind == "http":
+        reward = HTTPReward(spec)
+    else:
+        reward = FunctionReward(spec)
+    reward.transform = transform
+    return reward

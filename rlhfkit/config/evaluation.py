@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from rlhfkit.config.base import Figures, StageConfig
-from rlhfkit.config.parts import SamplingPart
+from rlhfkit.config.parts import REWARD_TRANSFORM_CHOICES, SamplingPart, parse_reward_transform
 
 MODELS_HELP = (
     "models, each a model setting (a run folder, a Hugging Face folder, a .gguf file, tiny, ...), optionally "
@@ -54,13 +54,27 @@ class MonitorPart(StageConfig):
     )
     monitor_kl_budget: float | None = Field(None, gt=0, description="alarm when KL to the start passes this (nats)")
     monitor_stop: bool = Field(
-        False, description="stop at the alarm and keep the best check's model as final/ (else only log it)"
+        False,
+        description="stop at the alarm and keep the best check's model as final/ (else only log it; with "
+        "monitor_switch_to, switch instead)",
+    )
+    monitor_switch_to: str | None = Field(
+        None,
+        description="at the alarm, switch the training reward to this transform of its ensemble and carry on (PPO, "
+        f"best-of-N): {REWARD_TRANSFORM_CHOICES}, e.g. mean_minus_std:1 or worst (Coste et al. 2023)",
     )
     monitor_settings: dict[str, float] = Field(
         {},
         description="thresholds of rlhfkit.evaluate.monitor.MonitorSettings to change (patience, window, z, "
         "min_fall, ...)",
     )
+
+    @field_validator("monitor_switch_to")
+    @classmethod
+    def _check_switch(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_reward_transform(value, "monitor_switch_to")
+        return value
 
 
 class OutputPart(StageConfig):

@@ -70,18 +70,21 @@ def sample_and_score(
     return texts, torch.cat(scores), torch.cat(ended)
 
 
-def monitor_best_of_n(monitor: PolicyMonitor, prompts: list, texts: list, scores: torch.Tensor, tokenizer) -> int:
+def monitor_best_of_n(
+    monitor: PolicyMonitor, prompts: list, texts: list, scores: torch.Tensor, tokenizer
+) -> tuple[int, torch.Tensor | None]:
     """The monitor's checks of best-of-N for N = 1 .. n_max, each the expectation over random N-subsets of the samples
     (smooth, as the curve): the training reward of the choice, a second reward's score of it, the ensemble's
-    disagreement on it, its length, and KL = log N - (N - 1) / N. Returns the N to keep: n_max, or the best check's
-    N when the monitor stops the run. Every sample is written to monitor/samples.jsonl with its score, so the choice
-    at any N can be judged afterwards."""
+    disagreement on it, its length, and KL = log N - (N - 1) / N. Returns the N to keep (n_max, or the best check's
+    N when the monitor stops the run) and, when the alarm switches the reward (``monitor_switch_to``), every sample's
+    score by the switched transform (P, M). Every sample is written to monitor/samples.jsonl with its score, so the
+    choice at any N can be judged afterwards."""
     P, M = scores.shape
     flat_prompts = [p for p in prompts for _ in range(M)]
     flat_texts = [t for group in texts for t in group]
     second = monitor.second(flat_prompts, flat_texts).view(P, M) if monitor.second is not None else None
-    ensemble = monitor.ensemble or monitor.training_reward
-    members = ensemble.members(flat_prompts, flat_texts)  # (E, P * M)
+    training_members = monitor.training_reward.members(flat_prompts, flat_texts)  # (E, P * M)
+    members = monitor.ensemble.members(flat_prompts, flat_texts) if monitor.ensemble else training_members
     spread = members.std(0).view(P, M) if members.size(0) > 1 else None
     lengths = torch.tensor([len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in flat_texts]).view(P, M)
     if monitor.is_main:
@@ -105,10 +108,16 @@ def monitor_best_of_n(monitor: PolicyMonitor, prompts: list, texts: list, scores
             ensemble_std=pick(spread, n),
             mean_length=pick(lengths, n),
         )
-        monitor.check(check)
+        status = monitor.check(check)
+        if status.alarm and monitor.cfg.monitor_switch_to:
+            if training_members.size(0) < 2:
+                raise ValueError("setting 'monitor_switch_to': needs a training reward with several members")
+            monitor.switched_at = n
+            monitor.training_reward.transform = monitor.cfg.monitor_switch_to
+            return M, monitor.training_reward.combine(training_members).view(P, M)
         if monitor.stop:
-            return monitor.monitor.best_step
-    return M
+            return monitor.monitor.best_step, None
+    return M, None
 
 
 def plot_curve(rows: list[dict], path: Path, title: str) -> None:
@@ -136,7 +145,7 @@ def run(cfg: BestOfNConfig) -> Path:
     accelerator = common.make_accelerator(cfg)
     run_dir = common.open_run(cfg, accelerator)
     prompts = load_prompts(cfg.data, cfg.eval_data, 0.0, cfg.seed, cfg.skip_invalid)[0][: cfg.max_prompts]
-    reward_fn = load_reward(cfg.reward, cfg.reward_batch_size, accelerator.device)
+    reward_fn = load_reward(cfg.reward, cfg.reward_batch_size, accelerator.device, transform=cfg.reward_transform)
     model, tokenizer = load_causal_lm(cfg.model, common.training_dtype(cfg), cfg.chat_template, seed=cfg.seed)
     model.to(accelerator.device).eval()
     monitor = PolicyMonitor(cfg, run_dir, None, prompts, training_reward=reward_fn) if cfg.monitor else None
@@ -149,7 +158,10 @@ def run(cfg: BestOfNConfig) -> Path:
     kept_n = cfg.n_max
     if monitor is not None:
         monitor.logger = logger
-        kept_n = monitor_best_of_n(monitor, prompts, texts, scores, tokenizer)
+        kept_n, switched = monitor_best_of_n(monitor, prompts, texts, scores, tokenizer)
+        if switched is not None:  # the alarm switched the choice to the penalised ensemble reward, over all samples
+            penalty = cfg.missing_eos_penalty
+            scores = switched if penalty is None else torch.where(ended, switched, torch.full_like(switched, penalty))
 
     rows = []
     n = 1

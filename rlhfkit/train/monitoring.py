@@ -120,6 +120,7 @@ class PolicyMonitor:
         self.monitor = OveroptimisationMonitor(self.settings)
         self.status: MonitorStatus | None = None
         self.stopped_at: int | None = None
+        self.switched_at: int | None = None  # step at which the alarm switched the reward (monitor_switch_to)
 
     # --- resuming ---------------------------------------------------------------------------------------------
 
@@ -190,7 +191,12 @@ class PolicyMonitor:
         """The signals of a check from its samples; ``extra`` adds signals the trainer measured itself."""
         prompts, texts = samples.prompts, samples.texts
         proxy_members = self.training_reward.members(prompts, texts) if self.training_reward is not None else None
-        proxy = None if proxy_members is None else proxy_members.mean(0)
+        if self.cfg.monitor_switch_to and (proxy_members is None or proxy_members.size(0) < 2):
+            raise ValueError(
+                f"setting 'monitor_switch_to': {self.cfg.monitor_switch_to} needs a training reward with several "
+                "members (an ensemble: a,b,c or `rm train --ensemble N`)"
+            )
+        proxy = None if proxy_members is None else self.training_reward.combine(proxy_members)  # what is optimised
         second = self.second(prompts, texts) if self.second is not None else None
         members = self.ensemble.members(prompts, texts) if self.ensemble is not None else proxy_members  # (E, N)
         spread = float(members.std(0).mean()) if members is not None and members.size(0) > 1 else None
@@ -237,7 +243,7 @@ class PolicyMonitor:
             reasons = "; ".join(f"{k}: {v}" for k, v in status.alarm_reasons.items())
             print(f"monitor: over-optimisation alarm at step {status.alarm_step} ({reasons}); best check: step "
                   f"{status.best_step}" + (", stopping" if self.cfg.monitor_stop else ""), flush=True)  # fmt: skip
-        if status.alarm and self.cfg.monitor_stop and self.stopped_at is None:
+        if status.alarm and self.cfg.monitor_stop and not self.cfg.monitor_switch_to and self.stopped_at is None:
             self.stopped_at = check.step
         return status
 
@@ -281,4 +287,5 @@ class PolicyMonitor:
             "alarm_reasons": dict(status.alarm_reasons) if status else {},
             "best_step": self.monitor.best_step,
             "stopped_at": self.stopped_at,
+            "switched_at": self.switched_at,
         }

@@ -154,7 +154,7 @@ def run(cfg: PPOConfig) -> Path:
     run_dir = common.open_run(cfg, accelerator)
     device = accelerator.device
     train_prompts, eval_prompts = load_prompts(cfg.data, cfg.eval_data, cfg.eval_fraction, cfg.seed, cfg.skip_invalid)
-    reward_fn = load_reward(cfg.reward, cfg.reward_batch_size, device)
+    reward_fn = load_reward(cfg.reward, cfg.reward_batch_size, device, transform=cfg.reward_transform)
 
     # Actor, frozen reference, critic. With LoRA the reference is the same weights with adapters off and
     # the critic a head on the same trunk: one copy of the weights.
@@ -206,6 +206,7 @@ def run(cfg: PPOConfig) -> Path:
     if monitor is not None:
         monitor.logger = logger
         monitor.resume(state.step)
+        monitor.switched_at = state.extra.get("switched_at")
     normalizer = RewardNormalizer(cfg.normalize_reward, state.extra.get("reward_norm"))
     sampler = make_sampler(
         raw_policy,
@@ -232,7 +233,11 @@ def run(cfg: PPOConfig) -> Path:
         """The monitor's check of the current policy (at step 0 too: the signals' starting values)."""
         samples = monitor.sample(raw_policy, tokenizer, check_sampling(cfg), reference_logprobs, seed=cfg.seed)
         save = lambda path: save_model(raw_policy, tokenizer, path, merge_lora=cfg.merge_lora)  # noqa: E731
-        monitor.check(monitor.measure(samples, state.step), samples, save)
+        status = monitor.check(monitor.measure(samples, state.step), samples, save)
+        if status.alarm and cfg.monitor_switch_to and "switched_at" not in state.extra:
+            state.extra["switched_at"] = state.step  # the mitigation from here on (kept by a resume)
+            monitor.switched_at = state.step
+            accelerator.print(f"monitor: training reward switched to {cfg.monitor_switch_to} at step {state.step}")
 
     policy.train()
     with common.checkpoint_on_interrupt(run_dir, accelerator, state, cfg.keep_checkpoints, progress, logger):
@@ -253,6 +258,8 @@ def run(cfg: PPOConfig) -> Path:
             t_rollout = time.perf_counter() - t0
 
             # 2. score: normalised, and a fixed low score for responses that never ended
+            if "switched_at" in state.extra:  # the monitor's alarm switched the reward to a penalised ensemble
+                reward_fn.transform = cfg.monitor_switch_to
             raw_scores = reward_fn(rollout.prompts, rollout.texts).to(device)  # (B,)
             scores = normalizer(raw_scores)
             if cfg.missing_eos_penalty is not None:

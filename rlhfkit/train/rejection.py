@@ -60,7 +60,7 @@ def run(cfg: RejectionConfig) -> Path:
     run_dir = common.open_run(cfg, accelerator)
     all_prompts = load_prompts(cfg.data, None, 0.0, cfg.seed, cfg.skip_invalid)[0]
     prompts = all_prompts[: cfg.max_prompts]
-    reward_fn = load_reward(cfg.reward, cfg.reward_batch_size, accelerator.device)
+    reward_fn = load_reward(cfg.reward, cfg.reward_batch_size, accelerator.device, transform=cfg.reward_transform)
     monitor = start = None
     if cfg.monitor:  # checks once per round, on the policy the round starts from, and on the final one
         monitor = PolicyMonitor(cfg, run_dir, None, check_prompts(cfg, all_prompts), training_reward=reward_fn)
