@@ -48,8 +48,10 @@ def test_bad_transforms_are_refused_with_the_setting_named():
         load_reward(ENSEMBLE, transform="median")
     with pytest.raises(ValueError, match="'quantile' needs q in \\(0, 1\\)"):
         PPOConfig(data="d", reward=ENSEMBLE, reward_transform="quantile:2")
-    with pytest.raises(ValueError, match="needs the spread of several members"):
+    with pytest.raises(ValueError, match="'worst' takes the lowest of several members"):
         load_reward("tests.test_reward_transform:length", transform="worst")(["p"], ["x"])
+    with pytest.raises(ValueError, match="'mean_minus_std:1' needs a spread"):
+        load_reward("tests.test_reward_transform:length", transform="mean_minus_std:1")(["p"], ["x"])
 
 
 @pytest.fixture

@@ -12,11 +12,12 @@ from rlhfkit.config.base import StageConfig
 
 MODEL_CHOICES = "tiny | tiny-4m | smollm2-135m-instruct | a .gguf file | a run folder | a Hugging Face folder or id"
 REWARD_CHOICES = (
-    "a reward-model run folder | a Hugging Face sequence-classification folder | module:function | "
-    "http(s)://host:port/path | several of these, comma-separated (an ensemble: mean and spread)"
+    "a reward-model run folder (an annotator-conditioned one as FOLDER@annotator=NAME) | a Hugging Face "
+    "sequence-classification folder | module:function | http(s)://host:port/path | several of these, "
+    "comma-separated (an ensemble: mean and spread)"
 )
-# How a reward with a spread (an ensemble's members) becomes one number per response (Coste et al. 2023's
-# conservative ensemble rewards); name -> what its parameter is (None: none).
+# How a reward with a spread (an ensemble's members, a distributional reward model's variance) becomes one number
+# per response; the formulas are rlhfkit.losses.transformed_reward's. name -> what its parameter is (None: none).
 REWARD_TRANSFORM_PARAMS: dict[str, str | None] = {
     "mean": None,
     "mean_minus_std": "lambda >= 0",
@@ -86,8 +87,8 @@ class RewardPart(StageConfig):
     reward_batch_size: int = Field(32, gt=0, description="responses per reward-model forward")
     reward_transform: str = Field(
         "mean",
-        description="one number from an ensemble's members: "
-        f"{REWARD_TRANSFORM_CHOICES} (mean_minus_std:1 and worst are Coste et al. 2023's mitigations)",
+        description="one number from a reward with a spread (ensemble members, or a mean-variance reward "
+        f"model): {REWARD_TRANSFORM_CHOICES} (e.g. quantile:0.1, the lower decile)",
     )
 
     @field_validator("reward_transform")

@@ -83,7 +83,7 @@ def monitor_best_of_n(
     flat_prompts = [p for p in prompts for _ in range(M)]
     flat_texts = [t for group in texts for t in group]
     second = monitor.second(flat_prompts, flat_texts).view(P, M) if monitor.second is not None else None
-    training_members = monitor.training_reward.members(flat_prompts, flat_texts)  # (E, P * M)
+    training_members, training_variances = monitor.training_reward.distribution(flat_prompts, flat_texts)  # (E, P * M)
     members = monitor.ensemble.members(flat_prompts, flat_texts) if monitor.ensemble else training_members
     spread = members.std(0).view(P, M) if members.size(0) > 1 else None
     lengths = torch.tensor([len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in flat_texts]).view(P, M)
@@ -110,11 +110,9 @@ def monitor_best_of_n(
         )
         status = monitor.check(check)
         if status.alarm and monitor.cfg.monitor_switch_to:
-            if training_members.size(0) < 2:
-                raise ValueError("setting 'monitor_switch_to': needs a training reward with several members")
             monitor.switched_at = n
-            monitor.training_reward.transform = monitor.cfg.monitor_switch_to
-            return M, monitor.training_reward.combine(training_members).view(P, M)
+            monitor.training_reward.transform = monitor.cfg.monitor_switch_to  # combine refuses a reward without spread
+            return M, monitor.training_reward.combine(training_members, training_variances).view(P, M)
         if monitor.stop:
             return monitor.monitor.best_step, None
     return M, None

@@ -190,13 +190,18 @@ class PolicyMonitor:
     def measure(self, samples: CheckSamples, step: int, **extra) -> Check:
         """The signals of a check from its samples; ``extra`` adds signals the trainer measured itself."""
         prompts, texts = samples.prompts, samples.texts
-        proxy_members = self.training_reward.members(prompts, texts) if self.training_reward is not None else None
-        if self.cfg.monitor_switch_to and (proxy_members is None or proxy_members.size(0) < 2):
+        proxy_members = variances = None
+        if self.training_reward is not None:
+            proxy_members, variances = self.training_reward.distribution(prompts, texts)  # (E, N) each
+        if self.cfg.monitor_switch_to and (
+            proxy_members is None or (proxy_members.size(0) < 2 and not bool((variances > 0).any()))
+        ):
             raise ValueError(
-                f"setting 'monitor_switch_to': {self.cfg.monitor_switch_to} needs a training reward with several "
-                "members (an ensemble: a,b,c or `rm train --ensemble N`)"
+                f"setting 'monitor_switch_to': {self.cfg.monitor_switch_to} needs a training reward with a spread "
+                "(an ensemble: a,b,c or `rm train --ensemble N`, or a mean-variance reward model)"
             )
-        proxy = None if proxy_members is None else self.training_reward.combine(proxy_members)  # what is optimised
+        # what is optimised: the training reward by its transform
+        proxy = None if proxy_members is None else self.training_reward.combine(proxy_members, variances)
         second = self.second(prompts, texts) if self.second is not None else None
         members = self.ensemble.members(prompts, texts) if self.ensemble is not None else proxy_members  # (E, N)
         spread = float(members.std(0).mean()) if members is not None and members.size(0) > 1 else None

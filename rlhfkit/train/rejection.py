@@ -58,7 +58,7 @@ def check_prompts(cfg: RejectionConfig, all_prompts: list) -> list:
 def run(cfg: RejectionConfig) -> Path:
     accelerator = common.make_accelerator(cfg)
     run_dir = common.open_run(cfg, accelerator)
-    all_prompts = load_prompts(cfg.data, None, 0.0, cfg.seed, cfg.skip_invalid)[0]
+    all_prompts = load_prompts(cfg.data, cfg.eval_data, 0.0, cfg.seed, cfg.skip_invalid)[0]
     prompts = all_prompts[: cfg.max_prompts]
     reward_fn = load_reward(cfg.reward, cfg.reward_batch_size, accelerator.device, transform=cfg.reward_transform)
     monitor = start = None
