@@ -207,3 +207,37 @@ def test_a_bad_monitor_setting_fails_before_the_folder_exists(tmp_path, toy_file
         with pytest.raises(ValueError, match=message):
             run(cfg)
         assert not (tmp_path / "never").exists()
+
+
+@pytest.fixture
+def alarm_from_step_2(monkeypatch):
+    from rlhfkit.evaluate import monitor
+
+    monkeypatch.setitem(
+        monitor.REASONS, "forced_by_test", lambda history, s: "forced" if history[-1].step >= 2 else None
+    )
+
+
+def test_a_stop_read_from_a_full_runs_checks_is_the_stopped_runs(tmp_path, toy_files, alarm_from_step_2):
+    """The over-optimisation experiment runs PPO to the end and reads where --monitor-stop would have stopped from its
+    checks (``replay_stop``). That is only honest if a stopped run is the same run up to its stop: here the alarm
+    comes at step 2 and the last clean check is step 1; the stopped run's card and final/ model must be the full
+    run's step-2 alarm and step-1 model."""
+    from rlhfkit.toy.experiments.overoptimisation import replay_stop
+    from rlhfkit.train.ppo import run
+
+    def ppo(name, stop):
+        return run(
+            PPOConfig(
+                model="tiny", data=toy_files["prompt"], reward="tests.test_monitor_hooks:count_the", max_steps=4,
+                batch_size=4, max_new_tokens=6, missing_eos_penalty=None, lr=1e-2, monitor=True, monitor_every=1,
+                monitor_prompts=4, monitor_stop=stop, monitor_settings={"patience": 1}, **common(tmp_path, name),
+            )
+        )  # fmt: skip
+
+    full, stopped = ppo("full", stop=False), ppo("stopped", stop=True)
+    mon = RunCard.read(stopped).figures["monitor"]
+    assert replay_stop(full) == (mon["alarm_step"], mon["best_step"]) == (2, 1)
+    assert RunCard.read(full).figures["steps"] == 4 and mon["stopped_at"] == 2
+    kept, replayed = weights(stopped / "final"), weights(full / "monitor" / "step-1")
+    assert all(torch.equal(kept[k], replayed[k]) for k in kept)
