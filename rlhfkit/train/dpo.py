@@ -372,7 +372,7 @@ def run(cfg: DPOConfig) -> Path:
         accuracy = None
         if held_out:
             scores = evaluate(policy, ref_fn, held_out, eval_ref, loss_fn, cfg, pad_id, accelerator)
-            accuracy = scores["eval/rewards/accuracies"]
+            accuracy = scores.get("eval/rewards/accuracies")  # absent when every held-out pair is a tie
         save = lambda path: save_model(lm, tokenizer, path, merge_lora=cfg.merge_lora)  # noqa: E731
         monitor.check(monitor.measure(samples, state.step, heldout_accuracy=accuracy), samples, save)
 
