@@ -241,3 +241,20 @@ def test_a_stop_read_from_a_full_runs_checks_is_the_stopped_runs(tmp_path, toy_f
     assert RunCard.read(full).figures["steps"] == 4 and mon["stopped_at"] == 2
     kept, replayed = weights(stopped / "final"), weights(full / "monitor" / "step-1")
     assert all(torch.equal(kept[k], replayed[k]) for k in kept)
+
+
+def test_dpo_monitor_with_only_ties_held_out_has_no_accuracy(tmp_path):
+    """Held-out pairs that are all ties leave no decided pair to be accurate on (the quick demo's labels are nearly
+    all ties): the check records no accuracy instead of failing."""
+    from rlhfkit.data.io import read_jsonl, write_jsonl
+    from rlhfkit.train.dpo import run
+
+    ties = tmp_path / "ties.jsonl"
+    write_jsonl(ties, [{**row, "tie": True} for row in read_jsonl(data_file("comparison", seed=1))[:8]])
+    cfg = DPOConfig(
+        model="tiny", data=str(data_file("comparison")), eval_data=str(ties), max_steps=1, batch_size=4,
+        monitor=True, monitor_every=1, monitor_prompts=2, monitor_max_new_tokens=4, **common(tmp_path, "dpo"),
+    )  # fmt: skip
+    path = run(cfg)
+    history = json.loads((path / "monitor" / "monitor.json").read_text())["history"]
+    assert [c["heldout_accuracy"] for c in history] == [None, None]
