@@ -347,7 +347,9 @@ def run(cfg: DPOConfig) -> Path:
             check_prompts = list({repr(r.prompt): r.prompt for r in eval_records}.values())
         monitor = PolicyMonitor(cfg, run_dir, None, check_prompts, device=accelerator.device)
         if cfg.reference == "precomputed":  # KL needs the start's log-probs of new samples: a frozen copy
-            monitor_ref = copy.deepcopy(model).to(accelerator.device).eval().requires_grad_(False)
+            start = copy.deepcopy(model) if cfg.ref_model is None else load_causal_lm(
+                cfg.ref_model, common.training_dtype(cfg), cfg.chat_template, seed=cfg.seed)[0]  # KL to pi_ref  # fmt: skip
+            monitor_ref = start.to(accelerator.device).eval().requires_grad_(False)
     parents = [parent_of("model", cfg.model), parent_of("reference", cfg.ref_model or cfg.model)]
     logger = common.start_run(run_dir, cfg, accelerator, parents, {"train": cfg.data, "eval": cfg.eval_data})
     run_dir.write_invalid_rows(invalid)
