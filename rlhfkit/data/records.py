@@ -3,7 +3,9 @@
 Field names follow TRL so its datasets load as they are:
 - demonstrations: ``prompt``/``completion`` (strings or message lists) or conversational ``messages``;
 - comparisons: ``prompt``/``chosen``/``rejected`` (TRL's "explicit prompt" preference format), plus
-  optional ``tie``, ``annotator``, ``margin``. TRL's "implicit prompt" form (conversational
+  optional ``tie``, ``annotator``, ``margin``, ``label_prob`` (a soft label: P(``chosen`` is the better one),
+  in [0, 1], e.g. an AI feedback model's normalised option probability) and ``source`` (who labelled it:
+  ``human``, ``ai:<judge>``, ..., so that people's and AI labels mix in one file). TRL's "implicit prompt" form (conversational
   ``chosen``/``rejected`` with no ``prompt``) is accepted: the shared leading messages become the prompt;
 - rankings: ``prompt``, ``completions`` (K >= 2) and ``ranking`` (indices into completions, best first);
 - ratings: ``prompt``/``completion`` with either ``rating`` on a 1..``scale`` Likert scale or
@@ -81,6 +83,8 @@ class Comparison(Record):
     tie: StrictBool = False
     annotator: StrictStr | None = None
     margin: StrictFloat | StrictInt | None = None
+    label_prob: StrictFloat | StrictInt | None = None
+    source: StrictStr | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -98,6 +102,10 @@ class Comparison(Record):
         self._require_text("prompt", "chosen", "rejected")
         if self.chosen == self.rejected:
             raise ValueError("fields 'chosen' and 'rejected': are identical, so the pair says nothing")
+        if self.label_prob is not None and not 0 <= self.label_prob <= 1:
+            raise ValueError(f"field 'label_prob': {self.label_prob} is not a probability in [0, 1]")
+        if self.label_prob is not None and self.tie:
+            raise ValueError("fields 'tie' and 'label_prob': give one (a tie is label_prob 0.5 without the tie model)")
         return self
 
 
