@@ -296,7 +296,7 @@ LAYERS = [
     ["specs", "runs", "data"],
     ["models"],
     ["rollout", "rewards", "judges"],
-    ["train", "evaluate"],
+    ["train", "evaluate", "ai_feedback"],
     ["toy", "feedback", "pipelines"],
     ["cli"],
 ]

@@ -52,6 +52,7 @@ class ReviseConfig(ModelPart, DataPart, SamplingPart, RunPart):
     # A revision writes over the whole answer: greedy decoding keeps a small model's copy of a fine answer
     # intact, where sampling at temperature 1 drifts.
     top_k: int = Field(1, ge=0, description="top-k sampling; 1 = greedy (the default here), 0 = off")
+    threads: int = Field(0, ge=0, description="torch CPU threads; 0 = torch's default")
 
 
 # --- RLAIF: AI preference labels ------------------------------------------------------------------------
@@ -146,3 +147,4 @@ class RedteamConfig(SamplingPart, RunPart):
         description="what the harm judge compares an answer with (evaluation only, never training data)",
     )
     batch_size: int = Field(16, gt=0, description="prompts per generation batch")
+    threads: int = Field(0, ge=0, description="torch CPU threads; 0 = torch's default")
