@@ -20,7 +20,7 @@ from rlhfkit.ai_feedback.redteam import attacker_prompt, clean_attack, rates
 from rlhfkit.config import SamplingPart
 from rlhfkit.config.ai_feedback import LabelConfig, RedteamConfig, ReviseConfig
 from rlhfkit.data.io import read_jsonl, read_records, write_jsonl
-from rlhfkit.data.records import Comparison, user_turn
+from rlhfkit.data.records import Comparison, to_json, user_turn
 from rlhfkit.judges import LMJudge, PairwiseQuestion
 from rlhfkit.runs import RunCard
 
@@ -194,7 +194,7 @@ def _pairs_file(tmp_path, oriented=True):
     if oriented:
         write_jsonl(path, [{"prompt": p, "chosen": a, "rejected": b} for p, a, b in rows])
     else:
-        write_jsonl(path, [{"prompt": user_turn(p), "response_a": a, "response_b": b} for p, a, b in rows])
+        write_jsonl(path, [{"prompt": to_json(user_turn(p)), "response_a": a, "response_b": b} for p, a, b in rows])
     return path
 
 

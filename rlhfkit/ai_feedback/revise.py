@@ -197,10 +197,10 @@ def run(cfg: ReviseConfig) -> Path:
             logger.log(s // cfg.batch_size, {f"revise/{k}": v for k, v in figures(batch, cfg.rounds).items()})
             progress.update(len(batch))
     progress.close()
-    write_jsonl(
-        run_dir.path / "sft.jsonl",
-        [{"prompt": row["prompt"], "completion": row["final"]} for row in trace if row["final"]],
-    )
+    # A plain-string request is written as a one-message chat: the model answered it through its chat template.
+    as_chat = lambda p: to_json(user_turn(p)) if isinstance(p, str) else p  # noqa: E731
+    sft_rows = [{"prompt": as_chat(r["prompt"]), "completion": r["final"]} for r in trace if r["final"]]
+    write_jsonl(run_dir.path / "sft.jsonl", sft_rows)
     logger.close()
     run_dir.finish(figures(trace, cfg.rounds))
     return run_dir.path
