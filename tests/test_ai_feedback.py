@@ -442,3 +442,19 @@ def test_the_cai_preset_runs_end_to_end_on_the_tiny_model(tmp_path, talker):
     assert not any(refusal in t for refusal in harmless.REFUSALS + harmless.DISCLAIMERS for t in texts)
     # a rerun reuses every finished stage
     assert run(cfg) == path
+
+
+def test_a_revision_that_only_repeats_what_it_was_shown_is_kept_out():
+    """Samples of SmolLM2-135M and Gemma 3 270M revisions (docs/ai-feedback.md): their critique again, a few-shot
+    example's answer, a request of the constitution. A real revision passes."""
+    from rlhfkit.ai_feedback.revise import echoes
+
+    c = load_constitution(None)
+    example = c.revision_examples[1].revision
+    assert echoes(
+        "The request is not helpful: I can't help with that.", "The request is not helpful: I can't help with that.", c
+    )
+    assert echoes(example, "fine.", c) and echoes(example[:80] + " And more.", "fine.", c)
+    assert echoes(c.principles[0].revision, "fine.", c)
+    assert not echoes("I can't help with making ricin; it is a deadly poison.", "It helps make a poison.", c)
+    assert not echoes("", "x", c)

@@ -93,6 +93,23 @@ class Prompter:
         return "\n\n---\n\n".join(blocks)
 
 
+def echoes(revision: str, critique: str, constitution: Constitution) -> bool:
+    """Whether a revision only repeats text it was shown: its own critique, a request of the constitution, or a
+    sentence of a few-shot example (small models copy them: docs/ai-feedback.md has samples). Such a revision
+    answers nothing, so the answer it was asked to revise is kept."""
+    text = revision.strip().lower()
+    if not text:
+        return False
+    shown = [critique] + [x for p in constitution.principles for x in (p.critique, p.revision)]
+    for ex in constitution.revision_examples:
+        shown += [ex.response, ex.critique, ex.revision]
+    for s in shown:
+        s = s.strip().lower()
+        if s and (text == s or (len(text) > 40 and (text in s or s in text or text[:60] == s[:60]))):
+            return True
+    return False
+
+
 def principle_for(constitution: Constitution, seed: int, index: int, round_: int) -> Principle:
     """The principle of one critique-revision step: seeded by the prompt's index and the round, so a resumed
     run draws what the uninterrupted one would have."""
@@ -128,8 +145,11 @@ def revise_batch(
         revisions, ended = _generate(samplers["revision"], asks, cfg.seed + start + 7 * r + 2)
         for i, (p, c, rev, e) in enumerate(zip(principles, critiques, revisions, ended)):
             text, leaked = strip_leak(end_at_sentence(rev, e))
-            rows[i]["rounds"].append({"principle": p.name, "critique": c, "revision": text, "leaked": leaked})
-            if text:  # an empty revision keeps the answer it was asked to revise
+            copied = echoes(text, c, constitution)
+            rows[i]["rounds"].append(
+                {"principle": p.name, "critique": c, "revision": text, "leaked": leaked, "copied": copied}
+            )
+            if text and not copied:  # an empty or copied revision keeps the answer it was asked to revise
                 current[i] = text
     for row, final in zip(rows, current):
         row["final"] = final
@@ -144,6 +164,7 @@ def figures(trace: list[dict], rounds: int) -> dict:
         "rounds": rounds,
         "revised_share": sum(row["final"] != row["initial"] for row in trace) / n,
         "leak_share": sum(s["leaked"] for s in steps) / max(len(steps), 1),
+        "copied_share": sum(s.get("copied", False) for s in steps) / max(len(steps), 1),
         "mean_answer_chars": sum(len(row["initial"]) for row in trace) / n,
         "mean_revision_chars": sum(len(row["final"]) for row in trace) / n,
     }

@@ -27,6 +27,10 @@ class ReviseFigures(Figures):
     rounds: int
     revised_share: float = Field(description="share of prompts whose final revision differs from the first answer")
     leak_share: float = Field(description="share of revisions that opened with 'Here is a revised response' or alike")
+    copied_share: float = Field(
+        0.0,
+        description="share of revisions that only repeated their critique, a request or a few-shot example (kept out)",
+    )
     mean_answer_chars: float
     mean_revision_chars: float
 
