@@ -198,7 +198,7 @@ class LMJudge(QuestionJudge):
                 cache.batch_repeat_interleave(len(rows))
                 mask = torch.cat([suffix_mask.new_ones(len(rows), shared), suffix_mask], dim=1)
                 positions = shared + (suffix_mask.cumsum(-1) - 1).clamp(min=0)
-                kwargs.update(past_key_values=cache, use_cache=True, position_ids=positions)
+                kwargs.update(cache=cache, use_cache=True, position_ids=positions)
             else:
                 mask, kwargs["position_ids"] = suffix_mask, (suffix_mask.cumsum(-1) - 1).clamp(min=0)
                 kwargs["use_cache"] = False
@@ -219,8 +219,11 @@ class LMJudge(QuestionJudge):
         """Keys and values of ``prefix`` (one row), computed once per distinct prefix and kept."""
         key = tuple(prefix)
         if self._cached_prefix is None or self._cached_prefix[0] != key:
+            from transformers import DynamicCache
+
             ids = torch.tensor([prefix], device=device)
-            cache = self.model(input_ids=ids, use_cache=True, logits_to_keep=1).past_key_values
+            cache = DynamicCache(config=self.model.config)
+            self.model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)  # fills the cache in place
             self._cached_prefix = (key, cache)
         return self._cached_prefix[1]
 
