@@ -458,3 +458,4 @@ def test_a_revision_that_only_repeats_what_it_was_shown_is_kept_out():
     assert echoes(c.principles[0].revision, "fine.", c)
     assert not echoes("I can't help with making ricin; it is a deadly poison.", "It helps make a poison.", c)
     assert not echoes("", "x", c)
+    assert not echoes("It is fine. Crack the egg into boiling water and wait four minutes.", "It is fine.", c)

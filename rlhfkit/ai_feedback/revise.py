@@ -105,7 +105,10 @@ def echoes(revision: str, critique: str, constitution: Constitution) -> bool:
         shown += [ex.response, ex.critique, ex.revision]
     for s in shown:
         s = s.strip().lower()
-        if s and (text == s or (len(text) > 40 and (text in s or s in text or text[:60] == s[:60]))):
+        # containment and shared openings only between long texts: a short critique ("It is fine.") may well
+        # open a real revision
+        long = len(text) > 40 and len(s) > 40
+        if s and (text == s or (long and (text in s or s in text or text[:60] == s[:60]))):
             return True
     return False
 
