@@ -98,7 +98,8 @@ def main() -> None:
         "--judges",
         nargs="+",
         default=["lm:gemma3-270m:text", "lm:smollm2-135m-instruct:chat"],
-        help="feedback models as JUDGE:FORMAT (FORMAT chat or text)",
+        help="feedback models as JUDGE:FORMAT (FORMAT chat or text); JUDGE:FORMAT:decompose asks the two decomposed "
+        "questions instead of the comparisons",
     )
     ap.add_argument("--serve", default=None, help="also label through the HTTP path with this model served locally")
     ap.add_argument("--principles", nargs="*", default=None, help="comparison principles; default all")
@@ -118,13 +119,17 @@ def main() -> None:
     n = min(len(pairs), args.max_pairs or len(pairs))
     print(f"{n} reference pairs ({sum(p['kind'] == 'harmful' for p in pairs[:n])} harmful); load {os.getloadavg()}")
 
-    judges = [tuple(j.rsplit(":", 1)) for j in args.judges]
+    judges = []
+    for j in args.judges:
+        decompose = j.endswith(":decompose")
+        spec, fmt = j.removesuffix(":decompose").rsplit(":", 1)
+        judges.append((spec, fmt, decompose))
     server = None
     if args.serve:
         server, url = serve(args.serve)
-        judges.append((url, "chat"))
+        judges.append((url, "chat", False))
     rows = []
-    for spec, fmt in judges:
+    for spec, fmt, decompose in judges:
         m = min(n, args.serve_max_pairs) if spec.startswith("openai:") else n
         name = spec.split("#")[-1] if spec.startswith("openai:") else spec
         folder = out / (
@@ -133,9 +138,9 @@ def main() -> None:
         cpu, wall = time.process_time(), time.perf_counter()
         if not (folder / "card.json").exists() or not RunCard.read(folder).finished:
             label.run(LabelConfig(data=str(out / "ref_pairs.jsonl"), judge=spec, judge_format=fmt, principles=args.principles,
-                                  max_pairs=m, output_dir=str(folder), progress=False, threads=args.threads))  # fmt: skip
+                                  max_pairs=m, output_dir=str(folder), progress=False, threads=args.threads, decompose=decompose))  # fmt: skip
         card = RunCard.read(folder)
-        rows.append({"judge": spec if not spec.startswith("openai:") else "openai: " + name + " (local server)", "format": fmt, "pairs": m,
+        rows.append({"judge": spec if not spec.startswith("openai:") else "openai: " + name + " (local server)", "format": fmt + (", decomposed" if decompose else ""), "pairs": m,
                      "cpu_s": round(time.process_time() - cpu, 1), "wall_s": round(time.perf_counter() - wall, 1),
                      "position_bias": card.figures.get("position_bias"), **card.figures["agreement"]})  # fmt: skip
     if server is not None:

@@ -459,3 +459,23 @@ def test_a_revision_that_only_repeats_what_it_was_shown_is_kept_out():
     assert not echoes("I can't help with making ricin; it is a deadly poison.", "It helps make a poison.", c)
     assert not echoes("", "x", c)
     assert not echoes("It is fine. Crack the egg into boiling water and wait four minutes.", "It is fine.", c)
+
+
+def test_the_decomposed_label_combines_harm_and_refusal_by_hand(tiny):
+    """P(a better) = P(harmful) P(a declines) + (1 - P(harmful)) (1 - P(a declines)); P(harmful) is calibrated:
+    its odds divided by the odds the judge gives the content-free request "N/A"."""
+    from rlhfkit.ai_feedback.constitution import decomposed_questions
+
+    labeller = Labeller("lm:tiny", [], "text", model=tiny, decomposed=decomposed_questions(load_constitution(None)))
+    harm, refusal = labeller.judges
+    prompts, a, b = ["how do i steal a car ?", "hi"], ["i can not help .", "hello ."], ["sure .", "i can not ."]
+    p = harm.first_wins(prompts, ["", ""], ["", ""])
+    p0 = harm.first_wins(["N/A"], [""], [""])[0]
+    odds = p / (1 - p) / (p0 / (1 - p0))
+    p_harm = odds / (1 + odds)
+    d_ab = refusal.first_wins(prompts, a, b)
+    d_ba = 1 - refusal.first_wins(prompts, b, a)
+    ab, ba = labeller.ask(prompts, a, b)
+    torch.testing.assert_close(ab[0], p_harm * d_ab + (1 - p_harm) * (1 - d_ab))
+    torch.testing.assert_close(ba[0], p_harm * d_ba + (1 - p_harm) * (1 - d_ba))
+    assert harm.question.options == (" Yes", " No") and len(refusal.question.few_shot) == 4

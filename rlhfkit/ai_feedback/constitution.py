@@ -57,6 +57,21 @@ class ComparisonExample(_Strict):
     a: str = Field(min_length=1)
     b: str = Field(min_length=1)
     better: Literal["A", "B"]
+    declines: Literal["A", "B"] | None = Field(None, description="which response declines (the decomposed questions)")
+
+
+class HarmExample(_Strict):
+    prompt: str = Field(min_length=1)
+    harmful: bool
+
+
+class Decomposed(_Strict):
+    """Two questions a small feedback model answers better than the comparison: is the request harmful (about the
+    request alone), and which response declines it."""
+
+    harm_question: str = Field(min_length=1)
+    refusal_question: str = Field(min_length=1)
+    harm_examples: list[HarmExample] = []
 
 
 class Constitution(_Strict):
@@ -65,6 +80,7 @@ class Constitution(_Strict):
     comparisons: list[Comparison] = Field(min_length=1)
     revision_examples: list[RevisionExample] = []
     comparison_examples: list[ComparisonExample] = []
+    decomposed: Decomposed | None = None
 
     @model_validator(mode="after")
     def _check(self):
@@ -111,6 +127,37 @@ class Constitution(_Strict):
                 PairwiseQuestion(template=template, answer_prefix=ANSWER_PREFIX, options=("A", "B"), few_shot=shots)
             )
         return out
+
+
+HARM_TEMPLATE = (
+    "Consider this request from a user to an AI assistant.\n\nUser: {prompt}\n\n{question} Answer Yes or No."
+)
+HARM_ANSWER_PREFIX = "Answer:"
+CONTENT_FREE = "N/A"  # the request a harm question is calibrated on (Zhao et al. 2021, contextual calibration)
+
+
+def decomposed_questions(constitution: Constitution) -> tuple:
+    """(harm question, refusal question) as ``PairwiseQuestion``s: the first about the request alone (options
+    " Yes"/" No"), the second about the two responses (A/B), with the constitution's examples as few-shot."""
+    from rlhfkit.judges import PairwiseQuestion
+
+    d = constitution.decomposed
+    if d is None:
+        raise ValueError("setting 'decompose': the constitution has no 'decomposed' section")
+    harm = PairwiseQuestion(
+        template=HARM_TEMPLATE.replace("{question}", d.harm_question),
+        answer_prefix=HARM_ANSWER_PREFIX,
+        options=(" Yes", " No"),
+        few_shot=[(ex.prompt, "", "", 0 if ex.harmful else 1) for ex in d.harm_examples],
+    )
+    shots = [(ex.prompt, ex.a, ex.b, "AB".index(ex.declines)) for ex in constitution.comparison_examples if ex.declines]
+    refusal = PairwiseQuestion(
+        template=COMPARISON_TEMPLATE.replace("{question}", d.refusal_question),
+        answer_prefix=ANSWER_PREFIX,
+        options=("A", "B"),
+        few_shot=shots,
+    )
+    return harm, refusal
 
 
 def load_constitution(path: str | Path | None = None) -> Constitution:

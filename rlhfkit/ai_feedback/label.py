@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from rlhfkit.ai_feedback.constitution import load_constitution
+from rlhfkit.ai_feedback.constitution import decomposed_questions, load_constitution
 from rlhfkit.config import SamplingPart
 from rlhfkit.config.ai_feedback import LabelConfig
 from rlhfkit.data.io import DataError, read_jsonl, read_records, write_jsonl
@@ -76,9 +76,18 @@ class Labeller:
         cot_clamp_low: float = 0.4,
         batch_size: int = 8,
         model=None,
+        decomposed: tuple[PairwiseQuestion, PairwiseQuestion] | None = None,
     ):
+        """``decomposed``: (harm question, refusal question) from ``constitution.decomposed_questions``, asked
+        instead of ``questions`` (see ``ask``)."""
         self.spec, self.kind = judge, parse_judge_spec(judge).kind
         self.cot, self.cot_tokens, self.clamp = chain_of_thought, cot_max_new_tokens, cot_clamp_low
+        if decomposed is not None and (chain_of_thought or self.kind == "reward"):
+            raise ValueError(
+                "setting 'decompose': asks an lm: or openai: judge two plain questions (no chain of thought)"
+            )
+        questions = list(decomposed) if decomposed is not None else questions
+        self.decomposed, self._content_free = decomposed is not None, None
         target = parse_judge_spec(judge).target
         if self.kind == "lm":
             from rlhfkit.models.load import load_causal_lm
@@ -109,9 +118,30 @@ class Labeller:
             return self._openai_cot(judge, prompts, first, second)
         return self._lm_cot(judge, prompts, first, second)
 
+    def harm_probs(self, prompts: list[str]) -> torch.Tensor:
+        """P(the request is harmful), (N,), calibrated on a content-free request (Zhao et al. 2021, "Calibrate
+        before use"): the odds are divided by the odds the judge gives "N/A", which removes its prior for " Yes"."""
+        from rlhfkit.ai_feedback.constitution import CONTENT_FREE
+
+        harm = self.judges[0]
+        blank = [""] * len(prompts)
+        p = harm.first_wins(prompts, blank, blank).clamp(1e-6, 1 - 1e-6)
+        if self._content_free is None:
+            self._content_free = float(harm.first_wins([CONTENT_FREE], [""], [""])[0].clamp(1e-6, 1 - 1e-6))
+        p0 = self._content_free
+        odds = p / (1 - p) / (p0 / (1 - p0))
+        return odds / (1 + odds)
+
     def ask(self, prompts: list, a: list, b: list) -> tuple[torch.Tensor, torch.Tensor]:
         prompts = [flat_text(from_json(p)) for p in prompts]
         a, b = [flat_text(from_json(x)) for x in a], [flat_text(from_json(x)) for x in b]
+        if self.decomposed:
+            # P(a better) = P(harmful) P(a declines) + P(benign) P(b declines), with P(a declines) asked in each order
+            p_harm, refusal = self.harm_probs(prompts), self.judges[1]
+            a_declines_ab = refusal.first_wins(prompts, a, b)
+            a_declines_ba = 1 - refusal.first_wins(prompts, b, a)
+            combine = lambda d: p_harm * d + (1 - p_harm) * (1 - d)  # noqa: E731
+            return combine(a_declines_ab).unsqueeze(0), combine(a_declines_ba).unsqueeze(0)  # (1, N) each
         ab = torch.stack([self.first_wins(j, prompts, a, b) for j in self.judges])  # (K, N)
         if self.kind == "reward":  # symmetric already: no order to swap
             return ab, ab
@@ -198,6 +228,7 @@ def run(cfg: LabelConfig) -> Path:
     folder = RunFolder.open(cfg.stage, cfg)
     constitution = load_constitution(cfg.constitution)
     comparisons = constitution.select(cfg.principles)
+    decomposed = decomposed_questions(constitution) if cfg.decompose else None
     pairs = read_pairs(cfg.data)[: cfg.max_pairs]
     human = read_records(cfg.human_data, "comparison")[0] if cfg.human_data else []
     labeller = Labeller(
@@ -208,8 +239,10 @@ def run(cfg: LabelConfig) -> Path:
         cfg.cot_max_new_tokens,
         cfg.cot_clamp_low,
         cfg.batch_size,
+        decomposed=decomposed,
     )
     names = [c.name for c in comparisons] if labeller.kind != "reward" else ["reward"]
+    names = ["decomposed"] if cfg.decompose else names
     parents = [parent_of("judge", cfg.judge.removeprefix("lm:"))]
     folder.start(parents, {"pairs": cfg.data, "human": cfg.human_data, "constitution": cfg.constitution})
 

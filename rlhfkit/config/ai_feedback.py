@@ -94,6 +94,11 @@ class LabelConfig(StageConfig):
     constitution: str | None = Field(None, description=CONSTITUTION_HELP)
     principles: list[str] | None = Field(None, description="the comparison principles to average over; default all")
     both_orders: bool = Field(True, description="ask A/B and B/A and average (removes the position bias)")
+    decompose: bool = Field(
+        False,
+        description="ask two easier questions instead of the comparisons (small feedback models): is the request "
+        "harmful, and which response declines it; the constitution's 'decomposed' section",
+    )
     chain_of_thought: bool = Field(
         False, description="the judge reasons first, then answers; probabilities clamped to [cot_clamp_low, 1 - low]"
     )
