@@ -133,7 +133,10 @@ def main() -> None:
         m = min(n, args.serve_max_pairs) if spec.startswith("openai:") else n
         name = spec.split("#")[-1] if spec.startswith("openai:") else spec
         folder = out / (
-            "label-" + name.replace(":", "-").replace("/", "-") + ("-http" if spec.startswith("openai:") else "")
+            "label-"
+            + name.replace(":", "-").replace("/", "-")
+            + ("-http" if spec.startswith("openai:") else "")
+            + ("-decomposed" if decompose else "")
         )
         cpu, wall = time.process_time(), time.perf_counter()
         if not (folder / "card.json").exists() or not RunCard.read(folder).finished:
