@@ -188,6 +188,10 @@ class CAIConfig(StageConfig):
         ["less-harmful", "refuse-only-harm", "harmless-helpful"],
         description="comparison principles the labels average over (each costs a pass of the feedback model)",
     )
+    label_decompose: bool = Field(
+        False,
+        description="ask the feedback model the constitution's two decomposed questions (rlhfkit label --decompose)",
+    )
     methods: list[Literal["dpo", "ppo"]] = Field(["dpo", "ppo"], description="which RL-CAI methods to run")
     n_train_harmful: int = Field(93, gt=0, description="harmful training requests (red-team prompts), one per act")
     n_train_benign: int = Field(93, gt=0, description="benign training requests (look-alikes and everyday ones)")

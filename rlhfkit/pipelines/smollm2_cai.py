@@ -189,6 +189,7 @@ def run(cfg: CAIConfig) -> Path:
                 judge_format=cfg.feedback_format,
                 constitution=cfg.constitution,
                 principles=cfg.label_principles,
+                decompose=cfg.label_decompose,
                 output_dir=str(run_dir / "label"),
                 seed=cfg.seed,
                 batch_size=16,
