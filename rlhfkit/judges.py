@@ -150,7 +150,8 @@ class LMJudge(QuestionJudge):
         """The text after which the model's next tokens are an option (``answer``: the answer prefix included;
         without it, the text after which a judge that reasons first writes its reasoning)."""
         q = self.question
-        shots = [(q.ask(p, x, y), q.answer_prefix + q.options[k] + ")") for p, x, y, k in q.few_shot]
+        close = ")" if q.answer_prefix.endswith("(") else ""  # "The answer is: (A)", but "Answer: Yes"
+        shots = [(q.ask(p, x, y), q.answer_prefix + q.options[k] + close) for p, x, y, k in q.few_shot]
         prefix = q.answer_prefix if answer else ""
         if self.chat:
             turns = [
