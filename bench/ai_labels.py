@@ -90,6 +90,18 @@ def serve(model_spec: str) -> tuple[ThreadingHTTPServer, str]:
     return server, f"openai:http://127.0.0.1:{server.server_port}/v1#{model_spec}"
 
 
+def harm_auc(judge: str, requests: list[str], harmful: list[bool]) -> None:
+    from rlhfkit.ai_feedback.constitution import decomposed_questions, load_constitution
+    from rlhfkit.ai_feedback.label import Labeller
+
+    spec, fmt = judge.rsplit(":", 1)
+    labeller = Labeller(spec, [], fmt, decomposed=decomposed_questions(load_constitution(None)))
+    p = labeller.harm_probs(requests).tolist()
+    pos, neg = [x for x, h in zip(p, harmful) if h], [x for x, h in zip(p, harmful) if not h]
+    auc = sum((a > b) + 0.5 * (a == b) for a in pos for b in neg) / (len(pos) * len(neg))
+    print(f"{spec}: AUC of P(harmful) over {len(pos)} harmful and {len(neg)} benign requests: {auc:.3f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--output-dir", default="runs/ai-labels")
@@ -108,6 +120,13 @@ def main() -> None:
         "--serve-max-pairs", type=int, default=12, help="pairs asked through the local server (no prefix cache there)"
     )
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument(
+        "--harm-auc",
+        default=None,
+        metavar="JUDGE:FORMAT",
+        help="only this: the AUC with which the decomposed harm question's P(harmful) separates the pairs' harmful "
+        "requests from the benign ones",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.output_dir)
@@ -119,6 +138,11 @@ def main() -> None:
     n = min(len(pairs), args.max_pairs or len(pairs))
     print(f"{n} reference pairs ({sum(p['kind'] == 'harmful' for p in pairs[:n])} harmful); load {os.getloadavg()}")
 
+    if args.harm_auc:
+        harm_auc(
+            args.harm_auc, [p["prompt"][-1]["content"] for p in pairs[:n]], [p["kind"] == "harmful" for p in pairs[:n]]
+        )
+        return
     judges = []
     for j in args.judges:
         decompose = j.endswith(":decompose")
