@@ -74,11 +74,11 @@ def test_self_referring_openings_are_cut(text, expected, leaked):
 
 def test_comparisons_take_a_soft_label_and_a_source():
     row = dict(prompt="p", chosen="a", rejected="b")
-    assert Comparison(**row, label_prob=0.7, source="ai:lm:x").label_prob == 0.7
-    with pytest.raises(ValueError, match="label_prob.*not a probability"):
-        Comparison(**row, label_prob=1.5)
-    with pytest.raises(ValueError, match="'tie' and 'label_prob'"):
-        Comparison(**row, label_prob=0.5, tie=True)
+    assert Comparison(**row, chosen_prob=0.7, source="ai:lm:x").chosen_prob == 0.7
+    with pytest.raises(ValueError, match="chosen_prob.*not a probability"):
+        Comparison(**row, chosen_prob=1.5)
+    with pytest.raises(ValueError, match="'tie' and 'chosen_prob'"):
+        Comparison(**row, chosen_prob=0.5, tie=True)
 
 
 # --- labels: the arithmetic, by hand ---------------------------------------------------------------------
@@ -114,11 +114,11 @@ def test_label_rows_put_the_preferred_response_first_with_its_probability():
     pairs = [Pair("p", "x", "y", False), Pair("q", "u", "v", False)]
     ab, ba = torch.tensor([[0.8, 0.1]]), torch.tensor([[0.6, 0.3]])  # P(a): 0.7 and 0.2
     rows = label_rows(pairs, ab, ba, ["only"], "lm:m", both_orders=True)
-    assert (rows[0]["chosen"], rows[0]["rejected"], rows[0]["label_prob"]) == ("x", "y", 0.7)
-    assert (rows[1]["chosen"], rows[1]["rejected"], rows[1]["label_prob"]) == ("v", "u", 0.8)
+    assert (rows[0]["chosen"], rows[0]["rejected"], rows[0]["chosen_prob"]) == ("x", "y", 0.7)
+    assert (rows[1]["chosen"], rows[1]["rejected"], rows[1]["chosen_prob"]) == ("v", "u", 0.8)
     assert rows[1]["ai_principles"] == {"only": 0.8} and rows[0]["source"] == "ai:lm:m"
     one = label_rows(pairs, ab, ba, ["only"], "lm:m", both_orders=False)
-    assert one[0]["label_prob"] == 0.8 and one[1]["label_prob"] == 0.9
+    assert one[0]["chosen_prob"] == 0.8 and one[1]["chosen_prob"] == 0.9
 
 
 # --- speed-ups that must not change results --------------------------------------------------------------
@@ -210,7 +210,7 @@ def test_label_writes_comparisons_with_soft_labels_and_mixes_in_people(tmp_path)
     records, invalid = read_records(path / "labels.jsonl", "comparison")
     assert len(records) == 4 and not invalid
     assert [r.source for r in records] == ["ai:lm:tiny"] * 3 + ["human"]
-    assert all(0.5 <= r.label_prob <= 1 for r in records[:3]) and records[3].label_prob is None
+    assert all(0.5 <= r.chosen_prob <= 1 for r in records[:3]) and records[3].chosen_prob is None
     card = RunCard.read(path)
     assert card.finished and set(card.figures["agreement"]) == {
         "ensembled_both_orders", "ensembled_one_order", "one_principle_both_orders", "one_principle_one_order"
@@ -295,7 +295,7 @@ def test_label_through_an_openai_compatible_server(tmp_path):
         server.server_close()
     rows = read_jsonl(path / "labels.jsonl")
     assert [r["chosen"] for r in rows] == ["i can not help with that .", "i can not help .", "i can not help ."]
-    assert [r["label_prob"] for r in rows] == pytest.approx([0.75] * 3)
+    assert [r["chosen_prob"] for r in rows] == pytest.approx([0.75] * 3)
     card = RunCard.read(path)
     assert card.figures["position_bias"] == pytest.approx(0.1)
     assert card.figures["agreement"]["ensembled_both_orders"] == pytest.approx(1 / 3)

@@ -11,7 +11,7 @@ removes the position bias); with chain of thought the judge reasons first and it
 Input rows: ``prompt`` with ``response_a``/``response_b``, or with ``chosen``/``rejected`` (any comparison file;
 then the figures also give the agreement of the AI labels with that orientation, with and without ensembling
 and position swapping). Output (``labels.jsonl`` in the run folder): ordinary comparison rows with the AI's
-preferred response as ``chosen``, ``label_prob`` = P(chosen is better) >= 0.5, ``source`` ``ai:<judge>``, and
+preferred response as ``chosen``, ``chosen_prob`` = P(chosen is better) >= 0.5, ``source`` ``ai:<judge>``, and
 ``ai_principles``: each principle's own P(chosen is better). ``--human-data`` rows are copied in with
 ``source: human``, so one file trains on both. Labels are written in chunks; an interrupted run resumes.
 """
@@ -199,7 +199,7 @@ def agreement(ab: torch.Tensor, ba: torch.Tensor, seed: int = 0) -> dict[str, fl
 
 
 def label_rows(pairs: list[Pair], ab: torch.Tensor, ba: torch.Tensor, names: list[str], spec: str, both_orders: bool):
-    """Comparison rows: the preferred response as chosen, label_prob = P(chosen better), each principle's own."""
+    """Comparison rows: the preferred response as chosen, chosen_prob = P(chosen better), each principle's own."""
     per_principle = (ab + ba) / 2 if both_orders else ab  # (K, N): P(a better)
     prob_a = per_principle.mean(0)
     rows = []
@@ -213,7 +213,7 @@ def label_rows(pairs: list[Pair], ab: torch.Tensor, ba: torch.Tensor, names: lis
                 "prompt": pair.prompt,
                 "chosen": chosen,
                 "rejected": rejected,
-                "label_prob": round(p if a_wins else 1 - p, 4),
+                "chosen_prob": round(p if a_wins else 1 - p, 4),
                 "source": f"ai:{spec}",
                 "annotator": spec,
                 "ai_principles": own,
@@ -269,7 +269,7 @@ def run(cfg: LabelConfig) -> Path:
         "pairs": len(pairs),
         "judge": cfg.judge,
         "principles": names,
-        "mean_confidence": sum(abs(r["label_prob"] - 0.5) * 2 for r in ai) / max(len(ai), 1),
+        "mean_confidence": sum(abs(r["chosen_prob"] - 0.5) * 2 for r in ai) / max(len(ai), 1),
         "position_bias": float(((ab + (1 - ba)) / 2).mean() - 0.5) if labeller.kind != "reward" else None,
         "human_rows": len(human),
     }

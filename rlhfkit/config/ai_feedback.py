@@ -66,7 +66,7 @@ class LabelFigures(Figures):
     pairs: int
     judge: str
     principles: list[str]
-    mean_confidence: float = Field(description="mean |label_prob - 0.5| * 2 of the AI labels (0 = undecided)")
+    mean_confidence: float = Field(description="mean |chosen_prob - 0.5| * 2 of the AI labels (0 = undecided)")
     position_bias: float | None = Field(None, description="mean P(first shown) - 0.5, over both orders")
     agreement: dict[str, float] | None = Field(
         None,

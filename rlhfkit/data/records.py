@@ -3,9 +3,10 @@
 Field names follow TRL so its datasets load as they are:
 - demonstrations: ``prompt``/``completion`` (strings or message lists) or conversational ``messages``;
 - comparisons: ``prompt``/``chosen``/``rejected`` (TRL's "explicit prompt" preference format), plus
-  optional ``tie``, ``annotator``, ``margin``, ``label_prob`` (a soft label: P(``chosen`` is the better one),
-  in [0, 1], e.g. an AI feedback model's normalised option probability) and ``source`` (who labelled it:
-  ``human``, ``ai:<judge>``, ..., so that people's and AI labels mix in one file). TRL's "implicit prompt" form (conversational
+  optional ``tie``, ``annotator``, ``margin``, ``chosen_prob`` (a soft label: the probability in [0, 1] that
+  ``chosen`` is the better response, e.g. an AI judge's normalised option probability or a share of votes) and
+  ``source`` (who labelled it: ``human``, ``ai:<judge>``, ..., so that people's and AI labels mix in one file).
+  TRL's "implicit prompt" form (conversational
   ``chosen``/``rejected`` with no ``prompt``) is accepted: the shared leading messages become the prompt;
 - rankings: ``prompt``, ``completions`` (K >= 2) and ``ranking`` (indices into completions, best first);
 - ratings: ``prompt``/``completion`` with either ``rating`` on a 1..``scale`` Likert scale or
@@ -83,7 +84,7 @@ class Comparison(Record):
     tie: StrictBool = False
     annotator: StrictStr | None = None
     margin: StrictFloat | StrictInt | None = None
-    label_prob: StrictFloat | StrictInt | None = None
+    chosen_prob: StrictFloat | StrictInt | None = None
     source: StrictStr | None = None
 
     @model_validator(mode="before")
@@ -102,10 +103,15 @@ class Comparison(Record):
         self._require_text("prompt", "chosen", "rejected")
         if self.chosen == self.rejected:
             raise ValueError("fields 'chosen' and 'rejected': are identical, so the pair says nothing")
-        if self.label_prob is not None and not 0 <= self.label_prob <= 1:
-            raise ValueError(f"field 'label_prob': {self.label_prob} is not a probability in [0, 1]")
-        if self.label_prob is not None and self.tie:
-            raise ValueError("fields 'tie' and 'label_prob': give one (a tie is label_prob 0.5 without the tie model)")
+        if self.chosen_prob is not None:
+            if not 0 <= self.chosen_prob <= 1:
+                raise ValueError(f"field 'chosen_prob': {self.chosen_prob} is not a probability in [0, 1]")
+            if self.tie:
+                raise ValueError(
+                    "fields 'tie' and 'chosen_prob': give one, not both (a pair is a tie or has a soft label)"
+                )
+            if self.margin is not None:
+                raise ValueError("fields 'margin' and 'chosen_prob': give one; a soft label has no margin")
         return self
 
 

@@ -92,7 +92,7 @@ def rule_agreement(labels: list[dict], harmful: set[str]) -> dict:
     for r in labels:
         prompt = r["prompt"][-1]["content"] if isinstance(r["prompt"], list) else r["prompt"]
         chosen_refuses, rejected_refuses = harmless.is_refusal(r["chosen"]), harmless.is_refusal(r["rejected"])
-        if chosen_refuses == rejected_refuses or r["label_prob"] == 0.5:
+        if chosen_refuses == rejected_refuses or r["chosen_prob"] == 0.5:
             continue
         n += 1
         hits += chosen_refuses == (prompt in harmful)
@@ -200,7 +200,7 @@ def run(cfg: CAIConfig) -> Path:
     )
     free()
     labels = read_jsonl(label_dir / "labels.jsonl")
-    prefs = [r for r in labels if r["label_prob"] >= cfg.min_label_prob]
+    prefs = [r for r in labels if r["chosen_prob"] >= cfg.min_label_prob]
     prefs_path = run_dir / "prefs.jsonl"
     write_jsonl(prefs_path, [{k: v for k, v in r.items() if k != "ai_principles"} for r in prefs])
     agreement = rule_agreement(labels, set(harmful))
