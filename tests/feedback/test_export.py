@@ -6,7 +6,7 @@ import pytest
 
 from rlhfkit.data import read_records
 from rlhfkit.feedback.export import build_records, label_rows, write_records
-from tests.feedback.helpers import label, new_store, tasks, users
+from tests.feedback.helpers import label, new_store, project_id, tasks, users
 
 
 @pytest.fixture
@@ -38,7 +38,7 @@ def labelled(tmp_path):
         label(store, user, thumbs, {"thumbs": thumbs_})
     label(store, a, gold, {"choice": 0}, reason="known answer")
     with store.read() as db:
-        yield store, label_rows(db), label_rows(db, include_gold=True)
+        yield store, label_rows(db, project_id(store)), label_rows(db, project_id(store), include_gold=True)
 
 
 def roundtrip(tmp_path, kind, records, fmt="jsonl"):
@@ -118,7 +118,7 @@ def test_rejected_labels_are_not_exported(labelled):
         db.get(Label, cat_pair).review_status = "rejected"
         db.commit()
     with store.read() as db:
-        records = build_records("comparison", label_rows(db))
+        records = build_records("comparison", label_rows(db, project_id(store)))
     assert [r["annotator"] for r in records if r["prompt"] == "pair"] == ["ann", "bob"]
 
 
