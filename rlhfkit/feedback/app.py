@@ -14,7 +14,7 @@ from sqlalchemy.exc import DataError
 from rlhfkit.feedback import auth
 from rlhfkit.feedback.active import Scorer
 from rlhfkit.feedback.db import Store
-from rlhfkit.feedback.limits import BodyLimitMiddleware, Guards, Limits, database_refused, validation_error
+from rlhfkit.feedback.limits import Guards, Limits, ShieldMiddleware, database_refused, validation_error
 from rlhfkit.feedback.pages import add_pages
 from rlhfkit.feedback.projects import ProjectCache
 from rlhfkit.feedback.routes_admin import admin
@@ -103,12 +103,12 @@ def create_app(
     app.state.session_hours = session_hours
     app.state.scorer = scorer
     app.state.limits = limits = limits or Limits()
-    app.state.guards = Guards(limits)
+    app.state.guards = guards = Guards(limits)
     app.state.projects = ProjectCache(store)
 
-    # Outermost last: the body limit sees a request before anything reads it.
+    # Outermost last: the shield (login flood, body limits) sees a request before anything reads it.
     app.add_middleware(SecurityMiddleware)
-    app.add_middleware(BodyLimitMiddleware, limits=limits)
+    app.add_middleware(ShieldMiddleware, limits=limits, guards=guards)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(DataError, database_refused)
 

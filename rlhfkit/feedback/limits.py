@@ -2,12 +2,17 @@
 limits, error answers that never repeat their input, and the post-login redirect check.
 
 Login is where an anonymous client can make the server work hardest: one Argon2id verification costs
-~0.2 s of CPU here (argon2-cffi's defaults: 64 MiB, 3 passes, 4 lanes). So before any hashing a login
+~0.3 s of CPU here (argon2-cffi's defaults: 64 MiB, 3 passes, 4 lanes). So before any hashing a login
 or invite attempt must pass (1) a token bucket per client address and (2) one per account, both spent
 only by failures, and (3) a server-wide gate that lets ``hash_concurrency`` verifications run at once
 with at most ``hash_queue`` more waiting. Anything beyond gets 429 with Retry-After at once, costing
-microseconds. Labelling never waits on any of this: sessions are checked by a SHA-256 lookup, and
-hashing runs in a worker thread, never on the event loop or under the store's write lock.
+microseconds of CPU (after a one-second pause that holds the flooding client, not the server).
+Labelling never waits on any of this: sessions are checked by a SHA-256 lookup, and
+hashing runs in its own worker thread, never on the event loop or under the store's write lock.
+
+That thread runs at the lowest CPU priority (Linux's SCHED_IDLE, which is per thread and inherited by
+Argon2's lane threads), so the hashing the limits still allow uses only CPU that labelling leaves idle:
+under a flood, logins slow down, labelling much less.
 
 The buckets live in each server process (``serve --workers N`` allows N times the rate) and are lost on
 restart; they slow guessing to a crawl, they are not an account lockout.
@@ -17,9 +22,12 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import re
+import threading
 import time
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Annotated
 from urllib.parse import unquote, urlsplit
@@ -33,6 +41,7 @@ from sqlalchemy.exc import DataError
 from rlhfkit.feedback.models import storable
 
 MAX_ID = 2**31 - 1  # ids are 32-bit integers on PostgreSQL; a larger one cannot name anything
+TARPIT_SECONDS = 1.0  # how long a refused login attempt waits for its 429
 
 
 def _storable(value: str) -> str:
@@ -52,10 +61,12 @@ class Limits:
     body_bytes: int = 1 << 20  # any API request body but a task upload
     auth_body_bytes: int = 16 << 10  # login, invite, password: nothing there needs more
     upload_bytes: int = 64 << 20  # POST /api/admin/tasks
-    address_failures: int = 20  # failed logins an address may make at once ...
-    address_refill: float = 1 / 3  # ... then one more every 3 s
-    account_failures: int = 10  # failed logins on one account at once ...
-    account_refill: float = 1 / 30  # ... then one more every 30 s
+    # Failed logins: each costs ~0.3 s of CPU, so the refill rates bound what a flood can make the
+    # server do: four flooding addresses get 4 / 20 = 0.2 hashes per second once their bursts are spent.
+    address_failures: int = 10  # failed logins an address may make at once ...
+    address_refill: float = 1 / 20  # ... then one more every 20 s
+    account_failures: int = 5  # failed logins on one account at once ...
+    account_refill: float = 1 / 60  # ... then one more a minute
     hash_concurrency: int = 1  # Argon2 verifications running at once (each already uses 4 lanes)
     hash_queue: int = 8  # more may wait; beyond that, 429
     api_rate: float = 50.0  # authenticated requests per second and account (0 = no limit) ...
@@ -102,12 +113,13 @@ class RateLimiter:
 class HashGate:
     """At most ``concurrency`` password hashes at once and ``queue`` waiting; more are refused at once."""
 
-    def __init__(self, concurrency: int, queue: int):
+    def __init__(self, concurrency: int, queue: int, tarpit: float = 0.0):
         self.semaphore = asyncio.Semaphore(concurrency)
-        self.queue, self.waiting = queue, 0
+        self.queue, self.waiting, self.tarpit = queue, 0, tarpit
 
     async def __aenter__(self):
         if self.waiting >= self.queue:
+            await asyncio.sleep(self.tarpit)  # hold the flooding client's connection a moment, not the CPU
             raise TooMany(1, "too many logins are being checked right now")
         self.waiting += 1
         try:
@@ -119,8 +131,24 @@ class HashGate:
         self.semaphore.release()
 
 
+def _background_priority() -> None:
+    """Make the calling thread a background one: Linux's SCHED_IDLE policy (it runs only when nothing
+    else wants the CPU), or else the lowest nice value. On Linux both are per thread, and threads it
+    starts (Argon2's lanes) inherit them; elsewhere they would apply to the whole process, so nothing
+    is changed there."""
+    if os.uname().sysname != "Linux":
+        return
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        except OSError:
+            pass
+
+
 class Guards:
-    """The per-process rate limiters and the hashing gate of one app."""
+    """The per-process rate limiters, the hashing gate and the low-priority hashing threads of one app."""
 
     def __init__(self, limits: Limits):
         self.limits = limits
@@ -128,12 +156,20 @@ class Guards:
         self.account = RateLimiter(limits.account_failures, limits.account_refill)
         self.api = RateLimiter(limits.api_burst, limits.api_rate) if limits.api_rate > 0 else None
         self._gate: HashGate | None = None
+        self.hash_threads = ThreadPoolExecutor(
+            limits.hash_concurrency, thread_name_prefix="password-hash", initializer=_background_priority
+        )
+
+    async def run_hash(self, fn, *args):
+        """Run a password hash or verification behind the gate, in a low-priority thread."""
+        async with self.hashing:
+            return await asyncio.get_running_loop().run_in_executor(self.hash_threads, fn, *args)
 
     @property
     def hashing(self) -> HashGate:
         # Made on first use, inside the server's event loop (an asyncio.Semaphore binds to its loop).
         if self._gate is None:
-            self._gate = HashGate(self.limits.hash_concurrency, self.limits.hash_queue)
+            self._gate = HashGate(self.limits.hash_concurrency, self.limits.hash_queue, TARPIT_SECONDS)
         return self._gate
 
     def check_login(self, address: str, account: str | None) -> None:
@@ -167,12 +203,18 @@ class BodyTooLarge(HTTPException):
         super().__init__(413, f"request body: larger than this endpoint accepts ({limit} bytes)")
 
 
-class BodyLimitMiddleware:
-    """Refuse a body larger than its endpoint's limit: at once from Content-Length, or, for a body sent
-    without one, as soon as the bytes read pass the limit (so the server never holds more)."""
+PASSWORD_PATHS = {"/api/auth/login", "/api/auth/invite", "/api/auth/password"}
 
-    def __init__(self, app, limits: Limits):
-        self.app, self.limits = app, limits
+
+class ShieldMiddleware:
+    """In front of everything: (1) a login or invite attempt from an address whose failures used up its
+    bucket is answered 429 before its body is read or parsed (a flood's refusals must cost next to
+    nothing), after a pause of ``TARPIT_SECONDS`` that holds a flooding client's connection, not the
+    server's CPU; (2) a body larger than its endpoint's limit is refused with 413: at once from
+    Content-Length, or, for a body sent without one, as soon as the bytes read pass the limit."""
+
+    def __init__(self, app, limits: Limits, guards: Guards):
+        self.app, self.limits, self.guards = app, limits, guards
 
     def limit_for(self, path: str) -> int:
         if path == "/api/admin/tasks":
@@ -184,6 +226,14 @@ class BodyLimitMiddleware:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        if scope["method"] == "POST" and scope["path"] in PASSWORD_PATHS:
+            client = scope.get("client")
+            wait = self.guards.address.wait(client[0] if client else "unknown")
+            if wait > 0:
+                await asyncio.sleep(TARPIT_SECONDS)
+                refused = TooMany(wait, "too many failed logins from your address")
+                response = JSONResponse({"detail": refused.detail}, status_code=429, headers=refused.headers)
+                return await response(scope, receive, send)
         limit = self.limit_for(scope["path"])
         for name, value in scope["headers"]:
             if name == b"content-length" and (not value.isdigit() or int(value) > limit):

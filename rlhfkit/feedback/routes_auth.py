@@ -9,13 +9,14 @@ stall label submissions.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timezone
 
 from anyio import to_thread
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 
 from rlhfkit.feedback import auth
-from rlhfkit.feedback.limits import client_address
+from rlhfkit.feedback.limits import TARPIT_SECONDS, TooMany, client_address
 from rlhfkit.feedback.models import User
 from rlhfkit.feedback.schemas import InviteIn, LoginIn, PasswordIn, SessionOut, UserOut
 
@@ -59,20 +60,27 @@ def _read_login(store, username: str):
 
 
 async def _verify(request: Request, stored_hash: str | None, password: str) -> bool:
-    async with request.app.state.guards.hashing:  # 429 at once when too many are queued
-        return await to_thread.run_sync(auth.verify_password, stored_hash, password)
+    # 429 at once when too many are queued; else a low-priority thread (see limits.py)
+    return await request.app.state.guards.run_hash(auth.verify_password, stored_hash, password)
 
 
 async def _hash(request: Request, password: str) -> str:
-    async with request.app.state.guards.hashing:
-        return await to_thread.run_sync(auth.hash_password, password)
+    return await request.app.state.guards.run_hash(auth.hash_password, password)
+
+
+async def _check_login(request: Request, address: str, account: str | None) -> None:
+    try:
+        request.app.state.guards.check_login(address, account)
+    except TooMany:
+        await asyncio.sleep(TARPIT_SECONDS)  # as the shield does: hold the flooding client, not the CPU
+        raise
 
 
 @router.post("/login", response_model=SessionOut, responses={429: {"description": "too many failed logins"}})
 async def login(body: LoginIn, request: Request, response: Response) -> SessionOut:
     store, guards = request.app.state.store, request.app.state.guards
     address = client_address(request)
-    guards.check_login(address, body.username)
+    await _check_login(request, address, body.username)
     record = await store.run(_read_login, store, body.username)
     ok = await _verify(request, record.password_hash if record is not None else None, body.password)
     if not ok or not record.active:
@@ -99,7 +107,7 @@ def _redeem(store, token: str, password_hash: str | None, hours: float):
 async def redeem(body: InviteIn, request: Request, response: Response) -> SessionOut:
     store, guards = request.app.state.store, request.app.state.guards
     address = client_address(request)
-    guards.check_login(address, None)
+    await _check_login(request, address, None)
     try:
         await store.run(_check_invite, store, body.token)
         if body.password:
@@ -130,7 +138,7 @@ async def change_password(
 ) -> SessionOut:
     store, guards = request.app.state.store, request.app.state.guards
     address = client_address(request)
-    guards.check_login(address, user.username)
+    await _check_login(request, address, user.username)
     try:
         auth.check_new_password(body.new_password)
     except auth.AuthError as e:
