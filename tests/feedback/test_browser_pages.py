@@ -157,7 +157,7 @@ def test_leaderboard_ranks_models_from_the_votes(srv, browser):
     rows += [task(i + 12, "llama-3-8b-dpo", "tiny-baseline") for i in range(4)]
     ids = srv.load(rows)
     votes = [0, 0, 0, 0, 1, "tie"] + [0, 0, 0, 0, 1, 0] + [0, 0, 0, "both_bad"]
-    for voter in range(2):
+    for _ in range(2):  # two voters
         _, client = srv.new_user()
         for t, v in zip(ids, votes):
             labelled_by_api(srv, client, t, {"choice": v})
