@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, Text, and_, cast, distinct, func, or_, select
+from sqlalchemy import Connection, Text, and_, cast, distinct, exists, func, or_, select
 from sqlalchemy.orm import aliased
 
 from rlhfkit.feedback.models import KINDS, Label, Task, User
@@ -142,10 +142,12 @@ def review_queue(
 
 def history(conn: Connection, user_id: int, project_id: int, limit: int, offset: int) -> dict:
     """One annotator's labels in a project, newest first, each with its item: {"total", "items"}."""
-    conditions = and_(Label.annotator_id == user_id, Task.project_id == project_id)
-    total = conn.execute(
-        select(func.count()).select_from(Label).join(Task, Task.id == Label.task_id).where(conditions)
-    ).scalar_one()
+    # The project as a correlated EXISTS, so the user's label index drives both queries (see
+    # store._PROGRESS: a join filtered on the project makes SQLite walk the project's tasks).
+    task = aliased(Task, name="own_task")  # not the joined Task below, so it stays inside the EXISTS
+    in_project = exists().where(task.id == Label.task_id, task.project_id == project_id)
+    conditions = and_(Label.annotator_id == user_id, in_project)
+    total = conn.execute(select(func.count()).select_from(Label).where(conditions)).scalar_one()
     rows = conn.execute(
         select(
             *(getattr(Label, name) for name in LABEL_FIELDS),

@@ -177,22 +177,33 @@ def skip_task(db: Session, user: User, task_id: int) -> None:
 
 
 _OPEN = and_(_IN_PROJECT, Task.is_gold.is_(False), Task.n_labels < bindparam("overlap"))
+# The user's own labels and skips are few; the project's tasks are many. Each count is written as a
+# correlated EXISTS on the task so that it is driven by the user's index and probes tasks by primary
+# key. Written as a join, SQLite (without statistics) walks every task of the project instead: 10.6 ms
+# per call against 0.9 ms this way, measured with 5,000 tasks and 100 labels by the user.
+
+
+def _task_is(column, *conditions):
+    return exists().where(Task.id == column, *conditions)
+
+
 _PROGRESS = select(
     select(func.count())
     .select_from(Label)
-    .join(Task, Task.id == Label.task_id)
-    .where(Label.annotator_id == bindparam("user_id"), _IN_PROJECT)
+    .where(Label.annotator_id == bindparam("user_id"), _task_is(Label.task_id, _IN_PROJECT))
     .scalar_subquery(),
     select(func.count()).select_from(Task).where(_OPEN).scalar_subquery(),
     select(func.count())
     .select_from(Label)
-    .join(Task, Task.id == Label.task_id)
-    .where(Label.annotator_id == bindparam("user_id"), _OPEN)
+    .where(Label.annotator_id == bindparam("user_id"), _task_is(Label.task_id, _OPEN))
     .scalar_subquery(),
     select(func.count())
     .select_from(Assignment)
-    .join(Task, Task.id == Assignment.task_id)
-    .where(Assignment.user_id == bindparam("user_id"), Assignment.skipped.is_(True), _OPEN)
+    .where(
+        Assignment.user_id == bindparam("user_id"),
+        Assignment.skipped.is_(True),
+        _task_is(Assignment.task_id, _OPEN),
+    )
     .scalar_subquery(),
 )
 
