@@ -48,7 +48,10 @@ def serve(
     overlap: int = typer.Option(3, help="labels wanted per item (k annotators each), in every project"),
     gold_rate: float = typer.Option(0.0, help="share of served items drawn from gold items"),
     session_hours: float = typer.Option(12.0, help="a login lasts this long"),
-    scorer: str | None = typer.Option(None, help="module:function or rm:PATH; scores tasks uploaded through the API"),
+    scorer: str | None = typer.Option(
+        None,
+        help="any reward setting (a reward-model run folder, module:function, an endpoint...); scores tasks uploaded through the API",
+    ),
     workers: int = typer.Option(
         1, help="server processes (Python is CPU-bound per process; each request is short, so 2-4 help under load)"
     ),
@@ -146,7 +149,7 @@ def load(
     db: str = DB,
     project: str = PROJECT,
     scorer: str | None = typer.Option(
-        None, help="module:function or rm:PATH: score responses now so --strategy uncertainty|disagreement can use them"
+        None, help="any reward setting: score responses now so --strategy uncertainty|disagreement can use them"
     ),
 ) -> None:
     """Import tasks from JSONL: {"prompt", "responses": [...], "kind"?, "scale"?, "id"?, "gold"?, "meta"?}.
@@ -174,7 +177,9 @@ def load(
 
 @annotate_app.command()
 def score(
-    db: str = DB, project: str = PROJECT, scorer: str = typer.Option(..., help="module:function or rm:PATH")
+    db: str = DB,
+    project: str = PROJECT,
+    scorer: str = typer.Option(..., help="any reward setting (a reward-model run folder, module:function, ...)"),
 ) -> None:
     """(Re)score a project's tasks with a reward model, e.g. after training a new one. The suggestions
     shown to annotators (where the project shows them) follow the new scores."""
@@ -203,7 +208,7 @@ def score(
 
 @annotate_app.command()
 def generate(
-    model: Path = typer.Option(..., help="Hugging Face causal LM folder"),
+    model: str = typer.Option(..., help="a model setting: a run folder, a Hugging Face folder, a built-in name"),
     prompts: Path = typer.Option(..., help=".txt (one a line) or .jsonl with 'prompt'"),
     out: Path = typer.Option(..., help="task JSONL to write (load it with 'annotate load')"),
     k: int = typer.Option(2, help="responses per prompt"),
