@@ -44,13 +44,13 @@ from annotate_load import TRANSIENT, RawClient, Run, ServerProcess, answer_for, 
 from rlhfkit.feedback.db import Store, migrate  # noqa: E402
 
 
-async def honest(url: str, token: str, stop: asyncio.Event, run: Run, seed: int) -> None:
+async def honest(url: str, token: str, stop: asyncio.Event, run: Run, seed: int, project: str) -> None:
     rng = random.Random(seed)
     client = RawClient(url)
     auth = {"Authorization": f"Bearer {token}"}
     try:
         while not stop.is_set():
-            r = await client.request("GET", "/api/next", auth)
+            r = await client.request("GET", f"/api/next?project={project}", auth)
             task = r.json()["task"] if r.status_code == 200 else None
             if task is None:
                 run.errors.append(f"next: {r.status_code} {r.text[:100]}")
@@ -116,10 +116,10 @@ def flood_process(url: str, mode: str, names: list[str], subnet: int, ready, sto
     out.put(dict(asyncio.run(attack())))
 
 
-async def honest_phase(url: str, sessions, seconds: float) -> tuple[Run, float]:
+async def honest_phase(url: str, sessions, seconds: float, project: str) -> tuple[Run, float]:
     stop = asyncio.Event()
     run = Run()
-    work = [asyncio.create_task(honest(url, tok, stop, run, seed)) for seed, (_, tok) in enumerate(sessions)]
+    work = [asyncio.create_task(honest(url, tok, stop, run, seed, project)) for seed, (_, tok) in enumerate(sessions)]
     t0 = time.perf_counter()
     await asyncio.sleep(seconds)
     stop.set()
@@ -128,7 +128,7 @@ async def honest_phase(url: str, sessions, seconds: float) -> tuple[Run, float]:
 
 
 def phase(
-    url: str, sessions, seconds: float, flood: str | None, names: list[str], subnet: int = 0
+    url: str, sessions, seconds: float, flood: str | None, names: list[str], subnet: int, project: str
 ) -> tuple[Run, Counter, float]:
     ctx = multiprocessing.get_context("spawn")
     ready, stop, out = ctx.Event(), ctx.Event(), ctx.Queue()
@@ -136,7 +136,7 @@ def phase(
     attacker.start()
     ready.wait(60)
     time.sleep(0.5)  # the flooders connect; the flood's first, costliest seconds are inside the timed window
-    run, took = asyncio.run(honest_phase(url, sessions, seconds))
+    run, took = asyncio.run(honest_phase(url, sessions, seconds, project))
     stop.set()
     answers = Counter(out.get(timeout=60))
     attacker.join(30)
@@ -170,7 +170,9 @@ def main() -> None:
     try:
         for n, (name, flood) in enumerate(phases):
             # Fresh annotators and items per phase, so every phase starts from the same queue state.
-            sessions = setup(store, f"flood{n}", 3, 6000)
+            # A project per phase: the queue and progress queries then see the same number of items in
+            # every phase, instead of more in each (the earlier phases' items are in other projects).
+            sessions = setup(store, f"flood{n}", 3, 3000, project=f"phase{n}")
             names = [f"flood{n}-{i}" for i in range(3)] + ["admin"]
             if n == 0:
                 server.start()
@@ -179,7 +181,7 @@ def main() -> None:
             time.sleep(3)
             load_before = os.getloadavg()[0]
             cpu0 = server.cpu_seconds()  # includes the flood's 0.5 s head start
-            run, answers, seconds = phase(server.url, sessions, args.seconds, flood, names, subnet=n)
+            run, answers, seconds = phase(server.url, sessions, args.seconds, flood, names, n, f"phase{n}")
             check = verify(store, [u for u, _ in sessions], run)
             results.append(
                 (name, run, answers, seconds, check, load_before, os.getloadavg()[0], server.cpu_seconds() - cpu0)

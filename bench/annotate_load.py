@@ -43,7 +43,7 @@ from sqlalchemy import func, select  # noqa: E402
 from rlhfkit.feedback.auth import create_user, start_session  # noqa: E402
 from rlhfkit.feedback.db import Store, migrate  # noqa: E402
 from rlhfkit.feedback.models import Label, Task  # noqa: E402
-from rlhfkit.feedback.projects import get_project  # noqa: E402
+from rlhfkit.feedback.projects import create_project, find_project, get_project  # noqa: E402
 
 
 class Reply:
@@ -184,11 +184,16 @@ class ServerProcess:
             self.proc.wait(10)
 
 
-def setup(store: Store, prefix: str, annotators: int, n_tasks: int) -> list[tuple[int, str]]:
-    """Annotators with sessions made directly (argon2 logins are not what is measured) and tasks."""
+def setup(
+    store: Store, prefix: str, annotators: int, n_tasks: int, project: str | None = None
+) -> list[tuple[int, str]]:
+    """Annotators with sessions made directly (argon2 logins are not what is measured) and tasks, in
+    ``project`` (made if new; default: the default project)."""
     rng = random.Random(prefix)
     with store.write() as db:
-        project_id = get_project(db, None).id  # the default project
+        if project is not None and find_project(db, project) is None:
+            create_project(db, project)
+        project_id = get_project(db, project).id
         users = [create_user(db, f"{prefix}-{i}", "annotator") for i in range(annotators)]
         tokens = [start_session(db, u.id, hours=2)[0] for u in users]
         for i in range(n_tasks):
