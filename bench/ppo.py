@@ -80,6 +80,7 @@ def bench_rlhfkit(tmp: Path, steps: int, **overrides) -> float:
 
     import rlhfkit.rollout as rollout
     from rlhfkit.runs import read_metrics
+    from rlhfkit.toy.data import data_file
     from rlhfkit.train.ppo import PPOConfig, run
 
     AcceleratorState._reset_state(reset_partial_state=True)  # TRL's Trainer set its own state in this process
@@ -90,6 +91,7 @@ def bench_rlhfkit(tmp: Path, steps: int, **overrides) -> float:
         settings = dict(
             model=MODEL,
             reward="bench.ppo:count_the",
+            data=str(data_file("prompt")),
             output_dir=str(out),
             max_steps=steps,
             batch_size=BATCH,
@@ -116,12 +118,12 @@ def bench_trl(tmp: Path, steps: int, num_iterations: int = 1, bf16: bool = False
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from rlhfkit.rollout import toy_prompts
+    from rlhfkit.toy.data import prompts as toy_prompts
 
     path = model_folder(tmp)
     model = _no_eos(AutoModelForCausalLM.from_pretrained(path))
     tok = AutoTokenizer.from_pretrained(path)
-    prompts = [[m.model_dump() for m in p] for p in toy_prompts(BATCH * steps, 0)]
+    prompts = toy_prompts(BATCH * steps, 0)
     data = Dataset.from_list([{"prompt": p} for p in prompts])
 
     def reward(prompts, completions, **kw):
@@ -172,16 +174,19 @@ def bench_trl(tmp: Path, steps: int, num_iterations: int = 1, bf16: bool = False
 def bench_rollout(repeat: int) -> dict[str, float]:
     """Tokens/s of the sampler (packed Llama step, and transformers' forward: ``packed_decode=False``) and of
     ``model.generate``, medians over ``repeat`` rounds after one warm-up round."""
+    from rlhfkit.config import SamplingPart
+    from rlhfkit.data.records import from_json
     from rlhfkit.models.tiny import build_tiny
-    from rlhfkit.rollout import SamplingParams, TransformersSampler, encode_prompts, toy_prompts
+    from rlhfkit.rollout import TransformersSampler, encode_prompts
+    from rlhfkit.toy.data import prompts as toy_prompts
 
     model, tok = build_tiny(MODEL)
     model = _no_eos(model).eval()
-    prompts = toy_prompts(BATCH, 0)
+    prompts = [from_json(p) for p in toy_prompts(BATCH, 0)]
     samplers = {}
     for name, packed in (("packed", True), ("transformers_forward", False)):
         samplers[name] = TransformersSampler(
-            model, tok, SamplingParams(max_new_tokens=NEW_TOKENS, temperature=1.0, packed_decode=packed)
+            model, tok, SamplingPart(max_new_tokens=NEW_TOKENS, temperature=1.0), packed_decode=packed
         )
         samplers[name].eos = []
     ids, mask = encode_prompts(tok, prompts)
@@ -225,7 +230,7 @@ def bench_products(repeat: int = 300) -> dict[str, float]:
     PackedLlama stores), (in, out) bf16. One copy per layer, cycled, so the weights are not hot in cache."""
     import torch.nn.functional as F
 
-    from rlhfkit.models.tiny import TINY_PRESETS
+    from rlhfkit.models.catalog import TINY_PRESETS
 
     H, inter = TINY_PRESETS[MODEL]["hidden_size"], TINY_PRESETS[MODEL]["intermediate_size"]
     layers = TINY_PRESETS[MODEL]["num_hidden_layers"]
@@ -271,13 +276,14 @@ with open("/proc/self/clear_refs", "w") as f:
     f.write("5")
 base = status_kb("VmRSS")
 common = dict(model="tiny-4m", lora=True, batch_size=8, max_steps=4, progress=False, report_to=["jsonl"], output_dir=out)
+from rlhfkit.toy.data import data_file
 if stage == "sft":
     from rlhfkit.train.sft import SFTConfig, run
-    run(SFTConfig(eval_fraction=0.0, **common))
+    run(SFTConfig(eval_fraction=0.0, data=str(data_file("demonstration")), **common))
 else:
     from rlhfkit.train.ppo import PPOConfig, run
-    run(PPOConfig(reward="bench.ppo:count_the", max_new_tokens=48, critic="head", reference="lora-off",
-                  eval_fraction=0.0, **common))
+    run(PPOConfig(reward="bench.ppo:count_the", data=str(data_file("prompt")), max_new_tokens=48, critic="head",
+                  reference="lora-off", eval_fraction=0.0, **common))
 peak = status_kb("VmHWM")
 print(json.dumps({{"base_mb": base / 1024, "peak_mb": peak / 1024}}))
 """

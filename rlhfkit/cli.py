@@ -1,17 +1,23 @@
 """The `rlhfkit` command: one subcommand per stage, each a thin call into that stage's ``run()``.
 
 Stage settings are not re-declared here: each stage command takes ``--config FILE`` and any setting of
-its config class as ``--name value``; ``rlhfkit <stage> --help`` lists them from the class itself.
+its config class as ``--name value``; ``rlhfkit <stage> --help`` lists them from the class itself. Only
+configs are imported until a stage runs, so ``--help`` and the annotation app start without torch.
 """
 
 from __future__ import annotations
 
+import os
 import sys
+import time
+import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 import typer
 
-from rlhfkit.config import ConfigError, describe_settings, load_config, parse_overrides
+from rlhfkit.config import ConfigError, StageConfig, describe_settings, load_config, parse_overrides, stages
+from rlhfkit.config import pipelines as pipeline_configs
 
 app = typer.Typer(
     help="RLHF end to end: SFT, feedback, reward models, DPO, PPO, evaluation.",
@@ -23,17 +29,115 @@ models_app = typer.Typer(help="Install and inspect models.", no_args_is_help=Tru
 app.add_typer(models_app, name="models")
 
 
-def _mount_annotate() -> None:
-    from rlhfkit.feedback import cli as feedback_cli
+@app.callback()
+def main(
+    verbose: bool = typer.Option(
+        False, "--verbose", help="show third-party progress bars, warnings and log messages (off by default)"
+    ),
+) -> None:
+    quiet_third_parties(verbose)
 
-    app.add_typer(feedback_cli.app, name="annotate", help="The human-feedback web app: serve, load, generate, export.")
+
+def quiet_third_parties(verbose: bool) -> None:
+    """Third-party progress bars ("Loading weights", "Writing model shards"), deprecation warnings and info
+    logs stay off unless asked for; rlhfkit's own progress and warnings stay on. Environment variables are set
+    before the libraries are imported, so nothing of them loads here; a user's own setting wins."""
+    if verbose:
+        return
+    for name, value in {
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+        "TRANSFORMERS_VERBOSITY": "error",
+        "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }.items():
+        os.environ.setdefault(name, value)
+    warnings.filterwarnings("ignore")
+    warnings.filterwarnings("default", module=r"rlhfkit(\.|$)")
+
+
+# The built-in data each stage takes for `--data toy` (written as an ordinary file by the toy world).
+TOY_KINDS = {"sft": "demonstration", "rm": "comparison", "dpo": "comparison", "kto": "rating"}
+
+
+def with_toy_data(cfg: StageConfig) -> StageConfig:
+    """``--data toy`` (and ``--eval-data toy``) name the toy world's built-in set: written as a file here, at
+    the edge, so the stage reads it like any user's data."""
+    kind = TOY_KINDS.get(getattr(cfg, "stage", ""), "prompt")
+    if getattr(cfg, "data_kind", "comparison") != "comparison":
+        kind = cfg.data_kind
+    updates = {}
+    for name in ("data", "eval_data"):
+        if getattr(cfg, name, None) == "toy":
+            from rlhfkit.toy.data import data_file
+
+            updates[name] = str(data_file(kind, seed=cfg.seed + (name == "eval_data")))
+    return cfg.model_copy(update=updates) if updates else cfg
+
+
+def with_output_dir(cfg: StageConfig) -> StageConfig:
+    """The run folder decided here, so an interrupted run can be resumed by naming it."""
+    if "output_dir" in type(cfg).model_fields and cfg.output_dir is None:
+        return cfg.model_copy(update={"output_dir": f"runs/{cfg.stage}-{time.strftime('%Y%m%d-%H%M%S')}"})
+    return cfg
+
+
+def resume_hint(cfg: StageConfig) -> str:
+    args = sys.argv[1:]
+    if getattr(cfg, "output_dir", None) and not any(a == "--output-dir" or a.startswith("--output-dir=") for a in args):
+        args = args + ["--output-dir", cfg.output_dir]
+    return "rlhfkit " + " ".join(args)
+
+
+def print_figures(path: Path) -> None:
+    """The figures a user ran the stage for, from its card, as a short table."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from rlhfkit.runs import RunCard
+
+    card = RunCard.read(path)
+    if card is None:
+        return
+    table = Table(title=f"{card.stage} finished: {path}", show_header=False, title_justify="left")
+    for name, value in card.figures.items():
+        if isinstance(value, float):
+            table.add_row(name, f"{value:.4g}")
+        elif isinstance(value, (int, str, bool)):
+            table.add_row(name, str(value))
+    Console().print(table)
 
 
 STAGE_CONTEXT = {"allow_extra_args": True, "ignore_unknown_options": True}
 
 
+def run_stage(cfg: StageConfig, runner: Callable[[StageConfig], Path], show_figures: bool = True) -> None:
+    """Run one stage from the command line: toy data resolved, a run folder named, errors as one line."""
+    from rlhfkit.data.io import DataError
+
+    cfg = with_output_dir(with_toy_data(cfg))
+    try:
+        path = runner(cfg)
+    except KeyboardInterrupt:
+        if getattr(cfg, "output_dir", None) and Path(cfg.output_dir).exists():
+            typer.echo(f"interrupted; to resume: {resume_hint(cfg)}", err=True)
+        raise typer.Exit(130) from None
+    except (ValueError, DataError, FileNotFoundError, FileExistsError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    if show_figures:
+        print_figures(Path(path))
+    else:
+        typer.echo(f"run folder: {path}")
+
+
 def stage_command(
-    name: str, config_class: type, runner: Callable, summary: str, parent: typer.Typer | None = None
+    name: str,
+    config_class: type,
+    runner: Callable,
+    summary: str,
+    parent: typer.Typer | None = None,
+    show_figures: bool = True,
 ) -> None:
     """Register ``rlhfkit <name>``: YAML config plus ``--setting value`` overrides, validated by ``config_class``."""
 
@@ -45,17 +149,13 @@ def stage_command(
         except ConfigError as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(2) from None
-        try:
-            path = runner(cfg)
-        except KeyboardInterrupt:
-            raise typer.Exit(130) from None
-        except (ValueError, FileNotFoundError, FileExistsError) as e:
-            typer.echo(f"error: {e}", err=True)
-            raise typer.Exit(1) from None
-        typer.echo(f"run folder: {path}")
+        run_stage(cfg, runner, show_figures)
 
-    command.__doc__ = f"{summary}\n\nSettings (YAML keys or flags):\n\n{describe_settings(config_class)}"
+    command.__doc__ = f"{summary}\n\n{describe_settings(config_class)}"
     (parent or app).command(name, context_settings=STAGE_CONTEXT)(command)
+
+
+# --- the stages: each a thin call into its run(), imported only when it runs --------------------------------
 
 
 def _sft(cfg):
@@ -82,6 +182,12 @@ def _dpo(cfg):
     return run(cfg)
 
 
+def _kto(cfg):
+    from rlhfkit.train.kto import run
+
+    return run(cfg)
+
+
 def _ppo(cfg):
     from rlhfkit.train.ppo import run
 
@@ -101,46 +207,85 @@ def _rejection(cfg):
 
 
 def _demo(cfg):
-    from rlhfkit.demo import run
+    from rlhfkit.pipelines.toy import run
 
     return run(cfg)
 
 
-def _register() -> None:
-    from rlhfkit.demo import DemoConfig
+def _smollm2_harmless(cfg):
+    from rlhfkit.pipelines.smollm2_harmless import run
 
-    stage_command("demo", DemoConfig, _demo, "The whole pipeline on the toy world (or --preset smollm2-harmless).")
-    from rlhfkit.train.dpo import DPOConfig
-    from rlhfkit.train.reward import RewardConfig, ScoreConfig
-    from rlhfkit.train.sft import SFTConfig
+    return run(cfg)
 
-    stage_command("sft", SFTConfig, _sft, "Supervised fine-tuning on demonstrations (loss on completions only).")
-    rm_app = typer.Typer(help="Reward models: train on comparisons or rankings, score responses.", no_args_is_help=True)
-    app.add_typer(rm_app, name="rm")
-    stage_command(
-        "train",
-        RewardConfig,
-        _rm_train,
-        "Train a reward model (or an ensemble) on comparisons or rankings.",
-        parent=rm_app,
-    )
-    stage_command(
-        "score", ScoreConfig, _rm_score, "Score a JSONL of prompt/response rows with a reward model.", parent=rm_app
-    )
-    stage_command("dpo", DPOConfig, _dpo, "Direct preference optimisation (sigmoid, cDPO, IPO, hinge, robust).")
-    from rlhfkit.train.ppo import PPOConfig
 
-    stage_command("ppo", PPOConfig, _ppo, "Online RLHF: PPO with KL control, or RLOO / GRPO group baselines.")
-    from rlhfkit.train.best_of_n import BestOfNConfig
-    from rlhfkit.train.rejection import RejectionConfig
+# preset name -> (its settings, its pipeline)
+PRESETS: dict[str, tuple[type[StageConfig], Callable]] = {
+    "toy": (pipeline_configs.DemoConfig, _demo),
+    "smollm2-harmless": (pipeline_configs.HarmlessConfig, _smollm2_harmless),
+}
 
-    stage_command("bon", BestOfNConfig, _bon, "Best-of-N sampling: chosen responses and the reward vs KL-bound curve.")
-    stage_command(
-        "rejection",
-        RejectionConfig,
-        _rejection,
-        "Rejection sampling fine-tuning: best of K per prompt, SFT on them; --rounds R = expert iteration.",
-    )
+
+@app.command("demo", context_settings=STAGE_CONTEXT)
+def demo(
+    ctx: typer.Context,
+    preset: str = typer.Option("toy", help=f"which pipeline: {' | '.join(PRESETS)}"),
+    config: str | None = typer.Option(None, "--config", "-c", help="YAML file of settings"),
+):
+    if preset not in PRESETS:
+        typer.echo(f"error: --preset '{preset}': choose one of {', '.join(PRESETS)}", err=True)
+        raise typer.Exit(2)
+    config_class, runner = PRESETS[preset]
+    try:
+        cfg = load_config(config_class, config, parse_overrides(ctx.args))
+    except ConfigError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    run_stage(cfg, runner, show_figures=False)
+
+
+demo.__doc__ = (
+    "The whole pipeline on the toy world, or a real-model preset (--preset smollm2-harmless, whose settings "
+    "`rlhfkit demo --preset smollm2-harmless --config FILE` or flags set).\n\n"
+    + describe_settings(pipeline_configs.DemoConfig)
+)
+
+stage_command("sft", stages.SFTConfig, _sft, "Supervised fine-tuning on demonstrations (loss on completions only).")
+rm_app = typer.Typer(
+    help="Reward models: train on comparisons, rankings or ratings; score responses.", no_args_is_help=True
+)
+app.add_typer(rm_app, name="rm")
+stage_command(
+    "train",
+    stages.RewardConfig,
+    _rm_train,
+    "Train a reward model (or an ensemble) on comparisons, rankings or ratings; annotator-conditioned or distributional.",
+    parent=rm_app,
+)
+stage_command(
+    "score",
+    stages.ScoreConfig,
+    _rm_score,
+    "Score a JSONL of prompt/response rows with any reward (a reward model, a function, an endpoint...).",
+    parent=rm_app,
+    show_figures=False,
+)
+stage_command(
+    "dpo",
+    stages.DPOConfig,
+    _dpo,
+    "Direct preference optimisation (sigmoid, cDPO, IPO, hinge, robust; ties, soft labels).",
+)
+stage_command(
+    "kto", stages.KTOConfig, _kto, "KTO: align a policy on unpaired thumbs up/down (TRL's prompt/completion/label)."
+)
+stage_command("ppo", stages.PPOConfig, _ppo, "Online RLHF: PPO with KL control, or RLOO / GRPO group baselines.")
+stage_command("bon", stages.BestOfNConfig, _bon, "Best-of-N sampling: chosen responses and the reward vs KL curve.")
+stage_command(
+    "rejection",
+    stages.RejectionConfig,
+    _rejection,
+    "Rejection sampling fine-tuning: best of K per prompt, SFT on them; --rounds R = expert iteration.",
+)
 
 
 @models_app.command("get")
@@ -158,16 +303,22 @@ def models_get(name: str = typer.Argument(..., help="a model shipped on PyPI: sm
 @models_app.command("list")
 def models_list():
     """Models rlhfkit can build or install offline."""
-    from rlhfkit.models.hub import KNOWN_MODELS
-    from rlhfkit.models.tiny import TINY_PRESETS
+    from rlhfkit.models.catalog import ENCODER_MODELS, KNOWN_MODELS, TINY_PRESETS
 
     for name, preset in TINY_PRESETS.items():
         typer.echo(f"{name:24s} built in: Llama, hidden {preset['hidden_size']}, {preset['num_hidden_layers']} layers")
     for name, (package, _) in KNOWN_MODELS.items():
         typer.echo(f"{name:24s} from PyPI package {package} (GGUF, converted once)")
+    for name, package in ENCODER_MODELS.items():
+        typer.echo(f"{name:24s} encoder for reward models, from PyPI package {package.replace('_', '-')}")
 
 
-_register()
+def _mount_annotate() -> None:
+    from rlhfkit.feedback import cli as feedback_cli
+
+    app.add_typer(feedback_cli.app, name="annotate", help="The human-feedback web app: serve, load, generate, export.")
+
+
 _mount_annotate()
 
 if __name__ == "__main__":

@@ -1,15 +1,20 @@
-"""Rollouts: batched sampling of responses with a KV cache, returning tokens, their log-probs and masks.
+"""The sampler: batched sampling of responses with a KV cache, returning tokens, their log-probs and masks.
 
-    from rlhfkit.rollout import SamplingParams, make_sampler
-    sampler = make_sampler("transformers", model, tokenizer, SamplingParams(max_new_tokens=48, temperature=0.7))
+    from rlhfkit.config import SamplingPart
+    from rlhfkit.rollout import make_sampler
+    sampler = make_sampler(model, tokenizer, SamplingPart(max_new_tokens=48, temperature=0.7))
     rollout = sampler.generate(prompts, n=4, generator=torch.Generator().manual_seed(0))
+
+The sampling settings are the shared config part ``rlhfkit.config.SamplingPart`` (one set of defaults for
+every stage); how a rollout is run (prompt budget, whether to keep the hidden states, the packed decode
+step) are keyword options of the sampler.
 
 Prompts (strings, or message lists rendered with the chat template) are left-padded into one batch;
 the response is sampled token by token with a KV cache written in place (one prompt forward, then
 one forward per new token; Llama-family models through ``rlhfkit.models.decode.PackedLlama``, others
 through transformers' own forward: ``make_decoder``); a row stops at EOS or when its text completes a
-stop string, and everything after the stop is masked out. ``Rollout.logprobs`` are the log-probs of the sampled tokens under the
-*temperature-scaled* distribution, before top-k / top-p truncation: the same quantity that
+stop string, and everything after the stop is masked out. ``Rollout.logprobs`` are the log-probs of the
+sampled tokens under the *temperature-scaled* distribution, before top-k / top-p truncation: the same quantity that
 ``response_forward`` recomputes for the loss (temperature must divide the logits there too, Huang et
 al. 2024, "The N+ implementation details of RLHF with PPO").
 
@@ -19,28 +24,16 @@ optional extra, GPU only; the trainer's weights are pushed into the engine befor
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
+from rlhfkit.config import SamplingPart
 from rlhfkit.data.chat import prompt_text
 from rlhfkit.losses import entropy_from_logits, selective_log_softmax
-from rlhfkit.models.decode import PackedLlama
-from rlhfkit.models.load import base_causal_lm
+from rlhfkit.models.decode import make_decoder, position_ids
 
 Tensor = torch.Tensor
-
-
-@dataclass
-class SamplingParams:
-    max_new_tokens: int = 48
-    temperature: float = 1.0
-    top_k: int = 0  # 0 = off
-    top_p: float = 1.0  # 1 = off
-    stop: list[str] = field(default_factory=list)  # stop strings; the text is cut before them
-    max_prompt_tokens: int | None = None  # longer prompts keep their last tokens
-    return_states: bool = False  # also the hidden states and entropies (Rollout.hidden, .entropy): PPO's behaviour pass
-    packed_decode: bool = True  # Llama-family models: rlhfkit.models.decode.PackedLlama; False: transformers' forward
 
 
 @dataclass
@@ -51,7 +44,7 @@ class Rollout:
     tokens up to and including the stop (EOS, or the token that completed a stop string); logprobs (B, T)
     of those tokens under the temperature-scaled distribution; ended (B,) True where the response stopped
     on EOS or a stop string (False: cut by max_new_tokens); texts: decoded responses, cut at the stop.
-    With ``SamplingParams.return_states``, samplers that run the trainer's own model (``TransformersSampler``)
+    With ``return_states``, samplers that run the trainer's own model (``TransformersSampler``)
     also fill, so that the trainer need not run the policy again: hidden (B, T, H), the last hidden state at
     the position that predicts each response token (``response_forward(..., hidden=True)``'s quantity), and
     entropy (B, T) of the temperature-scaled distribution there.
@@ -115,11 +108,6 @@ def encode_prompts(
     return ids, mask
 
 
-def position_ids(attention_mask: Tensor) -> Tensor:
-    """Positions that restart at each row's first real token (left padding), (B, L)."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
 def eos_ids(model, tokenizer) -> list[int]:
     ids = model.generation_config.eos_token_id if model is not None else None
     ids = [ids] if isinstance(ids, int) else list(ids or [])
@@ -133,59 +121,6 @@ def _cut_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:
     return (text[:cut], True) if cut >= 0 else (text, False)
 
 
-def _in_place_cache(n_layers: int, capacity: int):
-    """A transformers KV cache whose layers write each new token into buffers sized once for the whole
-    rollout and hand attention a view, instead of ``DynamicCache``'s concatenation, which copies the whole
-    cache at every step and layer (a quarter of a tiny model's decoding time on CPU)."""
-    from transformers.cache_utils import Cache, DynamicLayer
-
-    class InPlaceLayer(DynamicLayer):
-        def lazy_initialization(self, key_states: Tensor, value_states: Tensor) -> None:
-            super().lazy_initialization(key_states, value_states)
-            B, H, _, D = key_states.shape
-            self.key_buffer = key_states.new_empty(B, H, capacity, D)
-            self.value_buffer = value_states.new_empty(B, value_states.size(1), capacity, value_states.size(3))
-            self.length = 0
-
-        def update(self, key_states: Tensor, value_states: Tensor, *args, **kwargs) -> tuple[Tensor, Tensor]:
-            if not self.is_initialized:
-                self.lazy_initialization(key_states, value_states)
-            end = self.length + key_states.size(-2)
-            self.key_buffer[:, :, self.length : end] = key_states
-            self.value_buffer[:, :, self.length : end] = value_states
-            self.length = end
-            self.keys, self.values = self.key_buffer[:, :, :end], self.value_buffer[:, :, :end]
-            return self.keys, self.values
-
-    return Cache(layers=[InPlaceLayer() for _ in range(n_layers)])
-
-
-class TransformersDecoder:
-    """Any transformers causal LM as a decoder: its trunk with an in-place KV cache, then its LM head. The
-    trunk and the head run separately: the head only at the last position, and its input is the hidden
-    state a value head reads. Same interface as ``rlhfkit.models.decode.PackedLlama``."""
-
-    def __init__(self, model, capacity: int):
-        lm = base_causal_lm(model)
-        self.body, self.head = lm.base_model, lm.get_output_embeddings()
-        self.cache = _in_place_cache(model.config.get_text_config().num_hidden_layers, capacity)
-
-    def forward(self, ids: Tensor, positions: Tensor, mask: Tensor) -> Tensor:
-        """ids, positions (B, S) after the cached tokens; mask (B, cached + S): 0 on padding. -> (B, S, H)."""
-        return self.body(
-            input_ids=ids, attention_mask=mask, position_ids=positions, cache=self.cache, use_cache=True
-        ).last_hidden_state
-
-    def logits(self, hidden: Tensor) -> Tensor:
-        return self.head(hidden)
-
-
-def make_decoder(model, capacity: int, packed: bool = True):
-    """The packed Llama decode step where the model allows it (same results up to rounding; a tiny-4m rollout
-    in ~135 ms against ~181: ``python bench/ppo.py --only rollout``), else transformers' own forward."""
-    return (PackedLlama.build(model, capacity) if packed else None) or TransformersDecoder(model, capacity)
-
-
 class TransformersSampler:
     """Sampling with a transformers causal LM and a KV cache (works for plain and peft models; Llama-family
     models run ``rlhfkit.models.decode.PackedLlama``, others transformers' forward).
@@ -194,8 +129,21 @@ class TransformersSampler:
     sampling: the log-probs, values and entropy of the behaviour policy then cost no second forward (the same
     weights in the same process; equal up to float rounding between cached and full attention, ~1e-6)."""
 
-    def __init__(self, model, tokenizer, params: SamplingParams):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        params: SamplingPart,
+        *,
+        max_prompt_tokens: int | None = None,
+        return_states: bool = False,
+        packed_decode: bool = True,
+    ):
+        """``max_prompt_tokens``: longer prompts keep their last tokens; ``return_states``: also the hidden states
+        and entropies (``Rollout.hidden``, ``.entropy``), PPO's behaviour pass; ``packed_decode``: Llama-family
+        models through ``rlhfkit.models.decode.PackedLlama`` (False: transformers' forward)."""
         self.model, self.tokenizer, self.params = model, tokenizer, params
+        self.max_prompt_tokens, self.return_states, self.packed_decode = max_prompt_tokens, return_states, packed_decode
         self.eos = eos_ids(model, tokenizer)
 
     def sync_weights(self, model) -> None:
@@ -208,12 +156,12 @@ class TransformersSampler:
         p, model, tok = self.params, self.model, self.tokenizer
         prompts = [q for q in prompts for _ in range(n)]
         device = next(model.parameters()).device
-        query_ids, query_mask = encode_prompts(tok, prompts, device, p.max_prompt_tokens)
+        query_ids, query_mask = encode_prompts(tok, prompts, device, self.max_prompt_tokens)
         B, P = query_ids.shape
         was_training = model.training
         model.eval()
         eos = torch.tensor(self.eos, device=device)
-        decoder = make_decoder(model, P + p.max_new_tokens, p.packed_decode)
+        decoder = make_decoder(model, P + p.max_new_tokens, self.packed_decode)
         mask = torch.cat(
             [query_mask, query_mask.new_zeros(B, p.max_new_tokens)], dim=1
         )  # a 1 is written in per new token
@@ -231,7 +179,7 @@ class TransformersSampler:
                 scaled = scaled / p.temperature
             logp = scaled.log_softmax(-1)  # (B, V)
             probs = logp.exp()
-            if p.return_states:
+            if self.return_states:
                 hiddens.append(hidden)  # (B, H): the state in which token t is chosen
                 entropies.append(-(probs * logp).sum(-1))
             if filtered:
@@ -269,7 +217,7 @@ class TransformersSampler:
         response_ids = response_ids.masked_fill(response_mask == 0, tok.pad_token_id)
         logprobs = logprobs.masked_fill(response_mask == 0, 0.0)
         texts = [_cut_at_stop(s, p.stop)[0] for s in tok.batch_decode(response_ids, skip_special_tokens=True)]
-        states = dict(hidden=torch.stack(hiddens, 1), entropy=torch.stack(entropies, 1)) if p.return_states else {}
+        states = dict(hidden=torch.stack(hiddens, 1), entropy=torch.stack(entropies, 1)) if self.return_states else {}
         return Rollout(prompts, query_ids, query_mask, response_ids, response_mask, logprobs, ended, texts, **states)
 
 
@@ -310,11 +258,20 @@ class VLLMSampler:
     trainer recomputes them with ``response_forward`` anyway, so small numeric gaps do not bias the ratio.
     """
 
-    def __init__(self, model, tokenizer, params: SamplingParams, gpu_memory_utilization: float = 0.3):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        params: SamplingPart,
+        *,
+        max_prompt_tokens: int | None = None,
+        gpu_memory_utilization: float = 0.3,
+        **_unused,  # return_states, packed_decode: the transformers sampler's options
+    ):
         import vllm  # noqa: F401  (optional extra)
         from vllm import LLM
 
-        self.tokenizer, self.params = tokenizer, params
+        self.tokenizer, self.params, self.max_prompt_tokens = tokenizer, params, max_prompt_tokens
         self.eos = eos_ids(model, tokenizer)
         path = getattr(model, "name_or_path", None) or model.config._name_or_path
         self.llm = LLM(
@@ -345,7 +302,7 @@ class VLLMSampler:
 
         p, tok = self.params, self.tokenizer
         prompts = [q for q in prompts for _ in range(n)]
-        query_ids, query_mask = encode_prompts(tok, prompts, None, p.max_prompt_tokens)
+        query_ids, query_mask = encode_prompts(tok, prompts, None, self.max_prompt_tokens)
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator)) if generator is not None else None
         sp = VSP(
             n=1,
@@ -382,72 +339,6 @@ class VLLMSampler:
 SAMPLERS = {"transformers": TransformersSampler, "vllm": VLLMSampler}
 
 
-def make_sampler(backend: str, model, tokenizer, params: SamplingParams):
-    if backend not in SAMPLERS:
-        raise ValueError(f"unknown rollout backend {backend!r}; choose one of {sorted(SAMPLERS)}")
-    return SAMPLERS[backend](model, tokenizer, params)
-
-
-# --- prompts for online stages ----------------------------------------------------------------------
-
-
-def _prompt_record_type():
-    from pydantic import model_validator
-
-    from rlhfkit.data.records import Message, Record, Text
-
-    class PromptRecord(Record):
-        """Any record with a prompt: ``prompt`` (string or messages), or ``messages`` (the conversation up to
-        its last assistant turn). Other fields (completion, chosen, ...) are ignored."""
-
-        prompt: Text | None = None
-        messages: list[Message] | None = None
-
-        @model_validator(mode="after")
-        def _check(self):
-            if self.prompt is None:
-                if not self.messages:
-                    raise ValueError("field 'prompt': missing (or give 'messages')")
-                msgs = list(self.messages)
-                while msgs and msgs[-1].role == "assistant":
-                    msgs.pop()
-                if not msgs:
-                    raise ValueError("field 'messages': no user turn to use as a prompt")
-                object.__setattr__(self, "prompt", msgs)
-            return self
-
-    return PromptRecord
-
-
-def toy_prompts(n: int, seed: int) -> list:
-    """``n`` toy-world prompts as one-message chats."""
-    import random
-
-    from rlhfkit.data.records import Message
-    from rlhfkit.toy.world import sample_prompt
-
-    rng = random.Random(seed)
-    return [[Message(role="user", content=sample_prompt(rng).text)] for _ in range(n)]
-
-
-def load_prompts(
-    data: str, eval_data: str | None = None, eval_fraction: float = 0.0, seed: int = 0, skip_invalid: bool = False
-) -> tuple[list, list]:
-    """(training prompts, held-out prompts) from a data file of any record type with a prompt, or 'toy'."""
-    import random
-
-    from rlhfkit.data.io import read_records
-
-    def read(path):
-        if path == "toy":
-            return toy_prompts(2000, seed)
-        return [r.prompt for r in read_records(path, _prompt_record_type(), skip_invalid=skip_invalid)[0]]
-
-    train = read(data)
-    if eval_data:
-        return train, read(eval_data)
-    order = list(range(len(train)))
-    random.Random(seed).shuffle(order)
-    n_eval = int(len(train) * eval_fraction)
-    held = set(order[:n_eval])
-    return [p for i, p in enumerate(train) if i not in held], [train[i] for i in sorted(held)]
+def make_sampler(model, tokenizer, params: SamplingPart, **options):
+    """The sampler ``params.rollout_backend`` names, for ``model``; ``options`` as ``TransformersSampler`` takes."""
+    return SAMPLERS[params.rollout_backend](model, tokenizer, params, **options)

@@ -1,26 +1,94 @@
-"""Run folders: every stage leaves one behind, self-describing.
+"""Run folders: every stage leaves one behind, self-describing, and the next stage takes it as its input.
 
 ```
 <run>/config.yaml        the resolved config the stage ran with
-<run>/card.json          stage, parents (runs/models it read), data hashes, git commit, versions, figures
+<run>/card.json          the run card (``RunCard``): id, stage, parents, data hashes, settings hash, finished, figures
 <run>/metrics.jsonl      one JSON object per logged step
 <run>/tb/                TensorBoard events
 <run>/checkpoints/step-N trainer state for exact resume
 <run>/final/             the final model in Hugging Face format
 <run>/invalid_rows.jsonl rows skipped with --skip-invalid
 ```
+
+A folder appears only once its stage has started for real (``RunFolder.start``, after the data and models
+loaded), so a failed start leaves nothing behind. It is finished when its card says so
+(``RunFolder.is_finished``, the one definition every stage and pipeline uses). A finished folder is never
+written again; an unfinished one is resumed only with the settings it was started with. Cards written
+before the card had an id and a finished mark still load (``RunCard.read``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import secrets
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from rlhfkit.config import StageConfig
+from pydantic import BaseModel, ConfigDict
+
+from rlhfkit.config.base import Figures, StageConfig
+
+CARD_VERSION = 2
+
+
+class Parent(BaseModel):
+    """Something a run read: a model, a reward, a reference. ``id`` is set when it was another run."""
+
+    role: str
+    path: str
+    id: str | None = None
+
+
+class DataRef(BaseModel):
+    path: str | None
+    sha256_16: str | None = None
+
+
+class RunCard(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    id: str
+    stage: str
+    created: str
+    finished: bool = False
+    finished_at: str | None = None
+    parents: list[Parent] = []
+    data: dict[str, DataRef] = {}
+    settings_hash: str | None = None
+    git_commit: str | None = None
+    versions: dict[str, str | None] = {}
+    figures: dict[str, Any] = {}
+    card_version: int = CARD_VERSION
+
+    @classmethod
+    def read(cls, folder: str | Path) -> RunCard | None:
+        """The card of ``folder``, or None when it has none. A card of the first version (no id, no finished
+        mark, parents as plain strings) was written only when its run had finished, and is read as such."""
+        path = Path(folder) / "card.json"
+        if not path.exists():
+            return None
+        raw = json.loads(path.read_text())
+        if "card_version" not in raw:
+            raw = {
+                **raw,
+                "id": f"{raw.get('stage', 'run')}-{stable_id(Path(folder))}",
+                "finished": True,
+                "parents": [parent_of("input", p) for p in raw.get("parents", []) if isinstance(p, str)],
+            }
+        return cls.model_validate(raw)
+
+    def write(self, folder: Path) -> None:
+        tmp = folder / "card.json.partial"
+        tmp.write_text(self.model_dump_json(indent=2))
+        tmp.replace(folder / "card.json")  # a reader never sees half a card
+
+
+def stable_id(path: Path) -> str:
+    return hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]
 
 
 def file_hash(path: str | Path) -> str | None:
@@ -30,7 +98,9 @@ def file_hash(path: str | Path) -> str | None:
     h = hashlib.sha256()
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     for p in files:
-        h.update(p.read_bytes())
+        with p.open("rb") as f:
+            for block in iter(lambda f=f: f.read(1 << 20), b""):
+                h.update(block)
     return h.hexdigest()[:16]
 
 
@@ -44,47 +114,84 @@ def git_commit() -> str | None:
         return None
 
 
-def refuse_other_settings(folder: Path, config: StageConfig, run_only: set[str]) -> None:
-    """Pipelines (the demo, presets) reuse the finished steps in their folder on a rerun, so a rerun must ask
-    for what they were made with: refuse, before anything is written, when ``folder/config.yaml`` holds
-    other settings, naming them. Settings in ``run_only`` (output folder, threads) may differ."""
-    import yaml
-
-    path = Path(folder) / "config.yaml"
-    if not path.exists():
-        return
-    saved = yaml.safe_load(path.read_text()) or {}
-    now = config.model_dump(mode="json")
-    changed = [
-        f"{k}: {saved.get(k)!r} -> {now.get(k)!r}"
-        for k in sorted(set(saved) | set(now))
-        if k not in run_only and saved.get(k) != now.get(k)
-    ]
-    if changed:
-        raise ValueError(
-            f"{path}: this run folder was made with other settings ({'; '.join(changed)}); its finished "
-            "steps would be reused as they are. Give a new --output-dir, or delete the folder to start over."
-        )
+def parent_of(role: str, spec: str) -> Parent:
+    """A parent entry for a model or reward setting: a run folder is named by its card's id too."""
+    path = spec[3:] if spec.startswith("rm:") else spec
+    card = RunCard.read(path) if Path(path).is_dir() else None
+    return Parent(role=role, path=spec, id=card.id if card else None)
 
 
 class RunFolder:
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, is_main: bool = True):
         self.path = Path(path)
+        self.is_main = is_main
+        self.config: StageConfig | None = None
+        self.stage: str | None = None
 
     @classmethod
-    def create(cls, stage: str, config: StageConfig, *, is_main: bool = True) -> RunFolder:
-        """Open (or reopen, for a resume) the run folder named by ``config.output_dir``.
-
-        A folder that already holds a finished run is refused rather than overwritten.
-        """
-        path = Path(config.output_dir or f"runs/{stage}-{time.strftime('%Y%m%d-%H%M%S')}")
-        run = cls(path)
-        if (path / "final").exists():
-            raise FileExistsError(f"{path} already holds a finished run (final/); choose another output_dir")
-        if is_main:
-            path.mkdir(parents=True, exist_ok=True)
-            (path / "config.yaml").write_text(config.to_yaml())
+    def open(cls, stage: str, config: StageConfig, *, is_main: bool = True) -> RunFolder:
+        """The run folder named by ``config.output_dir`` (default ``runs/<stage>-<time>``), checked but not yet
+        written: a folder holding a finished run is refused, and so is one started with other settings (each
+        changed setting named), before any model is loaded."""
+        path = Path(getattr(config, "output_dir", None) or f"runs/{stage}-{time.strftime('%Y%m%d-%H%M%S')}")
+        run = cls(path, is_main)
+        run.config, run.stage = config, stage
+        if run.is_finished():
+            raise FileExistsError(f"{path} already holds a finished {stage} run; give another --output-dir")
+        run.refuse_other_settings()
         return run
+
+    def refuse_other_settings(self) -> None:
+        import yaml
+
+        saved_path = self.path / "config.yaml"
+        if self.config is None or not saved_path.exists():
+            return
+        changed = self.config.changed_settings(yaml.safe_load(saved_path.read_text()) or {})
+        if changed:
+            raise ValueError(
+                f"{saved_path}: this run folder was started with other settings ({'; '.join(changed)}); resuming "
+                "would mix the two. Rerun with the same settings, give another --output-dir, or delete the folder."
+            )
+
+    def start(self, parents: list[Parent] = (), data: dict[str, str | None] | None = None) -> None:
+        """Create the folder (main process only) with the config and an unfinished card; the card keeps the id it
+        was given when the run first started, so a resumed run is the same run."""
+        if not self.is_main:
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        (self.path / "config.yaml").write_text(self.config.to_yaml())
+        old = self.card()
+        card = RunCard(
+            id=old.id if old else f"{self.stage}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}",
+            stage=self.stage,
+            created=old.created if old else time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            parents=list(parents),
+            data={name: DataRef(path=p, sha256_16=file_hash(p) if p else None) for name, p in (data or {}).items()},
+            settings_hash=self.config.settings_hash(),
+            git_commit=git_commit(),
+            versions=_versions(),
+        )
+        card.write(self.path)
+
+    def finish(self, figures: Figures | dict) -> RunCard | None:
+        """Mark the run finished with its figures (validated by the stage's schema); the card, on the main process."""
+        if isinstance(figures, dict):
+            figures = type(self.config).figures.model_validate(figures)
+        if not self.is_main:
+            return None
+        card = self.card()
+        card.figures = figures.model_dump(exclude_none=True)
+        card.finished, card.finished_at = True, time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        card.write(self.path)
+        return card
+
+    def card(self) -> RunCard | None:
+        return RunCard.read(self.path)
+
+    def is_finished(self) -> bool:
+        card = self.card()
+        return card is not None and card.finished
 
     @property
     def checkpoints(self) -> Path:
@@ -99,32 +206,21 @@ class RunFolder:
         done = [p for p in steps if (p / "trainer_state.json").exists()]  # a half-written one is skipped
         return done[-1] if done else None
 
-    def write_card(self, stage: str, parents: list[str], data: dict[str, str | None], figures: dict[str, Any]) -> None:
-        import torch
-        import transformers
-
-        import rlhfkit
-
-        card = {
-            "stage": stage,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "parents": parents,
-            "data": {name: {"path": p, "sha256_16": file_hash(p) if p else None} for name, p in data.items()},
-            "git_commit": git_commit(),
-            "versions": {
-                "rlhfkit": rlhfkit.__version__,
-                "torch": torch.__version__,
-                "transformers": transformers.__version__,
-            },
-            "figures": figures,
-        }
-        (self.path / "card.json").write_text(json.dumps(card, indent=2))
-
     def write_invalid_rows(self, rows) -> None:
-        if rows:
+        if rows and self.is_main:
             with (self.path / "invalid_rows.jsonl").open("w") as f:
                 for r in rows:
                     f.write(json.dumps({"location": r.location, "error": r.error}) + "\n")
+
+
+def _versions() -> dict[str, str | None]:
+    import rlhfkit
+
+    versions = {"rlhfkit": rlhfkit.__version__, "python": sys.version.split()[0]}
+    for name in ("torch", "transformers"):  # recorded only when the stage loaded them
+        module = sys.modules.get(name)
+        versions[name] = getattr(module, "__version__", None) if module else None
+    return versions
 
 
 class MetricsLogger:

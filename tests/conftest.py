@@ -20,3 +20,11 @@ def tiny():
     from rlhfkit.models.tiny import build_tiny
 
     return build_tiny("tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def toy_files():
+    """The toy world's built-in sets as the ordinary files the stages read: {kind: path}."""
+    from rlhfkit.toy.data import data_file
+
+    return {kind: str(data_file(kind)) for kind in ("demonstration", "comparison", "prompt")}

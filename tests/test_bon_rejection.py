@@ -12,6 +12,7 @@ import torch
 
 from rlhfkit.losses import best_of_n_kl
 from rlhfkit.runs import read_metrics
+from rlhfkit.toy.data import data_file
 from rlhfkit.train.best_of_n import BestOfNConfig, expected_best_of_n
 from rlhfkit.train.best_of_n import run as bon_run
 
@@ -37,10 +38,12 @@ def test_bon_writes_chosen_responses_and_the_curve(tmp_path):
     path = bon_run(
         BestOfNConfig(
             output_dir=str(tmp_path / "bon"),
+            data=str(data_file("prompt")),
             model="tiny",
             reward="tests.test_bon_rejection:count_the",
             n_max=8,
             max_prompts=6,
+            missing_eos_penalty=None,  # the untrained model never ends: keep the reward's own scores
             max_new_tokens=10,
             progress=False,
             report_to=["jsonl"],
@@ -66,6 +69,8 @@ def test_rejection_two_rounds_of_expert_iteration_through_the_cli(tmp_path):
         "-m",
         "rlhfkit.cli",
         "rejection",
+        "--data",
+        "toy",
         "--output-dir",
         str(out),
         "--model",
@@ -102,6 +107,8 @@ def test_rejection_two_rounds_of_expert_iteration_through_the_cli(tmp_path):
         assert sft_card["data"]["train"]["path"] == str(out / f"round-{r}" / "demonstrations.jsonl")
         demos = [json.loads(line) for line in (out / f"round-{r}" / "demonstrations.jsonl").read_text().splitlines()]
         assert demos and all({"prompt", "completion", "score"} <= set(d) for d in demos)
-    assert json.loads((out / "round-2" / "sft" / "card.json").read_text())["parents"] == [str(out / "round-1" / "sft")]
+    round1 = json.loads((out / "round-1" / "sft" / "card.json").read_text())
+    (parent,) = json.loads((out / "round-2" / "sft" / "card.json").read_text())["parents"]
+    assert parent == {"role": "model", "path": str(out / "round-1" / "sft"), "id": round1["id"]}
     assert (out / "final" / "config.json").exists()
     assert [m["step"] for m in read_metrics(out)] == [1, 2]

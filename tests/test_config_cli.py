@@ -12,7 +12,8 @@ from rlhfkit.train.sft import SFTConfig
 def test_yaml_then_flags_override_defaults(tmp_path):
     path = tmp_path / "sft.yaml"
     path.write_text("lr: 1e-4\nbatch_size: 4\nlora: true\nlora_target_modules: [q_proj, v_proj]\n")
-    cfg = load_config(SFTConfig, path, parse_overrides(["--batch-size", "8", "--max-steps=3", "--no-packing"]))
+    flags = ["--batch-size", "8", "--max-steps=3", "--no-packing", "--data", "d.jsonl"]
+    cfg = load_config(SFTConfig, path, parse_overrides(flags))
     assert cfg.lr == 1e-4 and cfg.batch_size == 8 and cfg.max_steps == 3 and cfg.lora is True
     assert cfg.lora_target_modules == ["q_proj", "v_proj"] and cfg.packing is False
     assert cfg.weight_decay == SFTConfig.model_fields["weight_decay"].default
@@ -59,15 +60,34 @@ def test_every_command_has_help():
 def test_cli_runs_sft_and_saves_resolved_config(tmp_path):
     out = tmp_path / "run"
     result = CliRunner().invoke(
-        app, ["sft", "--output-dir", str(out), "--max-steps", "2", "--lr", "5e-4", "--no-progress"]
+        app, ["sft", "--data", "toy", "--output-dir", str(out), "--max-steps", "2", "--lr", "5e-4", "--no-progress"]
     )
     assert result.exit_code == 0, result.output
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["lr"] == 5e-4 and saved["max_steps"] == 2 and saved["model"] == "tiny"
     assert load_config(SFTConfig, out / "config.yaml") == SFTConfig(**saved)
+    # 'toy' was resolved at the edge to an ordinary file, which the card hashes like any user's data
+    assert saved["data"].endswith("demonstration-seed0.jsonl")
+    # the stage ends with its figures, not a bare folder name
+    assert "sft finished" in result.output and "eval_loss" in result.output and "steps" in result.output
 
 
 def test_cli_reports_bad_settings_with_exit_code_2():
-    result = CliRunner().invoke(app, ["sft", "--lrr", "1"])
+    result = CliRunner().invoke(app, ["sft", "--lrr", "1", "--data", "toy"])
     assert result.exit_code == 2
     assert "unknown setting 'lrr'" in result.output
+
+
+def test_data_and_reward_must_be_given():
+    """No stage silently trains on the toy world or a toy reward."""
+    for argv, missing in [(["sft"], "data"), (["ppo", "--data", "toy"], "reward"), (["bon"], "reward")]:
+        result = CliRunner().invoke(app, argv)
+        assert result.exit_code == 2 and f"setting '{missing}': Field required" in result.output, argv
+
+
+def test_help_lists_model_and_data_settings_first():
+    text = CliRunner().invoke(app, ["ppo", "--help"]).output
+    order = [text.index(s) for s in ("Model settings", "Data settings", "Reward settings", "Sampling settings")]
+    assert order == sorted(order)
+    assert order[-1] < text.index("This stage settings") < text.index("Optimiser settings") < text.index("Run settings")
+    assert "--data (str, required)" in text

@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from rlhfkit.demo import DemoConfig, run
+from rlhfkit.config.pipelines import DemoConfig
+from rlhfkit.pipelines.toy import run
 
 
 def test_quick_demo_runs_every_stage_and_writes_the_report(tmp_path):

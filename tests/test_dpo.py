@@ -12,7 +12,7 @@ from rlhfkit.data.pairs import Group, collate_groups, last_layer_only_at, pack_g
 from rlhfkit.models.load import add_lora
 from rlhfkit.models.tiny import build_tiny
 from rlhfkit.runs import read_metrics
-from rlhfkit.toy import rule_comparisons
+from rlhfkit.toy.data import rule_comparisons
 from rlhfkit.train.dpo import CompletionLogProbs, DPOConfig, dpo_step, make_loss_fn, reference_logps, run
 
 FAST = dict(progress=False, report_to=["jsonl"], log_every=1, batch_size=8, warmup_ratio=0.0)
@@ -60,7 +60,8 @@ def test_dpo_learns_the_rule_held_out(rule_data, tmp_path):
     assert after["eval/loss"] < before["eval/loss"]
     assert (out / "final" / "model.safetensors").exists()
     card = json.loads((out / "card.json").read_text())
-    assert card["parents"] == ["tiny"] and card["data"]["train"]["sha256_16"]
+    assert [p["role"] for p in card["parents"]] == ["model", "reference"] and card["data"]["train"]["sha256_16"]
+    assert card["finished"] and card["figures"]["eval_accuracy"] is not None
 
 
 def _first_step(metrics):
@@ -91,7 +92,7 @@ def test_lora_off_reference_equals_the_base_model():
     base = CompletionLogProbs(model)
     groups = [Group([5, 6, 7], [[8, 9], [10]]), Group([11], [[12, 13, 14], [15, 16]])]
     expected = reference_logps(base, groups, 0, True, 8, "cpu")
-    cfg = DPOConfig(lora=True, lora_r=4)
+    cfg = DPOConfig(data="pairs.jsonl", lora=True, lora_r=4)
     peft_policy = CompletionLogProbs(add_lora(model, cfg))
     for p in peft_policy.parameters():  # move the adapters away from zero so they change the output
         if p.requires_grad:
@@ -125,7 +126,15 @@ def test_shared_prompt_is_exact_in_value_and_gradient():
     grads = []
     for shared in (True, False):
         model.zero_grad()
-        loss, _ = dpo_step(policy, groups, ref, make_loss_fn(DPOConfig()), DPOConfig(shared_prompt=shared), 0, "cpu")
+        loss, _ = dpo_step(
+            policy,
+            groups,
+            ref,
+            make_loss_fn(DPOConfig(data="pairs.jsonl")),
+            DPOConfig(data="pairs.jsonl", shared_prompt=shared),
+            0,
+            "cpu",
+        )
         loss.backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
         if shared:
@@ -209,7 +218,7 @@ def test_every_loss_gives_a_gradient(variant):
     model, _ = build_tiny("tiny", seed=0)
     policy = CompletionLogProbs(model)
     groups = [Group([5, 6, 7, 8], [[9, 10, 11], [12, 13]]), Group([5, 6], [[14, 15, 16, 17], [18]])]
-    cfg = DPOConfig(**variant)
+    cfg = DPOConfig(data="pairs.jsonl", **variant)
     ref = reference_logps(policy, groups, 0, True, 8, "cpu") + torch.tensor([0.5, -0.5, 0.2, 0.1])
     loss, stats = dpo_step(policy, groups, ref, make_loss_fn(cfg), cfg, 0, "cpu")
     loss.backward()
@@ -231,8 +240,10 @@ def test_rpo_adds_the_chosen_mean_token_nll_by_hand():
     ref = torch.tensor([-20.0, -13.0, -25.0, -7.0])
     with torch.no_grad():
         logps = policy(collate_groups(groups, 0, True))  # chosen, rejected, chosen, rejected
-        plain, _ = dpo_step(policy, groups, ref, make_loss_fn(DPOConfig()), DPOConfig(), 0, "cpu")
-        cfg = DPOConfig(rpo_alpha=0.5)
+        plain, _ = dpo_step(
+            policy, groups, ref, make_loss_fn(DPOConfig(data="pairs.jsonl")), DPOConfig(data="pairs.jsonl"), 0, "cpu"
+        )
+        cfg = DPOConfig(data="pairs.jsonl", rpo_alpha=0.5)
         rpo, stats = dpo_step(policy, groups, ref, make_loss_fn(cfg), cfg, 0, "cpu")
     nll = -logps[0] / 3 - logps[2] / 4  # chosen completions of 3 and 4 tokens
     assert rpo.item() == pytest.approx(plain.item() + 0.5 * nll.item(), abs=1e-5)
@@ -261,7 +272,7 @@ def run_weights(path):
 
 def test_label_smoothing_refused_where_unused():
     with pytest.raises(ValueError, match="label_smoothing"):
-        make_loss_fn(DPOConfig(loss="hinge", label_smoothing=0.1))
+        make_loss_fn(DPOConfig(data="pairs.jsonl", loss="hinge", label_smoothing=0.1))
 
 
 def test_lora_off_needs_lora(small_data, tmp_path):

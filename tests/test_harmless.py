@@ -176,7 +176,7 @@ def test_every_phrasing_of_an_act_gets_a_pair_from_the_acts_answer():
 
 def test_pairs_load_as_comparisons(tmp_path):
     from rlhfkit.data.io import read_records
-    from rlhfkit.presets.smollm2_harmless import write_jsonl
+    from rlhfkit.pipelines.smollm2_harmless import write_jsonl
 
     harmful, benign = harmless.train_prompts(5)
     answers = dict.fromkeys(harmful + benign, "Sure, here is how.")
@@ -187,14 +187,14 @@ def test_pairs_load_as_comparisons(tmp_path):
 
 
 def test_tidy_cuts_unfinished_answers_at_a_sentence():
-    from rlhfkit.presets.smollm2_harmless import tidy
+    from rlhfkit.pipelines.smollm2_harmless import tidy
 
     assert tidy("First, open a terminal. Then run kill -9 and th", ended=False) == "First, open a terminal."
     assert tidy("Done. And th", ended=True) == "Done. And th"
 
 
 def test_config_defaults_and_refusals():
-    from rlhfkit.presets.smollm2_harmless import HarmlessConfig
+    from rlhfkit.pipelines.smollm2_harmless import HarmlessConfig
 
     cfg = HarmlessConfig()
     assert cfg.methods == ["dpo", "ppo"] and cfg.model == "smollm2-135m-instruct" and cfg.init == "sft"
@@ -208,7 +208,7 @@ def test_config_defaults_and_refusals():
 
 def test_ppo_from_dpo_needs_dpo():
     from rlhfkit.config import ConfigError, load_config
-    from rlhfkit.presets.smollm2_harmless import HarmlessConfig
+    from rlhfkit.pipelines.smollm2_harmless import HarmlessConfig
 
     with pytest.raises(ConfigError, match="ppo_from"):  # refused with the settings, before anything runs
         load_config(HarmlessConfig, None, {"methods": ["ppo"]})
@@ -218,8 +218,9 @@ def test_ppo_from_dpo_needs_dpo():
 def test_rerun_with_other_settings_is_refused_before_anything_is_written(tmp_path):
     """Finished steps are reused on a rerun in the same folder, so other settings there would silently mix
     old models with new settings: refused, naming the setting, and the saved config is left as it was."""
-    from rlhfkit.presets.smollm2_harmless import RUN_ONLY_SETTINGS, HarmlessConfig, run
-    from rlhfkit.runs import refuse_other_settings
+    import yaml
+
+    from rlhfkit.pipelines.smollm2_harmless import HarmlessConfig, run
 
     saved = HarmlessConfig(output_dir=str(tmp_path), harmful_share=0.4).to_yaml()
     (tmp_path / "config.yaml").write_text(saved)
@@ -228,9 +229,8 @@ def test_rerun_with_other_settings_is_refused_before_anything_is_written(tmp_pat
     assert (tmp_path / "config.yaml").read_text() == saved and sorted(p.name for p in tmp_path.iterdir()) == [
         "config.yaml"
     ]
-    refuse_other_settings(
-        tmp_path, HarmlessConfig(output_dir="elsewhere", harmful_share=0.4, threads=2), RUN_ONLY_SETTINGS
-    )  # run-only settings may differ
+    again = HarmlessConfig(output_dir="elsewhere", harmful_share=0.4, threads=2)
+    assert again.changed_settings(yaml.safe_load(saved)) == []  # run-only settings may differ
 
 
 @pytest.mark.real_model
@@ -239,7 +239,7 @@ def test_smollm2_harmless_preset_end_to_end(tmp_path):
     20 minutes of process CPU time (the time budget; wall time depends on the machine's other jobs)."""
     import json
 
-    from rlhfkit.presets.smollm2_harmless import HarmlessConfig, run
+    from rlhfkit.pipelines.smollm2_harmless import HarmlessConfig, run
 
     # One thread, as `rlhfkit demo --preset smollm2-harmless` runs it: the CPU budget is measured that way, and
     # two OpenMP threads on a busy 2-core machine spin-wait (base evaluation: 139 s of CPU against 38 s).
@@ -252,3 +252,20 @@ def test_smollm2_harmless_preset_end_to_end(tmp_path):
         assert rates[method]["benign_refusal"] <= 0.1, (method, rates)
     assert report["time"]["cpu_s"] <= 20 * 60, report["time"]
     assert (run_dir / "report.md").exists() and report["samples"]
+
+
+def test_preset_pipeline_runs_end_to_end_on_the_tiny_model(tmp_path):
+    """The preset's plumbing (pairs, SFT, DPO, reward model, PPO, report, card) on the tiny model in seconds;
+    the real model's results are the real_model test's."""
+    import json
+
+    from rlhfkit.pipelines.smollm2_harmless import HarmlessConfig, run
+
+    small = dict(model="tiny", n_train_pairs=8, n_eval_harmful=4, n_eval_benign=4, max_new_tokens=6,
+                 gen_max_new_tokens=6, ppo_steps=1, ppo_batch_size=4, sft_epochs=0.5, rm_epochs=0.5,
+                 dpo_epochs=0.5, rm_batch_size=4)  # fmt: skip
+    root = run(HarmlessConfig(output_dir=str(tmp_path / "h"), **small))
+    card = json.loads((root / "card.json").read_text())
+    assert card["finished"] and [p["role"] for p in card["parents"]] == ["sft", "dpo", "rm", "ppo"]
+    assert set(card["figures"]["rates"]) == {"base", "sft", "dpo", "ppo"}
+    assert (root / "report.md").exists()

@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlhfkit.config import ModelPart
 from rlhfkit.models.load import add_lora, load_causal_lm, save_model
+from rlhfkit.toy.data import data_file
 from rlhfkit.train.sft import SFTConfig, run
 
 
@@ -20,7 +21,15 @@ def logits_of(model, ids):
 
 
 def test_full_model_round_trip_through_plain_transformers(tmp_path):
-    path = run(SFTConfig(output_dir=str(tmp_path / "r"), max_steps=3, progress=False, report_to=["jsonl"]))
+    path = run(
+        SFTConfig(
+            output_dir=str(tmp_path / "r"),
+            data=str(data_file("demonstration")),
+            max_steps=3,
+            progress=False,
+            report_to=["jsonl"],
+        )
+    )
     model = AutoModelForCausalLM.from_pretrained(path / "final")
     tok = AutoTokenizer.from_pretrained(path / "final")
     ids = tok.apply_chat_template(
@@ -55,7 +64,13 @@ def test_lora_merged_round_trip(tmp_path, tiny):
 def test_lora_sft_trains_only_adapters_and_saves_merged(tmp_path):
     path = run(
         SFTConfig(
-            output_dir=str(tmp_path / "lora"), max_steps=5, lora=True, lora_r=4, progress=False, report_to=["jsonl"]
+            output_dir=str(tmp_path / "lora"),
+            data=str(data_file("demonstration")),
+            max_steps=5,
+            lora=True,
+            lora_r=4,
+            progress=False,
+            report_to=["jsonl"],
         )
     )
     plain = AutoModelForCausalLM.from_pretrained(path / "final")
@@ -66,7 +81,7 @@ def test_lora_sft_trains_only_adapters_and_saves_merged(tmp_path):
 
 def test_unknown_model_spec_errors_clearly(tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="neither a model folder"):
+    with pytest.raises(ValueError, match="setting 'model': .*empty is neither a model folder"):
         load_causal_lm(str(tmp_path / "empty"))
     with pytest.raises(ValueError, match="unknown tiny preset|unknown model"):
         from rlhfkit.models.hub import get_known_model

@@ -14,14 +14,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlhfkit.config import ConfigError, load_config
+from rlhfkit.config import ConfigError, SamplingPart, load_config
+from rlhfkit.data.records import from_json
 from rlhfkit.losses import kl_penalized_rewards, ppo_policy_loss
 from rlhfkit.models.load import add_lora
-from rlhfkit.rollout import SamplingParams, TransformersSampler, response_forward, toy_prompts
+from rlhfkit.rollout import TransformersSampler, response_forward
 from rlhfkit.runs import read_metrics
+from rlhfkit.toy.data import data_file
+from rlhfkit.toy.data import prompts as toy_prompts
 from rlhfkit.train.ppo import PPOConfig, RewardNormalizer, run
 
 REPO = Path(__file__).resolve().parents[1]
+PROMPTS = str(data_file("prompt"))
 
 
 def count_paris(prompts, responses):
@@ -34,6 +38,8 @@ def cfg(tmp_path, name="ppo", **kw):
         output_dir=str(tmp_path / name),
         model="tiny",
         reward="tests.test_ppo:count_paris",
+        data=PROMPTS,
+        temperature=0.7,
         max_steps=3,
         batch_size=4,
         max_new_tokens=8,
@@ -55,6 +61,7 @@ def sft_model(tmp_path_factory):
         sft_run(
             SFTConfig(
                 output_dir=str(out),
+                data=str(data_file("demonstration")),
                 max_steps=120,
                 batch_size=16,
                 lr=3e-3,
@@ -67,12 +74,15 @@ def sft_model(tmp_path_factory):
 
 
 def test_config_refuses_what_cannot_work():
+    given = {"data": PROMPTS, "reward": "tests.test_ppo:count_paris"}
     with pytest.raises(ConfigError, match="group_size >= 2"):
-        load_config(PPOConfig, None, {"advantage": "rloo"})
+        load_config(PPOConfig, None, {**given, "advantage": "rloo"})
     with pytest.raises(ConfigError, match="needs --lora"):
-        load_config(PPOConfig, None, {"reference": "lora-off"})
+        load_config(PPOConfig, None, {**given, "reference": "lora-off"})
     with pytest.raises(ConfigError, match="did you mean 'kl_coef'"):
-        load_config(PPOConfig, None, {"kl_coeff": "0.1"})
+        load_config(PPOConfig, None, {**given, "kl_coeff": "0.1"})
+    with pytest.raises(ConfigError, match="setting 'reward': Field required"):  # no silent toy reward
+        load_config(PPOConfig, None, {"data": PROMPTS})
 
 
 def test_reward_normalizer_by_hand():
@@ -89,8 +99,8 @@ def test_reward_normalizer_by_hand():
 
 
 def _rollout(model, tok, n=8):
-    sampler = TransformersSampler(model, tok, SamplingParams(max_new_tokens=10, temperature=0.7))
-    return sampler.generate(toy_prompts(n, 0), generator=torch.Generator().manual_seed(0))
+    sampler = TransformersSampler(model, tok, SamplingPart(max_new_tokens=10, temperature=0.7))
+    return sampler.generate([from_json(p) for p in toy_prompts(n, 0)], generator=torch.Generator().manual_seed(0))
 
 
 @pytest.mark.parametrize("estimator", ["k1", "k3"])
@@ -260,7 +270,12 @@ def test_critic_from_the_reward_model(tmp_path):
     rm = reward.build_reward_model("tiny")
     rm_path = reward.save_reward_model(rm, tmp_path / "rm")
     path = run(cfg(tmp_path, reward=f"rm:{rm_path}", critic="separate", critic_init="reward", max_steps=2))
-    assert json.loads((path / "card.json").read_text())["parents"] == ["tiny", str(rm_path)]
+    parents = json.loads((path / "card.json").read_text())["parents"]
+    assert [(p["role"], p["path"]) for p in parents] == [
+        ("model", "tiny"),
+        ("reference", "tiny"),
+        ("reward", f"rm:{rm_path}"),
+    ]
 
 
 @pytest.mark.slow
@@ -272,6 +287,10 @@ def test_resume_after_kill_continues_the_same_run(tmp_path):
         "tiny",
         "--reward",
         "tests.test_ppo:count_paris",
+        "--data",
+        PROMPTS,
+        "--temperature",
+        "0.7",
         "--batch-size",
         "4",
         "--max-new-tokens",

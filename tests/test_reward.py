@@ -18,7 +18,7 @@ from rlhfkit.models.reward import (
     score_texts,
 )
 from rlhfkit.runs import read_metrics
-from rlhfkit.toy import rule_comparisons
+from rlhfkit.toy.data import rule_comparisons
 from rlhfkit.train.reward import RewardConfig, reference_texts, run, score_groups
 
 FAST = dict(progress=False, report_to=["jsonl"], log_every=10, batch_size=16, lr=3e-3, warmup_ratio=0.0)
@@ -60,9 +60,9 @@ def test_learns_a_known_rule_held_out(trained_rm):
     _, out = trained_rm
     figures = json.loads((out / "card.json").read_text())["figures"]
     print("rm held-out", figures)
-    assert figures["eval/accuracy"] >= 0.90
-    assert figures["eval/margin"] > 0
-    assert 0 <= figures["eval/ece"] <= 1
+    assert figures["eval_accuracy"] >= 0.90
+    assert figures["eval_margin"] > 0
+    assert 0 <= figures["eval_ece"] <= 1
     steps = [m for m in read_metrics(out) if "train/loss" in m]
     assert steps[-1]["train/loss"] < steps[0]["train/loss"]
 
@@ -94,7 +94,7 @@ def test_rm_score_command_writes_scores(trained_rm, tmp_path):
         [
             "rm",
             "score",
-            "--model",
+            "--reward",
             str(out),
             "--data",
             str(tmp_path / "rows.jsonl"),
@@ -115,7 +115,7 @@ def test_rm_score_names_the_bad_line(trained_rm, tmp_path):
 
     (tmp_path / "bad.jsonl").write_text('{"prompt": "a", "response": "b"}\n{"prompt": "a"}\n')
     result = CliRunner().invoke(
-        app, ["rm", "score", "--model", str(trained_rm[1]), "--data", str(tmp_path / "bad.jsonl")]
+        app, ["rm", "score", "--reward", str(trained_rm[1]), "--data", str(tmp_path / "bad.jsonl")]
     )
     assert result.exit_code == 1
     assert "bad.jsonl:2: field 'response'" in result.output
@@ -144,7 +144,7 @@ def test_ensemble_gives_mean_and_disagreement(small_data, tmp_path):
     assert mean.shape == std.shape == (3,)
     assert (std > 0).all()
     figures = json.loads((out / "card.json").read_text())["figures"]
-    assert "eval/ensemble_accuracy" in figures and figures["eval/disagreement"] > 0
+    assert "ensemble_accuracy" in figures and figures["disagreement"] > 0
 
 
 def test_save_load_roundtrip_and_api(tiny, tmp_path):
@@ -210,7 +210,7 @@ def test_rankings_with_plackett_luce(tmp_path):
         )
     )
     figures = json.loads((out / "card.json").read_text())["figures"]
-    assert figures["eval/accuracy"] > 0.8  # over all K(K-1)/2 ordered pairs
+    assert figures["eval_accuracy"] > 0.8  # over all K(K-1)/2 ordered pairs
 
 
 def test_ties_use_davidson(tmp_path):
@@ -223,7 +223,7 @@ def test_ties_use_davidson(tmp_path):
     out = tmp_path / "ties"
     run(RewardConfig(data=str(tmp_path / "t.jsonl"), output_dir=str(out), max_steps=10, eval_fraction=0.2, **FAST))
     figures = json.loads((out / "card.json").read_text())["figures"]
-    assert figures["eval/loss"] > 0 and "eval/accuracy" in figures
+    assert figures["eval_loss"] > 0 and "eval_accuracy" in figures
 
 
 def test_minilm_encoder_trunk(tmp_path):
@@ -241,7 +241,7 @@ def test_minilm_encoder_trunk(tmp_path):
 
 
 def test_toy_comparisons_are_valid():
-    from rlhfkit.toy import toy_records
+    from rlhfkit.toy.data import records as toy_records
 
     rows = toy_records("comparison")
     assert len(rows) == 2000

@@ -1,24 +1,16 @@
-"""Rollouts (sampling with a KV cache, stops, masks, log-probs) and reward sources (function, HTTP, RM)."""
+"""Rollouts: sampling with a KV cache, stops, masks, log-probs; the packed decode step; prompt loading."""
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 import torch
 
+from rlhfkit.config import ConfigError, SamplingPart, load_config
+from rlhfkit.data.prompts import load_prompts
 from rlhfkit.data.records import Message
-from rlhfkit.rewards import make_reward_fn
-from rlhfkit.rollout import (
-    SamplingParams,
-    TransformersSampler,
-    encode_prompts,
-    filter_logits,
-    load_prompts,
-    make_sampler,
-    response_forward,
-    toy_prompts,
-)
+from rlhfkit.rollout import TransformersSampler, encode_prompts, filter_logits, response_forward
+from rlhfkit.toy.data import data_file
+from rlhfkit.toy.data import prompts as toy_prompts
 
 PROMPTS = [
     [Message(role="user", content="what is the capital of france ?")],
@@ -28,11 +20,10 @@ PROMPTS = [
 ]
 
 
-def sample(tiny, n=1, seed=0, **params):
+def sample(tiny, n=1, seed=0, return_states=False, **params):
     model, tok = tiny
-    return TransformersSampler(model, tok, SamplingParams(**params)).generate(
-        PROMPTS, n=n, generator=torch.Generator().manual_seed(seed)
-    )
+    sampler = TransformersSampler(model, tok, SamplingPart(**params), return_states=return_states)
+    return sampler.generate(PROMPTS, n=n, generator=torch.Generator().manual_seed(seed))
 
 
 def test_filter_logits_by_hand():
@@ -103,7 +94,7 @@ def _both_decoders(model, tok, **params):
     """The same rollout (same seed) through the packed Llama step and through transformers' forward."""
     out = []
     for packed in (True, False):
-        sampler = TransformersSampler(model, tok, SamplingParams(return_states=True, packed_decode=packed, **params))
+        sampler = TransformersSampler(model, tok, SamplingPart(**params), return_states=True, packed_decode=packed)
         out.append(sampler.generate(PROMPTS, n=2, generator=torch.Generator().manual_seed(5)))
     return out
 
@@ -143,7 +134,7 @@ def test_packed_decode_declines_what_it_cannot_run_exactly(tiny):
     _, tok = tiny
     model = _llama(tok, attention_bias=True)
     assert PackedLlama.build(model, 64) is None
-    r = TransformersSampler(model, tok, SamplingParams(max_new_tokens=8, return_states=True)).generate(PROMPTS)
+    r = TransformersSampler(model, tok, SamplingPart(max_new_tokens=8), return_states=True).generate(PROMPTS)
     full = response_forward(model, r, 1.0)
     torch.testing.assert_close(full["logprobs"] * r.response_mask, r.logprobs, atol=1e-4, rtol=0)
     assert PackedLlama.build(_llama(tok), 129) is None  # beyond max_position_embeddings
@@ -178,7 +169,7 @@ def test_same_seed_same_rollout_and_top_k_1_is_greedy(tiny):
 def test_eos_stops_a_row_and_counts_as_ended(tiny):
     model, tok = tiny
     first = sample(tiny, top_k=1, max_new_tokens=6).response_ids[0, 0].item()  # the greedy first token of row 0
-    sampler = TransformersSampler(model, tok, SamplingParams(max_new_tokens=6, top_k=1))
+    sampler = TransformersSampler(model, tok, SamplingPart(max_new_tokens=6, top_k=1))
     sampler.eos = [first]
     r = sampler.generate(PROMPTS)
     assert r.response_mask[0].tolist() == [1] + [0] * (r.response_ids.size(1) - 1)
@@ -201,9 +192,8 @@ def test_stop_strings_cut_text_and_mask(tiny):
 
 
 def test_unknown_backend_and_vllm_optional(tiny):
-    model, tok = tiny
-    with pytest.raises(ValueError, match="transformers"):
-        make_sampler("nope", model, tok, SamplingParams())
+    with pytest.raises(ConfigError, match="rollout_backend"):
+        load_config(SamplingPart, None, {"rollout_backend": "nope"})
     pytest.importorskip("vllm")
     if not torch.cuda.is_available():
         pytest.skip("vLLM needs a GPU")
@@ -219,67 +209,5 @@ def test_load_prompts_from_any_record_type(tmp_path):
     path.write_text("\n".join(json.dumps(r) for r in rows))
     train, held = load_prompts(str(path))
     assert train[:2] == ["hi", "a"] and train[2][0].content == "q" and len(train[2]) == 1 and held == []
-    train, held = load_prompts("toy", eval_fraction=0.1)
+    train, held = load_prompts(str(data_file("prompt")), eval_fraction=0.1)
     assert len(train) == 1800 and len(held) == 200 and toy_prompts(3, 0) == toy_prompts(3, 0)
-
-
-# --- reward sources ----------------------------------------------------------------------------------
-
-
-def count_a(prompts, responses):
-    return [float(r.count("a")) for r in responses]
-
-
-def test_function_reward():
-    fn = make_reward_fn("tests.test_rollout:count_a")
-    torch.testing.assert_close(fn(["p", "q"], ["aa", "b"]), torch.tensor([2.0, 0.0]))
-    with pytest.raises(ValueError, match="cannot import"):
-        make_reward_fn("tests.test_rollout:nothing")
-    with pytest.raises(ValueError, match="rm:RUN_FOLDER"):
-        make_reward_fn("just-a-name")
-
-
-def test_http_reward_on_a_local_server():
-    seen = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            seen.append(body)
-            out = json.dumps({"scores": [len(r) for r in body["responses"]]}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(out)))
-            self.end_headers()
-            self.wfile.write(out)
-
-        def log_message(self, *args):
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        fn = make_reward_fn(f"http://127.0.0.1:{server.server_port}/score")
-        scores = fn(["x", [Message(role="user", content="hi")]], ["abc", "de"])
-        torch.testing.assert_close(scores, torch.tensor([3.0, 2.0]))
-        assert seen[0]["prompts"][1] == [{"role": "user", "content": "hi"}]
-    finally:
-        server.shutdown()
-        server.server_close()
-    with pytest.raises(ValueError, match="reward endpoint"):
-        make_reward_fn(f"http://127.0.0.1:{server.server_port}/score")(["x"], ["y"])
-
-
-def test_rm_reward_scores_through_the_reward_model_api(tmp_path, tiny):
-    reward = pytest.importorskip("rlhfkit.models.reward")
-    if not hasattr(reward, "load_reward_model"):
-        pytest.skip("reward model API not there yet")
-    rm = reward.build_reward_model("tiny")
-    rm.set_normalisation(torch.tensor([0.5, 1.5]))  # gain 2, bias -2: normalised scores differ from raw ones
-    path = reward.save_reward_model(rm, tmp_path / "rm")
-    fn = make_reward_fn(f"rm:{path}")
-    rm = reward.load_reward_model(path)
-    prompts, responses = ["what is one plus one ?"] * 2, ["the answer is two .", "paris"]
-    expected = reward.score_texts(rm, prompts, responses, 2)
-    torch.testing.assert_close(fn(prompts, responses), expected.float())

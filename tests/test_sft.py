@@ -13,13 +13,22 @@ import torch
 from rlhfkit.data import Demonstration
 from rlhfkit.data.chat import IGNORE_INDEX, tokenize_demonstration
 from rlhfkit.runs import read_metrics
+from rlhfkit.toy.data import data_file
 from rlhfkit.train import common
 from rlhfkit.train.sft import SFTConfig, collate, evaluate, run, token_loss_sum
+
+DEMOS = str(data_file("demonstration"))
 
 
 def cfg(tmp_path, name="run", **kw):
     base = dict(
-        output_dir=str(tmp_path / name), max_steps=30, batch_size=16, log_every=10, progress=False, report_to=["jsonl"]
+        output_dir=str(tmp_path / name),
+        data=DEMOS,
+        max_steps=30,
+        batch_size=16,
+        log_every=10,
+        progress=False,
+        report_to=["jsonl"],
     )
     return SFTConfig(**{**base, **kw})
 
@@ -56,16 +65,17 @@ def test_sft_on_tiny_default_halves_the_loss_quickly(tmp_path, tiny):
     from rlhfkit.train.sft import tokenize_all
 
     model, tok = build_tiny("tiny", seed=0)
-    _, held, _ = load_train_eval("toy", None, 0.05, "demonstration", seed=0)
+    _, held, _ = load_train_eval(DEMOS, None, 0.05, "demonstration", seed=0)
     from accelerate import Accelerator
 
     initial = evaluate(model, tokenize_all(tok, held, 512), cfg(tmp_path), tok.pad_token_id, Accelerator())["eval/loss"]
-    final = card["figures"]["eval/loss"]
+    final = card["figures"]["eval_loss"]
     print(f"held-out loss {initial:.3f} -> {final:.3f} in {elapsed:.1f} s wall, {cpu:.1f} s CPU")
     assert final <= 0.5 * initial
     assert cpu < 2 * 30
     assert (path / "config.yaml").exists() and (path / "final" / "config.json").exists()
-    assert card["stage"] == "sft" and card["parents"] == ["tiny"] and card["figures"]["steps"] == 150
+    assert card["stage"] == "sft" and card["finished"] and card["figures"]["steps"] == 150
+    assert card["parents"] == [{"role": "model", "path": "tiny", "id": None}]
 
 
 def test_gradient_accumulation_equals_one_big_batch(tiny):
@@ -130,7 +140,7 @@ def test_resume_matches_an_uninterrupted_run(tmp_path):
 
 def test_finished_run_folder_is_not_overwritten(tmp_path):
     run(cfg(tmp_path, max_steps=2))
-    with pytest.raises(FileExistsError, match="already holds a finished run"):
+    with pytest.raises(FileExistsError, match="already holds a finished sft run"):
         run(cfg(tmp_path, max_steps=2))
 
 
@@ -141,10 +151,14 @@ def test_ctrl_c_saves_a_checkpoint_and_the_rerun_resumes(tmp_path):
         "-m",
         "rlhfkit.cli",
         "sft",
+        "--data",
+        "toy",
         "--output-dir",
         str(out),
+        "--model",
+        "tiny-4m",
         "--max-steps",
-        "100000",
+        "300",
         "--log-every",
         "1",
         "--no-progress",
@@ -159,13 +173,19 @@ def test_ctrl_c_saves_a_checkpoint_and_the_rerun_resumes(tmp_path):
     output, _ = proc.communicate(timeout=60)
     assert proc.returncode == 130, output
     assert "checkpoint saved" in output
+    assert (
+        f"to resume: rlhfkit sft --data toy --output-dir {out} --model tiny-4m" in output
+    )  # the folder to rerun with, named
     (ckpt,) = (out / "checkpoints").glob("step-*")
     step = json.loads((ckpt / "trainer_state.json").read_text())["step"]
     assert step >= 3
-    done = subprocess.run(cmd[:7] + [str(step + 2)] + cmd[8:], capture_output=True, text=True, timeout=120)
+    assert step < 300
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)  # the same command resumes
     assert done.returncode == 0, done.stderr
     assert f"resumed from {ckpt}" in done.stdout
-    assert read_metrics(out)[-1]["step"] == step + 2
+    assert read_metrics(out)[-1]["step"] == 300
+    other = subprocess.run(cmd + ["--lr", "0.01"], capture_output=True, text=True, timeout=120)
+    assert other.returncode == 1 and "already holds a finished sft run" in other.stderr
 
 
 def test_skip_invalid_lists_bad_rows_in_the_run_folder(tmp_path):

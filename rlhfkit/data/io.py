@@ -136,29 +136,39 @@ def read_records(
 
 
 def write_jsonl(path: str | Path, rows: list[dict] | list[Record]) -> None:
+    """Write rows as JSONL through a temporary file, so an interrupted write never leaves half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
+    tmp = path.with_name(path.name + ".partial")
+    with tmp.open("w", encoding="utf-8") as f:
         for row in rows:
             if isinstance(row, Record):
                 row = row.model_dump(exclude_none=True)
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    tmp.replace(path)
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Plain rows of a JSONL file (no validation: for files rlhfkit wrote itself); a bad line names its place."""
+    path = Path(path)
+    rows = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
+    return rows
 
 
 def load_train_eval(
     data: str, eval_data: str | None, eval_fraction: float, kind: str, *, skip_invalid: bool = False, seed: int = 0
 ) -> tuple[list, list, list[InvalidRow]]:
-    """Training and held-out records. ``data='toy'`` takes the toy world's built-in set; without
-    ``eval_data`` a seeded ``eval_fraction`` of the training records is held out."""
+    """Training and held-out records; without ``eval_data`` a seeded ``eval_fraction`` of the training records
+    is held out."""
     import random
 
-    if data == "toy":
-        from rlhfkit.toy import toy_records
-
-        record_type = RECORD_TYPES[kind]
-        train, invalid = [record_type.model_validate(r) for r in toy_records(kind, seed)], []
-    else:
-        train, invalid = read_records(data, kind, skip_invalid=skip_invalid)
+    train, invalid = read_records(data, kind, skip_invalid=skip_invalid)
     if eval_data:
         held_out, more_invalid = read_records(eval_data, kind, skip_invalid=skip_invalid)
         return train, held_out, invalid + more_invalid

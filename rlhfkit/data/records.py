@@ -3,7 +3,8 @@
 Field names follow TRL so its datasets load as they are:
 - demonstrations: ``prompt``/``completion`` (strings or message lists) or conversational ``messages``;
 - comparisons: ``prompt``/``chosen``/``rejected`` (TRL's "explicit prompt" preference format), plus
-  optional ``tie``, ``annotator``, ``margin``. TRL's "implicit prompt" form (conversational
+  optional ``tie``, ``annotator``, ``margin`` and ``chosen_prob`` (a soft label: the probability in [0, 1] that
+  ``chosen`` is the better response, e.g. an AI judge's normalised option probability or a share of votes). TRL's "implicit prompt" form (conversational
   ``chosen``/``rejected`` with no ``prompt``) is accepted: the shared leading messages become the prompt;
 - rankings: ``prompt``, ``completions`` (K >= 2) and ``ranking`` (indices into completions, best first);
 - ratings: ``prompt``/``completion`` with either ``rating`` on a 1..``scale`` Likert scale or
@@ -81,6 +82,7 @@ class Comparison(Record):
     tie: StrictBool = False
     annotator: StrictStr | None = None
     margin: StrictFloat | StrictInt | None = None
+    chosen_prob: StrictFloat | StrictInt | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -98,6 +100,15 @@ class Comparison(Record):
         self._require_text("prompt", "chosen", "rejected")
         if self.chosen == self.rejected:
             raise ValueError("fields 'chosen' and 'rejected': are identical, so the pair says nothing")
+        if self.chosen_prob is not None:
+            if not 0 <= self.chosen_prob <= 1:
+                raise ValueError(f"field 'chosen_prob': {self.chosen_prob} is not a probability in [0, 1]")
+            if self.tie:
+                raise ValueError(
+                    "fields 'tie' and 'chosen_prob': give one, not both (a pair is a tie or has a soft label)"
+                )
+            if self.margin is not None:
+                raise ValueError("fields 'margin' and 'chosen_prob': give one; a soft label has no margin")
         return self
 
 
@@ -139,9 +150,78 @@ class Rating(Record):
         return self
 
 
+class PromptRecord(Record):
+    """Any record with a prompt, for stages that sample their own responses: ``prompt`` (string or messages),
+    or ``messages`` (the conversation up to its last assistant turn). Other fields are ignored."""
+
+    prompt: Text | None = None
+    messages: list[Message] | None = None
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.prompt is None:
+            if not self.messages:
+                raise ValueError("field 'prompt': missing (or give 'messages')")
+            msgs = list(self.messages)
+            while msgs and msgs[-1].role == "assistant":
+                msgs.pop()
+            if not msgs:
+                raise ValueError("field 'messages': no user turn to use as a prompt")
+            object.__setattr__(self, "prompt", msgs)
+        return self
+
+
+class Response(Record):
+    """A prompt and one response to it, as a reward scores it: ``response``, or ``completion`` (TRL's name)."""
+
+    prompt: Text
+    response: Text | None = None
+    completion: Text | None = None
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.response is None and self.completion is None:
+            raise ValueError("field 'response': missing (or give 'completion')")
+        if self.response is not None and self.completion is not None:
+            raise ValueError("give 'response' or 'completion', not both")
+        if self.response is None:
+            object.__setattr__(self, "response", self.completion)
+        self._require_text("prompt", "response")
+        return self
+
+
 RECORD_TYPES: dict[str, type[Record]] = {
     "demonstration": Demonstration,
     "comparison": Comparison,
     "ranking": Ranking,
     "rating": Rating,
+    "prompt": PromptRecord,
+    "response": Response,
 }
+
+
+# --- one converter each way between a text (string or messages) and its JSON form -------------------------
+
+
+def to_json(text: Text) -> str | list[dict]:
+    """A prompt or response as JSON writes it: a string, or a list of {role, content}."""
+    if isinstance(text, str):
+        return text
+    return [m.model_dump() if isinstance(m, Message) else dict(m) for m in text]
+
+
+def from_json(value: str | list) -> Text:
+    """The inverse of ``to_json``: messages (dicts or ``Message``) become ``Message`` objects."""
+    if isinstance(value, str):
+        return value
+    return [m if isinstance(m, Message) else Message(**m) for m in value]
+
+
+def flat_text(text: Text) -> str:
+    """The words of a text: a string as it is, messages' contents joined by newlines."""
+    return text if isinstance(text, str) else "\n".join(m.content for m in text)
+
+
+def user_turn(text: str) -> list[Message]:
+    """A one-message chat: how plain prompts are put to a chat model."""
+    return [Message(role="user", content=text)]

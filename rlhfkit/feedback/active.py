@@ -18,29 +18,29 @@ item gets its first label before any gets its second.
 
 from __future__ import annotations
 
-import importlib
 import math
 from collections.abc import Callable, Sequence
-from pathlib import Path
-
-from sqlalchemy import func
-
-from rlhfkit.feedback.models import Task
 
 Scorer = Callable[[str, list[str]], list[list[float]]]
 
-STRATEGIES = {
-    "uncertainty": lambda: (Task.uncertainty.desc().nulls_last(), Task.n_labels, Task.id),
-    "disagreement": lambda: (Task.disagreement.desc().nulls_last(), Task.n_labels, Task.id),
-    "random": lambda: (func.random(),),
-    "round-robin": lambda: (Task.n_labels, Task.id),
-}
+STRATEGIES = ("uncertainty", "disagreement", "random", "round-robin")
 
 
 def order_for(strategy: str):
-    if strategy not in STRATEGIES:
+    """The SQL ORDER BY of ``strategy`` (SQLAlchemy is imported here, so the command line starts without it)."""
+    from sqlalchemy import func
+
+    from rlhfkit.feedback.models import Task
+
+    orders = {
+        "uncertainty": (Task.uncertainty.desc().nulls_last(), Task.n_labels, Task.id),
+        "disagreement": (Task.disagreement.desc().nulls_last(), Task.n_labels, Task.id),
+        "random": (func.random(),),
+        "round-robin": (Task.n_labels, Task.id),
+    }
+    if strategy not in orders:
         raise ValueError(f"strategy '{strategy}': must be one of {', '.join(STRATEGIES)}")
-    return STRATEGIES[strategy]()
+    return orders[strategy]
 
 
 def uncertainty(scores: Sequence[Sequence[float]]) -> float:
@@ -80,54 +80,14 @@ def check_scores(scores, k: int, where: str) -> list[list[float]]:
 
 
 def load_scorer(spec: str) -> Scorer:
-    """``module:function`` imports a scorer; ``rm:PATH`` scores with Hugging Face reward model(s)."""
-    if spec.startswith("rm:"):
-        return HFRewardScorer(Path(spec[3:]))
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise ValueError(f"--scorer '{spec}': use 'module:function' or 'rm:PATH'")
-    try:
-        fn = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as e:
-        raise ValueError(f"--scorer '{spec}': cannot load it ({e})") from None
-    if not callable(fn):
-        raise ValueError(f"--scorer '{spec}': {attr} is not callable")
-    return fn
+    """Any reward setting (``rlhfkit.specs``: a reward-model run folder, a sequence-classification folder,
+    ``module:function``, an endpoint, an ensemble) as the app's scorer: one list of K scores per member, the
+    very scores ``rlhfkit rm score`` gives for the same texts. Loads torch only here, when a scorer is asked for."""
+    from rlhfkit.rewards import load_reward
 
+    reward = load_reward(spec, setting="scorer")
 
-class HFRewardScorer:
-    """Scores with an ``AutoModelForSequenceClassification`` folder (one logit = the reward), or with
-    every such folder inside PATH as the members of an ensemble."""
+    def score(prompt: str, responses: list[str]) -> list[list[float]]:
+        return reward.members([prompt] * len(responses), list(responses)).tolist()
 
-    def __init__(self, path: Path):
-        if (path / "config.json").exists():
-            folders = [path]
-        else:
-            folders = sorted(p for p in path.iterdir() if (p / "config.json").exists()) if path.is_dir() else []
-        if not folders:
-            raise ValueError(
-                f"--scorer rm:{path}: no Hugging Face model folder (with config.json) here or in its sub-folders"
-            )
-        import torch
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        self.torch = torch
-        self.members = []
-        for folder in folders:
-            tokenizer = AutoTokenizer.from_pretrained(folder)
-            model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
-            if model.config.pad_token_id is None:
-                model.config.pad_token_id = tokenizer.pad_token_id or tokenizer.eos_token_id or 0
-            self.members.append((tokenizer, model))
-
-    def __call__(self, prompt: str, responses: list[str]) -> list[list[float]]:
-        out = []
-        with self.torch.no_grad():
-            for tokenizer, model in self.members:
-                if tokenizer.pad_token is None:
-                    tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-                texts = [f"{prompt}\n{r}" for r in responses]
-                batch = tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=1024)
-                logits = model(**batch).logits  # (K, num_labels); the reward is the first logit
-                out.append(logits[:, 0].float().tolist())
-        return out
+    return score

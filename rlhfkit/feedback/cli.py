@@ -18,6 +18,7 @@ from pathlib import Path
 
 import typer
 
+from rlhfkit.feedback.active import STRATEGIES  # a tuple of names: imports nothing heavy
 from rlhfkit.feedback.cli_admin import DB, PROJECT, fail, open_store, project_app, user_app
 
 annotate_app = typer.Typer(
@@ -30,7 +31,6 @@ annotate_app.add_typer(project_app, name="project")
 app = annotate_app
 
 _fail = fail  # the name `generate` uses
-STRATEGY_HELP = "next-item choice: round-robin | random | uncertainty | disagreement"  # active.STRATEGIES
 
 
 def _scorer(spec: str):
@@ -44,7 +44,7 @@ def serve(
     db: str = DB,
     host: str = typer.Option("127.0.0.1", help="interface to bind; keep loopback unless a TLS proxy is in front"),
     port: int = 8000,
-    strategy: str = typer.Option("round-robin", help=STRATEGY_HELP),
+    strategy: str = typer.Option("round-robin", help=f"next-item choice: {' | '.join(STRATEGIES)}"),
     overlap: int = typer.Option(3, help="labels wanted per item (k annotators each), in every project"),
     gold_rate: float = typer.Option(0.0, help="share of served items drawn from gold items"),
     session_hours: float = typer.Option(12.0, help="a login lasts this long"),
@@ -69,8 +69,6 @@ def serve(
     import os
 
     import uvicorn
-
-    from rlhfkit.feedback.active import STRATEGIES
 
     if strategy not in STRATEGIES:
         fail(f"--strategy: must be one of {', '.join(STRATEGIES)}")

@@ -31,7 +31,7 @@ def read_prompts(path: Path) -> list[str]:
 
 
 def sample_tasks(
-    model_path: str | Path,
+    model_spec: str | Path,
     prompts: list[str],
     k: int = 2,
     kind: str | None = None,
@@ -41,42 +41,30 @@ def sample_tasks(
     seed: int = 0,
     attempts: int = 4,
 ) -> list[dict]:
-    """Return task rows (the JSONL ``annotate load`` reads) with K sampled responses per prompt.
+    """Return task rows (the JSONL ``annotate load`` reads) with K sampled responses per prompt, from any model
+    setting (a run folder, a Hugging Face folder, a built-in name...), through the stages' sampler.
 
     A sample that decodes to nothing (EOS at once) is drawn again, up to ``attempts`` times, because
     an empty response cannot be judged."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rlhfkit.config import SamplingPart
+    from rlhfkit.data.records import user_turn
+    from rlhfkit.models.load import load_causal_lm
+    from rlhfkit.rollout import TransformersSampler
 
     if k < 2:
         raise ValueError(f"--k {k}: need at least 2 responses per prompt to compare")
-    torch.manual_seed(seed)
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    model = AutoModelForCausalLM.from_pretrained(model_path).eval()
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    model, tokenizer = load_causal_lm(str(model_spec), "float32")
+    settings = SamplingPart(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
+    sampler = TransformersSampler(model.eval(), tokenizer, settings)
+    generator = torch.Generator().manual_seed(seed)
     rows = []
     for n, prompt in enumerate(prompts):
-        if tokenizer.chat_template:
-            ids = tokenizer.apply_chat_template(
-                [{"role": "user", "content": prompt}], add_generation_prompt=True, return_tensors="pt", return_dict=True
-            )["input_ids"]
-        else:
-            ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
         responses: list[str] = []
         for _ in range(attempts):
-            with torch.no_grad():
-                out = model.generate(
-                    ids,
-                    attention_mask=torch.ones_like(ids),
-                    do_sample=True,
-                    temperature=temperature,
-                    top_p=top_p,
-                    max_new_tokens=max_new_tokens,
-                    num_return_sequences=k - len(responses),
-                    pad_token_id=pad,
-                )
-            new = out[:, ids.shape[1] :]  # (samples, new tokens): drop the prompt
-            responses += [t for t in tokenizer.batch_decode(new, skip_special_tokens=True) if t.strip()]
+            rollout = sampler.generate([user_turn(prompt)], n=k - len(responses), generator=generator)
+            responses += [t.strip() for t in rollout.texts if t.strip()]
             if len(responses) >= k:
                 break
         if len(responses) < k:
@@ -88,9 +76,9 @@ def sample_tasks(
             {
                 "id": f"gen-{n}",
                 "prompt": prompt,
-                "responses": [r.strip() for r in responses[:k]],
+                "responses": responses[:k],
                 "kind": kind or ("pairwise" if k == 2 else "ranking"),
-                "meta": {"model": str(model_path), "temperature": temperature, "top_p": top_p},
+                "meta": {"model": str(model_spec), "temperature": temperature, "top_p": top_p},
             }
         )
     return rows

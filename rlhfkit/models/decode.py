@@ -1,11 +1,11 @@
-"""A packed decode step for Llama-architecture models (Llama, SmolLM2, the embedded tiny models): the sampler's
-fast path.
+"""Decoders for the sampler: a packed decode step for Llama-architecture models (Llama, SmolLM2, the embedded
+tiny models), the fast path, and transformers' own forward with an in-place KV cache for every other model
+(``make_decoder`` picks).
 
 At 8 rows and one new token per call, a small model's decode step is not arithmetic: in transformers' eager
 forward most of the time goes to dispatching ~30 modules per layer, building masks and rotary tables at every
-token, and multiplying by weights stored (out, in), which MKL reads slower than (in, out) at few rows (one
-core, tiny-4m: ~30 against ~46 us for the fused q/k/v product, ~95 against ~175 for gate/up; ``python
-bench/ppo.py --only rollout``). ``PackedLlama``
+token, and multiplying by weights stored (out, in), which MKL reads slower than (in, out) at few rows
+(``python bench/ppo.py --only rollout`` times both layouts; docs/performance.md has the figures). ``PackedLlama``
 takes the model's own weights once per rollout (LoRA deltas added in: the adapters the policy samples with),
 packs q/k/v and gate/up into one product each, stores every matrix transposed, and runs the same arithmetic
 as ``LlamaForCausalLM`` with one KV-cache buffer per layer written in place. Results equal transformers'
@@ -190,3 +190,61 @@ def _rotate(x: Tensor, cos: Tensor, signed_sin: Tensor) -> Tensor:
 def _rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
     """Llama's RMSNorm as written out (F.rms_norm's composite kernel is slower at decode sizes)."""
     return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
+
+
+def position_ids(attention_mask: Tensor) -> Tensor:
+    """Positions that restart at each row's first real token (left padding), (B, L)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def _in_place_cache(n_layers: int, capacity: int):
+    """A transformers KV cache whose layers write each new token into buffers sized once for the whole
+    rollout and hand attention a view, instead of ``DynamicCache``'s concatenation, which copies the whole
+    cache at every step and layer (a quarter of a tiny model's decoding time on CPU)."""
+    from transformers.cache_utils import Cache, DynamicLayer
+
+    class InPlaceLayer(DynamicLayer):
+        def lazy_initialization(self, key_states: Tensor, value_states: Tensor) -> None:
+            super().lazy_initialization(key_states, value_states)
+            B, H, _, D = key_states.shape
+            self.key_buffer = key_states.new_empty(B, H, capacity, D)
+            self.value_buffer = value_states.new_empty(B, value_states.size(1), capacity, value_states.size(3))
+            self.length = 0
+
+        def update(self, key_states: Tensor, value_states: Tensor, *args, **kwargs) -> tuple[Tensor, Tensor]:
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            end = self.length + key_states.size(-2)
+            self.key_buffer[:, :, self.length : end] = key_states
+            self.value_buffer[:, :, self.length : end] = value_states
+            self.length = end
+            self.keys, self.values = self.key_buffer[:, :, :end], self.value_buffer[:, :, :end]
+            return self.keys, self.values
+
+    return Cache(layers=[InPlaceLayer() for _ in range(n_layers)])
+
+
+class TransformersDecoder:
+    """Any transformers causal LM as a decoder: its trunk with an in-place KV cache, then its LM head. The
+    trunk and the head run separately: the head only at the last position, and its input is the hidden
+    state a value head reads. Same interface as ``rlhfkit.models.decode.PackedLlama``."""
+
+    def __init__(self, model, capacity: int):
+        lm = base_causal_lm(model)
+        self.body, self.head = lm.base_model, lm.get_output_embeddings()
+        self.cache = _in_place_cache(model.config.get_text_config().num_hidden_layers, capacity)
+
+    def forward(self, ids: Tensor, positions: Tensor, mask: Tensor) -> Tensor:
+        """ids, positions (B, S) after the cached tokens; mask (B, cached + S): 0 on padding. -> (B, S, H)."""
+        return self.body(
+            input_ids=ids, attention_mask=mask, position_ids=positions, cache=self.cache, use_cache=True
+        ).last_hidden_state
+
+    def logits(self, hidden: Tensor) -> Tensor:
+        return self.head(hidden)
+
+
+def make_decoder(model, capacity: int, packed: bool = True):
+    """The packed Llama decode step where the model allows it (same results up to rounding, faster:
+    ``python bench/ppo.py --only rollout``), else transformers' own forward."""
+    return (PackedLlama.build(model, capacity) if packed else None) or TransformersDecoder(model, capacity)

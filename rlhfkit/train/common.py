@@ -24,7 +24,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from rlhfkit.config import ModelPart, OptimPart, RunPart
-from rlhfkit.runs import MetricsLogger, RunFolder
+from rlhfkit.runs import MetricsLogger, Parent, RunFolder
 
 
 def make_accelerator(cfg: ModelPart) -> Accelerator:
@@ -195,9 +195,7 @@ def checkpoint_on_interrupt(
     except KeyboardInterrupt:
         progress.close()
         path = save_checkpoint(run, accelerator, state, keep)
-        accelerator.print(
-            f"interrupted at step {state.step}; checkpoint saved to {path}; rerun the same command to resume"
-        )
+        accelerator.print(f"interrupted at step {state.step}; checkpoint saved to {path}")
         if logger is not None:
             logger.close()
         raise
@@ -241,7 +239,17 @@ class Progress:
             self.bar.stop()
 
 
-def open_run(stage: str, cfg, accelerator: Accelerator) -> tuple[RunFolder, MetricsLogger]:
+def open_run(cfg, accelerator: Accelerator) -> RunFolder:
+    """The stage's run folder, checked (not finished, same settings if resuming) but not yet written, and the
+    seed set. Call ``start_run`` once the data and models have loaded: a failed start leaves no folder."""
     set_seed(cfg.seed)
-    run = RunFolder.create(stage, cfg, is_main=accelerator.is_main_process)
-    return run, MetricsLogger(run, cfg.report_to, enabled=accelerator.is_main_process)
+    return RunFolder.open(cfg.stage, cfg, is_main=accelerator.is_main_process)
+
+
+def start_run(
+    run: RunFolder, cfg, accelerator: Accelerator, parents: list[Parent], data: dict[str, str | None]
+) -> MetricsLogger:
+    """Create the folder (config, unfinished card with parents and data hashes) and open the metric sinks."""
+    run.start(parents, data)
+    accelerator.wait_for_everyone()  # every process writes checkpoint files into it from now on
+    return MetricsLogger(run, cfg.report_to, enabled=accelerator.is_main_process)

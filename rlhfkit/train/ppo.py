@@ -1,9 +1,9 @@
 """Online RLHF with PPO (or RLOO / GRPO group baselines): sample, score, penalise KL, update.
 
-    rlhfkit ppo --model runs/sft-1 --reward rm:runs/rm-1 --max-steps 200
-    rlhfkit ppo --model tiny --reward rlhfkit.rewards:toy_count_the --adaptive-kl --target-kl 2
-    rlhfkit ppo --model runs/sft-1 --lora --reward http://127.0.0.1:8000/score      # one copy of the weights
-    rlhfkit ppo --model runs/sft-1 --reward mymod:score --advantage rloo --group-size 4  # no critic
+    rlhfkit ppo --model runs/sft-1 --data prompts.jsonl --reward runs/rm-1 --max-steps 200
+    rlhfkit ppo --model tiny --data toy --reward rlhfkit.toy.rewards:count_the --adaptive-kl --target-kl 2
+    rlhfkit ppo --model runs/sft-1 --data prompts.jsonl --lora --reward http://127.0.0.1:8000/score  # one copy
+    rlhfkit ppo --model runs/sft-1 --data prompts.jsonl --reward mymod:score --advantage rloo --group-size 4
 
 Python: ``rlhfkit.train.ppo.run(PPOConfig(...))`` returns the run folder.
 
@@ -28,12 +28,12 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Literal
 
 import torch
-from pydantic import Field, model_validator
 
-from rlhfkit.config import DataPart, ModelPart, OptimPart, RunPart
+from rlhfkit.config.stages import PPOConfig
+from rlhfkit.data.prompts import load_prompts
+from rlhfkit.data.records import to_json
 from rlhfkit.losses import (
     KL_ESTIMATORS,
     adaptive_kl_coef,
@@ -50,93 +50,10 @@ from rlhfkit.losses import (
 )
 from rlhfkit.models.load import add_lora, load_causal_lm, save_model
 from rlhfkit.models.value import SeparateCritic, ValueHead, head_from_reward_model
-from rlhfkit.rewards import make_reward_fn
-from rlhfkit.rollout import Rollout, SamplingParams, load_prompts, make_sampler, response_forward
+from rlhfkit.rewards import load_reward
+from rlhfkit.rollout import Rollout, make_sampler, response_forward
+from rlhfkit.runs import parent_of
 from rlhfkit.train import common
-
-
-class PPOConfig(ModelPart, DataPart, OptimPart, RunPart):
-    """Settings of `rlhfkit ppo`. Defaults follow the papers above (lm-human-preferences / TRL)."""
-
-    reward: str = Field(
-        "rlhfkit.rewards:toy_count_the", description="rm:RUN_FOLDER | module:function | http://host:port/path"
-    )
-    advantage: Literal["gae", "rloo", "grpo"] = Field(
-        "gae", description="gae: critic + GAE; rloo / grpo: group baseline, no critic"
-    )
-    group_size: int = Field(1, gt=0, description="samples per prompt (rloo and grpo need >= 2)")
-    critic: Literal["head", "separate"] = Field(
-        "head", description="head: a value head on the policy's trunk; separate: a second model"
-    )
-    critic_init: Literal["policy", "reward"] = Field(
-        "policy", description="separate critic's start: the policy's weights or the reward model (rm: only)"
-    )
-    reference: Literal["auto", "lora-off", "copy"] = Field(
-        "auto",
-        description="frozen reference: the policy with LoRA adapters off, or a copy; auto: lora-off with --lora, else copy",
-    )
-    kl_coef: float = Field(0.05, ge=0, description="beta of the per-token KL penalty (initial value when adaptive)")
-    adaptive_kl: bool = Field(False, description="Ziegler et al.'s adaptive controller instead of a fixed kl_coef")
-    target_kl: float = Field(6.0, gt=0, description="adaptive controller's target KL per response (nats)")
-    kl_horizon: float = Field(10000, gt=0, description="adaptive controller's horizon (samples)")
-    kl_estimator: Literal["k1", "k2", "k3"] = Field(
-        "k1", description="per-token KL estimator in the penalty (Schulman 2020)"
-    )
-    gamma: float = Field(1.0, ge=0, le=1, description="GAE discount")
-    lam: float = Field(0.95, ge=0, le=1, description="GAE lambda")
-    whiten_advantages: bool = Field(True, description="advantages to mean 0, std 1 per batch")
-    cliprange: float = Field(0.2, gt=0, description="policy ratio clip epsilon")
-    cliprange_value: float = Field(0.2, gt=0, description="value clip around the rollout's values")
-    vf_coef: float = Field(0.1, ge=0, description="value-loss coefficient")
-    entropy_coef: float = Field(0.0, ge=0, description="entropy bonus coefficient")
-    ppo_epochs: int = Field(4, gt=0, description="passes over each rollout batch")
-    num_minibatches: int = Field(1, gt=0, description="mini-batches per pass (one optimiser step each)")
-    max_new_tokens: int = Field(48, gt=0, description="response budget in tokens")
-    temperature: float = Field(0.7, gt=0, description="sampling temperature (also divides the logits in the loss)")
-    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling; 1 = off")
-    top_k: int = Field(0, ge=0, description="top-k sampling; 0 = off")
-    stop: list[str] = Field([], description="stop strings: the response is cut before them (counts as EOS)")
-    missing_eos_penalty: float | None = Field(
-        -1.0, description="score for a response without EOS; null to keep the model's"
-    )
-    normalize_reward: Literal["none", "initial", "running"] = Field(
-        "initial",
-        description="scores to mean 0, std 1: with the first batch's statistics (reference samples) or running ones",
-    )
-    rollout_backend: Literal["transformers", "vllm"] = Field(
-        "transformers", description="vllm: GPU only, optional extra"
-    )
-    recompute_logprobs: bool = Field(
-        False,
-        description="run the policy again over each rollout for the behaviour log-probs and values, instead of taking those the transformers sampler computed (same weights; differ by ~1e-6)",
-    )
-    reward_batch_size: int = Field(32, gt=0, description="responses per reward-model forward")
-    sample_every: int = Field(10, gt=0, description="steps between logged sample tables (samples.jsonl, TensorBoard)")
-    num_samples: int = Field(4, gt=0, description="rows in each sample table")
-    # Overrides of the shared parts: PPO's own meaning or default.
-    batch_size: int = Field(16, gt=0, description="prompts per rollout step (completions = batch_size * group_size)")
-    lr: float = Field(1e-5, gt=0, description="peak learning rate (AdamW)")
-    adam_eps: float = Field(1e-5, description="Adam epsilon (1e-5 in the reference code)")
-    warmup_ratio: float = Field(0.0, ge=0, lt=1)
-    lr_schedule: Literal["cosine", "linear", "constant"] = "linear"
-    log_every: int = Field(1, gt=0, description="rollout steps between logged metrics")
-    eval_fraction: float = Field(0.02, ge=0, lt=1, description="share of prompts held out for eval/scores")
-
-    @model_validator(mode="after")
-    def _check(self):
-        if self.advantage in ("rloo", "grpo") and self.group_size < 2:
-            raise ValueError(
-                f"advantage '{self.advantage}' compares samples of the same prompt: set group_size >= 2 (e.g. --group-size 4)"
-            )
-        if self.reference == "lora-off" and not self.lora:
-            raise ValueError(
-                "reference 'lora-off' needs --lora (without adapters there is nothing to switch off); use 'copy'"
-            )
-        if self.grad_accum != 1:
-            raise ValueError("ppo does not use grad_accum: a rollout batch is cut into num_minibatches optimiser steps")
-        if self.critic_init == "reward" and not self.reward.startswith("rm:"):
-            raise ValueError("critic_init 'reward' needs a reward model (--reward rm:RUN_FOLDER)")
-        return self
 
 
 class RewardNormalizer:
@@ -195,7 +112,7 @@ def forward(policy, critic, rollout: Rollout, cfg: PPOConfig, entropy: bool = Fa
     if head:
         out["values"] = critic(out.pop("hidden"))
     elif critic is not None:
-        out["values"] = critic(rollout)
+        out["values"] = critic(rollout.input_ids, rollout.attention_mask, rollout.response_ids.size(1))
     return out
 
 
@@ -210,7 +127,7 @@ def behaviour(policy, critic, rollout: Rollout, cfg: PPOConfig) -> dict:
     if is_value_head(critic):
         out["values"] = critic(rollout.hidden)
     elif critic is not None:
-        out["values"] = critic(rollout)
+        out["values"] = critic(rollout.input_ids, rollout.attention_mask, rollout.response_ids.size(1))
     return out
 
 
@@ -233,10 +150,10 @@ def samples_table(rollout: Rollout, scores: torch.Tensor, n: int) -> str:
 
 def run(cfg: PPOConfig) -> Path:
     accelerator = common.make_accelerator(cfg)
-    run_dir, logger = common.open_run("ppo", cfg, accelerator)
+    run_dir = common.open_run(cfg, accelerator)
     device = accelerator.device
     train_prompts, eval_prompts = load_prompts(cfg.data, cfg.eval_data, cfg.eval_fraction, cfg.seed, cfg.skip_invalid)
-    reward_fn = make_reward_fn(cfg.reward, cfg.reward_batch_size, device)
+    reward_fn = load_reward(cfg.reward, cfg.reward_batch_size, device, transform=cfg.reward_transform)
 
     # Actor, frozen reference, critic. With LoRA the reference is the same weights with adapters off and
     # the critic a head on the same trunk: one copy of the weights.
@@ -253,10 +170,12 @@ def run(cfg: PPOConfig) -> Path:
     elif cfg.critic == "head":
         critic = ValueHead(hidden_size)
     else:
-        rm = getattr(reward_fn, "model", None)
+        rm = reward_fn.model
         if cfg.critic_init == "reward":  # the reward model's trunk and head (it must read the policy's tokens)
-            if rm is None or not hasattr(rm, "trunk") or rm.tokenizer.get_vocab() != tokenizer.get_vocab():
-                raise ValueError("critic_init 'reward' needs a single reward model with the policy's tokenizer")
+            if not hasattr(rm, "trunk") or rm.tokenizer.get_vocab() != tokenizer.get_vocab():
+                raise ValueError(
+                    "critic_init 'reward' needs a single rlhfkit reward model that reads the policy's tokenizer"
+                )
             critic = SeparateCritic(
                 copy.deepcopy(rm.trunk).train().requires_grad_(True),
                 head_from_reward_model(rm, rm.trunk.config.hidden_size),
@@ -275,22 +194,17 @@ def run(cfg: PPOConfig) -> Path:
     else:
         policy, optimizer, scheduler = accelerator.prepare(policy, optimizer, scheduler)
     raw_policy = accelerator.unwrap_model(policy)
+    parents = [parent_of("model", cfg.model), parent_of("reference", cfg.model), parent_of("reward", cfg.reward)]
+    logger = common.start_run(run_dir, cfg, accelerator, parents, {"prompts": cfg.data, "eval": cfg.eval_data})
     fresh = common.TrainerState(extra={"kl_coef": cfg.kl_coef, "reward_norm": None})
     state = common.resume(run_dir, accelerator, cfg.resume, fresh)
     normalizer = RewardNormalizer(cfg.normalize_reward, state.extra.get("reward_norm"))
     sampler = make_sampler(
-        cfg.rollout_backend,
         raw_policy,
         tokenizer,
-        SamplingParams(
-            cfg.max_new_tokens,
-            cfg.temperature,
-            cfg.top_k,
-            cfg.top_p,
-            list(cfg.stop),
-            max_prompt_tokens=max(cfg.max_length - cfg.max_new_tokens, 1),
-            return_states=not cfg.recompute_logprobs,
-        ),
+        cfg.sampling(),
+        max_prompt_tokens=max(cfg.max_length - cfg.max_new_tokens, 1),
+        return_states=not cfg.recompute_logprobs,
     )
 
     def reference_logprobs(rollout: Rollout) -> torch.Tensor:
@@ -388,6 +302,8 @@ def run(cfg: PPOConfig) -> Path:
                     kl_coef, mean_kl, cfg.target_kl, cfg.kl_horizon, B * accelerator.num_processes
                 )
             state.extra["reward_norm"] = normalizer.state()
+            state.extra["kl"] = mean_kl
+            state.extra["train_score"] = accelerator.reduce(raw_scores.mean(), "mean").item()
             state.step += 1
             state.tokens_seen += int(accelerator.reduce(mask.sum(), "sum"))
             elapsed, cpu_elapsed = time.perf_counter() - t0, time.process_time() - cpu0
@@ -427,7 +343,7 @@ def run(cfg: PPOConfig) -> Path:
                             json.dumps(
                                 {
                                     "step": state.step,
-                                    "prompt": p if isinstance(p, str) else [m.model_dump() for m in p],
+                                    "prompt": to_json(p),
                                     "response": rollout.texts[i],
                                     "score": raw_scores[i].item(),
                                     "ended": bool(rollout.ended[i]),
@@ -440,19 +356,22 @@ def run(cfg: PPOConfig) -> Path:
                 common.save_checkpoint(run_dir, accelerator, state, cfg.keep_checkpoints)
     progress.close()
     with accelerator.autocast():
-        figures = evaluate(sampler, reward_fn, eval_prompts, cfg, device) if eval_prompts else {}
-    logger.log(state.step, figures)
+        held_out = evaluate(sampler, reward_fn, eval_prompts, cfg, device) if eval_prompts else {}
+    logger.log(state.step, held_out)
     logger.close()
     if accelerator.is_main_process:
         save_model(raw_policy, tokenizer, run_dir.final, merge_lora=cfg.merge_lora)
         if critic is not None:
             torch.save(accelerator.unwrap_model(critic).state_dict(), run_dir.path / "critic.pt")
-        run_dir.write_card(
-            "ppo",
-            parents=[cfg.model] + ([cfg.reward[3:]] if cfg.reward.startswith("rm:") else []),
-            data={"prompts": cfg.data, "eval": cfg.eval_data},
-            figures={**figures, "steps": state.step, "kl_coef": state.extra["kl_coef"], "reward": cfg.reward},
-        )
+    run_dir.finish(
+        {
+            "steps": state.step,
+            "kl": state.extra.get("kl"),
+            "kl_coef": state.extra["kl_coef"],
+            "train_score": state.extra.get("train_score"),
+            **{k.replace("eval/", "eval_"): v for k, v in held_out.items()},
+        }
+    )
     accelerator.wait_for_everyone()
     return run_dir.path
 
@@ -464,7 +383,7 @@ def evaluate(sampler, reward_fn, prompts: list, cfg: PPOConfig, device="cpu", li
     rollout = sampler.generate(prompts, n=1, generator=torch.Generator(device=device).manual_seed(cfg.seed))
     scores = reward_fn(rollout.prompts, rollout.texts)
     return {
-        "eval/scores": scores.mean().item(),
+        "eval/score": scores.mean().item(),
         "eval/eos_rate": rollout.ended.float().mean().item(),
         "eval/response_length": rollout.lengths.float().mean().item(),
     }

@@ -1,8 +1,8 @@
 """Rejection sampling fine-tuning and expert iteration: sample K per prompt, keep the best by reward,
 fine-tune on the kept responses; ``--rounds R`` repeats it from the new policy.
 
-    rlhfkit rejection --model runs/sft-1 --reward rm:runs/rm-1 --k 8 --rounds 2 --max-steps 100
-    rlhfkit rejection --model tiny --reward rlhfkit.rewards:toy_count_the --k 4 --rounds 2 --max-prompts 64
+    rlhfkit rejection --model runs/sft-1 --data prompts.jsonl --reward runs/rm-1 --k 8 --rounds 2 --max-steps 100
+    rlhfkit rejection --model tiny --data toy --reward rlhfkit.toy.rewards:count_the --k 4 --rounds 2 --max-prompts 64
 
 Run folder: ``round-1/`` ... ``round-R/``, each with ``demonstrations.jsonl`` (the kept responses, with
 their scores and the round's mean and best-of-K reward) and ``sft/`` (a full `rlhfkit sft` run folder
@@ -17,26 +17,17 @@ import json
 import shutil
 from pathlib import Path
 
-from pydantic import Field
-
-from rlhfkit.config import OptimPart
+from rlhfkit.config.stages import RejectionConfig, SFTConfig
+from rlhfkit.data.io import write_jsonl
+from rlhfkit.data.prompts import load_prompts
+from rlhfkit.data.records import to_json
 from rlhfkit.models.load import load_causal_lm
-from rlhfkit.rewards import make_reward_fn
-from rlhfkit.rollout import SamplingParams, load_prompts, make_sampler
+from rlhfkit.rewards import load_reward
+from rlhfkit.rollout import make_sampler
+from rlhfkit.runs import RunFolder, parent_of
 from rlhfkit.train import common
-from rlhfkit.train.best_of_n import SamplingPart, prompt_json, sample_and_score
-from rlhfkit.train.sft import SFTConfig
+from rlhfkit.train.best_of_n import sample_and_score
 from rlhfkit.train.sft import run as sft_run
-
-
-class RejectionConfig(SamplingPart, OptimPart):
-    """Settings of `rlhfkit rejection`; the optimiser and run settings are those of each round's SFT."""
-
-    k: int = Field(8, gt=0, description="samples per prompt; the best one is kept")
-    rounds: int = Field(1, gt=0, description="sample-select-fine-tune rounds, each from the previous round's policy")
-    max_prompts: int = Field(256, gt=0, description="prompts sampled in every round (the first ones of the data)")
-    sft_batch_size: int = Field(16, gt=0, description="examples per SFT optimiser step")
-    lr: float = Field(1e-4, gt=0, description="peak learning rate of each round's SFT")
 
 
 def sft_config(cfg: RejectionConfig, model: str, data: Path, output_dir: Path) -> SFTConfig:
@@ -55,45 +46,34 @@ def sft_config(cfg: RejectionConfig, model: str, data: Path, output_dir: Path) -
 
 def run(cfg: RejectionConfig) -> Path:
     accelerator = common.make_accelerator(cfg)
-    run_dir, logger = common.open_run("rejection", cfg, accelerator)
+    run_dir = common.open_run(cfg, accelerator)
     prompts = load_prompts(cfg.data, cfg.eval_data, 0.0, cfg.seed, cfg.skip_invalid)[0][: cfg.max_prompts]
-    reward_fn = make_reward_fn(cfg.reward, device=accelerator.device)
+    reward_fn = load_reward(cfg.reward, cfg.reward_batch_size, accelerator.device, transform=cfg.reward_transform)
+    parents = [parent_of("model", cfg.model), parent_of("reward", cfg.reward)]
+    logger = common.start_run(run_dir, cfg, accelerator, parents, {"prompts": cfg.data})
     model_spec, rounds = cfg.model, []
     for r in range(1, cfg.rounds + 1):
         round_dir = run_dir.path / f"round-{r}"
         sft_dir = round_dir / "sft"
-        if (sft_dir / "final").exists():  # finished before an interruption: go on from it
+        if RunFolder(sft_dir).is_finished():  # this round finished before an interruption: go on from it
             rounds.append(json.loads((round_dir / "round.json").read_text()))
             model_spec = str(sft_dir)
             continue
         model, tokenizer = load_causal_lm(model_spec, common.training_dtype(cfg), cfg.chat_template, seed=cfg.seed)
         model.to(accelerator.device).eval()
-        sampler = make_sampler(
-            cfg.rollout_backend,
-            model,
-            tokenizer,
-            SamplingParams(cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, list(cfg.stop)),
-        )
+        sampler = make_sampler(model, tokenizer, cfg.sampling())
         texts, scores, ended = sample_and_score(
             sampler, reward_fn, prompts, cfg.k, cfg.batch_size, cfg.seed + r, cfg.missing_eos_penalty
         )  # scores (P, k)
         del sampler, model
         best = scores.argmax(-1)  # (P,)
-        round_dir.mkdir(parents=True, exist_ok=True)
         demos = round_dir / "demonstrations.jsonl"
-        with demos.open("w") as f:
-            for i, p in enumerate(prompts):
-                if texts[i][best[i]].strip():  # an empty response teaches nothing
-                    f.write(
-                        json.dumps(
-                            {
-                                "prompt": prompt_json(p),
-                                "completion": texts[i][best[i]],
-                                "score": scores[i, best[i]].item(),
-                            }
-                        )
-                        + "\n"
-                    )
+        kept = [
+            {"prompt": to_json(p), "completion": texts[i][best[i]], "score": scores[i, best[i]].item()}
+            for i, p in enumerate(prompts)
+            if texts[i][best[i]].strip()  # an empty response teaches nothing
+        ]
+        write_jsonl(demos, kept)
         summary = {
             "round": r,
             "policy": model_spec,
@@ -101,27 +81,23 @@ def run(cfg: RejectionConfig) -> Path:
             "best_of_k_reward": scores.max(-1).values.mean().item(),
             "eos_rate": ended.float().mean().item(),
         }
-        logger.log(
-            r,
-            {
-                "rejection/mean_reward": summary["mean_reward"],
-                "rejection/best_of_k_reward": summary["best_of_k_reward"],
-                "rejection/eos_rate": summary["eos_rate"],
-            },
-        )
+        (round_dir / "round.json").write_text(json.dumps(summary, indent=2))
+        logger.log(r, {f"rejection/{k}": v for k, v in summary.items() if k not in ("round", "policy")})
         accelerator.print(
             f"round {r}: mean reward {summary['mean_reward']:.3f}, best of {cfg.k} {summary['best_of_k_reward']:.3f}"
         )
         sft_run(sft_config(cfg, model_spec, demos, sft_dir))  # the SFT stage itself, with its own run folder
-        (round_dir / "round.json").write_text(json.dumps(summary, indent=2))
         rounds.append(summary)
         model_spec = str(sft_dir)
     logger.close()
-    shutil.copytree(Path(model_spec) / "final", run_dir.final)
-    run_dir.write_card(
-        "rejection",
-        parents=[cfg.model] + ([cfg.reward[3:]] if cfg.reward.startswith("rm:") else []),
-        data={"prompts": cfg.data},
-        figures={"rounds": rounds, "k": cfg.k, "reward": cfg.reward},
+    if accelerator.is_main_process:
+        shutil.copytree(Path(model_spec) / "final", run_dir.final, dirs_exist_ok=True)
+    run_dir.finish(
+        {
+            "k": cfg.k,
+            "rounds": rounds,
+            "last_mean_reward": rounds[-1]["mean_reward"],
+            "last_best_of_k_reward": rounds[-1]["best_of_k_reward"],
+        }
     )
     return run_dir.path

@@ -1,6 +1,6 @@
 """Supervised fine-tuning on demonstrations, loss on completion tokens only.
 
-    rlhfkit sft --model tiny --data toy --max-steps 200          # the embedded default, CPU, seconds
+    rlhfkit sft --model tiny --data toy --max-steps 200          # the embedded default on the toy world, seconds
     rlhfkit sft --config sft.yaml --lr 1e-4                      # YAML, then flags
 
 Python: ``rlhfkit.train.sft.run(SFTConfig(...))`` returns the run folder.
@@ -14,20 +14,13 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-from pydantic import Field
 
-from rlhfkit.config import DataPart, ModelPart, OptimPart, RunPart
+from rlhfkit.config.stages import SFTConfig
 from rlhfkit.data.chat import IGNORE_INDEX, tokenize_demonstration
 from rlhfkit.data.io import load_train_eval
 from rlhfkit.models.load import add_lora, load_causal_lm, save_model
+from rlhfkit.runs import parent_of
 from rlhfkit.train import common
-
-
-class SFTConfig(ModelPart, DataPart, OptimPart, RunPart):
-    """Settings of `rlhfkit sft`."""
-
-    packing: bool = Field(False, description="concatenate examples into max_length rows (attention kept per example)")
-    group_by_length: bool = Field(True, description="batch examples of similar length together (less padding)")
 
 
 def tokenize_all(tokenizer, records, max_length: int) -> list[tuple[list[int], list[int]]]:
@@ -98,12 +91,10 @@ def evaluate(model, examples, cfg: SFTConfig, pad_id: int, accelerator) -> dict[
 
 def run(cfg: SFTConfig) -> Path:
     accelerator = common.make_accelerator(cfg)
-    run_dir, logger = common.open_run("sft", cfg, accelerator)
+    run_dir = common.open_run(cfg, accelerator)
     train_records, eval_records, invalid = load_train_eval(
         cfg.data, cfg.eval_data, cfg.eval_fraction, "demonstration", skip_invalid=cfg.skip_invalid, seed=cfg.seed
     )
-    if accelerator.is_main_process:
-        run_dir.write_invalid_rows(invalid)
     model, tokenizer = load_causal_lm(cfg.model, common.training_dtype(cfg), cfg.chat_template, seed=cfg.seed)
     if cfg.lora:
         model = add_lora(model, cfg)
@@ -115,6 +106,10 @@ def run(cfg: SFTConfig) -> Path:
     optimizer = common.make_optimizer(model, cfg)
     scheduler = common.make_scheduler(optimizer, cfg, n_steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    logger = common.start_run(
+        run_dir, cfg, accelerator, [parent_of("model", cfg.model)], {"train": cfg.data, "eval": cfg.eval_data}
+    )
+    run_dir.write_invalid_rows(invalid)
     state = common.resume(run_dir, accelerator, cfg.resume, common.TrainerState())
 
     lengths = [len(ids) for ids, _ in train]
@@ -164,16 +159,18 @@ def run(cfg: SFTConfig) -> Path:
             if cfg.save_every and state.step % cfg.save_every == 0:
                 common.save_checkpoint(run_dir, accelerator, state, cfg.keep_checkpoints)
     progress.close()
-    figures = evaluate(model, held_out, cfg, pad_id, accelerator) if held_out else {}
-    logger.log(state.step, figures)
+    held_out_figures = evaluate(model, held_out, cfg, pad_id, accelerator) if held_out else {}
+    logger.log(state.step, held_out_figures)
     logger.close()
     if accelerator.is_main_process:
         save_model(accelerator.unwrap_model(model), tokenizer, run_dir.final, merge_lora=cfg.merge_lora)
-        run_dir.write_card(
-            "sft",
-            parents=[cfg.model],
-            data={"train": cfg.data, "eval": cfg.eval_data},
-            figures={**figures, "steps": state.step, "tokens_seen": state.tokens_seen},
-        )
+    run_dir.finish(
+        {
+            "steps": state.step,
+            "tokens_seen": state.tokens_seen,
+            "eval_loss": held_out_figures.get("eval/loss"),
+            "eval_perplexity": held_out_figures.get("eval/perplexity"),
+        }
+    )
     accelerator.wait_for_everyone()
     return run_dir.path

@@ -30,17 +30,18 @@ def test_disagreement_is_the_spread_of_score_differences_across_members():
     assert disagreement(scores) == pytest.approx((math.sqrt(2) + math.sqrt(2) + 0.0) / 3)
 
 
-def constant_scorer(prompt, responses):
-    return [[float(len(r)) for r in responses]]
+def constant_scorer(prompts, responses):
+    """A reward as every stage takes one: N scores for N (prompt, response) pairs."""
+    return [float(len(r)) for r in responses]
 
 
 def test_load_scorer_from_module_function():
     fn = load_scorer("tests.feedback.test_active:constant_scorer")
-    assert fn("p", ["a", "bbb"]) == [[1.0, 3.0]]
+    assert fn("p", ["a", "bbb"]) == [[1.0, 3.0]]  # one member, K scores
     for bad, msg in [
-        ("nocolon", "module:function"),
-        ("tests.feedback.test_active:missing", "cannot load"),
-        ("rm:/nonexistent/folder", "no Hugging Face model folder"),
+        ("nocolon", "setting 'scorer': 'nocolon' is not a reward"),
+        ("tests.feedback.test_active:missing", "cannot import"),
+        ("rm:/nonexistent/folder", "is not a reward: no such folder"),
     ]:
         with pytest.raises(ValueError, match=msg):
             load_scorer(bad)

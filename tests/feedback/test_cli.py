@@ -115,7 +115,7 @@ def test_generate_then_score_with_a_reward_model_ensemble(tmp_path):
     assert all(set(" ".join(r["responses"]).split()) <= set(WORDS) for r in rows)
 
     db = tmp_path / "a.db"
-    code, out = run("load", tasks, "--db", db, "--scorer", f"rm:{rm}")
+    code, out = run("load", tasks, "--db", db, "--scorer", f"{rm}/m0,{rm}/m1")  # an ensemble of two classifiers
     assert code == 0, out
     from sqlalchemy import select
 

@@ -11,9 +11,10 @@ from dataclasses import dataclass
 
 import torch
 
+from rlhfkit.config import SamplingPart
 from rlhfkit.data.records import Message
 from rlhfkit.evaluate.stats import win_rate
-from rlhfkit.rollout import SamplingParams, TransformersSampler, response_forward
+from rlhfkit.rollout import TransformersSampler, response_forward
 from rlhfkit.toy.gold import refuses, utility
 from rlhfkit.toy.world import Prompt, sample_prompt
 
@@ -25,8 +26,10 @@ def eval_prompts(n: int, seed: int = EVAL_SEED) -> list[Prompt]:
     return [sample_prompt(rng) for _ in range(n)]
 
 
-def as_chat(prompt: Prompt) -> list[Message]:
-    return [Message(role="user", content=prompt.text)]
+def as_chat(prompt: Prompt, system: str | None = None) -> list[Message]:
+    """The prompt as a one-turn chat, after a system message when given (e.g. one naming a persona)."""
+    head = [Message(role="system", content=system)] if system else []
+    return head + [Message(role="user", content=prompt.text)]
 
 
 @dataclass
@@ -48,17 +51,18 @@ def sample_policy(
     seed: int = 0,
     batch_size: int = 64,
     ref_model=None,
+    system: str | None = None,
 ) -> PolicySamples:
-    """One sample per prompt; with ``ref_model`` also the Monte-Carlo KL(policy || ref) per response (k1,
-    summed over its tokens, averaged over responses)."""
+    """One sample per prompt (after the system message ``system``, if given); with ``ref_model`` also the
+    Monte-Carlo KL(policy || ref) per response (k1, summed over its tokens, averaged over responses)."""
     sampler = TransformersSampler(
-        model, tokenizer, SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature)
+        model, tokenizer, SamplingPart(max_new_tokens=max_new_tokens, temperature=temperature)
     )
     generator = torch.Generator().manual_seed(seed)
     texts, kls = [], []
     for s in range(0, len(prompts), batch_size):
         chunk = prompts[s : s + batch_size]
-        rollout = sampler.generate([as_chat(p) for p in chunk], generator=generator)
+        rollout = sampler.generate([as_chat(p, system) for p in chunk], generator=generator)
         texts += rollout.texts
         if ref_model is not None:
             policy_lp = response_forward(model, rollout, temperature)["logprobs"]

@@ -1,0 +1,170 @@
+"""The shared parts every stage config is assembled from: a setting has one name, one default and one
+meaning in every stage that has it (a stage may override a default, with its reason, in its own class).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field, field_validator
+
+from rlhfkit.config.base import StageConfig
+
+MODEL_CHOICES = "tiny | tiny-4m | smollm2-135m-instruct | a .gguf file | a run folder | a Hugging Face folder or id"
+REWARD_CHOICES = (
+    "a reward-model run folder (an annotator-conditioned one as FOLDER@annotator=NAME) | a Hugging Face "
+    "sequence-classification folder | module:function | http(s)://host:port/path | several of these, "
+    "comma-separated (an ensemble: mean and spread)"
+)
+# How a reward with a spread (an ensemble's members, a distributional reward model's variance) becomes one number
+# per response; the formulas are rlhfkit.losses.transformed_reward's. name -> what its parameter is (None: none).
+REWARD_TRANSFORM_PARAMS: dict[str, str | None] = {
+    "mean": None,
+    "mean_minus_std": "lambda >= 0",
+    "uncertainty_weighted": "lambda >= 0",
+    "quantile": "q in (0, 1)",
+    "worst": None,
+}
+REWARD_TRANSFORM_CHOICES = "mean | mean_minus_std:LAMBDA | uncertainty_weighted:LAMBDA | quantile:Q | worst"
+
+
+def parse_reward_transform(text: str, setting: str = "reward_transform") -> tuple[str, float | None]:
+    """``"quantile:0.1"`` -> ``("quantile", 0.1)``; ``"mean"`` -> ``("mean", None)``. Refuses unknown names, a
+    missing or extra parameter, and values out of range, naming the setting and the choices."""
+    name, _, value = str(text).strip().partition(":")
+    if name not in REWARD_TRANSFORM_PARAMS:
+        raise ValueError(f"setting '{setting}': unknown transform '{name}'; choices: {REWARD_TRANSFORM_CHOICES}")
+    wants = REWARD_TRANSFORM_PARAMS[name]
+    if wants is None:
+        if value:
+            raise ValueError(f"setting '{setting}': '{name}' takes no parameter, got '{text}'")
+        return name, None
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(
+            f"setting '{setting}': '{name}' needs a number ({name}:X with {wants}), got '{text}'"
+        ) from None
+    if (name == "quantile" and not 0 < number < 1) or (name != "quantile" and number < 0):
+        raise ValueError(f"setting '{setting}': '{name}' needs {wants}, got {number}")
+    return name, number
+
+
+class ModelPart(StageConfig):
+    model: str = Field("tiny", description=MODEL_CHOICES)
+    dtype: Literal["auto", "float32", "bf16-mixed", "bfloat16", "float16"] = Field(
+        "auto",
+        description="bf16-mixed: float32 weights, bfloat16 autocast (fast on CPUs with AMX too); "
+        "auto: bf16-mixed on GPU, float32 on CPU",
+    )
+    chat_template: str | None = Field(None, description="Jinja chat template; default: the model's own, else ChatML")
+    lora: bool = Field(False, description="train LoRA adapters (peft) instead of all weights")
+    lora_r: int = Field(16, gt=0, description="LoRA rank")
+    lora_alpha: float = Field(32.0, gt=0, description="LoRA scaling numerator (scale = alpha / r)")
+    lora_dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the LoRA path")
+    lora_target_modules: list[str] | str = Field("all-linear", description="modules that get adapters")
+    merge_lora: bool = Field(True, description="merge adapters into the weights when saving the final model")
+
+
+class DataPart(StageConfig):
+    data: str = Field(
+        ...,
+        description="training data: a .jsonl/.json/.parquet file or a datasets folder; "
+        "on the command line 'toy' names the toy world's built-in set",
+    )
+    eval_data: str | None = Field(None, description="held-out data; default: eval_fraction of the training data")
+    eval_fraction: float = Field(
+        0.05, ge=0, lt=1, description="share of the training data held out when eval_data is unset"
+    )
+    max_length: int = Field(512, gt=0, description="longest sequence in tokens; longer ones are truncated from the end")
+    skip_invalid: bool = Field(
+        False, description="skip bad rows (counted and listed in invalid_rows.jsonl) instead of failing"
+    )
+
+
+class RewardPart(StageConfig):
+    reward: str = Field(..., description=REWARD_CHOICES)
+    reward_batch_size: int = Field(32, gt=0, description="responses per reward-model forward")
+    reward_transform: str = Field(
+        "mean",
+        description="one number from a reward with a spread (ensemble members, or a mean-variance reward "
+        f"model): {REWARD_TRANSFORM_CHOICES} (e.g. quantile:0.1, the lower decile)",
+    )
+
+    @field_validator("reward_transform")
+    @classmethod
+    def _check_transform(cls, value: str) -> str:
+        parse_reward_transform(value)
+        return value.strip()
+
+
+class SamplingPart(StageConfig):
+    """How responses are sampled, the same in every stage that samples (PPO, best-of-N, rejection sampling,
+    generation, evaluation): the sampler reads these fields."""
+
+    max_new_tokens: int = Field(48, gt=0, description="response budget in tokens")
+    temperature: float = Field(
+        1.0, gt=0, description="sampling temperature (PPO also divides the logits by it in the loss)"
+    )
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling; 1 = off")
+    top_k: int = Field(0, ge=0, description="top-k sampling; 0 = off")
+    stop: list[str] = Field([], description="stop strings: the response is cut before them (counts as an end)")
+    # Huang et al. 2024 ("The N+ implementation details of RLHF with PPO"): a response that never ends gets a
+    # fixed low score instead of the reward's, so the policy cannot gain by rambling past its budget.
+    missing_eos_penalty: float | None = Field(
+        -1.0, description="score of a response that never ended (no EOS or stop string); null keeps the reward's"
+    )
+    rollout_backend: Literal["transformers", "vllm"] = Field(
+        "transformers", description="transformers: the built-in sampler; vllm: GPU only, optional extra"
+    )
+
+    def sampling(self) -> SamplingPart:
+        """Just the sampling settings of a stage config (what a sampler is built from)."""
+        return SamplingPart(**{name: getattr(self, name) for name in SamplingPart.model_fields})
+
+
+class OptimPart(StageConfig):
+    lr: float = Field(1e-3, gt=0, description="peak learning rate (AdamW)")
+    weight_decay: float = Field(0.0, ge=0)
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="share of steps with linear warm-up")
+    lr_schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    max_grad_norm: float | None = Field(1.0, description="clip the gradient norm to this; null to disable")
+
+
+class RunPart(StageConfig):
+    # Settings that change how a run is watched or kept, not what it computes: a resumed run may change them.
+    run_only: ClassVar[frozenset[str]] = StageConfig.run_only | {
+        "resume",
+        "report_to",
+        "log_every",
+        "eval_every",
+        "save_every",
+        "keep_checkpoints",
+    }
+
+    output_dir: str | None = Field(None, description="run folder; default runs/<stage>-<time>")
+    seed: int = 0
+    batch_size: int = Field(16, gt=0, description="examples per optimiser step on each process, before accumulation")
+    grad_accum: int = Field(
+        1, gt=0, description="micro-batches per optimiser step (micro-batch = batch_size / grad_accum)"
+    )
+    epochs: float = Field(1.0, gt=0, description="passes over the training data (ignored when max_steps is set)")
+    max_steps: int | None = Field(None, gt=0, description="optimiser steps; overrides epochs")
+    log_every: int = Field(10, gt=0, description="steps between logged metrics")
+    eval_every: int | None = Field(
+        None, gt=0, description="steps between held-out evaluations; default: at the end only"
+    )
+    save_every: int | None = Field(None, gt=0, description="steps between checkpoints; default: only on interrupt")
+    keep_checkpoints: int = Field(2, gt=0, description="how many recent checkpoints to keep")
+    resume: bool = Field(True, description="continue from the latest checkpoint in output_dir if there is one")
+    report_to: list[Literal["tensorboard", "jsonl"]] = Field(["tensorboard", "jsonl"], description="metric sinks")
+    progress: bool = Field(True, description="show a progress bar")
+
+
+# The order of the groups in `--help`: what to train and on what first, the knobs of the stage itself next,
+# then the optimiser and the run's bookkeeping.
+HELP_GROUPS = [("model", ModelPart), ("data", DataPart), ("reward", RewardPart), ("sampling", SamplingPart)]
+HELP_GROUPS_LAST = [("optimiser", OptimPart), ("run", RunPart)]

@@ -1,0 +1,242 @@
+"""The settings of the pipelines: the toy demo and the real-model presets (``rlhfkit demo [--preset NAME]``).
+
+Each is one flat config whose stage settings are derived from it by the pipeline; torch-free, like every
+config, so that the command line checks them before anything loads.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from rlhfkit.config.base import Figures, StageConfig
+
+
+class DemoFigures(Figures):
+    rows: list[dict] = Field(description="per method: gold, win rate vs SFT with its interval, KL, proxy reward")
+    annotator_agreement: float
+    rm_ceiling: float
+    rm_heldout_accuracy: float | None
+    wall_seconds: float
+    seed: int
+
+
+class HarmlessFigures(Figures):
+    rates: dict[str, dict[str, float]] = Field(description="per model: harmful_refusal, benign_refusal")
+    meets_targets: dict[str, bool]
+    cpu_seconds: float
+    wall_seconds: float
+
+
+class DemoConfig(StageConfig):
+    """Settings of `rlhfkit demo` (the budgets are tuned for a 2-core CPU: about 1.5 minutes)."""
+
+    stage: ClassVar[str] = "demo"
+    figures: ClassVar[type[Figures]] = DemoFigures
+
+    output_dir: str | None = Field(None, description="run folder; default runs/demo-<time>")
+    seed: int = 0
+    quick: bool = Field(False, description="tiny budgets everywhere (a smoke run, not a result)")
+    model: str = Field("tiny", description="the model SFT starts from")
+    demo_quality: float = Field(
+        0.5, ge=0, le=1, description="share of good demonstrations (the rest are plausible but poor)"
+    )
+    sft_steps: int = Field(600, gt=0)
+    sft_lr: float = Field(3e-3, gt=0)
+    feedback_prompts: int = Field(1200, gt=0, description="prompts whose SFT samples the annotators label")
+    samples_per_prompt: int = Field(4, ge=2, description="SFT samples per prompt shown to annotators")
+    eval_label_draws: int = Field(
+        5,
+        gt=0,
+        description="fresh labels drawn per held-out prompt (pairs and annotators), for the reward model's held-out accuracy",
+    )
+    annotator_noise: float = Field(0.25, ge=0, lt=0.5, description="label flip rate (AlpacaFarm: 0.25)")
+    rm_steps: int = Field(300, gt=0)
+    bon_n: int = Field(16, ge=1, description="largest N of best-of-N")
+    rejection_k: int = Field(8, ge=2, description="samples per prompt in rejection sampling")
+    rejection_prompts: int = Field(400, gt=0)
+    dpo_steps: int = Field(200, gt=0)
+    dpo_beta: float = Field(0.1, gt=0)
+    ppo_steps: int = Field(60, gt=0)
+    ppo_kl_coef: float = Field(0.02, ge=0)
+    eval_prompts: int = Field(500, gt=0, description="held-out prompts for the evaluation")
+    max_new_tokens: int = Field(24, gt=0)
+    methods: list[Literal["bon", "rejection", "dpo", "ppo"]] = ["bon", "rejection", "dpo", "ppo"]
+    threads: int = Field(
+        1,
+        ge=0,
+        description="torch threads (0: auto, one when the machine is busy, else all cores); tiny models run "
+        "fastest on one, and several threads wait on each other when the cores are busy",
+    )
+
+    def budgets(self) -> DemoConfig:
+        if not self.quick:
+            return self
+        return self.model_copy(
+            update=dict(
+                sft_steps=20,
+                feedback_prompts=48,
+                rm_steps=5,
+                bon_n=4,
+                rejection_k=2,
+                rejection_prompts=32,
+                dpo_steps=4,
+                ppo_steps=2,
+                eval_prompts=32,
+            )
+        )
+
+
+class HarmlessConfig(StageConfig):
+    """Settings of `rlhfkit demo --preset smollm2-harmless`."""
+
+    stage: ClassVar[str] = "smollm2-harmless"
+    figures: ClassVar[type[Figures]] = HarmlessFigures
+
+    output_dir: str | None = Field(None, description="run folder; default runs/smollm2-harmless-<time>")
+    seed: int = 0
+    model: str = Field("smollm2-135m-instruct", description="the model to align (any causal LM spec)")
+    methods: list[Literal["dpo", "ppo"]] = Field(["dpo", "ppo"], description="which alignment methods to run")
+    n_train_pairs: int = Field(360, gt=1, description="training prompts (one pair each)")
+    # Moves the refuse/answer balance: 0.4 gave DPO 80% / 2% (harmful / benign refused; e5 in the doc), 0.5 88% / 2%.
+    harmful_share: float = Field(0.5, gt=0, lt=1, description="share of harmful prompts among the training prompts")
+    n_eval_harmful: int = Field(60, gt=0, description="harmful evaluation prompts (at most 60)")
+    n_eval_benign: int = Field(60, gt=0, description="benign evaluation prompts (at most 60)")
+    max_new_tokens: int = Field(40, gt=0, description="answer budget (greedy) when evaluating")
+    gen_max_new_tokens: int = Field(40, gt=0, description="budget of the model's own answers used in the pairs")
+    gen_batch_size: int = Field(32, gt=0, description="prompts per generation batch")
+    lora_r: int = Field(16, gt=0, description="LoRA rank (all linear layers) for every stage")
+    lora_alpha: float = Field(32.0, gt=0)
+    max_length: int = Field(192, gt=0, description="longest training sequence in tokens")
+    # The starting policy (policy_0) of DPO (and of PPO with ppo_from: policy_0)
+    init: Literal["sft", "base"] = Field(
+        "sft", description="policy_0: LoRA SFT on the chosen answers, or the base model"
+    )
+    # Two epochs at 5e-4: one epoch at 3e-4 under-fits the decision (r8: 47% of the *training* benign requests
+    # still refused; e1 in the doc).
+    sft_epochs: float = Field(2.0, gt=0)
+    sft_batch_size: int = Field(8, gt=0)
+    sft_lr: float = Field(5e-4, gt=0)
+    # DPO
+    dpo_epochs: float = Field(1.0, gt=0, description="passes over the pairs")
+    dpo_batch_size: int = Field(8, gt=0)
+    dpo_lr: float = Field(2e-4, gt=0)
+    dpo_beta: float = Field(0.1, gt=0)
+    # Plain DPO lowered the chosen log-probs with the rejected ones and refused more of the training benign
+    # requests after it than before (r8: 47% -> 60%); the NLL term on the chosen answers (RPO) keeps the helpful
+    # answers likely (e2 in the doc).
+    dpo_rpo_alpha: float = Field(1.0, ge=0, description="weight of the NLL term on the chosen answers (RPO)")
+    # PPO and its reward model
+    # PPO refines the DPO model (SFT -> DPO -> RL, as in Tulu 3): 8 rollouts of 16 prompts from policy_0 moved
+    # it by a KL of ~0.1 nats and left its over-refusal in place (e3 in the doc); "policy_0" starts PPO from it.
+    ppo_from: Literal["dpo", "policy_0"] = Field("dpo", description="PPO's start: the DPO model or policy_0")
+    rm_epochs: float = Field(2.0, gt=0, description="passes of the MiniLM reward model over the pairs")
+    rm_batch_size: int = Field(16, gt=0)
+    rm_lr: float = Field(1e-4, gt=0)
+    ppo_steps: int = Field(8, gt=0, description="PPO rollout steps")
+    ppo_batch_size: int = Field(16, gt=0, description="prompts per rollout")
+    ppo_epochs: int = Field(2, gt=0, description="optimisation passes over each rollout")
+    ppo_lr: float = Field(1e-4, gt=0)
+    ppo_kl_coef: float = Field(0.05, ge=0)
+    ppo_max_new_tokens: int = Field(24, gt=0)
+    ppo_temperature: float = Field(0.7, gt=0)
+    # Report and machine
+    n_samples: int = Field(6, ge=0, description="before/after samples in the report (half harmful, half benign)")
+    # One thread by default: the preset's CPU budget (docs/smollm2-harmless.md) was measured that way.
+    threads: int = Field(
+        1,
+        ge=0,
+        description="torch CPU threads; 0 = auto: 1 when the machine is already busy "
+        "(load >= cores; OpenMP threads then spin-wait), else all cores",
+    )
+    target_harmful_refusal: float = 0.8
+    target_benign_refusal: float = 0.1
+
+    @model_validator(mode="after")
+    def _check(self):
+        if "ppo" in self.methods and self.ppo_from == "dpo" and "dpo" not in self.methods:
+            raise ValueError("ppo_from: dpo needs dpo in methods (or give --ppo-from policy_0)")
+        return self
+
+
+# --- measurements on the toy world (rlhfkit.toy.experiments) -------------------------------------------------
+
+
+class DisagreementFigures(Figures):
+    personas: list[dict] = Field(description="per persona: held-out labels, pooled and conditioned accuracy, gain")
+    mean_gain: float = Field(description="mean over personas of conditioned minus pooled accuracy (points)")
+    hidden_context_r2: dict[str, float | None] = Field(description="mean-variance model's r^2: one persona, all")
+    policies: list[dict] = Field(description="per persona: its policy's win rates by the persona's own utility")
+    wall_seconds: float
+    seed: int
+
+
+class DisagreementConfig(StageConfig):
+    """Settings of `python -m rlhfkit.toy.experiments.disagreement` (one seed's folder)."""
+
+    stage: ClassVar[str] = "disagreement"
+    figures: ClassVar[type[Figures]] = DisagreementFigures
+
+    output_dir: str | None = Field(None, description="the seed's folder; default runs/disagreement/seed-<seed>")
+    seed: int = 0
+    quick: bool = Field(False, description="tiny budgets everywhere (a smoke run, not a result)")
+    pool: Literal["diverse", "demo"] = Field(
+        "diverse", description="the five personas: rlhfkit.toy.annotators.DIVERSE_PERSONAS or the demo's PERSONAS"
+    )
+    one_persona: str = Field("balanced", description="the one-persona pool of the hidden-context comparison")
+    annotator_noise: float = Field(0.25, ge=0, lt=0.5, description="label flip rate")
+    train_prompts: int = Field(1200, gt=0, description="prompts whose SFT samples are labelled for training")
+    eval_prompts: int = Field(300, gt=0, description="held-out prompts; each pair labelled by every persona")
+    samples_per_prompt: int = Field(4, ge=2, description="SFT samples per prompt (every pair of them is labelled)")
+    rm_steps: int = Field(400, gt=0)
+    rm_lr: float = Field(1e-3, gt=0)
+    rm_batch_size: int = Field(32, gt=0)
+    annotator_dropout: float = Field(0.2, ge=0, lt=1)
+    policy_prompts: int = Field(400, ge=0, description="prompts of each persona's rejection sampling (0: no policies)")
+    rejection_k: int = Field(8, ge=2)
+    policy_eval_prompts: int = Field(500, gt=0, description="held-out prompts the policies are judged on")
+    max_new_tokens: int = Field(24, gt=0)
+    threads: int = Field(1, ge=0, description="torch threads (0: auto)")
+
+    def budgets(self) -> DisagreementConfig:
+        if not self.quick:
+            return self
+        return self.model_copy(
+            update=dict(train_prompts=96, eval_prompts=16, rm_steps=4, rm_batch_size=8, policy_prompts=16,
+                        rejection_k=2, policy_eval_prompts=16)
+        )  # fmt: skip
+
+
+class ThumbsFigures(Figures):
+    rows: list[dict] = Field(description="SFT and KTO: gold, win rate vs SFT with its interval, KL")
+    thumbs: int = Field(description="training thumbs (no pairs)")
+    thumbs_up_share: float
+    wall_seconds: float
+    seed: int
+
+
+class ThumbsConfig(StageConfig):
+    """Settings of `python -m rlhfkit.toy.experiments.thumbs` (one seed's folder): KTO on thumbs only, judged as
+    the demo judges (its SFT, prompts, sampling and gold)."""
+
+    stage: ClassVar[str] = "thumbs"
+    figures: ClassVar[type[Figures]] = ThumbsFigures
+
+    output_dir: str | None = Field(None, description="the seed's folder; default runs/thumbs/seed-<seed>")
+    seed: int = 0
+    quick: bool = Field(False, description="tiny budgets everywhere (a smoke run, not a result)")
+    annotator_noise: float = Field(0.25, ge=0, lt=0.5, description="thumbs flip rate")
+    feedback_prompts: int = Field(1200, gt=0, description="prompts whose SFT samples get thumbs (90% train)")
+    samples_per_prompt: int = Field(4, ge=1)
+    kto_steps: int = Field(200, gt=0)
+    kto_lr: float = Field(5e-4, gt=0)
+    kto_beta: float = Field(0.1, gt=0)
+    eval_prompts: int = Field(500, gt=0)
+    max_new_tokens: int = Field(24, gt=0)
+    threads: int = Field(1, ge=0, description="torch threads (0: auto)")
+
+    def budgets(self) -> ThumbsConfig:
+        if not self.quick:
+            return self
+        return self.model_copy(update=dict(feedback_prompts=48, kto_steps=4, eval_prompts=16))

