@@ -215,6 +215,13 @@ def main() -> None:
         bad |= bool(check["lost"] or check["duplicated"] or run.errors or check["unacknowledged_stored"])
         if run.errors:
             print(f"  errors: {run.errors[:3]}")
+    print("\nover all rounds (labels/s over the totals; latency percentiles of all label submissions):")
+    for kind in dict.fromkeys(r[0] for r in results):
+        lat = [x for r in results if r[0] == kind for x in r[1].latencies]
+        print(
+            f"  {kind:<20}{rate(kind):>8.1f} labels/s {rate(kind) / base:>6.0%}   p50 {pct(lat, 0.5):>6.1f} ms"
+            f"   p95 {pct(lat, 0.95):>6.1f} ms"
+        )
     print(
         f"honest labels/s under 4 flooding clients: {rate('4 flooding clients') / base:.0%} of unflooded (target >= 80%)"
     )
