@@ -133,15 +133,39 @@ def test_project_and_user_commands(tmp_path):
     assert json.loads(out)["active"] is False
     assert "ann\treviewer\tpassword\tdeactivated\t0 sessions" in run("user", "list", "--db", db)[1]
     assert json.loads(run("user", "activate", "ann", "--db", db)[1])["active"] is True
+
+    def live_session() -> str:
+        from rlhfkit.feedback.auth import start_session, user_for_token
+        from rlhfkit.feedback.users import find_user
+
+        with store.write() as s:
+            token = start_session(s, find_user(s, "ann").id, 1)[0]
+            s.commit()
+        with store.read() as s:
+            assert user_for_token(s, token) is not None
+        return token
+
+    def still_valid(token: str) -> bool:
+        from rlhfkit.feedback.auth import user_for_token
+
+        with store.read() as s:
+            return user_for_token(s, token) is not None
+
+    token = live_session()
     result = runner.invoke(
         app, ["user", "password", "ann", "--db", str(db)], env={"RLHFKIT_PASSWORD": "new-long-password"}
     )
-    assert result.exit_code == 0 and json.loads(result.output)["sessions_ended"] == 0
+    assert result.exit_code == 0 and json.loads(result.output)["sessions_ended"] == 1
+    assert not still_valid(token)  # a new password ends the sessions made with the old one
     with store.read() as s:
         from rlhfkit.feedback.auth import check_password
         from rlhfkit.feedback.users import find_user
 
         assert check_password(find_user(s, "ann"), "new-long-password")
+    token = live_session()
+    code, out = run("user", "invite", "ann", "--db", db)
+    assert code == 0 and json.loads(out)["invite_token"]
+    assert not still_valid(token)  # a new invite is a reset: old sessions end too
     code, out = run("user", "deactivate", "nobody", "--db", db)
     assert code == 2 and "no such user" in out
 
