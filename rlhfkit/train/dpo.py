@@ -54,6 +54,7 @@ from rlhfkit.data.pairs import (
 from rlhfkit.models.load import add_lora, base_causal_lm, load_causal_lm, save_model
 from rlhfkit.runs import file_hash, parent_of
 from rlhfkit.train import common
+from rlhfkit.train.token_cache import cached_tokens
 
 
 class CompletionLogProbs(nn.Module):
@@ -208,8 +209,9 @@ def run(cfg: DPOConfig) -> Path:
     )
     model, tokenizer = load_causal_lm(cfg.model, common.training_dtype(cfg), cfg.chat_template, seed=cfg.seed)
     pad_id = tokenizer.pad_token_id
-    train = tokenize_all(tokenizer, train_records, cfg.max_length)
-    held_out = tokenize_all(tokenizer, eval_records, cfg.max_length)
+    tokenize = lambda records: tokenize_all(tokenizer, records, cfg.max_length)  # noqa: E731
+    train = cached_tokens(tokenize, train_records, tokenizer, cfg.max_length, item_type=Group)
+    held_out = cached_tokens(tokenize, eval_records, tokenizer, cfg.max_length, item_type=Group)
     loss_fn = make_loss_fn(cfg)
     parents = [parent_of("model", cfg.model), parent_of("reference", cfg.model)]
     logger = common.start_run(run_dir, cfg, accelerator, parents, {"train": cfg.data, "eval": cfg.eval_data})

@@ -44,6 +44,7 @@ from rlhfkit.models.reward import (
 from rlhfkit.runs import RunFolder, parent_of
 from rlhfkit.specs import parse_model_spec
 from rlhfkit.train import common
+from rlhfkit.train.token_cache import cached_tokens
 
 # --------------------------------------------------------------------------------------------------
 # Tokenisation and scoring of groups
@@ -232,8 +233,10 @@ def train_member(
         )
     shared = cfg.shared_prompt and rm.kind == "causal"
     pad_id = rm.tokenizer.pad_token_id if rm.tokenizer.pad_token_id is not None else 0
-    train = tokenize_all(rm, train_records, cfg.data_kind, cfg.max_length)
-    held_out = tokenize_all(rm, eval_records, cfg.data_kind, cfg.max_length)
+    tokenize = lambda records: tokenize_all(rm, records, cfg.data_kind, cfg.max_length)  # noqa: E731
+    settings = (rm.kind, cfg.data_kind, cfg.max_length)
+    train = cached_tokens(tokenize, train_records, rm.tokenizer, *settings, item_type=Group)
+    held_out = cached_tokens(tokenize, eval_records, rm.tokenizer, *settings, item_type=Group)
     if cfg.bootstrap:
         rng = random.Random(seed)
         train = [train[rng.randrange(len(train))] for _ in range(len(train))]
