@@ -29,9 +29,7 @@ def test_the_schedule_gives_transformers_numbers(schedule, total, warmup_ratio):
     ours_opt, theirs_opt = (torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3) for _ in range(2))
     ours = make_scheduler(ours_opt, cfg, total)
     name = {"constant": "constant_with_warmup"}.get(schedule, schedule)
-    theirs = get_scheduler(
-        name, theirs_opt, num_warmup_steps=int(warmup_ratio * total), num_training_steps=total
-    )
+    theirs = get_scheduler(name, theirs_opt, num_warmup_steps=int(warmup_ratio * total), num_training_steps=total)
     for _ in range(total + 3):
         assert ours.get_last_lr() == theirs.get_last_lr()
         ours_opt.step(), theirs_opt.step(), ours.step(), theirs.step()
@@ -120,3 +118,28 @@ print([m for m in ("peft", "transformers.trainer_utils", "torch.utils.tensorboar
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_tensorboard_reads_the_event_files_rlhfkit_writes(tmp_path):
+    """Scalars and text written by rlhfkit.tb_events read back through TensorBoard's own reader (which checks
+    every record's CRC) exactly as torch's SummaryWriter would have them."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from rlhfkit.tb_events import EventFileWriter, masked_crc32c
+
+    assert masked_crc32c(b"123456789") == ((0xE3069283 >> 15 | 0xE3069283 << 17) + 0xA282EAD8) & 0xFFFFFFFF
+    writer = EventFileWriter(tmp_path)
+    writer.scalars(1, {"train/loss": 0.5, "train/lr": 1e-3})
+    writer.scalars(2, {"train/loss": 0.25})
+    writer.scalars(-1, {"eval/loss": 2.0})
+    writer.text(3, "samples", "| prompt | response |\n|---|---|\n| où ? | ici |")
+    writer.close()
+    acc = EventAccumulator(str(tmp_path), size_guidance={"tensors": 0, "scalars": 0})
+    acc.Reload()
+    assert [(e.step, e.value) for e in acc.Scalars("train/loss")] == [(1, 0.5), (2, 0.25)]
+    assert acc.Scalars("train/lr")[0].value == pytest.approx(1e-3) and acc.Scalars("eval/loss")[0].step == -1
+    (text,) = acc.Tensors("samples/text_summary")
+    assert text.step == 3 and text.tensor_proto.string_val == [
+        "| prompt | response |\n|---|---|\n| où ? | ici |".encode()
+    ]
+    assert acc.SummaryMetadata("samples/text_summary").plugin_data.plugin_name == "text"
