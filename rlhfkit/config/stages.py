@@ -226,7 +226,7 @@ class PPOConfig(ModelPart, DataPart, RewardPart, SamplingPart, OptimPart, RunPar
             raise ValueError(
                 "reference 'lora-off' needs --lora (without adapters there is nothing to switch off); use 'copy'"
             )
-        if self.grad_accum != 1:
+        if self.grad_accum not in (None, 1):
             raise ValueError("ppo does not use grad_accum: a rollout batch is cut into num_minibatches optimiser steps")
         return self
 

@@ -134,11 +134,30 @@ def global_batches(
     return itertools.islice(stream(), start, None)
 
 
-def split_micro(batch: list[int], accelerator: Accelerator, grad_accum: int) -> list[list[int]]:
-    """This process's share of a global batch, cut into ``grad_accum`` micro-batches."""
+# Examples per micro-batch on the CPU when grad_accum is not set: the per-example cost there is as low at 4 as
+# at 8 or 16 (the products stay large enough), while the activations held for the backward pass shrink with
+# the micro-batch (docs/performance.md, "Memory").
+CPU_MICRO_BATCH = 4
+
+
+def split_micro(batch: list[int], accelerator: Accelerator, grad_accum: int | None) -> list[list[int]]:
+    """This process's share of a global batch, cut into ``grad_accum`` micro-batches (None: micro-batches of
+    ``CPU_MICRO_BATCH`` examples on the CPU, the whole share elsewhere)."""
     mine = batch[accelerator.process_index :: accelerator.num_processes]
-    size = math.ceil(len(mine) / grad_accum)
+    if grad_accum is None:
+        size = CPU_MICRO_BATCH if accelerator.device.type == "cpu" else max(len(mine), 1)
+    else:
+        size = math.ceil(len(mine) / grad_accum)
     return [mine[s : s + size] for s in range(0, len(mine), size)]
+
+
+def micro_rows(rows: torch.Tensor, device: torch.device) -> list[torch.Tensor]:
+    """A mini-batch of rollout rows as the pieces to run forward and backward one at a time: on the CPU pieces of
+    ``CPU_MICRO_BATCH`` rows, in row order so that the samples of one prompt stay together (they then share
+    the prompt's forward, ``rlhfkit.rollout.shared_prompt_forward``); elsewhere the whole mini-batch."""
+    if torch.device(device).type != "cpu":
+        return [rows]
+    return list(rows.sort().values.split(CPU_MICRO_BATCH))
 
 
 @dataclass
