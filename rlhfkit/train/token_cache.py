@@ -6,8 +6,8 @@ rate or beta) does not tokenise it again.
 The key is a hash of everything the ids depend on: the records themselves (so a changed file, another
 held-out split or seed gives another key), the tokenizer (its vocabulary and merges, special tokens, chat
 template), the stage's settings that shape the ids (``max_length``), and the source of the code that
-tokenises (``rlhfkit/data/chat.py``, ``rlhfkit/data/pairs.py``, ``rlhfkit/models/reward.py`` and the stage's
-own module), so edited tokenisation code never reads ids it did not make. The newest ``KEEP`` files are kept.
+tokenises (``rlhfkit/data/chat.py``, ``rlhfkit/data/pairs.py``, ``rlhfkit/models/reward.py``, the stage's
+own module and any it names), so edited tokenisation code never reads ids it did not make. The newest ``KEEP`` files are kept.
 """
 
 from __future__ import annotations
@@ -61,16 +61,22 @@ def _encode(item: Any) -> Any:
 
 
 def cached_tokens(
-    tokenize: Callable[[list], list], records: list, tokenizer, *settings, item_type: type | None = None
+    tokenize: Callable[[list], list],
+    records: list,
+    tokenizer,
+    *settings,
+    item_type: type | None = None,
+    sources: tuple[str, ...] = (),
 ) -> list:
     """``tokenize(records)``, from the cache when the same records were tokenised the same way before.
 
     ``item_type``: the dataclass each item is (``Group``), rebuilt from its fields on a read; items that are
-    tuples of lists (SFT's ``(ids, labels)``) come back as tuples."""
+    tuples of lists (SFT's ``(ids, labels)``) come back as tuples. ``sources``: further modules whose code
+    shapes the ids (beyond ``SOURCES`` and the module that defines ``tokenize``)."""
     if not records:
         return tokenize(records)
     h = hashlib.sha256(repr((FORMAT, settings, tokenizer_fingerprint(tokenizer))).encode())
-    h.update(_source_hash((*SOURCES, tokenize.__module__)).encode())
+    h.update(_source_hash((*SOURCES, *sources, tokenize.__module__)).encode())
     for r in records:
         h.update(r.model_dump_json().encode() if hasattr(r, "model_dump_json") else repr(r).encode())
     folder = cache_dir() / "tokens"
