@@ -325,8 +325,8 @@ _mount_annotate()
 def program() -> None:
     """The ``rlhfkit`` program: the app, then an exit that skips Python's interpreter teardown.
 
-    Teardown frees the objects of torch, transformers and the rest one by one (about a second of CPU per
-    stage process, see docs/performance.md) only for the OS to take the memory back anyway. What must run at
+    Teardown frees the objects of torch, transformers and the rest one by one (what that costs a stage
+    process: docs/performance.md) only for the OS to take the memory back anyway. What must run at
     exit still runs: non-daemon threads are joined, the exit handlers registered with ``atexit`` are called
     (log handlers, thread pools, temporary folders), and the standard streams are flushed. Only the program
     exits this way; ``app`` called from Python (tests, notebooks) returns or raises as usual."""

@@ -1,7 +1,7 @@
 """TensorBoard event files written directly: scalars and text, which is all a run logs.
 
 torch's ``SummaryWriter`` imports the ``tensorboard`` package (its protobuf messages, a TensorFlow stub, every
-summary plugin) and starts a writer thread: ~0.1-0.2 s of CPU and ~5 MB in every stage process. The file
+summary plugin) and starts a writer thread, in every stage process (``bench/import_costs.py``). The file
 format is small enough to write by hand: a sequence of records, each ``[length: uint64][masked CRC-32C of
 the length: uint32][data][masked CRC-32C of the data: uint32]``, whose data is a serialized ``Event`` protocol
 buffer (tensorflow/core/util/event.proto): ``wall_time`` (field 1, double), ``step`` (2, int64),

@@ -83,6 +83,10 @@ def test_token_ids_are_cached_by_records_tokenizer_settings_and_code(tmp_path, m
     monkeypatch.setattr(token_cache, "SOURCES", ("rlhfkit.data.io",))
     token_cache.cached_tokens(tokenize, records, tok, 64, item_type=Group)
     assert calls == [20, 19, 20, 20, 20]
+    # so is a module the stage names as shaping its ids (the reward model's reward_data)
+    token_cache.cached_tokens(tokenize, records, tok, 64, item_type=Group, sources=("rlhfkit.data.records",))
+    token_cache.cached_tokens(tokenize, records, tok, 64, item_type=Group, sources=("rlhfkit.data.records",))
+    assert calls == [20, 19, 20, 20, 20, 20]
 
 
 def test_the_program_leaves_without_teardown_with_everything_written(tmp_path):

@@ -152,8 +152,7 @@ class RunPart(StageConfig):
         None,
         gt=0,
         description="micro-batches per optimiser step (micro-batch = batch_size / grad_accum); default: "
-        "micro-batches of 4 examples on the CPU (as fast per example as larger ones there, with a fraction of "
-        "the activations in memory), the whole batch on a GPU",
+        "micro-batches of 4 examples on the CPU (a fraction of the activations in memory), the whole batch on a GPU",
     )
     epochs: float = Field(1.0, gt=0, description="passes over the training data (ignored when max_steps is set)")
     max_steps: int | None = Field(None, gt=0, description="optimiser steps; overrides epochs")

@@ -72,7 +72,7 @@ def lr_factor(schedule: str, step: int, warmup: int, total: int) -> float:
     """The learning-rate multiplier at ``step``: linear warm-up over ``warmup`` steps, then constant, linear
     decay to 0 or half a cosine to 0 at ``total``. The same numbers as transformers' ``get_scheduler``
     (constant_with_warmup, linear, cosine), written here because importing it pulls in its Trainer's
-    utilities and peft (~0.3 s and ~9 MB a process)."""
+    utilities and peft (what that costs: ``bench/import_costs.py``, docs/performance.md)."""
     if step < warmup:
         return step / max(1, warmup)
     if schedule == "constant":
@@ -134,9 +134,9 @@ def global_batches(
     return itertools.islice(stream(), start, None)
 
 
-# Examples per micro-batch on the CPU when grad_accum is not set: the per-example cost there is as low at 4 as
-# at 8 or 16 (the products stay large enough), while the activations held for the backward pass shrink with
-# the micro-batch (docs/performance.md, "Memory").
+# Examples per micro-batch on the CPU when grad_accum is not set: the activations held for the backward pass
+# shrink with the micro-batch while the products stay large enough to run at full speed on a CPU core
+# (measured in docs/performance.md, "Micro-batches").
 CPU_MICRO_BATCH = 4
 
 
