@@ -417,5 +417,38 @@ def _mount_annotate() -> None:
 
 _mount_annotate()
 
+
+def program() -> None:
+    """The ``rlhfkit`` program: the app, then an exit that skips Python's interpreter teardown.
+
+    Teardown frees the objects of torch, transformers and the rest one by one (what that costs a stage
+    process: docs/performance.md) only for the OS to take the memory back anyway. What must run at
+    exit still runs: non-daemon threads are joined, the exit handlers registered with ``atexit`` are called
+    (log handlers, thread pools, temporary folders), and the standard streams are flushed. Only the program
+    exits this way; ``app`` called from Python (tests, notebooks) returns or raises as usual."""
+    try:
+        app()
+    except SystemExit as e:
+        exit_without_teardown(e.code)
+
+
+def exit_without_teardown(code) -> None:
+    import atexit
+    import contextlib
+    import threading
+
+    if isinstance(code, str):  # SystemExit("message"): printed, status 1, as Python does
+        print(code, file=sys.stderr)
+        code = 1
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing more can be written anyway
+            stream.flush()
+    os._exit(code or 0)
+
+
 if __name__ == "__main__":
-    sys.exit(app())
+    program()
