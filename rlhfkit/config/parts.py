@@ -148,8 +148,11 @@ class RunPart(StageConfig):
     output_dir: str | None = Field(None, description="run folder; default runs/<stage>-<time>")
     seed: int = 0
     batch_size: int = Field(16, gt=0, description="examples per optimiser step on each process, before accumulation")
-    grad_accum: int = Field(
-        1, gt=0, description="micro-batches per optimiser step (micro-batch = batch_size / grad_accum)"
+    grad_accum: int | None = Field(
+        None,
+        gt=0,
+        description="micro-batches per optimiser step (micro-batch = batch_size / grad_accum); default: "
+        "micro-batches of 4 examples on the CPU (a fraction of the activations in memory), the whole batch on a GPU",
     )
     epochs: float = Field(1.0, gt=0, description="passes over the training data (ignored when max_steps is set)")
     max_steps: int | None = Field(None, gt=0, description="optimiser steps; overrides epochs")

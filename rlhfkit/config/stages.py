@@ -253,6 +253,11 @@ class KTOConfig(ModelPart, DataPart, OptimPart, RunPart):
     shared_prompt: bool = Field(
         True, description="each completion and its mismatched one in one row with the prompt computed once (exact)"
     )
+    # Not the other trainers' "micro-batches of 4 on the CPU": KTO's reference point is estimated per micro-batch,
+    # so the split changes the loss, and the default keeps it the whole batch everywhere.
+    grad_accum: int = Field(
+        1, gt=0, description="micro-batches per optimiser step; each estimates its own reference point (as TRL)"
+    )
 
     @model_validator(mode="after")
     def _check(self):
@@ -344,7 +349,7 @@ class PPOConfig(ModelPart, DataPart, RewardPart, SamplingPart, OptimPart, RunPar
             raise ValueError(
                 "reference 'lora-off' needs --lora (without adapters there is nothing to switch off); use 'copy'"
             )
-        if self.grad_accum != 1:
+        if self.grad_accum not in (None, 1):
             raise ValueError("ppo does not use grad_accum: a rollout batch is cut into num_minibatches optimiser steps")
         return self
 

@@ -3,9 +3,9 @@
 - ``live``: feedback from serving (``rlhfkit.serve.records``): a preference after "regenerate" is a comparison;
   thumbs and ratings are paired per prompt by ``rlhfkit.data.convert.ratings_to_comparisons`` (pooled over users,
   who rarely rate two answers to one prompt themselves), at most ``MAX_PAIRS_PER_PROMPT`` per prompt;
-- ``queue``: the annotation app's human queue: pairs the reward model is least sure of are added as pairwise
-  tasks (the app's ``uncertainty`` strategy serves them first), and the labels people gave them are read back in
-  later rounds;
+- ``queue``: the annotation app's human queue (its ``default`` project): pairs the reward model is least sure of
+  are added as pairwise tasks (the app's ``uncertainty`` strategy serves them first), and the labels people gave
+  them are read back in later rounds;
 - a labeller, which scores every sampled response: a reward model (retrained each round on the human labels),
   or any reward or judge setting; the best and the worst response of each prompt make a pair ("RLHF Workflow",
   Dong et al. 2024).
@@ -51,7 +51,8 @@ def queue_push(store, loop_id: str, round_: int, candidates: list[dict], n: int,
     scores so the app's uncertainty strategy serves them first. Idempotent: tasks are keyed by loop, round, index."""
     from rlhfkit.data.records import flat_text
     from rlhfkit.feedback import active
-    from rlhfkit.feedback.store import add_tasks, parse_task
+    from rlhfkit.feedback.projects import get_project
+    from rlhfkit.feedback.tasks import add_tasks, parse_task
 
     ranked = sorted(candidates, key=lambda c: abs(c["margin"]))[:n]
     rows = []
@@ -63,7 +64,7 @@ def queue_push(store, loop_id: str, round_: int, candidates: list[dict], n: int,
         for task, c in zip(tasks, ranked):
             task.scores = [[c["score_a"], c["score_b"]]]  # one member's scores, as `annotate load --scorer` stores them
             task.uncertainty, task.disagreement = active.uncertainty(task.scores), active.disagreement(task.scores)
-        add_tasks(db, tasks)
+        add_tasks(db, get_project(db, None).id, tasks)  # the ``default`` project: the one `annotate` serves unasked
         db.commit()
     return rows
 
@@ -71,9 +72,11 @@ def queue_push(store, loop_id: str, round_: int, candidates: list[dict], n: int,
 def queue_pull(store, loop_id: str, pushed: dict[str, list]) -> list[dict]:
     """Comparisons from the labels people gave the loop's tasks (``pushed``: task id -> the chat prompt)."""
     from rlhfkit.feedback.export import build_records, label_rows
+    from rlhfkit.feedback.projects import get_project
 
     with store.read() as db:
-        rows = [r for r in label_rows(db) if (r["external_id"] or "").startswith(f"loop:{loop_id}:")]
+        rows = label_rows(db, get_project(db, None).id)
+    rows = [r for r in rows if (r["external_id"] or "").startswith(f"loop:{loop_id}:")]
     out = []
     for record in build_records("comparison", rows, drop_ties=True):
         external = next(r["external_id"] for r in rows if r["task_id"] == record["task_id"])

@@ -32,7 +32,10 @@ def new_response_id() -> str:
 
 
 def insert_response(conn: Connection, row: dict[str, Any]) -> None:
-    conn.execute(insert(responses).values(**row, created_at=utcnow()))
+    # A model may sample a NUL character (tiny byte-level models do), which PostgreSQL cannot store in a text
+    # column: it is kept as U+FFFD, so the answer the client was sent is stored rather than lost with an error.
+    text = row["text"].replace("\x00", "\ufffd")
+    conn.execute(insert(responses).values(**{**row, "text": text}, created_at=utcnow()))
 
 
 def _feedback_out(row) -> dict:

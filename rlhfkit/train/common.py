@@ -17,6 +17,7 @@ import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -67,13 +68,26 @@ def optimizer_step(
     return grad_norm
 
 
-def make_scheduler(optimizer, cfg: OptimPart, total_steps: int):
-    from transformers import get_scheduler
+def lr_factor(schedule: str, step: int, warmup: int, total: int) -> float:
+    """The learning-rate multiplier at ``step``: linear warm-up over ``warmup`` steps, then constant, linear
+    decay to 0 or half a cosine to 0 at ``total``. The same numbers as transformers' ``get_scheduler``
+    (constant_with_warmup, linear, cosine), written here because importing it pulls in its Trainer's
+    utilities and peft (what that costs: ``bench/import_costs.py``, docs/performance.md)."""
+    if step < warmup:
+        return step / max(1, warmup)
+    if schedule == "constant":
+        return 1.0
+    if schedule == "linear":
+        return max(0.0, (total - step) / max(1, total - warmup))
+    progress = (step - warmup) / max(1, total - warmup)
+    return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
 
-    name = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[cfg.lr_schedule]
-    return get_scheduler(
-        name, optimizer, num_warmup_steps=int(cfg.warmup_ratio * total_steps), num_training_steps=total_steps
-    )
+
+def make_scheduler(optimizer, cfg: OptimPart, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    if cfg.lr_schedule not in ("cosine", "linear", "constant"):
+        raise ValueError(f"lr_schedule {cfg.lr_schedule!r}: choose cosine, linear or constant")
+    factor = partial(lr_factor, cfg.lr_schedule, warmup=int(cfg.warmup_ratio * total_steps), total=total_steps)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def total_steps(cfg: RunPart, n_examples: int, world_size: int) -> int:
@@ -120,11 +134,30 @@ def global_batches(
     return itertools.islice(stream(), start, None)
 
 
-def split_micro(batch: list[int], accelerator: Accelerator, grad_accum: int) -> list[list[int]]:
-    """This process's share of a global batch, cut into ``grad_accum`` micro-batches."""
+# Examples per micro-batch on the CPU when grad_accum is not set: the activations held for the backward pass
+# shrink with the micro-batch while the products stay large enough to run at full speed on a CPU core
+# (measured in docs/performance.md, "Micro-batches").
+CPU_MICRO_BATCH = 4
+
+
+def split_micro(batch: list[int], accelerator: Accelerator, grad_accum: int | None) -> list[list[int]]:
+    """This process's share of a global batch, cut into ``grad_accum`` micro-batches (None: micro-batches of
+    ``CPU_MICRO_BATCH`` examples on the CPU, the whole share elsewhere)."""
     mine = batch[accelerator.process_index :: accelerator.num_processes]
-    size = math.ceil(len(mine) / grad_accum)
+    if grad_accum is None:
+        size = CPU_MICRO_BATCH if accelerator.device.type == "cpu" else max(len(mine), 1)
+    else:
+        size = math.ceil(len(mine) / grad_accum)
     return [mine[s : s + size] for s in range(0, len(mine), size)]
+
+
+def micro_rows(rows: torch.Tensor, device: torch.device) -> list[torch.Tensor]:
+    """A mini-batch of rollout rows as the pieces to run forward and backward one at a time: on the CPU pieces of
+    ``CPU_MICRO_BATCH`` rows, in row order so that the samples of one prompt stay together (they then share
+    the prompt's forward, ``rlhfkit.rollout.shared_prompt_forward``); elsewhere the whole mini-batch."""
+    if torch.device(device).type != "cpu":
+        return [rows]
+    return list(rows.sort().values.split(CPU_MICRO_BATCH))
 
 
 @dataclass

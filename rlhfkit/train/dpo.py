@@ -63,6 +63,7 @@ from rlhfkit.models.load import add_lora, base_causal_lm, load_causal_lm, save_m
 from rlhfkit.runs import file_hash, parent_of
 from rlhfkit.train import common
 from rlhfkit.train.monitoring import PolicyMonitor, check_sampling
+from rlhfkit.train.token_cache import cached_tokens
 
 
 class CompletionLogProbs(nn.Module):
@@ -336,8 +337,9 @@ def run(cfg: DPOConfig) -> Path:
         raise DataError(f"{cfg.data}: no pairs left once ties are dropped (--ties drop); train them as ties instead")
     model, tokenizer = load_causal_lm(cfg.model, common.training_dtype(cfg), cfg.chat_template, seed=cfg.seed)
     pad_id = tokenizer.pad_token_id
-    train = tokenize_all(tokenizer, train_records, cfg.max_length)
-    held_out = tokenize_all(tokenizer, eval_records, cfg.max_length)
+    tokenize = lambda records: tokenize_all(tokenizer, records, cfg.max_length)  # noqa: E731
+    train = cached_tokens(tokenize, train_records, tokenizer, cfg.max_length, item_type=Group)
+    held_out = cached_tokens(tokenize, eval_records, tokenizer, cfg.max_length, item_type=Group)
     loss_fn = make_loss_fn(cfg, with_ties=any(g.tie for g in train + held_out))
     monitor = monitor_ref = None
     if cfg.monitor:  # built before the folder exists: a bad monitor setting leaves nothing behind

@@ -27,6 +27,7 @@ import copy
 import json
 import math
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -294,32 +295,40 @@ def run(cfg: PPOConfig) -> Path:
                 order = torch.randperm(B, generator=shuffle)
                 for s in range(0, B, mb_size):
                     idx = order[s : s + mb_size].to(device)
-                    mb_mask = mask[idx]
-                    with accelerator.autocast():
-                        new = forward(policy, critic, take(rollout, idx.cpu()), cfg, entropy=cfg.entropy_coef > 0)
-                    pg_loss, pg_stats = ppo_policy_loss(
-                        new["logprobs"], old_logprobs[idx], advantages[idx], mb_mask, cfg.cliprange
-                    )
-                    loss = pg_loss
-                    if critic is not None:
-                        vf_loss, vf_stats = ppo_value_loss(
-                            new["values"], old_values[idx], returns[idx], mb_mask, cfg.cliprange_value
-                        )
-                        loss = loss + cfg.vf_coef * vf_loss
-                        stats.setdefault("loss/value", []).append(vf_loss.item())
-                        stats.setdefault("val/clipfrac", []).append(vf_stats["vf_clipfrac"].item())
-                    if cfg.entropy_coef > 0:
-                        mb_entropy = masked_mean(new["entropy"], mb_mask)
-                        loss = loss - cfg.entropy_coef * mb_entropy
-                        stats.setdefault("policy/entropy", []).append(mb_entropy.item())
-                    accelerator.backward(loss)
+                    n_tokens = mask[idx].sum()
+                    sums: dict[str, float] = {}
+                    pieces = common.micro_rows(idx, device)  # on the CPU in pieces: less activation memory
+                    for i, piece in enumerate(pieces):
+                        mb_mask = mask[piece]
+                        share = mb_mask.sum() / n_tokens  # the losses are token means over the whole mini-batch
+                        with accelerator.no_sync(policy) if i < len(pieces) - 1 else nullcontext():
+                            with accelerator.autocast():
+                                new = forward(
+                                    policy, critic, take(rollout, piece.cpu()), cfg, entropy=cfg.entropy_coef > 0
+                                )
+                            pg_loss, pg_stats = ppo_policy_loss(
+                                new["logprobs"], old_logprobs[piece], advantages[piece], mb_mask, cfg.cliprange
+                            )
+                            loss = pg_loss
+                            parts = {"loss/policy": pg_loss, **{f"policy/{k}": v for k, v in pg_stats.items()}}
+                            if critic is not None:
+                                vf_loss, vf_stats = ppo_value_loss(
+                                    new["values"], old_values[piece], returns[piece], mb_mask, cfg.cliprange_value
+                                )
+                                loss = loss + cfg.vf_coef * vf_loss
+                                parts.update({"loss/value": vf_loss, "val/clipfrac": vf_stats["vf_clipfrac"]})
+                            if cfg.entropy_coef > 0:
+                                mb_entropy = masked_mean(new["entropy"], mb_mask)
+                                loss = loss - cfg.entropy_coef * mb_entropy
+                                parts["policy/entropy"] = mb_entropy
+                            accelerator.backward(loss * share)  # the pieces' gradients add up to the whole's
+                        for name, value in {**parts, "loss/total": loss}.items():
+                            sums[name] = sums.get(name, 0.0) + share.item() * value.item()
                     grad_norm = common.optimizer_step(accelerator, trainable, optimizer, scheduler, cfg.max_grad_norm)
                     if grad_norm is not None:
                         stats.setdefault("train/grad_norm", []).append(grad_norm)
-                    stats.setdefault("loss/policy", []).append(pg_loss.item())
-                    stats.setdefault("loss/total", []).append(loss.item())
-                    stats.setdefault("policy/clipfrac", []).append(pg_stats["clipfrac"].item())
-                    stats.setdefault("policy/approx_kl", []).append(pg_stats["approx_kl"].item())
+                    for name, value in sums.items():
+                        stats.setdefault(name, []).append(value)
 
             # 6. adaptive KL control (Ziegler et al. 2019): n = responses in this batch, on all processes
             mean_kl = accelerator.reduce(kl.mean(), "mean").item()

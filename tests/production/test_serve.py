@@ -305,3 +305,18 @@ def test_simulated_users_chat_and_every_acknowledged_feedback_is_stored_once(ser
     assert sorted(f["id"] for f in stored) == sorted(stats.feedback_acknowledged)
     kinds = Counter(f["kind"] for f in stored)
     assert (kinds["thumbs"], kinds["preference"]) == (stats.thumbs, stats.preferences)
+
+
+def test_an_answer_with_a_nul_character_is_stored_on_either_database(db, tmp_path):
+    """Tiny byte-level models sample NUL now and then; PostgreSQL refused it and the request failed mid-stream."""
+    from rlhfkit.serve.records import insert_response
+    from tests.production.conftest import fake_run
+
+    registry = Registry.open(db)
+    version = registry.register(str(fake_run(tmp_path, "a")), name="policy")
+    row = dict(id="chatcmpl-nul", user_id="u", route="policy:1", version_id=version.id,
+               messages=[{"role": "user", "content": "hi"}], text="a\x00b", stream=True, refusal=False)  # fmt: skip
+    with registry.store.engine.begin() as conn:
+        insert_response(conn, row)
+    registry.close()
+    assert [r["text"] for r in rows(db, responses, id="chatcmpl-nul")] == ["a\ufffdb"]

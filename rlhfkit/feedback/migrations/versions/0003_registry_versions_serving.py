@@ -4,14 +4,14 @@ responses and the feedback on them (``rlhfkit/registry/tables.py`` describes eac
 Self-contained: it touches no table of the annotation app, so it can sit anywhere in the chain.
 Model versions are immutable: a trigger refuses UPDATE on ``model_versions`` (SQLite and PostgreSQL).
 
-Revision ID: registry_0001
-Revises: 0001
+Revision ID: 0003
+Revises: 0002
 """
 import sqlalchemy as sa
 from alembic import op
 
-revision = "registry_0001"
-down_revision = "0001"
+revision = "0003"
+down_revision = "0002"
 branch_labels = None
 depends_on = None
 
