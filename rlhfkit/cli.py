@@ -17,6 +17,7 @@ from pathlib import Path
 import typer
 
 from rlhfkit.config import ConfigError, StageConfig, describe_settings, load_config, parse_overrides, stages
+from rlhfkit.config import evaluation as evaluation_configs
 from rlhfkit.config import pipelines as pipeline_configs
 
 app = typer.Typer(
@@ -206,6 +207,37 @@ def _rejection(cfg):
     return run(cfg)
 
 
+def _generate(cfg):
+    from rlhfkit.evaluate.generate import run
+
+    return run(cfg)
+
+
+def _eval(cfg):
+    from rlhfkit.evaluate.suite import run
+
+    return run(with_toy_eval_sets(cfg))
+
+
+# `rlhfkit eval`'s capability and safety sets that `toy` names: the toy world's held-out questions, texts and requests
+TOY_EVAL_SETS = {
+    "perplexity_data": "reference-text",
+    "task_data": "task",
+    "redteam_data": "redteam",
+    "benign_data": "benign",
+}
+
+
+def with_toy_eval_sets(cfg):
+    updates = {}
+    for name, kind in TOY_EVAL_SETS.items():
+        if getattr(cfg, name) == "toy":
+            from rlhfkit.toy.data import eval_data_file
+
+            updates[name] = str(eval_data_file(kind))
+    return cfg.model_copy(update=updates) if updates else cfg
+
+
 def _demo(cfg):
     from rlhfkit.pipelines.toy import run
 
@@ -285,6 +317,21 @@ stage_command(
     stages.RejectionConfig,
     _rejection,
     "Rejection sampling fine-tuning: best of K per prompt, SFT on them; --rounds R = expert iteration.",
+)
+
+stage_command(
+    "generate",
+    evaluation_configs.GenerateConfig,
+    _generate,
+    "Responses of one or more models to a prompt file (JSONL with model, settings and seed; resumable).",
+)
+stage_command(
+    "eval",
+    evaluation_configs.EvalConfig,
+    _eval,
+    "Evaluate models against a baseline with any judges: win rates, LC win rates, KL, a Bradley-Terry leaderboard, "
+    "capability retention, safety and a reward-model report (eval.json, PNG plots, report.html).",
+    show_figures=False,  # it prints its own tables: per judge, and the leaderboard
 )
 
 

@@ -268,8 +268,9 @@ os.environ.update(RLHFKIT_ANNOTATE_DB={str(tmp_path / "a.db")!r}, RLHFKIT_ANNOTA
                   RLHFKIT_ANNOTATE_OVERLAP="1", RLHFKIT_ANNOTATE_GOLD_RATE="0", RLHFKIT_ANNOTATE_SESSION_HOURS="1")
 import rlhfkit.cli
 heavy = [m for m in ("torch", "transformers") if m in sys.modules]
-from rlhfkit.feedback.cli import _open, app_from_env
-_open(os.environ["RLHFKIT_ANNOTATE_DB"])
+from rlhfkit.feedback.cli import app_from_env
+from rlhfkit.feedback.cli_admin import open_store
+open_store(os.environ["RLHFKIT_ANNOTATE_DB"])
 app_from_env()
 heavy += [m for m in ("torch", "transformers") if m in sys.modules]
 print(heavy)

@@ -61,6 +61,14 @@ class DemoConfig(StageConfig):
     ppo_steps: int = Field(60, gt=0)
     ppo_kl_coef: float = Field(0.02, ge=0)
     eval_prompts: int = Field(500, gt=0, description="held-out prompts for the evaluation")
+    eval_tasks: int = Field(
+        100, gt=0, description="toy questions (exact match) and harmful and benign requests (safety) in the evaluation"
+    )
+    monitor: bool = Field(
+        False,
+        description="run PPO, DPO and rejection sampling with the over-optimisation monitor, its second reward model "
+        "(an ensemble of 4) trained on the held-out labels",
+    )
     max_new_tokens: int = Field(24, gt=0)
     methods: list[Literal["bon", "rejection", "dpo", "ppo"]] = ["bon", "rejection", "dpo", "ppo"]
     threads: int = Field(
@@ -84,6 +92,7 @@ class DemoConfig(StageConfig):
                 dpo_steps=4,
                 ppo_steps=2,
                 eval_prompts=32,
+                eval_tasks=8,
             )
         )
 
@@ -240,3 +249,108 @@ class ThumbsConfig(StageConfig):
         if not self.quick:
             return self
         return self.model_copy(update=dict(feedback_prompts=48, kto_steps=4, eval_prompts=16))
+
+
+# The evaluation experiments (rlhfkit.toy.experiments.overoptimisation, mitigation, length_control) stand beside one
+# demo per seed run with the monitor (`rlhfkit demo --seed S --monitor`), which they share and make when missing.
+DEMO_DIR = "runs/overopt/seed-{seed}/demo"
+
+
+class OveroptimisationFigures(Figures):
+    start_gold: float
+    peak_gold: float
+    peak_step: int
+    final_gold: float
+    alarm_step: int | None
+    alarm_reasons: list[str] | None
+    kept_step: int | None = Field(description="the check a monitor_stop run keeps (None: no alarm)")
+    gold_at_stop: float
+    gain_ratio: float | None = Field(description="(gold at stop - start) / (peak - start); None if gold never rose")
+    false_alarms: dict[str, bool] = Field(description="alarms on the demo's default PPO, DPO and best-of-16")
+    curve: dict[int, float] = Field(description="gold of each check's samples, by step")
+    monitor_history: list[dict]
+    seed: int
+
+
+class OveroptimisationConfig(StageConfig):
+    """Settings of `python -m rlhfkit.toy.experiments.overoptimisation` (one seed's folder): a PPO run made to
+    over-optimise (a reward model on few labels, no KL penalty, several times the demo's steps, longer answers)."""
+
+    stage: ClassVar[str] = "overoptimisation"
+    figures: ClassVar[type[Figures]] = OveroptimisationFigures
+
+    output_dir: str | None = Field(None, description="the seed's folder; default runs/overoptimisation/seed-<seed>")
+    demo_dir: str = Field(DEMO_DIR, description="the seed's demo with --monitor ({seed} filled in; made if missing)")
+    seed: int = 0
+    quick: bool = Field(False, description="tiny budgets everywhere (a smoke run, not a result)")
+    few_labels: int = Field(200, gt=0, description="the demo's first comparisons the over-optimised reward model sees")
+    rm_steps: int = Field(100, gt=0)
+    ppo_steps: int = Field(300, gt=0, description="5x the demo's 60")
+    ppo_lr: float = Field(1e-4, gt=0)
+    ppo_kl_coef: float = Field(0.0, ge=0)
+    max_new_tokens: int = Field(48, gt=0, description="twice the demo's, room to exploit the reward model")
+    threads: int = Field(1, ge=0, description="torch threads (0: auto)")
+
+    def budgets(self) -> OveroptimisationConfig:
+        if not self.quick:
+            return self
+        return self.model_copy(update=dict(few_labels=40, rm_steps=4, ppo_steps=20, max_new_tokens=24))
+
+
+class MitigationFigures(Figures):
+    n: int
+    gold: dict[str, float] = Field(description="transform -> gold of best-of-n's choice (expected over subsets)")
+    peak_n: dict[str, int]
+    curves: dict[str, list[dict]]
+    seed: int
+
+
+class MitigationConfig(StageConfig):
+    """Settings of `python -m rlhfkit.toy.experiments.mitigation` (one seed's folder): best-of-N by an ensemble's
+    mean against its uncertainty-penalised forms (Coste et al. 2023)."""
+
+    stage: ClassVar[str] = "mitigation"
+    figures: ClassVar[type[Figures]] = MitigationFigures
+
+    output_dir: str | None = Field(None, description="the seed's folder; default runs/mitigation/seed-<seed>")
+    demo_dir: str = Field(DEMO_DIR, description="the seed's demo with --monitor ({seed} filled in; made if missing)")
+    seed: int = 0
+    quick: bool = Field(False, description="tiny budgets everywhere (a smoke run, not a result)")
+    n: int = Field(64, ge=2, description="best-of-N's largest N")
+    members: int = Field(4, ge=2, description="reward models in the ensemble, each on a bootstrap resample")
+    transforms: list[str] = ["mean", "mean_minus_std:1", "worst"]
+    eval_prompts: int = Field(128, gt=0, description="the demo's first held-out prompts (each sampled n times)")
+    threads: int = Field(1, ge=0, description="torch threads (0: auto)")
+
+    def budgets(self) -> MitigationConfig:
+        if not self.quick:
+            return self
+        return self.model_copy(update=dict(n=4, members=2, eval_prompts=16))
+
+
+class LengthControlFigures(Figures):
+    rows: dict[str, dict] = Field(description="policy -> raw and LC win rate by the length-biased judge, gold")
+    raw_prefers_verbose: bool
+    lc_prefers_dpo: bool
+    seed: int
+
+
+class LengthControlConfig(StageConfig):
+    """Settings of `python -m rlhfkit.toy.experiments.length_control` (one seed's folder): a verbose policy
+    against the demo's DPO, judged by a length-biased judge with and without length control."""
+
+    stage: ClassVar[str] = "length_control"
+    figures: ClassVar[type[Figures]] = LengthControlFigures
+
+    output_dir: str | None = Field(None, description="the seed's folder; default runs/length-control/seed-<seed>")
+    demo_dir: str = Field(DEMO_DIR, description="the seed's demo with --monitor ({seed} filled in; made if missing)")
+    seed: int = 0
+    quick: bool = Field(False, description="tiny budgets everywhere (a smoke run, not a result)")
+    verbose_steps: int = Field(60, gt=0, description="PPO steps on the word count (the demo's PPO budget)")
+    eval_prompts: int = Field(500, gt=0)
+    threads: int = Field(1, ge=0, description="torch threads (0: auto)")
+
+    def budgets(self) -> LengthControlConfig:
+        if not self.quick:
+            return self
+        return self.model_copy(update=dict(verbose_steps=2, eval_prompts=16))

@@ -12,6 +12,7 @@ from typing import ClassVar, Literal
 from pydantic import Field, field_validator, model_validator
 
 from rlhfkit.config.base import Figures, StageConfig
+from rlhfkit.config.evaluation import MonitorPart
 from rlhfkit.config.parts import DataPart, ModelPart, OptimPart, RewardPart, RunPart, SamplingPart
 
 # --- supervised fine-tuning -----------------------------------------------------------------------------
@@ -161,9 +162,10 @@ class DPOFigures(Figures):
     eval_margin: float | None = Field(None, description="rewards/margins on held-out pairs")
     eval_chosen_reward: float | None = None
     eval_rejected_reward: float | None = None
+    monitor: dict | None = Field(None, description="the over-optimisation monitor: checks, alarm, best step, stop")
 
 
-class DPOConfig(ModelPart, DataPart, OptimPart, RunPart):
+class DPOConfig(ModelPart, DataPart, OptimPart, RunPart, MonitorPart):
     """Settings of `rlhfkit dpo`."""
 
     stage: ClassVar[str] = "dpo"
@@ -264,9 +266,10 @@ class PPOFigures(Figures):
     eval_score: float | None = Field(None, description="mean raw score on held-out prompts")
     eval_eos_rate: float | None = None
     eval_response_length: float | None = None
+    monitor: dict | None = Field(None, description="the over-optimisation monitor: checks, alarm, best step, stop")
 
 
-class PPOConfig(ModelPart, DataPart, RewardPart, SamplingPart, OptimPart, RunPart):
+class PPOConfig(ModelPart, DataPart, RewardPart, SamplingPart, OptimPart, RunPart, MonitorPart):
     """Settings of `rlhfkit ppo`. Defaults follow lm-human-preferences and TRL (see rlhfkit.train.ppo)."""
 
     stage: ClassVar[str] = "ppo"
@@ -349,9 +352,10 @@ class BestOfNFigures(Figures):
     mean_reward: float = Field(description="mean reward of one sample (N = 1)")
     kl_bound: float = Field(description="KL(best-of-n_max || policy) = log n - (n - 1) / n, nats")
     curve: list[dict] = Field(description="[{n, reward, kl_bound}] for n = 1, 2, 4, ...")
+    monitor: dict | None = Field(None, description="the over-optimisation monitor: checks, alarm, best step, stop")
 
 
-class BestOfNConfig(ModelPart, DataPart, RewardPart, SamplingPart, RunPart):
+class BestOfNConfig(ModelPart, DataPart, RewardPart, SamplingPart, RunPart, MonitorPart):
     """Settings of `rlhfkit bon`."""
 
     stage: ClassVar[str] = "bon"
@@ -368,9 +372,10 @@ class RejectionFigures(Figures):
     rounds: list[dict] = Field(description="[{round, policy, mean_reward, best_of_k_reward, eos_rate}]")
     last_mean_reward: float = Field(description="mean reward of the last round's samples (before its fine-tuning)")
     last_best_of_k_reward: float
+    monitor: dict | None = Field(None, description="the over-optimisation monitor: checks, alarm, best step, stop")
 
 
-class RejectionConfig(ModelPart, DataPart, RewardPart, SamplingPart, OptimPart, RunPart):
+class RejectionConfig(ModelPart, DataPart, RewardPart, SamplingPart, OptimPart, RunPart, MonitorPart):
     """Settings of `rlhfkit rejection`; the optimiser and run settings are those of each round's SFT."""
 
     stage: ClassVar[str] = "rejection"

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from rlhfkit.config.stages import PPOConfig
-from rlhfkit.data.prompts import load_prompts
+from rlhfkit.data.prompts import load_prompts, read_prompts
 from rlhfkit.data.records import to_json
 from rlhfkit.losses import (
     KL_ESTIMATORS,
@@ -54,6 +54,7 @@ from rlhfkit.rewards import load_reward
 from rlhfkit.rollout import Rollout, make_sampler, response_forward
 from rlhfkit.runs import parent_of
 from rlhfkit.train import common
+from rlhfkit.train.monitoring import PolicyMonitor, check_sampling
 
 
 class RewardNormalizer:
@@ -194,10 +195,18 @@ def run(cfg: PPOConfig) -> Path:
     else:
         policy, optimizer, scheduler = accelerator.prepare(policy, optimizer, scheduler)
     raw_policy = accelerator.unwrap_model(policy)
+    monitor = None
+    if cfg.monitor:  # built before the folder exists: a bad monitor setting leaves nothing behind
+        check_prompts = read_prompts(cfg.monitor_data, cfg.skip_invalid) if cfg.monitor_data else eval_prompts
+        monitor = PolicyMonitor(cfg, run_dir, None, check_prompts, training_reward=reward_fn, device=device)
     parents = [parent_of("model", cfg.model), parent_of("reference", cfg.model), parent_of("reward", cfg.reward)]
     logger = common.start_run(run_dir, cfg, accelerator, parents, {"prompts": cfg.data, "eval": cfg.eval_data})
     fresh = common.TrainerState(extra={"kl_coef": cfg.kl_coef, "reward_norm": None})
     state = common.resume(run_dir, accelerator, cfg.resume, fresh)
+    if monitor is not None:
+        monitor.logger = logger
+        monitor.resume(state.step)
+        monitor.switched_at = state.extra.get("switched_at")
     normalizer = RewardNormalizer(cfg.normalize_reward, state.extra.get("reward_norm"))
     sampler = make_sampler(
         raw_policy,
@@ -219,9 +228,24 @@ def run(cfg: PPOConfig) -> Path:
     progress = common.Progress(n_steps, "ppo", cfg.progress and accelerator.is_main_process, completed=state.step)
     kl_fn = KL_ESTIMATORS[cfg.kl_estimator]
     samples_file = run_dir.path / "samples.jsonl"
+
+    def monitor_check() -> None:
+        """The monitor's check of the current policy (at step 0 too: the signals' starting values)."""
+        samples = monitor.sample(raw_policy, tokenizer, check_sampling(cfg), reference_logprobs, seed=cfg.seed)
+        save = lambda path: save_model(raw_policy, tokenizer, path, merge_lora=cfg.merge_lora)  # noqa: E731
+        status = monitor.check(monitor.measure(samples, state.step), samples, save)
+        if status.alarm and cfg.monitor_switch_to and "switched_at" not in state.extra:
+            state.extra["switched_at"] = state.step  # the mitigation from here on (kept by a resume)
+            monitor.switched_at = state.step
+            accelerator.print(f"monitor: training reward switched to {cfg.monitor_switch_to} at step {state.step}")
+
     policy.train()
     with common.checkpoint_on_interrupt(run_dir, accelerator, state, cfg.keep_checkpoints, progress, logger):
         while state.step < n_steps:
+            if monitor is not None and monitor.due(state.step):
+                monitor_check()
+                if monitor.stop:
+                    break
             t0, cpu0 = time.perf_counter(), time.process_time()
             kl_coef = state.extra["kl_coef"]
             prompts = [train_prompts[i] for i in next(batches)][accelerator.process_index :: accelerator.num_processes]
@@ -234,6 +258,8 @@ def run(cfg: PPOConfig) -> Path:
             t_rollout = time.perf_counter() - t0
 
             # 2. score: normalised, and a fixed low score for responses that never ended
+            if "switched_at" in state.extra:  # the monitor's alarm switched the reward to a penalised ensemble
+                reward_fn.transform = cfg.monitor_switch_to
             raw_scores = reward_fn(rollout.prompts, rollout.texts).to(device)  # (B,)
             scores = normalizer(raw_scores)
             if cfg.missing_eos_penalty is not None:
@@ -354,6 +380,8 @@ def run(cfg: PPOConfig) -> Path:
             progress.update()
             if cfg.save_every and state.step % cfg.save_every == 0:
                 common.save_checkpoint(run_dir, accelerator, state, cfg.keep_checkpoints)
+        if monitor is not None and not monitor.stop and monitor.due(state.step):
+            monitor_check()  # the last step's policy
     progress.close()
     with accelerator.autocast():
         held_out = evaluate(sampler, reward_fn, eval_prompts, cfg, device) if eval_prompts else {}
@@ -363,6 +391,8 @@ def run(cfg: PPOConfig) -> Path:
         save_model(raw_policy, tokenizer, run_dir.final, merge_lora=cfg.merge_lora)
         if critic is not None:
             torch.save(accelerator.unwrap_model(critic).state_dict(), run_dir.path / "critic.pt")
+    if monitor is not None:
+        monitor.keep_best(run_dir.final)  # after a stop, the best check's policy is the run's model
     run_dir.finish(
         {
             "steps": state.step,
@@ -370,6 +400,7 @@ def run(cfg: PPOConfig) -> Path:
             "kl_coef": state.extra["kl_coef"],
             "train_score": state.extra.get("train_score"),
             **{k.replace("eval/", "eval_"): v for k, v in held_out.items()},
+            "monitor": monitor.figures() if monitor is not None else None,
         }
     )
     accelerator.wait_for_everyone()
