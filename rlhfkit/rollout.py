@@ -90,10 +90,8 @@ def filter_logits(logits: Tensor, top_k: int = 0, top_p: float = 1.0) -> Tensor:
     return logits
 
 
-def encode_prompts(
-    tokenizer, prompts: list, device=None, max_prompt_tokens: int | None = None
-) -> tuple[Tensor, Tensor]:
-    """Prompts -> left-padded (input_ids, attention_mask), (B, P). Chat prompts get the generation prompt;
+def prompt_rows(tokenizer, prompts: list, max_prompt_tokens: int | None = None) -> list[list[int]]:
+    """Each prompt's token ids (chat prompts with the generation prompt, BOS where the tokenizer adds one);
     prompts longer than ``max_prompt_tokens`` keep their last tokens."""
     rows = [tokenizer(prompt_text(tokenizer, p), add_special_tokens=False)["input_ids"] for p in prompts]
     bos = tokenizer.bos_token_id
@@ -101,11 +99,34 @@ def encode_prompts(
         rows = [r if r[:1] == [bos] else [bos] + r for r in rows]
     if max_prompt_tokens:
         rows = [r[-max_prompt_tokens:] for r in rows]
+    return rows
+
+
+def left_pad(rows: list[list[int]], pad: int, device=None) -> tuple[Tensor, Tensor]:
+    """Token rows -> left-padded (input_ids, attention_mask), (B, P)."""
     width = max(len(r) for r in rows)
-    pad = tokenizer.pad_token_id
     ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=device)
     mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
     return ids, mask
+
+
+def encode_prompts(
+    tokenizer, prompts: list, device=None, max_prompt_tokens: int | None = None
+) -> tuple[Tensor, Tensor]:
+    """Prompts -> left-padded (input_ids, attention_mask), (B, P). Chat prompts get the generation prompt;
+    prompts longer than ``max_prompt_tokens`` keep their last tokens."""
+    return left_pad(prompt_rows(tokenizer, prompts, max_prompt_tokens), tokenizer.pad_token_id, device)
+
+
+def shared_prefix_length(rows: list[list[int]]) -> int:
+    """How many leading tokens every row shares, leaving each row at least one token of its own."""
+    n = min(len(r) for r in rows) - 1
+    for r in rows[1:]:
+        k = 0
+        while k < n and r[k] == rows[0][k]:
+            k += 1
+        n = k
+    return max(n, 0)
 
 
 def eos_ids(model, tokenizer) -> list[int]:
@@ -138,12 +159,16 @@ class TransformersSampler:
         max_prompt_tokens: int | None = None,
         return_states: bool = False,
         packed_decode: bool = True,
+        shared_prefix: bool = False,
     ):
         """``max_prompt_tokens``: longer prompts keep their last tokens; ``return_states``: also the hidden states
         and entropies (``Rollout.hidden``, ``.entropy``), PPO's behaviour pass; ``packed_decode``: Llama-family
-        models through ``rlhfkit.models.decode.PackedLlama`` (False: transformers' forward)."""
+        models through ``rlhfkit.models.decode.PackedLlama`` (False: transformers' forward); ``shared_prefix``:
+        the tokens all prompts of a batch begin with (few-shot examples) run once, their keys and values copied
+        to every row (same results up to rounding; tests/test_ai_feedback.py compares)."""
         self.model, self.tokenizer, self.params = model, tokenizer, params
         self.max_prompt_tokens, self.return_states, self.packed_decode = max_prompt_tokens, return_states, packed_decode
+        self.shared_prefix = shared_prefix
         self.eos = eos_ids(model, tokenizer)
 
     def sync_weights(self, model) -> None:
@@ -156,17 +181,29 @@ class TransformersSampler:
         p, model, tok = self.params, self.model, self.tokenizer
         prompts = [q for q in prompts for _ in range(n)]
         device = next(model.parameters()).device
-        query_ids, query_mask = encode_prompts(tok, prompts, device, self.max_prompt_tokens)
+        rows = prompt_rows(tok, prompts, self.max_prompt_tokens)
+        query_ids, query_mask = left_pad(rows, tok.pad_token_id, device)
         B, P = query_ids.shape
         was_training = model.training
         model.eval()
         eos = torch.tensor(self.eos, device=device)
         decoder = make_decoder(model, P + p.max_new_tokens, self.packed_decode)
+        shared = shared_prefix_length(rows) if self.shared_prefix and B > 1 else 0
+        if shared:  # the common prefix once, then each row's own tokens after it (left-padded there)
+            head = torch.tensor([rows[0][:shared]], device=device)
+            decoder.forward(head, torch.arange(shared, device=device).unsqueeze(0), torch.ones_like(head))
+            decoder.repeat(B)
+            tail_ids, tail_mask = left_pad([r[shared:] for r in rows], tok.pad_token_id, device)  # (B, P - shared)
+            prompt_mask = torch.cat([tail_mask.new_ones(B, shared), tail_mask], dim=1)  # (B, P)
+            pos = shared + position_ids(tail_mask)  # the positions the full left-padded rows would have
+            hidden = decoder.forward(tail_ids, pos, prompt_mask)[:, -1]  # (B, H)
+        else:
+            prompt_mask = query_mask
+            pos = position_ids(query_mask)
+            hidden = decoder.forward(query_ids, pos, query_mask)[:, -1]  # (B, H)
         mask = torch.cat(
-            [query_mask, query_mask.new_zeros(B, p.max_new_tokens)], dim=1
+            [prompt_mask, prompt_mask.new_zeros(B, p.max_new_tokens)], dim=1
         )  # a 1 is written in per new token
-        pos = position_ids(query_mask)
-        hidden = decoder.forward(query_ids, pos, query_mask)[:, -1]  # (B, H)
         next_pos = pos[:, -1:] + 1  # (B, 1)
         tokens, logps, hiddens, entropies = [], [], [], []
         done = torch.zeros(B, dtype=torch.bool, device=device)

@@ -300,7 +300,7 @@ LAYERS = [
     ["specs", "runs", "data"],
     ["models"],
     ["rollout", "rewards", "judges"],
-    ["train", "evaluate"],
+    ["train", "evaluate", "ai_feedback"],
     ["toy", "feedback", "pipelines"],
     ["cli"],
 ]

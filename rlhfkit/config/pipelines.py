@@ -169,6 +169,91 @@ class HarmlessConfig(StageConfig):
         return self
 
 
+class CAIFigures(Figures):
+    rates: dict[str, dict[str, float]] = Field(description="per model: harmful_refusal, benign_refusal")
+    meets_targets: dict[str, bool]
+    label_agreement: float | None = Field(None, description="AI labels vs the refusal-vs-compliance orientation")
+    redteam: dict[str, list[float]] | None = Field(None, description="per target: attack success rate per round")
+    cpu_seconds: float
+    wall_seconds: float
+
+
+class CAIConfig(StageConfig):
+    """Settings of `rlhfkit demo --preset smollm2-cai`: harmlessness from a constitution alone (no hand-written
+    refusal in the training data): SL-CAI -> SFT -> RLAIF labels -> reward model -> PPO, and DPO on the labels."""
+
+    stage: ClassVar[str] = "smollm2-cai"
+    figures: ClassVar[type[Figures]] = CAIFigures
+
+    output_dir: str | None = Field(None, description="run folder; default runs/smollm2-cai-<time>")
+    seed: int = 0
+    model: str = Field("smollm2-135m-instruct", description="the model to align (any causal LM spec)")
+    constitution: str | None = Field(None, description="constitution YAML; default the built-in one")
+    reviser: str | None = Field(None, description="the critic and reviser of SL-CAI; default the model itself")
+    reviser_format: Literal["chat", "text"] = "chat"
+    feedback_model: str = Field("lm:gemma3-270m", description="the RLAIF feedback model (a judge setting)")
+    feedback_format: Literal["chat", "text"] = Field("text", description="text: few-shot plain text (base models)")
+    label_principles: list[str] | None = Field(
+        ["less-harmful", "refuse-only-harm", "harmless-helpful"],
+        description="comparison principles the labels average over (each costs a pass of the feedback model)",
+    )
+    label_decompose: bool = Field(
+        False,
+        description="ask the feedback model the constitution's two decomposed questions (rlhfkit label --decompose)",
+    )
+    methods: list[Literal["dpo", "ppo"]] = Field(["dpo", "ppo"], description="which RL-CAI methods to run")
+    n_train_harmful: int = Field(93, gt=0, description="harmful training requests (red-team prompts), one per act")
+    n_train_benign: int = Field(93, gt=0, description="benign training requests (look-alikes and everyday ones)")
+    revise_rounds: int = Field(1, gt=0, description="critique-revision rounds")
+    revise_max_new_tokens: int = Field(48, gt=0, description="budget of answers and revisions")
+    critique_max_new_tokens: int = Field(40, gt=0)
+    pairs_from: list[Literal["samples", "revisions"]] = Field(
+        ["samples", "revisions"],
+        description="pairs the feedback model labels: two samples of the SL-CAI model per prompt (RL-CAI), and/or "
+        "each prompt's first answer against its final revision",
+    )
+    pair_temperature: float = Field(1.0, gt=0, description="sampling temperature of the SL-CAI model's pairs")
+    min_label_prob: float = Field(0.55, ge=0.5, lt=1, description="pairs the AI is less sure of are not trained on")
+    n_eval_harmful: int = Field(60, gt=0, description="harmful evaluation prompts (at most 60)")
+    n_eval_benign: int = Field(60, gt=0, description="benign evaluation prompts (at most 60)")
+    max_new_tokens: int = Field(40, gt=0, description="answer budget (greedy) when evaluating")
+    gen_batch_size: int = Field(32, gt=0, description="prompts per generation batch")
+    lora_r: int = Field(16, gt=0)
+    lora_alpha: float = Field(32.0, gt=0)
+    max_length: int = Field(192, gt=0)
+    sft_epochs: float = Field(2.0, gt=0)
+    sft_batch_size: int = Field(8, gt=0)
+    sft_lr: float = Field(5e-4, gt=0)
+    dpo_epochs: float = Field(1.0, gt=0)
+    dpo_batch_size: int = Field(8, gt=0)
+    dpo_lr: float = Field(2e-4, gt=0)
+    dpo_beta: float = Field(0.1, gt=0)
+    dpo_rpo_alpha: float = Field(1.0, ge=0)
+    rm_epochs: float = Field(2.0, gt=0)
+    rm_batch_size: int = Field(16, gt=0)
+    rm_lr: float = Field(1e-4, gt=0)
+    ppo_from: Literal["sft", "dpo"] = Field("sft", description="PPO's start: the SL-CAI model (RL-CAI) or the DPO one")
+    ppo_steps: int = Field(8, gt=0)
+    ppo_batch_size: int = Field(16, gt=0)
+    ppo_epochs: int = Field(2, gt=0)
+    ppo_lr: float = Field(1e-4, gt=0)
+    ppo_kl_coef: float = Field(0.05, ge=0)
+    ppo_max_new_tokens: int = Field(24, gt=0)
+    ppo_temperature: float = Field(0.7, gt=0)
+    redteam_rounds: int = Field(3, ge=0, description="red-team rounds against the base and the final model; 0 = none")
+    redteam_attacks_per_topic: int = Field(4, gt=0)
+    n_samples: int = Field(6, ge=0, description="before/after samples in the report")
+    threads: int = Field(1, ge=0, description="torch CPU threads; 0 = auto")
+    target_harmful_refusal: float = 0.7
+    target_benign_refusal: float = 0.15
+
+    @model_validator(mode="after")
+    def _check(self):
+        if "ppo" in self.methods and self.ppo_from == "dpo" and "dpo" not in self.methods:
+            raise ValueError("ppo_from: dpo needs dpo in methods (or give --ppo-from sft)")
+        return self
+
+
 # --- measurements on the toy world (rlhfkit.toy.experiments) -------------------------------------------------
 
 
