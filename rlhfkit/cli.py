@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import sys
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from rlhfkit.config import ConfigError, StageConfig, describe_settings, load_con
 from rlhfkit.config import ai_feedback as ai_configs
 from rlhfkit.config import evaluation as evaluation_configs
 from rlhfkit.config import pipelines as pipeline_configs
+from rlhfkit.quiet import quiet_third_parties
 
 app = typer.Typer(
     help="RLHF end to end: SFT, feedback, reward models, DPO, PPO, evaluation.",
@@ -38,24 +38,6 @@ def main(
     ),
 ) -> None:
     quiet_third_parties(verbose)
-
-
-def quiet_third_parties(verbose: bool) -> None:
-    """Third-party progress bars ("Loading weights", "Writing model shards"), deprecation warnings and info
-    logs stay off unless asked for; rlhfkit's own progress and warnings stay on. Environment variables are set
-    before the libraries are imported, so nothing of them loads here; a user's own setting wins."""
-    if verbose:
-        return
-    for name, value in {
-        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-        "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
-        "TRANSFORMERS_VERBOSITY": "error",
-        "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-    }.items():
-        os.environ.setdefault(name, value)
-    warnings.filterwarnings("ignore")
-    warnings.filterwarnings("default", module=r"rlhfkit(\.|$)")
 
 
 # The built-in data each stage takes for `--data toy` (written as an ordinary file by the toy world).
