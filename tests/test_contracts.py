@@ -295,10 +295,10 @@ LAYERS = [
     ["config", "losses", "models.catalog"],
     ["specs", "runs", "data"],
     ["models"],
-    ["rollout", "rewards"],
+    ["rollout", "rewards", "vllm_backend"],
     ["train", "evaluate"],
     ["toy", "feedback", "pipelines"],
-    ["cli"],
+    ["cli", "launch"],
 ]
 
 

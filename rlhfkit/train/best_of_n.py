@@ -11,6 +11,9 @@ overoptimization").
 
 The curve uses all n_max samples per prompt: the expected maximum over a random N-subset of them
 (an unbiased estimator, as in Nakano et al. 2021, WebGPT) instead of the first N only, so it is smooth.
+
+With several processes each samples and scores a contiguous share of the prompts; sample j of prompt i draws
+the noise of row i * n + j whichever process it falls on, so the files are those of one process.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from rlhfkit.data.records import to_json
 from rlhfkit.losses import best_of_n_kl
 from rlhfkit.models.load import load_causal_lm
 from rlhfkit.rewards import load_reward
-from rlhfkit.rollout import make_sampler
+from rlhfkit.rollout import RowSeeds, make_sampler
 from rlhfkit.runs import parent_of
 from rlhfkit.train import common
 
@@ -48,13 +51,22 @@ def expected_best_of_n(scores: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def sample_and_score(
-    sampler, reward_fn, prompts: list, n: int, batch_size: int, seed: int, missing_eos_penalty: float | None = None
+    sampler,
+    reward_fn,
+    prompts: list,
+    n: int,
+    batch_size: int,
+    seed: int,
+    missing_eos_penalty: float | None = None,
+    accelerator=None,
 ):
-    """``n`` samples of every prompt -> (texts [P][n], scores (P, n), ended (P, n))."""
-    texts, scores, ended = [], [], []
-    generator = torch.Generator(device=getattr(getattr(sampler, "model", None), "device", "cpu")).manual_seed(seed)
-    for s in range(0, len(prompts), batch_size):
-        rollout = sampler.generate(prompts[s : s + batch_size], n=n, generator=generator)
+    """``n`` samples of every prompt -> (texts [P][n], scores (P, n), ended (P, n)), on every process. With an
+    ``accelerator`` each process samples and scores a contiguous share of the prompts, gathered back in order."""
+    share = common.shard_range(len(prompts), accelerator) if accelerator is not None else range(len(prompts))
+    texts, scores, ended = [], [torch.zeros(0, n)], [torch.zeros(0, n, dtype=torch.bool)]
+    for s in range(share.start, share.stop, batch_size):
+        chunk = prompts[s : min(s + batch_size, share.stop)]
+        rollout = sampler.generate(chunk, n=n, rows=RowSeeds(seed, first_row=s * n))
         batch_scores = reward_fn(rollout.prompts, rollout.texts).float().cpu()
         done = rollout.ended.cpu()
         if missing_eos_penalty is not None:
@@ -62,7 +74,12 @@ def sample_and_score(
         texts += [rollout.texts[i : i + n] for i in range(0, len(rollout.texts), n)]
         scores.append(batch_scores.view(-1, n))
         ended.append(done.view(-1, n))
-    return texts, torch.cat(scores), torch.cat(ended)
+    scores, ended = torch.cat(scores), torch.cat(ended)
+    if accelerator is not None and accelerator.num_processes > 1:
+        texts = common.gather_objects(accelerator, texts)
+        scores = common.gather_rows(accelerator, scores.to(accelerator.device)).cpu()
+        ended = common.gather_rows(accelerator, ended.long().to(accelerator.device)).cpu().bool()
+    return texts, scores, ended
 
 
 def plot_curve(rows: list[dict], path: Path, title: str) -> None:
@@ -95,10 +112,10 @@ def run(cfg: BestOfNConfig) -> Path:
     model.to(accelerator.device).eval()
     parents = [parent_of("model", cfg.model), parent_of("reward", cfg.reward)]
     logger = common.start_run(run_dir, cfg, accelerator, parents, {"prompts": cfg.data})
-    sampler = make_sampler(model, tokenizer, cfg.sampling())
+    sampler = make_sampler(model, tokenizer, cfg.sampling(), model_spec=cfg.model)
     texts, scores, ended = sample_and_score(
-        sampler, reward_fn, prompts, cfg.n_max, cfg.batch_size, cfg.seed, cfg.missing_eos_penalty
-    )  # scores (P, n_max)
+        sampler, reward_fn, prompts, cfg.n_max, cfg.batch_size, cfg.seed, cfg.missing_eos_penalty, accelerator
+    )  # scores (P, n_max), on every process
 
     rows = []
     n = 1
@@ -117,13 +134,14 @@ def run(cfg: BestOfNConfig) -> Path:
         }
         for i, p in enumerate(prompts)
     ]
-    write_jsonl(run_dir.path / "chosen.jsonl", chosen)
-    (run_dir.path / "curve.json").write_text(json.dumps(rows, indent=2))
-    with (run_dir.path / "curve.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["n", "reward", "kl_bound"])
-        writer.writeheader()
-        writer.writerows(rows)
-    plot_curve(rows, run_dir.path / "curve.png", f"best-of-N, {len(prompts)} prompts")
+    if accelerator.is_main_process:
+        write_jsonl(run_dir.path / "chosen.jsonl", chosen)
+        (run_dir.path / "curve.json").write_text(json.dumps(rows, indent=2))
+        with (run_dir.path / "curve.csv").open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["n", "reward", "kl_bound"])
+            writer.writeheader()
+            writer.writerows(rows)
+        plot_curve(rows, run_dir.path / "curve.png", f"best-of-N, {len(prompts)} prompts")
     logger.close()
     run_dir.finish(
         {
@@ -135,4 +153,5 @@ def run(cfg: BestOfNConfig) -> Path:
             "curve": rows,
         }
     )
+    accelerator.wait_for_everyone()
     return run_dir.path

@@ -51,7 +51,7 @@ from rlhfkit.data.pairs import (
     positions_to_keep,
     tokenize_comparison,
 )
-from rlhfkit.models.load import add_lora, base_causal_lm, load_causal_lm, save_model
+from rlhfkit.models.load import add_lora, base_causal_lm, load_causal_lm
 from rlhfkit.runs import file_hash, parent_of
 from rlhfkit.train import common
 
@@ -66,6 +66,11 @@ class CompletionLogProbs(nn.Module):
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
+
+    @property
+    def _no_split_modules(self) -> list[str]:
+        """The decoder-layer classes FSDP's transformer wrap policy shards one by one."""
+        return list(getattr(base_causal_lm(self.model), "_no_split_modules", None) or [])
 
     def parts(self):
         lm = base_causal_lm(self.model)
@@ -167,8 +172,21 @@ def cached_reference_logps(
             if (f.metadata() or {}).get("key") == key:
                 cached = load_file(str(path))
                 return cached["train"].to(accelerator.device), cached["eval"].to(accelerator.device)
-    train_ref = reference_logps(ref, train, pad_id, cfg.shared_prompt, cfg.batch_size, accelerator.device)
-    eval_ref = reference_logps(ref, held_out, pad_id, cfg.shared_prompt, cfg.batch_size, accelerator.device)
+    # Each process computes its share of the pairs once; every process then holds all of them, in order.
+    train_ref, eval_ref = (
+        common.gather_rows(
+            accelerator,
+            reference_logps(
+                ref,
+                [groups[i] for i in common.shard_range(len(groups), accelerator)],
+                pad_id,
+                cfg.shared_prompt,
+                cfg.batch_size,
+                accelerator.device,
+            ),
+        )
+        for groups in (train, held_out)
+    )
     if accelerator.is_main_process:
         save_file(
             {"train": train_ref.cpu().contiguous(), "eval": eval_ref.cpu().contiguous()},
@@ -245,7 +263,8 @@ def run(cfg: DPOConfig) -> Path:
         model = add_lora(model, cfg)
     policy = CompletionLogProbs(model)
 
-    n_steps = common.total_steps(cfg, len(train), accelerator.num_processes)
+    common.check_global_batch(accelerator, cfg.batch_size, cfg.grad_accum)
+    n_steps = common.total_steps(cfg, len(train))
     optimizer = common.make_optimizer(policy, cfg)
     scheduler = common.make_scheduler(optimizer, cfg, n_steps)
     policy, optimizer, scheduler = accelerator.prepare(policy, optimizer, scheduler)
@@ -262,9 +281,7 @@ def run(cfg: DPOConfig) -> Path:
                 return accelerator.unwrap_model(policy)(packed)
 
     state = common.resume(run_dir, accelerator, cfg.resume, common.TrainerState())
-    batches = common.global_batches(
-        [len(g) for g in train], cfg.batch_size * accelerator.num_processes, cfg.seed, start=state.step
-    )
+    batches = common.global_batches([len(g) for g in train], cfg.batch_size, cfg.seed, start=state.step)
     if held_out and state.step == 0:
         logger.log(0, evaluate(policy, ref_fn, held_out, eval_ref, loss_fn, cfg, pad_id, accelerator))
     progress = common.Progress(n_steps, "dpo", cfg.progress and accelerator.is_main_process, completed=state.step)
@@ -290,9 +307,11 @@ def run(cfg: DPOConfig) -> Path:
             state.step += 1
             progress.update(info=f"loss {window['loss'] / max(n_pairs, 1):.3f}")
             if state.step % cfg.log_every == 0 or state.step == n_steps:
-                metrics = {("train/loss" if k == "loss" else k): v / n_pairs for k, v in window.items()}
+                totals = common.global_sums(accelerator, {**window, "pairs": n_pairs})
+                pairs = totals.pop("pairs")
+                metrics = {("train/loss" if k == "loss" else k): v / pairs for k, v in totals.items()}
                 metrics["train/lr"] = scheduler.get_last_lr()[0]
-                metrics["train/pairs_per_s"] = n_pairs * accelerator.num_processes / (time.perf_counter() - start)
+                metrics["train/pairs_per_s"] = pairs / (time.perf_counter() - start)
                 if grad_norm is not None:
                     metrics["train/grad_norm"] = grad_norm
                 logger.log(state.step, metrics)
@@ -305,8 +324,9 @@ def run(cfg: DPOConfig) -> Path:
     final_eval = evaluate(policy, ref_fn, held_out, eval_ref, loss_fn, cfg, pad_id, accelerator) if held_out else {}
     logger.log(state.step, final_eval)
     logger.close()
-    if accelerator.is_main_process:
-        save_model(accelerator.unwrap_model(policy).model, tokenizer, run_dir.final, merge_lora=cfg.merge_lora)
+    common.save_final_model(
+        accelerator, accelerator.unwrap_model(policy).model, tokenizer, run_dir.final, merge_lora=cfg.merge_lora
+    )
     run_dir.finish(
         {
             "steps": state.step,

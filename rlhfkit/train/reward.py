@@ -154,22 +154,24 @@ def evaluate(
     accelerator,
     prefix: str = "eval",
 ) -> tuple[dict[str, float], torch.Tensor]:
-    """Held-out loss, accuracy, margin, ECE, and the raw scores of every completion (on this process's share)."""
+    """Held-out loss, accuracy, margin, ECE, and the raw scores of every completion, in the groups' order. Each
+    process scores a strided share; the scores are gathered back into the groups' order, so that the figures
+    (ECE presents every other pair swapped) are those of one process."""
     model.eval()
-    mine = groups[accelerator.process_index :: accelerator.num_processes]
-    all_scores, total = [], torch.zeros((), device=accelerator.device)
+    mine = list(range(accelerator.process_index, len(groups), accelerator.num_processes))
+    per_group, total = [], torch.zeros((), device=accelerator.device)
     for s in range(0, len(mine), cfg.batch_size):
-        chunk = mine[s : s + cfg.batch_size]
+        chunk = [groups[i] for i in mine[s : s + cfg.batch_size]]
         scores = score_groups(model, chunk, pad_id, shared, accelerator.device).float()
         total += group_loss(scores, chunk, cfg, with_ties).sum()
-        all_scores.append(scores)
+        per_group += [t.tolist() for t in scores.cpu().split([len(g.completion_ids) for g in chunk])]
     model.train()
-    scores = torch.cat(all_scores) if all_scores else torch.zeros(0, device=accelerator.device)
     total = accelerator.reduce(total, "sum")
+    ordered = sorted(common.gather_objects(accelerator, list(zip(mine, per_group))))  # [(group index, its scores)]
+    flat = [x for _, group_scores in ordered for x in group_scores]
+    scores = torch.tensor(flat, dtype=torch.float32, device=accelerator.device)
     metrics = {f"{prefix}/loss": total.item() / max(len(groups), 1)}
-    better, worse = ordered_pairs(scores, mine)
-    if accelerator.num_processes > 1 and better.numel():
-        better, worse = accelerator.gather_for_metrics(better), accelerator.gather_for_metrics(worse)
+    better, worse = ordered_pairs(scores, groups)
     metrics.update(preference_metrics(better, worse, prefix))
     return metrics, scores
 
@@ -240,14 +242,13 @@ def train_member(
     with_ties = cfg.data_kind == "comparison" and any(g.tie for g in train + held_out)
     tag = f"member{index}/" if cfg.ensemble > 1 else ""
 
-    n_steps = common.total_steps(cfg, len(train), accelerator.num_processes)
+    common.check_global_batch(accelerator, cfg.batch_size, cfg.grad_accum)
+    n_steps = common.total_steps(cfg, len(train))
     optimizer = common.make_optimizer(rm, cfg)
     scheduler = common.make_scheduler(optimizer, cfg, n_steps)
     model, optimizer, scheduler = accelerator.prepare(rm, optimizer, scheduler)
     state = common.resume(member_dir, accelerator, cfg.resume, common.TrainerState())
-    batches = common.global_batches(
-        [len(g) for g in train], cfg.batch_size * accelerator.num_processes, seed, start=state.step
-    )
+    batches = common.global_batches([len(g) for g in train], cfg.batch_size, seed, start=state.step)
     name = "rm" if cfg.ensemble == 1 else f"rm member {index + 1}/{cfg.ensemble}"
     progress = common.Progress(n_steps, name, cfg.progress and accelerator.is_main_process, completed=state.step)
     model.train()
@@ -275,13 +276,14 @@ def train_member(
             progress.update(info=f"loss {window['loss'] / max(window['n'], 1):.3f}")
             if state.step % cfg.log_every == 0 or state.step == n_steps:
                 elapsed = time.perf_counter() - window["start"]
-                pairs = max(window["pairs"], 1)
+                totals = common.global_sums(accelerator, {k: v for k, v in window.items() if k != "start"})
+                pairs = max(totals["pairs"], 1)
                 metrics = {
-                    "train/loss": window["loss"] / max(window["n"], 1),
-                    "train/accuracy": window["correct"] / pairs,
-                    "train/margin": window["margin"] / pairs,
+                    "train/loss": totals["loss"] / max(totals["n"], 1),
+                    "train/accuracy": totals["correct"] / pairs,
+                    "train/margin": totals["margin"] / pairs,
                     "train/lr": scheduler.get_last_lr()[0],
-                    "train/groups_per_s": window["n"] * accelerator.num_processes / elapsed,
+                    "train/groups_per_s": totals["n"] / elapsed,
                 }
                 if grad_norm is not None:
                     metrics["train/grad_norm"] = grad_norm
@@ -309,6 +311,7 @@ def train_member(
 
 def run(cfg: RewardConfig) -> Path:
     accelerator = common.make_accelerator(cfg)
+    common.refuse_sharding(accelerator, "rm train")
     run_dir = common.open_run(cfg, accelerator)
     train_records, eval_records, invalid = load_train_eval(
         cfg.data, cfg.eval_data, cfg.eval_fraction, cfg.data_kind, skip_invalid=cfg.skip_invalid, seed=cfg.seed

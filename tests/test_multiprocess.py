@@ -1,0 +1,267 @@
+"""Two processes equal one process with the same global batch, for every trainer; checkpoints move between
+process counts; a sharded (FSDP2) policy samples and saves the same model.
+
+How: every stage runs once here, in the test process, and once in a two-process launch of the shipped config
+(``accelerate launch --config_file configs/accelerate/ddp.yaml --num_processes 2``, gloo on the CPU), started
+once for all stages (tests/multiprocess_stages.py). The two runs' logged figures and final weights must agree.
+
+Tolerances, and why they are not zero: the two runs compute the same sums in another order (a batch cut in two
+halves, each padded to its own width; gradients added by an all-reduce instead of inside one backward), which
+changes float32 rounding (~1e-7 relative per operation); Adam's division by sqrt(v) magnifies it for weights whose
+gradient is near zero. Over these few steps the differences stay under LOSS_TOL (relative, on every logged
+figure) and WEIGHT_TOL (absolute, on every weight). Shares of tokens (PPO's clipfrac) are counts: a token within
+rounding of the clip edge may fall on the other side, so they may differ by one token (COUNT_TOL, one token of a
+48-token mini-batch here). A real mistake (a batch split twice, a mean of per-process means, per-process
+whitening, a schedule stepped once per process) moves the figures by 1e-3 or more (docs/scaling.md lists the
+mistakes these tests were seen to catch).
+"""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from rlhfkit.data.io import write_jsonl
+from rlhfkit.runs import RunCard, read_metrics
+from rlhfkit.toy.data import data_file
+
+REPO = Path(__file__).resolve().parent.parent
+LOSS_TOL = 1e-4  # relative, on every logged figure
+COUNT_TOL = 1 / 48 + 1e-6  # absolute, on shares of tokens (clipfrac): one token of a 48-token mini-batch
+WEIGHT_TOL = 2e-5  # absolute, on every weight of the final model (weights are ~0.02-1)
+SKIP_FIGURES = ("time/", "train/lr", "train/tokens_per_s", "train/pairs_per_s", "train/groups_per_s")
+TIMES: dict[str, float] = {}
+
+
+def subset(kind: str, n: int, folder: Path) -> str:
+    rows = [json.loads(line) for line in data_file(kind).read_text().splitlines()[:n]]
+    path = folder / f"{kind}.jsonl"
+    write_jsonl(path, rows)
+    return str(path)
+
+
+def plan(folder: Path) -> list[dict]:
+    """Every trainer, tiny and short, with figures logged at every step."""
+    demos, pairs, prompts = (
+        subset(k, n, folder) for k, n in (("demonstration", 160), ("comparison", 120), ("prompt", 60))
+    )
+    eval_prompts = subset("prompt", 6, folder / "eval")
+    run = dict(progress=False, report_to=["jsonl"], log_every=1, seed=3)
+    # responses of the untrained model rarely end within 12 tokens: keep the reward's score for them (the
+    # response length, which varies from row to row)
+    sampling = dict(
+        **run, data=prompts, max_new_tokens=12, reward="rlhfkit.toy.rewards:length", missing_eos_penalty=None
+    )
+    ppo = dict(
+        **run,
+        data=prompts,
+        eval_data=eval_prompts,
+        reward="rlhfkit.toy.rewards:length",
+        batch_size=4,
+        max_new_tokens=12,
+        ppo_epochs=2,
+        num_minibatches=2,
+        lr=3e-3,
+        max_steps=4,
+        save_every=2,
+        keep_checkpoints=4,
+    )
+    return [
+        dict(
+            stage="sft",
+            config=dict(
+                **run,
+                data=demos,
+                batch_size=8,
+                grad_accum=2,
+                max_steps=6,
+                lr=3e-3,
+                eval_fraction=0.1,
+                save_every=3,
+                keep_checkpoints=4,
+            ),
+        ),
+        dict(stage="rm", config=dict(**run, data=pairs, batch_size=8, max_steps=6, lr=3e-3, eval_fraction=0.1)),
+        dict(stage="dpo", config=dict(**run, data=pairs, batch_size=8, max_steps=6, lr=3e-3, eval_fraction=0.1)),
+        dict(
+            stage="ppo", config=dict(**ppo, adaptive_kl=True, target_kl=0.5, kl_horizon=50, normalize_reward="running")
+        ),
+        dict(stage="ppo", name="rloo", config=dict(**ppo, advantage="rloo", group_size=2)),
+        dict(stage="ppo", name="grpo", config=dict(**ppo, advantage="grpo", group_size=2, lora=True, lora_r=4)),
+        dict(
+            stage="bon",
+            config=dict(**sampling, n_max=4, max_prompts=6, batch_size=2),
+        ),
+        dict(
+            stage="rejection",
+            config=dict(**sampling, k=2, max_prompts=8, batch_size=4, sft_batch_size=4, max_steps=3),
+        ),
+    ]
+
+
+def runner(stage: str):
+    import importlib
+
+    module, cls = {
+        "sft": ("rlhfkit.train.sft", "SFTConfig"),
+        "rm": ("rlhfkit.train.reward", "RewardConfig"),
+        "dpo": ("rlhfkit.train.dpo", "DPOConfig"),
+        "ppo": ("rlhfkit.train.ppo", "PPOConfig"),
+        "bon": ("rlhfkit.train.best_of_n", "BestOfNConfig"),
+        "rejection": ("rlhfkit.train.rejection", "RejectionConfig"),
+    }[stage]
+    module = importlib.import_module(module)
+    return lambda config: module.run(getattr(module, cls)(**config))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(items: list[dict], folder: Path, config: str = "ddp.yaml", processes: int = 2) -> str:
+    """Run ``items`` in a ``processes``-process launch of configs/accelerate/<config>; returns its output."""
+    plan_file = folder / f"plan-{config}.json"
+    plan_file.write_text(json.dumps([{"stage": i["stage"], "config": i["config"]} for i in items]))
+    cmd = [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--config_file", str(REPO / "configs" / "accelerate" / config),
+        "--num_processes", str(processes), "--main_process_port", str(free_port()),
+        str(REPO / "tests" / "multiprocess_stages.py"), str(plan_file),
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-6000:]
+    return out.stdout
+
+
+def interrupted_copy(run_dir: Path, at_step: int, dest: Path) -> Path:
+    """The run folder as an interruption right after its checkpoint at ``at_step`` would have left it."""
+    shutil.copytree(run_dir, dest)
+    shutil.rmtree(dest / "final")
+    for ckpt in (dest / "checkpoints").glob("step-*"):
+        if int(ckpt.name.split("-")[1]) > at_step:
+            shutil.rmtree(ckpt)
+    card = RunCard.read(dest)
+    card.finished, card.figures = False, {}
+    card.write(dest)
+    metrics = [m for m in read_metrics(dest) if m["step"] <= at_step and not any(k.startswith("eval/") for k in m)]
+    (dest / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
+    for extra in ("samples.jsonl", "critic.pt"):
+        (dest / extra).unlink(missing_ok=True)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """{name: (one-process run folder, two-process run folder)}, plus the resumed and the FSDP runs."""
+    root = tmp_path_factory.mktemp("multiprocess")
+    items = plan(root)
+    for item in items:
+        item.setdefault("name", item["stage"])
+        item["one"] = dict(item["config"], output_dir=str(root / "one" / item["name"]))
+        item["config"] = dict(item["config"], output_dir=str(root / "two" / item["name"]))
+    start = time.perf_counter()
+    for item in items:
+        runner(item["stage"])(item["one"])
+    TIMES["one process, all stages"] = time.perf_counter() - start
+    # checkpoints of one process, resumed by two
+    by_name = {i["name"]: i for i in items}
+    resumed = []
+    for name, step in (("sft", 3), ("ppo", 2)):
+        copy = interrupted_copy(Path(by_name[name]["one"]["output_dir"]), step, root / "one-to-two" / name)
+        resumed.append(dict(stage=by_name[name]["stage"], config=dict(by_name[name]["config"], output_dir=str(copy))))
+    start = time.perf_counter()
+    print(launch(items + resumed, root))
+    TIMES["two processes (DDP), all stages + 2 resumes, with start-up"] = time.perf_counter() - start
+    # checkpoints of two processes, resumed by one
+    out = {name: (Path(i["one"]["output_dir"]), Path(i["config"]["output_dir"])) for name, i in by_name.items()}
+    for name, step in (("sft", 3), ("ppo", 2)):
+        copy = interrupted_copy(out[name][1], step, root / "two-to-one" / name)
+        runner(by_name[name]["stage"])(dict(by_name[name]["one"], output_dir=str(copy)))
+        out[f"{name} two->one"] = (out[name][0], copy)
+        out[f"{name} one->two"] = (out[name][0], root / "one-to-two" / name)
+    # the sharded policy: PPO (sampler gathers the full weights) and SFT under FSDP2 on two CPU processes
+    fsdp = [dict(stage=n, config=dict(by_name[n]["config"], output_dir=str(root / "fsdp" / n))) for n in ("ppo", "sft")]
+    start = time.perf_counter()
+    print(launch(fsdp, root, config="fsdp2.yaml"))
+    TIMES["two processes (FSDP2), ppo + sft, with start-up"] = time.perf_counter() - start
+    for n in ("ppo", "sft"):
+        out[f"{n} fsdp2"] = (out[n][0], root / "fsdp" / n)
+    print("\n" + "\n".join(f"{k}: {v:.1f} s" for k, v in TIMES.items()))
+    return out
+
+
+def figures(run_dir: Path) -> dict[tuple[int, str], float]:
+    return {
+        (m["step"], k): v
+        for m in read_metrics(run_dir)
+        for k, v in m.items()
+        if k != "step" and not k.startswith(SKIP_FIGURES) and isinstance(v, float)
+    }
+
+
+def assert_same_figures(one: Path, two: Path) -> None:
+    a, b = figures(one), figures(two)
+    assert a.keys() == b.keys() and a
+    worst = max((abs(b[k] - a[k]) / max(abs(a[k]), 1e-2), k) for k in a if not k[1].endswith("clipfrac"))
+    print(f"{two.name}: largest relative difference of a logged figure {worst[0]:.1e} ({worst[1][1]})")
+    for key in a:
+        if key[1].endswith("clipfrac"):
+            assert abs(b[key] - a[key]) <= COUNT_TOL, key
+        else:
+            assert b[key] == pytest.approx(a[key], rel=LOSS_TOL, abs=LOSS_TOL * 1e-2), key
+
+
+def assert_same_weights(one: Path, two: Path) -> None:
+    a, b = load_file(one / "final" / "model.safetensors"), load_file(two / "final" / "model.safetensors")
+    assert a.keys() == b.keys()
+    worst = max((a[k] - b[k]).abs().max().item() for k in a)
+    print(f"{two.name}: largest weight difference {worst:.1e}")
+    assert worst <= WEIGHT_TOL, f"largest weight difference {worst:.2e} > {WEIGHT_TOL:.0e}"
+
+
+@pytest.mark.parametrize("name", ["sft", "rm", "dpo", "ppo", "rloo", "grpo", "rejection"])
+def test_two_processes_equal_one_with_the_same_global_batch(runs, name):
+    one, two = runs[name]
+    assert_same_figures(one, two)
+    if name == "rm":
+        a, b = load_file(one / "final" / "head.safetensors"), load_file(two / "final" / "head.safetensors")
+        assert all(torch.allclose(a[k], b[k], atol=WEIGHT_TOL) for k in a)
+    assert_same_weights(one, two)
+    assert RunCard.read(two).finished
+
+
+def test_best_of_n_writes_the_same_choices_on_two_processes(runs):
+    one, two = runs["bon"]
+    read = lambda p: [json.loads(line) for line in (p / "chosen.jsonl").read_text().splitlines()]  # noqa: E731
+    a, b = read(one), read(two)
+    assert [r["completion"] for r in a] == [r["completion"] for r in b] and len(a) == 6
+    assert [r["score"] for r in a] == [r["score"] for r in b]
+
+
+@pytest.mark.parametrize("name", ["sft two->one", "sft one->two", "ppo two->one", "ppo one->two"])
+def test_checkpoints_resume_on_another_number_of_processes(runs, name):
+    one, resumed = runs[name]
+    assert_same_weights(one, resumed)
+    assert_same_figures(one, resumed)
+
+
+@pytest.mark.parametrize("name", ["ppo fsdp2", "sft fsdp2"])
+def test_sharded_policy_samples_trains_and_saves_the_same_model(runs, name):
+    """FSDP2 on two CPU processes: each holds half of every weight; the sampler gathers the full weights for a
+    rollout, the final model is gathered for saving. Same figures and weights as one unsharded process."""
+    one, sharded = runs[name]
+    assert_same_figures(one, sharded)
+    assert_same_weights(one, sharded)
+    ckpt = next((sharded / "checkpoints").glob("step-*"))
+    assert any(p.name.startswith("pytorch_model_fsdp") for p in ckpt.iterdir())  # the checkpoint is sharded
