@@ -9,7 +9,8 @@ Tolerances, and why they are not zero: the two runs compute the same sums in ano
 halves, each padded to its own width; gradients added by an all-reduce instead of inside one backward), which
 changes float32 rounding (~1e-7 relative per operation); Adam's division by sqrt(v) magnifies it for weights whose
 gradient is near zero. Over these few steps the differences stay under LOSS_TOL (relative, on every logged
-figure) and WEIGHT_TOL (absolute, on every weight). Shares of tokens (PPO's clipfrac) are counts: a token within
+figure, plus ABS_TOL for figures near zero such as the first step's KL) and WEIGHT_TOL (absolute, on every
+weight); the differences seen were at least 7 times smaller (docs/scaling.md). Shares of tokens (PPO's clipfrac) are counts: a token within
 rounding of the clip edge may fall on the other side, so they may differ by one token (COUNT_TOL, one token of a
 48-token mini-batch here). A real mistake (a batch split twice, a mean of per-process means, per-process
 whitening, a schedule stepped once per process) moves the figures by 1e-3 or more (docs/scaling.md lists the
@@ -35,6 +36,7 @@ from rlhfkit.toy.data import data_file
 
 REPO = Path(__file__).resolve().parent.parent
 LOSS_TOL = 1e-4  # relative, on every logged figure
+ABS_TOL = 1e-5  # absolute, added to it: a figure near zero (step 1's KL, ~1e-6) has rounding errors of ~1e-6
 COUNT_TOL = 1 / 48 + 1e-6  # absolute, on shares of tokens (clipfrac): one token of a 48-token mini-batch
 WEIGHT_TOL = 2e-5  # absolute, on every weight of the final model (weights are ~0.02-1)
 SKIP_FIGURES = ("time/", "train/lr", "train/tokens_per_s", "train/pairs_per_s", "train/groups_per_s")
@@ -87,6 +89,7 @@ def plan(folder: Path) -> list[dict]:
                 eval_fraction=0.1,
                 save_every=3,
                 keep_checkpoints=4,
+                group_by_length=False,  # batches of mixed lengths: processes hold different token counts
             ),
         ),
         dict(stage="rm", config=dict(**run, data=pairs, batch_size=8, max_steps=6, lr=3e-3, eval_fraction=0.1)),
@@ -213,13 +216,13 @@ def figures(run_dir: Path) -> dict[tuple[int, str], float]:
 def assert_same_figures(one: Path, two: Path) -> None:
     a, b = figures(one), figures(two)
     assert a.keys() == b.keys() and a
-    worst = max((abs(b[k] - a[k]) / max(abs(a[k]), 1e-2), k) for k in a if not k[1].endswith("clipfrac"))
-    print(f"{two.name}: largest relative difference of a logged figure {worst[0]:.1e} ({worst[1][1]})")
+    worst = max((abs(b[k] - a[k]) / (LOSS_TOL * abs(a[k]) + ABS_TOL), k) for k in a if not k[1].endswith("clipfrac"))
+    print(f"{two.name}: largest figure difference {worst[0]:.2f} of its tolerance ({worst[1][1]})")
     for key in a:
         if key[1].endswith("clipfrac"):
             assert abs(b[key] - a[key]) <= COUNT_TOL, key
         else:
-            assert b[key] == pytest.approx(a[key], rel=LOSS_TOL, abs=LOSS_TOL * 1e-2), key
+            assert abs(b[key] - a[key]) <= LOSS_TOL * abs(a[key]) + ABS_TOL, (key, a[key], b[key])
 
 
 def assert_same_weights(one: Path, two: Path) -> None:
