@@ -197,6 +197,15 @@ def split_micro(batch: list[int], accelerator: Accelerator, grad_accum: int) -> 
     return [m for m in (mine[i::grad_accum] for i in range(grad_accum)) if m]
 
 
+def eval_chunks(n: int, accelerator: Accelerator, batch_size: int) -> list[list[int]]:
+    """This process's strided share of ``n`` held-out items in batches, as many batches on every process (the
+    last ones may be empty): under a sharding engine every forward is collective, so a process that ran one
+    batch fewer would leave the others waiting. An empty batch is run on item 0 and its result dropped."""
+    mine = list(range(accelerator.process_index, n, accelerator.num_processes))
+    batches = math.ceil(math.ceil(n / accelerator.num_processes) / batch_size)
+    return [mine[b * batch_size : (b + 1) * batch_size] for b in range(batches)]
+
+
 def shard_range(n: int, accelerator: Accelerator) -> range:
     """This process's contiguous share of ``n`` rows (shares differ in size by at most one)."""
     p, P = accelerator.process_index, accelerator.num_processes
@@ -221,6 +230,8 @@ def gather_rows(accelerator: Accelerator, tensor: torch.Tensor, pad_first: bool 
     if tensor.dim() > 1:
         tensor = accelerator.pad_across_processes(tensor, dim=1, pad_index=pad_value, pad_first=pad_first)
     rows = accelerator.gather(torch.tensor([tensor.size(0)], device=tensor.device)).tolist()
+    if max(rows) == 0:
+        return tensor
     padded = accelerator.pad_across_processes(tensor.contiguous(), dim=0, pad_index=pad_value)
     blocks = accelerator.gather(padded).split(max(rows))
     return torch.cat([block[:n] for block, n in zip(blocks, rows)])

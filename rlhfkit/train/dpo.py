@@ -200,16 +200,16 @@ def cached_reference_logps(
 def evaluate(policy, ref_fn, groups, eval_ref, loss_fn, cfg, pad_id, accelerator) -> dict[str, float]:
     policy.eval()
     totals, loss_total = {}, 0.0
-    idx = list(range(accelerator.process_index, len(groups), accelerator.num_processes))
-    for s in range(0, len(idx), cfg.batch_size):
-        chunk = idx[s : s + cfg.batch_size]
-        batch = [groups[i] for i in chunk]
+    for chunk in common.eval_chunks(len(groups), accelerator, cfg.batch_size):
+        indices = chunk or [0]  # an empty chunk only keeps this process in step with the others
+        batch = [groups[i] for i in indices]
         with accelerator.autocast():
-            ref = ref_fn(batch, chunk, eval_ref)
+            ref = ref_fn(batch, indices, eval_ref)
             loss_sum, stats = dpo_step(policy, batch, ref, loss_fn, cfg, pad_id, accelerator.device)
-        loss_total += loss_sum.item()
+        weight = 1.0 if chunk else 0.0
+        loss_total += weight * loss_sum.item()
         for k, v in stats.items():
-            totals[k] = totals.get(k, 0.0) + v
+            totals[k] = totals.get(k, 0.0) + weight * v
     policy.train()
     keys = ["loss"] + sorted(totals)
     vec = accelerator.reduce(

@@ -74,15 +74,15 @@ def token_loss_sum(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor,
 def evaluate(model, examples, cfg: SFTConfig, pad_id: int, accelerator) -> dict[str, float]:
     model.eval()
     total, count = torch.zeros((), device=accelerator.device), torch.zeros((), device=accelerator.device)
-    mine = examples[accelerator.process_index :: accelerator.num_processes]
-    for s in range(0, len(mine), cfg.batch_size):
+    for chunk in common.eval_chunks(len(examples), accelerator, cfg.batch_size):
         batch = {
             k: v.to(accelerator.device)
-            for k, v in collate(mine[s : s + cfg.batch_size], pad_id, False, cfg.max_length).items()
+            for k, v in collate([examples[i] for i in chunk or [0]], pad_id, False, cfg.max_length).items()
         }
         loss, n = token_loss_sum(model, batch)
-        total += loss
-        count += n
+        if chunk:  # an empty chunk only keeps this process in step with the others
+            total += loss
+            count += n
     model.train()
     total, count = accelerator.reduce(total, "sum"), accelerator.reduce(count, "sum")
     loss = (total / count.clamp(min=1)).item()
