@@ -8,6 +8,9 @@ Model spec (``parse_model_spec``): a built-in name (``tiny``, ``tiny-4m``), a Py
 (``smollm2-135m-instruct``), an encoder name (``minilm``), a ``.gguf`` file, an rlhfkit run folder (its
 ``final/`` model), a Hugging Face folder, or a Hugging Face id that is in the local cache or reachable.
 
+Judge spec (``parse_judge_spec``): ``lm:MODEL`` (a local causal LM asked a question, by option log-probs),
+``openai:URL#MODEL`` (an OpenAI-compatible server), or any reward spec (a reward judges by its scores).
+
 Reward spec (``parse_reward_spec``): a reward-model run folder (or the reward-model folder inside it), a
 Hugging Face ``*ForSequenceClassification`` folder, ``module:function``, an ``http(s)://`` endpoint, or
 several of these separated by commas: an ensemble, scored by the mean and the spread of its members.
@@ -54,6 +57,13 @@ class RewardSpec:
     path: Path | None = None  # reward-model or classifier folder (the one holding reward.json / config.json)
     run: Path | None = None  # the run folder it came from, if any
     members: tuple[RewardSpec, ...] = ()
+
+
+@dataclass(frozen=True)
+class JudgeSpec:
+    text: str
+    kind: str  # lm | openai | reward
+    target: str  # the model spec, the server (URL#MODEL) or the reward spec
 
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
@@ -145,6 +155,21 @@ def parse_reward_spec(text: str, setting: str = "reward") -> RewardSpec:
     if _FUNCTION.fullmatch(text):
         return RewardSpec(text, "function")
     raise SpecError(f"setting '{setting}': '{text}' is not a reward: no such folder; choices: {REWARD_CHOICES}")
+
+
+def parse_judge_spec(text: str, setting: str = "judge") -> JudgeSpec:
+    text = str(text).strip()
+    if text.startswith("lm:"):
+        return JudgeSpec(text, "lm", parse_model_spec(text[3:], setting).text)
+    if text.startswith("openai:"):
+        url = text[len("openai:") :]
+        if not urlparse(url.partition("#")[0]).netloc:
+            raise SpecError(f"setting '{setting}': {url}: not a URL with a host (openai:http://HOST:PORT/v1#MODEL)")
+        return JudgeSpec(text, "openai", url)
+    try:
+        return JudgeSpec(text, "reward", parse_reward_spec(text, setting).text)
+    except SpecError as e:
+        raise SpecError(f"{e} (or, as a judge: lm:MODEL, openai:URL#MODEL)") from None
 
 
 def _in_hub_cache(repo_id: str) -> bool:

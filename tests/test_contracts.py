@@ -292,10 +292,10 @@ def test_help_starts_fast(argv):
 # Layers from the bottom up: a module may import its own layer and those below, never one above. The toy world
 # sits near the top, beside the pipelines that use it: no core layer imports it.
 LAYERS = [
-    ["config", "losses", "models.catalog"],
+    ["config", "losses", "models.catalog", "openai_api"],
     ["specs", "runs", "data"],
     ["models"],
-    ["rollout", "rewards", "vllm_backend"],
+    ["rollout", "rewards", "judges", "vllm_backend"],
     ["train", "evaluate"],
     ["toy", "feedback", "pipelines"],
     ["cli", "launch"],

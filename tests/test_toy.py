@@ -15,15 +15,18 @@ from rlhfkit.toy.gold import GOLD_WEIGHTS, utility
 from rlhfkit.toy.world import Prompt, good_response, poor_response, sample_prompt
 
 PACKAGE = Path(rlhfkit.__file__).parent
-# Modules allowed to read the gold utility: the simulated people, evaluation, and the demo's report.
+# Modules allowed to read the gold utility: the simulated people, the toy world's judge and evaluation, and the
+# demo. Everything else (trainers, rlhfkit.evaluate and its over-optimisation monitor included) never does.
 GOLD_READERS = {
     "toy/gold.py",
     "toy/annotators.py",
     "toy/feedback.py",
+    "toy/judge.py",
     "toy/evaluation.py",
-    "evaluate",
     "pipelines/toy.py",
 }
+# What reads the gold utility: the utility itself and the modules built on it.
+GOLD_MODULES = tuple(f"rlhfkit.toy.{m}" for m in ("gold", "annotators", "feedback", "evaluation", "judge"))
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -43,10 +46,7 @@ def test_training_code_never_imports_the_gold_utility():
         rel = path.relative_to(PACKAGE).as_posix()
         if any(rel == r or rel.startswith(r + "/") for r in GOLD_READERS):
             continue
-        if any(
-            m.startswith(("rlhfkit.toy.gold", "rlhfkit.toy.annotators", "rlhfkit.evaluate"))
-            for m in imported_modules(path)
-        ):
+        if any(m.startswith(GOLD_MODULES) for m in imported_modules(path)):
             offenders.append(rel)
     assert offenders == []
 

@@ -1,0 +1,218 @@
+"""The over-optimisation monitor's decisions on synthetic signal sequences, and its isolation from the gold utility.
+
+Synthetic runs, one check per step t = 1..T:
+- over-optimising: KL = 0.5 t (a near-zero KL coefficient lets it grow), d = sqrt(KL); the proxy rises as d; the
+  second reward model (and the gold it stands in for) follows Gao et al.'s RL form d (1 - 0.5 log d), which peaks
+  at d* = e, i.e. KL e^2 = 7.39, step 14.8, value e / 2 = 1.359, and is at 90% of that peak at d ~ 4.0 (step 32).
+- healthy: everything rises and saturates as 1 - exp(-t / 8) (KL too, as a KL penalty makes it), disagreement flat.
+Noise is Gaussian per check, seeded.
+
+Run: PYTHONPATH=. python -m pytest tests/test_monitor.py -q
+"""
+
+import json
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from rlhfkit.evaluate.monitor import Check, MonitorSettings, OveroptimisationMonitor, noise_scale, trailing_median
+
+PEAK_STEP = 2 * math.e**2  # KL = 0.5 t = e^2
+
+
+def gold_like(step: float) -> float:
+    d = math.sqrt(0.5 * step)
+    return d * (1 - 0.5 * math.log(d))
+
+
+def over_optimising(seed: int, steps: int = 60, noise: float = 0.03) -> list[Check]:
+    rng = np.random.default_rng(seed)
+    return [
+        Check(
+            step=t,
+            kl=0.5 * t + rng.normal(0, 0.1),
+            proxy_reward=math.sqrt(0.5 * t) + rng.normal(0, noise),
+            second_rm_reward=gold_like(t) + rng.normal(0, noise),
+        )
+        for t in range(1, steps + 1)
+    ]
+
+
+def healthy(seed: int, steps: int = 80, noise: float = 0.05) -> list[Check]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for t in range(1, steps + 1):
+        f = 1 - math.exp(-t / 8)
+        out.append(
+            Check(
+                step=t,
+                kl=4 * f + rng.normal(0, 0.1),
+                proxy_reward=1.5 * f + rng.normal(0, noise),
+                second_rm_reward=f + rng.normal(0, noise),
+                heldout_accuracy=0.7 + rng.normal(0, 0.01),
+                ensemble_std=0.2 + rng.normal(0, 0.01),
+                mean_length=50 * (1 + 0.3 * f) + rng.normal(0, 2),
+                entropy=2.0 - 0.5 * f + rng.normal(0, 0.05),
+            )
+        )
+    return out
+
+
+def run(checks, settings=None):
+    """Feed the checks until the alarm; returns the monitor and the last status."""
+    monitor = OveroptimisationMonitor(settings)
+    for check in checks:
+        status = monitor.update(check)
+        if status.alarm:
+            break
+    return monitor, status
+
+
+# --- helpers ------------------------------------------------------------------------------------------------
+
+
+def test_trailing_median_ignores_one_outlier():
+    np.testing.assert_array_equal(trailing_median(np.array([1.0, 9.0, 2.0, 3.0]), 3), [1.0, 5.0, 2.0, 3.0])
+
+
+def test_noise_scale_sees_the_noise_not_the_trend():
+    """A straight line has zero second differences: noise 0 however steep. Added N(0, 0.1) noise comes back as
+    ~0.1 (MAD of 1000 second differences: within ~10%)."""
+    t = np.arange(1000, dtype=float)
+    assert noise_scale(5 * t) == pytest.approx(0.0, abs=1e-9)
+    assert noise_scale(5 * t + np.random.default_rng(0).normal(0, 0.1, 1000)) == pytest.approx(0.1, rel=0.1)
+    assert noise_scale(np.arange(4.0)) == math.inf  # too few values to tell
+
+
+# --- the three behaviours asked for ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_alarm_shortly_after_the_second_reward_model_turns(seed):
+    """The proxy keeps rising, the second reward model peaks at step 14.8: no alarm before the peak, an alarm
+    before the gold-like curve falls under 90% of its peak (step 32), and the best check kept is within 5% of it."""
+    monitor, status = run(over_optimising(seed))
+    assert status.alarm
+    assert PEAK_STEP < status.alarm_step <= 32
+    assert set(status.alarm_reasons) & {"second_rm_falls", "second_rm_peak_passed"}
+    assert gold_like(status.best_step) >= 0.95 * gold_like(PEAK_STEP)
+    assert status.second_rm_fit.peak_kl == pytest.approx(math.e**2, rel=0.3)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_no_alarm_on_a_healthy_run(seed):
+    """Both reward models rise and saturate, KL saturates, disagreement stays flat: 80 checks, no alarm."""
+    _, status = run(healthy(seed))
+    assert not status.alarm, status.alarm_reasons
+
+
+def spoil(checks: list[Check], index: int) -> list[Check]:
+    """One bad check: the second model's score, accuracy and entropy collapse, disagreement and length jump."""
+    c = checks[index]
+    bad = replace(
+        c,
+        second_rm_reward=c.second_rm_reward - 1.0,
+        heldout_accuracy=0.3,
+        ensemble_std=5 * c.ensemble_std,
+        mean_length=4 * c.mean_length,
+        entropy=0.1 * c.entropy,
+    )
+    return checks[:index] + [bad] + checks[index + 1 :]
+
+
+def test_one_outlying_check_does_not_trip_it_thanks_to_patience():
+    """A quiet healthy run (noise 0.01) with one bad check at step 41. Without smoothing (window 1) every reason
+    holds at that check; patience 1 alarms there, patience 2 does not (the next check is normal again). The
+    defaults (median of five, patience 2) stay quiet too."""
+    checks = spoil(healthy(0, noise=0.01), 40)
+    _, status = run(checks, MonitorSettings(window=1, patience=1))
+    assert status.alarm and status.alarm_step == 41
+    assert {"second_rm_falls", "heldout_accuracy_falls", "disagreement_grows", "length_drifts"} <= set(
+        status.alarm_reasons
+    )
+    assert not run(checks, MonitorSettings(window=1, patience=2))[1].alarm
+    assert not run(checks)[1].alarm
+
+
+# --- each reason on its own --------------------------------------------------------------------------------------
+
+
+def steady(steps: int = 12, **signals) -> list[Check]:
+    """Flat signals with a little deterministic jitter (so the noise estimate is not zero)."""
+    jitter = [0.01 * (-1) ** t for t in range(steps)]
+    return [Check(step=t + 1, **{k: v + jitter[t] for k, v in signals.items()}) for t in range(steps)]
+
+
+def test_disagreement_growing_past_its_factor():
+    """Ensemble std 0.2 at the start, then 0.5 (2.5x > 2x) for good: alarm once the median of five has moved
+    (3 of 5 high, check 9) and held for a second check (10)."""
+    checks = steady(ensemble_std=0.2)
+    checks = checks[:6] + [replace(c, ensemble_std=0.5) for c in checks[6:]]
+    _, status = run(checks)
+    assert status.alarm_step == 10 and list(status.alarm_reasons) == ["disagreement_grows"]
+
+
+def test_kl_budget_length_and_entropy_drift():
+    over_budget = [Check(step=t, kl=float(t)) for t in range(1, 8)]
+    assert run(over_budget, MonitorSettings(kl_budget=4.0))[1].alarm_step == 6  # KL 5 and 6 > 4
+    assert not run(over_budget)[1].alarm  # no budget by default
+
+    long = steady(mean_length=50.0)
+    long = long[:6] + [replace(c, mean_length=120.0) for c in long[6:]]
+    assert list(run(long)[1].alarm_reasons) == ["length_drifts"]
+
+    collapse = steady(entropy=2.0)
+    collapse = collapse[:6] + [replace(c, entropy=0.8) for c in collapse[6:]]
+    assert list(run(collapse)[1].alarm_reasons) == ["entropy_collapses"]
+
+
+def test_heldout_accuracy_falling():
+    """Accuracy 0.72 then 0.60 (12 points, above the 5-point floor and the noise)."""
+    checks = steady(heldout_accuracy=0.72)
+    checks = checks[:6] + [replace(c, heldout_accuracy=0.60) for c in checks[6:]]
+    assert list(run(checks)[1].alarm_reasons) == ["heldout_accuracy_falls"]
+
+
+def test_second_model_falling_with_the_proxy_is_not_over_optimisation():
+    """If the proxy falls too, the update was bad rather than the proxy exploited: no 'second_rm_falls'."""
+    checks = over_optimising(0)
+    both_fall = [replace(c, proxy_reward=c.second_rm_reward + 1.0, kl=None) for c in checks]
+    _, status = run(both_fall)
+    assert "second_rm_falls" not in status.alarm_reasons
+
+
+def test_proxy_past_its_fitted_peak_without_a_second_model():
+    """No second reward model: the proxy itself follows the RL form (KL spent without gain) -> proxy_peak_passed,
+    and the best check is the last one before any reason held."""
+    rng = np.random.default_rng(0)
+    checks = [Check(step=t, kl=0.5 * t, proxy_reward=gold_like(t) + rng.normal(0, 0.02)) for t in range(1, 61)]
+    monitor, status = run(checks)
+    assert list(status.alarm_reasons) == ["proxy_peak_passed"]
+    assert PEAK_STEP < status.alarm_step <= 32
+    assert status.best_step == status.alarm_step - 2  # patience 2: trouble began one check before the alarm
+
+
+# --- bookkeeping --------------------------------------------------------------------------------------------------
+
+
+def test_missing_signals_are_fine_and_steps_must_increase():
+    monitor = OveroptimisationMonitor()
+    for t in range(1, 10):
+        status = monitor.update(Check(step=t))
+    assert not status.alarm and status.best_step == 9 and status.proxy_fit is None
+    with pytest.raises(ValueError, match="increasing step"):
+        monitor.update(Check(step=9))
+    with pytest.raises(ValueError, match="min_checks"):
+        MonitorSettings(min_checks=3)
+
+
+def test_alarm_latches_and_summary_is_plain_json():
+    monitor, status = run(over_optimising(0))
+    first = status.alarm_step
+    later = monitor.update(Check(step=1000, kl=1.0, proxy_reward=0.0))
+    assert later.alarm and later.alarm_step == first
+    summary = json.loads(json.dumps(monitor.summary()))
+    assert summary["alarm_step"] == first and summary["best_step"] == status.best_step
+    assert summary["fits"]["second_rm_reward"]["peak_kl"] > 0 and len(summary["history"]) == len(monitor.history)
