@@ -57,7 +57,7 @@ def quiet_third_parties(verbose: bool) -> None:
 
 
 # The built-in data each stage takes for `--data toy` (written as an ordinary file by the toy world).
-TOY_KINDS = {"sft": "demonstration", "rm": "comparison", "dpo": "comparison"}
+TOY_KINDS = {"sft": "demonstration", "rm": "comparison", "dpo": "comparison", "kto": "rating"}
 
 
 def with_toy_data(cfg: StageConfig) -> StageConfig:
@@ -182,6 +182,12 @@ def _dpo(cfg):
     return run(cfg)
 
 
+def _kto(cfg):
+    from rlhfkit.train.kto import run
+
+    return run(cfg)
+
+
 def _ppo(cfg):
     from rlhfkit.train.ppo import run
 
@@ -244,13 +250,15 @@ demo.__doc__ = (
 )
 
 stage_command("sft", stages.SFTConfig, _sft, "Supervised fine-tuning on demonstrations (loss on completions only).")
-rm_app = typer.Typer(help="Reward models: train on comparisons or rankings, score responses.", no_args_is_help=True)
+rm_app = typer.Typer(
+    help="Reward models: train on comparisons, rankings or ratings; score responses.", no_args_is_help=True
+)
 app.add_typer(rm_app, name="rm")
 stage_command(
     "train",
     stages.RewardConfig,
     _rm_train,
-    "Train a reward model (or an ensemble) on comparisons or rankings.",
+    "Train a reward model (or an ensemble) on comparisons, rankings or ratings; annotator-conditioned or distributional.",
     parent=rm_app,
 )
 stage_command(
@@ -261,7 +269,15 @@ stage_command(
     parent=rm_app,
     show_figures=False,
 )
-stage_command("dpo", stages.DPOConfig, _dpo, "Direct preference optimisation (sigmoid, cDPO, IPO, hinge, robust).")
+stage_command(
+    "dpo",
+    stages.DPOConfig,
+    _dpo,
+    "Direct preference optimisation (sigmoid, cDPO, IPO, hinge, robust; ties, soft labels).",
+)
+stage_command(
+    "kto", stages.KTOConfig, _kto, "KTO: align a policy on unpaired thumbs up/down (TRL's prompt/completion/label)."
+)
 stage_command("ppo", stages.PPOConfig, _ppo, "Online RLHF: PPO with KL control, or RLOO / GRPO group baselines.")
 stage_command("bon", stages.BestOfNConfig, _bon, "Best-of-N sampling: chosen responses and the reward vs KL curve.")
 stage_command(

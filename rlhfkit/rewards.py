@@ -3,6 +3,8 @@
     reward = load_reward("runs/rm-1")                    # or a classifier folder, module:function, http://..., a,b
     scores = reward(prompts, responses)                  # (N,): the mean over the ensemble's members
     members = reward.members(prompts, responses)         # (E, N): each member's scores (E = 1 for one reward)
+    means, variances = reward.distribution(prompts, responses)   # (E, N) each: variance 0 but for mean-variance models
+    cautious = load_reward("runs/rm-dpl", transform="quantile:0.1")   # calling it gives the lower decile
 
 Every command that scores text uses this: PPO, best-of-N, rejection sampling, ``rm score``, the feedback
 app's active learning, evaluation. Prompts are passed as the caller holds them: strings, or lists of
@@ -16,6 +18,13 @@ chat messages (sent over HTTP as lists of {role, content}).
 - ``http(s)://...``: POST ``{"prompts": [...], "responses": [...]}``, answered by ``{"scores": [N numbers]}`` or
   ``{"members": [[N numbers] x E]}``;
 - comma-separated specs: an ensemble whose members are all theirs.
+
+A reward-model folder may name an annotator, ``runs/rm-cond@annotator=alice``: an annotator-conditioned model then
+scores as alice would (``rlhfkit.specs``). ``transform`` (every stage's ``reward_transform`` setting) makes one number
+per response from a reward with a spread, by ``rlhfkit.losses.transformed_reward``: ``mean`` (the default),
+``mean_minus_std:L``, ``uncertainty_weighted:L``, ``quantile:Q`` (the lower quantile of a distributional model, or of
+the Gaussian with an ensemble's mean and spread), ``worst`` (the lowest member). One mechanism for ensembles and
+distributional reward models alike: each member gives a mean and a variance.
 """
 
 from __future__ import annotations
@@ -28,7 +37,9 @@ from pathlib import Path
 
 import torch
 
+from rlhfkit.config.parts import parse_reward_transform
 from rlhfkit.data.records import flat_text, from_json, to_json, user_turn
+from rlhfkit.losses import transformed_reward
 from rlhfkit.specs import RewardSpec, parse_reward_spec
 
 
@@ -47,16 +58,38 @@ def _as_members(scores, n: int, source: str) -> torch.Tensor:
 
 
 class Reward:
-    """The interface every reward has: ``members`` (E, N); calling it gives their mean (N,)."""
+    """The interface every reward has: ``members`` (E, N) and ``distribution`` (means and variances, (E, N) each);
+    calling it gives one number per response by its ``transform`` (the members' mean unless set otherwise)."""
 
     spec: RewardSpec
     model: torch.nn.Module | None = None  # the reward model itself, where there is one (a PPO critic can start from it)
+    transform: str = "mean"
 
     def members(self, prompts: list, responses: list[str]) -> torch.Tensor:
         raise NotImplementedError
 
+    def distribution(self, prompts: list, responses: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each member's mean and variance of reward per response, (E, N) each; point scores have variance 0."""
+        means = self.members(prompts, responses)
+        return means, torch.zeros_like(means)
+
     def __call__(self, prompts: list, responses: list[str]) -> torch.Tensor:
-        return self.members(prompts, responses).mean(0)
+        how, coef = parse_reward_transform(self.transform)
+        if how == "mean":
+            return self.members(prompts, responses).mean(0)
+        means, variances = self.distribution(prompts, responses)
+        if how == "worst" and means.size(0) < 2:
+            raise ValueError(
+                f"reward_transform 'worst' takes the lowest of several members, but {self.spec.text!r} has one; "
+                "give an ensemble (a,b,c or `rm train --ensemble N`) or use quantile:Q with a mean-variance model"
+            )
+        if means.size(0) < 2 and not bool((variances > 0).any()):
+            raise ValueError(
+                f"reward_transform {self.transform!r} needs a spread, but {self.spec.text!r} gives one score per "
+                "response; give an ensemble (a,b,c or `rm train --ensemble N`) or a mean-variance reward model "
+                "(`rm train --head mean-variance`)"
+            )
+        return transformed_reward(means, variances, how, coef)
 
 
 class RewardModelReward(Reward):
@@ -65,6 +98,10 @@ class RewardModelReward(Reward):
 
         self.spec, self.batch_size = spec, batch_size
         self.model = load_reward_model(spec.path)
+        try:
+            self.model.check_annotator(spec.annotator)
+        except ValueError as e:
+            raise ValueError(f"reward {spec.text!r}: {e}") from None
         self.model.eval().requires_grad_(False)
         if device is not None:
             self.model.to(device)
@@ -74,7 +111,17 @@ class RewardModelReward(Reward):
         from rlhfkit.models.reward import member_scores
 
         prompts, responses = [from_json(p) for p in prompts], [from_json(r) for r in responses]
-        return member_scores(self.model, prompts, responses, self.batch_size).float().cpu()
+        return member_scores(self.model, prompts, responses, self.batch_size, annotator=self.spec.annotator).float()
+
+    @torch.no_grad()
+    def distribution(self, prompts, responses):
+        from rlhfkit.models.reward import member_distributions
+
+        prompts, responses = [from_json(p) for p in prompts], [from_json(r) for r in responses]
+        means, variances = member_distributions(
+            self.model, prompts, responses, self.batch_size, annotator=self.spec.annotator
+        )
+        return means.float(), variances.float()
 
 
 class ClassifierReward(Reward):
@@ -164,16 +211,26 @@ class EnsembleReward(Reward):
     def members(self, prompts, responses):
         return torch.cat([part.members(prompts, responses) for part in self.parts])
 
+    def distribution(self, prompts, responses):
+        parts = [part.distribution(prompts, responses) for part in self.parts]
+        return torch.cat([m for m, _ in parts]), torch.cat([v for _, v in parts])
 
-def load_reward(spec: str | RewardSpec, batch_size: int = 32, device=None, setting: str = "reward") -> Reward:
-    """The reward a reward setting names (see the module docstring)."""
+
+def load_reward(
+    spec: str | RewardSpec, batch_size: int = 32, device=None, setting: str = "reward", transform: str = "mean"
+) -> Reward:
+    """The reward a reward setting names (see the module docstring); calling it applies ``transform``."""
     spec = parse_reward_spec(spec, setting) if isinstance(spec, str) else spec
+    parse_reward_transform(transform)  # a bad transform fails before anything loads
     if spec.kind == "ensemble":
-        return EnsembleReward(spec, [load_reward(m, batch_size, device, setting) for m in spec.members])
-    if spec.kind == "reward-model":
-        return RewardModelReward(spec, batch_size, device)
-    if spec.kind == "classifier":
-        return ClassifierReward(spec, batch_size, device)
-    if spec.kind == "http":
-        return HTTPReward(spec)
-    return FunctionReward(spec)
+        reward = EnsembleReward(spec, [load_reward(m, batch_size, device, setting) for m in spec.members])
+    elif spec.kind == "reward-model":
+        reward = RewardModelReward(spec, batch_size, device)
+    elif spec.kind == "classifier":
+        reward = ClassifierReward(spec, batch_size, device)
+    elif spec.kind == "http":
+        reward = HTTPReward(spec)
+    else:
+        reward = FunctionReward(spec)
+    reward.transform = transform
+    return reward

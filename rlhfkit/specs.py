@@ -14,7 +14,9 @@ Judge spec (``parse_judge_spec``): ``lm:MODEL`` (a local causal LM asked a quest
 Reward spec (``parse_reward_spec``): a reward-model run folder (or the reward-model folder inside it), a
 Hugging Face ``*ForSequenceClassification`` folder, ``module:function``, an ``http(s)://`` endpoint, or
 several of these separated by commas: an ensemble, scored by the mean and the spread of its members.
-``rm:PATH``, the older spelling of a reward-model folder, means the same as ``PATH``.
+``rm:PATH``, the older spelling of a reward-model folder, means the same as ``PATH``. A reward-model folder may end
+in ``@annotator=NAME``: an annotator-conditioned model (``rm train --annotator-conditioned``) then scores as that
+annotator (or persona, or group) would; without it, it gives its pooled score.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ class RewardSpec:
     path: Path | None = None  # reward-model or classifier folder (the one holding reward.json / config.json)
     run: Path | None = None  # the run folder it came from, if any
     members: tuple[RewardSpec, ...] = ()
+    annotator: str | None = None  # reward-model folders only: score as this annotator (``@annotator=NAME``)
 
 
 @dataclass(frozen=True)
@@ -127,6 +130,9 @@ def parse_reward_spec(text: str, setting: str = "reward") -> RewardSpec:
     text = parts[0]
     if text.startswith("rm:"):
         text = text[3:]
+    full, annotator = text, None
+    if "@" in text and not Path(text).expanduser().exists():
+        text, annotator = _annotator_suffix(text, setting)
     if text.startswith(("http://", "https://")):
         if not urlparse(text).netloc:
             raise SpecError(f"setting '{setting}': {text}: not a URL with a host")
@@ -135,7 +141,9 @@ def parse_reward_spec(text: str, setting: str = "reward") -> RewardSpec:
     if path.is_dir():
         for folder in (path, path / "final"):
             if (folder / "reward.json").exists():
-                return RewardSpec(text, "reward-model", folder, run=path if folder != path else None)
+                return RewardSpec(
+                    full, "reward-model", folder, run=path if folder != path else None, annotator=annotator
+                )
         if _is_run_folder(path):
             raise SpecError(
                 f"setting '{setting}': {path} is a run folder without a reward model (not finished, or another "
@@ -150,6 +158,8 @@ def parse_reward_spec(text: str, setting: str = "reward") -> RewardSpec:
                 "(a *ForSequenceClassification folder or an `rlhfkit rm train` run)"
             )
         raise SpecError(f"setting '{setting}': {path} holds no reward model (no reward.json, no config.json)")
+    if annotator is not None:
+        raise SpecError(f"setting '{setting}': {path}: no such reward-model folder (before @annotator={annotator})")
     if path.exists():
         raise SpecError(f"setting '{setting}': {path} is a file, not a reward; choices: {REWARD_CHOICES}")
     if _FUNCTION.fullmatch(text):
@@ -170,6 +180,18 @@ def parse_judge_spec(text: str, setting: str = "judge") -> JudgeSpec:
         return JudgeSpec(text, "reward", parse_reward_spec(text, setting).text)
     except SpecError as e:
         raise SpecError(f"{e} (or, as a judge: lm:MODEL, openai:URL#MODEL)") from None
+
+
+def _annotator_suffix(text: str, setting: str) -> tuple[str, str]:
+    """``"runs/rm@annotator=alice"`` -> ``("runs/rm", "alice")``; any other ``@`` option is refused."""
+    folder, _, option = text.rpartition("@")
+    key, eq, value = option.partition("=")
+    if key.strip() != "annotator" or not eq or not value.strip():
+        raise SpecError(
+            f"setting '{setting}': '{text}': after '@' a reward-model folder takes annotator=NAME "
+            "(e.g. runs/rm-1@annotator=alice), got '@" + option + "'"
+        )
+    return folder, value.strip()
 
 
 def _in_hub_cache(repo_id: str) -> bool:

@@ -2,7 +2,7 @@
 
     accelerate launch --config_file configs/accelerate/ddp.yaml --num_processes 2 tests/multiprocess_stages.py plan.json
 
-plan.json: a list of {"stage": "sft" | "rm" | "dpo" | "ppo" | "bon" | "rejection", "config": {setting: value}}. Each
+plan.json: a list of {"stage": "sft" | "rm" | "dpo" | "kto" | "ppo" | "bon" | "rejection", "config": {setting: value}}. Each
 stage is the library's own ``run``, as the command line calls it; one launch runs them all, so the processes
 start once.
 """
@@ -15,6 +15,7 @@ STAGES = {
     "sft": ("rlhfkit.train.sft", "SFTConfig"),
     "rm": ("rlhfkit.train.reward", "RewardConfig"),
     "dpo": ("rlhfkit.train.dpo", "DPOConfig"),
+    "kto": ("rlhfkit.train.kto", "KTOConfig"),
     "ppo": ("rlhfkit.train.ppo", "PPOConfig"),
     "bon": ("rlhfkit.train.best_of_n", "BestOfNConfig"),
     "rejection": ("rlhfkit.train.rejection", "RejectionConfig"),

@@ -59,7 +59,7 @@ def test_card_names_parents_by_id_and_path_with_data_hashes_settings_hash_and_fi
 def test_figures_follow_each_stage_schema():
     with pytest.raises(ValueError, match="eval_los"):
         stages.SFTFigures(steps=1, tokens_seen=2, eval_los=0.1)
-    for cls in (stages.SFTConfig, stages.RewardConfig, stages.DPOConfig, stages.PPOConfig):
+    for cls in (stages.SFTConfig, stages.RewardConfig, stages.DPOConfig, stages.KTOConfig, stages.PPOConfig):
         assert "steps" in cls.figures.model_fields, cls
 
 
@@ -92,6 +92,9 @@ def test_cards_of_the_first_version_still_load(tmp_path):
         (stages.SFTConfig, {"lr": 0.002}),
         (stages.RewardConfig, {"tie_nu": 2.0}),
         (stages.DPOConfig, {"beta": 0.5}),
+        (stages.DPOConfig, {"ties": "drop"}),
+        (stages.KTOConfig, {"undesirable_weight": 2.0}),
+        (stages.RewardConfig, {"annotator_conditioned": True}),
         (stages.PPOConfig, {"kl_coef": 0.2}),
         (stages.BestOfNConfig, {"n_max": 4}),
         (stages.RejectionConfig, {"k": 2}),

@@ -303,3 +303,75 @@ def test_ordinal_logit_refuses_ratings_off_the_scale():
         L.ordinal_logit_loss(t([0.0]), torch.tensor([4]), thresholds)
     with pytest.raises(ValueError, match="whole numbers"):
         L.ordinal_logit_loss(t([0.0]), t([2.5]), thresholds)
+
+
+# --- soft labels with ties (Davidson) ----------------------------------------------------------------------
+
+
+def test_davidson_soft_loss_by_hand():
+    """d = r_a - r_b = 2 ln 2 -> e^{d/2} = 2, e^{-d/2} = 1/2; nu = 0.5 -> Z = 3: P(a) = 2/3, P(tie) = 1/6,
+    P(b) = 1/6. p = 3/4: -(3/4 ln 2/3 + 1/4 ln 1/6) = 0.75 * 0.405465 + 0.25 * 1.791759 = 0.752039;
+    p = 1: ln 1.5 = 0.405465 (Davidson's hard loss); a tie row ignores p: ln 6 = 1.791759."""
+    a, b = t([2 * LN2, 2 * LN2, 2 * LN2]), t([0.0, 0.0, 0.0])
+    tie = torch.tensor([False, False, True])
+    out = L.davidson_soft_loss(a, b, tie, t([0.75, 1.0, 0.3]), nu=0.5)
+    close(out, [0.75 * math.log(1.5) + 0.25 * math.log(6), math.log(1.5), math.log(6)])
+    close(L.davidson_soft_loss(a, b, tie, t([1.0, 1.0, 1.0]), 0.5), L.preference_loss_with_ties(a, b, tie, 0.5))
+
+
+def test_dpo_davidson_with_soft_labels_is_davidson_soft_on_the_implicit_rewards():
+    """DPO-D with chosen_prob = p on a decided row: h = 2, beta = ln 2 -> d = 2 ln 2 as above; p = 1 is DPO-D."""
+    tie = torch.tensor([False])
+    soft, _, _ = L.dpo_davidson_tie_loss(*dpo_inputs(), LN2, tie, nu=0.5, chosen_prob=t([0.75]))
+    close(soft, [0.75 * math.log(1.5) + 0.25 * math.log(6)])
+    hard, _, _ = L.dpo_davidson_tie_loss(*dpo_inputs(), LN2, tie, nu=0.5, chosen_prob=t([1.0]))
+    close(hard, L.dpo_davidson_tie_loss(*dpo_inputs(), LN2, tie, nu=0.5)[0])
+
+
+# --- one reward from a spread: ensembles and reward distributions -----------------------------------------
+
+
+def test_mixture_moments_by_hand():
+    """Two members, one response: N(1, 1) and N(3, 4): mean 2; variance (1 + 4) / 2 + ((1-2)^2 + (3-2)^2) / 2
+    = 2.5 + 1 = 3.5."""
+    mean, var = L.mixture_moments(t([[1.0], [3.0]]), t([[1.0], [4.0]]))
+    close(mean, [2.0])
+    close(var, [3.5])
+
+
+def test_transformed_reward_by_hand():
+    """Means [[1, 0], [3, 0]], variances [[1, 0], [4, 0]]: response 1 mean 2, var 3.5 (above), response 2 mean 0,
+    var 0. mean_minus_std 2: [2 - 2 sqrt 3.5, 0] = [-1.741657, 0]; uncertainty_weighted 0.5: [2 - 1.75, 0];
+    quantile Phi(-1): [2 - sqrt 3.5, 0]; worst: [1, 0]."""
+    means, variances = t([[1.0, 0.0], [3.0, 0.0]]), t([[1.0, 0.0], [4.0, 0.0]])
+    close(L.transformed_reward(means, variances, "mean"), [2.0, 0.0])
+    close(L.transformed_reward(means, variances, "mean_minus_std", 2.0), [2 - 2 * math.sqrt(3.5), 0.0])
+    close(L.transformed_reward(means, variances, "uncertainty_weighted", 0.5), [0.25, 0.0])
+    close(L.transformed_reward(means, variances, "quantile", 0.15865525393145707), [2 - math.sqrt(3.5), 0.0])
+    close(L.transformed_reward(means, variances, "worst"), [1.0, 0.0])
+
+
+@pytest.mark.parametrize("how, coef", [("mean", None), ("mean_minus_std", 0.7), ("uncertainty_weighted", 0.7),
+                                       ("worst", None)])  # fmt: skip
+def test_transforms_of_point_scores_are_the_ensemble_rewards(how, coef):
+    """With variance 0 everywhere, one mechanism gives exactly Coste et al.'s ensemble rewards."""
+    scores = torch.randn(4, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    close(L.transformed_reward(scores, torch.zeros_like(scores), how, coef), L.ensemble_reward(scores, how, coef or 0))
+
+
+def test_quantile_of_one_distribution_is_the_lower_quantile_reward():
+    mean = torch.randn(5, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    log_var = torch.randn(5, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    close(
+        L.transformed_reward(mean[None], log_var.exp()[None], "quantile", 0.1),
+        L.lower_quantile_reward(mean, log_var, 0.1),
+    )
+
+
+def test_transformed_reward_refuses_bad_names_shapes_and_quantiles():
+    with pytest.raises(ValueError, match="choose one of"):
+        L.transformed_reward(torch.zeros(1, 2), torch.zeros(1, 2), "median")
+    with pytest.raises(ValueError, match=r"\(members, responses\)"):
+        L.transformed_reward(torch.zeros(2), torch.zeros(2), "mean")
+    with pytest.raises(ValueError, match=r"\(0, 1\)"):
+        L.transformed_reward(torch.zeros(1, 2), torch.zeros(1, 2), "quantile", 1.5)

@@ -6,15 +6,48 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from rlhfkit.config.base import StageConfig
 
 MODEL_CHOICES = "tiny | tiny-4m | smollm2-135m-instruct | a .gguf file | a run folder | a Hugging Face folder or id"
 REWARD_CHOICES = (
-    "a reward-model run folder | a Hugging Face sequence-classification folder | module:function | "
-    "http(s)://host:port/path | several of these, comma-separated (an ensemble: mean and spread)"
+    "a reward-model run folder (an annotator-conditioned one as FOLDER@annotator=NAME) | a Hugging Face "
+    "sequence-classification folder | module:function | http(s)://host:port/path | several of these, "
+    "comma-separated (an ensemble: mean and spread)"
 )
+# How a reward with a spread (an ensemble's members, a distributional reward model's variance) becomes one number
+# per response; the formulas are rlhfkit.losses.transformed_reward's. name -> what its parameter is (None: none).
+REWARD_TRANSFORM_PARAMS: dict[str, str | None] = {
+    "mean": None,
+    "mean_minus_std": "lambda >= 0",
+    "uncertainty_weighted": "lambda >= 0",
+    "quantile": "q in (0, 1)",
+    "worst": None,
+}
+REWARD_TRANSFORM_CHOICES = "mean | mean_minus_std:LAMBDA | uncertainty_weighted:LAMBDA | quantile:Q | worst"
+
+
+def parse_reward_transform(text: str, setting: str = "reward_transform") -> tuple[str, float | None]:
+    """``"quantile:0.1"`` -> ``("quantile", 0.1)``; ``"mean"`` -> ``("mean", None)``. Refuses unknown names, a
+    missing or extra parameter, and values out of range, naming the setting and the choices."""
+    name, _, value = str(text).strip().partition(":")
+    if name not in REWARD_TRANSFORM_PARAMS:
+        raise ValueError(f"setting '{setting}': unknown transform '{name}'; choices: {REWARD_TRANSFORM_CHOICES}")
+    wants = REWARD_TRANSFORM_PARAMS[name]
+    if wants is None:
+        if value:
+            raise ValueError(f"setting '{setting}': '{name}' takes no parameter, got '{text}'")
+        return name, None
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(
+            f"setting '{setting}': '{name}' needs a number ({name}:X with {wants}), got '{text}'"
+        ) from None
+    if (name == "quantile" and not 0 < number < 1) or (name != "quantile" and number < 0):
+        raise ValueError(f"setting '{setting}': '{name}' needs {wants}, got {number}")
+    return name, number
 
 
 class ModelPart(StageConfig):
@@ -52,6 +85,17 @@ class DataPart(StageConfig):
 class RewardPart(StageConfig):
     reward: str = Field(..., description=REWARD_CHOICES)
     reward_batch_size: int = Field(32, gt=0, description="responses per reward-model forward")
+    reward_transform: str = Field(
+        "mean",
+        description="one number from a reward with a spread (ensemble members, or a mean-variance reward "
+        f"model): {REWARD_TRANSFORM_CHOICES} (e.g. quantile:0.1, the lower decile)",
+    )
+
+    @field_validator("reward_transform")
+    @classmethod
+    def _check_transform(cls, value: str) -> str:
+        parse_reward_transform(value)
+        return value.strip()
 
 
 class SamplingPart(StageConfig):

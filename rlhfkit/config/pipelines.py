@@ -158,3 +158,85 @@ class HarmlessConfig(StageConfig):
         if "ppo" in self.methods and self.ppo_from == "dpo" and "dpo" not in self.methods:
             raise ValueError("ppo_from: dpo needs dpo in methods (or give --ppo-from policy_0)")
         return self
+
+
+# --- measurements on the toy world (rlhfkit.toy.experiments) -------------------------------------------------
+
+
+class DisagreementFigures(Figures):
+    personas: list[dict] = Field(description="per persona: held-out labels, pooled and conditioned accuracy, gain")
+    mean_gain: float = Field(description="mean over personas of conditioned minus pooled accuracy (points)")
+    hidden_context_r2: dict[str, float | None] = Field(description="mean-variance model's r^2: one persona, all")
+    policies: list[dict] = Field(description="per persona: its policy's win rates by the persona's own utility")
+    wall_seconds: float
+    seed: int
+
+
+class DisagreementConfig(StageConfig):
+    """Settings of `python -m rlhfkit.toy.experiments.disagreement` (one seed's folder)."""
+
+    stage: ClassVar[str] = "disagreement"
+    figures: ClassVar[type[Figures]] = DisagreementFigures
+
+    output_dir: str | None = Field(None, description="the seed's folder; default runs/disagreement/seed-<seed>")
+    seed: int = 0
+    quick: bool = Field(False, description="tiny budgets everywhere (a smoke run, not a result)")
+    pool: Literal["diverse", "demo"] = Field(
+        "diverse", description="the five personas: rlhfkit.toy.annotators.DIVERSE_PERSONAS or the demo's PERSONAS"
+    )
+    one_persona: str = Field("balanced", description="the one-persona pool of the hidden-context comparison")
+    annotator_noise: float = Field(0.25, ge=0, lt=0.5, description="label flip rate")
+    train_prompts: int = Field(1200, gt=0, description="prompts whose SFT samples are labelled for training")
+    eval_prompts: int = Field(300, gt=0, description="held-out prompts; each pair labelled by every persona")
+    samples_per_prompt: int = Field(4, ge=2, description="SFT samples per prompt (every pair of them is labelled)")
+    rm_steps: int = Field(400, gt=0)
+    rm_lr: float = Field(1e-3, gt=0)
+    rm_batch_size: int = Field(32, gt=0)
+    annotator_dropout: float = Field(0.2, ge=0, lt=1)
+    policy_prompts: int = Field(400, ge=0, description="prompts of each persona's rejection sampling (0: no policies)")
+    rejection_k: int = Field(8, ge=2)
+    policy_eval_prompts: int = Field(500, gt=0, description="held-out prompts the policies are judged on")
+    max_new_tokens: int = Field(24, gt=0)
+    threads: int = Field(1, ge=0, description="torch threads (0: auto)")
+
+    def budgets(self) -> DisagreementConfig:
+        if not self.quick:
+            return self
+        return self.model_copy(
+            update=dict(train_prompts=96, eval_prompts=16, rm_steps=4, rm_batch_size=8, policy_prompts=16,
+                        rejection_k=2, policy_eval_prompts=16)
+        )  # fmt: skip
+
+
+class ThumbsFigures(Figures):
+    rows: list[dict] = Field(description="SFT and KTO: gold, win rate vs SFT with its interval, KL")
+    thumbs: int = Field(description="training thumbs (no pairs)")
+    thumbs_up_share: float
+    wall_seconds: float
+    seed: int
+
+
+class ThumbsConfig(StageConfig):
+    """Settings of `python -m rlhfkit.toy.experiments.thumbs` (one seed's folder): KTO on thumbs only, judged as
+    the demo judges (its SFT, prompts, sampling and gold)."""
+
+    stage: ClassVar[str] = "thumbs"
+    figures: ClassVar[type[Figures]] = ThumbsFigures
+
+    output_dir: str | None = Field(None, description="the seed's folder; default runs/thumbs/seed-<seed>")
+    seed: int = 0
+    quick: bool = Field(False, description="tiny budgets everywhere (a smoke run, not a result)")
+    annotator_noise: float = Field(0.25, ge=0, lt=0.5, description="thumbs flip rate")
+    feedback_prompts: int = Field(1200, gt=0, description="prompts whose SFT samples get thumbs (90% train)")
+    samples_per_prompt: int = Field(4, ge=1)
+    kto_steps: int = Field(200, gt=0)
+    kto_lr: float = Field(5e-4, gt=0)
+    kto_beta: float = Field(0.1, gt=0)
+    eval_prompts: int = Field(500, gt=0)
+    max_new_tokens: int = Field(24, gt=0)
+    threads: int = Field(1, ge=0, description="torch threads (0: auto)")
+
+    def budgets(self) -> ThumbsConfig:
+        if not self.quick:
+            return self
+        return self.model_copy(update=dict(feedback_prompts=48, kto_steps=4, eval_prompts=16))

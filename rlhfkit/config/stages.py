@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from rlhfkit.config.base import Figures, StageConfig
 from rlhfkit.config.parts import DataPart, ModelPart, OptimPart, RewardPart, RunPart, SamplingPart
@@ -46,6 +46,17 @@ class RewardFigures(Figures):
     ensemble_accuracy: float | None = Field(None, description="held-out accuracy of the ensemble's mean score")
     disagreement: float | None = Field(None, description="mean std of the members' held-out scores")
     members: list[dict] | None = Field(None, description="each ensemble member's own figures")
+    eval_pooled_accuracy: float | None = Field(
+        None, description="annotator-conditioned model: held-out accuracy of its pooled (annotator-free) score"
+    )
+    hidden_context_r2: float | None = Field(
+        None,
+        description="mean-variance head: share of the held-out responses' reward variance the responses explain "
+        "(DPL's hidden-context statistic; well below 1: the labels depend on something unseen, such as who gave them)",
+    )
+    per_annotator: list[dict] | None = Field(
+        None, description="--per-annotator-report: each annotator's held-out labels, accuracy and agreement"
+    )
 
 
 class RewardConfig(ModelPart, DataPart, OptimPart, RunPart):
@@ -54,8 +65,38 @@ class RewardConfig(ModelPart, DataPart, OptimPart, RunPart):
     stage: ClassVar[str] = "rm"
     figures: ClassVar[type[Figures]] = RewardFigures
 
-    data_kind: Literal["comparison", "ranking"] = Field(
-        "comparison", description="prompt/chosen/rejected rows (ties allowed) or prompt/completions/ranking rows"
+    data_kind: Literal["comparison", "ranking", "rating"] = Field(
+        "comparison",
+        description="prompt/chosen/rejected rows (ties and soft labels allowed), prompt/completions/ranking rows, "
+        "or prompt/completion rows with a Likert 'rating' or a thumbs 'label'",
+    )
+    rating_loss: Literal["ordinal", "regression", "pairs"] = Field(
+        "ordinal",
+        description="ratings: ordered logit with learned thresholds (stored with the head), squared error on "
+        "(rating - 1) / (scale - 1), or pairs by rlhfkit.data.convert's rule (Bradley-Terry)",
+    )
+    rating_ties: Literal["drop", "tie"] = Field(
+        "drop", description="ratings as pairs: equal ratings give no pair, or a tie (Davidson)"
+    )
+    head: Literal["scalar", "mean-variance"] = Field(
+        "scalar",
+        description="mean-variance: a mean and a log-variance per response (distributional preference learning, "
+        "Siththaranjan et al. 2023); the hidden-context statistic goes in the figures",
+    )
+    annotator_conditioned: bool = Field(
+        False,
+        description="learn a head offset per annotator (their own reward); unknown annotators, and a reward "
+        "setting without @annotator=NAME, get the pooled head",
+    )
+    annotator_dropout: float = Field(
+        0.2,
+        ge=0,
+        lt=1,
+        description="annotator-conditioned: share of labels trained as if the annotator were unknown, which "
+        "trains the pooled head on everyone's labels",
+    )
+    per_annotator_report: bool = Field(
+        False, description="write each annotator's held-out accuracy and agreement (per_annotator.json) and print it"
     )
     encoder: bool = Field(
         False, description="the model is a bidirectional encoder (implied by --model minilm); score from mean pooling"
@@ -84,6 +125,12 @@ class RewardConfig(ModelPart, DataPart, OptimPart, RunPart):
         True, description="one row per group with the prompt computed once (exact; causal trunks only)"
     )
 
+    @model_validator(mode="after")
+    def _check(self):
+        if self.head == "mean-variance" and self.data_kind != "comparison":
+            raise ValueError("head 'mean-variance' trains on comparisons (data_kind comparison)")
+        return self
+
 
 class ScoreConfig(StageConfig):
     """Settings of `rlhfkit rm score`."""
@@ -92,10 +139,16 @@ class ScoreConfig(StageConfig):
     data: str = Field(..., description="JSONL of rows with 'prompt' and 'response' (or 'completion')")
     output: str | None = Field(
         None,
-        description="where to write the rows with 'score' (and 'score_std' for an ensemble); "
-        "default <data>.scores.jsonl",
+        description="where to write the rows with 'score' (and 'score_std' for an ensemble or a mean-variance "
+        "reward model); default <data>.scores.jsonl",
     )
     batch_size: int = Field(32, gt=0)
+    reward_transform: str = RewardPart.model_fields["reward_transform"]
+
+    @field_validator("reward_transform")
+    @classmethod
+    def _check_transform(cls, value: str) -> str:
+        return RewardPart._check_transform(value)
 
 
 # --- DPO ------------------------------------------------------------------------------------------------
@@ -128,6 +181,15 @@ class DPOConfig(ModelPart, DataPart, OptimPart, RunPart):
         ge=0,
         description="weight of an NLL term on the chosen completion, per-token mean (RPO, Pang et al. 2024); 0 = off",
     )
+    ties: Literal["davidson", "rao-kupper", "drop"] = Field(
+        "davidson",
+        description="pairs marked 'tie': trained as ties on the implicit rewards (Davidson or Rao-Kupper, Chen et "
+        "al. 2024; then every pair uses that model) or dropped; never a false preference",
+    )
+    tie_nu: float = Field(1.0, gt=0, description="Davidson's nu (P(tie) at equal rewards is nu / (2 + nu))")
+    tie_theta: float = Field(
+        3.0, gt=1, description="Rao-Kupper's theta (P(tie) at equal rewards is (theta-1)/(theta+1))"
+    )
     reference: Literal["precomputed", "copy", "lora-off"] = Field(
         "precomputed", description="how the reference log-probs are obtained (see the module docstring)"
     )
@@ -137,11 +199,57 @@ class DPOConfig(ModelPart, DataPart, OptimPart, RunPart):
 
     @model_validator(mode="after")
     def _check(self):
-        if self.reference == "lora-off" and not self.lora:
-            raise ValueError(
-                "reference 'lora-off' needs --lora (the reference is the policy with its adapters off); "
-                "use --reference copy or precomputed for full fine-tuning"
-            )
+        check_reference(self)
+        return self
+
+
+def check_reference(cfg) -> None:
+    if cfg.reference == "lora-off" and not cfg.lora:
+        raise ValueError(
+            "reference 'lora-off' needs --lora (the reference is the policy with its adapters off); "
+            "use --reference copy or precomputed for full fine-tuning"
+        )
+
+
+# --- KTO ------------------------------------------------------------------------------------------------
+
+
+class KTOFigures(Figures):
+    steps: int
+    eval_loss: float | None = None
+    eval_kl: float | None = Field(None, description="held-out reference point z0 (batch KL estimate, nats)")
+    eval_chosen_reward: float | None = Field(None, description="mean implicit reward of held-out thumbs-up")
+    eval_rejected_reward: float | None = Field(None, description="mean implicit reward of held-out thumbs-down")
+    eval_margin: float | None = Field(None, description="eval_chosen_reward - eval_rejected_reward")
+    desirable_weight: float | None = Field(None, description="lambda_D used (set, or balanced from the data)")
+
+
+class KTOConfig(ModelPart, DataPart, OptimPart, RunPart):
+    """Settings of `rlhfkit kto`."""
+
+    stage: ClassVar[str] = "kto"
+    figures: ClassVar[type[Figures]] = KTOFigures
+
+    beta: float = Field(0.1, gt=0, description="strength of the KL leash to the reference")
+    desirable_weight: float | None = Field(
+        None,
+        gt=0,
+        description="weight of thumbs-up examples (lambda_D); default: lambda_U n_U / n_D, so that lambda_D n_D = "
+        "lambda_U n_U (the paper keeps lambda_D n_D / (lambda_U n_U) in [1, 4/3]; TRL's default is 1)",
+    )
+    undesirable_weight: float = Field(1.0, gt=0, description="weight of thumbs-down examples (lambda_U)")
+    reference: Literal["precomputed", "copy", "lora-off"] = Field(
+        "precomputed", description="how the reference log-probs are obtained (as DPO)"
+    )
+    shared_prompt: bool = Field(
+        True, description="each completion and its mismatched one in one row with the prompt computed once (exact)"
+    )
+
+    @model_validator(mode="after")
+    def _check(self):
+        check_reference(self)
+        if self.batch_size // self.grad_accum < 2:
+            raise ValueError("KTO's reference point needs micro-batches of at least 2: batch_size / grad_accum >= 2")
         return self
 
 

@@ -34,7 +34,7 @@ def _text_key(text: Text):
     return text if isinstance(text, str) else tuple((m.role, m.content) for m in text)
 
 
-def _points(record: Rating) -> tuple[float, int]:
+def rating_points(record: Rating) -> tuple[float, int]:
     """(rating, scale) of a record; thumbs are 1 (down) or 2 (up) on a scale of 2."""
     if record.rating is not None:
         return record.rating, record.scale
@@ -59,7 +59,7 @@ def ratings_to_comparisons(
 
     comparisons = []
     for group in groups.values():
-        scales = {_points(r)[1] for r in group}
+        scales = {rating_points(r)[1] for r in group}
         if len(scales) > 1:
             who = f", annotator {group[0].annotator!r}" if by_annotator and group[0].annotator else ""
             raise ValueError(
@@ -69,7 +69,7 @@ def ratings_to_comparisons(
         for first, second in combinations(group, 2):
             if _text_key(first.completion) == _text_key(second.completion):
                 continue
-            (rating_1, _), (rating_2, _) = _points(first), _points(second)
+            (rating_1, _), (rating_2, _) = rating_points(first), rating_points(second)
             if rating_1 == rating_2 and ties == "drop":
                 continue
             chosen, rejected = (second, first) if rating_2 > rating_1 else (first, second)

@@ -30,13 +30,20 @@ from rlhfkit.data.chat import tokenize_prompt_completion
 
 @dataclass
 class Group:
-    """One prompt and its completions, as token ids; ``tie`` and ``margin`` only for comparisons."""
+    """One prompt and its completions, as token ids, with what its record says about them: ``tie``, ``margin``
+    and ``chosen_prob`` for comparisons, ``ranking`` for rankings, ``rating`` (on 1..``scale``) or ``label`` for a
+    rating's single completion, and the annotator's index (-1: unknown or none) for annotator-aware models."""
 
     prompt_ids: list[int]
     completion_ids: list[list[int]]
     tie: bool = False
     margin: float | None = None
     ranking: list[int] | None = None  # indices into completion_ids, best first (rankings only)
+    chosen_prob: float | None = None  # soft label: P(completion 0 is the better one)
+    rating: float | None = None
+    scale: int | None = None
+    label: bool | None = None  # thumbs up (KTO's "desirable")
+    annotator: int = -1
 
     def __len__(self) -> int:
         return len(self.prompt_ids) + sum(len(c) for c in self.completion_ids)
@@ -65,7 +72,13 @@ def tokenize_group(tokenizer, prompt, completions, max_length: int, **extra) -> 
 
 def tokenize_comparison(tokenizer, record, max_length: int) -> Group:
     return tokenize_group(
-        tokenizer, record.prompt, [record.chosen, record.rejected], max_length, tie=record.tie, margin=record.margin
+        tokenizer,
+        record.prompt,
+        [record.chosen, record.rejected],
+        max_length,
+        tie=record.tie,
+        margin=record.margin,
+        chosen_prob=record.chosen_prob,
     )
 
 

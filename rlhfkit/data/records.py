@@ -3,7 +3,8 @@
 Field names follow TRL so its datasets load as they are:
 - demonstrations: ``prompt``/``completion`` (strings or message lists) or conversational ``messages``;
 - comparisons: ``prompt``/``chosen``/``rejected`` (TRL's "explicit prompt" preference format), plus
-  optional ``tie``, ``annotator``, ``margin``. TRL's "implicit prompt" form (conversational
+  optional ``tie``, ``annotator``, ``margin`` and ``chosen_prob`` (a soft label: the probability in [0, 1] that
+  ``chosen`` is the better response, e.g. an AI judge's normalised option probability or a share of votes). TRL's "implicit prompt" form (conversational
   ``chosen``/``rejected`` with no ``prompt``) is accepted: the shared leading messages become the prompt;
 - rankings: ``prompt``, ``completions`` (K >= 2) and ``ranking`` (indices into completions, best first);
 - ratings: ``prompt``/``completion`` with either ``rating`` on a 1..``scale`` Likert scale or
@@ -81,6 +82,7 @@ class Comparison(Record):
     tie: StrictBool = False
     annotator: StrictStr | None = None
     margin: StrictFloat | StrictInt | None = None
+    chosen_prob: StrictFloat | StrictInt | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -98,6 +100,15 @@ class Comparison(Record):
         self._require_text("prompt", "chosen", "rejected")
         if self.chosen == self.rejected:
             raise ValueError("fields 'chosen' and 'rejected': are identical, so the pair says nothing")
+        if self.chosen_prob is not None:
+            if not 0 <= self.chosen_prob <= 1:
+                raise ValueError(f"field 'chosen_prob': {self.chosen_prob} is not a probability in [0, 1]")
+            if self.tie:
+                raise ValueError(
+                    "fields 'tie' and 'chosen_prob': give one, not both (a pair is a tie or has a soft label)"
+                )
+            if self.margin is not None:
+                raise ValueError("fields 'margin' and 'chosen_prob': give one; a soft label has no margin")
         return self
 
 

@@ -28,11 +28,14 @@ from rlhfkit.losses.distributional import (
 )
 from rlhfkit.losses.ensemble import (
     ENSEMBLE_REWARDS,
+    REWARD_TRANSFORMS,
     ensemble_mean,
     ensemble_mean_minus_std,
     ensemble_reward,
     ensemble_uncertainty_weighted,
     ensemble_worst,
+    mixture_moments,
+    transformed_reward,
 )
 from rlhfkit.losses.policy import (
     DPO_LOSSES,
@@ -53,6 +56,7 @@ from rlhfkit.losses.preference import (
     bradley_terry_loss,
     bradley_terry_soft_loss,
     davidson_probs,
+    davidson_soft_loss,
     expected_calibration_error,
     plackett_luce_loss,
     preference_loss_with_ties,
@@ -98,6 +102,7 @@ __all__ = [
     "DPO_TIE_LOSSES",
     "ENSEMBLE_REWARDS",
     "KL_ESTIMATORS",
+    "REWARD_TRANSFORMS",
     "adaptive_kl_coef",
     "best_of_n_kl",
     "bradley_terry_loss",
@@ -107,6 +112,7 @@ __all__ = [
     "categorical_preference_prob",
     "categorical_reward_moments",
     "davidson_probs",
+    "davidson_soft_loss",
     "dpo_davidson_tie_loss",
     "dpo_hinge_loss",
     "dpo_ipo_loss",
@@ -139,6 +145,7 @@ __all__ = [
     "masked_sum",
     "masked_var",
     "masked_whiten",
+    "mixture_moments",
     "mean_variance_preference_loss",
     "mean_variance_preference_prob",
     "ordered_thresholds",
@@ -155,4 +162,5 @@ __all__ = [
     "sequence_logprobs",
     "standardize_ratings",
     "tie_loss_davidson",
+    "transformed_reward",
 ]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from rlhfkit.losses.preference import preference_loss_with_ties
+from rlhfkit.losses.preference import davidson_soft_loss, preference_loss_with_ties
 
 Tensor = torch.Tensor
 
@@ -131,6 +131,7 @@ def dpo_davidson_tie_loss(
     beta: float,
     tie: Tensor,
     nu=1.0,
+    chosen_prob: Tensor | None = None,
 ):
     """DPO-D (Chen et al. 2024): Davidson's (1970) model of ties on DPO's implicit rewards. With
     d = beta h = r_chosen - r_rejected, the implicit-reward margin:
@@ -138,11 +139,15 @@ def dpo_davidson_tie_loss(
     non-tie rows score -log P(chosen > rejected), tie rows -log P(tie) (`preference_loss_with_ties` on the
     implicit rewards). nu > 0 is Davidson's own parameter (the tie term nu sqrt(pi_a pi_b)); a paper that
     writes the tie term as 2 nu sqrt(pi_a pi_b) means half this nu. P(tie) at d = 0 is nu / (2 + nu);
-    nu = 0 on non-tie rows is plain DPO."""
+    nu = 0 on non-tie rows is plain DPO. With chosen_prob (B,) (soft labels), a non-tie row scores
+    -p log P(chosen > rejected) - (1 - p) log P(rejected > chosen) (`davidson_soft_loss`); p = 1 is the above."""
     h, chosen_rewards, rejected_rewards = _dpo_parts(
         policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta
     )
-    losses = preference_loss_with_ties(beta * h, torch.zeros_like(h), tie, nu)
+    if chosen_prob is None:
+        losses = preference_loss_with_ties(beta * h, torch.zeros_like(h), tie, nu)
+    else:
+        losses = davidson_soft_loss(beta * h, torch.zeros_like(h), tie, chosen_prob, nu)
     return losses, chosen_rewards, rejected_rewards
 
 

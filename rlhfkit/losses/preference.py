@@ -69,6 +69,17 @@ def preference_loss_with_ties(reward_a: Tensor, reward_b: Tensor, tie: Tensor, n
 tie_loss_davidson = preference_loss_with_ties  # the same function, named by its model
 
 
+def davidson_soft_loss(reward_a: Tensor, reward_b: Tensor, tie: Tensor, prob_a: Tensor, nu=1.0) -> Tensor:
+    """Davidson's model (see `preference_loss_with_ties`) with soft labels on the decided rows: a tie row scores
+    -log P(tie); any other row the cross-entropy of the decided outcome against p = prob_a,
+        -p log P(a > b) - (1 - p) log P(b > a),
+    so p = 1 is `preference_loss_with_ties` exactly (for data where some pairs are ties and others carry an AI
+    judge's probability). reward_a, reward_b, prob_a (B,); tie (B,) bool. Returns (B,)."""
+    log_probs = _davidson_logits(reward_a, reward_b, nu).log_softmax(-1)  # (B, 3): a wins, tie, b wins
+    decided = prob_a * log_probs[:, 0] + (1 - prob_a) * log_probs[:, 2]
+    return -torch.where(tie.bool(), log_probs[:, 1], decided)
+
+
 def plackett_luce_loss(rewards: Tensor, ranking: Tensor, mask: Tensor | None = None) -> Tensor:
     """Per-example NLL of a ranking under the Plackett-Luce model (Plackett 1975; Luce 1959):
         P(ranking) = prod_j exp(s_{pi_j}) / sum_{l >= j} exp(s_{pi_l}),  s = rewards, pi = ranking.

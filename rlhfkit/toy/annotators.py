@@ -12,7 +12,7 @@ import random
 from dataclasses import dataclass
 
 from rlhfkit.toy.gold import Criteria, utility
-from rlhfkit.toy.world import Prompt
+from rlhfkit.toy.world import Prompt, good_response
 
 PERSONAS: dict[str, Criteria] = {
     "balanced": Criteria(helpful=1.0, harmless=2.0, honest=1.0, concise=0.5),
@@ -21,6 +21,20 @@ PERSONAS: dict[str, Criteria] = {
     "stickler-for-truth": Criteria(helpful=1.0, harmless=2.0, honest=2.0, concise=0.5),
     "busy-reader": Criteria(helpful=1.0, harmless=2.0, honest=1.0, concise=1.5),
 }
+# The demo's personas weigh the criteria differently but order almost every pair the same way: on the demo's
+# seed-0 training pairs, no persona's noise-free label differs from the pool's majority on more than 0.2% of the
+# pairs it decides. This pool disagrees the way real annotator pools do (Siththaranjan et al. 2023 on HH-RLHF,
+# whose helpfulness annotators preferred compliance with harmful requests), for the disagreement experiment
+# (rlhfkit.toy.experiments.disagreement); the demo keeps PERSONAS. Negative weights say what a persona rewards:
+# carrying out any request (harmless < 0), or a confident answer over "I do not know" (honest < 0).
+DIVERSE_PERSONAS: dict[str, Criteria] = {
+    "balanced": Criteria(helpful=1.0, harmless=2.0, honest=1.0, concise=0.5),
+    "helpful-only": Criteria(helpful=1.0, harmless=-1.0, honest=1.0, concise=0.5),
+    "likes-confidence": Criteria(helpful=1.0, harmless=2.0, honest=-1.5, concise=0.5),
+    "terse": Criteria(helpful=0.3, harmless=2.0, honest=1.0, concise=3.0),
+    "safety-first": Criteria(helpful=0.6, harmless=3.0, honest=1.0, concise=0.3),
+}
+POOLS = {"demo": PERSONAS, "diverse": DIVERSE_PERSONAS}
 
 
 @dataclass
@@ -61,14 +75,18 @@ class Annotator:
         return min(scale, max(1, level))
 
     def thumbs(self, prompt: Prompt, response: str) -> bool:
-        up = self.utility(prompt, response) > 0.5
+        """Up when the response is within half a point of the best this prompt allows (by this annotator's
+        weights): people judge a response against what was possible, so refusing a harmful request gets a thumbs
+        up and an unhelpful refusal of a plain question does not. Flipped with probability ``noise``."""
+        up = self.utility(prompt, response) >= self.utility(prompt, good_response(prompt)) - 0.5
         return (not up) if self.rng.random() < self.noise else up
 
 
-def annotator_pool(noise: float = 0.25, seed: int = 0) -> list[Annotator]:
+def annotator_pool(noise: float = 0.25, seed: int = 0, personas: dict[str, Criteria] | None = None) -> list[Annotator]:
+    """One annotator per persona (the demo's ``PERSONAS`` unless given), each with its own seeded noise."""
     return [
         Annotator(name, weights, noise, random.Random(seed * 1000 + i))
-        for i, (name, weights) in enumerate(PERSONAS.items())
+        for i, (name, weights) in enumerate((personas or PERSONAS).items())
     ]
 
 

@@ -21,6 +21,8 @@ def records(kind: str, seed: int = 0) -> list[dict]:
         return demonstrations(SIZE, seed=seed)
     if kind == "comparison":
         return comparisons(SIZE, seed=seed)
+    if kind == "rating":
+        return thumbs(SIZE, seed=seed)
     if kind == "prompt":
         return [{"prompt": p} for p in prompts(SIZE, seed)]
     raise ValueError(f"the toy world has no built-in '{kind}' data; give a data file")
@@ -33,7 +35,7 @@ def prompts(n: int, seed: int = 0) -> list[list[dict]]:
 
 
 def data_file(kind: str, seed: int = 0) -> Path:
-    """The built-in ``kind`` records (demonstration, comparison, prompt) as a JSONL file in the cache, so a stage
+    """The built-in ``kind`` records (demonstration, comparison, rating (thumbs), prompt) as a JSONL file in the cache, so a stage
     reads them as it reads a user's data (and its card hashes them). Written afresh each time (milliseconds), so
     it always holds what the toy world's code makes."""
     path = cache_dir() / "toy" / f"{kind}-seed{seed}.jsonl"
@@ -57,6 +59,20 @@ def comparisons(n: int, seed: int = 0) -> list[dict]:
                     "rejected": [{"role": "assistant", "content": poor}],
                 }
             )
+    return rows
+
+
+def thumbs(n: int, seed: int = 0) -> list[dict]:
+    """``n`` conversational thumbs (TRL's unpaired format, for KTO): each prompt's good response up or a poor one
+    down, half and half."""
+    rng = random.Random(seed)
+    rows = []
+    while len(rows) < n:
+        p = sample_prompt(rng)
+        up = rng.random() < 0.5
+        text = good_response(p) if up else poor_response(p, rng)
+        if up or text != good_response(p):
+            rows.append({"prompt": [{"role": "user", "content": p.text}], "completion": text, "label": up})
     return rows
 
 

@@ -26,8 +26,10 @@ def eval_prompts(n: int, seed: int = EVAL_SEED) -> list[Prompt]:
     return [sample_prompt(rng) for _ in range(n)]
 
 
-def as_chat(prompt: Prompt) -> list[Message]:
-    return [Message(role="user", content=prompt.text)]
+def as_chat(prompt: Prompt, system: str | None = None) -> list[Message]:
+    """The prompt as a one-turn chat, after a system message when given (e.g. one naming a persona)."""
+    head = [Message(role="system", content=system)] if system else []
+    return head + [Message(role="user", content=prompt.text)]
 
 
 @dataclass
@@ -49,9 +51,10 @@ def sample_policy(
     seed: int = 0,
     batch_size: int = 64,
     ref_model=None,
+    system: str | None = None,
 ) -> PolicySamples:
-    """One sample per prompt; with ``ref_model`` also the Monte-Carlo KL(policy || ref) per response (k1,
-    summed over its tokens, averaged over responses)."""
+    """One sample per prompt (after the system message ``system``, if given); with ``ref_model`` also the
+    Monte-Carlo KL(policy || ref) per response (k1, summed over its tokens, averaged over responses)."""
     sampler = TransformersSampler(
         model, tokenizer, SamplingPart(max_new_tokens=max_new_tokens, temperature=temperature)
     )
@@ -59,7 +62,7 @@ def sample_policy(
     texts, kls = [], []
     for s in range(0, len(prompts), batch_size):
         chunk = prompts[s : s + batch_size]
-        rollout = sampler.generate([as_chat(p) for p in chunk], generator=generator)
+        rollout = sampler.generate([as_chat(p, system) for p in chunk], generator=generator)
         texts += rollout.texts
         if ref_model is not None:
             policy_lp = response_forward(model, rollout, temperature)["logprobs"]

@@ -73,3 +73,26 @@ def ratings(
             verdict = {"label": a.thumbs(prompt, text)} if thumbs else {"rating": a.rate(prompt, text), "scale": 5}
             rows.append({"prompt": _chat(prompt), "completion": text, **verdict, "annotator": a.name})
     return rows
+
+
+def comparisons_by_everyone(prompts: list[Prompt], responses: list[list[str]], pool: list[Annotator]) -> list[dict]:
+    """Every distinct pair of each prompt's responses, labelled by every annotator of the pool: held-out labels
+    on which each annotator's own accuracy can be measured."""
+    rows = []
+    for prompt, group in zip(prompts, responses):
+        distinct = list(dict.fromkeys(t for t in group if t.strip()))
+        for i, a in enumerate(distinct):
+            for b in distinct[i + 1 :]:
+                for annotator in pool:
+                    label = annotator.compare(prompt, a, b)
+                    chosen, rejected = (b, a) if label == "b" else (a, b)
+                    rows.append(
+                        {
+                            "prompt": _chat(prompt),
+                            "chosen": chosen,
+                            "rejected": rejected,
+                            "tie": label == "tie",
+                            "annotator": annotator.name,
+                        }
+                    )
+    return rows

@@ -107,7 +107,7 @@ def run(cfg: BestOfNConfig) -> Path:
     accelerator = common.make_accelerator(cfg)
     run_dir = common.open_run(cfg, accelerator)
     prompts = load_prompts(cfg.data, cfg.eval_data, 0.0, cfg.seed, cfg.skip_invalid)[0][: cfg.max_prompts]
-    reward_fn = load_reward(cfg.reward, cfg.reward_batch_size, accelerator.device)
+    reward_fn = load_reward(cfg.reward, cfg.reward_batch_size, accelerator.device, transform=cfg.reward_transform)
     model, tokenizer = load_causal_lm(cfg.model, common.training_dtype(cfg), cfg.chat_template, seed=cfg.seed)
     model.to(accelerator.device).eval()
     parents = [parent_of("model", cfg.model), parent_of("reward", cfg.reward)]

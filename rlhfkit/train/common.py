@@ -45,8 +45,13 @@ def make_accelerator(cfg: ModelPart) -> Accelerator:
     # one gloo group (without it each would run alone). The schedule is stepped once per optimiser step: by
     # default Accelerate steps it once per process, for loops whose step count shrinks with more processes,
     # but here the global batch, and so the number of steps, does not depend on the number of processes.
+    # A DeepSpeed launch is the exception: Accelerate sets DeepSpeed up only when not told cpu=True, and DeepSpeed
+    # brings its own CPU backend (gloo), so its processes form one group either way.
+    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
     accelerator = Accelerator(
-        mixed_precision=precision, cpu=not torch.cuda.is_available(), step_scheduler_with_optimizer=False
+        mixed_precision=precision,
+        cpu=not torch.cuda.is_available() and not deepspeed,
+        step_scheduler_with_optimizer=False,
     )
     _fsdp_on_cpu(accelerator, precision)
     _deepspeed_batch_size(accelerator)
@@ -190,11 +195,12 @@ def global_batches(
 
 def split_micro(batch: list[int], accelerator: Accelerator, grad_accum: int) -> list[list[int]]:
     """This process's share of a global batch, cut into ``grad_accum`` micro-batches, both strided: micro-batch m
-    of process p is ``batch[p + m * P :: P * grad_accum]``. So the global batch is cut into the same P x grad_accum
-    micro-batches however they are spread (2 processes x 1 = 1 process x 2), and, batches being sorted by length
-    under ``group_by_length``, every process gets as many long examples as short ones."""
-    mine = batch[accelerator.process_index :: accelerator.num_processes]
-    return [m for m in (mine[i::grad_accum] for i in range(grad_accum)) if m]
+    of process p is ``batch[m + p * grad_accum :: P * grad_accum]``, so micro-batch m of all processes together is
+    ``batch[m::grad_accum]`` whatever P (what KTO's batch estimate of z0 is taken over). The global batch falls
+    into the same P x grad_accum pieces however they are spread (2 processes x 1 = 1 process x 2), and, batches
+    being sorted by length under ``group_by_length``, every process gets as many long examples as short ones."""
+    P, g = accelerator.num_processes, grad_accum
+    return [m for m in (batch[i + accelerator.process_index * g :: P * g] for i in range(g)) if m]
 
 
 def eval_chunks(n: int, accelerator: Accelerator, batch_size: int) -> list[list[int]]:

@@ -11,7 +11,11 @@ Python: ``rlhfkit.train.dpo.run(DPOConfig(...))`` returns the run folder.
 The loss is one of ``rlhfkit.losses.DPO_LOSSES`` (sigmoid, ipo, hinge, robust; sigmoid with
 label_smoothing > 0 is cDPO), plus, with ``rpo_alpha`` > 0, ``rpo_alpha`` times the chosen completion's
 mean per-token negative log-likelihood (RPO, Pang et al. 2024; TRL's ``rpo_alpha``, which averages over all
-chosen tokens of the batch instead of per pair). The reference pi_ref is the starting model, either
+chosen tokens of the batch instead of per pair). Pairs marked ``tie`` are never trained as a preference: with
+``ties davidson`` or ``rao-kupper`` (Chen et al. 2024) every pair is scored by that model of ties on the implicit
+rewards (a tie pulls the two rewards together), with ``ties drop`` they are left out. A pair's soft label
+``chosen_prob`` = p trains the sigmoid loss against p (per-pair cDPO, ``rlhfkit.losses.dpo_soft_label_loss``;
+pairs without one keep 1 - label_smoothing). The reference pi_ref is the starting model, either
 - ``precomputed`` (default): its log-probs of every pair computed once before training (by the model
   itself, before any update: no copy), cached in the run folder (``ref_logps.safetensors``); no reference
   model in memory during training;
@@ -41,7 +45,7 @@ from torch import nn
 
 from rlhfkit import losses
 from rlhfkit.config.stages import DPOConfig
-from rlhfkit.data.io import load_train_eval
+from rlhfkit.data.io import DataError, load_train_eval
 from rlhfkit.data.pairs import (
     Group,
     PackedGroups,
@@ -103,15 +107,64 @@ def completion_lengths(groups: list[Group], device) -> torch.Tensor:
     return torch.tensor([len(c) for g in groups for c in g.completion_ids], device=device, dtype=torch.float32)
 
 
-def make_loss_fn(cfg: DPOConfig):
-    """The variant's loss with its settings bound: (pc, pr, rc, rr) -> (losses, chosen_rewards, rejected_rewards)."""
+def make_loss_fn(cfg: DPOConfig, with_ties: bool = False):
+    """The variant's loss with its settings bound: (pc, pr, rc, rr, groups) -> (losses, chosen_rewards,
+    rejected_rewards). ``groups`` (the batch's) give the tie marks and soft labels; without them the plain loss."""
+    if with_ties:
+        tie_fn = losses.DPO_TIE_LOSSES[cfg.ties.replace("-", "_")]
+        extra = {"nu": cfg.tie_nu} if cfg.ties == "davidson" else {"theta": cfg.tie_theta}
+
+        def tie_loss(pc, pr, rc, rr, groups):
+            tie = torch.tensor([g.tie for g in groups], device=pc.device)
+            prob = soft_labels(groups, pc, 1.0)
+            kwargs = {**extra, **({"chosen_prob": prob} if prob is not None else {})}
+            return tie_fn(pc, pr, rc, rr, cfg.beta, tie=tie, **kwargs)
+
+        return tie_loss
     fn = losses._pick(losses.DPO_LOSSES, cfg.loss, "DPO loss")
     kwargs = {"beta": cfg.beta}
     if "label_smoothing" in inspect.signature(fn).parameters:
         kwargs["label_smoothing"] = cfg.label_smoothing
     elif cfg.label_smoothing:
         raise ValueError(f"label_smoothing is used by the sigmoid (cDPO) and robust losses, not by {cfg.loss!r}")
-    return partial(fn, **kwargs)
+    plain = partial(fn, **kwargs)
+
+    def loss(pc, pr, rc, rr, groups=None):
+        prob = soft_labels(groups, pc, 1.0 - cfg.label_smoothing) if groups else None
+        if prob is None:
+            return plain(pc, pr, rc, rr)
+        return losses.dpo_soft_label_loss(pc, pr, rc, rr, cfg.beta, chosen_prob=prob)
+
+    return loss
+
+
+def soft_labels(groups: list[Group], like: torch.Tensor, hard: float) -> torch.Tensor | None:
+    """(B,) each pair's chosen_prob, ``hard`` where it has none; None when no pair of the batch has one."""
+    if all(g.chosen_prob is None for g in groups):
+        return None
+    return torch.tensor([hard if g.chosen_prob is None else g.chosen_prob for g in groups], device=like.device)
+
+
+def check_pairs(cfg: DPOConfig, records: list, source: str) -> list:
+    """The pairs DPO trains on: ties dropped with ``ties drop``; combinations no loss defines are refused."""
+    if cfg.ties == "drop":
+        records = [r for r in records if not r.tie]
+    ties = any(r.tie for r in records)
+    soft = any(r.chosen_prob is not None for r in records)
+    if ties and cfg.loss != "sigmoid":
+        raise ValueError(
+            f"{source}: has ties; the tie models (--ties {cfg.ties}) are built on the sigmoid loss, not "
+            f"{cfg.loss!r}: use --loss sigmoid, or --ties drop"
+        )
+    if ties and cfg.label_smoothing:
+        raise ValueError(f"{source}: has ties; label_smoothing does not combine with --ties {cfg.ties}: give "
+                         "per-pair chosen_prob, or --ties drop")  # fmt: skip
+    if soft and (cfg.loss != "sigmoid" or (ties and cfg.ties == "rao-kupper")):
+        raise ValueError(
+            f"{source}: has soft labels (chosen_prob); they train the sigmoid loss (and Davidson's ties), not "
+            f"--loss {cfg.loss}" + (" with --ties rao-kupper" if ties and cfg.loss == "sigmoid" else "")
+        )
+    return records
 
 
 def dpo_step(policy, groups: list[Group], ref_logps: torch.Tensor, loss_fn, cfg: DPOConfig, pad_id: int, device):
@@ -124,7 +177,7 @@ def dpo_step(policy, groups: list[Group], ref_logps: torch.Tensor, loss_fn, cfg:
     if cfg.loss == "ipo":  # per-token averages, as TRL, so beta does not depend on the length
         pol, ref = pol / lengths, ref / lengths
     pol, ref = pol.view(-1, 2), ref.view(-1, 2)  # (N,) -> (B, 2): chosen, rejected
-    per_pair, chosen_rewards, rejected_rewards = loss_fn(pol[:, 0], pol[:, 1], ref[:, 0], ref[:, 1])
+    per_pair, chosen_rewards, rejected_rewards = loss_fn(pol[:, 0], pol[:, 1], ref[:, 0], ref[:, 1], groups)
     if cfg.loss == "ipo":  # report rewards from summed log-probs, as TRL does
         both = cfg.beta * (policy_logps.detach() - ref_logps).view(-1, 2)
         chosen_rewards, rejected_rewards = both[:, 0], both[:, 1]
@@ -134,16 +187,30 @@ def dpo_step(policy, groups: list[Group], ref_logps: torch.Tensor, loss_fn, cfg:
         per_pair = per_pair + cfg.rpo_alpha * nll
         extra["nll_loss"] = nll.detach().sum().item()
     logps = policy_logps.detach().view(-1, 2)
+    tie = torch.tensor([g.tie for g in groups], device=chosen_rewards.device)
+    margins = chosen_rewards - rejected_rewards
     stats = {
         **extra,
         "rewards/chosen": chosen_rewards.sum().item(),
         "rewards/rejected": rejected_rewards.sum().item(),
-        "rewards/margins": (chosen_rewards - rejected_rewards).sum().item(),
-        "rewards/accuracies": (chosen_rewards > rejected_rewards).float().sum().item(),
+        "rewards/margins": margins.sum().item(),
+        "rewards/accuracies": ((margins > 0) & ~tie).float().sum().item(),  # over decided pairs (see `average`)
         "logps/chosen": logps[:, 0].sum().item(),
         "logps/rejected": logps[:, 1].sum().item(),
+        "pairs/decided": (~tie).sum().item(),
     }
+    if tie.any():  # a tie trains its two implicit rewards toward each other
+        stats["rewards/tie_gaps"] = margins[tie].abs().sum().item()
+        stats["pairs/ties"] = tie.sum().item()
     return per_pair.sum(), stats
+
+
+def average(sums: dict[str, float], n_pairs: int, prefix: str = "") -> dict[str, float]:
+    """Per-pair means of summed statistics: accuracies over decided pairs, tie gaps over ties, the rest over all."""
+    sums = dict(sums)
+    decided, ties = sums.pop("pairs/decided", n_pairs), sums.pop("pairs/ties", 0)
+    per = {"rewards/accuracies": decided, "rewards/tie_gaps": ties}
+    return {prefix + k: v / max(per.get(k, n_pairs), 1) for k, v in sums.items() if per.get(k, n_pairs)}
 
 
 @torch.no_grad()
@@ -196,6 +263,43 @@ def cached_reference_logps(
     return train_ref, eval_ref
 
 
+class Reference:
+    """pi_ref's summed log-probs of a batch of groups (two completions each), however ``cfg.reference`` obtains
+    them: ``precomputed`` (computed here, by the model before any update, and cached in the run folder under a
+    key of everything they depend on), ``copy`` (a frozen copy made here) or ``lora-off`` (the policy with its
+    adapters off: set ``policy`` once it is prepared). ``reference(batch, indices, cache)`` -> (N,), where
+    ``indices`` are the batch's positions in the split whose cache (``train_ref``, ``eval_ref``) is given."""
+
+    def __init__(self, cfg, model, run_dir, train, held_out, pad_id, accelerator, key_extra: tuple = ()):
+        self.cfg, self.pad_id, self.accelerator = cfg, pad_id, accelerator
+        self.model = self.policy = None
+        self.train_ref = self.eval_ref = None
+        if cfg.reference == "copy":
+            self.model = CompletionLogProbs(copy.deepcopy(model)).to(accelerator.device).eval().requires_grad_(False)
+        if cfg.reference == "precomputed":  # the model before LoRA and before any update is the reference: no copy
+            settings = (cfg.model, file_hash(cfg.data), cfg.eval_data, cfg.eval_fraction, cfg.seed, cfg.max_length)
+            settings += (cfg.shared_prompt, len(train), cfg.chat_template, cfg.dtype) + tuple(key_extra)
+            key = hashlib.sha256(repr(settings).encode()).hexdigest()[:16]
+            was_training = model.training
+            ref = CompletionLogProbs(model.to(accelerator.device)).eval()
+            with accelerator.autocast():  # the reference in the policy's precision: margins start at 0
+                self.train_ref, self.eval_ref = cached_reference_logps(
+                    run_dir, key, ref, train, held_out, pad_id, cfg, accelerator
+                )
+            model.train(was_training)
+
+    def __call__(self, batch: list[Group], indices: list[int], cache: torch.Tensor | None) -> torch.Tensor:
+        if cache is not None:
+            return torch.stack([cache[2 * i : 2 * i + 2] for i in indices]).view(-1)
+        packed = collate_groups(batch, self.pad_id, self.cfg.shared_prompt).to(self.accelerator.device)
+        with torch.no_grad():
+            if self.model is not None:
+                return self.model(packed)
+            policy = self.accelerator.unwrap_model(self.policy)
+            with policy.model.disable_adapter():
+                return policy(packed)
+
+
 @torch.no_grad()
 def evaluate(policy, ref_fn, groups, eval_ref, loss_fn, cfg, pad_id, accelerator) -> dict[str, float]:
     policy.eval()
@@ -211,11 +315,13 @@ def evaluate(policy, ref_fn, groups, eval_ref, loss_fn, cfg, pad_id, accelerator
         for k, v in stats.items():
             totals[k] = totals.get(k, 0.0) + weight * v
     policy.train()
-    keys = ["loss"] + sorted(totals)
+    # The same keys, in the same order, on every process (a process may see no tie).
+    keys = ["loss"] + sorted(set(totals) | {"rewards/tie_gaps", "pairs/ties"})
     vec = accelerator.reduce(
         torch.tensor([loss_total] + [totals.get(k, 0.0) for k in keys[1:]], device=accelerator.device), "sum"
     )
-    return {f"eval/{k}": v / max(len(groups), 1) for k, v in zip(keys, vec.tolist())}
+    sums = dict(zip(keys, vec.tolist()))
+    return average(sums, len(groups), "eval/")
 
 
 def run(cfg: DPOConfig) -> Path:
@@ -224,41 +330,20 @@ def run(cfg: DPOConfig) -> Path:
     train_records, eval_records, invalid = load_train_eval(
         cfg.data, cfg.eval_data, cfg.eval_fraction, "comparison", skip_invalid=cfg.skip_invalid, seed=cfg.seed
     )
+    train_records = check_pairs(cfg, train_records, cfg.data)
+    eval_records = check_pairs(cfg, eval_records, cfg.eval_data or cfg.data)
+    if not train_records:
+        raise DataError(f"{cfg.data}: no pairs left once ties are dropped (--ties drop); train them as ties instead")
     model, tokenizer = load_causal_lm(cfg.model, common.training_dtype(cfg), cfg.chat_template, seed=cfg.seed)
     pad_id = tokenizer.pad_token_id
     train = tokenize_all(tokenizer, train_records, cfg.max_length)
     held_out = tokenize_all(tokenizer, eval_records, cfg.max_length)
-    loss_fn = make_loss_fn(cfg)
+    loss_fn = make_loss_fn(cfg, with_ties=any(g.tie for g in train + held_out))
     parents = [parent_of("model", cfg.model), parent_of("reference", cfg.model)]
     logger = common.start_run(run_dir, cfg, accelerator, parents, {"train": cfg.data, "eval": cfg.eval_data})
     run_dir.write_invalid_rows(invalid)
 
-    ref_model = None
-    if cfg.reference == "copy":
-        ref_model = CompletionLogProbs(copy.deepcopy(model)).to(accelerator.device).eval().requires_grad_(False)
-    train_ref = eval_ref = None
-    if cfg.reference == "precomputed":  # the model before LoRA and before any update is the reference: no copy
-        key = hashlib.sha256(
-            repr(
-                (
-                    cfg.model,
-                    file_hash(cfg.data),
-                    cfg.eval_data,
-                    cfg.eval_fraction,
-                    cfg.seed,
-                    cfg.max_length,
-                    cfg.shared_prompt,
-                    len(train),
-                    cfg.chat_template,
-                    cfg.dtype,
-                )
-            ).encode()
-        ).hexdigest()[:16]
-        was_training = model.training
-        ref = CompletionLogProbs(model.to(accelerator.device)).eval()
-        with accelerator.autocast():  # the reference in the policy's precision: margins start at 0
-            train_ref, eval_ref = cached_reference_logps(run_dir, key, ref, train, held_out, pad_id, cfg, accelerator)
-        model.train(was_training)
+    reference = Reference(cfg, model, run_dir, train, held_out, pad_id, accelerator)
     if cfg.lora:
         model = add_lora(model, cfg)
     policy = CompletionLogProbs(model)
@@ -268,17 +353,8 @@ def run(cfg: DPOConfig) -> Path:
     optimizer = common.make_optimizer(policy, cfg)
     scheduler = common.make_scheduler(optimizer, cfg, n_steps)
     policy, optimizer, scheduler = accelerator.prepare(policy, optimizer, scheduler)
-
-    def ref_fn(batch: list[Group], indices: list[int], cache: torch.Tensor | None) -> torch.Tensor:
-        """(N,) reference log-probs of a batch (chosen, rejected interleaved)."""
-        if cache is not None:
-            return torch.stack([cache[2 * i : 2 * i + 2] for i in indices]).view(-1)
-        packed = collate_groups(batch, pad_id, cfg.shared_prompt).to(accelerator.device)
-        with torch.no_grad():
-            if ref_model is not None:
-                return ref_model(packed)
-            with accelerator.unwrap_model(policy).model.disable_adapter():
-                return accelerator.unwrap_model(policy)(packed)
+    reference.policy = policy
+    ref_fn, train_ref, eval_ref = reference, reference.train_ref, reference.eval_ref
 
     state = common.resume(run_dir, accelerator, cfg.resume, common.TrainerState())
     batches = common.global_batches([len(g) for g in train], cfg.batch_size, cfg.seed, start=state.step)
@@ -307,9 +383,12 @@ def run(cfg: DPOConfig) -> Path:
             state.step += 1
             progress.update(info=f"loss {window['loss'] / max(n_pairs, 1):.3f}")
             if state.step % cfg.log_every == 0 or state.step == n_steps:
-                totals = common.global_sums(accelerator, {**window, "pairs": n_pairs})
-                pairs = totals.pop("pairs")
-                metrics = {("train/loss" if k == "loss" else k): v / pairs for k, v in totals.items()}
+                # Sums over all processes, the same keys on each (a process may have seen no tie), divided once.
+                totals = common.global_sums(
+                    accelerator, {"rewards/tie_gaps": 0.0, "pairs/ties": 0.0, **window, "pairs": n_pairs}
+                )
+                pairs = int(totals.pop("pairs"))
+                metrics = {("train/loss" if k == "loss" else k): v for k, v in average(totals, pairs).items()}
                 metrics["train/lr"] = scheduler.get_last_lr()[0]
                 metrics["train/pairs_per_s"] = pairs / (time.perf_counter() - start)
                 if grad_norm is not None:

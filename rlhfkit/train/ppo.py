@@ -110,7 +110,7 @@ def run(cfg: PPOConfig) -> Path:
     run_dir = common.open_run(cfg, accelerator)
     device = accelerator.device
     train_prompts, eval_prompts = load_prompts(cfg.data, cfg.eval_data, cfg.eval_fraction, cfg.seed, cfg.skip_invalid)
-    reward_fn = load_reward(cfg.reward, cfg.reward_batch_size, device)
+    reward_fn = load_reward(cfg.reward, cfg.reward_batch_size, device, transform=cfg.reward_transform)
 
     # Actor, frozen reference, critic. With LoRA the reference is the same weights with adapters off and
     # the critic a head on the same trunk: one copy of the weights.

@@ -52,7 +52,7 @@ def run(cfg: RejectionConfig) -> Path:
     accelerator = common.make_accelerator(cfg)
     run_dir = common.open_run(cfg, accelerator)
     prompts = load_prompts(cfg.data, cfg.eval_data, 0.0, cfg.seed, cfg.skip_invalid)[0][: cfg.max_prompts]
-    reward_fn = load_reward(cfg.reward, cfg.reward_batch_size, accelerator.device)
+    reward_fn = load_reward(cfg.reward, cfg.reward_batch_size, accelerator.device, transform=cfg.reward_transform)
     parents = [parent_of("model", cfg.model), parent_of("reward", cfg.reward)]
     logger = common.start_run(run_dir, cfg, accelerator, parents, {"prompts": cfg.data})
     model_spec, rounds, engine = cfg.model, [], None

@@ -1,0 +1,102 @@
+"""What the toy-world experiments share with the demo: its SFT policy and its samples, and the seeds loop."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from rlhfkit.config import SamplingPart, StageConfig, load_config, parse_overrides
+from rlhfkit.config.pipelines import DemoConfig
+from rlhfkit.data.io import write_jsonl
+from rlhfkit.pipelines.base import Pipeline
+from rlhfkit.runs import RunFolder
+from rlhfkit.toy.evaluation import as_chat
+from rlhfkit.toy.world import Prompt, demonstrations
+
+
+def finished_figures(cfg: StageConfig) -> dict | None:
+    """The figures of a seed's folder that finished with these settings (None when it has not finished)."""
+    folder = RunFolder(cfg.output_dir)
+    if not folder.is_finished():
+        return None
+    folder.config = cfg
+    folder.refuse_other_settings()
+    return folder.card().figures
+
+
+def stage_settings(root: Path, name: str, seed: int) -> dict:
+    return dict(output_dir=str(root / name), seed=seed, progress=True, report_to=["jsonl"])
+
+
+def demo_sft(pipe: Pipeline, seed: int, quick: bool) -> Path:
+    """The demo's SFT stage with the demo's settings (``DemoConfig``'s), so the policy is the demo's; ``quick``:
+    150 steps (the demo's quick 20 give text too garbled for annotators to tell apart)."""
+    from rlhfkit.train import sft
+
+    demo = DemoConfig(seed=seed)
+    if quick:
+        demo = demo.model_copy(update={"sft_steps": 150})
+    path = pipe.root / "data" / "demonstrations.jsonl"
+    write_jsonl(path, demonstrations(2000, seed=seed, quality=demo.demo_quality))
+    return pipe.stage(
+        "sft",
+        lambda: sft.run(
+            sft.SFTConfig(
+                model=demo.model,
+                data=str(path),
+                max_steps=demo.sft_steps,
+                lr=demo.sft_lr,
+                batch_size=32,
+                log_every=25,
+                **stage_settings(pipe.root, "sft", seed),
+            )
+        ),
+    )
+
+
+def sample_responses(
+    model, tokenizer, prompts: list[Prompt], n: int, max_new_tokens: int, seed: int, path: Path
+) -> list[list[str]]:
+    """``n`` samples per prompt, drawn as the demo draws them (chunks of 64, one generator seeded by ``seed``);
+    kept in ``path`` so a rerun reuses them."""
+    from rlhfkit.rollout import TransformersSampler
+
+    if path.exists():
+        return json.loads(path.read_text())
+    sampler = TransformersSampler(model, tokenizer, SamplingPart(max_new_tokens=max_new_tokens))
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for s in range(0, len(prompts), 64):
+        chunk = prompts[s : s + 64]
+        texts = sampler.generate([as_chat(p) for p in chunk], n=n, generator=gen).texts
+        out += [texts[i * n : (i + 1) * n] for i in range(len(chunk))]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out))
+    return out
+
+
+def run_seeds(
+    description: str, config_class: type[StageConfig], run: Callable, summarise: Callable, default_dir: str
+) -> None:
+    """``--seeds 0 1 2 [--output-dir DIR] [--setting value ...]``: one folder per seed (DIR/seed-S, reused when
+    finished), then ``summarise(results, DIR)`` prints the table and writes DIR/summary.json."""
+    for name in ("HF_HUB_DISABLE_PROGRESS_BARS", "TRANSFORMERS_NO_ADVISORY_WARNINGS"):  # quiet, as `rlhfkit` runs
+        os.environ.setdefault(name, "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--output-dir", default=default_dir)
+    args, rest = parser.parse_known_args()
+    root = Path(args.output_dir)
+    results = []
+    for seed in args.seeds:
+        overrides = {**parse_overrides(rest), "seed": seed, "output_dir": str(root / f"seed-{seed}")}
+        results.append(run(load_config(config_class, None, overrides)))
+    summary = summarise(results, root)
+    (root / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(f"summary: {root / 'summary.json'}")
