@@ -278,3 +278,23 @@ def test_sharded_policy_samples_trains_and_saves_the_same_model(runs, name):
     assert_same_weights(one, sharded)
     ckpt = next((sharded / "checkpoints").glob("step-*"))
     assert any(p.name.startswith("pytorch_model_fsdp") for p in ckpt.iterdir())  # the checkpoint is sharded
+
+
+def test_a_global_batch_falls_into_the_same_pieces_on_any_number_of_processes():
+    """12 examples, worked by hand. 2 processes x grad_accum 2: process 0 takes [0,4,8] and [1,5,9], process 1
+    [2,6,10] and [3,7,11]; micro-batch 0 of both together is the even examples, as it is for one process with
+    grad_accum 2 (KTO's z0 is a mean over it). 2 processes x 1 cut the batch into the same pieces as 1 x 2."""
+    from types import SimpleNamespace
+
+    from rlhfkit.train.common import split_micro
+
+    batch = list(range(12))
+
+    def pieces(P, g):
+        return [split_micro(batch, SimpleNamespace(num_processes=P, process_index=p), g) for p in range(P)]
+
+    assert pieces(2, 2) == [[[0, 4, 8], [1, 5, 9]], [[2, 6, 10], [3, 7, 11]]]
+    assert pieces(1, 2) == [[[0, 2, 4, 6, 8, 10], [1, 3, 5, 7, 9, 11]]]
+    assert sorted(pieces(2, 2)[0][0] + pieces(2, 2)[1][0]) == pieces(1, 2)[0][0]
+    assert [m for (m,) in pieces(2, 1)] == pieces(1, 2)[0]
+    assert pieces(3, 1) == [[[0, 3, 6, 9]], [[1, 4, 7, 10]], [[2, 5, 8, 11]]]
