@@ -24,8 +24,8 @@ STRATEGIES = {
     "ddp": ("ddp.yaml", True),
     "fsdp2": ("fsdp2.yaml", True),
     "fsdp2-offload": ("fsdp2-offload.yaml", False),
-    "zero2": ("deepspeed-zero2.yaml", False),
-    "zero3": ("deepspeed-zero3.yaml", False),
+    "zero2": ("deepspeed-zero2.yaml", True),  # DeepSpeed's CPU backend (gloo); it compiles a small op on first use
+    "zero3": ("deepspeed-zero3.yaml", True),
     "zero3-offload": ("deepspeed-zero3-offload.yaml", False),
 }
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "accelerate"
@@ -65,7 +65,8 @@ def launch_line(
         if nodes != 1 or gpus:
             raise ValueError("--cpu-processes runs on this machine alone: leave out --gpus and --nodes")
         if not on_cpu:
-            raise ValueError(f"--strategy {strategy} needs GPUs; on CPU processes use ddp or fsdp2")
+            raise ValueError(f"--strategy {strategy} needs GPUs (offloading to CPU memory); on CPU processes use ddp, "
+                             "fsdp2, zero2 or zero3")  # fmt: skip
         per_node = cpu_processes
     else:
         per_node = gpus if gpus is not None else gpus_on_this_machine()

@@ -36,7 +36,7 @@ def test_one_gpu_needs_no_launcher_but_offloading_does():
     [
         (dict(stage_args=[], gpus=8), "name the stage"),
         (dict(stage_args=["sft"], gpus=8, strategy="zero4"), "choose one of"),
-        (dict(stage_args=["sft"], cpu_processes=2, strategy="zero3"), "needs GPUs"),
+        (dict(stage_args=["sft"], cpu_processes=2, strategy="zero3-offload"), "needs GPUs"),
         (dict(stage_args=["sft"], cpu_processes=2, nodes=2), "this machine alone"),
         (dict(stage_args=["sft"], gpus=0), "no GPU found"),
     ],

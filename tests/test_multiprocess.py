@@ -18,6 +18,7 @@ per-process means, per-process whitening, a schedule stepped once per process) m
 and nearly every weight (docs/scaling.md gives the differences measured and the mistakes these tests catch).
 """
 
+import importlib.util
 import json
 import os
 import shutil
@@ -149,7 +150,8 @@ def launch(items: list[dict], folder: Path, config: str = "ddp.yaml", processes:
         "--num_processes", str(processes), "--main_process_port", str(free_port()),
         str(REPO / "tests" / "multiprocess_stages.py"), str(plan_file),
     ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-6000:]
     return out.stdout
@@ -208,6 +210,21 @@ def runs(tmp_path_factory):
     TIMES["two processes (FSDP2), ppo + sft, with start-up"] = time.perf_counter() - start
     for n in ("ppo", "sft"):
         out[f"{n} fsdp2"] = (out[n][0], root / "fsdp" / n)
+    # DeepSpeed ZeRO on two CPU processes, where DeepSpeed is installed. grad_accum 1 (DeepSpeed's rule): SFT's
+    # global batch then falls into the same two pieces as the one-process run's two micro-batches.
+    if importlib.util.find_spec("deepspeed") is not None:
+        for config, tag, names in (
+            ("deepspeed-zero2.yaml", "zero2", ("sft", "dpo")),
+            ("deepspeed-zero3.yaml", "zero3", ("sft", "ppo")),
+        ):
+            ds = [
+                dict(stage=n, config=dict(by_name[n]["config"], grad_accum=1, output_dir=str(root / tag / n)))
+                for n in names
+            ]
+            start = time.perf_counter()
+            print(launch(ds, root, config=config))
+            TIMES[f"two processes ({tag}), {' + '.join(names)}, with start-up"] = time.perf_counter() - start
+            out.update({f"{n} {tag}": (out[n][0], root / tag / n) for n in names})
     print("\n" + "\n".join(f"{k}: {v:.1f} s" for k, v in TIMES.items()))
     return out
 
@@ -298,3 +315,14 @@ def test_a_global_batch_falls_into_the_same_pieces_on_any_number_of_processes():
     assert sorted(pieces(2, 2)[0][0] + pieces(2, 2)[1][0]) == pieces(1, 2)[0][0]
     assert [m for (m,) in pieces(2, 1)] == pieces(1, 2)[0]
     assert pieces(3, 1) == [[[0, 3, 6, 9]], [[1, 4, 7, 10]], [[2, 5, 8, 11]]]
+
+
+@pytest.mark.parametrize("name", ["sft zero2", "dpo zero2", "sft zero3", "ppo zero3"])
+def test_deepspeed_zero_on_cpu_processes_equals_one_process(runs, name):
+    """ZeRO-2 (gradients and optimiser state split) and ZeRO-3 (weights split too: PPO's sampler gathers them,
+    the final model is gathered for saving) on two CPU processes (DeepSpeed's CPU backend, gloo)."""
+    if name not in runs:
+        pytest.skip("DeepSpeed is not installed (pip install deepspeed; it runs on CPU processes too)")
+    one, ds = runs[name]
+    assert_same_figures(one, ds)
+    assert_same_weights(one, ds)

@@ -45,28 +45,36 @@ def make_accelerator(cfg: ModelPart) -> Accelerator:
     # one gloo group (without it each would run alone). The schedule is stepped once per optimiser step: by
     # default Accelerate steps it once per process, for loops whose step count shrinks with more processes,
     # but here the global batch, and so the number of steps, does not depend on the number of processes.
-    # A DeepSpeed launch is the exception: Accelerate sets DeepSpeed up only when not told cpu=True, and DeepSpeed
-    # brings its own CPU backend (gloo), so its processes form one group either way.
+    # A DeepSpeed launch is the exception: Accelerate sets DeepSpeed up only when not told cpu=True, and then finds
+    # no backend on a machine without a GPU; naming gloo makes the processes one group (DeepSpeed runs on CPUs).
     deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    if deepspeed and not torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
+        from accelerate.state import PartialState
+
+        PartialState(cpu=False, backend="gloo")
     accelerator = Accelerator(
         mixed_precision=precision,
         cpu=not torch.cuda.is_available() and not deepspeed,
         step_scheduler_with_optimizer=False,
     )
     _fsdp_on_cpu(accelerator, precision)
-    _deepspeed_batch_size(accelerator)
+    _deepspeed_settings(accelerator, cfg)
     return accelerator
 
 
-def _deepspeed_batch_size(accelerator: Accelerator) -> None:
-    """DeepSpeed's config needs a micro-batch size, which Accelerate takes from a DataLoader; rlhfkit cuts its
-    batches itself (the global batch over processes and micro-batches), so DeepSpeed's figure is only nominal."""
+def _deepspeed_settings(accelerator: Accelerator, cfg) -> None:
+    """DeepSpeed's config needs batch sizes, which Accelerate takes from a DataLoader; rlhfkit cuts its batches
+    itself (the global batch over processes and micro-batches), so DeepSpeed's figures are only nominal. DeepSpeed
+    clips gradients itself: it takes the stage's ``max_grad_norm`` (0: no clipping), not a second setting."""
     from accelerate.utils import DistributedType
 
-    if accelerator.distributed_type == DistributedType.DEEPSPEED:
-        ds = accelerator.state.deepspeed_plugin.deepspeed_config
-        if ds.get("train_micro_batch_size_per_gpu", "auto") == "auto":
-            ds["train_micro_batch_size_per_gpu"] = 1
+    if accelerator.distributed_type != DistributedType.DEEPSPEED:
+        return
+    ds = accelerator.state.deepspeed_plugin.deepspeed_config
+    ds["train_micro_batch_size_per_gpu"] = 1
+    ds["gradient_accumulation_steps"] = 1
+    ds["train_batch_size"] = accelerator.num_processes
+    ds["gradient_clipping"] = float(getattr(cfg, "max_grad_norm", None) or 0.0)
 
 
 def _fsdp_on_cpu(accelerator: Accelerator, precision: str) -> None:
