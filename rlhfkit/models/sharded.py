@@ -84,7 +84,7 @@ def full_weights(model, keep_through_forward: bool = False):
 
 
 def _full(t: torch.Tensor) -> torch.Tensor:
-    return t.full_tensor() if _is_dtensor(t) else t
+    return (t.full_tensor() if _is_dtensor(t) else t).detach()
 
 
 def _lora_delta(layer, full) -> torch.Tensor | None:
@@ -109,12 +109,12 @@ def named_full_weights(model, merge_lora: bool = True) -> Iterator[tuple[str, to
     kind = sharding_of(model)
     if kind == "fsdp1":  # parameters are flattened per unit: only a whole summon gives them back by name
         with full_weights(model):
-            yield from _named(model, merge_lora, lambda t: t)
+            yield from _named(model, merge_lora, lambda t: t.detach())
         return
     if kind == "zero3":
         import deepspeed
 
-        def gathered(t):
+        def gathered(t):  # t must be the parameter itself: a detached copy of a partitioned one is empty
             with deepspeed.zero.GatheredParameters([t], modifier_rank=None):
                 return t.detach().clone()
 
@@ -137,7 +137,7 @@ def _named(model, merge_lora: bool, full) -> Iterator[tuple[str, torch.Tensor]]:
     is_peft = hasattr(model, "peft_config")
     if not (is_peft and merge_lora):
         for name, p in model.named_parameters():
-            yield _clean(name), full(p.detach())
+            yield _clean(name), full(p)
         return
     lm = base_causal_lm(model)
     inside_lora = set()
@@ -146,17 +146,17 @@ def _named(model, merge_lora: bool, full) -> Iterator[tuple[str, torch.Tensor]]:
         if base is None or not hasattr(module, "lora_A"):
             continue
         inside_lora.add(_clean(prefix))
-        weight = full(base.weight.detach())
+        weight = full(base.weight)
         if not (module.disable_adapters or module.merged):
             delta = _lora_delta(module, full)
             if delta is not None:
                 weight = weight + delta.to(weight.dtype)
         yield f"{_clean(prefix)}.weight", weight
         if getattr(base, "bias", None) is not None:
-            yield f"{_clean(prefix)}.bias", full(base.bias.detach())
+            yield f"{_clean(prefix)}.bias", full(base.bias)
     for name, p in lm.named_parameters():
         name = _clean(name)
         parts = name.split(".")
         if any(".".join(parts[:i]) in inside_lora for i in range(1, len(parts))):
             continue  # a LoRA layer's base_layer and lora_A/B weights: already yielded, merged
-        yield name, full(p.detach())
+        yield name, full(p)
