@@ -242,7 +242,10 @@ def assert_same_figures(one: Path, two: Path) -> None:
     a, b = figures(one), figures(two)
     assert a.keys() == b.keys() and a
     worst = max((abs(b[k] - a[k]) / (LOSS_TOL * abs(a[k]) + ABS_TOL), k) for k in a if not k[1].endswith("clipfrac"))
-    print(f"{two.name}: largest figure difference {worst[0]:.2f} of its tolerance ({worst[1][1]})")
+    clip = max((abs(b[k] - a[k]) for k in a if k[1].endswith("clipfrac")), default=None)
+    clip_note = "" if clip is None else f"; clipfrac {clip:.4f} apart (tolerance {COUNT_TOL:.4f})"
+    where = f"{two.parent.name}/{two.name}"
+    print(f"{where}: largest figure difference {worst[0]:.2f} of its tolerance ({worst[1][1]}){clip_note}")
     for key in a:
         if key[1].endswith("clipfrac"):
             assert abs(b[key] - a[key]) <= COUNT_TOL, key
@@ -255,7 +258,8 @@ def assert_same_weights(one: Path, two: Path) -> None:
     assert a.keys() == b.keys()
     diff = torch.cat([(a[k] - b[k]).abs().flatten() for k in a])
     worst, share = diff.max().item(), (diff > TYPICAL_TOL).float().mean().item()
-    print(f"{two.name}: largest weight difference {worst:.1e}; {share:.4%} of weights over {TYPICAL_TOL:.0e}")
+    where = f"{two.parent.name}/{two.name}"
+    print(f"{where}: largest weight difference {worst:.1e}; {share:.4%} of weights over {TYPICAL_TOL:.0e}")
     assert worst <= WEIGHT_TOL, f"largest weight difference {worst:.2e} > {WEIGHT_TOL:.0e}"
     assert share <= TYPICAL_SHARE, f"{share:.3%} of the weights differ by more than {TYPICAL_TOL:.0e}"
 
