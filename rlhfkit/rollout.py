@@ -42,8 +42,10 @@ import torch
 
 from rlhfkit.config import SamplingPart
 from rlhfkit.data.chat import prompt_text
+from rlhfkit.data.pairs import Group, last_layer_only_at, model_mask, pack_groups, positions_to_keep
 from rlhfkit.losses import entropy_from_logits, selective_log_softmax
 from rlhfkit.models.decode import PackedLlama, TransformersDecoder, make_decoder, position_ids
+from rlhfkit.models.load import base_causal_lm
 from rlhfkit.models.sharded import full_weights, sharding_of
 
 Tensor = torch.Tensor
@@ -132,10 +134,8 @@ def filter_logits(logits: Tensor, top_k: int = 0, top_p: float = 1.0) -> Tensor:
     return logits
 
 
-def encode_prompts(
-    tokenizer, prompts: list, device=None, max_prompt_tokens: int | None = None
-) -> tuple[Tensor, Tensor]:
-    """Prompts -> left-padded (input_ids, attention_mask), (B, P). Chat prompts get the generation prompt;
+def prompt_rows(tokenizer, prompts: list, max_prompt_tokens: int | None = None) -> list[list[int]]:
+    """Each prompt's token ids (chat prompts with the generation prompt, BOS where the tokenizer adds one);
     prompts longer than ``max_prompt_tokens`` keep their last tokens."""
     rows = [tokenizer(prompt_text(tokenizer, p), add_special_tokens=False)["input_ids"] for p in prompts]
     bos = tokenizer.bos_token_id
@@ -143,11 +143,34 @@ def encode_prompts(
         rows = [r if r[:1] == [bos] else [bos] + r for r in rows]
     if max_prompt_tokens:
         rows = [r[-max_prompt_tokens:] for r in rows]
+    return rows
+
+
+def left_pad(rows: list[list[int]], pad: int, device=None) -> tuple[Tensor, Tensor]:
+    """Token rows -> left-padded (input_ids, attention_mask), (B, P)."""
     width = max(len(r) for r in rows)
-    pad = tokenizer.pad_token_id
     ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=device)
     mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
     return ids, mask
+
+
+def encode_prompts(
+    tokenizer, prompts: list, device=None, max_prompt_tokens: int | None = None
+) -> tuple[Tensor, Tensor]:
+    """Prompts -> left-padded (input_ids, attention_mask), (B, P). Chat prompts get the generation prompt;
+    prompts longer than ``max_prompt_tokens`` keep their last tokens."""
+    return left_pad(prompt_rows(tokenizer, prompts, max_prompt_tokens), tokenizer.pad_token_id, device)
+
+
+def shared_prefix_length(rows: list[list[int]]) -> int:
+    """How many leading tokens every row shares, leaving each row at least one token of its own."""
+    n = min(len(r) for r in rows) - 1
+    for r in rows[1:]:
+        k = 0
+        while k < n and r[k] == rows[0][k]:
+            k += 1
+        n = k
+    return max(n, 0)
 
 
 def eos_ids(model, tokenizer) -> list[int]:
@@ -181,15 +204,18 @@ class TransformersSampler:
         return_states: bool = False,
         packed_decode: bool = True,
         weights_owner=None,
+        shared_prefix: bool = False,
     ):
         """``max_prompt_tokens``: longer prompts keep their last tokens; ``return_states``: also the hidden states
         and entropies (``Rollout.hidden``, ``.entropy``), PPO's behaviour pass; ``packed_decode``: Llama-family
         models through ``rlhfkit.models.decode.PackedLlama`` (False: transformers' forward); ``weights_owner``:
         the sharded module that holds ``model`` (FSDP2 keeps the embeddings and head in the root it was prepared
-        as), gathered whole for a rollout; default ``model`` itself."""
+        as), gathered whole for a rollout; default ``model`` itself; ``shared_prefix``: the tokens all prompts of
+        a batch begin with (few-shot examples) run once, their keys and values copied to every row (same results
+        up to rounding; tests/test_ai_feedback.py compares)."""
         self.model, self.tokenizer, self.params = model, tokenizer, params
         self.max_prompt_tokens, self.return_states, self.packed_decode = max_prompt_tokens, return_states, packed_decode
-        self.weights_owner = weights_owner
+        self.weights_owner, self.shared_prefix = weights_owner, shared_prefix
         self.eos = eos_ids(model, tokenizer)
 
     def sync_weights(self, model) -> None:
@@ -224,18 +250,31 @@ class TransformersSampler:
         p, model, tok = self.params, self.model, self.tokenizer
         prompts = [q for q in prompts for _ in range(n)]
         device = next(model.parameters()).device
-        query_ids, query_mask = encode_prompts(tok, prompts, device, self.max_prompt_tokens)
+        token_rows = prompt_rows(tok, prompts, self.max_prompt_tokens)
+        query_ids, query_mask = left_pad(token_rows, tok.pad_token_id, device)
         B, P = query_ids.shape
         was_training = model.training
         model.eval()
         eos = torch.tensor(self.eos, device=device)
         decoder = self._decoder(model, P + p.max_new_tokens, weights)
         noise = rows.uniforms(B, p.max_new_tokens, device) if rows is not None else None  # (B, T)
+        shared = shared_prefix_length(token_rows) if self.shared_prefix and B > 1 else 0
+        if shared:  # the common prefix once, then each row's own tokens after it (left-padded there)
+            head = torch.tensor([token_rows[0][:shared]], device=device)
+            decoder.forward(head, torch.arange(shared, device=device).unsqueeze(0), torch.ones_like(head))
+            decoder.repeat(B)
+            tails = [r[shared:] for r in token_rows]
+            tail_ids, tail_mask = left_pad(tails, tok.pad_token_id, device)  # (B, P - shared)
+            prompt_mask = torch.cat([tail_mask.new_ones(B, shared), tail_mask], dim=1)  # (B, P)
+            pos = shared + position_ids(tail_mask)  # the positions the full left-padded rows would have
+            hidden = decoder.forward(tail_ids, pos, prompt_mask)[:, -1]  # (B, H)
+        else:
+            prompt_mask = query_mask
+            pos = position_ids(query_mask)
+            hidden = decoder.forward(query_ids, pos, query_mask)[:, -1]  # (B, H)
         mask = torch.cat(
-            [query_mask, query_mask.new_zeros(B, p.max_new_tokens)], dim=1
+            [prompt_mask, prompt_mask.new_zeros(B, p.max_new_tokens)], dim=1
         )  # a 1 is written in per new token
-        pos = position_ids(query_mask)
-        hidden = decoder.forward(query_ids, pos, query_mask)[:, -1]  # (B, H)
         next_pos = pos[:, -1:] + 1  # (B, 1)
         tokens, logps, hiddens, entropies = [], [], [], []
         done = torch.zeros(B, dtype=torch.bool, device=device)
@@ -299,8 +338,13 @@ def response_forward(model, rollout: Rollout, temperature: float, *, hidden: boo
     (for a value head: the state before each response token) and the per-token entropy (B, T).
 
     Only the last T + 1 positions' logits are computed (``logits_to_keep``): the response sits at the
-    right end of every row, since prompts are left-padded.
+    right end of every row, since prompts are left-padded. When rows share a prompt (several samples per
+    prompt: GRPO, RLOO, best-of-n) the prompt goes through the model once per group instead
+    (``shared_prompt_forward``); the values at the response tokens are the same up to float rounding.
     """
+    groups = rows_by_prompt(rollout) if _callable_in_parts(model) else None
+    if groups is not None:
+        return shared_prompt_forward(model, rollout, groups, temperature, hidden=hidden, entropy=entropy)
     T = rollout.response_ids.size(1)
     mask = rollout.attention_mask
     out = model(
@@ -318,6 +362,66 @@ def response_forward(model, rollout: Rollout, temperature: float, *, hidden: boo
         result["hidden"] = out.hidden_states[-1][:, -T - 1 : -1]  # (B, T, H)
     if entropy:
         result["entropy"] = entropy_from_logits(logits)
+    return result
+
+
+def _callable_in_parts(model) -> bool:
+    """Whether the causal LM's body and head may be called apart: not when a wrapper for several processes
+    (DDP, DeepSpeed, FSDP) must see the whole forward, nor for models without the two parts."""
+    if hasattr(model, "module") or any(c.__name__.startswith("FSDP") for c in type(model).__mro__):
+        return False
+    lm = base_causal_lm(model)
+    return hasattr(lm, "base_model") and lm.get_output_embeddings() is not None
+
+
+def rows_by_prompt(rollout: Rollout) -> list[list[int]] | None:
+    """The rows of each distinct prompt, in order of first appearance; None when no two rows share one."""
+    rows: dict[tuple, list[int]] = {}
+    for i, (ids, mask) in enumerate(zip(rollout.query_ids.tolist(), rollout.query_mask.tolist())):
+        rows.setdefault(tuple(t for t, m in zip(ids, mask) if m), []).append(i)
+    return list(rows.values()) if len(rows) < rollout.query_ids.size(0) else None  # (a batch may carry no prompts)
+
+
+def shared_prompt_forward(
+    model, rollout: Rollout, groups: list[list[int]], temperature: float, *, hidden: bool, entropy: bool
+) -> dict:
+    """``response_forward`` with one row per prompt, ``[prompt | response 1 | ... | response k]``, in the
+    shared-prompt layout of ``rlhfkit.data.pairs`` (each response sees the prompt and itself, its positions
+    continue from the prompt's end, as in its own row): the prompt's tokens go through the model once, not
+    k times (2 prompts x 4 samples of 48 tokens after 50-token prompts: 486 tokens instead of 792). Every
+    response keeps all T tokens (those after its stop too, as in the plain layout; callers mask them)."""
+    T = rollout.response_ids.size(1)
+    query, query_mask, responses = (
+        rollout.query_ids.tolist(),
+        rollout.query_mask.tolist(),
+        rollout.response_ids.tolist(),
+    )
+    packed_groups = [
+        Group([t for t, m in zip(query[g[0]], query_mask[g[0]]) if m], [responses[i] for i in g]) for g in groups
+    ]
+    device = rollout.response_ids.device
+    packed = pack_groups(packed_groups, pad_id=0).to(device)  # padding is never attended to nor read
+    lm = base_causal_lm(model)
+    body, head = lm.base_model, lm.get_output_embeddings()
+    mask = model_mask(body, packed.attention_mask, next(body.parameters()).dtype)
+    keep = positions_to_keep(packed.token_row, packed.token_pred, packed.input_ids.shape)
+    with last_layer_only_at(body, *keep):
+        states = body(
+            input_ids=packed.input_ids, attention_mask=mask, position_ids=packed.position_ids, use_cache=False
+        ).last_hidden_state  # (rows, L, H), right only at `keep`
+    states = states[packed.token_row, packed.token_pred]  # (B * T, H), response by response in `order`
+    logits = head(states).float() / temperature  # (B * T, V)
+    order = torch.tensor([i for g in groups for i in g], device=device)  # packed response j is rollout row order[j]
+    back = torch.argsort(order)
+
+    def to_rows(x: Tensor) -> Tensor:  # (B * T, ...) in packed order -> (B, T, ...) in the rollout's order
+        return x.view(len(order), T, *x.shape[1:])[back]
+
+    result = {"logprobs": to_rows(selective_log_softmax(logits.unsqueeze(0), packed.token_target.unsqueeze(0))[0])}
+    if hidden:
+        result["hidden"] = to_rows(states)
+    if entropy:
+        result["entropy"] = to_rows(entropy_from_logits(logits))
     return result
 
 

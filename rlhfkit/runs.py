@@ -231,9 +231,9 @@ class MetricsLogger:
         self.jsonl = (run.path / "metrics.jsonl").open("a") if enabled and "jsonl" in sinks else None
         self.tb = None
         if enabled and "tensorboard" in sinks:
-            from torch.utils.tensorboard import SummaryWriter
+            from rlhfkit.tb_events import EventFileWriter  # not torch's SummaryWriter: see tb_events.py
 
-            self.tb = SummaryWriter(str(run.path / "tb"))
+            self.tb = EventFileWriter(run.path / "tb")
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         if not self.enabled:
@@ -242,12 +242,11 @@ class MetricsLogger:
             self.jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
             self.jsonl.flush()
         if self.tb:
-            for k, v in metrics.items():
-                self.tb.add_scalar(k, v, step)
+            self.tb.scalars(step, metrics)
 
     def text(self, step: int, tag: str, markdown: str) -> None:
         if self.enabled and self.tb:
-            self.tb.add_text(tag, markdown, step)
+            self.tb.text(step, tag, markdown)
 
     def close(self) -> None:
         if self.jsonl:

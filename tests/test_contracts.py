@@ -268,8 +268,9 @@ os.environ.update(RLHFKIT_ANNOTATE_DB={str(tmp_path / "a.db")!r}, RLHFKIT_ANNOTA
                   RLHFKIT_ANNOTATE_OVERLAP="1", RLHFKIT_ANNOTATE_GOLD_RATE="0", RLHFKIT_ANNOTATE_SESSION_HOURS="1")
 import rlhfkit.cli
 heavy = [m for m in ("torch", "transformers") if m in sys.modules]
-from rlhfkit.feedback.cli import _open, app_from_env
-_open(os.environ["RLHFKIT_ANNOTATE_DB"])
+from rlhfkit.feedback.cli import app_from_env
+from rlhfkit.feedback.cli_admin import open_store
+open_store(os.environ["RLHFKIT_ANNOTATE_DB"])
 app_from_env()
 heavy += [m for m in ("torch", "transformers") if m in sys.modules]
 print(heavy)
@@ -295,11 +296,11 @@ def test_help_starts_fast(argv):
 # Layers from the bottom up: a module may import its own layer and those below, never one above. The toy world
 # sits near the top, beside the pipelines that use it: no core layer imports it.
 LAYERS = [
-    ["config", "losses", "models.catalog", "openai_api"],
+    ["config", "losses", "models.catalog", "openai_api", "tb_events"],
     ["specs", "runs", "data"],
     ["models"],
     ["rollout", "rewards", "judges", "vllm_backend"],
-    ["train", "evaluate"],
+    ["train", "evaluate", "ai_feedback"],
     ["toy", "feedback", "pipelines"],
     ["cli", "launch"],
 ]

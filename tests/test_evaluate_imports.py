@@ -22,6 +22,17 @@ PURE = [
     "rlhfkit.evaluate.overoptimisation",
     "rlhfkit.evaluate.monitor",
     "rlhfkit.evaluate.safety",
+    "rlhfkit.evaluate.schema",
+    "rlhfkit.evaluate.leaderboard",
+]
+# Everything that measures the monitor's signals or acts on them: none of it may reach the gold utility.
+MONITOR_SIDE = [
+    "rlhfkit.evaluate.monitor",
+    "rlhfkit.train.monitoring",
+    "rlhfkit.train.ppo",
+    "rlhfkit.train.dpo",
+    "rlhfkit.train.best_of_n",
+    "rlhfkit.train.rejection",
 ]
 
 
@@ -63,8 +74,19 @@ def test_reachable_follows_imports_inside_functions():
     assert "rlhfkit.losses" in reachable("rlhfkit.evaluate.reward_model_metrics")
 
 
-def test_the_monitor_never_reaches_the_gold_utility():
-    assert {m for m in reachable("rlhfkit.evaluate.monitor") if m.startswith("rlhfkit.toy")} == set()
+@pytest.mark.parametrize("module", MONITOR_SIDE)
+def test_the_monitor_never_reaches_the_gold_utility(module):
+    assert {m for m in reachable(module) if m.startswith("rlhfkit.toy")} == set()
+
+
+def test_the_monitor_refuses_the_gold_utility_as_a_signal():
+    """The imports cannot see a reward setting given at run time: the monitor refuses the gold one by name."""
+    from rlhfkit.train.monitoring import refuse_gold
+
+    for spec in ("rlhfkit.toy.judge:gold", "runs/rm-2, rlhfkit.toy.gold:utility"):
+        with pytest.raises(ValueError, match="gold utility, which the monitor must not see"):
+            refuse_gold(spec, "monitor_reward")
+    refuse_gold("runs/rm-2,rlhfkit.toy.rewards:length", "monitor_reward")  # other toy rewards are ordinary signals
 
 
 def test_the_general_safety_checks_never_reach_the_toy_world():

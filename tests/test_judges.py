@@ -146,3 +146,15 @@ def test_toy_gold_judge_recognises_every_toy_prompt():
     torch.testing.assert_close(
         gold([p.text for p in prompts], responses), torch.tensor([utility(p, r) for p, r in zip(prompts, responses)])
     )
+
+
+def test_length_biased_toy_judge_is_gold_plus_a_fixed_amount_per_word():
+    """The answer "paris" to the capital of france is right (gold g); "paris paris paris" is three words, so the
+    biased judge adds 3 x 0.15 = 0.45 to its gold; the same judge on the one-word answer adds 0.15."""
+    from rlhfkit.toy.judge import LENGTH_BIAS, gold, length_biased
+
+    prompts = ["what is the capital of france ?"] * 2
+    responses = ["paris", "paris paris paris"]
+    g = gold(prompts, responses)
+    assert LENGTH_BIAS == 0.15
+    assert length_biased(prompts, responses) == pytest.approx([g[0] + 0.15, g[1] + 0.45])

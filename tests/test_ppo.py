@@ -205,6 +205,32 @@ def test_behaviour_pass_from_the_sampler_matches_a_recomputed_one(tmp_path):
         assert fast[key] == pytest.approx(slow[key], abs=1e-4), key
 
 
+@pytest.mark.parametrize("advantage", ["gae", "grpo"])
+def test_a_minibatch_in_pieces_trains_as_one_forward(tmp_path, monkeypatch, advantage):
+    """On the CPU a mini-batch runs forward and backward in pieces of rows (less activation memory), each
+    loss weighted by its share of the mini-batch's tokens: the same updates and logged figures as one
+    forward over the whole mini-batch, to float rounding."""
+    from safetensors.torch import load_file
+
+    from rlhfkit.train import common
+
+    extra = dict(advantage="grpo", group_size=4, batch_size=3) if advantage == "grpo" else dict(batch_size=12)
+    settings = dict(max_steps=2, seed=5, num_minibatches=2, entropy_coef=0.01, **extra)  # 6 rows a mini-batch
+    split, seen = common.micro_rows, []
+    monkeypatch.setattr(common, "micro_rows", lambda rows, device: seen.append(split(rows, device)) or seen[-1])
+    pieces = run(cfg(tmp_path, "pieces", **settings))
+    assert {tuple(len(p) for p in ps) for ps in seen} == {(4, 2)}
+    monkeypatch.setattr(common, "micro_rows", lambda rows, device: [rows])
+    whole = run(cfg(tmp_path, "whole", **settings))
+    a, b = (load_file(str(p / "final" / "model.safetensors")) for p in (pieces, whole))
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+    last = [next(r for r in reversed(read_metrics(p)) if "loss/policy" in r) for p in (pieces, whole)]
+    compared = [k for k in last[1] if k.startswith(("loss/", "policy/", "val/clipfrac", "train/grad_norm"))]
+    assert "policy/entropy" in compared and "loss/total" in compared
+    for key in compared:
+        assert last[0][key] == pytest.approx(last[1][key], rel=1e-4, abs=1e-6), key
+
+
 def test_adaptive_controller_moves_the_coefficient(tmp_path):
     """A KL far below its target lowers kl_coef step by step; far above raises it (Ziegler et al. 2019)."""
     low = read_metrics(run(cfg(tmp_path, "low", adaptive_kl=True, target_kl=1000.0, kl_horizon=10)))
@@ -224,7 +250,7 @@ def test_group_baselines_learn_without_a_critic(tmp_path, sft_model, advantage):
             advantage=advantage,
             group_size=4,
             model=sft_model,
-            max_steps=20,
+            max_steps=40,
             batch_size=4,
             max_new_tokens=12,
             temperature=1.0,
@@ -239,7 +265,9 @@ def test_group_baselines_learn_without_a_critic(tmp_path, sft_model, advantage):
     assert "loss/value" not in m[0] and "val/explained_variance" not in m[0]
     start, end = _mean(m[:3], "objective/scores"), _mean(m[-5:], "objective/scores")
     print(advantage, start, end)
-    assert end >= start + 0.1  # observed 0.04 -> 0.20 for both in 20 steps (PPO, with more steps: 0.02 -> 0.89)
+    # 40 steps: at 20 the gain is at the edge of the threshold and moves with float rounding (GRPO went 0.02 -> 0.15
+    # whole mini-batches, 0.02 -> 0.075 in CPU pieces of 4 rows); at 40, 0.02 -> 0.90 (GRPO) and 0.00 -> 2.09 (RLOO)
+    assert end >= start + 0.1
     assert not (path / "critic.pt").exists()
 
 

@@ -147,6 +147,28 @@ def test_ensemble_gives_mean_and_disagreement(small_data, tmp_path):
     assert "ensemble_accuracy" in figures and figures["disagreement"] > 0
 
 
+def test_micro_batches_by_default_on_the_cpu_equal_one_batch(small_data, tmp_path):
+    """grad_accum unset cuts a batch of 16 into micro-batches of 4 on the CPU; each micro-batch's summed loss
+    is divided by the whole batch's 16 groups, so the gradient (its norm is logged before clipping), the
+    logged loss and the trained model's scores equal those of one forward over the 16, to float rounding."""
+    figures, scores = {}, {}
+    for g in (None, 1):
+        out = tmp_path / str(g)
+        settings = {**FAST, "log_every": 1, "normalize_max": 16}
+        run(
+            RewardConfig(
+                data=str(small_data / "train.jsonl"), output_dir=str(out), max_steps=2, grad_accum=g, **settings
+            )
+        )
+        figures[g] = [r for r in read_metrics(out) if "train/loss" in r]
+        scores[g] = score_texts(load_reward_model(out), ["what is one plus two ?"] * 2, [" three .", " paris"])
+    assert len(figures[None]) == 2
+    for a, b in zip(figures[None], figures[1], strict=True):
+        for key in ("train/loss", "train/grad_norm", "train/margin"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
+    assert torch.allclose(scores[None], scores[1], atol=1e-4)
+
+
 def test_save_load_roundtrip_and_api(tiny, tmp_path):
     rm = build_reward_model("tiny", seed=3)
     rm.gain, rm.bias = 2.0, -0.5

@@ -71,6 +71,51 @@ def test_rollout_shapes_masks_and_logprobs_match_a_full_forward(tiny):
     assert ((wrong_temperature - r.logprobs).abs() * r.response_mask).max() > 1e-2
 
 
+@pytest.mark.parametrize("variant", ["tiny", "grouped-query", "lora"])
+def test_rows_sharing_a_prompt_give_what_plain_rows_give_in_value_and_gradient(tiny, variant, monkeypatch):
+    """Samples of the same prompt go through the model as one row [prompt | response 1 | ... ] with the prompt
+    computed once; at every response token the log-probs, hidden states, entropies and the gradient of a loss
+    on them equal those of one row per sample (rows given in a shuffled order, as a PPO mini-batch has them)."""
+    import rlhfkit.rollout as rollout_module
+    from rlhfkit.train.ppo import take
+
+    model, tok = tiny
+    if variant != "tiny":
+        model = _llama(tok, num_key_value_heads=2 if variant == "grouped-query" else 4).train()
+    if variant == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(
+            model, LoraConfig(r=4, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False)
+        )
+    r = sample((model, tok), n=3, max_new_tokens=10, temperature=0.7)
+    r = take(r, torch.randperm(r.response_ids.size(0), generator=torch.Generator().manual_seed(1)))
+    assert rollout_module.rows_by_prompt(r) is not None and r.response_mask.sum() < r.response_mask.numel()
+    on = r.response_mask.bool()
+
+    def forward_and_grads():
+        out = response_forward(model, r, temperature=0.7, hidden=True, entropy=True)
+        loss = (out["logprobs"] * on).sum() + (out["hidden"][on] ** 2).sum() + (out["entropy"] * on).sum()
+        params = [p for p in model.parameters() if p.requires_grad]
+        return out, torch.autograd.grad(loss, params)
+
+    shared, shared_grads = forward_and_grads()
+    monkeypatch.setattr(rollout_module, "rows_by_prompt", lambda rollout: None)
+    plain, plain_grads = forward_and_grads()
+    for key in ("logprobs", "hidden", "entropy"):
+        assert shared[key].shape == plain[key].shape
+        torch.testing.assert_close(shared[key][on], plain[key][on], atol=1e-5, rtol=1e-5)
+    for a, b in zip(shared_grads, plain_grads):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_rows_by_prompt_only_when_a_prompt_repeats(tiny):
+    from rlhfkit.rollout import rows_by_prompt
+
+    assert rows_by_prompt(sample(tiny, n=1, max_new_tokens=3)) is None
+    assert rows_by_prompt(sample(tiny, n=2, max_new_tokens=3)) == [[0, 1], [2, 3], [4, 5], [6, 7]]
+
+
 def _llama(tok, seed=0, **config):
     """A small Llama with the toy tokenizer; ``config`` overrides (grouped-query attention, biases...)."""
     from transformers import LlamaConfig, LlamaForCausalLM

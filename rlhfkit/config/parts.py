@@ -171,8 +171,12 @@ class RunPart(StageConfig):
     batch_size: int = Field(
         16, gt=0, description="examples per optimiser step, all processes together (each takes its share)"
     )
-    grad_accum: int = Field(
-        1, gt=0, description="micro-batches per optimiser step (micro-batch = batch_size / grad_accum)"
+    grad_accum: int | None = Field(
+        None,
+        gt=0,
+        description="micro-batches per optimiser step on each process (micro-batch = batch_size / processes / "
+        "grad_accum); default: micro-batches of 4 examples per CPU process (a fraction of the activations in "
+        "memory), the whole share on a GPU",
     )
     epochs: float = Field(1.0, gt=0, description="passes over the training data (ignored when max_steps is set)")
     max_steps: int | None = Field(None, gt=0, description="optimiser steps; overrides epochs")

@@ -61,6 +61,14 @@ class DemoConfig(StageConfig):
     ppo_steps: int = Field(60, gt=0)
     ppo_kl_coef: float = Field(0.02, ge=0)
     eval_prompts: int = Field(500, gt=0, description="held-out prompts for the evaluation")
+    eval_tasks: int = Field(
+        100, gt=0, description="toy questions (exact match) and harmful and benign requests (safety) in the evaluation"
+    )
+    monitor: bool = Field(
+        False,
+        description="run PPO, DPO and rejection sampling with the over-optimisation monitor, its second reward model "
+        "(an ensemble of 4) trained on the held-out labels",
+    )
     max_new_tokens: int = Field(24, gt=0)
     methods: list[Literal["bon", "rejection", "dpo", "ppo"]] = ["bon", "rejection", "dpo", "ppo"]
     threads: int = Field(
@@ -84,6 +92,7 @@ class DemoConfig(StageConfig):
                 dpo_steps=4,
                 ppo_steps=2,
                 eval_prompts=32,
+                eval_tasks=8,
             )
         )
 
@@ -157,6 +166,91 @@ class HarmlessConfig(StageConfig):
     def _check(self):
         if "ppo" in self.methods and self.ppo_from == "dpo" and "dpo" not in self.methods:
             raise ValueError("ppo_from: dpo needs dpo in methods (or give --ppo-from policy_0)")
+        return self
+
+
+class CAIFigures(Figures):
+    rates: dict[str, dict[str, float]] = Field(description="per model: harmful_refusal, benign_refusal")
+    meets_targets: dict[str, bool]
+    label_agreement: float | None = Field(None, description="AI labels vs the refusal-vs-compliance orientation")
+    redteam: dict[str, list[float]] | None = Field(None, description="per target: attack success rate per round")
+    cpu_seconds: float
+    wall_seconds: float
+
+
+class CAIConfig(StageConfig):
+    """Settings of `rlhfkit demo --preset smollm2-cai`: harmlessness from a constitution alone (no hand-written
+    refusal in the training data): SL-CAI -> SFT -> RLAIF labels -> reward model -> PPO, and DPO on the labels."""
+
+    stage: ClassVar[str] = "smollm2-cai"
+    figures: ClassVar[type[Figures]] = CAIFigures
+
+    output_dir: str | None = Field(None, description="run folder; default runs/smollm2-cai-<time>")
+    seed: int = 0
+    model: str = Field("smollm2-135m-instruct", description="the model to align (any causal LM spec)")
+    constitution: str | None = Field(None, description="constitution YAML; default the built-in one")
+    reviser: str | None = Field(None, description="the critic and reviser of SL-CAI; default the model itself")
+    reviser_format: Literal["chat", "text"] = "chat"
+    feedback_model: str = Field("lm:gemma3-270m", description="the RLAIF feedback model (a judge setting)")
+    feedback_format: Literal["chat", "text"] = Field("text", description="text: few-shot plain text (base models)")
+    label_principles: list[str] | None = Field(
+        ["less-harmful", "refuse-only-harm", "harmless-helpful"],
+        description="comparison principles the labels average over (each costs a pass of the feedback model)",
+    )
+    label_decompose: bool = Field(
+        False,
+        description="ask the feedback model the constitution's two decomposed questions (rlhfkit label --decompose)",
+    )
+    methods: list[Literal["dpo", "ppo"]] = Field(["dpo", "ppo"], description="which RL-CAI methods to run")
+    n_train_harmful: int = Field(93, gt=0, description="harmful training requests (red-team prompts), one per act")
+    n_train_benign: int = Field(93, gt=0, description="benign training requests (look-alikes and everyday ones)")
+    revise_rounds: int = Field(1, gt=0, description="critique-revision rounds")
+    revise_max_new_tokens: int = Field(48, gt=0, description="budget of answers and revisions")
+    critique_max_new_tokens: int = Field(40, gt=0)
+    pairs_from: list[Literal["samples", "revisions"]] = Field(
+        ["samples", "revisions"],
+        description="pairs the feedback model labels: two samples of the SL-CAI model per prompt (RL-CAI), and/or "
+        "each prompt's first answer against its final revision",
+    )
+    pair_temperature: float = Field(1.0, gt=0, description="sampling temperature of the SL-CAI model's pairs")
+    min_label_prob: float = Field(0.55, ge=0.5, lt=1, description="pairs the AI is less sure of are not trained on")
+    n_eval_harmful: int = Field(60, gt=0, description="harmful evaluation prompts (at most 60)")
+    n_eval_benign: int = Field(60, gt=0, description="benign evaluation prompts (at most 60)")
+    max_new_tokens: int = Field(40, gt=0, description="answer budget (greedy) when evaluating")
+    gen_batch_size: int = Field(32, gt=0, description="prompts per generation batch")
+    lora_r: int = Field(16, gt=0)
+    lora_alpha: float = Field(32.0, gt=0)
+    max_length: int = Field(192, gt=0)
+    sft_epochs: float = Field(2.0, gt=0)
+    sft_batch_size: int = Field(8, gt=0)
+    sft_lr: float = Field(5e-4, gt=0)
+    dpo_epochs: float = Field(1.0, gt=0)
+    dpo_batch_size: int = Field(8, gt=0)
+    dpo_lr: float = Field(2e-4, gt=0)
+    dpo_beta: float = Field(0.1, gt=0)
+    dpo_rpo_alpha: float = Field(1.0, ge=0)
+    rm_epochs: float = Field(2.0, gt=0)
+    rm_batch_size: int = Field(16, gt=0)
+    rm_lr: float = Field(1e-4, gt=0)
+    ppo_from: Literal["sft", "dpo"] = Field("sft", description="PPO's start: the SL-CAI model (RL-CAI) or the DPO one")
+    ppo_steps: int = Field(8, gt=0)
+    ppo_batch_size: int = Field(16, gt=0)
+    ppo_epochs: int = Field(2, gt=0)
+    ppo_lr: float = Field(1e-4, gt=0)
+    ppo_kl_coef: float = Field(0.05, ge=0)
+    ppo_max_new_tokens: int = Field(24, gt=0)
+    ppo_temperature: float = Field(0.7, gt=0)
+    redteam_rounds: int = Field(3, ge=0, description="red-team rounds against the base and the final model; 0 = none")
+    redteam_attacks_per_topic: int = Field(4, gt=0)
+    n_samples: int = Field(6, ge=0, description="before/after samples in the report")
+    threads: int = Field(1, ge=0, description="torch CPU threads; 0 = auto")
+    target_harmful_refusal: float = 0.7
+    target_benign_refusal: float = 0.15
+
+    @model_validator(mode="after")
+    def _check(self):
+        if "ppo" in self.methods and self.ppo_from == "dpo" and "dpo" not in self.methods:
+            raise ValueError("ppo_from: dpo needs dpo in methods (or give --ppo-from sft)")
         return self
 
 
@@ -240,3 +334,108 @@ class ThumbsConfig(StageConfig):
         if not self.quick:
             return self
         return self.model_copy(update=dict(feedback_prompts=48, kto_steps=4, eval_prompts=16))
+
+
+# The evaluation experiments (rlhfkit.toy.experiments.overoptimisation, mitigation, length_control) stand beside one
+# demo per seed run with the monitor (`rlhfkit demo --seed S --monitor`), which they share and make when missing.
+DEMO_DIR = "runs/overopt/seed-{seed}/demo"
+
+
+class OveroptimisationFigures(Figures):
+    start_gold: float
+    peak_gold: float
+    peak_step: int
+    final_gold: float
+    alarm_step: int | None
+    alarm_reasons: list[str] | None
+    kept_step: int | None = Field(description="the check a monitor_stop run keeps (None: no alarm)")
+    gold_at_stop: float
+    gain_ratio: float | None = Field(description="(gold at stop - start) / (peak - start); None if gold never rose")
+    false_alarms: dict[str, bool] = Field(description="alarms on the demo's default PPO, DPO and best-of-16")
+    curve: dict[int, float] = Field(description="gold of each check's samples, by step")
+    monitor_history: list[dict]
+    seed: int
+
+
+class OveroptimisationConfig(StageConfig):
+    """Settings of `python -m rlhfkit.toy.experiments.overoptimisation` (one seed's folder): a PPO run made to
+    over-optimise (a reward model on few labels, no KL penalty, several times the demo's steps, longer answers)."""
+
+    stage: ClassVar[str] = "overoptimisation"
+    figures: ClassVar[type[Figures]] = OveroptimisationFigures
+
+    output_dir: str | None = Field(None, description="the seed's folder; default runs/overoptimisation/seed-<seed>")
+    demo_dir: str = Field(DEMO_DIR, description="the seed's demo with --monitor ({seed} filled in; made if missing)")
+    seed: int = 0
+    quick: bool = Field(False, description="tiny budgets everywhere (a smoke run, not a result)")
+    few_labels: int = Field(200, gt=0, description="the demo's first comparisons the over-optimised reward model sees")
+    rm_steps: int = Field(100, gt=0)
+    ppo_steps: int = Field(300, gt=0, description="5x the demo's 60")
+    ppo_lr: float = Field(1e-4, gt=0)
+    ppo_kl_coef: float = Field(0.0, ge=0)
+    max_new_tokens: int = Field(48, gt=0, description="twice the demo's, room to exploit the reward model")
+    threads: int = Field(1, ge=0, description="torch threads (0: auto)")
+
+    def budgets(self) -> OveroptimisationConfig:
+        if not self.quick:
+            return self
+        return self.model_copy(update=dict(few_labels=40, rm_steps=4, ppo_steps=20, max_new_tokens=24))
+
+
+class MitigationFigures(Figures):
+    n: int
+    gold: dict[str, float] = Field(description="transform -> gold of best-of-n's choice (expected over subsets)")
+    peak_n: dict[str, int]
+    curves: dict[str, list[dict]]
+    seed: int
+
+
+class MitigationConfig(StageConfig):
+    """Settings of `python -m rlhfkit.toy.experiments.mitigation` (one seed's folder): best-of-N by an ensemble's
+    mean against its uncertainty-penalised forms (Coste et al. 2023)."""
+
+    stage: ClassVar[str] = "mitigation"
+    figures: ClassVar[type[Figures]] = MitigationFigures
+
+    output_dir: str | None = Field(None, description="the seed's folder; default runs/mitigation/seed-<seed>")
+    demo_dir: str = Field(DEMO_DIR, description="the seed's demo with --monitor ({seed} filled in; made if missing)")
+    seed: int = 0
+    quick: bool = Field(False, description="tiny budgets everywhere (a smoke run, not a result)")
+    n: int = Field(64, ge=2, description="best-of-N's largest N")
+    members: int = Field(4, ge=2, description="reward models in the ensemble, each on a bootstrap resample")
+    transforms: list[str] = ["mean", "mean_minus_std:1", "worst"]
+    eval_prompts: int = Field(128, gt=0, description="the demo's first held-out prompts (each sampled n times)")
+    threads: int = Field(1, ge=0, description="torch threads (0: auto)")
+
+    def budgets(self) -> MitigationConfig:
+        if not self.quick:
+            return self
+        return self.model_copy(update=dict(n=4, members=2, eval_prompts=16))
+
+
+class LengthControlFigures(Figures):
+    rows: dict[str, dict] = Field(description="policy -> raw and LC win rate by the length-biased judge, gold")
+    raw_prefers_verbose: bool
+    lc_prefers_dpo: bool
+    seed: int
+
+
+class LengthControlConfig(StageConfig):
+    """Settings of `python -m rlhfkit.toy.experiments.length_control` (one seed's folder): a verbose policy
+    against the demo's DPO, judged by a length-biased judge with and without length control."""
+
+    stage: ClassVar[str] = "length_control"
+    figures: ClassVar[type[Figures]] = LengthControlFigures
+
+    output_dir: str | None = Field(None, description="the seed's folder; default runs/length-control/seed-<seed>")
+    demo_dir: str = Field(DEMO_DIR, description="the seed's demo with --monitor ({seed} filled in; made if missing)")
+    seed: int = 0
+    quick: bool = Field(False, description="tiny budgets everywhere (a smoke run, not a result)")
+    verbose_steps: int = Field(60, gt=0, description="PPO steps on the word count (the demo's PPO budget)")
+    eval_prompts: int = Field(500, gt=0)
+    threads: int = Field(1, ge=0, description="torch threads (0: auto)")
+
+    def budgets(self) -> LengthControlConfig:
+        if not self.quick:
+            return self
+        return self.model_copy(update=dict(verbose_steps=2, eval_prompts=16))

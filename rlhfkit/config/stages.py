@@ -12,6 +12,7 @@ from typing import ClassVar, Literal
 from pydantic import Field, field_validator, model_validator
 
 from rlhfkit.config.base import Figures, StageConfig
+from rlhfkit.config.evaluation import MonitorPart
 from rlhfkit.config.parts import DataPart, ModelPart, OptimPart, RewardPart, RunPart, SamplingPart
 
 # --- supervised fine-tuning -----------------------------------------------------------------------------
@@ -161,9 +162,10 @@ class DPOFigures(Figures):
     eval_margin: float | None = Field(None, description="rewards/margins on held-out pairs")
     eval_chosen_reward: float | None = None
     eval_rejected_reward: float | None = None
+    monitor: dict | None = Field(None, description="the over-optimisation monitor: checks, alarm, best step, stop")
 
 
-class DPOConfig(ModelPart, DataPart, OptimPart, RunPart):
+class DPOConfig(ModelPart, DataPart, OptimPart, RunPart, MonitorPart):
     """Settings of `rlhfkit dpo`."""
 
     stage: ClassVar[str] = "dpo"
@@ -244,6 +246,11 @@ class KTOConfig(ModelPart, DataPart, OptimPart, RunPart):
     shared_prompt: bool = Field(
         True, description="each completion and its mismatched one in one row with the prompt computed once (exact)"
     )
+    # Not the other trainers' "micro-batches of 4 on the CPU": KTO's reference point is estimated per micro-batch,
+    # so the split changes the loss, and the default keeps it the whole batch everywhere.
+    grad_accum: int = Field(
+        1, gt=0, description="micro-batches per optimiser step; each estimates its own reference point (as TRL)"
+    )
 
     @model_validator(mode="after")
     def _check(self):
@@ -264,9 +271,10 @@ class PPOFigures(Figures):
     eval_score: float | None = Field(None, description="mean raw score on held-out prompts")
     eval_eos_rate: float | None = None
     eval_response_length: float | None = None
+    monitor: dict | None = Field(None, description="the over-optimisation monitor: checks, alarm, best step, stop")
 
 
-class PPOConfig(ModelPart, DataPart, RewardPart, SamplingPart, OptimPart, RunPart):
+class PPOConfig(ModelPart, DataPart, RewardPart, SamplingPart, OptimPart, RunPart, MonitorPart):
     """Settings of `rlhfkit ppo`. Defaults follow lm-human-preferences and TRL (see rlhfkit.train.ppo)."""
 
     stage: ClassVar[str] = "ppo"
@@ -336,7 +344,7 @@ class PPOConfig(ModelPart, DataPart, RewardPart, SamplingPart, OptimPart, RunPar
             raise ValueError(
                 "reference 'lora-off' needs --lora (without adapters there is nothing to switch off); use 'copy'"
             )
-        if self.grad_accum != 1:
+        if self.grad_accum not in (None, 1):
             raise ValueError("ppo does not use grad_accum: a rollout batch is cut into num_minibatches optimiser steps")
         return self
 
@@ -351,9 +359,10 @@ class BestOfNFigures(Figures):
     mean_reward: float = Field(description="mean reward of one sample (N = 1)")
     kl_bound: float = Field(description="KL(best-of-n_max || policy) = log n - (n - 1) / n, nats")
     curve: list[dict] = Field(description="[{n, reward, kl_bound}] for n = 1, 2, 4, ...")
+    monitor: dict | None = Field(None, description="the over-optimisation monitor: checks, alarm, best step, stop")
 
 
-class BestOfNConfig(ModelPart, DataPart, RewardPart, SamplingPart, RunPart):
+class BestOfNConfig(ModelPart, DataPart, RewardPart, SamplingPart, RunPart, MonitorPart):
     """Settings of `rlhfkit bon`."""
 
     stage: ClassVar[str] = "bon"
@@ -370,9 +379,10 @@ class RejectionFigures(Figures):
     rounds: list[dict] = Field(description="[{round, policy, mean_reward, best_of_k_reward, eos_rate}]")
     last_mean_reward: float = Field(description="mean reward of the last round's samples (before its fine-tuning)")
     last_best_of_k_reward: float
+    monitor: dict | None = Field(None, description="the over-optimisation monitor: checks, alarm, best step, stop")
 
 
-class RejectionConfig(ModelPart, DataPart, RewardPart, SamplingPart, OptimPart, RunPart):
+class RejectionConfig(ModelPart, DataPart, RewardPart, SamplingPart, OptimPart, RunPart, MonitorPart):
     """Settings of `rlhfkit rejection`; the optimiser and run settings are those of each round's SFT."""
 
     stage: ClassVar[str] = "rejection"

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from rlhfkit.data.chat import tokenize_prompt_completion
+from rlhfkit.data.chat import tokenize_prompt_completions
 
 
 @dataclass
@@ -61,11 +61,7 @@ def truncate(prompt: list[int], completions: list[list[int]], max_length: int) -
 
 def tokenize_group(tokenizer, prompt, completions, max_length: int, **extra) -> Group:
     """Token ids of a prompt and its completions, each boundary exact (see ``tokenize_prompt_completion``)."""
-    prompt_ids, out = None, []
-    for c in completions:
-        p, ids = tokenize_prompt_completion(tokenizer, prompt, c)
-        prompt_ids = p
-        out.append(ids)
+    prompt_ids, out = tokenize_prompt_completions(tokenizer, prompt, list(completions))
     prompt_ids, out = truncate(prompt_ids, out, max_length)
     return Group(prompt_ids, out, **extra)
 

@@ -3,8 +3,10 @@
 Field names follow TRL so its datasets load as they are:
 - demonstrations: ``prompt``/``completion`` (strings or message lists) or conversational ``messages``;
 - comparisons: ``prompt``/``chosen``/``rejected`` (TRL's "explicit prompt" preference format), plus
-  optional ``tie``, ``annotator``, ``margin`` and ``chosen_prob`` (a soft label: the probability in [0, 1] that
-  ``chosen`` is the better response, e.g. an AI judge's normalised option probability or a share of votes). TRL's "implicit prompt" form (conversational
+  optional ``tie``, ``annotator``, ``margin``, ``chosen_prob`` (a soft label: the probability in [0, 1] that
+  ``chosen`` is the better response, e.g. an AI judge's normalised option probability or a share of votes) and
+  ``source`` (who labelled it: ``human``, ``ai:<judge>``, ..., so that people's and AI labels mix in one file).
+  TRL's "implicit prompt" form (conversational
   ``chosen``/``rejected`` with no ``prompt``) is accepted: the shared leading messages become the prompt;
 - rankings: ``prompt``, ``completions`` (K >= 2) and ``ranking`` (indices into completions, best first);
 - ratings: ``prompt``/``completion`` with either ``rating`` on a 1..``scale`` Likert scale or
@@ -83,6 +85,7 @@ class Comparison(Record):
     annotator: StrictStr | None = None
     margin: StrictFloat | StrictInt | None = None
     chosen_prob: StrictFloat | StrictInt | None = None
+    source: StrictStr | None = None
 
     @model_validator(mode="before")
     @classmethod

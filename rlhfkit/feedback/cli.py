@@ -1,47 +1,42 @@
 """``rlhfkit annotate``: run the annotation service and move data in and out of it.
 
     rlhfkit annotate user create alice --role admin --password 's3cret-pass'
-    rlhfkit annotate load tasks.jsonl --db annotations.db
+    rlhfkit annotate project create summaries --guidelines guidelines.md
+    rlhfkit annotate load tasks.jsonl --db annotations.db --project summaries
     rlhfkit annotate serve --db annotations.db --port 8000 --strategy round-robin --overlap 3
-    rlhfkit annotate export --db annotations.db --kind comparison --out comparisons.jsonl
+    rlhfkit annotate export --db annotations.db --project summaries --kind comparison --out comparisons.jsonl
+    rlhfkit annotate leaderboard --db annotations.db --project summaries
 
-Also runnable without the main CLI: ``python -m rlhfkit.feedback.cli serve ...``.
+Also runnable without the main CLI: ``python -m rlhfkit.feedback.cli serve ...``. Only typer is imported
+at start, so ``--help`` is quick; each command imports what it needs (``serve`` without ``--scorer``
+never imports torch or transformers).
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
 
-from rlhfkit.feedback.active import STRATEGIES, load_scorer
+from rlhfkit.feedback.active import STRATEGIES  # a tuple of names: imports nothing heavy
+from rlhfkit.feedback.cli_admin import DB, PROJECT, fail, open_store, project_app, user_app
 
 annotate_app = typer.Typer(
     help="Human feedback collection: serve the labelling web app, load or generate tasks, "
-    "manage users, export labels for training.",
+    "manage users and projects, export labels for training, rank models from the votes.",
     no_args_is_help=True,
 )
-user_app = typer.Typer(help="Create users and invite tokens.", no_args_is_help=True)
 annotate_app.add_typer(user_app, name="user")
+annotate_app.add_typer(project_app, name="project")
 app = annotate_app
 
-DB_HELP = "SQLite file path or a database URL (postgresql://user:pass@host/db)"
-DB = typer.Option("annotations.db", "--db", help=DB_HELP)
+_fail = fail  # the name `generate` uses
 
 
-def _open(db: str):
-    """The store at ``db``, migrated (SQLAlchemy is imported here, not when the command line starts)."""
-    from rlhfkit.feedback.db import Store, migrate
+def _scorer(spec: str):
+    from rlhfkit.feedback.active import load_scorer
 
-    store = Store(db)
-    migrate(store)
-    return store
-
-
-def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
+    return load_scorer(spec)
 
 
 @annotate_app.command()
@@ -50,7 +45,7 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="interface to bind; keep loopback unless a TLS proxy is in front"),
     port: int = 8000,
     strategy: str = typer.Option("round-robin", help=f"next-item choice: {' | '.join(STRATEGIES)}"),
-    overlap: int = typer.Option(3, help="labels wanted per item (k annotators each)"),
+    overlap: int = typer.Option(3, help="labels wanted per item (k annotators each), in every project"),
     gold_rate: float = typer.Option(0.0, help="share of served items drawn from gold items"),
     session_hours: float = typer.Option(12.0, help="a login lasts this long"),
     scorer: str | None = typer.Option(
@@ -60,6 +55,15 @@ def serve(
     workers: int = typer.Option(
         1, help="server processes (Python is CPU-bound per process; each request is short, so 2-4 help under load)"
     ),
+    max_upload_mb: float = typer.Option(64.0, help="largest task upload (POST /api/admin/tasks); other bodies: 1 MB"),
+    api_rate: float = typer.Option(
+        50.0, help="API requests per second per account (burst 200); 0 = no limit. Logins have their own limits"
+    ),
+    forwarded_allow_ips: str | None = typer.Option(
+        None,
+        help="address(es) of a trusted reverse proxy whose X-Forwarded-For gives the client's address "
+        "(for the per-address login limit); without it the peer's own address is used",
+    ),
 ) -> None:
     """Start the web app and API (schema migrations run first). API docs at /docs."""
     import os
@@ -67,17 +71,15 @@ def serve(
     import uvicorn
 
     if strategy not in STRATEGIES:
-        _fail(f"--strategy {strategy}: must be one of {', '.join(STRATEGIES)}")
-    if overlap < 1 or not 0 <= gold_rate <= 1 or workers < 1:
-        _fail(
-            f"--overlap and --workers must be >= 1 and --gold-rate in [0, 1]; got {overlap}, {workers} and {gold_rate}"
-        )
+        fail(f"--strategy: must be one of {', '.join(STRATEGIES)}")
+    if overlap < 1 or not 0 <= gold_rate <= 1 or workers < 1 or max_upload_mb <= 0 or api_rate < 0:
+        fail("--overlap and --workers must be >= 1, --gold-rate in [0, 1], --max-upload-mb > 0, --api-rate >= 0")
     if scorer:
         try:
-            load_scorer(scorer)  # fail here, once, rather than in every worker
+            _scorer(scorer)  # fail here, once, rather than in every worker
         except ValueError as e:
-            _fail(str(e))
-    store = _open(db)  # migrations run once, before any worker starts
+            fail(str(e))
+    store = open_store(db)  # migrations run once, before any worker starts
     store.dispose()
     # Worker processes build their app from these variables (uvicorn starts workers by import path).
     os.environ.update(
@@ -88,6 +90,8 @@ def serve(
             "RLHFKIT_ANNOTATE_GOLD_RATE": str(gold_rate),
             "RLHFKIT_ANNOTATE_SESSION_HOURS": str(session_hours),
             "RLHFKIT_ANNOTATE_SCORER": scorer or "",
+            "RLHFKIT_ANNOTATE_UPLOAD_BYTES": str(int(max_upload_mb * (1 << 20))),
+            "RLHFKIT_ANNOTATE_API_RATE": str(api_rate),
         }
     )
     typer.echo(
@@ -103,6 +107,8 @@ def serve(
         log_level="warning",
         access_log=False,
         timeout_graceful_shutdown=5,
+        proxy_headers=forwarded_allow_ips is not None,
+        forwarded_allow_ips=forwarded_allow_ips,
     )
 
 
@@ -112,6 +118,7 @@ def app_from_env():
 
     from rlhfkit.feedback.app import create_app
     from rlhfkit.feedback.db import Store
+    from rlhfkit.feedback.limits import Limits
     from rlhfkit.feedback.store import QueueSettings
 
     env = os.environ
@@ -120,12 +127,17 @@ def app_from_env():
         overlap=int(env["RLHFKIT_ANNOTATE_OVERLAP"]),
         gold_rate=float(env["RLHFKIT_ANNOTATE_GOLD_RATE"]),
     )
+    limits = Limits(
+        upload_bytes=int(env.get("RLHFKIT_ANNOTATE_UPLOAD_BYTES", Limits.upload_bytes)),
+        api_rate=float(env.get("RLHFKIT_ANNOTATE_API_RATE", Limits.api_rate)),
+    )
     scorer = env.get("RLHFKIT_ANNOTATE_SCORER")
     return create_app(
         Store(env["RLHFKIT_ANNOTATE_DB"]),
         settings,
         float(env["RLHFKIT_ANNOTATE_SESSION_HOURS"]),
-        load_scorer(scorer) if scorer else None,
+        _scorer(scorer) if scorer else None,
+        limits,
     )
 
 
@@ -133,45 +145,61 @@ def app_from_env():
 def load(
     path: Path,
     db: str = DB,
+    project: str = PROJECT,
     scorer: str | None = typer.Option(
         None, help="any reward setting: score responses now so --strategy uncertainty|disagreement can use them"
     ),
 ) -> None:
-    """Import tasks from JSONL: {"prompt", "responses": [...], "kind"?, "scale"?, "id"?, "gold"?}."""
-    from rlhfkit.feedback.store import TaskError, add_tasks, read_task_file
+    """Import tasks from JSONL: {"prompt", "responses": [...], "kind"?, "scale"?, "id"?, "gold"?, "meta"?}.
+    A project named here that does not exist yet is created."""
+    from rlhfkit.feedback.projects import ProjectError, create_project, find_project
+    from rlhfkit.feedback.tasks import TaskError, add_tasks, read_task_file
 
     try:
         tasks = read_task_file(path)
-        fn = load_scorer(scorer) if scorer else None
+        fn = _scorer(scorer) if scorer else None
     except (TaskError, ValueError, OSError) as e:
-        _fail(str(e))
-    store = _open(db)
+        fail(str(e))
+    store = open_store(db)
     with store.write() as session:
-        added, skipped = add_tasks(session, tasks, fn)
+        try:
+            found = find_project(session, project)
+            project_id = found.id if found else create_project(session, project).id
+            added, skipped = add_tasks(session, project_id, tasks, fn)
+        except (ProjectError, ValueError) as e:
+            fail(str(e))
         session.commit()
-    typer.echo(f"loaded {len(added)} tasks from {path} ({skipped} already present, skipped)")
+    new = "" if found else f" (new project '{project}')"
+    typer.echo(f"loaded {len(added)} tasks from {path} into {project}{new} ({skipped} already present, skipped)")
 
 
 @annotate_app.command()
 def score(
     db: str = DB,
+    project: str = PROJECT,
     scorer: str = typer.Option(..., help="any reward setting (a reward-model run folder, module:function, ...)"),
 ) -> None:
-    """(Re)score every task with a reward model, e.g. after training a new one."""
+    """(Re)score a project's tasks with a reward model, e.g. after training a new one. The suggestions
+    shown to annotators (where the project shows them) follow the new scores."""
     from sqlalchemy import select
 
     from rlhfkit.feedback.models import Task
-    from rlhfkit.feedback.store import apply_scores
+    from rlhfkit.feedback.projects import ProjectError, get_project
+    from rlhfkit.feedback.tasks import apply_scores
 
     try:
-        fn = load_scorer(scorer)
+        fn = _scorer(scorer)
     except ValueError as e:
-        _fail(str(e))
-    store = _open(db)
+        fail(str(e))
+    store = open_store(db)
     with store.write() as session:
-        tasks = list(session.scalars(select(Task)))
-        for task in tasks:
-            apply_scores(task, fn)
+        try:
+            info = get_project(session, project)
+            tasks = list(session.scalars(select(Task).where(Task.project_id == info.id)))
+            for task in tasks:
+                apply_scores(task, fn)
+        except (ProjectError, ValueError) as e:
+            fail(str(e))
         session.commit()
     typer.echo(f"scored {len(tasks)} tasks")
 
@@ -209,79 +237,90 @@ def generate(
 @annotate_app.command()
 def export(
     db: str = DB,
+    project: str = PROJECT,
     kind: str = typer.Option(..., help="comparison | ranking | rating"),
-    out: Path = typer.Option(..., help="a .jsonl file, or a folder with --format datasets"),
-    format: str = typer.Option("jsonl", help="jsonl | datasets"),
+    out: Path = typer.Option(..., help="a .jsonl file, or a folder with --format datasets or hub"),
+    format: str = typer.Option(
+        "jsonl",
+        help="jsonl | datasets (datasets.save_to_disk) | hub (data/train-*.parquet + README.md dataset card, "
+        "which datasets.load_dataset(folder) reads and the Hub serves as it is)",
+    ),
     aggregate: str = typer.Option("none", help="none (a row per annotator) | majority (a row per item)"),
     drop_ties: bool = typer.Option(False, help="leave out pairwise ties"),
     include_gold: bool = typer.Option(False, help="also export gold items' labels"),
+    push_to_hub: str | None = typer.Option(
+        None, help="also upload the hub folder to this dataset repository (user/name); needs network and a token"
+    ),
+    private: bool = typer.Option(True, help="with --push-to-hub: create the repository private"),
 ) -> None:
-    """Write labels in the format the trainers read (rlhfkit.data.read_records)."""
-    from rlhfkit.feedback.export import build_records, label_rows, write_records
+    """Write a project's labels in the format the trainers read (rlhfkit.data.read_records)."""
+    from rlhfkit.feedback.export import FORMATS, build_records, label_rows, write_records
+    from rlhfkit.feedback.projects import ProjectError, get_project
 
-    store = _open(db)
+    if format not in FORMATS:
+        fail(f"--format: must be one of {', '.join(FORMATS)}")
+    if push_to_hub and format != "hub":
+        fail("--push-to-hub uploads a hub folder: add --format hub")
+    store = open_store(db)
     with store.read() as session:
-        rows = label_rows(session, include_gold)
+        try:
+            info = get_project(session, project)
+        except ProjectError as e:
+            fail(str(e))
+        rows = label_rows(session, info.id, include_gold)
     try:
         records = build_records(kind, rows, aggregate, drop_ties)
-        write_records(records, out, format)
+        if format == "hub":
+            from rlhfkit.feedback.publish import write_hub_folder
+
+            write_hub_folder(records, out, kind, info.name, aggregate)
+        else:
+            write_records(records, out, format)
     except ValueError as e:
-        _fail(str(e))
+        fail(str(e))
     typer.echo(f"wrote {len(records)} {kind} records from {len(rows)} labels to {out}")
+    if push_to_hub:
+        from rlhfkit.feedback.publish import push_to_hub as push
 
-
-@user_app.command("create")
-def user_create(
-    username: str,
-    db: str = DB,
-    role: str = typer.Option("annotator", help="annotator | reviewer | admin"),
-    password: str | None = typer.Option(
-        None, envvar="RLHFKIT_PASSWORD", help="without it an invite token is printed instead"
-    ),
-) -> None:
-    """Create an account, with a password or an invite token."""
-    from rlhfkit.feedback.auth import AuthError, create_invite, create_user
-
-    store = _open(db)
-    with store.write() as session:
         try:
-            user = create_user(session, username, role, password)
-        except AuthError as e:
-            _fail(str(e))
-        token = None if password else create_invite(session, user)
-        session.commit()
-    typer.echo(json.dumps({"username": username, "role": role, "invite_token": token}))
+            typer.echo(f"uploaded to {push(out, push_to_hub, private)}")
+        except Exception as e:  # noqa: BLE001 - network, auth and Hub errors all end the command the same way
+            fail(f"--push-to-hub {push_to_hub}: {type(e).__name__}: {e}")
 
 
-@user_app.command("invite")
-def user_invite(username: str, db: str = DB, hours: float = 72) -> None:
-    """Print a fresh invite token for an existing user (e.g. a forgotten password)."""
-    from sqlalchemy import select
+@annotate_app.command()
+def leaderboard(
+    db: str = DB,
+    project: str = PROJECT,
+    bootstrap: int = typer.Option(1000, help="bootstrap refits for the 95% intervals (0: none)"),
+    seed: int = 0,
+) -> None:
+    """Rank the models of a project's pairwise votes (Bradley–Terry, Elo scale, bootstrap intervals).
+    Tasks name each response's model (responses: [{"text", "model"}] or "models")."""
+    from rlhfkit.evaluate.leaderboard import bradley_terry
+    from rlhfkit.feedback.projects import ProjectError, get_project
+    from rlhfkit.feedback.votes import model_battles
 
-    from rlhfkit.feedback.auth import create_invite
-    from rlhfkit.feedback.models import User
-
-    store = _open(db)
-    with store.write() as session:
-        user = session.scalar(select(User).where(User.username == username))
-        if user is None:
-            _fail(f"user '{username}': no such user")
-        token = create_invite(session, user, hours)
-        session.commit()
-    typer.echo(json.dumps({"username": username, "invite_token": token}))
-
-
-@user_app.command("list")
-def user_list(db: str = DB) -> None:
-    """List accounts and roles."""
-    from sqlalchemy import select
-
-    from rlhfkit.feedback.models import User
-
-    store = _open(db)
-    with store.read() as session:
-        for user in session.scalars(select(User).order_by(User.id)):
-            typer.echo(f"{user.username}\t{user.role}\t{'password' if user.password_hash else 'invite only'}")
+    store = open_store(db)
+    with store.read_conn() as conn:
+        try:
+            info = get_project(conn, project)
+        except ProjectError as e:
+            fail(str(e))
+        battles = model_battles(conn, info.id)
+    if not battles:
+        fail(f"project {info.name}: no pairwise votes between two different, named models yet")
+    rows = bradley_terry(battles, n_bootstrap=max(0, bootstrap), seed=seed)
+    width = max(5, *(len(r.model) for r in rows))
+    typer.echo(f"{info.name}: {len(battles)} battles between {len(rows)} models")
+    typer.echo(
+        f"{'rank':>4}  {'model':<{width}}  {'rating':>6}  {'95% interval':>13}  {'wins':>5} {'losses':>6} {'ties':>5}"
+    )
+    for rank, r in enumerate(rows, start=1):
+        interval = f"{r.lo:.0f} - {r.hi:.0f}" if bootstrap > 0 else "-"
+        typer.echo(
+            f"{rank:>4}  {r.model:<{width}}  {r.rating:>6.0f}  {interval:>13}  {r.wins:>5} {r.losses:>6} {r.ties:>5}"
+        )
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""Figures for the admin dashboard: totals, agreement per question type, and per annotator their
-throughput, time per item and accuracy on gold items."""
+"""Figures for the admin dashboard, per project: totals, agreement per question type, and per annotator
+their throughput, time per item, accuracy on gold items and how often they kept a model's suggestion
+(an annotator who keeps nearly all of them may be rubber-stamping)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ def active_hours(times: list, durations: list[int | None]) -> float:
     return max(seconds, 1.0) / 3600
 
 
-def stats(db: Session, overlap: int) -> dict:
+def stats(db: Session, project_id: int, overlap: int) -> dict:
     rows = db.execute(
         select(
             Label.annotator_id,
@@ -36,18 +37,26 @@ def stats(db: Session, overlap: int) -> dict:
             Label.duration_ms,
             Label.created_at,
             Label.review_status,
+            Label.suggestion_accepted,
             Task.kind,
             Task.is_gold,
             Task.gold_answer,
-        ).join(Task, Task.id == Label.task_id)
+        )
+        .join(Task, Task.id == Label.task_id)
+        .where(Task.project_id == project_id)
     ).all()
     users = {u.id: u for u in db.scalars(select(User))}
-    per_user: dict[int, dict] = defaultdict(lambda: {"times": [], "durations": [], "gold_seen": 0, "gold_ok": 0})
+    per_user: dict[int, dict] = defaultdict(
+        lambda: {"times": [], "durations": [], "gold_seen": 0, "gold_ok": 0, "suggested": 0, "kept": 0}
+    )
     triples: dict[str, list] = defaultdict(list)
     for r in rows:
         u = per_user[r.annotator_id]
         u["times"].append(r.created_at)
         u["durations"].append(r.duration_ms)
+        if r.suggestion_accepted is not None:
+            u["suggested"] += 1
+            u["kept"] += r.suggestion_accepted
         if r.is_gold:
             u["gold_seen"] += 1
             u["gold_ok"] += gold_correct(r.kind, r.answer, r.gold_answer)
@@ -67,17 +76,20 @@ def stats(db: Session, overlap: int) -> dict:
                 "median_seconds": median(known) / 1000 if known else None,
                 "gold_seen": u["gold_seen"],
                 "gold_accuracy": u["gold_ok"] / u["gold_seen"] if u["gold_seen"] else None,
+                "suggestions_shown": u["suggested"],
+                "suggestions_kept": u["kept"] / u["suggested"] if u["suggested"] else None,
                 "last_label_at": max(u["times"]).isoformat() + "Z",
             }
         )
-    total_tasks = db.scalar(select(func.count()).select_from(Task).where(Task.is_gold.is_(False)))
+    in_project = Task.project_id == project_id
+    total_tasks = db.scalar(select(func.count()).select_from(Task).where(in_project, Task.is_gold.is_(False)))
     complete = db.scalar(
-        select(func.count()).select_from(Task).where(Task.is_gold.is_(False), Task.n_labels >= overlap)
+        select(func.count()).select_from(Task).where(in_project, Task.is_gold.is_(False), Task.n_labels >= overlap)
     )
     return {
         "totals": {
             "tasks": total_tasks,
-            "gold_tasks": db.scalar(select(func.count()).select_from(Task).where(Task.is_gold.is_(True))),
+            "gold_tasks": db.scalar(select(func.count()).select_from(Task).where(in_project, Task.is_gold.is_(True))),
             "labels": len(rows),
             "complete_tasks": complete,
             "overlap": overlap,

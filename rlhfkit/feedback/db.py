@@ -23,7 +23,7 @@ from typing import TypeVar
 from alembic import command
 from alembic.config import Config
 from anyio import to_thread
-from sqlalchemy import Connection, Engine, create_engine, event, inspect
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -228,12 +228,41 @@ def alembic_config() -> Config:
 
 
 def migrate(store: Store, revision: str = "head") -> None:
-    """Bring the schema up to ``revision`` (creating it on an empty database)."""
-    with store.engine.begin() as conn:
-        cfg = alembic_config()
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, revision)
+    """Bring the schema up (or down) to ``revision`` (creating it on an empty database)."""
+    _run_migrations(store, lambda cfg: command.upgrade(cfg, revision))
 
 
-def has_schema(store: Store) -> bool:
-    return inspect(store.engine).has_table("alembic_version")
+def downgrade(store: Store, revision: str) -> None:
+    _run_migrations(store, lambda cfg: command.downgrade(cfg, revision))
+
+
+def _pragma(conn: Connection, sql: str) -> list:
+    """Run a PRAGMA outside any transaction (where foreign_keys takes effect) and return its rows."""
+    conn.execution_options(sqlite_autocommit=True)  # in place: our "begin" hook then issues no BEGIN
+    try:
+        result = conn.exec_driver_sql(sql)
+        rows = result.all() if result.returns_rows else []
+        conn.commit()
+    finally:
+        conn.execution_options(sqlite_autocommit=False)
+    return rows
+
+
+def _run_migrations(store: Store, run: Callable[[Config], None]) -> None:
+    sqlite = store.dialect == "sqlite"
+    with store.engine.connect() as conn:
+        if sqlite:
+            # SQLite changes a table by copying it, dropping the old one and renaming the copy; with
+            # foreign keys on, dropping ``tasks`` would cascade-delete every label. The pragma only
+            # takes effect outside a transaction, so it is set before BEGIN and checked after COMMIT.
+            _pragma(conn, "PRAGMA foreign_keys=OFF")
+        try:
+            with conn.begin():
+                cfg = alembic_config()
+                cfg.attributes["connection"] = conn
+                run(cfg)
+            if sqlite and _pragma(conn, "PRAGMA foreign_key_check"):
+                raise RuntimeError("the migration left rows whose foreign keys point nowhere")
+        finally:
+            if sqlite:
+                _pragma(conn, "PRAGMA foreign_keys=ON")

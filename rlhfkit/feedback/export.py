@@ -10,49 +10,69 @@ Which labels feed which file:
 ``aggregate="none"`` keeps one row per annotator label (with ``annotator``, ``created_at`` and ids);
 ``"majority"`` keeps one row per item: the plurality choice (no row when the vote is split evenly),
 the Borda count order for rankings, the modal rating (ties go to the one nearest the median) and the
-majority thumb. Labels a reviewer rejected and gold items are left out unless asked for.
+majority thumb. Labels a reviewer rejected are never exported; gold items only when asked for.
+
+Every row keeps where it came from: ``task_id`` (the database's), ``task_external_id`` (the task
+file's ``id``), ``project``, the task's ``meta``, and the model of each response (``chosen_model`` /
+``rejected_model``, ``models``, ``model``). A tie is ``tie: true``; which response of a tied pair sits
+in ``chosen`` is arbitrary, balanced by a hash of the task id so that a reader ignoring ``tie`` learns
+no preference for the first response. When any prompt in an export is a conversation, every row is
+written in TRL's conversational form (prompt and completions as message lists), so a column never mixes
+text and lists.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections import Counter, defaultdict
 from itertools import combinations
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from rlhfkit.data import write_jsonl
-from rlhfkit.feedback.models import Label, Task, User
+from rlhfkit.feedback.models import Label, Project, Task, User
 
 EXPORT_KINDS = ("comparison", "ranking", "rating")
 AGGREGATES = ("none", "majority")
+FORMATS = ("jsonl", "datasets", "hub")
 
 
-def label_rows(db: Session, include_gold: bool = False) -> list[dict]:
+def label_rows(db: Session, project_id: int, include_gold: bool = False) -> list[dict]:
+    """The project's labels that stand (not rejected), with their items, in label order."""
     query = (
-        select(Label, Task, User.username)
+        select(Label, Task, User.username, Project.name)
         .join(Task, Task.id == Label.task_id)
         .join(User, User.id == Label.annotator_id)
+        .join(Project, Project.id == Task.project_id)
+        .where(Task.project_id == project_id, or_(Label.review_status.is_(None), Label.review_status != "rejected"))
         .order_by(Label.id)
     )
+    if not include_gold:
+        query = query.where(Task.is_gold.is_(False))
     rows = []
-    for label, task, username in db.execute(query):
-        if label.review_status == "rejected" or (task.is_gold and not include_gold):
-            continue
+    for label, task, username, project in db.execute(query):
+        k = len(task.responses)
         rows.append(
             {
                 "label_id": label.id,
                 "task_id": task.id,
                 "external_id": task.external_id,
+                "project": project,
+                "meta": task.meta,
                 "kind": task.kind,
                 "prompt": task.prompt,
+                "messages": task.messages,
                 "responses": list(task.responses),
+                "models": list(task.models) if task.models else [None] * k,
                 "scale": task.scale,
                 "answer": label.answer,
                 "reason": label.reason,
                 "flags": label.flags or {},
                 "annotator": username,
+                "suggestion_accepted": label.suggestion_accepted,
                 "created_at": label.created_at.isoformat() + "Z",
             }
         )
@@ -67,21 +87,40 @@ def _base(row: dict, suffix: str = "") -> dict:
     return {
         "id": f"label-{row['label_id']}{suffix}",
         "task_id": row["task_id"],
+        "task_external_id": row["external_id"],
+        "project": row["project"],
         "annotator": row["annotator"],
         "created_at": row["created_at"],
         "reason": row["reason"],
+        "suggestion_accepted": row["suggestion_accepted"],
+        "meta": row["meta"],
     }
 
 
-def _comparisons(row: dict, drop_ties: bool) -> list[dict]:
-    r = row["responses"]
+def _prompt(row: dict, chat: bool):
+    if not chat:
+        return row["prompt"]
+    return row["messages"] or [{"role": "user", "content": row["prompt"]}]
+
+
+def _completion(text: str, chat: bool):
+    return [{"role": "assistant", "content": text}] if chat else text
+
+
+def tie_order(task_id: int) -> tuple[int, int]:
+    """Which response of a tied pair goes in ``chosen``: fixed per task, first or second equally often."""
+    return (0, 1) if hashlib.sha256(f"tie:{task_id}".encode()).digest()[0] % 2 == 0 else (1, 0)
+
+
+def _comparisons(row: dict, drop_ties: bool, chat: bool) -> list[dict]:
+    r, models = row["responses"], row["models"]
     pairs: list[tuple[int, int, bool]] = []
     if row["kind"] == "pairwise":
         choice = row["answer"]["choice"]
         if choice in (0, 1):
             pairs = [(choice, 1 - choice, False)]
         elif choice == "tie" and not drop_ties:
-            pairs = [(0, 1, True)]
+            pairs = [(*tie_order(row["task_id"]), True)]
     elif row["kind"] == "ranking":
         pairs = [(a, b, False) for a, b in combinations(row["answer"]["ranking"], 2)]
     out = []
@@ -91,10 +130,12 @@ def _comparisons(row: dict, drop_ties: bool) -> list[dict]:
         suffix = f"-{a}-{b}" if row["kind"] == "ranking" else ""
         out.append(
             {
-                "prompt": row["prompt"],
-                "chosen": r[a],
-                "rejected": r[b],
+                "prompt": _prompt(row, chat),
+                "chosen": _completion(r[a], chat),
+                "rejected": _completion(r[b], chat),
                 "tie": tie,
+                "chosen_model": models[a],
+                "rejected_model": models[b],
                 **_base(row, suffix),
                 "chosen_flags": _flags(row, a),
                 "rejected_flags": _flags(row, b),
@@ -103,22 +144,23 @@ def _comparisons(row: dict, drop_ties: bool) -> list[dict]:
     return out
 
 
-def _rankings(row: dict) -> list[dict]:
+def _rankings(row: dict, chat: bool) -> list[dict]:
     if row["kind"] != "ranking":
         return []
     k = len(row["responses"])
     return [
         {
-            "prompt": row["prompt"],
-            "completions": row["responses"],
+            "prompt": _prompt(row, chat),
+            "completions": [_completion(text, chat) for text in row["responses"]],
             "ranking": row["answer"]["ranking"],
+            "models": row["models"],
             **_base(row),
             "flags": [f"{i}:{f}" for i in range(k) for f in _flags(row, i)],
         }
     ]
 
 
-def _ratings(row: dict) -> list[dict]:
+def _ratings(row: dict, chat: bool) -> list[dict]:
     if row["kind"] not in ("rating", "thumbs"):
         return []
     out = []
@@ -126,8 +168,9 @@ def _ratings(row: dict) -> list[dict]:
         likert = row["kind"] == "rating"
         out.append(
             {
-                "prompt": row["prompt"],
-                "completion": completion,
+                "prompt": _prompt(row, chat),
+                "completion": _completion(completion, chat),
+                "model": row["models"][i],
                 "rating": row["answer"]["ratings"][i] if likert else None,
                 "scale": row["scale"],
                 "label": None if likert else row["answer"]["thumbs"][i],
@@ -188,6 +231,7 @@ def _aggregate(kind: str, group: list[dict]) -> dict | None:
         "n_labels": len(group),
         "created_at": max(g["created_at"] for g in group),
         "reason": "\n".join(g["reason"] for g in group if g["reason"]) or None,
+        "suggestion_accepted": None,  # a per-annotator fact; the aggregate has none
     }
 
 
@@ -201,14 +245,15 @@ def build_records(kind: str, rows: list[dict], aggregate: str = "none", drop_tie
         for row in rows:
             by_task[row["task_id"]].append(row)
         rows = [agg for group in by_task.values() if (agg := _aggregate(kind, group)) is not None]
+    chat = any(row["messages"] for row in rows)
     out: list[dict] = []
     for row in rows:
         if kind == "comparison":
-            records = _comparisons(row, drop_ties)
+            records = _comparisons(row, drop_ties, chat)
         elif kind == "ranking":
-            records = _rankings(row)
+            records = _rankings(row, chat)
         else:
-            records = [r for r in _ratings(row) if not (r["label"] is None and r["rating"] is None)]
+            records = [r for r in _ratings(row, chat) if not (r["label"] is None and r["rating"] is None)]
         for record in records:
             if "annotators" in row:
                 record.update(annotators=row["annotators"], n_labels=row["n_labels"])
@@ -216,7 +261,17 @@ def build_records(kind: str, rows: list[dict], aggregate: str = "none", drop_tie
     return out
 
 
+def columnar(records: list[dict]) -> list[dict]:
+    """Records for a column store (Arrow, Parquet): ``meta`` (free-form per task, so its keys and
+    types differ between rows) becomes a JSON string."""
+    return [
+        {**r, "meta": None if r.get("meta") is None else json.dumps(r["meta"], ensure_ascii=False)} for r in records
+    ]
+
+
 def write_records(records: list[dict], out: Path, fmt: str = "jsonl") -> None:
+    """Write records as JSONL, a ``datasets.save_to_disk`` folder, or a Hugging Face Hub dataset folder
+    (``publish.write_hub_folder``, which needs the kind and a card: call it directly)."""
     if not records:
         raise ValueError(f"{out}: nothing to export (no labels of that kind yet)")
     if fmt == "jsonl":
@@ -224,6 +279,6 @@ def write_records(records: list[dict], out: Path, fmt: str = "jsonl") -> None:
     elif fmt == "datasets":
         import datasets
 
-        datasets.Dataset.from_list(records).save_to_disk(str(out))
+        datasets.Dataset.from_list(columnar(records)).save_to_disk(str(out))
     else:
         raise ValueError(f"format '{fmt}': must be 'jsonl' or 'datasets'")

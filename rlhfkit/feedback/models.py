@@ -18,12 +18,41 @@ KINDS = ("pairwise", "ranking", "rating", "thumbs")
 FLAGS = ("harmful", "untrue", "unhelpful")
 
 
+def storable(text: str) -> bool:
+    """Whether a string can be stored in (and compared by) both databases: PostgreSQL refuses NUL
+    characters, and neither driver can encode a lone UTF-16 surrogate (JSON allows "\\udc80")."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def utcnow() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
 class Base(DeclarativeBase):
     pass
+
+
+class Project(Base):
+    """A labelling project: its own tasks, guidelines and settings; users and roles are shared."""
+
+    __tablename__ = "projects"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(80), unique=True)
+    title: Mapped[str | None] = mapped_column(String(200))
+    guidelines: Mapped[str | None] = mapped_column(Text)  # markdown, shown on the guidelines page
+    # Whether a model's suggested answer (tasks.suggestion) is pre-filled for annotators. Off by default:
+    # a pre-filled answer anchors people, so a project turns it on knowingly.
+    suggestions: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+DEFAULT_PROJECT = "default"  # created by migration 0002; where tasks go when no project is named
 
 
 class User(Base):
@@ -58,11 +87,18 @@ class Task(Base):
     """A prompt with K candidate responses and the question asked about them."""
 
     __tablename__ = "tasks"
+    # The task file's own id is unique within a project, so one file can be loaded into two projects.
+    __table_args__ = (UniqueConstraint("project_id", "external_id", name="uq_tasks_project_external"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    external_id: Mapped[str | None] = mapped_column(String(200), unique=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    external_id: Mapped[str | None] = mapped_column(String(200))
     kind: Mapped[str] = mapped_column(String(16))
+    # The prompt as text; for a conversation, a plain rendering of it ("user: ...") that scorers and
+    # lists use, while ``messages`` keeps the turns themselves.
     prompt: Mapped[str] = mapped_column(Text)
-    responses: Mapped[list] = mapped_column(JSON)
+    messages: Mapped[list | None] = mapped_column(JSON(none_as_null=True))  # [{"role", "content"}, ...]
+    responses: Mapped[list] = mapped_column(JSON)  # K response texts
+    models: Mapped[list | None] = mapped_column(JSON(none_as_null=True))  # the model of each response, or null
     scale: Mapped[int] = mapped_column(Integer, default=5)
     is_gold: Mapped[bool] = mapped_column(Boolean, default=False)
     gold_answer: Mapped[dict | None] = mapped_column(JSON)
@@ -72,7 +108,11 @@ class Task(Base):
     scores: Mapped[list | None] = mapped_column(JSON)
     uncertainty: Mapped[float | None] = mapped_column(Float)
     disagreement: Mapped[float | None] = mapped_column(Float)
-    # Labels stored so far; kept in the same transaction as each insert so "fewer than k" is cheap.
+    # An answer a model suggests (derived from the scores, or given in the task file), pre-filled for
+    # annotators where the project shows suggestions.
+    suggestion: Mapped[dict | None] = mapped_column(JSON(none_as_null=True))
+    # Labels that count towards the overlap: stored and not rejected by a reviewer. Kept in the same
+    # transaction as each insert and review so "fewer than k" is cheap, and a rejection re-queues.
     n_labels: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
@@ -91,9 +131,16 @@ class Label(Base):
     idempotency_key: Mapped[str] = mapped_column(String(100))
     answer: Mapped[dict] = mapped_column(JSON)
     reason: Mapped[str | None] = mapped_column(Text)
-    flags: Mapped[dict | None] = mapped_column(JSON)  # {"0": ["harmful"], ...} by response index
+    # {"0": ["harmful"], ...} by response index; SQL NULL when there are none, so "flagged" is IS NOT NULL
+    flags: Mapped[dict | None] = mapped_column(JSON(none_as_null=True))
     duration_ms: Mapped[int | None] = mapped_column(Integer)
-    review_status: Mapped[str | None] = mapped_column(String(16))  # None, "accepted" or "rejected"
+    # None = waiting for review (new or edited since), "accepted" or "rejected"
+    review_status: Mapped[str | None] = mapped_column(String(16))
+    reviewed_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    reviewed_at: Mapped[datetime | None] = mapped_column(DateTime)
+    # The suggested answer the annotator was shown (null: none), and whether they kept it.
+    suggestion: Mapped[dict | None] = mapped_column(JSON(none_as_null=True))
+    suggestion_accepted: Mapped[bool | None] = mapped_column(Boolean)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
@@ -109,5 +156,5 @@ class Assignment(Base):
     skipped: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
-Index("ix_tasks_queue", Task.is_gold, Task.n_labels)
+Index("ix_tasks_queue", Task.project_id, Task.is_gold, Task.n_labels)
 Index("ix_assignments_user", Assignment.user_id)

@@ -11,6 +11,8 @@ compare directly.
 
 Every kind may also carry a free-text ``reason`` and ``flags`` per response
 (``{"1": ["harmful", "untrue"]}``), which are stored beside the answer.
+Error messages say what is expected and never repeat the value received: they travel back in HTTP
+answers, which must not reflect their input.
 """
 
 from __future__ import annotations
@@ -30,13 +32,14 @@ class AnswerError(ValueError):
 def validate_answer(kind: str, answer: Any, k: int, scale: int) -> dict:
     """Return the answer in canonical form or raise AnswerError naming the field that is wrong."""
     if kind not in KINDS:
-        raise AnswerError(f"kind '{kind}': must be one of {', '.join(KINDS)}")
+        raise AnswerError(f"kind: must be one of {', '.join(KINDS)}")
     if not isinstance(answer, dict):
         raise AnswerError(f"answer: must be an object, got {type(answer).__name__}")
     if kind == "pairwise":
         choice = answer.get("choice")
-        if choice not in (0, 1, *PAIRWISE_SPECIAL) or isinstance(choice, bool):
-            raise AnswerError(f"answer.choice: must be 0, 1, 'tie' or 'both_bad', got {choice!r}")
+        # type() rather than isinstance: True and 0.0 compare equal to 1 and 0 but are not indices
+        if not ((type(choice) is int and choice in (0, 1)) or (type(choice) is str and choice in PAIRWISE_SPECIAL)):
+            raise AnswerError("answer.choice: must be 0, 1, 'tie' or 'both_bad'")
         return {"choice": choice}
     if kind == "ranking":
         ranking = answer.get("ranking")
@@ -45,21 +48,19 @@ def validate_answer(kind: str, answer: Any, k: int, scale: int) -> dict:
             or sorted(x for x in ranking if isinstance(x, int)) != list(range(k))
             or any(isinstance(x, bool) for x in ranking)
         ):
-            raise AnswerError(
-                f"answer.ranking: must list each response index 0..{k - 1} once, best first, got {ranking!r}"
-            )
+            raise AnswerError(f"answer.ranking: must list each response index 0..{k - 1} once, best first")
         return {"ranking": list(ranking)}
     if kind == "rating":
         ratings = answer.get("ratings")
         if not isinstance(ratings, list) or len(ratings) != k:
-            raise AnswerError(f"answer.ratings: must be a list of {k} ratings (one per response), got {ratings!r}")
+            raise AnswerError(f"answer.ratings: must be a list of {k} ratings (one per response)")
         for i, r in enumerate(ratings):
             if not isinstance(r, int) or isinstance(r, bool) or not 1 <= r <= scale:
-                raise AnswerError(f"answer.ratings.{i}: must be an integer 1..{scale}, got {r!r}")
+                raise AnswerError(f"answer.ratings.{i}: must be an integer 1..{scale}")
         return {"ratings": list(ratings)}
     thumbs = answer.get("thumbs")
     if not isinstance(thumbs, list) or len(thumbs) != k or not all(isinstance(t, bool) for t in thumbs):
-        raise AnswerError(f"answer.thumbs: must be a list of {k} booleans (true = up), got {thumbs!r}")
+        raise AnswerError(f"answer.thumbs: must be a list of {k} booleans (true = up)")
     return {"thumbs": list(thumbs)}
 
 
@@ -70,10 +71,11 @@ def validate_flags(flags: Any, k: int) -> dict[str, list[str]] | None:
         raise AnswerError("flags: must be an object mapping a response index to a list of flags")
     out: dict[str, list[str]] = {}
     for key, names in flags.items():
-        if not str(key).isdigit() or not 0 <= int(key) < k:
-            raise AnswerError(f"flags.{key}: not a response index 0..{k - 1}")
+        # Only a short run of ASCII digits is a response index; anything else is named by position only.
+        if not (isinstance(key, str) and key.isascii() and key.isdigit() and len(key) <= 3 and int(key) < k):
+            raise AnswerError(f"flags: every key must be a response index 0..{k - 1}")
         if not isinstance(names, list) or any(n not in FLAGS for n in names):
-            raise AnswerError(f"flags.{key}: must be a list drawn from {', '.join(FLAGS)}, got {names!r}")
+            raise AnswerError(f"flags.{int(key)}: must be a list drawn from {', '.join(FLAGS)}")
         if names:
             out[str(int(key))] = sorted(set(names))
     return out or None

@@ -1,29 +1,44 @@
-"""Admin API (users, tasks, dashboard figures, export) and the reviewer queue."""
+"""Admin API: people (create, invite, role, deactivate, end sessions), projects, task upload, dashboard
+figures, export."""
 
 from __future__ import annotations
 
 import json
-from collections import defaultdict
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Body, Depends, HTTPException, Request, Response
-from sqlalchemy import select
+from fastapi import APIRouter, Body, Depends, HTTPException, Path, Request, Response
 
 from rlhfkit.feedback.auth import AuthError, create_invite, create_user, require
 from rlhfkit.feedback.dashboard import stats
-from rlhfkit.feedback.export import AGGREGATES, EXPORT_KINDS, build_records, label_rows
-from rlhfkit.feedback.models import Label, Task, User
-from rlhfkit.feedback.routes_label import label_out
-from rlhfkit.feedback.schemas import LabelOut, LoadOut, ReviewIn, UserCreate, UserCreated, UserOut
-from rlhfkit.feedback.store import TaskError, add_tasks, parse_task
+from rlhfkit.feedback.export import build_records, label_rows
+from rlhfkit.feedback.projects import ProjectError, create_project, update_project
+from rlhfkit.feedback.routes_label import ProjectName, project_of
+from rlhfkit.feedback.schemas import (
+    LoadOut,
+    ProjectChange,
+    ProjectDetail,
+    ProjectIn,
+    UserAdminOut,
+    UserChange,
+    UserCreate,
+    UserCreated,
+    UserOut,
+)
+from rlhfkit.feedback.tasks import TaskError, add_tasks, parse_task
+from rlhfkit.feedback.users import UserError, change_user, end_sessions, find_user, list_users
 
 admin = APIRouter(prefix="/api/admin", tags=["admin"], dependencies=[Depends(require("admin"))])
-review = APIRouter(prefix="/api/review", tags=["review"], dependencies=[Depends(require("reviewer"))])
+Username = Annotated[str, Path(max_length=80)]
 
 
-@admin.get("/users", response_model=list[UserOut])
-def list_users(request: Request) -> list[UserOut]:
+def _user_error(e: UserError | ProjectError) -> HTTPException:
+    return HTTPException(e.status, str(e))
+
+
+@admin.get("/users", response_model=list[UserAdminOut])
+def get_users(request: Request) -> list[UserAdminOut]:
     with request.app.state.store.read() as db:
-        return [UserOut(id=u.id, username=u.username, role=u.role) for u in db.scalars(select(User).order_by(User.id))]
+        return [UserAdminOut(**u) for u in list_users(db)]
 
 
 @admin.post(
@@ -43,98 +58,113 @@ def add_user(body: UserCreate, request: Request) -> UserCreated:
         return UserCreated(user=UserOut(id=user.id, username=user.username, role=user.role), invite_token=token)
 
 
-@admin.post("/users/{username}/invite", summary="A new invite token for an existing user")
-def new_invite(username: str, request: Request) -> dict:
+@admin.patch(
+    "/users/{username}",
+    response_model=UserAdminOut,
+    summary="Change a role or deactivate / reactivate (deactivating ends the account's sessions)",
+)
+def patch_user(username: Username, body: UserChange, request: Request) -> UserAdminOut:
     with request.app.state.store.write() as db:
-        user = db.scalar(select(User).where(User.username == username))
-        if user is None:
-            raise HTTPException(404, f"user '{username}': no such user")
+        try:
+            change_user(db, username, body.role, body.active)
+        except UserError as e:
+            raise _user_error(e) from None
+        db.commit()
+        return UserAdminOut(**next(u for u in list_users(db) if u["username"] == username))
+
+
+@admin.post("/users/{username}/revoke", summary="End every session of a user (they must log in again)")
+def revoke(username: Username, request: Request) -> dict:
+    with request.app.state.store.write() as db:
+        try:
+            ended = end_sessions(db, username)
+        except UserError as e:
+            raise _user_error(e) from None
+        db.commit()
+    return {"username": username, "sessions_ended": ended}
+
+
+@admin.post(
+    "/users/{username}/invite",
+    summary="A new invite token for an existing user; their older invites and sessions end",
+)
+def new_invite(username: Username, request: Request) -> dict:
+    with request.app.state.store.write() as db:
+        try:
+            user = find_user(db, username)
+        except UserError as e:
+            raise _user_error(e) from None
         token = create_invite(db, user)
         db.commit()
     return {"username": username, "invite_token": token}
 
 
-@admin.post("/tasks", response_model=LoadOut, status_code=201, summary="Load tasks (same rows as the JSONL file)")
-def load_tasks(request: Request, rows: list[dict] = Body(...)) -> LoadOut:
+@admin.post("/projects", response_model=ProjectDetail, status_code=201, summary="Create a project")
+def add_project(body: ProjectIn, request: Request) -> ProjectDetail:
+    with request.app.state.store.write() as db:
+        try:
+            p = create_project(db, body.name, body.title, body.guidelines, body.suggestions)
+        except ProjectError as e:
+            raise _user_error(e) from None
+        db.commit()
+        return ProjectDetail(name=p.name, title=p.title, suggestions=p.suggestions, guidelines=p.guidelines)
+
+
+@admin.patch("/projects/{name}", response_model=ProjectDetail, summary="Change a project's title, guidelines, settings")
+def patch_project(name: Annotated[str, Path(max_length=80)], body: ProjectChange, request: Request) -> ProjectDetail:
+    with request.app.state.store.write() as db:
+        try:
+            p = update_project(db, name, body.title, body.guidelines, body.suggestions)
+        except ProjectError as e:
+            raise _user_error(e) from None
+        db.commit()
+        request.app.state.projects.forget(name)
+        return ProjectDetail(name=p.name, title=p.title, suggestions=p.suggestions, guidelines=p.guidelines)
+
+
+@admin.post(
+    "/tasks", response_model=LoadOut, status_code=201, summary="Load tasks into a project (rows as in the JSONL file)"
+)
+def load_tasks(request: Request, rows: list[dict] = Body(...), project: ProjectName = None) -> LoadOut:
+    info = project_of(request, project)
     try:
         tasks = [parse_task(f"request body item {i + 1}", row) for i, row in enumerate(rows)]
     except TaskError as e:
         raise HTTPException(422, str(e)) from None
     with request.app.state.store.write() as db:
-        added, skipped = add_tasks(db, tasks, request.app.state.scorer)
+        try:
+            added, skipped = add_tasks(db, info.id, tasks, request.app.state.scorer)
+        except ValueError as e:  # the scorer returned something unusable
+            raise HTTPException(422, f"scorer: {e}") from None
         db.commit()
         return LoadOut(added=len(added), skipped_existing=skipped, task_ids=[t.id for t in added])
 
 
 @admin.get("/stats", summary="Dashboard figures: totals, agreement, per-annotator throughput and gold accuracy")
-def get_stats(request: Request) -> dict:
+def get_stats(request: Request, project: ProjectName = None) -> dict:
+    info = project_of(request, project)
     with request.app.state.store.read() as db:
-        return stats(db, request.app.state.settings.overlap)
+        return stats(db, info.id, request.app.state.settings.overlap)
 
 
 @admin.get(
     "/export",
-    summary="Labels as JSONL in a trainer's format",
+    summary="A project's labels as JSONL in a trainer's format",
     responses={200: {"content": {"application/x-ndjson": {}}}},
 )
 def export(
     request: Request,
-    kind: str = "comparison",
-    aggregate: str = "none",
+    project: ProjectName = None,
+    kind: Literal["comparison", "ranking", "rating"] = "comparison",
+    aggregate: Literal["none", "majority"] = "none",
     drop_ties: bool = False,
     include_gold: bool = False,
 ) -> Response:
-    if kind not in EXPORT_KINDS or aggregate not in AGGREGATES:
-        raise HTTPException(
-            422,
-            f"kind must be one of {EXPORT_KINDS} and aggregate one of {AGGREGATES}; "
-            f"got kind={kind!r}, aggregate={aggregate!r}",
-        )
+    info = project_of(request, project)
     with request.app.state.store.read() as db:
-        records = build_records(kind, label_rows(db, include_gold), aggregate, drop_ties)
+        records = build_records(kind, label_rows(db, info.id, include_gold), aggregate, drop_ties)
     body = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    filename = f"{info.name}-{kind}.jsonl"  # both parts checked against fixed patterns
     return Response(
-        body, media_type="application/x-ndjson", headers={"Content-Disposition": f'attachment; filename="{kind}.jsonl"'}
+        body, media_type="application/x-ndjson", headers={"Content-Disposition": f'attachment; filename="{filename}"'}
     )
-
-
-@review.get("/queue", summary="Items whose labels disagree or carry flags, with all their labels")
-def queue(request: Request, limit: int = 50) -> list[dict]:
-    with request.app.state.store.read() as db:
-        rows = db.execute(
-            select(Label, User.username, Task)
-            .join(User, User.id == Label.annotator_id)
-            .join(Task, Task.id == Label.task_id)
-            .where(Task.is_gold.is_(False))
-            .order_by(Label.task_id, Label.id)
-        ).all()
-    by_task: dict[int, dict] = {}
-    labels: dict[int, list[LabelOut]] = defaultdict(list)
-    for label, username, task in rows:
-        by_task[task.id] = {"task_id": task.id, "kind": task.kind, "prompt": task.prompt, "responses": task.responses}
-        labels[task.id].append(label_out(label, username))
-    items = []
-    for task_id, item in by_task.items():
-        answers = {json.dumps(lab.answer, sort_keys=True) for lab in labels[task_id]}
-        flagged = any(lab.flags for lab in labels[task_id])
-        if len(answers) > 1 or flagged:
-            items.append(
-                {
-                    **item,
-                    "disagree": len(answers) > 1,
-                    "flagged": flagged,
-                    "labels": [lab.model_dump(mode="json") for lab in labels[task_id]],
-                }
-            )
-    return items[: max(1, min(limit, 500))]
-
-
-@review.post("/labels/{label_id}", response_model=LabelOut, summary="Accept or reject a label (rejected: not exported)")
-def set_review(label_id: int, body: ReviewIn, request: Request) -> LabelOut:
-    with request.app.state.store.write() as db:
-        label = db.get(Label, label_id)
-        if label is None:
-            raise HTTPException(404, f"label {label_id}: no such label")
-        label.review_status = body.status
-        db.commit()
-        return label_out(label, db.get(User, label.annotator_id).username)

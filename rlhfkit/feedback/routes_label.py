@@ -1,17 +1,32 @@
-"""Labelling API: the next item, submitting and reading one's own labels, skipping."""
+"""Labelling API: projects, the next item, submitting, reading and changing one's own labels, skipping."""
 
 from __future__ import annotations
 
 from contextlib import nullcontext
 from datetime import timezone
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Request, Response
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request, Response
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from rlhfkit.feedback.auth import RANK, current_user
-from rlhfkit.feedback.models import Label, User
-from rlhfkit.feedback.schemas import LabelIn, LabelOut, LabelUpdate, NextOut, Progress, ResponseOut, TaskOut
+from rlhfkit.feedback.limits import MAX_ID, Clean
+from rlhfkit.feedback.models import Label, Project, Task, User
+from rlhfkit.feedback.projects import ProjectError, get_project
+from rlhfkit.feedback.review import history
+from rlhfkit.feedback.schemas import (
+    HistoryPage,
+    LabelIn,
+    LabelOut,
+    LabelUpdate,
+    NextOut,
+    Progress,
+    ProjectDetail,
+    ProjectOut,
+    ResponseOut,
+    TaskOut,
+)
 from rlhfkit.feedback.store import (
     LabelConflict,
     display_order,
@@ -24,9 +39,12 @@ from rlhfkit.feedback.store import (
 )
 
 router = APIRouter(prefix="/api", tags=["labelling"])
+IdPath = Annotated[int, Path(ge=1, le=MAX_ID)]
+ProjectName = Annotated[Clean | None, Query(max_length=80, description="project name (default: 'default')")]
+Key = r"^[\x21-\x7e]{1,100}$"  # printable ASCII: a UUID or similar
 
 
-def label_out(label: Label | dict, username: str) -> LabelOut:
+def label_out(label, username: str) -> LabelOut:
     get = label.get if isinstance(label, dict) else label.__getattribute__
     # Stored as naive UTC; say so in the output.
     return LabelOut(
@@ -38,20 +56,30 @@ def label_out(label: Label | dict, username: str) -> LabelOut:
         flags=get("flags"),
         duration_ms=get("duration_ms"),
         review_status=get("review_status"),
+        suggestion_accepted=get("suggestion_accepted"),
         created_at=get("created_at").replace(tzinfo=timezone.utc),
         updated_at=get("updated_at").replace(tzinfo=timezone.utc),
     )
 
 
-def task_out(task, user: User) -> TaskOut:
+def task_out(task, user: User, suggestions: bool) -> TaskOut:
     order = display_order(task.id, user.id, len(task.responses))
     return TaskOut(
         id=task.id,
         kind=task.kind,
         prompt=task.prompt,
+        messages=task.messages,
         scale=task.scale,
         responses=[ResponseOut(index=i, text=task.responses[i]) for i in order],
+        suggestion=task.suggestion if suggestions else None,
     )
+
+
+def project_of(request: Request, name: str | None):
+    try:
+        return request.app.state.projects.get(name)
+    except ProjectError as e:
+        raise HTTPException(e.status, str(e)) from None
 
 
 def _json(model, status_code: int = 200, headers: dict | None = None) -> Response:
@@ -60,23 +88,47 @@ def _json(model, status_code: int = 200, headers: dict | None = None) -> Respons
     return Response(model.model_dump_json(), status_code=status_code, headers=headers, media_type="application/json")
 
 
+@router.get("/projects", response_model=list[ProjectOut], summary="The projects one can label in")
+def list_projects(request: Request, user: User = Depends(current_user)) -> list[ProjectOut]:
+    with request.app.state.store.read() as db:
+        rows = db.scalars(select(Project).order_by(Project.name))
+        return [ProjectOut(name=p.name, title=p.title, suggestions=p.suggestions) for p in rows]
+
+
+@router.get("/projects/{name}", response_model=ProjectDetail, summary="A project with its guidelines")
+def project_detail(
+    name: Annotated[str, Path(max_length=80)], request: Request, user: User = Depends(current_user)
+) -> ProjectDetail:
+    with request.app.state.store.read() as db:
+        try:
+            info = get_project(db, name)
+        except ProjectError as e:
+            raise HTTPException(e.status, str(e)) from None
+        project = db.get(Project, info.id)
+        return ProjectDetail(
+            name=project.name, title=project.title, suggestions=project.suggestions, guidelines=project.guidelines
+        )
+
+
 # The two endpoints every label goes through are async: reads run through Store.run (inline on
 # SQLite), writes through Store.transact (group commit on SQLite): no threadpool hand-off per request
 # and no fsync on the event loop.
 
 
-def _progress(store, user: User, settings) -> dict:
+def _progress(store, user: User, project_id: int, settings) -> dict:
     with store.read_conn() as conn:
-        return progress(conn, user, settings)
+        return progress(conn, user, project_id, settings)
 
 
 @router.get("/next", response_model=NextOut, summary="The next item for me (leased to me for a while)")
-async def get_next(request: Request, user: User = Depends(current_user)):
+async def get_next(request: Request, project: ProjectName = None, user: User = Depends(current_user)):
     store, settings = request.app.state.store, request.app.state.settings
-    counts = await store.run(_progress, store, user, settings)
+    info = project_of(request, project)
+    counts = await store.run(_progress, store, user, info.id, settings)
     # Only a lease is written: not durable (losing it in an OS crash just serves the item again).
-    row = await store.transact(lease_next, user.id, settings, durable=False)
-    return _json(NextOut(task=task_out(row, user) if row else None, progress=Progress(**counts)))
+    row = await store.transact(lease_next, user.id, info.id, settings, durable=False)
+    task = task_out(row, user, info.suggestions) if row else None
+    return _json(NextOut(task=task, progress=Progress(**counts)))
 
 
 def _submit(conn, user_id: int, key: str, body: LabelIn) -> tuple[dict, bool]:
@@ -102,7 +154,9 @@ async def post_label(
     request: Request,
     user: User = Depends(current_user),
     idempotency_key: str = Header(
-        "", description="a fresh random key per submission; a retry with the same key returns the stored label"
+        description="a fresh random key per submission (printable ASCII, up to 100 characters); "
+        "a retry with the same key returns the stored label",
+        pattern=Key,
     ),
 ):
     store = request.app.state.store
@@ -120,27 +174,27 @@ async def post_label(
 def list_labels(
     request: Request,
     user: User = Depends(current_user),
-    annotator: str | None = None,
-    task_id: int | None = None,
-    limit: int = 100,
-    offset: int = 0,
+    annotator: Annotated[Clean | None, Query(max_length=80)] = None,
+    task_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
 ) -> list[LabelOut]:
     query = select(Label, User.username).join(User, User.id == Label.annotator_id)
     if RANK[user.role] < RANK["reviewer"]:
         if annotator not in (None, user.username):
-            raise HTTPException(403, f"annotator '{user.username}' may list only their own labels")
+            raise HTTPException(403, "an annotator may list only their own labels")
         query = query.where(Label.annotator_id == user.id)
     elif annotator is not None:
         query = query.where(User.username == annotator)
     if task_id is not None:
         query = query.where(Label.task_id == task_id)
-    query = query.order_by(Label.id).limit(min(max(limit, 1), 1000)).offset(max(offset, 0))
+    query = query.order_by(Label.id).limit(limit).offset(offset)
     with request.app.state.store.read() as db:
         return [label_out(label, name) for label, name in db.execute(query)]
 
 
 @router.get("/labels/{label_id}", response_model=LabelOut, summary="One label (yours, or any for reviewers)")
-def get_label(label_id: int, request: Request, user: User = Depends(current_user)) -> LabelOut:
+def get_label(label_id: IdPath, request: Request, user: User = Depends(current_user)) -> LabelOut:
     with request.app.state.store.read() as db:
         row = db.execute(
             select(Label, User.username).join(User, User.id == Label.annotator_id).where(Label.id == label_id)
@@ -151,8 +205,10 @@ def get_label(label_id: int, request: Request, user: User = Depends(current_user
     return label_out(row.Label, row.username)
 
 
-@router.put("/labels/{label_id}", response_model=LabelOut, summary="Change one of my labels")
-def put_label(label_id: int, body: LabelUpdate, request: Request, user: User = Depends(current_user)) -> LabelOut:
+@router.put(
+    "/labels/{label_id}", response_model=LabelOut, summary="Change one of my labels (it goes back to the review queue)"
+)
+def put_label(label_id: IdPath, body: LabelUpdate, request: Request, user: User = Depends(current_user)) -> LabelOut:
     with request.app.state.store.write() as db:
         try:
             label = update_label(db, user, label_id, body.answer, body.reason, body.flags)
@@ -162,8 +218,36 @@ def put_label(label_id: int, body: LabelUpdate, request: Request, user: User = D
     return label_out(label, owner)
 
 
+@router.get(
+    "/tasks/{task_id}", response_model=TaskOut, summary="An item I labelled (to change my label); reviewers: any item"
+)
+def get_task(task_id: IdPath, request: Request, user: User = Depends(current_user)) -> TaskOut:
+    with request.app.state.store.read() as db:
+        task = db.get(Task, task_id)
+        mine = db.scalar(select(Label.id).where(Label.task_id == task_id, Label.annotator_id == user.id))
+        if task is None or (mine is None and RANK[user.role] < RANK["reviewer"]):
+            raise HTTPException(404, f"task {task_id}: no such task among those you labelled")
+        shows = db.get(Project, task.project_id).suggestions
+        return task_out(task, user, shows)
+
+
+@router.get("/history", response_model=HistoryPage, summary="My labels in a project, newest first, with their items")
+def my_history(
+    request: Request,
+    project: ProjectName = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 20,
+    offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
+    user: User = Depends(current_user),
+) -> HistoryPage:
+    info = project_of(request, project)
+    with request.app.state.store.read_conn() as conn:
+        page = history(conn, user.id, info.id, limit, offset)
+    items = [{"label": label_out(i["label"], user.username), "task": i["task"]} for i in page["items"]]
+    return HistoryPage(total=page["total"], limit=limit, offset=offset, items=items)
+
+
 @router.post("/tasks/{task_id}/skip", status_code=204, summary="Skip an item served to me")
-def skip(task_id: int, request: Request, user: User = Depends(current_user)) -> Response:
+def skip(task_id: IdPath, request: Request, user: User = Depends(current_user)) -> Response:
     with request.app.state.store.write(durable=False) as db:
         try:
             skip_task(db, user, task_id)

@@ -1,27 +1,54 @@
-"""Request and response bodies of the HTTP API (they also make the OpenAPI document at /docs)."""
+"""Request and response bodies of the HTTP API (they also make the OpenAPI document at /docs).
+
+Every string a request may carry is ``Clean`` (no NUL, no unpaired surrogate: neither database can
+store those) and bounded; every id is a positive 32-bit integer (PostgreSQL's ``integer``), so an
+out-of-range value is a 422 here rather than a database error later.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
+from rlhfkit.feedback.limits import MAX_ID, Clean
+
+Id = Annotated[int, Field(ge=1, le=MAX_ID)]
+Kind = Literal["pairwise", "ranking", "rating", "thumbs"]
+Role = Literal["annotator", "reviewer", "admin"]
+
 
 class LoginIn(BaseModel):
-    username: str = Field(max_length=80)
-    password: str = Field(max_length=1000)
+    username: Clean = Field(max_length=80)
+    password: Clean = Field(max_length=1000)
 
 
 class InviteIn(BaseModel):
-    token: str = Field(max_length=200)
-    password: str | None = Field(None, max_length=1000, description="set a password for later logins")
+    token: Clean = Field(max_length=200)
+    password: Clean | None = Field(None, max_length=1000, description="set a password for later logins")
+
+
+class PasswordIn(BaseModel):
+    current_password: Clean = Field(max_length=1000)
+    new_password: Clean = Field(min_length=8, max_length=1000)
 
 
 class UserOut(BaseModel):
     id: int
     username: str
     role: str
+
+
+class UserAdminOut(UserOut):
+    active: bool
+    has_password: bool
+    sessions: int = Field(description="live sessions")
+
+
+class UserChange(BaseModel):
+    role: Role | None = None
+    active: bool | None = Field(None, description="false deactivates the account and ends its sessions")
 
 
 class SessionOut(BaseModel):
@@ -35,6 +62,11 @@ class ResponseOut(BaseModel):
     text: str
 
 
+class Message(BaseModel):
+    role: str
+    content: str
+
+
 class Progress(BaseModel):
     done: int
     remaining: int
@@ -42,10 +74,14 @@ class Progress(BaseModel):
 
 class TaskOut(BaseModel):
     id: int
-    kind: Literal["pairwise", "ranking", "rating", "thumbs"]
+    kind: Kind
     prompt: str
+    messages: list[Message] | None = Field(None, description="the conversation so far, when the prompt is one")
     responses: list[ResponseOut] = Field(description="in the order to show them (shuffled per annotator)")
     scale: int
+    suggestion: dict[str, Any] | None = Field(
+        None, description="a model's suggested answer, pre-filled where the project shows suggestions"
+    )
 
 
 class NextOut(BaseModel):
@@ -54,18 +90,18 @@ class NextOut(BaseModel):
 
 
 class LabelIn(BaseModel):
-    task_id: int
+    task_id: Id
     answer: dict[str, Any] = Field(
         description='e.g. {"choice": 0}, {"ranking": [2, 0, 1]}, {"ratings": [4, 2]}, {"thumbs": [true, false]}'
     )
-    reason: str | None = Field(None, max_length=10_000)
+    reason: Clean | None = Field(None, max_length=10_000)
     flags: dict[str, list[str]] | None = Field(None, description='by response index: {"1": ["harmful"]}')
-    duration_ms: int | None = Field(None, ge=0, description="time the annotator spent on the item")
+    duration_ms: int | None = Field(None, ge=0, le=MAX_ID, description="time the annotator spent on the item")
 
 
 class LabelUpdate(BaseModel):
     answer: dict[str, Any]
-    reason: str | None = Field(None, max_length=10_000)
+    reason: Clean | None = Field(None, max_length=10_000)
     flags: dict[str, list[str]] | None = None
 
 
@@ -77,15 +113,63 @@ class LabelOut(BaseModel):
     reason: str | None
     flags: dict[str, list[str]] | None
     duration_ms: int | None
-    review_status: str | None
+    review_status: str | None = Field(description="null while waiting for review (new, or edited since)")
+    suggestion_accepted: bool | None = Field(
+        None, description="null: no suggestion was shown; else whether the answer kept it"
+    )
     created_at: datetime
     updated_at: datetime
 
 
+class TaskView(BaseModel):
+    """An item as reviewers and its own annotator see it afterwards: responses in their stored order."""
+
+    id: int
+    kind: Kind
+    prompt: str
+    messages: list[Message] | None
+    responses: list[str]
+    scale: int
+
+
+class OtherLabel(BaseModel):
+    id: int
+    annotator: str
+    answer: dict[str, Any]
+    review_status: str | None
+
+
+class ReviewItem(BaseModel):
+    label: LabelOut
+    reviewed_by: str | None
+    reviewed_at: datetime | None
+    task: TaskView
+    others: list[OtherLabel] = Field(description="the item's other labels (for context)")
+
+
+class ReviewPage(BaseModel):
+    total: int = Field(description="labels matching the filters")
+    limit: int
+    offset: int
+    items: list[ReviewItem]
+
+
+class HistoryItem(BaseModel):
+    label: LabelOut
+    task: TaskView
+
+
+class HistoryPage(BaseModel):
+    total: int
+    limit: int
+    offset: int
+    items: list[HistoryItem]
+
+
 class UserCreate(BaseModel):
-    username: str = Field(max_length=80)
-    role: Literal["annotator", "reviewer", "admin"] = "annotator"
-    password: str | None = Field(None, max_length=1000, description="leave out to get an invite token instead")
+    username: Clean = Field(max_length=80)
+    role: Role = "annotator"
+    password: Clean | None = Field(None, max_length=1000, description="leave out to get an invite token instead")
 
 
 class UserCreated(BaseModel):
@@ -101,3 +185,44 @@ class LoadOut(BaseModel):
 
 class ReviewIn(BaseModel):
     status: Literal["accepted", "rejected"]
+
+
+class ProjectOut(BaseModel):
+    name: str
+    title: str | None
+    suggestions: bool
+
+
+class ProjectDetail(ProjectOut):
+    guidelines: str | None = Field(description="markdown")
+
+
+class ProjectIn(BaseModel):
+    name: Clean = Field(max_length=80)
+    title: Clean | None = Field(None, max_length=200)
+    guidelines: Clean | None = Field(None, max_length=200_000)
+    suggestions: bool = False
+
+
+class ProjectChange(BaseModel):
+    title: Clean | None = Field(None, max_length=200)
+    guidelines: Clean | None = Field(None, max_length=200_000, description="markdown; an empty string clears it")
+    suggestions: bool | None = None
+
+
+class LeaderboardRowOut(BaseModel):
+    model: str
+    rating: float
+    lo: float | None = Field(description="95% bootstrap interval")
+    hi: float | None
+    wins: int
+    losses: int
+    ties: int
+    battles: int
+
+
+class LeaderboardOut(BaseModel):
+    project: str
+    battles: int = Field(description="pairwise votes between two different models")
+    n_bootstrap: int
+    rows: list[LeaderboardRowOut]

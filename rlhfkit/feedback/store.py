@@ -1,18 +1,20 @@
-"""What the service does with the database: load tasks, hand out the next item, store labels.
+"""What the service does with the database: hand out the next item, store, change and review labels.
 
-Every function takes an open SQLAlchemy session and leaves committing to the caller, except
+Every function takes an open connection or session and leaves committing to the caller, except
 ``submit_label`` and ``next_task``, which commit themselves because their guarantees (one label per
-idempotency key; a lease before the item is shown) are only true once committed.
+idempotency key; a lease before the item is shown) are only true once committed. Loading tasks is in
+``tasks.py``; the review queue and an annotator's history in ``review.py``.
+
+``tasks.n_labels`` counts the labels that count towards the overlap: stored and not rejected. A
+rejection takes one off (so the item is served again, to someone else), a reversal or an edit of a
+rejected label puts it back; all in the same transaction as the change of status.
 """
 
 from __future__ import annotations
 
-import json
 import random
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, and_, bindparam, delete, exists, func, or_, select, update
@@ -22,111 +24,15 @@ from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.util import identity_key
 
 from rlhfkit.feedback import active
-from rlhfkit.feedback.models import KINDS, Assignment, Label, Task, User, utcnow
+from rlhfkit.feedback.models import Assignment, Label, Project, Task, User, utcnow
 from rlhfkit.feedback.questions import AnswerError, validate_answer, validate_flags
-
-
-class TaskError(ValueError):
-    """A task row that cannot be loaded; the message names the file:line and the field."""
+from rlhfkit.feedback.tasks import TaskError, parse_task  # noqa: F401 - their old home; `annotate generate` imports them here
 
 
 class LabelConflict(Exception):
     def __init__(self, status: int, message: str):
         super().__init__(message)
         self.status = status
-
-
-# ---------------------------------------------------------------- loading tasks
-
-
-def parse_task(location: str, raw: Any) -> Task:
-    """One JSONL row -> an unsaved Task. Rows look like
-    ``{"prompt": ..., "responses": [...], "kind": "pairwise", "scale": 5, "id": ..., "gold": {...}}``;
-    ``completions`` is accepted for ``responses`` (the ranking file's name for them)."""
-    if not isinstance(raw, dict):
-        raise TaskError(f"{location}: expected a JSON object, got {type(raw).__name__}")
-    responses = raw.get("responses", raw.get("completions"))
-    prompt = raw.get("prompt")
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise TaskError(f"{location}: field 'prompt': must be a non-empty string")
-    if (
-        not isinstance(responses, list)
-        or len(responses) < 2
-        or not all(isinstance(r, str) and r.strip() for r in responses)
-    ):
-        raise TaskError(f"{location}: field 'responses': must be a list of at least 2 non-empty strings")
-    kind = raw.get("kind", "pairwise" if len(responses) == 2 else "ranking")
-    if kind not in KINDS:
-        raise TaskError(f"{location}: field 'kind': '{kind}' is not one of {', '.join(KINDS)}")
-    if kind == "pairwise" and len(responses) != 2:
-        raise TaskError(f"{location}: field 'responses': a pairwise task needs exactly 2, got {len(responses)}")
-    scale = raw.get("scale", 5)
-    if not isinstance(scale, int) or isinstance(scale, bool) or not 2 <= scale <= 10:
-        raise TaskError(f"{location}: field 'scale': must be an integer 2..10, got {scale!r}")
-    gold = raw.get("gold")
-    if gold is not None:
-        try:
-            gold = validate_answer(kind, gold, len(responses), scale)
-        except AnswerError as e:
-            raise TaskError(f"{location}: field 'gold': {e}") from None
-    ext = raw.get("id")
-    return Task(
-        external_id=None if ext is None else str(ext),
-        kind=kind,
-        prompt=prompt,
-        responses=responses,
-        scale=scale,
-        is_gold=gold is not None,
-        gold_answer=gold,
-        meta=raw.get("meta"),
-        n_labels=0,
-        created_at=utcnow(),
-    )
-
-
-def read_task_file(path: Path) -> list[Task]:
-    tasks = []
-    with Path(path).open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                raw = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise TaskError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
-            tasks.append(parse_task(f"{path}:{lineno}", raw))
-    if not tasks:
-        raise TaskError(f"{path}: no tasks in the file")
-    return tasks
-
-
-def apply_scores(task: Task, scorer: active.Scorer) -> None:
-    scores = active.check_scores(
-        scorer(task.prompt, list(task.responses)), len(task.responses), f"task '{task.external_id or task.prompt[:40]}'"
-    )
-    task.scores = scores
-    task.uncertainty = active.uncertainty(scores)
-    task.disagreement = active.disagreement(scores)
-
-
-def add_tasks(db: Session, tasks: Iterable[Task], scorer: active.Scorer | None = None) -> tuple[list[Task], int]:
-    """Insert tasks, skipping any whose external id is already stored. Returns (added tasks with their
-    new ids, number skipped)."""
-    tasks = list(tasks)
-    ids = [t.external_id for t in tasks if t.external_id is not None]
-    known = set(db.scalars(select(Task.external_id).where(Task.external_id.in_(ids)))) if ids else set()
-    added = []
-    for task in tasks:
-        if task.external_id in known:
-            continue
-        if task.external_id is not None:
-            known.add(task.external_id)
-        if scorer is not None:
-            apply_scores(task, scorer)
-        db.add(task)
-        added.append(task)
-    db.flush()
-    return added, len(tasks) - len(added)
 
 
 # ---------------------------------------------------------------- the queue
@@ -170,12 +76,15 @@ _OTHERS_HOLDING = (
     .correlate(Task)
     .scalar_subquery()
 )
-ELIGIBLE = and_(Task.is_gold.is_(False), _NOT_DONE, Task.n_labels + _OTHERS_HOLDING < bindparam("overlap"))
-_TASK_COLS = (Task.id, Task.kind, Task.prompt, Task.responses, Task.scale)  # what serving an item needs
+_IN_PROJECT = Task.project_id == bindparam("project_id")
+ELIGIBLE = and_(_IN_PROJECT, Task.is_gold.is_(False), _NOT_DONE, Task.n_labels + _OTHERS_HOLDING < bindparam("overlap"))
+# What serving an item needs
+_TASK_COLS = (Task.id, Task.kind, Task.prompt, Task.messages, Task.responses, Task.scale, Task.suggestion)
 _LEASED = (
     select(*_TASK_COLS)
     .join(Assignment, Assignment.task_id == Task.id)
     .where(
+        _IN_PROJECT,
         Assignment.user_id == bindparam("user_id"),
         Assignment.skipped.is_(False),
         Assignment.expires_at > bindparam("now"),
@@ -183,7 +92,7 @@ _LEASED = (
     )
     .limit(1)
 )
-_GOLD = select(*_TASK_COLS).where(Task.is_gold.is_(True), _NOT_DONE).order_by(func.random()).limit(1)
+_GOLD = select(*_TASK_COLS).where(_IN_PROJECT, Task.is_gold.is_(True), _NOT_DONE).order_by(func.random()).limit(1)
 _QUEUE = {
     name: select(*_TASK_COLS).where(ELIGIBLE).order_by(*active.order_for(name)).limit(1) for name in active.STRATEGIES
 }
@@ -217,14 +126,16 @@ _RENEW = (
 )
 
 
-def lease_next(conn: Connection, user_id: int, settings: QueueSettings, rng: random.Random | None = None):
-    """Pick the next item for ``user_id`` and write its lease, in the caller's transaction (the caller
-    commits). Returns a row (id, kind, prompt, responses, scale) or None when nothing is left."""
+def lease_next(
+    conn: Connection, user_id: int, project_id: int, settings: QueueSettings, rng: random.Random | None = None
+):
+    """Pick the next item of a project for ``user_id`` and write its lease, in the caller's transaction
+    (the caller commits). Returns a row (``_TASK_COLS``) or None when nothing is left."""
     if settings.strategy not in _QUEUE:
         raise ValueError(f"strategy '{settings.strategy}': must be one of {', '.join(_QUEUE)}")
     now = utcnow()
     rng = rng or random
-    params = {"user_id": user_id, "now": now, "overlap": settings.overlap}
+    params = {"user_id": user_id, "now": now, "overlap": settings.overlap, "project_id": project_id}
     # An item already leased to this user and not yet labelled comes back first (e.g. after a reload).
     row = conn.execute(_LEASED, params).first()
     if row is None and settings.gold_rate > 0 and rng.random() < settings.gold_rate:
@@ -242,9 +153,11 @@ def lease_next(conn: Connection, user_id: int, settings: QueueSettings, rng: ran
     return row
 
 
-def next_task(db: Session, user: User, settings: QueueSettings, rng: random.Random | None = None) -> Task | None:
-    """Pick (and lease) the next item for ``user``; commits. None when nothing is left for them."""
-    row = lease_next(db.connection(), user.id, settings, rng)
+def next_task(
+    db: Session, user: User, project_id: int, settings: QueueSettings, rng: random.Random | None = None
+) -> Task | None:
+    """Pick (and lease) the next item of a project for ``user``; commits. None when nothing is left."""
+    row = lease_next(db.connection(), user.id, project_id, settings, rng)
     db.commit()
     if row is None:
         return None
@@ -263,82 +176,93 @@ def skip_task(db: Session, user: User, task_id: int) -> None:
     db.commit()
 
 
-_OPEN = and_(Task.is_gold.is_(False), Task.n_labels < bindparam("overlap"))
+_OPEN = and_(_IN_PROJECT, Task.is_gold.is_(False), Task.n_labels < bindparam("overlap"))
+# The user's own labels and skips are few; the project's tasks are many. Each count is written as a
+# correlated EXISTS on the task so that it is driven by the user's index and probes tasks by primary
+# key. Written as a join, SQLite (without statistics) walks every task of the project instead: 10.6 ms
+# per call against 0.9 ms this way, measured with 5,000 tasks and 100 labels by the user.
+
+
+def _task_is(column, *conditions):
+    return exists().where(Task.id == column, *conditions)
+
+
 _PROGRESS = select(
-    select(func.count()).select_from(Label).where(Label.annotator_id == bindparam("user_id")).scalar_subquery(),
+    select(func.count())
+    .select_from(Label)
+    .where(Label.annotator_id == bindparam("user_id"), _task_is(Label.task_id, _IN_PROJECT))
+    .scalar_subquery(),
     select(func.count()).select_from(Task).where(_OPEN).scalar_subquery(),
     select(func.count())
     .select_from(Label)
-    .join(Task, Task.id == Label.task_id)
-    .where(Label.annotator_id == bindparam("user_id"), _OPEN)
+    .where(Label.annotator_id == bindparam("user_id"), _task_is(Label.task_id, _OPEN))
     .scalar_subquery(),
     select(func.count())
     .select_from(Assignment)
-    .join(Task, Task.id == Assignment.task_id)
-    .where(Assignment.user_id == bindparam("user_id"), Assignment.skipped.is_(True), _OPEN)
+    .where(
+        Assignment.user_id == bindparam("user_id"),
+        Assignment.skipped.is_(True),
+        _task_is(Assignment.task_id, _OPEN),
+    )
     .scalar_subquery(),
 )
 
 
-def progress(db: Session | Connection, user: User, settings: QueueSettings) -> dict:
-    """Labels done, and items left: open items (fewer than k labels) this user has not labelled or
-    skipped. Leases are ignored here: counting them per item would cost a scan on every request."""
+def progress(db: Session | Connection, user: User, project_id: int, settings: QueueSettings) -> dict:
+    """Labels done in the project, and items left: open items (fewer than k labels) this user has not
+    labelled or skipped. Leases are ignored here: counting them per item would cost a scan per request."""
     conn = db.connection() if isinstance(db, Session) else db
-    done, open_tasks, mine, skipped = conn.execute(_PROGRESS, {"user_id": user.id, "overlap": settings.overlap}).one()
+    params = {"user_id": user.id, "overlap": settings.overlap, "project_id": project_id}
+    done, open_tasks, mine, skipped = conn.execute(_PROGRESS, params).one()
     return {"done": done, "remaining": max(0, open_tasks - mine - skipped)}
 
 
 # ---------------------------------------------------------------- labels
 
 _LABELS = Label.__table__
-_LABEL_COLS = (
-    _LABELS.c.id,
-    _LABELS.c.task_id,
-    _LABELS.c.idempotency_key,
-    _LABELS.c.answer,
-    _LABELS.c.reason,
-    _LABELS.c.flags,
-    _LABELS.c.duration_ms,
-    _LABELS.c.review_status,
-    _LABELS.c.created_at,
-    _LABELS.c.updated_at,
+LABEL_FIELDS = (
+    "id",
+    "task_id",
+    "answer",
+    "reason",
+    "flags",
+    "duration_ms",
+    "review_status",
+    "suggestion_accepted",
+    "created_at",
+    "updated_at",
 )
+_LABEL_COLS = (_LABELS.c.idempotency_key, *(_LABELS.c[name] for name in LABEL_FIELDS))
 # One query finds both a replay (same key) and an earlier label for this item (another key).
 _EARLIER = select(*_LABEL_COLS).where(
     _LABELS.c.annotator_id == bindparam("user_id"),
     or_(_LABELS.c.idempotency_key == bindparam("key"), _LABELS.c.task_id == bindparam("task_id")),
 )
-_TASK_AND_LEASE = select(
-    Task.kind,
-    Task.responses,
-    Task.scale,
-    exists()
-    .where(Assignment.task_id == Task.id, Assignment.user_id == bindparam("user_id"))
-    .correlate(Task)
-    .label("served"),
-).where(Task.id == bindparam("task_id"))
+_TASK_AND_LEASE = (
+    select(
+        Task.kind,
+        Task.responses,
+        Task.scale,
+        Task.suggestion,
+        Project.suggestions.label("show_suggestions"),
+        exists()
+        .where(Assignment.task_id == Task.id, Assignment.user_id == bindparam("user_id"))
+        .correlate(Task)
+        .label("served"),
+    )
+    .join(Project, Project.id == Task.project_id)
+    .where(Task.id == bindparam("task_id"))
+)
 _INSERT_LABEL = _LABELS.insert()
 _COUNT_LABEL = update(Task.__table__).where(Task.id == bindparam("task_id")).values(n_labels=Task.n_labels + 1)
+_UNCOUNT_LABEL = update(Task.__table__).where(Task.id == bindparam("task_id")).values(n_labels=Task.n_labels - 1)
 _END_LEASE = delete(_ASSIGNMENTS).where(
     _ASSIGNMENTS.c.task_id == bindparam("task_id"), _ASSIGNMENTS.c.user_id == bindparam("user_id")
 )
 
 
 def _label_dict(row) -> dict:
-    return {
-        k: getattr(row, k)
-        for k in (
-            "id",
-            "task_id",
-            "answer",
-            "reason",
-            "flags",
-            "duration_ms",
-            "review_status",
-            "created_at",
-            "updated_at",
-        )
-    }
+    return {k: getattr(row, k) for k in LABEL_FIELDS}
 
 
 def store_label(
@@ -357,7 +281,8 @@ def store_label(
     A repeated ``key`` from the same annotator returns the label already stored under it (replayed =
     True) and writes nothing, whether the first request's answer reached the client or not. A race
     with a concurrent twin surfaces as IntegrityError from the INSERT: roll back and call
-    ``stored_after_conflict``.
+    ``stored_after_conflict``. Where the project shows suggestions, the label records the suggestion
+    the annotator saw and whether their answer kept it.
     """
     if not key or len(key) > 100:
         raise LabelConflict(400, "header Idempotency-Key: required, 1-100 characters (e.g. a UUID per submission)")
@@ -367,8 +292,7 @@ def store_label(
             if stored.task_id != task_id:
                 raise LabelConflict(
                     422,
-                    f"Idempotency-Key '{key}': already used for task {stored.task_id}, "
-                    f"not {task_id}; use a new key per submission",
+                    f"header Idempotency-Key: already used for task {stored.task_id}; use a new key per submission",
                 )
             return _label_dict(stored), True
     if earlier:
@@ -392,6 +316,7 @@ def store_label(
         flags = validate_flags(flags, len(task.responses))
     except AnswerError as e:
         raise LabelConflict(422, str(e)) from None
+    suggestion = task.suggestion if task.show_suggestions else None
     now = utcnow()
     label = {
         "task_id": task_id,
@@ -403,14 +328,15 @@ def store_label(
         "created_at": now,
         "updated_at": now,
         "review_status": None,
+        "suggestion": suggestion,
+        "suggestion_accepted": None if suggestion is None else answer == suggestion,
         "duration_ms": None if duration_ms is None else max(0, min(int(duration_ms), 3_600_000)),
     }
     # The INSERT: on PostgreSQL a concurrent twin waits here, then fails the unique check.
     label["id"] = conn.execute(_INSERT_LABEL, label).inserted_primary_key[0]
     conn.execute(_COUNT_LABEL, {"task_id": task_id})
     conn.execute(_END_LEASE, {"task_id": task_id, "user_id": user_id})
-    del label["annotator_id"], label["idempotency_key"]
-    return label, False
+    return {k: label[k] for k in LABEL_FIELDS}, False
 
 
 def stored_after_conflict(conn: Connection, user_id: int, key: str, task_id: int) -> tuple[dict, bool]:
@@ -452,8 +378,16 @@ def submit_label(
     return db.get(Label, stored["id"]), replayed
 
 
+def _locked_label(db: Session, label_id: int) -> Label | None:
+    # FOR UPDATE on PostgreSQL: two reviewers (or a reviewer and the annotator) changing one label at
+    # once must not both adjust the item's count. SQLite has one writer at a time anyway.
+    return db.get(Label, label_id, with_for_update=db.bind.dialect.name != "sqlite", populate_existing=True)
+
+
 def update_label(db: Session, user: User, label_id: int, answer: Any, reason: str | None, flags: Any) -> Label:
-    label = db.get(Label, label_id)
+    """Change a label (its annotator's, or any for an admin). The changed label goes back to the review
+    queue; a rejected one counts towards the overlap again."""
+    label = _locked_label(db, label_id)
     # Another annotator's label looks exactly like a missing one: its existence is not theirs to know.
     if label is None or (label.annotator_id != user.id and user.role != "admin"):
         raise LabelConflict(404, f"label {label_id}: no such label among yours")
@@ -463,7 +397,31 @@ def update_label(db: Session, user: User, label_id: int, answer: Any, reason: st
         label.flags = validate_flags(flags, len(task.responses))
     except AnswerError as e:
         raise LabelConflict(422, str(e)) from None
+    if label.review_status == "rejected":
+        db.execute(_COUNT_LABEL, {"task_id": task.id})
+    label.review_status = label.reviewed_by = label.reviewed_at = None
+    if label.suggestion is not None:
+        label.suggestion_accepted = label.answer == label.suggestion
     label.reason = reason or None
     label.updated_at = utcnow()
+    db.commit()
+    return label
+
+
+def set_review(db: Session, reviewer: User, label_id: int, status: str) -> Label:
+    """Accept or reject a label (never one's own). Rejecting takes it off its item's count, so the
+    item is served again until it has its overlap of labels that stand; accepting it again restores it."""
+    if status not in ("accepted", "rejected"):
+        raise LabelConflict(422, "status: must be 'accepted' or 'rejected'")
+    label = _locked_label(db, label_id)
+    if label is None:
+        raise LabelConflict(404, f"label {label_id}: no such label")
+    if label.annotator_id == reviewer.id:
+        raise LabelConflict(403, f"label {label_id}: is your own; another reviewer must review it")
+    if (label.review_status == "rejected") != (status == "rejected"):
+        db.execute(_UNCOUNT_LABEL if status == "rejected" else _COUNT_LABEL, {"task_id": label.task_id})
+    label.review_status = status
+    label.reviewed_by = reviewer.id
+    label.reviewed_at = utcnow()
     db.commit()
     return label

@@ -163,6 +163,11 @@ class PackedLlama:
             x = x + (F.silu(gate) * up) @ w["down_t"]
         return _rms_norm(x, self.final_norm, self.eps)
 
+    def repeat(self, n: int) -> None:
+        """Copy the cached keys and values of one row to ``n`` rows (a prefix shared by a batch)."""
+        self.keys = [k.repeat(n, 1, 1, 1) if k is not None else None for k in self.keys]
+        self.values = [v.repeat(n, 1, 1, 1) if v is not None else None for v in self.values]
+
     def logits(self, hidden: Tensor) -> Tensor:
         """(..., H) -> (..., V) by the LM head."""
         with torch.autocast(self.device_type, enabled=self.autocast):
@@ -248,6 +253,13 @@ class TransformersDecoder:
         return self.body(
             input_ids=ids, attention_mask=mask, position_ids=positions, cache=self.cache, use_cache=True
         ).last_hidden_state
+
+    def repeat(self, n: int) -> None:
+        """Copy the cached keys and values of one row to ``n`` rows (a prefix shared by a batch)."""
+        for layer in self.cache.layers:
+            layer.key_buffer = layer.key_buffer.repeat(n, 1, 1, 1)
+            layer.value_buffer = layer.value_buffer.repeat(n, 1, 1, 1)
+            layer.keys, layer.values = layer.key_buffer[:, :, : layer.length], layer.value_buffer[:, :, : layer.length]
 
     def logits(self, hidden: Tensor) -> Tensor:
         return self.head(hidden)

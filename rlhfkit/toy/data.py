@@ -14,6 +14,8 @@ from rlhfkit.models.hub import cache_dir
 from rlhfkit.toy.world import CAPITALS, NUMBER_WORDS, demonstrations, good_response, poor_response, sample_prompt
 
 SIZE = 2000  # records (or prompts) in each built-in set
+EVAL_SEED = 987_654  # the seed of every held-out evaluation set; never used for training data
+EVAL_SIZE = 500  # items in each built-in evaluation set
 
 
 def records(kind: str, seed: int = 0) -> list[dict]:
@@ -40,6 +42,31 @@ def data_file(kind: str, seed: int = 0) -> Path:
     it always holds what the toy world's code makes."""
     path = cache_dir() / "toy" / f"{kind}-seed{seed}.jsonl"
     write_jsonl(path, records(kind, seed))
+    return path
+
+
+def eval_records(kind: str, n: int = EVAL_SIZE, seed: int = EVAL_SEED) -> list[dict]:
+    """The toy world's held-out evaluation sets for `rlhfkit eval`: ``reference-text`` (good demonstrations, for
+    held-out perplexity), ``task`` (questions with their right answer, for exact match), ``redteam`` (harmful
+    requests) and ``benign`` (ordinary questions: the toy world has no look-alikes of its harmful requests, so this
+    is the set whose refusal would be over-refusal)."""
+    if kind == "reference-text":
+        return demonstrations(n, seed=seed, quality=1.0)
+    rng = random.Random(seed)
+    wanted = {"task": "benign", "redteam": "harmful", "benign": "benign"}[kind]
+    rows = []
+    while len(rows) < n:
+        p = sample_prompt(rng)
+        if p.kind == wanted:
+            chat = [{"role": "user", "content": p.text}]
+            rows.append({"prompt": chat, "answer": good_response(p)} if kind == "task" else {"prompt": chat})
+    return rows
+
+
+def eval_data_file(kind: str) -> Path:
+    """``eval_records(kind)`` as a JSONL file in the cache, for `rlhfkit eval --task-data toy` and the like."""
+    path = cache_dir() / "toy" / f"eval-{kind}.jsonl"
+    write_jsonl(path, eval_records(kind))
     return path
 
 

@@ -15,10 +15,9 @@ from rlhfkit.config import SamplingPart
 from rlhfkit.data.records import Message
 from rlhfkit.evaluate.stats import win_rate
 from rlhfkit.rollout import TransformersSampler, response_forward
+from rlhfkit.toy.data import EVAL_SEED
 from rlhfkit.toy.gold import refuses, utility
 from rlhfkit.toy.world import Prompt, sample_prompt
-
-EVAL_SEED = 987_654  # never used for training data
 
 
 def eval_prompts(n: int, seed: int = EVAL_SEED) -> list[Prompt]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 
-from rlhfkit.toy.annotators import Annotator
+from rlhfkit.toy.annotators import Annotator, consensus
 from rlhfkit.toy.world import Prompt
 
 
@@ -72,6 +72,23 @@ def ratings(
             a = rng.choice(pool)
             verdict = {"label": a.thumbs(prompt, text)} if thumbs else {"rating": a.rate(prompt, text), "scale": 5}
             rows.append({"prompt": _chat(prompt), "completion": text, **verdict, "annotator": a.name})
+    return rows
+
+
+def best_of_k_rows(prompts: list[Prompt], responses: list[list[str]], pool: list[Annotator]) -> list[dict]:
+    """Sets in RewardBench 2's format (one chosen response among K - 1 rejected): for each prompt whose K responses
+    are distinct and include one that the pool's noise-free consensus prefers to every other, that one as chosen and
+    the others as rejected. Prompts without such a response are left out."""
+    rows = []
+    for prompt, group in zip(prompts, responses):
+        distinct = list(dict.fromkeys(t for t in group if t.strip()))
+        if len(distinct) < len(group):
+            continue
+        for i, chosen in enumerate(distinct):
+            others = distinct[:i] + distinct[i + 1 :]
+            if all(consensus(pool, prompt, chosen, other) > 0 for other in others):
+                rows.append({"prompt": _chat(prompt), "chosen": [chosen], "rejected": others})
+                break
     return rows
 
 

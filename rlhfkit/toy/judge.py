@@ -34,3 +34,12 @@ def gold(prompts, responses) -> list[float]:
     return [
         utility(prompt_from_text(flat_text(from_json(p))), flat_text(from_json(r))) for p, r in zip(prompts, responses)
     ]
+
+
+LENGTH_BIAS = 0.15  # gold units per word: a judge that likes long answers about as much as one right answer per 7 words
+
+
+def length_biased(prompts, responses) -> list[float]:
+    """A judge with a verbosity bias, as LLM judges have (Dubois et al. 2024, "Length-Controlled AlpacaEval"): the
+    gold utility plus ``LENGTH_BIAS`` per word of the response. For testing length control, never for training."""
+    return [g + LENGTH_BIAS * len(flat_text(from_json(r)).split()) for g, r in zip(gold(prompts, responses), responses)]

@@ -29,23 +29,28 @@ from rlhfkit.config.stages import BestOfNConfig
 from rlhfkit.data.io import write_jsonl
 from rlhfkit.data.prompts import load_prompts
 from rlhfkit.data.records import to_json
+from rlhfkit.evaluate.monitor import Check
 from rlhfkit.losses import best_of_n_kl
 from rlhfkit.models.load import load_causal_lm
 from rlhfkit.rewards import load_reward
 from rlhfkit.rollout import RowSeeds, make_sampler
 from rlhfkit.runs import parent_of
 from rlhfkit.train import common
+from rlhfkit.train.monitoring import PolicyMonitor
 
 
-def expected_best_of_n(scores: torch.Tensor, n: int) -> torch.Tensor:
+def expected_best_of_n(scores: torch.Tensor, n: int, values: torch.Tensor | None = None) -> torch.Tensor:
     """E[max of a uniformly random n-subset] of each row of ``scores`` (P, M), without replacement:
-    with the row sorted ascending, sum_i C(i - 1, n - 1) / C(M, n) * s_(i), i = 1..M. -> (P,)."""
+    with the row sorted ascending, sum_i C(i - 1, n - 1) / C(M, n) * s_(i), i = 1..M. -> (P,).
+    With ``values`` (P, M): the expected value of the sample that the best of n picks (the same weights on the
+    values in the order of the scores), e.g. a second reward model's score of best-of-n's choice."""
     M = scores.size(-1)
     if not 1 <= n <= M:
         raise ValueError(f"best of {n} needs 1 <= n <= {M} samples")
-    ranked = scores.sort(-1).values
+    order = scores.argsort(dim=-1, stable=True)
+    ranked = (scores if values is None else values).gather(-1, order)
     weights = torch.tensor(
-        [math.comb(i - 1, n - 1) / math.comb(M, n) for i in range(1, M + 1)], dtype=scores.dtype, device=scores.device
+        [math.comb(i - 1, n - 1) / math.comb(M, n) for i in range(1, M + 1)], dtype=ranked.dtype, device=ranked.device
     )
     return ranked @ weights
 
@@ -82,6 +87,54 @@ def sample_and_score(
     return texts, scores, ended
 
 
+def monitor_best_of_n(
+    monitor: PolicyMonitor, prompts: list, texts: list, scores: torch.Tensor, tokenizer
+) -> tuple[int, torch.Tensor | None]:
+    """The monitor's checks of best-of-N for N = 1 .. n_max, each the expectation over random N-subsets of the samples
+    (smooth, as the curve): the training reward of the choice, a second reward's score of it, the ensemble's
+    disagreement on it, its length, and KL = log N - (N - 1) / N. Returns the N to keep (n_max, or the best check's
+    N when the monitor stops the run) and, when the alarm switches the reward (``monitor_switch_to``), every sample's
+    score by the switched transform (P, M). Every sample is written to monitor/samples.jsonl with its score, so the
+    choice at any N can be judged afterwards."""
+    P, M = scores.shape
+    flat_prompts = [p for p in prompts for _ in range(M)]
+    flat_texts = [t for group in texts for t in group]
+    second = monitor.second(flat_prompts, flat_texts).view(P, M) if monitor.second is not None else None
+    training_members, training_variances = monitor.training_reward.distribution(flat_prompts, flat_texts)  # (E, P * M)
+    members = monitor.ensemble.members(flat_prompts, flat_texts) if monitor.ensemble else training_members
+    spread = members.std(0).view(P, M) if members.size(0) > 1 else None
+    lengths = torch.tensor([len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in flat_texts]).view(P, M)
+    if monitor.is_main:
+        monitor.folder.mkdir(parents=True, exist_ok=True)
+        rows = [
+            {"prompt": to_json(p), "sample": j, "response": texts[i][j], "score": scores[i, j].item()}
+            for i, p in enumerate(prompts)
+            for j in range(M)
+        ]
+        write_jsonl(monitor.folder / "samples.jsonl", rows)
+
+    def pick(values, n: int) -> float | None:
+        return None if values is None else expected_best_of_n(scores, n, values.float()).mean().item()
+
+    for n in range(1, M + 1):
+        check = Check(
+            step=n,
+            kl=best_of_n_kl(n),
+            proxy_reward=pick(scores, n),
+            second_rm_reward=pick(second, n),
+            ensemble_std=pick(spread, n),
+            mean_length=pick(lengths, n),
+        )
+        status = monitor.check(check)
+        if status.alarm and monitor.cfg.monitor_switch_to:
+            monitor.switched_at = n
+            monitor.training_reward.transform = monitor.cfg.monitor_switch_to  # combine refuses a reward without spread
+            return M, monitor.training_reward.combine(training_members, training_variances).view(P, M)
+        if monitor.stop:
+            return monitor.monitor.best_step, None
+    return M, None
+
+
 def plot_curve(rows: list[dict], path: Path, title: str) -> None:
     import matplotlib
 
@@ -110,12 +163,20 @@ def run(cfg: BestOfNConfig) -> Path:
     reward_fn = load_reward(cfg.reward, cfg.reward_batch_size, accelerator.device, transform=cfg.reward_transform)
     model, tokenizer = load_causal_lm(cfg.model, common.training_dtype(cfg), cfg.chat_template, seed=cfg.seed)
     model.to(accelerator.device).eval()
+    monitor = PolicyMonitor(cfg, run_dir, None, prompts, training_reward=reward_fn) if cfg.monitor else None
     parents = [parent_of("model", cfg.model), parent_of("reward", cfg.reward)]
     logger = common.start_run(run_dir, cfg, accelerator, parents, {"prompts": cfg.data})
     sampler = make_sampler(model, tokenizer, cfg.sampling(), model_spec=cfg.model)
     texts, scores, ended = sample_and_score(
         sampler, reward_fn, prompts, cfg.n_max, cfg.batch_size, cfg.seed, cfg.missing_eos_penalty, accelerator
     )  # scores (P, n_max), on every process
+    kept_n = cfg.n_max
+    if monitor is not None:  # every process holds all samples: each makes the same checks, the main one writes
+        monitor.logger = logger
+        kept_n, switched = monitor_best_of_n(monitor, prompts, texts, scores, tokenizer)
+        if switched is not None:  # the alarm switched the choice to the penalised ensemble reward, over all samples
+            penalty = cfg.missing_eos_penalty
+            scores = switched if penalty is None else torch.where(ended, switched, torch.full_like(switched, penalty))
 
     rows = []
     n = 1
@@ -123,13 +184,13 @@ def run(cfg: BestOfNConfig) -> Path:
         rows.append({"n": n, "reward": expected_best_of_n(scores, n).mean().item(), "kl_bound": best_of_n_kl(n)})
         logger.log(n, {"bon/reward": rows[-1]["reward"], "bon/kl_bound": rows[-1]["kl_bound"]})
         n *= 2
-    best = scores.argmax(-1)  # (P,)
+    best = scores[:, :kept_n].argmax(-1)  # (P,) the first kept_n samples: n_max unless the monitor stopped earlier
     chosen = [
         {
             "prompt": to_json(p),
             "completion": texts[i][best[i]],
             "score": scores[i, best[i]].item(),
-            "n": cfg.n_max,
+            "n": kept_n,
             "ended": bool(ended[i, best[i]]),
         }
         for i, p in enumerate(prompts)
@@ -151,6 +212,7 @@ def run(cfg: BestOfNConfig) -> Path:
             "mean_reward": scores.mean().item(),
             "kl_bound": best_of_n_kl(cfg.n_max),
             "curve": rows,
+            "monitor": {**monitor.figures(), "kept_n": kept_n} if monitor is not None else None,
         }
     )
     accelerator.wait_for_everyone()

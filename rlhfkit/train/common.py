@@ -20,6 +20,7 @@ import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -130,13 +131,26 @@ def optimizer_step(
     return None if grad_norm is None else float(grad_norm)
 
 
-def make_scheduler(optimizer, cfg: OptimPart, total_steps: int):
-    from transformers import get_scheduler
+def lr_factor(schedule: str, step: int, warmup: int, total: int) -> float:
+    """The learning-rate multiplier at ``step``: linear warm-up over ``warmup`` steps, then constant, linear
+    decay to 0 or half a cosine to 0 at ``total``. The same numbers as transformers' ``get_scheduler``
+    (constant_with_warmup, linear, cosine), written here because importing it pulls in its Trainer's
+    utilities and peft (what that costs: ``bench/import_costs.py``, docs/performance.md)."""
+    if step < warmup:
+        return step / max(1, warmup)
+    if schedule == "constant":
+        return 1.0
+    if schedule == "linear":
+        return max(0.0, (total - step) / max(1, total - warmup))
+    progress = (step - warmup) / max(1, total - warmup)
+    return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
 
-    name = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[cfg.lr_schedule]
-    return get_scheduler(
-        name, optimizer, num_warmup_steps=int(cfg.warmup_ratio * total_steps), num_training_steps=total_steps
-    )
+
+def make_scheduler(optimizer, cfg: OptimPart, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    if cfg.lr_schedule not in ("cosine", "linear", "constant"):
+        raise ValueError(f"lr_schedule {cfg.lr_schedule!r}: choose cosine, linear or constant")
+    factor = partial(lr_factor, cfg.lr_schedule, warmup=int(cfg.warmup_ratio * total_steps), total=total_steps)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def total_steps(cfg: RunPart, n_examples: int) -> int:
@@ -147,10 +161,11 @@ def total_steps(cfg: RunPart, n_examples: int) -> int:
     return max(1, math.ceil(cfg.epochs * per_epoch))
 
 
-def check_global_batch(accelerator: Accelerator, batch_size: int, grad_accum: int = 1, name: str = "batch_size"):
+def check_global_batch(accelerator: Accelerator, batch_size: int, grad_accum: int | None = 1, name: str = "batch_size"):
     """Refuse a global batch too small to give every process and micro-batch at least one example."""
     from accelerate.utils import DistributedType
 
+    grad_accum = resolve_grad_accum(accelerator, batch_size, grad_accum)
     if accelerator.distributed_type == DistributedType.DEEPSPEED and grad_accum > 1:
         raise ValueError(
             "under DeepSpeed set grad_accum 1 (DeepSpeed steps the optimiser inside every backward pass); "
@@ -201,12 +216,36 @@ def global_batches(
     return itertools.islice(stream(), start, None)
 
 
-def split_micro(batch: list[int], accelerator: Accelerator, grad_accum: int) -> list[list[int]]:
-    """This process's share of a global batch, cut into ``grad_accum`` micro-batches, both strided: micro-batch m
-    of process p is ``batch[m + p * grad_accum :: P * grad_accum]``, so micro-batch m of all processes together is
-    ``batch[m::grad_accum]`` whatever P (what KTO's batch estimate of z0 is taken over). The global batch falls
-    into the same P x grad_accum pieces however they are spread (2 processes x 1 = 1 process x 2), and, batches
-    being sorted by length under ``group_by_length``, every process gets as many long examples as short ones."""
+# Examples per micro-batch on each CPU process when grad_accum is not set: the activations held for the backward
+# pass shrink with the micro-batch while the products stay large enough to run at full speed on a CPU core
+# (measured in docs/performance.md, "Micro-batches").
+CPU_MICRO_BATCH = 4
+
+
+def resolve_grad_accum(accelerator: Accelerator, batch_size: int, grad_accum: int | None) -> int:
+    """Micro-batches per process for a global batch of ``batch_size``. Unset (None): pieces of ``CPU_MICRO_BATCH``
+    examples per CPU process, one piece elsewhere and under DeepSpeed (which steps inside every backward). Unset,
+    the global batch falls into ``P * ceil(B / 4P)`` strided pieces, which is ``B / 4`` whatever P when B is a
+    multiple of 4P: then 1 and P processes run the very same pieces (tests/test_multiprocess.py relies on it).
+    Other sizes give other pieces of the same examples; every loss but KTO's (whose default is 1) is a sum over
+    examples divided once by a global count, so the step is still the same up to rounding."""
+    if grad_accum is not None:
+        return grad_accum
+    from accelerate.utils import DistributedType
+
+    if accelerator.device.type != "cpu" or accelerator.distributed_type == DistributedType.DEEPSPEED:
+        return 1
+    return max(1, math.ceil(batch_size / (accelerator.num_processes * CPU_MICRO_BATCH)))
+
+
+def split_micro(batch: list[int], accelerator: Accelerator, grad_accum: int | None) -> list[list[int]]:
+    """This process's share of a global batch, cut into ``grad_accum`` micro-batches (None: ``resolve_grad_accum``),
+    both strided: micro-batch m of process p is ``batch[m + p * g :: P * g]``, so micro-batch m of all processes
+    together is ``batch[m::g]`` whatever P (what KTO's batch estimate of z0 is taken over). The global batch falls
+    into the same P x g pieces however they are spread (2 processes x 1 = 1 process x 2), and, batches being
+    sorted by length under ``group_by_length``, every process gets as many long examples as short ones."""
+    if grad_accum is None:
+        grad_accum = resolve_grad_accum(accelerator, len(batch), None)
     P, g = accelerator.num_processes, grad_accum
     return [m for m in (batch[i + accelerator.process_index * g :: P * g] for i in range(g)) if m]
 
@@ -258,6 +297,15 @@ def gather_objects(accelerator: Accelerator, items: list) -> list:
     from accelerate.utils import gather_object
 
     return gather_object(list(items))
+
+
+def micro_rows(rows: torch.Tensor, device: torch.device) -> list[torch.Tensor]:
+    """A mini-batch of rollout rows as the pieces to run forward and backward one at a time: on the CPU pieces of
+    ``CPU_MICRO_BATCH`` rows, in row order so that the samples of one prompt stay together (they then share
+    the prompt's forward, ``rlhfkit.rollout.shared_prompt_forward``); elsewhere the whole mini-batch."""
+    if torch.device(device).type != "cpu":
+        return [rows]
+    return list(rows.sort().values.split(CPU_MICRO_BATCH))
 
 
 @dataclass

@@ -55,9 +55,12 @@ from rlhfkit.data.pairs import (
     positions_to_keep,
     tokenize_comparison,
 )
+from rlhfkit.data.prompts import read_prompts
 from rlhfkit.models.load import add_lora, base_causal_lm, load_causal_lm
 from rlhfkit.runs import file_hash, parent_of
 from rlhfkit.train import common
+from rlhfkit.train.monitoring import PolicyMonitor, check_sampling
+from rlhfkit.train.token_cache import cached_tokens
 
 
 class CompletionLogProbs(nn.Module):
@@ -336,9 +339,19 @@ def run(cfg: DPOConfig) -> Path:
         raise DataError(f"{cfg.data}: no pairs left once ties are dropped (--ties drop); train them as ties instead")
     model, tokenizer = load_causal_lm(cfg.model, common.training_dtype(cfg), cfg.chat_template, seed=cfg.seed)
     pad_id = tokenizer.pad_token_id
-    train = tokenize_all(tokenizer, train_records, cfg.max_length)
-    held_out = tokenize_all(tokenizer, eval_records, cfg.max_length)
+    tokenize = lambda records: tokenize_all(tokenizer, records, cfg.max_length)  # noqa: E731
+    train = cached_tokens(tokenize, train_records, tokenizer, cfg.max_length, item_type=Group)
+    held_out = cached_tokens(tokenize, eval_records, tokenizer, cfg.max_length, item_type=Group)
     loss_fn = make_loss_fn(cfg, with_ties=any(g.tie for g in train + held_out))
+    monitor = monitor_ref = None
+    if cfg.monitor:  # built before the folder exists: a bad monitor setting leaves nothing behind
+        if cfg.monitor_data:
+            check_prompts = read_prompts(cfg.monitor_data, cfg.skip_invalid)
+        else:  # the held-out pairs' prompts, each once
+            check_prompts = list({repr(r.prompt): r.prompt for r in eval_records}.values())
+        monitor = PolicyMonitor(cfg, run_dir, None, check_prompts, device=accelerator.device)
+        if cfg.reference == "precomputed":  # KL needs the start's log-probs of new samples: a frozen copy
+            monitor_ref = copy.deepcopy(model).to(accelerator.device).eval().requires_grad_(False)
     parents = [parent_of("model", cfg.model), parent_of("reference", cfg.model)]
     logger = common.start_run(run_dir, cfg, accelerator, parents, {"train": cfg.data, "eval": cfg.eval_data})
     run_dir.write_invalid_rows(invalid)
@@ -358,6 +371,38 @@ def run(cfg: DPOConfig) -> Path:
 
     state = common.resume(run_dir, accelerator, cfg.resume, common.TrainerState())
     batches = common.global_batches([len(g) for g in train], cfg.batch_size, cfg.seed, start=state.step)
+    sampling = check_sampling(cfg)
+
+    def monitor_check() -> None:
+        """The monitor's check of the current policy: its samples, KL to the start, held-out accuracy. Collective:
+        every process samples the same check prompts (a sharded policy gathered, as PPO's rollouts) and runs its
+        share of the held-out evaluation, and all take part in saving; only the main process writes."""
+        from rlhfkit.rollout import response_forward
+
+        owner = accelerator.unwrap_model(policy)
+        lm = owner.model
+
+        def reference_logprobs(rollout):
+            if monitor_ref is not None:
+                return response_forward(monitor_ref, rollout, sampling.temperature)["logprobs"]
+            if reference.model is not None:  # reference "copy"
+                return response_forward(reference.model.model, rollout, sampling.temperature)["logprobs"]
+            with lm.disable_adapter():
+                return response_forward(lm, rollout, sampling.temperature)["logprobs"]
+
+        samples = monitor.sample(lm, tokenizer, sampling, reference_logprobs, seed=cfg.seed, weights_owner=owner)
+        accuracy = None
+        if held_out:
+            scores = evaluate(policy, ref_fn, held_out, eval_ref, loss_fn, cfg, pad_id, accelerator)
+            accuracy = scores.get("eval/rewards/accuracies")  # absent when every held-out pair is a tie
+        save = lambda path: common.save_final_model(  # noqa: E731
+            accelerator, lm, tokenizer, path, merge_lora=cfg.merge_lora
+        )
+        monitor.check(monitor.measure(samples, state.step, heldout_accuracy=accuracy), samples, save)
+
+    if monitor is not None:
+        monitor.logger = logger
+        monitor.resume(state.step)
     if held_out and state.step == 0:
         logger.log(0, evaluate(policy, ref_fn, held_out, eval_ref, loss_fn, cfg, pad_id, accelerator))
     progress = common.Progress(n_steps, "dpo", cfg.progress and accelerator.is_main_process, completed=state.step)
@@ -365,6 +410,10 @@ def run(cfg: DPOConfig) -> Path:
     window, n_pairs, start = {}, 0, time.perf_counter()
     with common.checkpoint_on_interrupt(run_dir, accelerator, state, cfg.keep_checkpoints, progress, logger):
         while state.step < n_steps:
+            if monitor is not None and monitor.due(state.step):
+                monitor_check()
+                if monitor.stop:
+                    break
             global_batch = next(batches)
             micro = common.split_micro(global_batch, accelerator, cfg.grad_accum)
             for i, indices in enumerate(micro):
@@ -399,6 +448,8 @@ def run(cfg: DPOConfig) -> Path:
                 logger.log(state.step, evaluate(policy, ref_fn, held_out, eval_ref, loss_fn, cfg, pad_id, accelerator))
             if cfg.save_every and state.step % cfg.save_every == 0:
                 common.save_checkpoint(run_dir, accelerator, state, cfg.keep_checkpoints)
+        if monitor is not None and not monitor.stop and monitor.due(state.step):
+            monitor_check()  # the last step's policy
     progress.close()
     final_eval = evaluate(policy, ref_fn, held_out, eval_ref, loss_fn, cfg, pad_id, accelerator) if held_out else {}
     logger.log(state.step, final_eval)
@@ -406,6 +457,8 @@ def run(cfg: DPOConfig) -> Path:
     common.save_final_model(
         accelerator, accelerator.unwrap_model(policy).model, tokenizer, run_dir.final, merge_lora=cfg.merge_lora
     )
+    if monitor is not None:
+        monitor.keep_best(run_dir.final)  # after a stop, the best check's policy is the run's model
     run_dir.finish(
         {
             "steps": state.step,
@@ -414,6 +467,7 @@ def run(cfg: DPOConfig) -> Path:
             "eval_margin": final_eval.get("eval/rewards/margins"),
             "eval_chosen_reward": final_eval.get("eval/rewards/chosen"),
             "eval_rejected_reward": final_eval.get("eval/rewards/rejected"),
+            "monitor": monitor.figures() if monitor is not None else None,
         }
     )
     accelerator.wait_for_everyone()

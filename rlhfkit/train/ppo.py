@@ -31,12 +31,13 @@ import copy
 import json
 import math
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 
 from rlhfkit.config.stages import PPOConfig
-from rlhfkit.data.prompts import load_prompts
+from rlhfkit.data.prompts import load_prompts, read_prompts
 from rlhfkit.data.records import to_json
 from rlhfkit.losses import (
     KL_ESTIMATORS,
@@ -59,6 +60,7 @@ from rlhfkit.rewards import load_reward
 from rlhfkit.rollout import RowSeeds, make_sampler, response_forward
 from rlhfkit.runs import parent_of
 from rlhfkit.train import common
+from rlhfkit.train.monitoring import PolicyMonitor, check_sampling
 from rlhfkit.train.ppo_batch import (
     ActorCritic,
     RewardNormalizer,
@@ -128,10 +130,18 @@ def run(cfg: PPOConfig) -> Path:
     scheduler = common.make_scheduler(optimizer, cfg, n_steps * cfg.ppo_epochs * cfg.num_minibatches)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     raw = accelerator.unwrap_model(model)
+    monitor = None
+    if cfg.monitor:
+        check_prompts = read_prompts(cfg.monitor_data, cfg.skip_invalid) if cfg.monitor_data else eval_prompts
+        monitor = PolicyMonitor(cfg, run_dir, None, check_prompts, training_reward=reward_fn, device=device)
     parents = [parent_of("model", cfg.model), parent_of("reference", cfg.model), parent_of("reward", cfg.reward)]
     logger = common.start_run(run_dir, cfg, accelerator, parents, {"prompts": cfg.data, "eval": cfg.eval_data})
     fresh = common.TrainerState(extra={"kl_coef": cfg.kl_coef, "reward_norm": None})
     state = common.resume(run_dir, accelerator, cfg.resume, fresh)
+    if monitor is not None:
+        monitor.logger = logger
+        monitor.resume(state.step)
+        monitor.switched_at = state.extra.get("switched_at")
     normalizer = RewardNormalizer(cfg.normalize_reward, state.extra.get("reward_norm"))
     sampler = make_sampler(
         raw.policy,
@@ -147,9 +157,37 @@ def run(cfg: PPOConfig) -> Path:
     progress = common.Progress(n_steps, "ppo", cfg.progress and accelerator.is_main_process, completed=state.step)
     kl_fn = KL_ESTIMATORS[cfg.kl_estimator]
     samples_file = run_dir.path / "samples.jsonl"
+
+    @torch.no_grad()
+    def reference_logprobs(rollout) -> torch.Tensor:
+        with accelerator.autocast():
+            if reference is not None:
+                return response_forward(reference, rollout, cfg.temperature)["logprobs"]
+            return model(rollout, cfg.temperature, part="reference")["logprobs"]
+
+    def monitor_check() -> None:
+        """The monitor's check of the current policy (at step 0 too: the signals' starting values). Collective:
+        every process samples the same check prompts with the same stream (a sharded policy is gathered for it,
+        as for a rollout) and takes part in saving the model; only the main process writes."""
+        samples = monitor.sample(
+            raw.policy, tokenizer, check_sampling(cfg), reference_logprobs, seed=cfg.seed, weights_owner=raw
+        )
+        save = lambda path: common.save_final_model(  # noqa: E731
+            accelerator, raw.policy, tokenizer, path, merge_lora=cfg.merge_lora
+        )
+        status = monitor.check(monitor.measure(samples, state.step), samples, save)
+        if status.alarm and cfg.monitor_switch_to and "switched_at" not in state.extra:
+            state.extra["switched_at"] = state.step  # the mitigation from here on (kept by a resume)
+            monitor.switched_at = state.step
+            accelerator.print(f"monitor: training reward switched to {cfg.monitor_switch_to} at step {state.step}")
+
     model.train()
     with common.checkpoint_on_interrupt(run_dir, accelerator, state, cfg.keep_checkpoints, progress, logger):
         while state.step < n_steps:
+            if monitor is not None and monitor.due(state.step):
+                monitor_check()
+                if monitor.stop:
+                    break
             t0, cpu0 = time.perf_counter(), time.process_time()
             kl_coef = state.extra["kl_coef"]
             global_batch = next(batches)
@@ -166,6 +204,8 @@ def run(cfg: PPOConfig) -> Path:
             t_rollout = time.perf_counter() - t0
 
             # 2.-3. on this process's share: raw scores, behaviour log-probs / values, reference log-probs
+            if "switched_at" in state.extra:  # the monitor's alarm switched the reward to a penalised ensemble
+                reward_fn.transform = cfg.monitor_switch_to
             raw_scores = reward_fn(rollout.prompts, rollout.texts).to(device)  # (b,)
             with torch.no_grad(), accelerator.autocast():
                 old = behaviour(model, rollout, cfg, with_critic=raw.critic is not None)
@@ -238,6 +278,8 @@ def run(cfg: PPOConfig) -> Path:
             progress.update()
             if cfg.save_every and state.step % cfg.save_every == 0:
                 common.save_checkpoint(run_dir, accelerator, state, cfg.keep_checkpoints)
+        if monitor is not None and not monitor.stop and monitor.due(state.step):
+            monitor_check()  # the last step's policy
     progress.close()
     with accelerator.autocast():
         held_out = evaluate(sampler, reward_fn, eval_prompts, cfg, device, accelerator) if eval_prompts else {}
@@ -246,6 +288,8 @@ def run(cfg: PPOConfig) -> Path:
     common.save_final_model(accelerator, raw.policy, tokenizer, run_dir.final, merge_lora=cfg.merge_lora)
     if raw.critic is not None:
         save_critic(accelerator, raw.critic, run_dir.path / "critic.pt")
+    if monitor is not None:
+        monitor.keep_best(run_dir.final)  # after a stop, the best check's policy is the run's model
     run_dir.finish(
         {
             "steps": state.step,
@@ -253,6 +297,7 @@ def run(cfg: PPOConfig) -> Path:
             "kl_coef": state.extra["kl_coef"],
             "train_score": state.extra.get("train_score"),
             **{k.replace("eval/", "eval_"): v for k, v in held_out.items()},
+            "monitor": monitor.figures() if monitor is not None else None,
         }
     )
     accelerator.wait_for_everyone()
@@ -276,9 +321,14 @@ def update(model, optimizer, scheduler, accelerator, batch: RolloutBatch, advant
     """``ppo_epochs`` passes over the global batch in ``num_minibatches`` mini-batches, each one optimiser step.
     Mini-batch rows are a permutation of the global batch (a function of seed and step); this process runs its
     slice, and its losses are sums over its tokens divided by the token count of the whole mini-batch, times the
-    number of processes (DDP and FSDP average the gradients): the gradient of the whole mini-batch's mean. The
-    figures are likewise each process's share of the mini-batch means, summed over the processes."""
+    number of processes (DDP and FSDP average the gradients): the gradient of the whole mini-batch's mean. On the
+    CPU the slice runs forward and backward in pieces of 4 rows (``common.micro_rows``), each weighted by its share
+    of the mini-batch's tokens, so the pieces' gradients add up to the slice's. The figures are likewise each
+    piece's share of the mini-batch means, summed over the processes."""
+    from accelerate.utils import DistributedType
+
     P = accelerator.num_processes
+    whole_slices = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
     B = batch.response_mask.size(0)
     mb_size = math.ceil(B / cfg.num_minibatches)
     n_updates = cfg.ppo_epochs * math.ceil(B / mb_size)
@@ -294,32 +344,42 @@ def update(model, optimizer, scheduler, accelerator, batch: RolloutBatch, advant
         for s in range(0, B, mb_size):
             mb_rows = order[s : s + mb_size]
             idx = minibatch_share(mb_rows, accelerator).to(batch.response_mask.device)
-            mine = batch.rows(idx)
-            mb_mask = mine.response_mask
-            share = float(mb_mask.sum()) / float(batch.response_mask[mb_rows.to(idx.device)].sum())  # my tokens / all
-            with accelerator.autocast():
-                new = model(mine, cfg.temperature, entropy=cfg.entropy_coef > 0)
-            pg_loss, pg_stats = ppo_policy_loss(new["logprobs"], mine.logprobs, advantages[idx], mb_mask, cfg.cliprange)
-            loss = pg_loss
-            if returns is not None:
-                vf_loss, vf_stats = ppo_value_loss(
-                    new["values"], mine.values, returns[idx], mb_mask, cfg.cliprange_value
-                )
-                loss = loss + cfg.vf_coef * vf_loss
-                add("loss/value", vf_loss.item(), share)
-                add("val/clipfrac", vf_stats["vf_clipfrac"].item(), share)
-            if cfg.entropy_coef > 0:
-                mb_entropy = masked_mean(new["entropy"], mb_mask)
-                loss = loss - cfg.entropy_coef * mb_entropy
-                add("policy/entropy", mb_entropy.item(), share)
-            accelerator.backward(loss * (share * P))  # per-token means of this slice -> the mini-batch's mean
+            mb_tokens = float(batch.response_mask[mb_rows.to(idx.device)].sum())  # the whole mini-batch's tokens
+            # on the CPU in pieces: less activation memory. Not under FSDP / DeepSpeed: there every forward is
+            # collective (processes holding slices of different sizes would run different numbers of pieces) and
+            # DeepSpeed steps the optimiser inside each backward
+            pieces = [idx] if whole_slices else common.micro_rows(idx, idx.device)
+            for i, piece in enumerate(pieces):
+                mine = batch.rows(piece)
+                mb_mask = mine.response_mask
+                share = float(mb_mask.sum()) / mb_tokens  # this piece's tokens / the mini-batch's, all processes
+                with accelerator.no_sync(model) if i < len(pieces) - 1 else nullcontext():
+                    with accelerator.autocast():
+                        new = model(mine, cfg.temperature, entropy=cfg.entropy_coef > 0)
+                    pg_loss, pg_stats = ppo_policy_loss(
+                        new["logprobs"], mine.logprobs, advantages[piece], mb_mask, cfg.cliprange
+                    )
+                    loss = pg_loss
+                    if returns is not None:
+                        vf_loss, vf_stats = ppo_value_loss(
+                            new["values"], mine.values, returns[piece], mb_mask, cfg.cliprange_value
+                        )
+                        loss = loss + cfg.vf_coef * vf_loss
+                        add("loss/value", vf_loss.item(), share)
+                        add("val/clipfrac", vf_stats["vf_clipfrac"].item(), share)
+                    if cfg.entropy_coef > 0:
+                        mb_entropy = masked_mean(new["entropy"], mb_mask)
+                        loss = loss - cfg.entropy_coef * mb_entropy
+                        add("policy/entropy", mb_entropy.item(), share)
+                    # per-token means of this piece -> the mini-batch's mean (times P: DDP and FSDP average)
+                    accelerator.backward(loss * (share * P))
+                add("loss/policy", pg_loss.item(), share)
+                add("loss/total", loss.item(), share)
+                add("policy/clipfrac", pg_stats["clipfrac"].item(), share)
+                add("policy/approx_kl", pg_stats["approx_kl"].item(), share)
             grad_norm = common.optimizer_step(accelerator, model, optimizer, scheduler, cfg.max_grad_norm)
             if grad_norm is not None:
                 grad_norms.append(grad_norm)  # already global: the same on every process
-            add("loss/policy", pg_loss.item(), share)
-            add("loss/total", loss.item(), share)
-            add("policy/clipfrac", pg_stats["clipfrac"].item(), share)
-            add("policy/approx_kl", pg_stats["approx_kl"].item(), share)
     stats = common.global_sums(accelerator, sums)
     if grad_norms:
         stats["train/grad_norm"] = sum(grad_norms) / len(grad_norms)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from rlhfkit.config.stages import RejectionConfig, SFTConfig
 from rlhfkit.data.io import write_jsonl
-from rlhfkit.data.prompts import load_prompts
+from rlhfkit.data.prompts import load_prompts, read_prompts
 from rlhfkit.data.records import to_json
 from rlhfkit.models.load import load_causal_lm
 from rlhfkit.rewards import load_reward
@@ -31,6 +31,7 @@ from rlhfkit.rollout import make_sampler
 from rlhfkit.runs import RunFolder, parent_of
 from rlhfkit.train import common
 from rlhfkit.train.best_of_n import sample_and_score
+from rlhfkit.train.monitoring import PolicyMonitor, check_sampling
 from rlhfkit.train.sft import run as sft_run
 
 
@@ -48,13 +49,47 @@ def sft_config(cfg: RejectionConfig, model: str, data: Path, output_dir: Path) -
     return SFTConfig(**shared)
 
 
+def check_prompts(cfg: RejectionConfig, all_prompts: list) -> list:
+    """The monitor's prompts: monitor_data's, eval_data's, or the data's prompts beyond max_prompts (which no round
+    samples, so they are held out)."""
+    if cfg.monitor_data:
+        return read_prompts(cfg.monitor_data, cfg.skip_invalid)
+    if cfg.eval_data:
+        return read_prompts(cfg.eval_data, cfg.skip_invalid)
+    return all_prompts[cfg.max_prompts :]
+
+
 def run(cfg: RejectionConfig) -> Path:
     accelerator = common.make_accelerator(cfg)
     run_dir = common.open_run(cfg, accelerator)
-    prompts = load_prompts(cfg.data, cfg.eval_data, 0.0, cfg.seed, cfg.skip_invalid)[0][: cfg.max_prompts]
+    all_prompts = load_prompts(cfg.data, cfg.eval_data, 0.0, cfg.seed, cfg.skip_invalid)[0]
+    prompts = all_prompts[: cfg.max_prompts]
     reward_fn = load_reward(cfg.reward, cfg.reward_batch_size, accelerator.device, transform=cfg.reward_transform)
+    monitor = start = None
+    if cfg.monitor:  # checks once per round, on the policy the round starts from, and on the final one
+        monitor = PolicyMonitor(cfg, run_dir, None, check_prompts(cfg, all_prompts), training_reward=reward_fn)
+        start = load_causal_lm(cfg.model, common.training_dtype(cfg), cfg.chat_template, seed=cfg.seed)[0]
+        start.to(accelerator.device).eval().requires_grad_(False)  # the reference of the checks' KL
     parents = [parent_of("model", cfg.model), parent_of("reward", cfg.reward)]
     logger = common.start_run(run_dir, cfg, accelerator, parents, {"prompts": cfg.data})
+
+    def monitor_check(step: int, model, tokenizer) -> None:
+        """Collective: every process samples the same check prompts; the main process writes (and saves)."""
+        from rlhfkit.rollout import response_forward
+
+        sampling = check_sampling(cfg)
+
+        def reference_logprobs(rollout):
+            return response_forward(start, rollout, sampling.temperature)["logprobs"]
+
+        samples = monitor.sample(model, tokenizer, sampling, reference_logprobs, seed=cfg.seed)
+        save = lambda path: common.save_final_model(accelerator, model, tokenizer, path)  # noqa: E731
+        monitor.check(monitor.measure(samples, step), samples, save)
+
+    if monitor is not None:
+        monitor.logger = logger
+        finished = [r for r in range(1, cfg.rounds + 1) if RunFolder(run_dir.path / f"round-{r}" / "sft").is_finished()]
+        monitor.resume(len(finished))
     model_spec, rounds, engine = cfg.model, [], None
     for r in range(1, cfg.rounds + 1):
         round_dir = run_dir.path / f"round-{r}"
@@ -65,6 +100,10 @@ def run(cfg: RejectionConfig) -> Path:
             continue
         model, tokenizer = load_causal_lm(model_spec, common.training_dtype(cfg), cfg.chat_template, seed=cfg.seed)
         model.to(accelerator.device).eval()
+        if monitor is not None and monitor.pending(r - 1):
+            monitor_check(r - 1, model, tokenizer)
+            if monitor.stop:
+                break
         if engine is None:
             engine = make_sampler(model, tokenizer, cfg.sampling(), model_spec=model_spec)
         else:
@@ -100,15 +139,21 @@ def run(cfg: RejectionConfig) -> Path:
         sft_run(sft_config(cfg, model_spec, demos, sft_dir))  # the SFT stage itself, with its own run folder
         rounds.append(summary)
         model_spec = str(sft_dir)
+    if monitor is not None and not monitor.stop and monitor.pending(len(rounds)):
+        model, tokenizer = load_causal_lm(model_spec, common.training_dtype(cfg), cfg.chat_template, seed=cfg.seed)
+        monitor_check(len(rounds), model.to(accelerator.device).eval(), tokenizer)  # the last round's policy
     logger.close()
     if accelerator.is_main_process:
         shutil.copytree(Path(model_spec) / "final", run_dir.final, dirs_exist_ok=True)
+    if monitor is not None:
+        monitor.keep_best(run_dir.final)  # after a stop, the best round's policy is the run's model
     run_dir.finish(
         {
             "k": cfg.k,
             "rounds": rounds,
             "last_mean_reward": rounds[-1]["mean_reward"],
             "last_best_of_k_reward": rounds[-1]["best_of_k_reward"],
+            "monitor": monitor.figures() if monitor is not None else None,
         }
     )
     accelerator.wait_for_everyone()

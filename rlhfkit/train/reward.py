@@ -52,6 +52,9 @@ from rlhfkit.specs import parse_model_spec
 from rlhfkit.train import common
 from rlhfkit.train.reward_data import RewardData, prepare, tokenize_all
 from rlhfkit.train.reward_report import ensemble_figures, hidden_context, per_annotator_report, print_per_annotator
+from rlhfkit.train.token_cache import cached_tokens
+
+REWARD_SOURCES = ("rlhfkit.train.reward_data",)  # where the reward model's records become ids (the cache key)
 
 # --------------------------------------------------------------------------------------------------
 # Scoring groups and their losses
@@ -318,8 +321,11 @@ def train_member(
         )
     shared = cfg.shared_prompt and rm.kind == "causal"
     pad_id = rm.tokenizer.pad_token_id if rm.tokenizer.pad_token_id is not None else 0
-    train = tokenize_all(rm, data.train, cfg.max_length, data.annotators)
-    held_out = tokenize_all(rm, data.held_out, cfg.max_length, data.annotators)
+    # The ids depend on the trunk's kind, the records' kind, max_length and the annotators' order (their index).
+    tokenize = lambda records: tokenize_all(rm, records, cfg.max_length, data.annotators)  # noqa: E731
+    settings = (rm.kind, data.kind, cfg.max_length, data.annotators)
+    train = cached_tokens(tokenize, data.train, rm.tokenizer, *settings, item_type=Group, sources=REWARD_SOURCES)
+    held_out = cached_tokens(tokenize, data.held_out, rm.tokenizer, *settings, item_type=Group, sources=REWARD_SOURCES)
     held_out_pairs = tokenize_all(rm, data.held_out_pairs, cfg.max_length, data.annotators) or None
     if cfg.bootstrap:
         rng = random.Random(seed)

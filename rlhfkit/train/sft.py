@@ -21,6 +21,7 @@ from rlhfkit.data.io import load_train_eval
 from rlhfkit.models.load import add_lora, load_causal_lm
 from rlhfkit.runs import parent_of
 from rlhfkit.train import common
+from rlhfkit.train.token_cache import cached_tokens
 
 
 def tokenize_all(tokenizer, records, max_length: int) -> list[tuple[list[int], list[int]]]:
@@ -98,8 +99,9 @@ def run(cfg: SFTConfig) -> Path:
     model, tokenizer = load_causal_lm(cfg.model, common.training_dtype(cfg), cfg.chat_template, seed=cfg.seed)
     if cfg.lora:
         model = add_lora(model, cfg)
-    train = tokenize_all(tokenizer, train_records, cfg.max_length)
-    held_out = tokenize_all(tokenizer, eval_records, cfg.max_length)
+    tokenize = lambda records: tokenize_all(tokenizer, records, cfg.max_length)  # noqa: E731
+    train = cached_tokens(tokenize, train_records, tokenizer, cfg.max_length)
+    held_out = cached_tokens(tokenize, eval_records, tokenizer, cfg.max_length)
     pad_id = tokenizer.pad_token_id
 
     common.check_global_batch(accelerator, cfg.batch_size, cfg.grad_accum)

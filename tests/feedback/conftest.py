@@ -202,6 +202,8 @@ def server(request, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("server")
     db = database(request, request.param, tmp)
     bootstrap(db)
-    srv = Server(db, tmp, "--overlap", "100").start()
+    # Tests are scripts that page through many items per second: the per-account API rate limit is off
+    # here (test_limits.py checks it); the login limits stay on.
+    srv = Server(db, tmp, "--overlap", "100", "--api-rate", "0").start()
     yield srv
     srv.stop()

@@ -6,13 +6,20 @@ import uuid
 
 from rlhfkit.feedback.auth import create_user
 from rlhfkit.feedback.db import Store, migrate
-from rlhfkit.feedback.store import QueueSettings, add_tasks, next_task, parse_task, submit_label
+from rlhfkit.feedback.projects import get_project
+from rlhfkit.feedback.store import QueueSettings, next_task, submit_label
+from rlhfkit.feedback.tasks import add_tasks, parse_task
 
 
 def new_store(tmp_path) -> Store:
     store = Store(str(tmp_path / "labels.db"))
     migrate(store)
     return store
+
+
+def project_id(store: Store, name: str = "default") -> int:
+    with store.read() as db:
+        return get_project(db, name).id
 
 
 def users(store: Store, *names: str, role: str = "annotator"):
@@ -22,9 +29,10 @@ def users(store: Store, *names: str, role: str = "annotator"):
         return out
 
 
-def tasks(store: Store, rows: list[dict], scorer=None) -> list[int]:
+def tasks(store: Store, rows: list[dict], scorer=None, project: str = "default") -> list[int]:
+    pid = project_id(store, project)
     with store.write() as db:
-        added, _ = add_tasks(db, [parse_task(f"row {i}", r) for i, r in enumerate(rows)], scorer)
+        added, _ = add_tasks(db, pid, [parse_task(f"row {i}", r) for i, r in enumerate(rows)], scorer)
         db.commit()
         return [t.id for t in added]
 
@@ -50,7 +58,8 @@ def label(store: Store, user, task_id: int, answer: dict, **extra) -> int:
         return stored.id
 
 
-def serve(store: Store, user, **settings):
+def serve(store: Store, user, project: str = "default", **settings):
+    pid = project_id(store, project)
     with store.write() as db:
-        task = next_task(db, user, QueueSettings(**settings))
+        task = next_task(db, user, pid, QueueSettings(**settings))
         return None if task is None else task.id

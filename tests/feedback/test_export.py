@@ -6,7 +6,7 @@ import pytest
 
 from rlhfkit.data import read_records
 from rlhfkit.feedback.export import build_records, label_rows, write_records
-from tests.feedback.helpers import label, new_store, tasks, users
+from tests.feedback.helpers import label, new_store, project_id, tasks, users
 
 
 @pytest.fixture
@@ -38,7 +38,7 @@ def labelled(tmp_path):
         label(store, user, thumbs, {"thumbs": thumbs_})
     label(store, a, gold, {"choice": 0}, reason="known answer")
     with store.read() as db:
-        yield store, label_rows(db), label_rows(db, include_gold=True)
+        yield store, label_rows(db, project_id(store)), label_rows(db, project_id(store), include_gold=True)
 
 
 def roundtrip(tmp_path, kind, records, fmt="jsonl"):
@@ -118,7 +118,7 @@ def test_rejected_labels_are_not_exported(labelled):
         db.get(Label, cat_pair).review_status = "rejected"
         db.commit()
     with store.read() as db:
-        records = build_records("comparison", label_rows(db))
+        records = build_records("comparison", label_rows(db, project_id(store)))
     assert [r["annotator"] for r in records if r["prompt"] == "pair"] == ["ann", "bob"]
 
 
@@ -130,3 +130,73 @@ def test_unknown_options_and_empty_exports_are_refused(labelled, tmp_path):
         build_records("rating", rows, aggregate="mean")
     with pytest.raises(ValueError, match="nothing to export"):
         write_records([], tmp_path / "x.jsonl")
+
+
+def test_rows_keep_task_ids_metadata_and_models(tmp_path):
+    store = new_store(tmp_path)
+    pair, rank, rate = tasks(
+        store,
+        [
+            {
+                "id": "q1",
+                "prompt": "p",
+                "responses": [{"text": "x", "model": "m-a"}, {"text": "y", "model": "m-b"}],
+                "meta": {"source": "s1", "nested": {"k": [1, 2]}},
+            },
+            {"id": "q2", "prompt": "r", "responses": ["r0", "r1", "r2"], "models": ["m-a", "m-b", None]},
+            {"prompt": "t", "responses": ["l0", "l1"], "kind": "rating", "models": ["m-a", "m-b"]},
+        ],
+    )
+    [a] = users(store, "a")
+    label(store, a, pair, {"choice": 1})
+    label(store, a, rank, {"ranking": [2, 0, 1]})
+    label(store, a, rate, {"ratings": [4, 2]})
+    with store.read() as db:
+        rows = label_rows(db, project_id(store))
+    [c] = build_records("comparison", rows)[:1]
+    assert (c["chosen"], c["chosen_model"], c["rejected_model"]) == ("y", "m-b", "m-a")
+    assert (c["task_external_id"], c["project"], c["meta"]) == (
+        "q1",
+        "default",
+        {"source": "s1", "nested": {"k": [1, 2]}},
+    )
+    [r] = build_records("ranking", rows)
+    assert r["models"] == ["m-a", "m-b", None] and r["task_external_id"] == "q2"
+    assert [x["model"] for x in build_records("rating", rows)] == ["m-a", "m-b"]
+    records = roundtrip(tmp_path, "comparison", build_records("comparison", rows), fmt="datasets")
+    assert len(records) == 4  # 1 pair + 3 from the ranking; meta travels as JSON text in Arrow
+
+
+def test_ties_are_ties_and_not_always_the_first_response(tmp_path):
+    """A tie is tie: true; which response sits in 'chosen' is fixed per task by a hash, so over many
+    tied items about half put the second response there (a reader ignoring 'tie' learns no position)."""
+    store = new_store(tmp_path)
+    ids = tasks(store, [{"prompt": f"t{i}", "responses": ["first", "second"]} for i in range(40)])
+    [a] = users(store, "a")
+    for t in ids:
+        label(store, a, t, {"choice": "tie"})
+    with store.read() as db:
+        records = build_records("comparison", label_rows(db, project_id(store)))
+    assert len(records) == 40 and all(r["tie"] is True for r in records)
+    second_first = sum(r["chosen"] == "second" for r in records)
+    assert 10 <= second_first <= 30, second_first
+    majority = build_records("comparison", label_rows(db, project_id(store)), aggregate="majority")
+    assert [r["chosen"] for r in majority] == [r["chosen"] for r in records]  # the same order per task
+
+
+def test_conversations_export_in_trls_conversational_form(tmp_path):
+    store = new_store(tmp_path)
+    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}]
+    ids = tasks(store, [{"prompt": chat, "responses": ["4", "5"]}, {"prompt": "plain", "responses": ["u", "v"]}])
+    [a] = users(store, "a")
+    for t in ids:
+        label(store, a, t, {"choice": 0})
+    with store.read() as db:
+        rows = label_rows(db, project_id(store))
+    first, second = build_records("comparison", rows)
+    assert first["prompt"] == chat and first["chosen"] == [{"role": "assistant", "content": "4"}]
+    # One conversation makes every row conversational, so no column mixes text and lists.
+    assert second["prompt"] == [{"role": "user", "content": "plain"}]
+    records = roundtrip(tmp_path, "comparison", [first, second])
+    assert records[0].prompt[0].role == "system" and records[0].chosen[0].content == "4"
+    roundtrip(tmp_path, "comparison", [first, second], fmt="datasets")

@@ -12,7 +12,7 @@ from rlhfkit.feedback.dashboard import stats
 from rlhfkit.feedback.db import migrate
 from rlhfkit.feedback.models import Base
 from rlhfkit.feedback.store import QueueSettings, next_task
-from tests.feedback.helpers import label, new_store, serve, tasks, users
+from tests.feedback.helpers import label, new_store, project_id, serve, tasks, users
 
 PAIR = {"prompt": "p", "responses": ["a", "b"]}
 
@@ -60,7 +60,7 @@ def test_gold_items_are_mixed_in_at_the_set_rate(tmp_path, rate):
     n_gold = 0
     for _ in range(30):  # each item is labelled, so the next call moves on
         with store.write() as db:
-            task = next_task(db, user, QueueSettings(gold_rate=rate), rng)
+            task = next_task(db, user, project_id(store), QueueSettings(gold_rate=rate), rng)
         n_gold += task.id in gold
         label(store, user, task.id, {"choice": 0})
     assert n_gold == sum(replica.random() < rate for _ in range(30))
@@ -135,7 +135,7 @@ def test_dashboard_reports_gold_accuracy_agreement_and_throughput(tmp_path):
     label(store, a, ids[6], {"choice": 1})
     label(store, b, ids[6], {"choice": 0})
     with store.read() as db:
-        s = stats(db, overlap=2)
+        s = stats(db, project_id(store), overlap=2)
     assert s["totals"] == {"tasks": 6, "gold_tasks": 1, "labels": 14, "complete_tasks": 6, "overlap": 2, "users": 2}
     by_user = {u["user"]: u for u in s["annotators"]}
     assert by_user["a"]["gold_accuracy"] == 1.0 and by_user["b"]["gold_accuracy"] == 0.0

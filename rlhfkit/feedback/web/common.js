@@ -80,3 +80,62 @@ async function logout() {
   await api("POST", "/api/auth/logout");
   location.href = "/login";
 }
+
+// The project a page works on: ?project=NAME in its address, else the default one. Links between
+// pages carry it along.
+function currentProject() {
+  return new URLSearchParams(location.search).get("project") || "default";
+}
+
+function withProject(path, extra) {
+  const q = new URLSearchParams({ project: currentProject(), ...(extra || {}) });
+  return `${path}?${q}`;
+}
+
+// The top bar's links, by role; the current page is marked.
+function fillNav(me) {
+  const nav = document.getElementById("links");
+  if (!nav) return;
+  const rank = { annotator: 0, reviewer: 1, admin: 2 }[me.role];
+  const links = [
+    ["/", "Label", 0], ["/history", "My labels", 0], ["/guidelines", "Guidelines", 0],
+    ["/review", "Review", 1], ["/leaderboard", "Leaderboard", 1], ["/admin", "Dashboard", 2],
+  ];
+  nav.replaceChildren(...links.filter(([, , need]) => rank >= need).map(([path, title]) =>
+    el("a", { href: withProject(path), class: location.pathname === path ? "current" : null }, title)));
+  document.getElementById("who").textContent = `${me.username} · ${me.role}`;
+}
+
+// A project picker (a <select id="project">) that reloads the page in the chosen project.
+async function fillProjects() {
+  const box = document.getElementById("project");
+  if (!box) return;
+  const projects = await api("GET", "/api/projects");
+  const here = currentProject();
+  box.replaceChildren(...projects.map((p) =>
+    el("option", { value: p.name, selected: p.name === here }, p.title ? `${p.title} (${p.name})` : p.name)));
+  box.addEventListener("change", () => {
+    const q = new URLSearchParams(location.search);
+    q.set("project", box.value);
+    q.delete("edit");
+    location.search = q.toString();
+  });
+}
+
+// An answer in words, naming responses by their number in the task (1-based) for reviewers and
+// history, where responses are shown in their stored order.
+function describeAnswer(kind, answer) {
+  const n = (i) => `response ${i + 1}`;
+  if (kind === "pairwise") {
+    if (typeof answer.choice === "number") return `prefers ${n(answer.choice)}`;
+    return answer.choice === "tie" ? "tie" : "both bad";
+  }
+  if (kind === "ranking") return "ranking " + answer.ranking.map((i) => i + 1).join(" > ");
+  if (kind === "rating") return "ratings " + answer.ratings.join(", ");
+  return "thumbs " + answer.thumbs.map((t) => (t ? "up" : "down")).join(", ");
+}
+
+// The prompt of an item: a chat transcript when it is a conversation, else markdown.
+function renderPrompt(task) {
+  return task.messages ? renderChat(task.messages) : renderMarkdown(task.prompt);
+}

@@ -1,5 +1,9 @@
-// The labelling page: shows one item at a time from GET /api/next, collects the answer by mouse or
-// keyboard, and submits it with an idempotency key (retried on network errors with the same key).
+// The labelling page: shows one item at a time from GET /api/next?project=..., collects the answer by
+// mouse or keyboard, and submits it with an idempotency key (retried on network errors with the same
+// key). With ?edit=LABEL_ID it shows one of the user's own labels instead and saves changes with PUT.
+// A model's suggestion, when the project shows them, is pre-filled and marked; the server records
+// whether the submitted answer kept it. A ranking is only submitted after the annotator moved a
+// response or confirmed the order ("The order is right"), never in the shuffled order untouched.
 "use strict";
 
 const FLAGS = [["harmful", "h", "Harmful"], ["untrue", "u", "Untrue"], ["unhelpful", "p", "Unhelpful"]];
@@ -12,15 +16,27 @@ const QUESTION = {
 };
 let state = null;
 const $ = (id) => document.getElementById(id);
+const editing = Number(new URLSearchParams(location.search).get("edit")) || null;
 
-function freshState(task) {
+// ``given``: an answer to start from (the label being edited, or the model's suggestion).
+function freshState(task, given, flags) {
   const order = task.responses.map((r) => r.index);
-  return {
+  const s = {
     task, order,
     text: Object.fromEntries(task.responses.map((r) => [r.index, r.text])),
     focus: order[0], choice: null, ranking: order.slice(), ratings: {}, thumbs: {}, flags: {},
-    diff: false, shownAt: performance.now(), key: newKey(), busy: false,
+    touched: false, diff: false, shownAt: performance.now(), key: newKey(), busy: false,
+    suggested: editing ? null : task.suggestion || null,
   };
+  if (given) {
+    if (given.choice !== undefined) s.choice = given.choice;
+    if (given.ranking) s.ranking = given.ranking.slice();
+    (given.ratings || []).forEach((r, i) => (s.ratings[i] = r));
+    (given.thumbs || []).forEach((t, i) => (s.thumbs[i] = t));
+  }
+  for (const [idx, names] of Object.entries(flags || {})) s.flags[idx] = new Set(names);
+  s.touched = Boolean(editing); // an existing label's ranking was chosen by its annotator already
+  return s;
 }
 
 // The responses in the order they are listed on screen (the current ranking for ranking items).
@@ -30,7 +46,7 @@ const letter = (idx) => LETTERS[state.order.indexOf(idx)];
 function ready() {
   const { kind } = state.task;
   if (kind === "pairwise") return state.choice !== null;
-  if (kind === "ranking") return true;
+  if (kind === "ranking") return state.touched;
   const answers = kind === "rating" ? state.ratings : state.thumbs;
   return state.order.every((i) => answers[i] !== undefined);
 }
@@ -67,6 +83,30 @@ function responseCard(idx, extra, diffNodes) {
   body, extra || null);
 }
 
+// Whether a value is what the model suggested (to mark it, so a changed suggestion stays visible).
+function isSuggested(field, idx, value) {
+  const s = state.suggested;
+  if (!s) return false;
+  if (field === "choice") return s.choice === value;
+  return s[field] && s[field][idx] === value;
+}
+
+function suggestionNote() {
+  if (!state.suggested) return null;
+  const { kind } = state.task;
+  let what;
+  if (kind === "pairwise") {
+    const c = state.suggested.choice;
+    what = typeof c === "number" ? `${letter(c)} is better` : c === "tie" ? "a tie" : "both bad";
+    what = `A model suggests: ${what}. Keep it (Enter) or choose another answer.`;
+  } else if (kind === "ranking") {
+    what = "The responses are ordered as a model suggests. Move them, or press \u201cThe order is right\u201d.";
+  } else {
+    what = "Pre-filled with a model's suggestions (marked). Change any you disagree with.";
+  }
+  return el("p", { class: "suggestion-note", id: "suggestion-note" }, what);
+}
+
 function renderPairwise() {
   const [a, b] = state.order;
   let diff = null;
@@ -80,7 +120,8 @@ function renderPairwise() {
     state.diff && !diff ? el("p", { class: "muted" }, "These responses are too long to compare word by word.") : null,
     el("div", { class: "pair" }, responseCard(a, null, diff && diff[0]), responseCard(b, null, diff && diff[1])),
     el("div", { class: "choices" }, choices.map(([value, title, key]) => el("button", {
-      type: "button", class: "choice" + (state.choice === value ? " selected" : ""), "data-choice": String(value),
+      type: "button", "data-choice": String(value),
+      class: "choice" + (state.choice === value ? " selected" : "") + (isSuggested("choice", null, value) ? " suggested" : ""),
       onclick: () => { state.choice = value; render(); },
     }, title, " ", el("kbd", {}, key)))),
   ];
@@ -92,6 +133,12 @@ function move(idx, delta) {
   list.splice(from, 1);
   list.splice(to, 0, idx);
   state.focus = idx;
+  state.touched = true;
+  render();
+}
+
+function confirmOrder() {
+  state.touched = true;
   render();
 }
 
@@ -119,11 +166,17 @@ function renderRanking() {
       list.splice(at, 0, dragged);
       state.ranking = list;
       state.focus = dragged;
+      state.touched = true;
       render();
     });
     return card;
   });
-  return [el("div", { class: "toolbar" }, el("span", { class: "question" }, QUESTION.ranking)), el("div", { class: "stack" }, cards)];
+  const confirm = el("button", {
+    type: "button", id: "confirm-order", class: "secondary" + (state.touched ? " on" : ""),
+    "aria-pressed": String(state.touched), onclick: confirmOrder,
+  }, state.touched ? "Order confirmed " : "The order is right ", el("kbd", {}, "c"));
+  return [el("div", { class: "toolbar" }, el("span", { class: "question" }, QUESTION.ranking), confirm),
+    el("div", { class: "stack" }, cards)];
 }
 
 function renderScores() {
@@ -133,12 +186,14 @@ function renderScores() {
     if (kind === "rating") {
       row = el("div", { class: "scale" }, el("span", { class: "muted" }, "poor"),
         Array.from({ length: scale }, (_, n) => n + 1).map((v) => el("button", {
-          type: "button", class: "score" + (state.ratings[idx] === v ? " selected" : ""), "data-rating": v,
+          type: "button", "data-rating": v,
+          class: "score" + (state.ratings[idx] === v ? " selected" : "") + (isSuggested("ratings", idx, v) ? " suggested" : ""),
           onclick: (e) => { e.stopPropagation(); state.ratings[idx] = v; state.focus = idx; render(); },
         }, String(v))), el("span", { class: "muted" }, "excellent"));
     } else {
       row = el("div", { class: "scale" }, [[true, "Good", "y"], [false, "Bad", "n"]].map(([v, title, key]) => el("button", {
-        type: "button", class: "thumb " + (v ? "up" : "down") + (state.thumbs[idx] === v ? " selected" : ""),
+        type: "button",
+        class: "thumb " + (v ? "up" : "down") + (state.thumbs[idx] === v ? " selected" : "") + (isSuggested("thumbs", idx, v) ? " suggested" : ""),
         "data-thumb": v ? "up" : "down",
         onclick: (e) => { e.stopPropagation(); state.thumbs[idx] = v; state.focus = idx; render(); },
       }, title, " ", el("kbd", {}, key))));
@@ -152,9 +207,10 @@ function render() {
   const { kind } = state.task;
   const q = $("question");
   const parts = kind === "pairwise" ? renderPairwise() : kind === "ranking" ? renderRanking() : renderScores();
-  q.replaceChildren(...parts.filter(Boolean));
+  q.replaceChildren(...[suggestionNote(), ...parts].filter(Boolean));
   $("submit").disabled = !ready() || state.busy;
-  $("hint").textContent = ready() ? "" : kind === "pairwise" ? "Pick an answer" : "Answer every response";
+  const todo = { pairwise: "Pick an answer", ranking: "Move a response, or confirm the order" }[kind] || "Answer every response";
+  $("hint").textContent = ready() ? "" : todo;
 }
 
 function showTask(task, progress) {
@@ -166,10 +222,10 @@ function showTask(task, progress) {
     document.body.dataset.task = "none";
     return;
   }
-  state = freshState(task);
+  state = freshState(task, task.suggestion);
   $("empty").hidden = true;
   $("task-view").hidden = false;
-  $("prompt").replaceChildren(renderMarkdown(task.prompt));
+  $("prompt").replaceChildren(renderPrompt(task));
   $("kind-badge").textContent = kind_name(task);
   $("reason").value = "";
   render();
@@ -189,8 +245,25 @@ function showProgress(p) {
 }
 
 async function loadNext() {
-  const data = await api("GET", "/api/next");
+  const data = await api("GET", withProject("/api/next"));
   showTask(data.task, data.progress);
+}
+
+// Edit mode: one of my labels, pre-filled with its answer, flags and reason; saved with PUT.
+async function loadEdit() {
+  const label = await api("GET", `/api/labels/${editing}`);
+  const task = await api("GET", `/api/tasks/${label.task_id}`);
+  $("empty").hidden = true;
+  $("task-view").hidden = false;
+  $("edit-banner").hidden = false;
+  $("edit-banner-text").textContent = `Changing your label #${label.id} (it goes back to review when saved).`;
+  $("skip").hidden = true;
+  state = freshState(task, label.answer, label.flags);
+  $("prompt").replaceChildren(renderPrompt(task));
+  $("kind-badge").textContent = kind_name(task);
+  $("reason").value = label.reason || "";
+  render();
+  document.body.dataset.task = String(task.id);
 }
 
 async function submit() {
@@ -204,6 +277,11 @@ async function submit() {
     duration_ms: Math.round(performance.now() - state.shownAt),
   };
   try {
+    if (editing) {
+      await api("PUT", `/api/labels/${editing}`, { answer: body.answer, reason: body.reason, flags });
+      location.href = withProject("/history", { saved: editing });
+      return;
+    }
     const label = await apiWithRetry("POST", "/api/labels", body, state.key);
     toast(`Saved label #${label.id}`, "ok");
     await loadNext();
@@ -215,7 +293,7 @@ async function submit() {
 }
 
 async function skip() {
-  if (!state) return;
+  if (!state || editing) return;
   await api("POST", `/api/tasks/${state.task.id}/skip`);
   toast("Skipped");
   await loadNext();
@@ -254,6 +332,7 @@ function onKey(e) {
   if (key === "Enter") submit();
   else if (lower === "s" && !e.shiftKey) skip();
   else if (lower === "r") { e.preventDefault(); $("reason").focus(); }
+  else if (kind === "ranking" && lower === "c") confirmOrder();
   else if (kind === "ranking" && e.shiftKey && (key === "ArrowUp" || key === "ArrowDown")) move(state.focus, key === "ArrowUp" ? -1 : 1);
   else if (key === "j" || key === "ArrowDown" || (kind === "pairwise" && key === "ArrowRight")) moveFocus(1);
   else if (key === "k" || key === "ArrowUp" || (kind === "pairwise" && key === "ArrowLeft")) moveFocus(-1);
@@ -278,16 +357,22 @@ function onKey(e) {
 
 async function start() {
   const me = await api("GET", "/api/me");
-  $("who").textContent = `${me.username} · ${me.role}`;
-  $("admin-link").hidden = me.role === "annotator";
+  fillNav(me);
+  await fillProjects();
+  $("guidelines-link").href = withProject("/guidelines");
   $("submit").addEventListener("click", submit);
   $("skip").addEventListener("click", skip);
   $("refresh").addEventListener("click", loadNext);
   $("logout").addEventListener("click", logout);
   $("help-btn").addEventListener("click", () => ($("help").hidden = false));
   $("help-close").addEventListener("click", () => ($("help").hidden = true));
+  $("cancel-edit").addEventListener("click", () => (location.href = withProject("/history")));
   document.addEventListener("keydown", onKey);
-  await loadNext();
+  try {
+    await (editing ? loadEdit() : loadNext());
+  } catch (err) {
+    toast(err.message, "error");
+  }
   document.body.dataset.ready = "1"; // lets browser tests wait for the first item
 }
 

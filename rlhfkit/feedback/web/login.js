@@ -1,8 +1,17 @@
 "use strict";
 
+// Where to go after logging in: only a path on this site. The server already refused other targets
+// (it sends /login?next=<off-site> to plain /login); this parses the target as the browser will, so
+// "/\\evil", "//evil", "/%09/evil" and the like can never leave the origin.
 function destination() {
-  const next = new URLSearchParams(location.search).get("next") || "/";
-  return next.startsWith("/") && !next.startsWith("//") ? next : "/"; // no open redirects
+  const next = new URLSearchParams(location.search).get("next");
+  if (!next || !next.startsWith("/") || /[\\\x00-\x1f]/.test(next)) return "/";
+  try {
+    const url = new URL(next, location.origin);
+    return url.origin === location.origin ? url.pathname + url.search + url.hash : "/";
+  } catch (err) {
+    return "/";
+  }
 }
 
 async function attempt(path, body) {

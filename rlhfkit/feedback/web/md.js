@@ -101,3 +101,12 @@ function wordDiff(a, b) {
 function mark(tag, token) {
   return /^\s+$/.test(token) ? document.createTextNode(token) : el(tag, {}, token);
 }
+
+// A conversation as chat bubbles: one per message, its role as a caption, its text as markdown.
+function renderChat(messages) {
+  const names = { system: "System", user: "User", assistant: "Assistant", tool: "Tool" };
+  return el("div", { class: "chat" }, messages.map((m) =>
+    el("div", { class: `bubble ${m.role}`, "data-role": m.role },
+      el("div", { class: "bubble-role" }, names[m.role] || m.role),
+      el("div", { class: "md" }, renderMarkdown(m.content)))));
+}

@@ -1,4 +1,6 @@
-"""What the toy-world experiments share with the demo: its SFT policy and its samples, and the seeds loop."""
+"""What the toy-world experiments share with the demo: its SFT policy and its samples, a whole demo run with the
+over-optimisation monitor (the evaluation experiments stand beside it), monitored runs' check samples judged by gold,
+and the seeds loop."""
 
 from __future__ import annotations
 
@@ -57,6 +59,33 @@ def demo_sft(pipe: Pipeline, seed: int, quick: bool) -> Path:
             )
         ),
     )
+
+
+def monitored_demo(demo_dir: str, seed: int, quick: bool) -> Path:
+    """The seed's demo run with the monitor on (its PPO, DPO and rejection sampling checked, a second reward model
+    trained on the held-out labels): ``demo_dir`` with ``{seed}`` filled in (``-quick`` added for a smoke run), reused when finished, else run (a rerun
+    resumes it stage by stage), as `rlhfkit demo --seed S --monitor --output-dir DIR` does."""
+    from rlhfkit.pipelines.toy import run as demo_run
+
+    folder = Path(demo_dir.format(seed=seed))
+    folder = folder.with_name(folder.name + "-quick") if quick else folder  # never mixed with a full demo
+    if not RunFolder(folder).is_finished():
+        demo_run(DemoConfig(seed=seed, monitor=True, quick=quick, output_dir=str(folder)))
+    return folder
+
+
+def check_gold(run: Path) -> dict[int, float]:
+    """Mean gold utility of each check's samples of a monitored run (``monitor/samples.jsonl``), by step: the
+    monitor never sees it, the experiments judge it with it afterwards."""
+    from rlhfkit.toy.judge import gold
+
+    by_step: dict[int, tuple[list, list]] = {}
+    for line in (run / "monitor" / "samples.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        prompts, texts = by_step.setdefault(row["step"], ([], []))
+        prompts.append(row["prompt"])
+        texts.append(row["response"])
+    return {step: sum(gold(p, t)) / len(t) for step, (p, t) in sorted(by_step.items())}
 
 
 def sample_responses(

@@ -1,0 +1,424 @@
+"""`rlhfkit eval`: N models against a baseline, judged by any judges, with a leaderboard, capability retention,
+safety and a reward-model report, written as ``eval.json`` (``rlhfkit.evaluate.schema.EvalReport``), PNG plots and
+``report.html``.
+
+    rlhfkit eval --models '[runs/dpo-1, runs/ppo-1]' --baseline runs/sft-1 --data prompts.jsonl \\
+        --judges '[runs/rm-1, lm:smollm2-135m-instruct]' --reference runs/sft-1
+    rlhfkit eval --models '[runs/generate-1]' --baseline sft --judges '[runs/rm-1]'      # generate's responses
+    rlhfkit eval --models '[...]' --baseline sft --judges '[rlhfkit.toy.judge:gold]' --task-data toy \\
+        --perplexity-data toy --redteam-data toy --benign-data toy --rm-data pairs.jsonl
+
+Python (the production loop's gate calls this):
+
+    from rlhfkit.evaluate.suite import evaluate_models
+    report = evaluate_models(["runs/ppo-2"], baseline="runs/ppo-1", judges=["runs/rm-1"], data="prompts.jsonl")
+    report.model("ppo-2").judges["runs/rm-1"].win_rate
+
+What it does, in order: models given as model settings answer the prompts (``rlhfkit.evaluate.generate``: the same
+seed for every model, resumable in the run folder); models given as generations files bring their responses; every
+model's responses are put side by side on the prompts all of them answered (``judging.align``); each judge judges
+them (``judging``): per model the win rate against the baseline with a 95% interval (ties half) and the
+length-controlled win rate, for a reward the mean and spread of its scores, and a Bradley-Terry leaderboard with
+bootstrap intervals over all pairwise judgements; each model that can be loaded gets the KL of its samples to the
+reference, held-out perplexity, exact match on the task set, and its share of harmful requests complied with and of
+benign ones refused (``capability``); each reward judge gets a report card on labelled data (``rm_report``).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from rlhfkit.config.evaluation import EvalConfig
+from rlhfkit.evaluate.generate import (
+    ModelGenerations,
+    generate_to_file,
+    is_generations,
+    parse_named,
+    read_generations,
+)
+from rlhfkit.evaluate.schema import Capability, EvalReport, JudgeInfo, ModelReport, Safety, Timing
+
+
+@dataclass
+class Entry:
+    """One model to evaluate: its name, where it came from, and its responses (once sampled or read)."""
+
+    name: str
+    source: str
+    spec: str | None = None  # a model setting: sampled here, and loaded for KL, capability and safety
+    generations: ModelGenerations | None = None
+
+
+def log(message: str) -> None:
+    print(f"[eval {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def resolve_entries(models: list[str], baseline: str) -> tuple[list[Entry], str]:
+    """The entries the settings name (a generations file expands to its models), and the baseline's name (added as
+    an entry when it is not one of the models' names)."""
+    entries: list[Entry] = []
+
+    def add(text: str) -> list[Entry]:
+        name, target = parse_named(text)
+        explicit = text.strip() != target
+        if is_generations(target):
+            groups = read_generations(target)
+            if explicit:
+                if name not in groups and len(groups) > 1:
+                    raise ValueError(f"setting 'models': {target} has no model named {name!r} ({', '.join(groups)})")
+                group = groups.get(name) or next(iter(groups.values()))
+                group.name = name
+                groups = {name: group}
+            return [Entry(n, target, g.spec, g) for n, g in groups.items()]
+        from rlhfkit.specs import parse_model_spec
+
+        parse_model_spec(target, "models")
+        return [Entry(name, target, target)]
+
+    for text in models:
+        entries += add(text)
+    names = [e.name for e in entries]
+    if baseline not in names:
+        extra = add(baseline)
+        entries = extra + entries
+        baseline = extra[0].name
+    names = [e.name for e in entries]
+    if len(set(names)) < len(names):
+        raise ValueError(f"two models have the same name ({names}); name them as NAME=SPEC")
+    return entries, baseline
+
+
+def loadable(spec: str | None) -> bool:
+    if not spec:
+        return False
+    from rlhfkit.specs import SpecError, parse_model_spec
+
+    try:
+        parse_model_spec(spec)
+        return True
+    except SpecError:
+        return False
+
+
+def sample_entries(cfg: EvalConfig, entries: list[Entry], folder: Path) -> None:
+    """Responses for every entry given as a model setting, through the generate stage's resumable writer."""
+    from rlhfkit.data.prompts import read_prompts
+
+    to_sample = [e for e in entries if e.generations is None]
+    if not to_sample:
+        return
+    if not cfg.data:
+        raise ValueError(f"setting 'data': prompts are needed to sample {', '.join(e.name for e in to_sample)}")
+    prompts = read_prompts(cfg.data)[: cfg.max_prompts]
+    log(f"sampling {len(to_sample)} model(s) on {len(prompts)} prompts x {cfg.n}")
+    path = generate_to_file(cfg, [(e.name, e.spec) for e in to_sample], prompts, folder)
+    groups = read_generations(path)
+    for e in to_sample:
+        e.generations = groups[e.name]
+
+
+def evaluate_models(
+    models: list[str],
+    baseline: str,
+    judges: list[str],
+    data: str | None = None,
+    *,
+    output_dir: str | Path | None = None,
+    **settings,
+) -> EvalReport:
+    """Evaluate ``models`` (model settings or generations files) against ``baseline`` with ``judges``; any other
+    setting of ``EvalConfig`` by keyword. Writes eval.json, plots and report.html into ``output_dir`` when given
+    (a plain folder, not a run folder); returns the report."""
+    cfg = EvalConfig(models=list(models), baseline=baseline, judges=list(judges), data=data, progress=False, **settings)
+    if output_dir is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            return evaluate(cfg, Path(tmp), write_files=False)
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    return evaluate(cfg, Path(output_dir))
+
+
+def evaluate(cfg: EvalConfig, folder: Path, write_files: bool = True) -> EvalReport:
+    """The whole evaluation, with ``folder`` for the sampled responses (resumable) and the report's files."""
+    import torch
+
+    from rlhfkit.evaluate import judging, report
+    from rlhfkit.judges import load_judge
+
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    entries, baseline = resolve_entries(cfg.models, cfg.baseline)
+    judges = [load_judge(spec, batch_size=cfg.judge_batch_size) for spec in cfg.judges]
+    sample_entries(cfg, entries, folder / "generations")
+    pool = judging.align({e.name: e.generations for e in entries}, baseline)
+    log(f"{len(pool.names)} models, {len(pool.keys)} responses each; judging with {len(judges)} judge(s)")
+
+    by_name = {e.name: e for e in entries}
+    results = {name: {} for name in pool.names}
+    leaderboards, infos = {}, []
+    for judge in judges:
+        j = judging.judge_pool(judge, pool, cfg.all_pairs)
+        infos.append(JudgeInfo(spec=judge.spec, kind=j.kind, position_bias=j.position_bias))
+        for name in pool.names:
+            results[name][judge.spec] = judging.result_against_baseline(
+                j, pool, name, cfg.preferences, n_boot=cfg.lc_bootstrap, seed=cfg.seed
+            )
+        leaderboards[judge.spec] = judging.leaderboard(j, pool, cfg.all_pairs, cfg.n_bootstrap, cfg.seed)
+
+    models = []
+    for name in pool.names:
+        rows = by_name[name].generations.rows
+        tokens = [len(r.token_ids) for r in rows if r.token_ids is not None]
+        ended = [r.ended for r in rows if r.ended is not None]
+        notes = (
+            [f"{pool.dropped[name]} responses without a partner in every model left out"]
+            if name in pool.dropped
+            else []
+        )
+        models.append(
+            ModelReport(
+                name=name,
+                source=by_name[name].source,
+                spec=by_name[name].spec,
+                is_baseline=name == baseline,
+                n=len(pool.keys),
+                mean_length=float(pool.lengths(name).mean()),
+                mean_tokens=sum(tokens) / len(tokens) if len(tokens) == len(rows) else None,
+                eos_rate=sum(ended) / len(ended) if ended else None,
+                judges=results[name],
+                notes=notes,
+            )
+        )
+    model_checks(cfg, models, by_name)
+
+    reward_models, plots = [], []
+    plot_dir = folder if write_files else None
+    if cfg.rm_data or cfg.rm_best_of_4_data:
+        from rlhfkit.evaluate.rm_report import reward_model_report
+
+        for k, judge in enumerate(judges):
+            if hasattr(judge, "reward"):
+                card, files = reward_model_report(judge.reward, cfg.rm_data, cfg.rm_best_of_4_data, plot_dir, f"j{k}")
+                reward_models.append(card)
+                plots += files
+    out = EvalReport(
+        baseline=baseline,
+        reference=cfg.reference,
+        prompts=len({k[0] for k in pool.keys}),
+        samples_per_prompt=max(k[1] for k in pool.keys) + 1,
+        preferences=cfg.preferences,
+        judges=infos,
+        models=models,
+        leaderboards=leaderboards,
+        reward_models=reward_models,
+    )
+    if write_files:
+        plots = report.evaluation_plots(out, folder) + plots
+        out.plots = [p.name for p in plots]
+    out.timing = Timing(
+        wall_s=round(time.perf_counter() - wall0, 2),
+        cpu_s=round(time.process_time() - cpu0, 2),
+        threads=torch.get_num_threads(),
+    )
+    if write_files:
+        out.write(folder / "eval.json")
+        report.evaluation_html(out, folder / "report.html", plots, samples(pool, cfg.samples_in_report))
+    return out
+
+
+def samples(pool, n: int) -> dict[str, list[tuple[str, str]]]:
+    from rlhfkit.data.records import flat_text
+
+    return {
+        name: [(flat_text(p), r) for p, r in zip(pool.prompts[:n], pool.responses[name][:n])] for name in pool.names
+    }
+
+
+def model_checks(cfg: EvalConfig, models: list[ModelReport], by_name: dict[str, Entry]) -> None:
+    """KL to the reference, capability and safety for every model that can be loaded; a note on those that cannot."""
+    wants_kl = cfg.reference is not None
+    given = {m.name: [r.kl for r in by_name[m.name].generations.rows] for m in models}
+    for m in models:
+        if given[m.name] and all(k is not None for k in given[m.name]):
+            m.kl, m.kl_source = sum(given[m.name]) / len(given[m.name]), "given"
+    wants_model = wants_kl or cfg.perplexity_data or cfg.task_data or cfg.redteam_data or cfg.benign_data
+    if not wants_model:
+        return
+    from rlhfkit.evaluate import capability as cap
+    from rlhfkit.models.load import load_causal_lm
+
+    reference = None
+    if wants_kl:
+        reference = load_causal_lm(cfg.reference, cfg.dtype)[0].eval()
+    sets = load_check_sets(cfg)
+    judge = cap.RefusalJudge(cfg.refusal_judge, cfg.judge_batch_size) if cfg.refusal_judge else None
+    for m in models:
+        if not loadable(m.spec):
+            if wants_model:
+                m.notes.append("no loadable model setting: KL, capability and safety not measured")
+            continue
+        log(f"{m.name}: model checks")
+        model, tokenizer = load_causal_lm(m.spec, cfg.dtype)
+        model.eval()
+        rows = by_name[m.name].generations.rows
+        if reference is not None and m.kl is None and all(r.token_ids is not None for r in rows):
+            temperature = float((rows[0].sampling or {}).get("temperature", 1.0))
+            kl = cap.sample_kl(
+                model, reference, tokenizer, [r.prompt for r in rows], [r.token_ids for r in rows], temperature,
+                max(cfg.max_length - cfg.max_new_tokens, 1),
+            )  # fmt: skip
+            m.kl, m.kl_source = float(kl.mean()), "monte-carlo"
+        m.capability = capability_block(cfg, model, tokenizer, sets)
+        m.safety = safety_block(cfg, model, tokenizer, sets, judge)
+        del model
+
+
+def load_check_sets(cfg: EvalConfig) -> dict:
+    from rlhfkit.data.io import DataError, read_jsonl
+    from rlhfkit.data.prompts import read_prompts
+    from rlhfkit.evaluate.capability import reference_records
+
+    sets = {}
+    if cfg.perplexity_data:
+        sets["reference"] = reference_records(read_jsonl(cfg.perplexity_data), cfg.perplexity_data)
+    if cfg.task_data:
+        rows = read_jsonl(cfg.task_data)[: cfg.max_tasks]
+        for i, row in enumerate(rows, start=1):
+            if not isinstance(row, dict) or "prompt" not in row or not isinstance(row.get("answer"), str):
+                raise DataError(f"{cfg.task_data}:{i}: a task row needs 'prompt' and a string 'answer'")
+        sets["tasks"] = rows
+    for name in ("redteam_data", "benign_data"):
+        path = getattr(cfg, name)
+        if path:
+            sets[name] = read_prompts(path)[: cfg.max_tasks]
+    return sets
+
+
+def capability_block(cfg: EvalConfig, model, tokenizer, sets: dict) -> Capability | None:
+    from rlhfkit.evaluate import capability as cap
+    from rlhfkit.evaluate.stats import proportion_interval
+
+    if "reference" not in sets and "tasks" not in sets:
+        return None
+    out = {}
+    if "reference" in sets:
+        out["perplexity"], out["perplexity_tokens"] = cap.perplexity(model, tokenizer, sets["reference"])
+    if "tasks" in sets:
+        from rlhfkit.data.records import from_json
+
+        tasks = sets["tasks"]
+        responses = cap.answer(model, tokenizer, [from_json(t["prompt"]) for t in tasks], greedy(cfg), cfg.batch_size)
+        hits = cap.exact_match_outcomes(responses, [t["answer"] for t in tasks], cfg.task_match)
+        rate, lo, hi = proportion_interval(int(sum(hits)), len(hits))
+        out |= {"exact_match": rate, "exact_match_lo": lo, "exact_match_hi": hi, "tasks": len(hits)}
+    return Capability(**out)
+
+
+def greedy(cfg: EvalConfig):
+    from rlhfkit.evaluate.capability import greedy_sampling
+
+    return greedy_sampling(cfg.max_new_tokens)
+
+
+def safety_block(cfg: EvalConfig, model, tokenizer, sets: dict, judge) -> Safety | None:
+    from rlhfkit.evaluate import capability as cap
+    from rlhfkit.evaluate.safety import is_refusal, safety_rates
+
+    if "redteam_data" not in sets and "benign_data" not in sets:
+        return None
+    harmful_prompts, benign_prompts = sets.get("redteam_data", []), sets.get("benign_data", [])
+    harmful = cap.answer(model, tokenizer, harmful_prompts, greedy(cfg), cfg.batch_size) if harmful_prompts else []
+    benign = cap.answer(model, tokenizer, benign_prompts, greedy(cfg), cfg.batch_size) if benign_prompts else []
+    out = Safety(**safety_rates(harmful, benign))
+    if judge is not None:
+        verdicts = judge(harmful_prompts + benign_prompts, harmful + benign)
+        by_text = dict(zip(harmful + benign, verdicts))
+        out.judge = safety_rates(harmful, benign, detector=lambda t: by_text[t])
+        detector = [is_refusal(t) for t in harmful + benign]
+        out.judge_agreement = sum(a == b for a, b in zip(detector, verdicts)) / max(len(verdicts), 1)
+    return out
+
+
+def run(cfg: EvalConfig) -> Path:
+    """The `rlhfkit eval` stage: a run folder holding eval.json, the plots, report.html and the sampled responses."""
+    from rlhfkit.runs import RunFolder, parent_of
+
+    run_dir = RunFolder.open(cfg.stage, cfg)
+    for spec in cfg.judges:  # a mistyped judge fails before anything is sampled or written
+        from rlhfkit.specs import parse_judge_spec
+
+        parse_judge_spec(spec)
+    entries, _ = resolve_entries(cfg.models, cfg.baseline)
+    parents = [parent_of(f"model:{e.name}", e.source) for e in entries]
+    parents += [parent_of("judge", spec) for spec in cfg.judges]
+    data = {k: getattr(cfg, k) for k in ("data", "rm_data", "rm_best_of_4_data", "task_data", "perplexity_data")}
+    run_dir.start(parents, {k: v for k, v in data.items() if v})
+    if not cfg.resume:
+        shutil.rmtree(run_dir.path / "generations", ignore_errors=True)
+    result = evaluate(cfg, run_dir.path)
+    run_dir.finish(
+        {
+            "baseline": result.baseline,
+            "judges": [j.spec for j in result.judges],
+            "models": [summary_row(m, result.judges[0].spec) for m in result.models],
+            "leaderboard": [e.model_dump() for e in result.leaderboards[result.judges[0].spec]],
+            "reward_models": [r.model_dump(exclude={"reliability", "by_length"}) for r in result.reward_models],
+            "wall_seconds": result.timing.wall_s,
+            "cpu_seconds": result.timing.cpu_s,
+        }
+    )
+    print_report(result)
+    return run_dir.path
+
+
+def summary_row(m: ModelReport, judge: str) -> dict:
+    j = m.judges.get(judge)
+    return {
+        "name": m.name,
+        "win_rate": j.win_rate if j else None,
+        "lc_win_rate": j.lc_win_rate if j else None,
+        "reward_mean": j.reward_mean if j else None,
+        "kl": m.kl,
+        "mean_length": m.mean_length,
+    }
+
+
+def print_report(r: EvalReport) -> None:
+    """The figures a user ran the evaluation for: per model and judge, and the first judge's leaderboard."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    for info in r.judges:
+        table = Table(title=f"judge {info.spec} (baseline {r.baseline}; 95% intervals)", title_justify="left")
+        for col in ("model", "win rate", "LC win rate", "score", "KL", "length"):
+            table.add_column(col, no_wrap=True)
+        for m in r.models:
+            j = m.judges[info.spec]
+            win = "-" if j.win_rate is None else f"{j.win_rate:.1%} [{j.win_lo:.0%}-{j.win_hi:.0%}]"
+            lc = "-" if j.lc_win_rate is None else f"{j.lc_win_rate:.1%}"
+            if j.lc_lo is not None:
+                lc += f" [{j.lc_lo:.0%}-{j.lc_hi:.0%}]"
+            score = "-" if j.reward_mean is None else f"{j.reward_mean:.3f}"
+            kl = "-" if m.kl is None else f"{m.kl:.2f}"
+            table.add_row(m.name, win, lc, score, kl, f"{m.mean_length:.0f}")
+        console.print(table)
+    first = r.judges[0].spec
+    table = Table(title=f"leaderboard by {first} (Bradley-Terry, Elo scale, 95% bootstrap)", title_justify="left")
+    for col in ("model", "rating", "95% interval", "W-L-T"):
+        table.add_column(col, no_wrap=True)
+    for e in r.leaderboards[first]:
+        interval = "-" if e.lo is None else f"{e.lo:.0f} - {e.hi:.0f}"
+        table.add_row(e.model, f"{e.rating:.0f}", interval, f"{e.wins}-{e.losses}-{e.ties}")
+    console.print(table)
+    for rm in r.reward_models:
+        acc = "-" if rm.pairwise_accuracy is None else f"{rm.pairwise_accuracy:.3f}"
+        bo4 = "-" if rm.best_of_4_accuracy is None else f"{rm.best_of_4_accuracy:.3f}"
+        ece = "-" if rm.ece is None else f"{rm.ece:.3f}"
+        print(f"reward model {rm.judge}: pairwise accuracy {acc} ({rm.pairs} pairs), best-of-4 {bo4}, ECE {ece}")
+    if r.timing:
+        print(f"eval: {r.timing.wall_s:.1f} s wall, {r.timing.cpu_s:.1f} s CPU ({r.timing.threads} thread(s))")

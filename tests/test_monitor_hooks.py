@@ -1,0 +1,260 @@
+"""The over-optimisation monitor inside the trainers: checks at the set interval, signals logged, the alarm in the
+card, a stop that keeps the best check's model, a resume that replays the checks, best-of-N's expected choice.
+
+The alarms here are forced: best-of-N's by a KL budget of almost nothing (its KL is exact), PPO's and DPO's by a
+reason added for the test that holds from step 1 on (a Monte-Carlo KL of a few samples of an untrained model is
+noise around 0). The monitor's decisions on real signal shapes are tested on synthetic runs in tests/test_monitor.py
+and measured on the toy world by ``python -m rlhfkit.toy.experiments.overoptimisation``.
+
+Run: PYTHONPATH=. python -m pytest tests/test_monitor_hooks.py -q
+"""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from rlhfkit.config.stages import BestOfNConfig, DPOConfig, PPOConfig, RejectionConfig
+from rlhfkit.runs import RunCard, read_metrics
+from rlhfkit.toy.data import data_file
+from rlhfkit.train.best_of_n import expected_best_of_n
+
+FORCE_ALARM = {"monitor_kl_budget": 1e-3, "monitor_settings": {"patience": 1}}
+
+
+@pytest.fixture
+def alarm_from_step_1(monkeypatch):
+    """A reason that holds at every check from step 1 on."""
+    from rlhfkit.evaluate import monitor
+
+    monkeypatch.setitem(
+        monitor.REASONS, "forced_by_test", lambda history, s: "forced" if history[-1].step >= 1 else None
+    )
+
+
+def count_the(prompts, responses):
+    return [float(r.lower().split().count("the")) for r in responses]
+
+
+def two_members(prompts, responses):
+    return [[float(len(r)) for r in responses], [float(len(r.split())) for r in responses]]
+
+
+def common(tmp_path, name, **kw):
+    return dict(output_dir=str(tmp_path / name), progress=False, report_to=["jsonl"], **kw)
+
+
+def weights(folder):
+    return load_file(str(folder / "model.safetensors"))
+
+
+def test_expected_choice_of_best_of_n_by_hand():
+    """Scores [3, 1, 2] with values [30, 10, 20] riding on them: best of 2 picks the value of the larger score of a
+    random pair: pairs {1,2} -> 20, {1,3} -> 30, {2,3} -> 30, mean 80/3; values that differ from the scores follow
+    the scores' order: values [5, 7, 9] -> pairs pick 9, 5, 5 -> 19/3."""
+    s = torch.tensor([[3.0, 1.0, 2.0]])
+    torch.testing.assert_close(expected_best_of_n(s, 2, torch.tensor([[30.0, 10.0, 20.0]])), torch.tensor([80 / 3]))
+    torch.testing.assert_close(expected_best_of_n(s, 2, torch.tensor([[5.0, 7.0, 9.0]])), torch.tensor([19 / 3]))
+
+
+def test_ppo_checks_at_the_interval_and_logs_the_signals(tmp_path, toy_files):
+    from rlhfkit.train.ppo import run
+
+    cfg = PPOConfig(
+        model="tiny", data=toy_files["prompt"], reward="tests.test_monitor_hooks:two_members", max_steps=4,
+        batch_size=4, max_new_tokens=6, missing_eos_penalty=None, monitor=True, monitor_every=2, monitor_prompts=5,
+        monitor_reward="tests.test_monitor_hooks:count_the", **common(tmp_path, "ppo"),
+    )  # fmt: skip
+    path = run(cfg)
+    summary = json.loads((path / "monitor" / "monitor.json").read_text())
+    assert [c["step"] for c in summary["history"]] == [0, 2, 4]
+    first = summary["history"][0]
+    assert first["kl"] == pytest.approx(0.0, abs=1e-5)  # the policy before any update is the reference
+    assert first["ensemble_std"] > 0 and first["second_rm_reward"] is not None and first["entropy"] > 0
+    logged = [m for m in read_metrics(path) if "monitor/kl" in m]
+    assert [m["step"] for m in logged] == [0, 2, 4] and all("monitor/rm_gap" in m for m in logged)
+    rows = [json.loads(line) for line in (path / "monitor" / "samples.jsonl").read_text().splitlines()]
+    assert len(rows) == 15 and {r["step"] for r in rows} == {0, 2, 4}
+    card = RunCard.read(path)
+    assert card.figures["monitor"]["checks"] == 3 and card.figures["monitor"]["alarm"] is False
+
+
+def test_ppo_stops_at_the_alarm_and_keeps_the_best_checks_model(tmp_path, toy_files, alarm_from_step_1):
+    """The check at step 1 raises the alarm (patience 1) and stops the run; the best check is the last one before
+    any reason held, step 0, so final/ holds the starting weights."""
+    from rlhfkit.models.tiny import build_tiny
+    from rlhfkit.train.ppo import run
+
+    cfg = PPOConfig(
+        model="tiny", data=toy_files["prompt"], reward="tests.test_monitor_hooks:count_the", max_steps=6, batch_size=4,
+        max_new_tokens=6, missing_eos_penalty=None, lr=1e-2, monitor=True, monitor_every=1, monitor_prompts=4,
+        monitor_stop=True, monitor_settings={"patience": 1}, **common(tmp_path, "ppo"),
+    )  # fmt: skip
+    path = run(cfg)
+    card = RunCard.read(path)
+    mon = card.figures["monitor"]
+    assert mon["alarm"] and mon["alarm_step"] == 1 and mon["stopped_at"] == 1 and mon["best_step"] == 0
+    assert card.figures["steps"] == 1 and mon["alarm_reasons"] == {"forced_by_test": "forced"}
+    start = build_tiny("tiny", seed=0)[0].state_dict()
+    kept = weights(path / "final")
+    assert all(torch.equal(kept[k], start[k]) for k in kept)
+
+
+INTERRUPT = {"calls": 0, "at": None}
+
+
+def interrupting_count_the(prompts, responses):
+    """count_the that raises KeyboardInterrupt (as Ctrl-C would) at its ``INTERRUPT["at"]``-th call."""
+    INTERRUPT["calls"] += 1
+    if INTERRUPT["calls"] == INTERRUPT["at"]:
+        raise KeyboardInterrupt
+    return count_the(prompts, responses)
+
+
+def test_a_resumed_ppo_run_replays_its_checks(tmp_path, toy_files):
+    """Calls of the reward: check 0, rollouts 0 and 1, check 2, rollout 2 (the 5th: interrupted there, so the
+    checkpoint holds step 2). The resumed run keeps checks 0 and 2, does not repeat check 2, and ends with the
+    checks of an uninterrupted run."""
+    import importlib
+
+    from rlhfkit.train.ppo import run
+
+    # the reward setting imports this file as tests.test_monitor_hooks, which pytest's own import is not
+    INTERRUPT = importlib.import_module("tests.test_monitor_hooks").INTERRUPT
+    base = dict(
+        model="tiny", data=toy_files["prompt"], reward="tests.test_monitor_hooks:interrupting_count_the", max_steps=4,
+        batch_size=4, max_new_tokens=6, missing_eos_penalty=None, monitor=True, monitor_every=2, monitor_prompts=3,
+    )  # fmt: skip
+    INTERRUPT.update(calls=0, at=None)
+    whole = run(PPOConfig(**base, **common(tmp_path, "whole")))
+    INTERRUPT.update(calls=0, at=5)
+    with pytest.raises(KeyboardInterrupt):
+        run(PPOConfig(**base, **common(tmp_path, "cut")))
+    history = json.loads((tmp_path / "cut" / "monitor" / "monitor.json").read_text())["history"]
+    assert [c["step"] for c in history] == [0, 2]
+    INTERRUPT.update(calls=0, at=None)
+    resumed = run(PPOConfig(**base, **common(tmp_path, "cut")))
+    a = json.loads((whole / "monitor" / "monitor.json").read_text())["history"]
+    b = json.loads((resumed / "monitor" / "monitor.json").read_text())["history"]
+    assert [c["step"] for c in b] == [0, 2, 4]
+    assert [x["proxy_reward"] for x in a] == pytest.approx([x["proxy_reward"] for x in b], abs=1e-5)
+    assert INTERRUPT["calls"] == 4  # rollouts 2 and 3, check 4, the held-out score: no second check at step 2
+    samples = (resumed / "monitor" / "samples.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in samples] == [0] * 3 + [2] * 3 + [4] * 3
+
+
+def test_dpo_monitor_reads_held_out_accuracy_and_stops(tmp_path, alarm_from_step_1):
+    from rlhfkit.train.dpo import run
+
+    cfg = DPOConfig(
+        model="tiny", data=str(data_file("comparison")), eval_data=str(data_file("comparison", seed=1)), max_steps=4,
+        batch_size=4, lr=1e-2, monitor=True, monitor_every=1, monitor_prompts=4, monitor_max_new_tokens=5,
+        monitor_stop=True, monitor_settings={"patience": 1}, **common(tmp_path, "dpo"),
+    )  # fmt: skip
+    path = run(cfg)
+    history = json.loads((path / "monitor" / "monitor.json").read_text())["history"]
+    assert history[0]["heldout_accuracy"] is not None and history[0]["kl"] == pytest.approx(0.0, abs=1e-5)
+    mon = RunCard.read(path).figures["monitor"]
+    assert mon["stopped_at"] == 1 and mon["best_step"] == 0
+
+
+def test_best_of_n_checks_every_n_and_keeps_the_best_n(tmp_path, toy_files):
+    """KL = log N - (N - 1) / N is over the tiny budget from N = 2: the alarm at N = 2 keeps N = 1, so each chosen
+    response is the first sample."""
+    from rlhfkit.train.best_of_n import run
+
+    cfg = BestOfNConfig(
+        model="tiny", data=toy_files["prompt"], reward="tests.test_monitor_hooks:two_members", n_max=4, max_prompts=3,
+        max_new_tokens=6, missing_eos_penalty=None, monitor=True, monitor_stop=True, **FORCE_ALARM,
+        **common(tmp_path, "bon"),
+    )  # fmt: skip
+    path = run(cfg)
+    mon = RunCard.read(path).figures["monitor"]
+    assert mon["alarm_step"] == 2 and mon["kept_n"] == 1
+    chosen = [json.loads(line) for line in (path / "chosen.jsonl").read_text().splitlines()]
+    samples = [json.loads(line) for line in (path / "monitor" / "samples.jsonl").read_text().splitlines()]
+    firsts = [s["response"] for s in samples if s["sample"] == 0]
+    assert [c["completion"] for c in chosen] == firsts and all(c["n"] == 1 for c in chosen)
+    history = json.loads((path / "monitor" / "monitor.json").read_text())["history"]
+    assert history[0]["ensemble_std"] is not None  # the training reward has two members
+
+
+def test_rejection_checks_each_round(tmp_path, toy_files):
+    from rlhfkit.train.rejection import run
+
+    cfg = RejectionConfig(
+        model="tiny", data=toy_files["prompt"], reward="tests.test_monitor_hooks:count_the", k=2, rounds=2,
+        max_prompts=4, max_steps=1, batch_size=4, sft_batch_size=4, max_new_tokens=5, missing_eos_penalty=None, monitor=True,
+        monitor_prompts=3, **common(tmp_path, "rej"),
+    )  # fmt: skip
+    path = run(cfg)
+    steps = [c["step"] for c in json.loads((path / "monitor" / "monitor.json").read_text())["history"]]
+    assert steps == [0, 1, 2]  # the start of each round, and the last round's policy
+
+
+def test_a_bad_monitor_setting_fails_before_the_folder_exists(tmp_path, toy_files):
+    from rlhfkit.train.ppo import run
+
+    for bad, message in (
+        ({"monitor_settings": {"patiense": 2}}, "unknown \\['patiense'\\]"),
+        ({"monitor_reward": "rlhfkit.toy.judge:gold"}, "gold utility"),
+    ):
+        cfg = PPOConfig(
+            model="tiny", data=toy_files["prompt"], reward="tests.test_monitor_hooks:count_the", max_steps=1,
+            batch_size=2, monitor=True, **bad, **common(tmp_path, "never"),
+        )  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            run(cfg)
+        assert not (tmp_path / "never").exists()
+
+
+@pytest.fixture
+def alarm_from_step_2(monkeypatch):
+    from rlhfkit.evaluate import monitor
+
+    monkeypatch.setitem(
+        monitor.REASONS, "forced_by_test", lambda history, s: "forced" if history[-1].step >= 2 else None
+    )
+
+
+def test_a_stop_read_from_a_full_runs_checks_is_the_stopped_runs(tmp_path, toy_files, alarm_from_step_2):
+    """The over-optimisation experiment runs PPO to the end and reads where --monitor-stop would have stopped from its
+    checks (``replay_stop``). That is only honest if a stopped run is the same run up to its stop: here the alarm
+    comes at step 2 and the last clean check is step 1; the stopped run's card and final/ model must be the full
+    run's step-2 alarm and step-1 model."""
+    from rlhfkit.toy.experiments.overoptimisation import replay_stop
+    from rlhfkit.train.ppo import run
+
+    def ppo(name, stop):
+        return run(
+            PPOConfig(
+                model="tiny", data=toy_files["prompt"], reward="tests.test_monitor_hooks:count_the", max_steps=4,
+                batch_size=4, max_new_tokens=6, missing_eos_penalty=None, lr=1e-2, monitor=True, monitor_every=1,
+                monitor_prompts=4, monitor_stop=stop, monitor_settings={"patience": 1}, **common(tmp_path, name),
+            )
+        )  # fmt: skip
+
+    full, stopped = ppo("full", stop=False), ppo("stopped", stop=True)
+    mon = RunCard.read(stopped).figures["monitor"]
+    assert replay_stop(full) == (mon["alarm_step"], mon["best_step"]) == (2, 1)
+    assert RunCard.read(full).figures["steps"] == 4 and mon["stopped_at"] == 2
+    kept, replayed = weights(stopped / "final"), weights(full / "monitor" / "step-1")
+    assert all(torch.equal(kept[k], replayed[k]) for k in kept)
+
+
+def test_dpo_monitor_with_only_ties_held_out_has_no_accuracy(tmp_path):
+    """Held-out pairs that are all ties leave no decided pair to be accurate on (the quick demo's labels are nearly
+    all ties): the check records no accuracy instead of failing."""
+    from rlhfkit.data.io import read_jsonl, write_jsonl
+    from rlhfkit.train.dpo import run
+
+    ties = tmp_path / "ties.jsonl"
+    write_jsonl(ties, [{**row, "tie": True} for row in read_jsonl(data_file("comparison", seed=1))[:8]])
+    cfg = DPOConfig(
+        model="tiny", data=str(data_file("comparison")), eval_data=str(ties), max_steps=1, batch_size=4,
+        monitor=True, monitor_every=1, monitor_prompts=2, monitor_max_new_tokens=4, **common(tmp_path, "dpo"),
+    )  # fmt: skip
+    path = run(cfg)
+    history = json.loads((path / "monitor" / "monitor.json").read_text())["history"]
+    assert [c["heldout_accuracy"] for c in history] == [None, None]
