@@ -105,7 +105,18 @@ def plan(folder: Path) -> list[dict]:
             config=dict(**run, data=thumbs, batch_size=8, grad_accum=2, max_steps=6, lr=3e-3, eval_fraction=0.1),
         ),
         dict(
-            stage="ppo", config=dict(**ppo, adaptive_kl=True, target_kl=0.5, kl_horizon=50, normalize_reward="running")
+            stage="ppo",
+            # with the over-optimisation monitor: its checks (at steps 0, 2, 4) are collective, and under FSDP2 the
+            # check's sampler and the kept models gather the full weights
+            config=dict(
+                **ppo,
+                adaptive_kl=True,
+                target_kl=0.5,
+                kl_horizon=50,
+                normalize_reward="running",
+                monitor=True,
+                monitor_every=2,
+            ),
         ),
         dict(stage="ppo", name="rloo", config=dict(**ppo, advantage="rloo", group_size=2)),
         dict(stage="ppo", name="grpo", config=dict(**ppo, advantage="grpo", group_size=2, lora=True, lora_r=4)),
@@ -283,6 +294,22 @@ def test_best_of_n_writes_the_same_choices_on_two_processes(runs):
     a, b = read(one), read(two)
     assert [r["completion"] for r in a] == [r["completion"] for r in b] and len(a) == 6
     assert [r["score"] for r in a] == [r["score"] for r in b]
+
+
+@pytest.mark.parametrize("name", ["ppo", "ppo fsdp2"])
+def test_the_monitor_checks_the_same_policy_on_two_processes(runs, name):
+    """PPO's over-optimisation checks (steps 0, 2, 4) on two processes, plain and FSDP2: the same signals (compared
+    with the other figures), the same check samples, and the same kept models, gathered whole under FSDP2."""
+    one, two = runs[name]
+    assert {step for step, key in figures(two) if key == "monitor/kl"} == {0, 2, 4}
+    samples = lambda p: (p / "monitor" / "samples.jsonl").read_text()  # noqa: E731
+    assert samples(one) == samples(two)
+    kept = sorted(p.name for p in (one / "monitor").glob("step-*"))
+    assert kept and kept == sorted(p.name for p in (two / "monitor").glob("step-*"))
+    for step in kept:
+        a, b = (load_file(p / "monitor" / step / "model.safetensors") for p in (one, two))
+        assert a.keys() == b.keys() and all(b[k].shape == a[k].shape for k in a)
+        assert max((a[k] - b[k]).abs().max().item() for k in a) <= WEIGHT_TOL
 
 
 @pytest.mark.parametrize("name", ["sft two->one", "sft one->two", "ppo two->one", "ppo one->two"])
