@@ -391,6 +391,64 @@ def models_list():
         typer.echo(f"{name:24s} encoder for reward models, from PyPI package {package.replace('_', '-')}")
 
 
+@app.command("launch", context_settings=STAGE_CONTEXT)
+def launch(
+    ctx: typer.Context,
+    gpus: int | None = typer.Option(None, help="GPUs per node (default: those nvidia-smi lists here)"),
+    nodes: int = typer.Option(1, help="machines"),
+    strategy: str = typer.Option("ddp", help="ddp | fsdp2 | fsdp2-offload | zero2 | zero3 | zero3-offload"),
+    cpu_processes: int = typer.Option(0, help="run on this many CPU processes of this machine instead (ddp, fsdp2)"),
+    node_rank: str = typer.Option("$NODE_RANK", help="this node's rank (several nodes)"),
+    main_ip: str = typer.Option("$MAIN_IP", help="address of node 0 (several nodes)"),
+    port: int = typer.Option(29500, help="port on node 0 (several nodes)"),
+):
+    """Print the `accelerate launch` line that runs a stage on a machine: rlhfkit launch --gpus 8 -- ppo --config
+    ppo.yaml. Run it with eval "$(rlhfkit launch ...)"; docs/scaling.md has the strategies and figures."""
+    from rlhfkit.launch import launch_line
+
+    try:
+        line = launch_line(
+            list(ctx.args),
+            gpus=gpus,
+            nodes=nodes,
+            strategy=strategy,
+            cpu_processes=cpu_processes,
+            node_rank=node_rank,
+            main_ip=main_ip,
+            port=port,
+        )
+    except (ValueError, FileNotFoundError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(line)
+
+
+@app.command("vllm-serve")
+def vllm_serve(
+    model: str = typer.Option(..., help="the model setting the engine starts from (a run folder, ...)"),
+    host: str = typer.Option("0.0.0.0", help="address to listen on"),
+    port: int = typer.Option(8000, help="HTTP port; the weight-sync group listens on port + 1"),
+    tensor_parallel_size: int = typer.Option(1, help="GPUs the engine spans"),
+    gpu_memory_utilization: float = typer.Option(0.9, help="share of each GPU the engine takes"),
+    dtype: str = typer.Option("auto", help="the engine's dtype (auto: the model's)"),
+    max_model_len: int | None = typer.Option(None, help="longest prompt + response in tokens"),
+):
+    """A vLLM engine on its own GPUs that samples for trainers run with --rollout-backend vllm --vllm-mode server
+    (GPU and the vllm extra; docs/scaling.md)."""
+    from rlhfkit.models.load import resolve_model_path
+    from rlhfkit.vllm_backend.server import serve
+
+    serve(
+        resolve_model_path(model),
+        host,
+        port,
+        tensor_parallel_size=tensor_parallel_size,
+        gpu_memory_utilization=gpu_memory_utilization,
+        dtype=dtype,
+        max_model_len=max_model_len,
+    )
+
+
 def _mount_annotate() -> None:
     from rlhfkit.feedback import cli as feedback_cli
 

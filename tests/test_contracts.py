@@ -300,10 +300,10 @@ LAYERS = [
     ["config", "losses", "models.catalog", "openai_api", "tb_events", "quiet"],
     ["specs", "runs", "data"],
     ["models"],
-    ["rollout", "rewards", "judges"],
+    ["rollout", "rewards", "judges", "vllm_backend"],
     ["train", "evaluate", "ai_feedback"],
     ["toy", "feedback", "pipelines"],
-    ["cli"],
+    ["cli", "launch"],
 ]
 
 
