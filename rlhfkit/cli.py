@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import sys
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from rlhfkit.config import ai_feedback as ai_configs
 from rlhfkit.config import evaluation as evaluation_configs
 from rlhfkit.config import loop as loop_configs
 from rlhfkit.config import pipelines as pipeline_configs
+from rlhfkit.quiet import quiet_third_parties
 
 app = typer.Typer(
     help="RLHF end to end: SFT, feedback, reward models, DPO, PPO, evaluation.",
@@ -39,24 +39,6 @@ def main(
     ),
 ) -> None:
     quiet_third_parties(verbose)
-
-
-def quiet_third_parties(verbose: bool) -> None:
-    """Third-party progress bars ("Loading weights", "Writing model shards"), deprecation warnings and info
-    logs stay off unless asked for; rlhfkit's own progress and warnings stay on. Environment variables are set
-    before the libraries are imported, so nothing of them loads here; a user's own setting wins."""
-    if verbose:
-        return
-    for name, value in {
-        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-        "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
-        "TRANSFORMERS_VERBOSITY": "error",
-        "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-    }.items():
-        os.environ.setdefault(name, value)
-    warnings.filterwarnings("ignore")
-    warnings.filterwarnings("default", module=r"rlhfkit(\.|$)")
 
 
 # The built-in data each stage takes for `--data toy` (written as an ordinary file by the toy world).
@@ -433,6 +415,64 @@ def models_list():
         typer.echo(f"{name:24s} from PyPI package {package} (GGUF, converted once)")
     for name, package in ENCODER_MODELS.items():
         typer.echo(f"{name:24s} encoder for reward models, from PyPI package {package.replace('_', '-')}")
+
+
+@app.command("launch", context_settings=STAGE_CONTEXT)
+def launch(
+    ctx: typer.Context,
+    gpus: int | None = typer.Option(None, help="GPUs per node (default: those nvidia-smi lists here)"),
+    nodes: int = typer.Option(1, help="machines"),
+    strategy: str = typer.Option("ddp", help="ddp | fsdp2 | fsdp2-offload | zero2 | zero3 | zero3-offload"),
+    cpu_processes: int = typer.Option(0, help="run on this many CPU processes of this machine instead (ddp, fsdp2)"),
+    node_rank: str = typer.Option("$NODE_RANK", help="this node's rank (several nodes)"),
+    main_ip: str = typer.Option("$MAIN_IP", help="address of node 0 (several nodes)"),
+    port: int = typer.Option(29500, help="port on node 0 (several nodes)"),
+):
+    """Print the `accelerate launch` line that runs a stage on a machine: rlhfkit launch --gpus 8 -- ppo --config
+    ppo.yaml. Run it with eval "$(rlhfkit launch ...)"; docs/scaling.md has the strategies and figures."""
+    from rlhfkit.launch import launch_line
+
+    try:
+        line = launch_line(
+            list(ctx.args),
+            gpus=gpus,
+            nodes=nodes,
+            strategy=strategy,
+            cpu_processes=cpu_processes,
+            node_rank=node_rank,
+            main_ip=main_ip,
+            port=port,
+        )
+    except (ValueError, FileNotFoundError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(line)
+
+
+@app.command("vllm-serve")
+def vllm_serve(
+    model: str = typer.Option(..., help="the model setting the engine starts from (a run folder, ...)"),
+    host: str = typer.Option("0.0.0.0", help="address to listen on"),
+    port: int = typer.Option(8000, help="HTTP port; the weight-sync group listens on port + 1"),
+    tensor_parallel_size: int = typer.Option(1, help="GPUs the engine spans"),
+    gpu_memory_utilization: float = typer.Option(0.9, help="share of each GPU the engine takes"),
+    dtype: str = typer.Option("auto", help="the engine's dtype (auto: the model's)"),
+    max_model_len: int | None = typer.Option(None, help="longest prompt + response in tokens"),
+):
+    """A vLLM engine on its own GPUs that samples for trainers run with --rollout-backend vllm --vllm-mode server
+    (GPU and the vllm extra; docs/scaling.md)."""
+    from rlhfkit.models.load import resolve_model_path
+    from rlhfkit.vllm_backend.server import serve
+
+    serve(
+        resolve_model_path(model),
+        host,
+        port,
+        tensor_parallel_size=tensor_parallel_size,
+        gpu_memory_utilization=gpu_memory_utilization,
+        dtype=dtype,
+        max_model_len=max_model_len,
+    )
 
 
 def _mount_annotate() -> None:

@@ -18,13 +18,25 @@ sampled tokens under the *temperature-scaled* distribution, before top-k / top-p
 ``response_forward`` recomputes for the loss (temperature must divide the logits there too, Huang et
 al. 2024, "The N+ implementation details of RLHF with PPO").
 
-Backends: ``transformers`` (default, this file's ``TransformersSampler``) and ``vllm`` (``VLLMSampler``,
-optional extra, GPU only; the trainer's weights are pushed into the engine before every rollout).
+Sampling noise: with ``rows=RowSeeds(seed, first_row)`` every response row draws its own noise, seeded by
+(seed, global row index), so what a row samples does not depend on the batch or process it falls in: one
+process sampling 2B rows gives the responses two processes of B rows give (multi-process runs equal one-process
+runs). Without it, one stream (``generator``) drives the whole batch.
+
+Sharded policies (FSDP2, FSDP1, DeepSpeed ZeRO-3): the sampler gathers the full weights once per rollout
+(``rlhfkit.models.sharded.full_weights``), packs them into the decoder's own copies and releases them before
+decoding, so that processes whose responses end at different lengths never wait on each other.
+
+Backends: ``transformers`` (default, this file's ``TransformersSampler``) and ``vllm`` (``rlhfkit.vllm_backend``:
+an engine in the same process, or a separate server; optional extra, GPU only; the trainer's weights are pushed
+into the engine before every rollout).
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 import torch
@@ -33,8 +45,9 @@ from rlhfkit.config import SamplingPart
 from rlhfkit.data.chat import prompt_text
 from rlhfkit.data.pairs import Group, last_layer_only_at, model_mask, pack_groups, positions_to_keep
 from rlhfkit.losses import entropy_from_logits, selective_log_softmax
-from rlhfkit.models.decode import make_decoder, position_ids
+from rlhfkit.models.decode import PackedLlama, TransformersDecoder, make_decoder, position_ids
 from rlhfkit.models.load import base_causal_lm
+from rlhfkit.models.sharded import full_weights, sharding_of
 
 Tensor = torch.Tensor
 
@@ -75,6 +88,35 @@ class Rollout:
     @property
     def lengths(self) -> Tensor:  # (B,) response tokens
         return self.response_mask.sum(-1)
+
+
+@dataclass(frozen=True)
+class RowSeeds:
+    """Sampling noise addressed by global row: row r (prompt i's sample j is row i * n + j of the whole batch)
+    draws from its own stream, seeded by (seed, r). A caller that samples rows first_row, first_row + 1, ... of a
+    larger batch passes its first row's index."""
+
+    seed: int
+    first_row: int = 0
+
+    def row_seed(self, i: int) -> int:
+        """The seed of this call's row i (a 63-bit integer, also what a vLLM request takes)."""
+        digest = hashlib.blake2b(f"{self.seed}:{self.first_row + i}".encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "little") >> 1
+
+    def uniforms(self, rows: int, length: int, device=None) -> Tensor:
+        """(rows, length) uniform numbers in [0, 1): the noise of each row's tokens."""
+        draws = [torch.rand(length, generator=torch.Generator().manual_seed(self.row_seed(i))) for i in range(rows)]
+        return torch.stack(draws).to(device)
+
+
+def sample_by_inverse_cdf(probs: Tensor, uniforms: Tensor) -> Tensor:
+    """One token per row from ``probs`` (B, V), the row's own uniform number (B,) picking where it falls in the
+    cumulative distribution: token i with probability probs[i] / sum(probs). -> (B,)"""
+    cdf = probs.cumsum(-1)  # (B, V)
+    u = uniforms.unsqueeze(-1).to(cdf.dtype) * cdf[:, -1:]  # scaled to the row's total mass
+    # right=True: the first index whose cdf exceeds u, never a zero-probability token (its cdf equals the one before)
+    return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp(max=probs.size(-1) - 1)
 
 
 def filter_logits(logits: Tensor, top_k: int = 0, top_p: float = 1.0) -> Tensor:
@@ -162,16 +204,19 @@ class TransformersSampler:
         max_prompt_tokens: int | None = None,
         return_states: bool = False,
         packed_decode: bool = True,
+        weights_owner=None,
         shared_prefix: bool = False,
     ):
         """``max_prompt_tokens``: longer prompts keep their last tokens; ``return_states``: also the hidden states
         and entropies (``Rollout.hidden``, ``.entropy``), PPO's behaviour pass; ``packed_decode``: Llama-family
-        models through ``rlhfkit.models.decode.PackedLlama`` (False: transformers' forward); ``shared_prefix``:
-        the tokens all prompts of a batch begin with (few-shot examples) run once, their keys and values copied
-        to every row (same results up to rounding; tests/test_ai_feedback.py compares)."""
+        models through ``rlhfkit.models.decode.PackedLlama`` (False: transformers' forward); ``weights_owner``:
+        the sharded module that holds ``model`` (FSDP2 keeps the embeddings and head in the root it was prepared
+        as), gathered whole for a rollout; default ``model`` itself; ``shared_prefix``: the tokens all prompts of
+        a batch begin with (few-shot examples) run once, their keys and values copied to every row (same results
+        up to rounding; tests/test_ai_feedback.py compares)."""
         self.model, self.tokenizer, self.params = model, tokenizer, params
         self.max_prompt_tokens, self.return_states, self.packed_decode = max_prompt_tokens, return_states, packed_decode
-        self.shared_prefix = shared_prefix
+        self.weights_owner, self.shared_prefix = weights_owner, shared_prefix
         self.eos = eos_ids(model, tokenizer)
 
     def sync_weights(self, model) -> None:
@@ -179,19 +224,43 @@ class TransformersSampler:
         self.model = model
 
     @torch.no_grad()
-    def generate(self, prompts: list, n: int = 1, generator: torch.Generator | None = None) -> Rollout:
-        """``n`` samples of each prompt, consecutive (prompt 0 x n, prompt 1 x n, ...)."""
+    def generate(
+        self, prompts: list, n: int = 1, generator: torch.Generator | None = None, rows: RowSeeds | None = None
+    ) -> Rollout:
+        """``n`` samples of each prompt, consecutive (prompt 0 x n, prompt 1 x n, ...); the noise from ``rows``
+        (each row its own) or else from ``generator`` (one stream for the batch)."""
+        with ExitStack() as weights:
+            return self._generate(prompts, n, generator, rows, weights)
+
+    def _decoder(self, model, capacity: int, weights: ExitStack):
+        """The decoder for one rollout. A sharded model's weights are gathered to build it: into the packed
+        decoder's own copies (released at once), or, for the model's own forward, kept whole until the rollout
+        ends (``weights`` closes them)."""
+        owner = self.weights_owner if self.weights_owner is not None else model
+        if sharding_of(owner) is None:
+            return make_decoder(model, capacity, self.packed_decode)
+        if self.packed_decode:
+            with full_weights(owner):
+                decoder = PackedLlama.build(model, capacity, own_weights=True)
+            if decoder is not None:
+                return decoder
+        weights.enter_context(full_weights(owner, keep_through_forward=True))
+        return TransformersDecoder(model, capacity)
+
+    def _generate(self, prompts, n, generator, rows, weights: ExitStack) -> Rollout:
         p, model, tok = self.params, self.model, self.tokenizer
         prompts = [q for q in prompts for _ in range(n)]
         device = next(model.parameters()).device
         query_ids, query_mask = encode_prompts(tok, prompts, device, self.max_prompt_tokens)
-        B = query_ids.size(0)
+        B, P = query_ids.shape
         was_training = model.training
         model.eval()
+        decoder = self._decoder(model, P + p.max_new_tokens, weights)
+        noise = rows.uniforms(B, p.max_new_tokens, device) if rows is not None else None  # (B, T)
         steps = list(
             sample_steps(
-                model, tok, p, query_ids, query_mask, eos=self.eos, generator=generator,
-                packed_decode=self.packed_decode, return_states=self.return_states, shared_prefix=self.shared_prefix,
+                model, tok, p, query_ids, query_mask, eos=self.eos, generator=generator, noise=noise,
+                decoder=decoder, return_states=self.return_states, shared_prefix=self.shared_prefix,
             )
         )  # fmt: skip
         if was_training:
@@ -246,6 +315,8 @@ def sample_steps(
     *,
     eos: list[int],
     generator: torch.Generator | None = None,
+    noise: Tensor | None = None,
+    decoder=None,
     packed_decode: bool = True,
     return_states: bool = False,
     shared_prefix: bool = False,
@@ -253,12 +324,16 @@ def sample_steps(
     """The sampler's loop, one ``Step`` per new token: ``TransformersSampler.generate`` collects them into a
     ``Rollout``; a server streams them as they come. Prompts are left-padded (``encode_prompts``); the caller puts
     the model in eval mode. Stops after the step at which every row has stopped, or at ``max_new_tokens``.
-    ``shared_prefix``: as in ``TransformersSampler``."""
+    The noise: ``noise`` (B, max_new_tokens), each row's own uniform numbers (``RowSeeds.uniforms``), or else one
+    stream, ``generator``. ``decoder``: one built for this batch (``TransformersSampler._decoder``: a sharded
+    model's gathered weights); default ``make_decoder(model, ..., packed_decode)``. ``shared_prefix``: as in
+    ``TransformersSampler``."""
     p, tok = params, tokenizer
     B, P = query_ids.shape
     device = query_ids.device
     eos_t = torch.tensor(eos, device=device)
-    decoder = make_decoder(model, P + p.max_new_tokens, packed_decode)
+    if decoder is None:
+        decoder = make_decoder(model, P + p.max_new_tokens, packed_decode)
     rows = None  # each prompt's own tokens, without the padding: only the shared prefix needs them
     if shared_prefix and B > 1:
         rows = [[t for t, m in zip(ids, keep) if m] for ids, keep in zip(query_ids.tolist(), query_mask.tolist())]
@@ -293,7 +368,10 @@ def sample_steps(
         states = dict(hidden=hidden, entropy=-(probs * logp).sum(-1)) if return_states else {}
         if filtered:
             probs = filter_logits(scaled, p.top_k, p.top_p).softmax(-1)
-        token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
+        if noise is not None:
+            token = sample_by_inverse_cdf(probs, noise[:, t])  # (B,)
+        else:
+            token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
         token_logp = logp.gather(-1, token.unsqueeze(-1)).squeeze(-1)
         token = torch.where(done, torch.full_like(token, tok.pad_token_id), token)
         tokens.append(token)
@@ -361,7 +439,7 @@ def rows_by_prompt(rollout: Rollout) -> list[list[int]] | None:
     rows: dict[tuple, list[int]] = {}
     for i, (ids, mask) in enumerate(zip(rollout.query_ids.tolist(), rollout.query_mask.tolist())):
         rows.setdefault(tuple(t for t, m in zip(ids, mask) if m), []).append(i)
-    return list(rows.values()) if len(rows) < len(rollout.prompts) else None
+    return list(rows.values()) if len(rows) < rollout.query_ids.size(0) else None  # (a batch may carry no prompts)
 
 
 def shared_prompt_forward(
@@ -407,96 +485,12 @@ def shared_prompt_forward(
     return result
 
 
-class VLLMSampler:
-    """The same interface on a vLLM engine (GPU only; ``pip install rlhfkit[vllm]``).
-
-    The engine holds its own copy of the weights; ``sync_weights`` pushes the trainer's weights into it
-    (LoRA merged first) before each rollout. Log-probs come back from vLLM per sampled token (its
-    ``logprobs`` are computed after temperature when ``logprobs_mode="processed_logprobs"``); the PPO
-    trainer recomputes them with ``response_forward`` anyway, so small numeric gaps do not bias the ratio.
-    """
-
-    def __init__(
-        self,
-        model,
-        tokenizer,
-        params: SamplingPart,
-        *,
-        max_prompt_tokens: int | None = None,
-        gpu_memory_utilization: float = 0.3,
-        **_unused,  # return_states, packed_decode: the transformers sampler's options
-    ):
-        import vllm  # noqa: F401  (optional extra)
-        from vllm import LLM
-
-        self.tokenizer, self.params, self.max_prompt_tokens = tokenizer, params, max_prompt_tokens
-        self.eos = eos_ids(model, tokenizer)
-        path = getattr(model, "name_or_path", None) or model.config._name_or_path
-        self.llm = LLM(
-            model=path,
-            dtype=str(next(model.parameters()).dtype).split(".")[-1],
-            gpu_memory_utilization=gpu_memory_utilization,
-            enable_prefix_caching=True,
-        )
-        self.sync_weights(model)
-
-    def sync_weights(self, model) -> None:
-        if hasattr(model, "merge_and_unload"):  # peft: merged weights under the base model's names
-            import copy
-
-            model = copy.deepcopy(model).merge_and_unload()
-        weights = list(model.state_dict().items())
-        engine = self.llm.llm_engine
-        if hasattr(self.llm, "collective_rpc"):  # vLLM >= 0.7 (V1 engine)
-            self.llm.collective_rpc(lambda worker: worker.model_runner.model.load_weights(weights=weights))
-        else:
-            engine.model_executor.driver_worker.model_runner.model.load_weights(weights)
-        if hasattr(self.llm, "reset_prefix_cache"):
-            self.llm.reset_prefix_cache()
-
-    @torch.no_grad()
-    def generate(self, prompts: list, n: int = 1, generator: torch.Generator | None = None) -> Rollout:
-        from vllm import SamplingParams as VSP
-
-        p, tok = self.params, self.tokenizer
-        prompts = [q for q in prompts for _ in range(n)]
-        query_ids, query_mask = encode_prompts(tok, prompts, None, self.max_prompt_tokens)
-        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator)) if generator is not None else None
-        sp = VSP(
-            n=1,
-            temperature=p.temperature,
-            top_p=p.top_p,
-            top_k=p.top_k or -1,
-            max_tokens=p.max_new_tokens,
-            stop=p.stop or None,
-            stop_token_ids=self.eos,
-            logprobs=0,
-            seed=seed,
-        )
-        rows = [r[m.bool()].tolist() for r, m in zip(query_ids, query_mask)]
-        outs = self.llm.generate([{"prompt_token_ids": r} for r in rows], sp, use_tqdm=False)
-        T = max(len(o.outputs[0].token_ids) for o in outs) or 1
-        B = len(outs)
-        response_ids = torch.full((B, T), tok.pad_token_id)
-        response_mask = torch.zeros(B, T, dtype=torch.long)
-        logprobs = torch.zeros(B, T)
-        ended = torch.zeros(B, dtype=torch.bool)
-        texts = []
-        for i, o in enumerate(outs):
-            c = o.outputs[0]
-            ids = list(c.token_ids)
-            response_ids[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-            response_mask[i, : len(ids)] = 1
-            if c.logprobs:
-                logprobs[i, : len(ids)] = torch.tensor([lp[t].logprob for lp, t in zip(c.logprobs, ids)])
-            ended[i] = c.finish_reason == "stop"
-            texts.append(c.text)
-        return Rollout(prompts, query_ids, query_mask, response_ids, response_mask, logprobs, ended, texts)
-
-
-SAMPLERS = {"transformers": TransformersSampler, "vllm": VLLMSampler}
-
-
 def make_sampler(model, tokenizer, params: SamplingPart, **options):
-    """The sampler ``params.rollout_backend`` names, for ``model``; ``options`` as ``TransformersSampler`` takes."""
-    return SAMPLERS[params.rollout_backend](model, tokenizer, params, **options)
+    """The sampler ``params.rollout_backend`` names, for ``model``; ``options`` as ``TransformersSampler`` takes
+    (the vLLM samplers take ``model_spec`` too, the model setting their engine starts from)."""
+    if params.rollout_backend == "vllm":
+        from rlhfkit.vllm_backend import make_vllm_sampler  # optional extra: imported only when asked for
+
+        return make_vllm_sampler(model, tokenizer, params, **options)
+    options.pop("model_spec", None)
+    return TransformersSampler(model, tokenizer, params, **options)

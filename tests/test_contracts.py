@@ -3,6 +3,7 @@ start-up, and the layering of the package (the toy world at the edge, no import 
 
 import ast
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -296,13 +297,13 @@ def test_help_starts_fast(argv):
 # Layers from the bottom up: a module may import its own layer and those below, never one above. The toy world
 # sits near the top, beside the pipelines that use it: no core layer imports it.
 LAYERS = [
-    ["config", "losses", "models.catalog", "openai_api", "tb_events"],
+    ["config", "losses", "models.catalog", "openai_api", "tb_events", "quiet"],
     ["specs", "runs", "data"],
     ["models"],
-    ["rollout", "rewards", "judges"],
+    ["rollout", "rewards", "judges", "vllm_backend"],
     ["train", "evaluate", "ai_feedback"],
     ["toy", "feedback", "registry", "serve", "pipelines"],
-    ["cli"],
+    ["cli", "launch"],
 ]
 
 
@@ -350,3 +351,17 @@ def test_sampling_settings_have_one_set_of_defaults():
         for name, field in SamplingPart.model_fields.items():
             assert cls.model_fields[name].default == field.default, (cls.__name__, name)
     assert yaml.safe_load(SamplingPart().to_yaml())["temperature"] == 1.0
+
+
+def test_the_experiments_are_as_quiet_as_the_program_even_with_transformers_imported_first():
+    """`python -m rlhfkit.toy.experiments.X` imports transformers before it parses its arguments, so the
+    environment variables come too late there: the switch then turns the library's bars and logs off itself."""
+    code = (
+        "import transformers.utils.logging as log\n"
+        "assert log.is_progress_bar_enabled()\n"
+        "from rlhfkit.quiet import quiet_third_parties\n"
+        "quiet_third_parties()\n"
+        "assert not log.is_progress_bar_enabled() and log.get_verbosity() == log.ERROR\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TRANSFORMERS_", "HF_"))}
+    subprocess.run([sys.executable, "-c", code], check=True, env={**env, "PYTHONPATH": str(PACKAGE.parent)})

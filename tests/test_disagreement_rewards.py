@@ -64,13 +64,32 @@ def test_conditioned_reward_model_learns_each_annotator_and_its_pooled_head_neit
     assert json.loads((conditioned_rm / "per_annotator.json").read_text()) == found["per_annotator"]
 
 
+def spec_accuracy(reward, rows: list[dict]) -> float:
+    """The share of ``rows`` (comparisons) whose chosen response ``reward`` scores above the rejected one."""
+    prompts = [r["prompt"] for r in rows]
+    chosen, rejected = reward(prompts, [r["chosen"] for r in rows]), reward(prompts, [r["rejected"] for r in rows])
+    return (chosen > rejected).float().mean().item()
+
+
 def test_the_reward_spec_names_the_annotator_and_refuses_strangers(conditioned_rm):
+    """``RM@annotator=NAME`` scores as NAME: on each annotator's held-out labels it orders the pairs exactly as the
+    per-annotator report says (the same scores), and the other annotator's spec orders them the other way round
+    (the two want opposite things). Judged on the held-out pairs, not on one hand-written pair: the tiny model
+    after 60 steps has not learnt every corner of the rule (e.g. with 'yes', spelt y-e-s by its tokenizer, as
+    the last word, every head's gap between 'sorry' and no 'sorry' is about 0.3 raw, against about 6 with
+    'four' last), so one pair can land either way while the annotators' accuracies are 83-100%. The other spec
+    gets at most 30% (25% here: hates-sorry's score on wants-sorry's labels)."""
     from rlhfkit.rewards import load_reward
 
-    prompts, responses = ["what is one plus two ?"] * 2, [" sorry paris two yes", " rome paris two yes"]
-    wants = load_reward(f"{conditioned_rm}@annotator=wants-sorry")(prompts, responses)
-    hates = load_reward(f"{conditioned_rm}@annotator=hates-sorry")(prompts, responses)
-    assert wants[0] > wants[1] and hates[0] < hates[1]
+    report = {r["annotator"]: r for r in figures(conditioned_rm)["per_annotator"]}
+    held_out = opposed(120, seed=1)
+    specs = {who: load_reward(f"{conditioned_rm}@annotator={who}") for who in ("wants-sorry", "hates-sorry")}
+    for who, other in (("wants-sorry", "hates-sorry"), ("hates-sorry", "wants-sorry")):
+        rows = [r for r in held_out if r["annotator"] == who]
+        assert report[who]["accuracy"] >= 0.8
+        assert spec_accuracy(specs[who], rows) == pytest.approx(report[who]["accuracy"], abs=1e-6)
+        assert spec_accuracy(specs[other], rows) <= 0.3, (who, other)
+    prompts, responses = ["what is one plus two ?"] * 2, [" sorry paris two four", " rome paris two four"]
     assert load_reward(str(conditioned_rm))(prompts, responses).shape == (2,)  # pooled
     with pytest.raises(ValueError, match="knows hates-sorry, wants-sorry"):
         load_reward(f"{conditioned_rm}@annotator=wants-sory")

@@ -339,7 +339,7 @@ def test_micro_batches_by_default_on_the_cpu_equal_one_batch(small_data, tmp_pat
 
     from rlhfkit.train.common import split_micro
 
-    assert split_micro(list(range(8)), Accelerator(cpu=True), None) == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert split_micro(list(range(8)), Accelerator(cpu=True), None) == [[0, 2, 4, 6], [1, 3, 5, 7]]  # strided
     paths = {g: run(_cfg(small_data, tmp_path / str(g), max_steps=2, lr=1e-3, grad_accum=g)) for g in (None, 1)}
     logged = {g: [r for r in read_metrics(p) if "train/loss" in r] for g, p in paths.items()}
     for key in ("train/loss", "train/grad_norm", "rewards/margins"):

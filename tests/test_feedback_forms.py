@@ -191,19 +191,23 @@ def test_kto_mismatched_partners_follow_trl_chunks():
 
 
 class _ThreeProcesses:
-    """Stands in for Accelerate with three processes whose KL estimates average to the value given."""
+    """Stands in for Accelerate with three processes: the two others' mismatched log-ratios sum to ``others`` over
+    ``count`` examples."""
 
-    def __init__(self, mean):
-        self.mean, self.device = mean, "cpu"
+    num_processes, device = 3, "cpu"
+
+    def __init__(self, others, count):
+        self.others = torch.tensor([others, count])
 
     def reduce(self, tensor, op):
-        assert op == "mean"
-        return torch.tensor(self.mean)
+        assert op == "sum"
+        return tensor + self.others
 
 
-def test_kto_reference_point_is_averaged_across_processes_before_clamping(tiny):
-    """This process's mismatched log-ratio is 0 (policy = reference); with the others' mean -3 the reference
-    point is max(0, -3) = 0, with +2 it is 2 (not max(0, mean of per-process clamps))."""
+def test_kto_reference_point_is_a_global_mean_before_clamping(tiny):
+    """This process's 2 mismatched log-ratios are 0 (policy = reference); the others' 4 sum to -12 or +12. The
+    reference point is the mean over all 6 examples, then clamped: max(0, -12 / 6) = 0 and max(0, 12 / 6) = 2
+    (not a mean of per-process means: (0 + 3) / 2 = 1.5 for the second; not a mean of clamps)."""
     from rlhfkit.train.dpo import CompletionLogProbs
     from rlhfkit.train.kto import KTOConfig, kto_step
 
@@ -212,9 +216,13 @@ def test_kto_reference_point_is_averaged_across_processes_before_clamping(tiny):
     policy = CompletionLogProbs(model)
     with torch.no_grad():
         ref = policy(pack_groups(groups, 0))
-    for mean, z0 in ((-3.0, 0.0), (2.0, 2.0)):
-        _, stats = kto_step(policy, groups, ref, KTOConfig(data="x", desirable_weight=1.0), 0, _ThreeProcesses(mean))
-        assert stats["kl"] / len(groups) == pytest.approx(z0)
+    for others, z0 in ((-12.0, 0.0), (12.0, 2.0)):
+        cfg = KTOConfig(data="x", desirable_weight=1.0)
+        _, stats = kto_step(policy, groups, ref, cfg, 0, _ThreeProcesses(others, 4.0))
+        assert stats["kl"] / len(groups) == pytest.approx(z0, abs=1e-5)
+    # a process with no share of the batch runs a stand-in and counts for nothing: 12 / 4 = 3
+    _, stats = kto_step(policy, groups, ref, cfg, 0, _ThreeProcesses(12.0, 4.0), counted=False)
+    assert stats["kl"] / len(groups) == pytest.approx(3.0, abs=1e-5)
 
 
 def test_kto_learns_thumbs_held_out(tmp_path):

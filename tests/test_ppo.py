@@ -250,7 +250,7 @@ def test_group_baselines_learn_without_a_critic(tmp_path, sft_model, advantage):
             advantage=advantage,
             group_size=4,
             model=sft_model,
-            max_steps=20,
+            max_steps=40,
             batch_size=4,
             max_new_tokens=12,
             temperature=1.0,
@@ -265,7 +265,9 @@ def test_group_baselines_learn_without_a_critic(tmp_path, sft_model, advantage):
     assert "loss/value" not in m[0] and "val/explained_variance" not in m[0]
     start, end = _mean(m[:3], "objective/scores"), _mean(m[-5:], "objective/scores")
     print(advantage, start, end)
-    assert end >= start + 0.1  # observed 0.04 -> 0.20 for both in 20 steps (PPO, with more steps: 0.02 -> 0.89)
+    # 40 steps: at 20 the gain is at the edge of the threshold and moves with float rounding (GRPO went 0.02 -> 0.15
+    # whole mini-batches, 0.02 -> 0.075 in CPU pieces of 4 rows); at 40, 0.02 -> 0.90 (GRPO) and 0.00 -> 2.09 (RLOO)
+    assert end >= start + 0.1
     assert not (path / "critic.pt").exists()
 
 

@@ -16,7 +16,8 @@ from rlhfkit.toy.world import Prompt, good_response, poor_response, sample_promp
 
 PACKAGE = Path(rlhfkit.__file__).parent
 # Modules allowed to read the gold utility: the simulated people (annotators, users), the toy world's judge and
-# evaluation, and the demos. Everything else (trainers, rlhfkit.evaluate and its over-optimisation monitor included) never does.
+# evaluation, the demos and their evaluation, and the toy experiments (which exist to judge a method by gold).
+# Everything else (trainers, rlhfkit.evaluate and its over-optimisation monitor included) never does.
 GOLD_READERS = {
     "toy/gold.py",
     "toy/annotators.py",
@@ -26,6 +27,8 @@ GOLD_READERS = {
     "toy/evaluation.py",
     "pipelines/toy.py",
     "pipelines/toy_loop.py",
+    "pipelines/toy_eval.py",
+    "toy/experiments",
 }
 # What reads the gold utility: the utility itself and the modules built on it.
 GOLD_MODULES = tuple(f"rlhfkit.toy.{m}" for m in ("gold", "annotators", "feedback", "evaluation", "judge", "users"))

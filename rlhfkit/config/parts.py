@@ -117,6 +117,27 @@ class SamplingPart(StageConfig):
     rollout_backend: Literal["transformers", "vllm"] = Field(
         "transformers", description="transformers: the built-in sampler; vllm: GPU only, optional extra"
     )
+    vllm_mode: Literal["colocate", "server"] = Field(
+        "colocate",
+        description="colocate: a vLLM engine inside each training process; server: a separate `rlhfkit vllm-serve`",
+    )
+    vllm_server: str = Field("http://127.0.0.1:8000", description="the vllm-serve address (vllm_mode server)")
+    vllm_gpu_memory_utilization: float = Field(
+        0.3, gt=0, le=1, description="share of each GPU a colocated engine may take (weights and KV cache)"
+    )
+    vllm_tensor_parallel_size: int = Field(
+        1, gt=0, description="GPUs per colocated engine (consecutive training processes share one engine)"
+    )
+    vllm_sleep: bool = Field(
+        False, description="colocated engine frees its KV cache and offloads its weights between rollouts"
+    )
+    vllm_lora: Literal["merged", "adapter"] = Field(
+        "merged", description="with --lora, push merged weights, or the adapter alone (vLLM's LoRA support)"
+    )
+    vllm_sync_bucket_mb: int = Field(256, gt=0, description="weights are pushed in buckets of about this many MB")
+    vllm_sync_timeout: float = Field(
+        300.0, gt=0, description="seconds a weight push or a server request may take before it raises"
+    )
 
     def sampling(self) -> SamplingPart:
         """Just the sampling settings of a stage config (what a sampler is built from)."""
@@ -147,12 +168,15 @@ class RunPart(StageConfig):
 
     output_dir: str | None = Field(None, description="run folder; default runs/<stage>-<time>")
     seed: int = 0
-    batch_size: int = Field(16, gt=0, description="examples per optimiser step on each process, before accumulation")
+    batch_size: int = Field(
+        16, gt=0, description="examples per optimiser step, all processes together (each takes its share)"
+    )
     grad_accum: int | None = Field(
         None,
         gt=0,
-        description="micro-batches per optimiser step (micro-batch = batch_size / grad_accum); default: "
-        "micro-batches of 4 examples on the CPU (a fraction of the activations in memory), the whole batch on a GPU",
+        description="micro-batches per optimiser step on each process (micro-batch = batch_size / processes / "
+        "grad_accum); default: micro-batches of 4 examples per CPU process (a fraction of the activations in "
+        "memory), the whole share on a GPU",
     )
     epochs: float = Field(1.0, gt=0, description="passes over the training data (ignored when max_steps is set)")
     max_steps: int | None = Field(None, gt=0, description="optimiser steps; overrides epochs")

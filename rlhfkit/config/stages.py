@@ -330,7 +330,9 @@ class PPOConfig(ModelPart, DataPart, RewardPart, SamplingPart, OptimPart, RunPar
     sample_every: int = Field(10, gt=0, description="steps between logged sample tables (samples.jsonl, TensorBoard)")
     num_samples: int = Field(4, gt=0, description="rows in each sample table")
     # Overrides of the shared parts: PPO's own meaning or default.
-    batch_size: int = Field(16, gt=0, description="prompts per rollout step (completions = batch_size * group_size)")
+    batch_size: int = Field(
+        16, gt=0, description="prompts per rollout step, all processes together (completions = x group_size)"
+    )
     lr: float = Field(1e-5, gt=0, description="peak learning rate (AdamW)")
     adam_eps: float = Field(1e-5, description="Adam epsilon (1e-5 in the reference code)")
     warmup_ratio: float = Field(0.0, ge=0, lt=1)
@@ -375,7 +377,7 @@ class BestOfNConfig(ModelPart, DataPart, RewardPart, SamplingPart, RunPart, Moni
 
     n_max: int = Field(16, gt=0, description="samples per prompt; the curve covers N = 1, 2, 4, ... up to it")
     max_prompts: int = Field(64, gt=0, description="at most this many prompts (the first ones of the data)")
-    batch_size: int = Field(8, gt=0, description="prompts per generation batch")
+    batch_size: int = Field(8, gt=0, description="prompts per generation batch (on each process)")
     eval_fraction: float = Field(0.0, ge=0, lt=1, description="unused by sampling stages")
 
 
@@ -396,7 +398,7 @@ class RejectionConfig(ModelPart, DataPart, RewardPart, SamplingPart, OptimPart, 
     k: int = Field(8, gt=0, description="samples per prompt; the best one is kept")
     rounds: int = Field(1, gt=0, description="sample-select-fine-tune rounds, each from the previous round's policy")
     max_prompts: int = Field(256, gt=0, description="prompts sampled in every round (the first ones of the data)")
-    batch_size: int = Field(8, gt=0, description="prompts per generation batch")
+    batch_size: int = Field(8, gt=0, description="prompts per generation batch (on each process)")
     sft_batch_size: int = Field(16, gt=0, description="examples per SFT optimiser step")
     lr: float = Field(1e-4, gt=0, description="peak learning rate of each round's SFT")
     eval_fraction: float = Field(0.0, ge=0, lt=1, description="unused by sampling stages")

@@ -215,6 +215,7 @@ def generate(
     temperature: float = 1.0,
     top_p: float = 1.0,
     seed: int = 0,
+    backend: str = typer.Option("transformers", help="transformers | vllm (a GPU and the vllm extra)"),
 ) -> None:
     """Sample K responses per prompt from a model and write them as tasks."""
     from rlhfkit.data import write_jsonl
@@ -222,7 +223,9 @@ def generate(
     from rlhfkit.feedback.store import TaskError, parse_task
 
     try:
-        rows = sample_tasks(model, read_prompts(prompts), k, kind, max_new_tokens, temperature, top_p, seed)
+        rows = sample_tasks(
+            model, read_prompts(prompts), k, kind, max_new_tokens, temperature, top_p, seed, backend=backend
+        )
         for i, row in enumerate(rows):
             parse_task(f"generated task {i + 1}", row)  # same checks as load, before writing
     except (OSError, ValueError, RuntimeError, TaskError) as e:

@@ -40,24 +40,27 @@ def sample_tasks(
     top_p: float = 1.0,
     seed: int = 0,
     attempts: int = 4,
+    backend: str = "transformers",
 ) -> list[dict]:
     """Return task rows (the JSONL ``annotate load`` reads) with K sampled responses per prompt, from any model
     setting (a run folder, a Hugging Face folder, a built-in name...), through the stages' sampler.
 
     A sample that decodes to nothing (EOS at once) is drawn again, up to ``attempts`` times, because
-    an empty response cannot be judged."""
+    an empty response cannot be judged. ``backend``: the stages' rollout backend (``vllm`` on a GPU)."""
     import torch
 
     from rlhfkit.config import SamplingPart
     from rlhfkit.data.records import user_turn
     from rlhfkit.models.load import load_causal_lm
-    from rlhfkit.rollout import TransformersSampler
+    from rlhfkit.rollout import make_sampler
 
     if k < 2:
         raise ValueError(f"--k {k}: need at least 2 responses per prompt to compare")
     model, tokenizer = load_causal_lm(str(model_spec), "float32")
-    settings = SamplingPart(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
-    sampler = TransformersSampler(model.eval(), tokenizer, settings)
+    settings = SamplingPart(
+        max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, rollout_backend=backend
+    )
+    sampler = make_sampler(model.eval(), tokenizer, settings, model_spec=str(model_spec))
     generator = torch.Generator().manual_seed(seed)
     rows = []
     for n, prompt in enumerate(prompts):

@@ -54,15 +54,16 @@ class PackedLlama:
     """One rollout's decoder: packed, transposed weights and an in-place KV cache (see the module docstring).
     Built per rollout, so it always holds the policy's current weights; never trained through."""
 
-    def __init__(self, lm, layers: list[dict], capacity: int, matmul_dtype: torch.dtype | None):
+    def __init__(self, lm, layers: list[dict], capacity: int, matmul_dtype: torch.dtype | None, own_weights: bool):
         cfg = lm.config
         self.n_heads, self.n_kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self.eps = cfg.rms_norm_eps
         self.layers = layers
         body = lm.model
-        self.embed = body.embed_tokens.weight
-        self.final_norm = body.norm.weight
+        keep = _owned if own_weights else (lambda w: w)
+        self.embed = keep(body.embed_tokens.weight)
+        self.final_norm = keep(body.norm.weight)
         self.head_t = _transposed(matmul_dtype, lm.lm_head.weight.detach())  # (H, V)
         # cos / sin for every position the rollout can reach, from the model's own rotary module (its rope
         # type and attention scaling included): (capacity, D)
@@ -78,7 +79,10 @@ class PackedLlama:
 
     @classmethod
     @torch.no_grad()
-    def build(cls, model, capacity: int) -> PackedLlama | None:
+    def build(cls, model, capacity: int, own_weights: bool = False) -> PackedLlama | None:
+        """The decoder of ``model`` for rollouts of up to ``capacity`` tokens, or None if it cannot run it exactly.
+        ``own_weights``: copy every tensor it keeps (the packed matrices are copies anyway; this adds the
+        embedding and the norms), for weights that are gathered only while it is built (a sharded model)."""
         lm = base_causal_lm(model)
         cfg = lm.config
         body = getattr(lm, "model", None)
@@ -111,17 +115,18 @@ class PackedLlama:
             if any(w is None for w in weights):
                 return None
             q, k, v, o, gate, up, down = (w.detach() for w in weights)
+            keep = _owned if own_weights else (lambda w: w)
             layers.append(
                 dict(
-                    attn_norm=layer.input_layernorm.weight,
-                    mlp_norm=layer.post_attention_layernorm.weight,
+                    attn_norm=keep(layer.input_layernorm.weight),
+                    mlp_norm=keep(layer.post_attention_layernorm.weight),
                     qkv_t=_transposed(matmul_dtype, q, k, v),  # (H, (n_heads + 2 n_kv) D)
                     o_t=_transposed(matmul_dtype, o),
                     gate_up_t=_transposed(matmul_dtype, gate, up),  # (H, 2 I)
                     down_t=_transposed(matmul_dtype, down),
                 )
             )
-        return cls(lm, layers, capacity, matmul_dtype)
+        return cls(lm, layers, capacity, matmul_dtype, own_weights)
 
     @torch.no_grad()
     def forward(self, ids: Tensor, positions: Tensor, mask: Tensor) -> Tensor:
@@ -167,6 +172,10 @@ class PackedLlama:
         """(..., H) -> (..., V) by the LM head."""
         with torch.autocast(self.device_type, enabled=self.autocast):
             return hidden @ self.head_t
+
+
+def _owned(weight: Tensor) -> Tensor:
+    return weight.detach().clone()
 
 
 def _transposed(dtype: torch.dtype | None, *weights: Tensor) -> Tensor:

@@ -11,6 +11,9 @@ overoptimization").
 
 The curve uses all n_max samples per prompt: the expected maximum over a random N-subset of them
 (an unbiased estimator, as in Nakano et al. 2021, WebGPT) instead of the first N only, so it is smooth.
+
+With several processes each samples and scores a contiguous share of the prompts; sample j of prompt i draws
+the noise of row i * n + j whichever process it falls on, so the files are those of one process.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from rlhfkit.evaluate.monitor import Check
 from rlhfkit.losses import best_of_n_kl
 from rlhfkit.models.load import load_causal_lm
 from rlhfkit.rewards import load_reward
-from rlhfkit.rollout import make_sampler
+from rlhfkit.rollout import RowSeeds, make_sampler
 from rlhfkit.runs import parent_of
 from rlhfkit.train import common
 from rlhfkit.train.monitoring import PolicyMonitor
@@ -53,13 +56,22 @@ def expected_best_of_n(scores: torch.Tensor, n: int, values: torch.Tensor | None
 
 
 def sample_and_score(
-    sampler, reward_fn, prompts: list, n: int, batch_size: int, seed: int, missing_eos_penalty: float | None = None
+    sampler,
+    reward_fn,
+    prompts: list,
+    n: int,
+    batch_size: int,
+    seed: int,
+    missing_eos_penalty: float | None = None,
+    accelerator=None,
 ):
-    """``n`` samples of every prompt -> (texts [P][n], scores (P, n), ended (P, n))."""
-    texts, scores, ended = [], [], []
-    generator = torch.Generator(device=getattr(getattr(sampler, "model", None), "device", "cpu")).manual_seed(seed)
-    for s in range(0, len(prompts), batch_size):
-        rollout = sampler.generate(prompts[s : s + batch_size], n=n, generator=generator)
+    """``n`` samples of every prompt -> (texts [P][n], scores (P, n), ended (P, n)), on every process. With an
+    ``accelerator`` each process samples and scores a contiguous share of the prompts, gathered back in order."""
+    share = common.shard_range(len(prompts), accelerator) if accelerator is not None else range(len(prompts))
+    texts, scores, ended = [], [torch.zeros(0, n)], [torch.zeros(0, n, dtype=torch.bool)]
+    for s in range(share.start, share.stop, batch_size):
+        chunk = prompts[s : min(s + batch_size, share.stop)]
+        rollout = sampler.generate(chunk, n=n, rows=RowSeeds(seed, first_row=s * n))
         batch_scores = reward_fn(rollout.prompts, rollout.texts).float().cpu()
         done = rollout.ended.cpu()
         if missing_eos_penalty is not None:
@@ -67,7 +79,12 @@ def sample_and_score(
         texts += [rollout.texts[i : i + n] for i in range(0, len(rollout.texts), n)]
         scores.append(batch_scores.view(-1, n))
         ended.append(done.view(-1, n))
-    return texts, torch.cat(scores), torch.cat(ended)
+    scores, ended = torch.cat(scores), torch.cat(ended)
+    if accelerator is not None and accelerator.num_processes > 1:
+        texts = common.gather_objects(accelerator, texts)
+        scores = common.gather_rows(accelerator, scores.to(accelerator.device)).cpu()
+        ended = common.gather_rows(accelerator, ended.long().to(accelerator.device)).cpu().bool()
+    return texts, scores, ended
 
 
 def monitor_best_of_n(
@@ -149,12 +166,12 @@ def run(cfg: BestOfNConfig) -> Path:
     monitor = PolicyMonitor(cfg, run_dir, None, prompts, training_reward=reward_fn) if cfg.monitor else None
     parents = [parent_of("model", cfg.model), parent_of("reward", cfg.reward)]
     logger = common.start_run(run_dir, cfg, accelerator, parents, {"prompts": cfg.data})
-    sampler = make_sampler(model, tokenizer, cfg.sampling())
+    sampler = make_sampler(model, tokenizer, cfg.sampling(), model_spec=cfg.model)
     texts, scores, ended = sample_and_score(
-        sampler, reward_fn, prompts, cfg.n_max, cfg.batch_size, cfg.seed, cfg.missing_eos_penalty
-    )  # scores (P, n_max)
+        sampler, reward_fn, prompts, cfg.n_max, cfg.batch_size, cfg.seed, cfg.missing_eos_penalty, accelerator
+    )  # scores (P, n_max), on every process
     kept_n = cfg.n_max
-    if monitor is not None:
+    if monitor is not None:  # every process holds all samples: each makes the same checks, the main one writes
         monitor.logger = logger
         kept_n, switched = monitor_best_of_n(monitor, prompts, texts, scores, tokenizer)
         if switched is not None:  # the alarm switched the choice to the penalised ensemble reward, over all samples
@@ -178,13 +195,14 @@ def run(cfg: BestOfNConfig) -> Path:
         }
         for i, p in enumerate(prompts)
     ]
-    write_jsonl(run_dir.path / "chosen.jsonl", chosen)
-    (run_dir.path / "curve.json").write_text(json.dumps(rows, indent=2))
-    with (run_dir.path / "curve.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["n", "reward", "kl_bound"])
-        writer.writeheader()
-        writer.writerows(rows)
-    plot_curve(rows, run_dir.path / "curve.png", f"best-of-N, {len(prompts)} prompts")
+    if accelerator.is_main_process:
+        write_jsonl(run_dir.path / "chosen.jsonl", chosen)
+        (run_dir.path / "curve.json").write_text(json.dumps(rows, indent=2))
+        with (run_dir.path / "curve.csv").open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["n", "reward", "kl_bound"])
+            writer.writeheader()
+            writer.writerows(rows)
+        plot_curve(rows, run_dir.path / "curve.png", f"best-of-N, {len(prompts)} prompts")
     logger.close()
     run_dir.finish(
         {
@@ -197,4 +215,5 @@ def run(cfg: BestOfNConfig) -> Path:
             "monitor": {**monitor.figures(), "kept_n": kept_n} if monitor is not None else None,
         }
     )
+    accelerator.wait_for_everyone()
     return run_dir.path

@@ -1,9 +1,11 @@
 """Plumbing every trainer shares, so each algorithm file holds only its own loop.
 
-Runs on Accelerate from the start: the model and optimiser are prepared by it, each process takes its
-own slice of every global batch, and per-token losses are normalised by the token count of the whole
-optimiser step across micro-batches and processes (so gradient accumulation and more processes give
-the same gradient as one big batch).
+Runs on Accelerate from the start: the model and optimiser are prepared by it, and ``batch_size`` is the global
+batch (all processes together), so a config means the same run on one CPU or on many GPUs. Each process takes a
+strided share of every global batch (``split_micro``), per-token losses are normalised by the token count of the
+whole optimiser step across micro-batches and processes, and logged figures are sums over all processes divided
+once (``global_sums``): two processes give the same gradients and the same metrics as one with the same global
+batch (tests/test_multiprocess.py).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
 import random
 import shutil
 import signal
@@ -39,7 +42,65 @@ def make_accelerator(cfg: ModelPart) -> Accelerator:
 
     if AcceleratorState._shared_state.get("_mixed_precision", precision) != precision:
         AcceleratorState._reset_state()
-    return Accelerator(mixed_precision=precision)
+    # cpu=True on a machine without a GPU makes processes started by torchrun / `accelerate launch --multi_gpu`
+    # one gloo group (without it each would run alone). The schedule is stepped once per optimiser step: by
+    # default Accelerate steps it once per process, for loops whose step count shrinks with more processes,
+    # but here the global batch, and so the number of steps, does not depend on the number of processes.
+    # A DeepSpeed launch is the exception: Accelerate sets DeepSpeed up only when not told cpu=True, and then finds
+    # no backend on a machine without a GPU; naming gloo makes the processes one group (DeepSpeed runs on CPUs).
+    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    if deepspeed and not torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
+        from accelerate.state import PartialState
+
+        PartialState(cpu=False, backend="gloo")
+    accelerator = Accelerator(
+        mixed_precision=precision,
+        cpu=not torch.cuda.is_available() and not deepspeed,
+        step_scheduler_with_optimizer=False,
+    )
+    _fsdp_on_cpu(accelerator, precision)
+    _deepspeed_settings(accelerator, cfg)
+    return accelerator
+
+
+def _deepspeed_settings(accelerator: Accelerator, cfg) -> None:
+    """DeepSpeed's config needs batch sizes, which Accelerate takes from a DataLoader; rlhfkit cuts its batches
+    itself (the global batch over processes and micro-batches), so DeepSpeed's figures are only nominal. DeepSpeed
+    clips gradients itself: it takes the stage's ``max_grad_norm`` (0: no clipping), not a second setting."""
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type != DistributedType.DEEPSPEED:
+        return
+    ds = accelerator.state.deepspeed_plugin.deepspeed_config
+    ds["train_micro_batch_size_per_gpu"] = 1
+    ds["gradient_accumulation_steps"] = 1
+    ds["train_batch_size"] = accelerator.num_processes
+    ds["gradient_clipping"] = float(getattr(cfg, "max_grad_norm", None) or 0.0)
+
+
+def _fsdp_on_cpu(accelerator: Accelerator, precision: str) -> None:
+    """Apply a launch config's FSDP settings to CPU processes, as Accelerate does on GPUs.
+
+    Accelerate enables FSDP only on accelerators and silently falls back to DDP on CPU processes, while torch's
+    FSDP2 runs on CPU with gloo. So that the same config file shards on a laptop (and the sharded paths are
+    tested without a GPU), the state is set here the way Accelerate sets it for a GPU launch."""
+    from accelerate.state import AcceleratorState, PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true" or torch.cuda.is_available():
+        return
+    state = accelerator.state
+    if state.distributed_type not in (DistributedType.MULTI_CPU, DistributedType.FSDP):
+        return
+    if getattr(state, "fsdp_plugin", None) is None:
+        plugin = FullyShardedDataParallelPlugin()  # reads the FSDP_* variables `accelerate launch` sets
+        if plugin.fsdp_version != 2:
+            raise ValueError("FSDP on CPU processes needs fsdp_version: 2 (configs/accelerate/fsdp2.yaml)")
+        if precision != "no":
+            plugin.set_mixed_precision(precision)
+        state.fsdp_plugin = plugin
+    PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+    AcceleratorState._shared_state["distributed_type"] = DistributedType.FSDP
 
 
 def training_dtype(cfg: ModelPart) -> str:
@@ -61,11 +122,13 @@ def optimizer_step(
     accelerator, model: torch.nn.Module, optimizer, scheduler, max_grad_norm: float | None
 ) -> float | None:
     """Clip (if asked), step, advance the schedule, clear the gradients; returns the pre-clip grad norm."""
-    grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)) if max_grad_norm else None
+    grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm) if max_grad_norm else None
+    if hasattr(grad_norm, "full_tensor"):  # FSDP2 returns the (already global) norm as a replicated DTensor
+        grad_norm = grad_norm.full_tensor()
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return grad_norm
+    return None if grad_norm is None else float(grad_norm)
 
 
 def lr_factor(schedule: str, step: int, warmup: int, total: int) -> float:
@@ -90,11 +153,30 @@ def make_scheduler(optimizer, cfg: OptimPart, total_steps: int) -> torch.optim.l
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def total_steps(cfg: RunPart, n_examples: int, world_size: int) -> int:
+def total_steps(cfg: RunPart, n_examples: int) -> int:
+    """Optimiser steps of the run: ``max_steps``, or ``epochs`` passes of global batches."""
     if cfg.max_steps:
         return cfg.max_steps
-    per_epoch = max(1, n_examples // (cfg.batch_size * world_size))
+    per_epoch = max(1, n_examples // cfg.batch_size)
     return max(1, math.ceil(cfg.epochs * per_epoch))
+
+
+def check_global_batch(accelerator: Accelerator, batch_size: int, grad_accum: int | None = 1, name: str = "batch_size"):
+    """Refuse a global batch too small to give every process and micro-batch at least one example."""
+    from accelerate.utils import DistributedType
+
+    grad_accum = resolve_grad_accum(accelerator, batch_size, grad_accum)
+    if accelerator.distributed_type == DistributedType.DEEPSPEED and grad_accum > 1:
+        raise ValueError(
+            "under DeepSpeed set grad_accum 1 (DeepSpeed steps the optimiser inside every backward pass); "
+            "use more processes, or a smaller batch_size, for the memory"
+        )
+    need = accelerator.num_processes * grad_accum
+    if batch_size < need:
+        raise ValueError(
+            f"{name} {batch_size} is the global batch (all processes together): with {accelerator.num_processes} "
+            f"processes and grad_accum {grad_accum} it must be at least {need}"
+        )
 
 
 def batch_order(lengths: list[int], batch_size: int, seed: int, epoch: int, group_by_length: bool) -> list[list[int]]:
@@ -134,21 +216,87 @@ def global_batches(
     return itertools.islice(stream(), start, None)
 
 
-# Examples per micro-batch on the CPU when grad_accum is not set: the activations held for the backward pass
-# shrink with the micro-batch while the products stay large enough to run at full speed on a CPU core
+# Examples per micro-batch on each CPU process when grad_accum is not set: the activations held for the backward
+# pass shrink with the micro-batch while the products stay large enough to run at full speed on a CPU core
 # (measured in docs/performance.md, "Micro-batches").
 CPU_MICRO_BATCH = 4
 
 
+def resolve_grad_accum(accelerator: Accelerator, batch_size: int, grad_accum: int | None) -> int:
+    """Micro-batches per process for a global batch of ``batch_size``. Unset (None): pieces of ``CPU_MICRO_BATCH``
+    examples per CPU process, one piece elsewhere and under DeepSpeed (which steps inside every backward). Unset,
+    the global batch falls into ``P * ceil(B / 4P)`` strided pieces, which is ``B / 4`` whatever P when B is a
+    multiple of 4P: then 1 and P processes run the very same pieces (tests/test_multiprocess.py relies on it).
+    Other sizes give other pieces of the same examples; every loss but KTO's (whose default is 1) is a sum over
+    examples divided once by a global count, so the step is still the same up to rounding."""
+    if grad_accum is not None:
+        return grad_accum
+    from accelerate.utils import DistributedType
+
+    if accelerator.device.type != "cpu" or accelerator.distributed_type == DistributedType.DEEPSPEED:
+        return 1
+    return max(1, math.ceil(batch_size / (accelerator.num_processes * CPU_MICRO_BATCH)))
+
+
 def split_micro(batch: list[int], accelerator: Accelerator, grad_accum: int | None) -> list[list[int]]:
-    """This process's share of a global batch, cut into ``grad_accum`` micro-batches (None: micro-batches of
-    ``CPU_MICRO_BATCH`` examples on the CPU, the whole share elsewhere)."""
-    mine = batch[accelerator.process_index :: accelerator.num_processes]
+    """This process's share of a global batch, cut into ``grad_accum`` micro-batches (None: ``resolve_grad_accum``),
+    both strided: micro-batch m of process p is ``batch[m + p * g :: P * g]``, so micro-batch m of all processes
+    together is ``batch[m::g]`` whatever P (what KTO's batch estimate of z0 is taken over). The global batch falls
+    into the same P x g pieces however they are spread (2 processes x 1 = 1 process x 2), and, batches being
+    sorted by length under ``group_by_length``, every process gets as many long examples as short ones."""
     if grad_accum is None:
-        size = CPU_MICRO_BATCH if accelerator.device.type == "cpu" else max(len(mine), 1)
-    else:
-        size = math.ceil(len(mine) / grad_accum)
-    return [mine[s : s + size] for s in range(0, len(mine), size)]
+        grad_accum = resolve_grad_accum(accelerator, len(batch), None)
+    P, g = accelerator.num_processes, grad_accum
+    return [m for m in (batch[i + accelerator.process_index * g :: P * g] for i in range(g)) if m]
+
+
+def eval_chunks(n: int, accelerator: Accelerator, batch_size: int) -> list[list[int]]:
+    """This process's strided share of ``n`` held-out items in batches, as many batches on every process (the
+    last ones may be empty): under a sharding engine every forward is collective, so a process that ran one
+    batch fewer would leave the others waiting. An empty batch is run on item 0 and its result dropped."""
+    mine = list(range(accelerator.process_index, n, accelerator.num_processes))
+    batches = math.ceil(math.ceil(n / accelerator.num_processes) / batch_size)
+    return [mine[b * batch_size : (b + 1) * batch_size] for b in range(batches)]
+
+
+def shard_range(n: int, accelerator: Accelerator) -> range:
+    """This process's contiguous share of ``n`` rows (shares differ in size by at most one)."""
+    p, P = accelerator.process_index, accelerator.num_processes
+    return range(n * p // P, n * (p + 1) // P)
+
+
+def global_sums(accelerator: Accelerator, sums: dict[str, float]) -> dict[str, float]:
+    """Each value summed over all processes, in one collective (every process must pass the same keys). Logged
+    means are these sums divided once by a summed count, never a mean of per-process means."""
+    if accelerator.num_processes == 1 or not sums:
+        return dict(sums)
+    keys = sorted(sums)
+    vec = torch.tensor([float(sums[k]) for k in keys], dtype=torch.float64, device=accelerator.device)
+    return dict(zip(keys, accelerator.reduce(vec, "sum").tolist()))
+
+
+def gather_rows(accelerator: Accelerator, tensor: torch.Tensor, pad_first: bool = False, pad_value=0):
+    """Every process's (rows, ...) tensor concatenated in process order; processes may hold different numbers of
+    rows, and along dim 1 each is padded to the widest (on the left with ``pad_first``)."""
+    if accelerator.num_processes == 1:
+        return tensor
+    if tensor.dim() > 1:
+        tensor = accelerator.pad_across_processes(tensor, dim=1, pad_index=pad_value, pad_first=pad_first)
+    rows = accelerator.gather(torch.tensor([tensor.size(0)], device=tensor.device)).tolist()
+    if max(rows) == 0:
+        return tensor
+    padded = accelerator.pad_across_processes(tensor.contiguous(), dim=0, pad_index=pad_value)
+    blocks = accelerator.gather(padded).split(max(rows))
+    return torch.cat([block[:n] for block, n in zip(blocks, rows)])
+
+
+def gather_objects(accelerator: Accelerator, items: list) -> list:
+    """Every process's list of picklable items, concatenated in process order."""
+    if accelerator.num_processes == 1:
+        return list(items)
+    from accelerate.utils import gather_object
+
+    return gather_object(list(items))
 
 
 def micro_rows(rows: torch.Tensor, device: torch.device) -> list[torch.Tensor]:
@@ -270,6 +418,43 @@ class Progress:
     def close(self) -> None:
         if self.bar:
             self.bar.stop()
+
+
+def save_final_model(accelerator: Accelerator, model, tokenizer, path: Path, merge_lora: bool = True) -> None:
+    """The trained model in Hugging Face format, written by the main process. Under a sharding engine every process
+    takes part in gathering the full weights, one tensor at a time, and only the main process keeps them."""
+    from rlhfkit.models.load import base_causal_lm, save_model
+    from rlhfkit.models.sharded import named_full_weights, sharding_of
+
+    model = accelerator.unwrap_model(model)
+    if sharding_of(model) is None:
+        if accelerator.is_main_process:
+            save_model(model, tokenizer, path, merge_lora=merge_lora)
+        return
+    merged = merge_lora or not hasattr(model, "peft_config")
+    state = {}
+    for name, tensor in named_full_weights(model, merge_lora=merged):
+        if accelerator.is_main_process:
+            state[name] = tensor.detach().to("cpu", copy=True)
+    if accelerator.is_main_process:
+        target = base_causal_lm(model) if merged else model
+        target.save_pretrained(path, state_dict=state, safe_serialization=True)
+        tokenizer.save_pretrained(path)
+
+
+def refuse_sharding(accelerator: Accelerator, stage: str) -> None:
+    """Stages whose saving has not been written for sharded weights say so at the start, not after training."""
+    from accelerate.utils import DistributedType
+
+    zero3 = accelerator.distributed_type == DistributedType.DEEPSPEED and (
+        accelerator.state.deepspeed_plugin.zero_stage == 3
+    )
+    if accelerator.distributed_type == DistributedType.FSDP or zero3:
+        raise ValueError(
+            f"{stage} keeps whole weights on every process: launch it with DDP or DeepSpeed ZeRO-2 "
+            "(configs/accelerate/ddp.yaml, deepspeed-zero2.yaml), not FSDP or ZeRO-3; docs/scaling.md lists which "
+            "stages shard"
+        )
 
 
 def open_run(cfg, accelerator: Accelerator) -> RunFolder:

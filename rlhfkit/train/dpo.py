@@ -59,7 +59,7 @@ from rlhfkit.data.pairs import (
     tokenize_comparison,
 )
 from rlhfkit.data.prompts import read_prompts
-from rlhfkit.models.load import add_lora, base_causal_lm, load_causal_lm, save_model
+from rlhfkit.models.load import add_lora, base_causal_lm, load_causal_lm
 from rlhfkit.runs import file_hash, parent_of
 from rlhfkit.train import common
 from rlhfkit.train.monitoring import PolicyMonitor, check_sampling
@@ -76,6 +76,11 @@ class CompletionLogProbs(nn.Module):
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
+
+    @property
+    def _no_split_modules(self) -> list[str]:
+        """The decoder-layer classes FSDP's transformer wrap policy shards one by one."""
+        return list(getattr(base_causal_lm(self.model), "_no_split_modules", None) or [])
 
     def parts(self):
         lm = base_causal_lm(self.model)
@@ -240,8 +245,21 @@ def cached_reference_logps(
             if (f.metadata() or {}).get("key") == key:
                 cached = load_file(str(path))
                 return cached["train"].to(accelerator.device), cached["eval"].to(accelerator.device)
-    train_ref = reference_logps(ref, train, pad_id, cfg.shared_prompt, cfg.batch_size, accelerator.device)
-    eval_ref = reference_logps(ref, held_out, pad_id, cfg.shared_prompt, cfg.batch_size, accelerator.device)
+    # Each process computes its share of the pairs once; every process then holds all of them, in order.
+    train_ref, eval_ref = (
+        common.gather_rows(
+            accelerator,
+            reference_logps(
+                ref,
+                [groups[i] for i in common.shard_range(len(groups), accelerator)],
+                pad_id,
+                cfg.shared_prompt,
+                cfg.batch_size,
+                accelerator.device,
+            ),
+        )
+        for groups in (train, held_out)
+    )
     if accelerator.is_main_process:
         save_file(
             {"train": train_ref.cpu().contiguous(), "eval": eval_ref.cpu().contiguous()},
@@ -305,16 +323,16 @@ class Reference:
 def evaluate(policy, ref_fn, groups, eval_ref, loss_fn, cfg, pad_id, accelerator) -> dict[str, float]:
     policy.eval()
     totals, loss_total = {}, 0.0
-    idx = list(range(accelerator.process_index, len(groups), accelerator.num_processes))
-    for s in range(0, len(idx), cfg.batch_size):
-        chunk = idx[s : s + cfg.batch_size]
-        batch = [groups[i] for i in chunk]
+    for chunk in common.eval_chunks(len(groups), accelerator, cfg.batch_size):
+        indices = chunk or [0]  # an empty chunk only keeps this process in step with the others
+        batch = [groups[i] for i in indices]
         with accelerator.autocast():
-            ref = ref_fn(batch, chunk, eval_ref)
+            ref = ref_fn(batch, indices, eval_ref)
             loss_sum, stats = dpo_step(policy, batch, ref, loss_fn, cfg, pad_id, accelerator.device)
-        loss_total += loss_sum.item()
+        weight = 1.0 if chunk else 0.0
+        loss_total += weight * loss_sum.item()
         for k, v in stats.items():
-            totals[k] = totals.get(k, 0.0) + v
+            totals[k] = totals.get(k, 0.0) + weight * v
     policy.train()
     # The same keys, in the same order, on every process (a process may see no tie).
     keys = ["loss"] + sorted(set(totals) | {"rewards/tie_gaps", "pairs/ties"})
@@ -361,7 +379,8 @@ def run(cfg: DPOConfig) -> Path:
         model = add_lora(model, cfg)
     policy = CompletionLogProbs(model)
 
-    n_steps = common.total_steps(cfg, len(train), accelerator.num_processes)
+    common.check_global_batch(accelerator, cfg.batch_size, cfg.grad_accum)
+    n_steps = common.total_steps(cfg, len(train))
     optimizer = common.make_optimizer(policy, cfg)
     scheduler = common.make_scheduler(optimizer, cfg, n_steps)
     policy, optimizer, scheduler = accelerator.prepare(policy, optimizer, scheduler)
@@ -369,16 +388,17 @@ def run(cfg: DPOConfig) -> Path:
     ref_fn, train_ref, eval_ref = reference, reference.train_ref, reference.eval_ref
 
     state = common.resume(run_dir, accelerator, cfg.resume, common.TrainerState())
-    batches = common.global_batches(
-        [len(g) for g in train], cfg.batch_size * accelerator.num_processes, cfg.seed, start=state.step
-    )
+    batches = common.global_batches([len(g) for g in train], cfg.batch_size, cfg.seed, start=state.step)
     sampling = check_sampling(cfg)
 
     def monitor_check() -> None:
-        """The monitor's check of the current policy: its samples, KL to the start, held-out accuracy."""
+        """The monitor's check of the current policy: its samples, KL to the start, held-out accuracy. Collective:
+        every process samples the same check prompts (a sharded policy gathered, as PPO's rollouts) and runs its
+        share of the held-out evaluation, and all take part in saving; only the main process writes."""
         from rlhfkit.rollout import response_forward
 
-        lm = accelerator.unwrap_model(policy).model
+        owner = accelerator.unwrap_model(policy)
+        lm = owner.model
 
         def reference_logprobs(rollout):
             if monitor_ref is not None:
@@ -388,12 +408,14 @@ def run(cfg: DPOConfig) -> Path:
             with lm.disable_adapter():
                 return response_forward(lm, rollout, sampling.temperature)["logprobs"]
 
-        samples = monitor.sample(lm, tokenizer, sampling, reference_logprobs, seed=cfg.seed)
+        samples = monitor.sample(lm, tokenizer, sampling, reference_logprobs, seed=cfg.seed, weights_owner=owner)
         accuracy = None
         if held_out:
             scores = evaluate(policy, ref_fn, held_out, eval_ref, loss_fn, cfg, pad_id, accelerator)
             accuracy = scores.get("eval/rewards/accuracies")  # absent when every held-out pair is a tie
-        save = lambda path: save_model(lm, tokenizer, path, merge_lora=cfg.merge_lora)  # noqa: E731
+        save = lambda path: common.save_final_model(  # noqa: E731
+            accelerator, lm, tokenizer, path, merge_lora=cfg.merge_lora
+        )
         monitor.check(monitor.measure(samples, state.step, heldout_accuracy=accuracy), samples, save)
 
     if monitor is not None:
@@ -428,9 +450,14 @@ def run(cfg: DPOConfig) -> Path:
             state.step += 1
             progress.update(info=f"loss {window['loss'] / max(n_pairs, 1):.3f}")
             if state.step % cfg.log_every == 0 or state.step == n_steps:
-                metrics = {("train/loss" if k == "loss" else k): v for k, v in average(window, n_pairs).items()}
+                # Sums over all processes, the same keys on each (a process may have seen no tie), divided once.
+                totals = common.global_sums(
+                    accelerator, {"rewards/tie_gaps": 0.0, "pairs/ties": 0.0, **window, "pairs": n_pairs}
+                )
+                pairs = int(totals.pop("pairs"))
+                metrics = {("train/loss" if k == "loss" else k): v for k, v in average(totals, pairs).items()}
                 metrics["train/lr"] = scheduler.get_last_lr()[0]
-                metrics["train/pairs_per_s"] = n_pairs * accelerator.num_processes / (time.perf_counter() - start)
+                metrics["train/pairs_per_s"] = pairs / (time.perf_counter() - start)
                 if grad_norm is not None:
                     metrics["train/grad_norm"] = grad_norm
                 logger.log(state.step, metrics)
@@ -445,8 +472,9 @@ def run(cfg: DPOConfig) -> Path:
     final_eval = evaluate(policy, ref_fn, held_out, eval_ref, loss_fn, cfg, pad_id, accelerator) if held_out else {}
     logger.log(state.step, final_eval)
     logger.close()
-    if accelerator.is_main_process:
-        save_model(accelerator.unwrap_model(policy).model, tokenizer, run_dir.final, merge_lora=cfg.merge_lora)
+    common.save_final_model(
+        accelerator, accelerator.unwrap_model(policy).model, tokenizer, run_dir.final, merge_lora=cfg.merge_lora
+    )
     if monitor is not None:
         monitor.keep_best(run_dir.final)  # after a stop, the best check's policy is the run's model
     run_dir.finish(

@@ -7,11 +7,14 @@ Python: ``rlhfkit.train.kto.run(KTOConfig(...))`` returns the run folder.
 
 Data: rating records with ``label`` (thumbs up = true), TRL's unpaired-preference format: ``{"prompt",
 "completion", "label"}``. Each example is scored against a reference point z0, a batch estimate of
-KL(pi || pi_ref) on mismatched pairs (prompt i with another example's completion), detached, averaged across
-processes before it is clamped at 0 (TRL's KTOTrainer). The mismatched completion of each example is fixed as
-TRL fixes it: the data, in file order, is cut into chunks of one micro-batch (batch_size / grad_accum) and each
-chunk's completions are shifted by one (``rlhfkit.losses.kto_mismatched_indices``); the pair travels with its
-example, so every micro-batch's z0 is a mean over the mismatched pairs of its own examples. Each example is one
+KL(pi || pi_ref) on mismatched pairs (prompt i with another example's completion), detached, and clamped at 0
+(TRL's KTOTrainer). z0 is the mean over one micro-batch of the global batch (``batch_size / grad_accum`` examples:
+micro-batch m of every process together, summed across processes and divided once), so it is the same on any
+number of processes; TRL's is a mean of per-process means over per-device micro-batches. The mismatched completion
+of each example is fixed as TRL fixes it: the data, in file order, is cut into chunks of one micro-batch
+(batch_size / grad_accum) and each chunk's completions are shifted by one (``rlhfkit.losses.kto_mismatched_indices``);
+the pair travels with its example, so every micro-batch's z0 is a mean over the mismatched pairs of its own
+examples. Each example is one
 group in DPO's shared-prompt layout, [prompt | completion | mismatched completion], so both are scored in one
 forward with the prompt computed once; the reference log-probs of both come from DPO's ``Reference``
 (precomputed by default). Metric names are TRL's (rewards/chosen = thumbs up, rewards/rejected = thumbs down, kl).
@@ -29,7 +32,7 @@ from rlhfkit import losses
 from rlhfkit.config.stages import KTOConfig
 from rlhfkit.data.io import DataError, load_train_eval
 from rlhfkit.data.pairs import Group, collate_groups, tokenize_group
-from rlhfkit.models.load import add_lora, load_causal_lm, save_model
+from rlhfkit.models.load import add_lora, load_causal_lm
 from rlhfkit.runs import parent_of
 from rlhfkit.train import common
 from rlhfkit.train.dpo import CompletionLogProbs, Reference
@@ -76,15 +79,21 @@ def check_thumbs(records: list, source: str) -> None:
         )
 
 
-def kto_step(policy, groups: list[Group], ref_logps: torch.Tensor, cfg: KTOConfig, pad_id: int, accelerator):
+def kto_step(
+    policy, groups: list[Group], ref_logps: torch.Tensor, cfg: KTOConfig, pad_id: int, accelerator, counted=True
+):
     """Summed KTO loss of a micro-batch and its summed statistics. ref_logps (N,): the reference's log-probs of each
-    group's completion and mismatched completion, interleaved."""
+    group's completion and mismatched completion, interleaved. Every process calls it together (z0 is a collective);
+    ``counted=False``: a stand-in batch of a process with no share, left out of z0 (its results are dropped)."""
     packed = collate_groups(groups, pad_id, cfg.shared_prompt).to(accelerator.device)
     logps = policy(packed).view(-1, 2)  # (N,) -> (B, 2): completion, mismatched completion
     ref = ref_logps.view(-1, 2)
-    # z0: this micro-batch's mean log-ratio on mismatched pairs, averaged across processes, then clamped (as TRL).
-    local = (logps[:, 1] - ref[:, 1]).detach().float().mean()
-    z0 = accelerator.reduce(local, "mean").clamp(min=0)
+    # z0: the mean log-ratio on the mismatched pairs of this micro-batch on every process (a sum over processes
+    # divided once by their count), then clamped (as TRL).
+    mismatched = (logps[:, 1] - ref[:, 1]).detach().float().sum()
+    local = torch.stack([mismatched, mismatched.new_tensor(float(len(groups)))]) * float(counted)
+    total = accelerator.reduce(local, "sum") if accelerator.num_processes > 1 else local
+    z0 = (total[0] / total[1].clamp(min=1)).clamp(min=0)
     desirable = torch.tensor([bool(g.label) for g in groups], device=logps.device)
     per_example, rewards = losses.kto_loss(
         logps[:, 0], ref[:, 0], desirable, z0, cfg.beta, cfg.desirable_weight, cfg.undesirable_weight
@@ -117,21 +126,22 @@ def average(sums: dict[str, float], n: int, prefix: str = "") -> dict[str, float
 
 @torch.no_grad()
 def evaluate(policy, reference, groups, cfg: KTOConfig, pad_id: int, accelerator) -> dict[str, float]:
-    """Held-out loss, implicit rewards of thumbs up and down, and z0, in micro-batches as training has them."""
+    """Held-out loss, implicit rewards of thumbs up and down, and z0, in micro-batches as training has them: batch b
+    is held-out examples [b * size, (b + 1) * size), each process taking a strided share, so z0 is the same on any
+    number of processes."""
     policy.eval()
     size = max(cfg.batch_size // cfg.grad_accum, 2)
-    # Every process runs the same number of batches: z0 is reduced across processes in each one.
-    mine = list(range(accelerator.process_index, len(groups), accelerator.num_processes))
-    n_batches = -(-len(groups) // (size * accelerator.num_processes))
     totals = {"loss": 0.0}
-    for b in range(n_batches):
-        idx = mine[b * size : (b + 1) * size] or [mine[0] if mine else 0]  # an empty share: one example, uncounted
+    # Every process runs every batch: z0 is reduced across processes in each one.
+    for b in range(0, len(groups), size):
+        share = list(range(b + accelerator.process_index, min(b + size, len(groups)), accelerator.num_processes))
+        idx = share or [b]  # an empty share: one example, uncounted
         batch = [groups[i] for i in idx]
         with accelerator.autocast():
             loss_sum, stats = kto_step(
-                policy, batch, reference(batch, idx, reference.eval_ref), cfg, pad_id, accelerator
+                policy, batch, reference(batch, idx, reference.eval_ref), cfg, pad_id, accelerator, bool(share)
             )
-        if mine[b * size : (b + 1) * size]:
+        if share:
             totals["loss"] += loss_sum.item()
             for k, v in stats.items():
                 totals[k] = totals.get(k, 0.0) + v
@@ -152,7 +162,7 @@ def run(cfg: KTOConfig) -> Path:
     check_thumbs(eval_records, cfg.eval_data or cfg.data)
     model, tokenizer = load_causal_lm(cfg.model, common.training_dtype(cfg), cfg.chat_template, seed=cfg.seed)
     pad_id = tokenizer.pad_token_id
-    chunk = cfg.batch_size // cfg.grad_accum  # a process's micro-batch
+    chunk = cfg.batch_size // cfg.grad_accum  # a micro-batch of the global batch (all processes together)
     train = tokenize_all(tokenizer, train_records, cfg.max_length, chunk, cfg.data)
     held_out = []
     if len(eval_records) >= 2:
@@ -178,16 +188,15 @@ def run(cfg: KTOConfig) -> Path:
     if cfg.lora:
         model = add_lora(model, cfg)
     policy = CompletionLogProbs(model)
-    n_steps = common.total_steps(cfg, len(train), accelerator.num_processes)
+    common.check_global_batch(accelerator, cfg.batch_size, cfg.grad_accum)
+    n_steps = common.total_steps(cfg, len(train))
     optimizer = common.make_optimizer(policy, cfg)
     scheduler = common.make_scheduler(optimizer, cfg, n_steps)
     policy, optimizer, scheduler = accelerator.prepare(policy, optimizer, scheduler)
     reference.policy = policy
 
     state = common.resume(run_dir, accelerator, cfg.resume, common.TrainerState())
-    batches = common.global_batches(
-        [len(g) for g in train], cfg.batch_size * accelerator.num_processes, cfg.seed, start=state.step
-    )
+    batches = common.global_batches([len(g) for g in train], cfg.batch_size, cfg.seed, start=state.step)
     if held_out and state.step == 0:
         logger.log(0, evaluate(policy, reference, held_out, cfg, pad_id, accelerator))
     progress = common.Progress(n_steps, "kto", cfg.progress and accelerator.is_main_process, completed=state.step)
@@ -213,9 +222,11 @@ def run(cfg: KTOConfig) -> Path:
             state.step += 1
             progress.update(info=f"loss {window['loss'] / max(n_examples, 1):.3f}")
             if state.step % cfg.log_every == 0 or state.step == n_steps:
-                metrics = {("train/loss" if k == "loss" else k): v for k, v in average(window, n_examples).items()}
+                totals = common.global_sums(accelerator, {**window, "examples": n_examples})
+                examples = int(totals.pop("examples"))
+                metrics = {("train/loss" if k == "loss" else k): v for k, v in average(totals, examples).items()}
                 metrics["train/lr"] = scheduler.get_last_lr()[0]
-                metrics["train/examples_per_s"] = n_examples * accelerator.num_processes / (time.perf_counter() - start)
+                metrics["train/examples_per_s"] = examples / (time.perf_counter() - start)
                 if grad_norm is not None:
                     metrics["train/grad_norm"] = grad_norm
                 logger.log(state.step, metrics)
@@ -228,8 +239,9 @@ def run(cfg: KTOConfig) -> Path:
     final_eval = evaluate(policy, reference, held_out, cfg, pad_id, accelerator) if held_out else {}
     logger.log(state.step, final_eval)
     logger.close()
-    if accelerator.is_main_process:
-        save_model(accelerator.unwrap_model(policy).model, tokenizer, run_dir.final, merge_lora=cfg.merge_lora)
+    common.save_final_model(
+        accelerator, accelerator.unwrap_model(policy).model, tokenizer, run_dir.final, merge_lora=cfg.merge_lora
+    )
     run_dir.finish(
         {
             "steps": state.step,

@@ -81,6 +81,9 @@ def check_sampling(cfg) -> SamplingPart:
     """How a check samples: the stage's own sampling settings (a stage without them, DPO, the shared defaults), with
     ``monitor_max_new_tokens`` as the budget when it is set."""
     sampling = cfg.sampling() if hasattr(cfg, "sampling") else SamplingPart()
+    # a check samples a few prompts from the trainer's own model, which holds the current weights: a vLLM engine
+    # of its own would cost a second copy on the GPU and a weight push for each check
+    sampling = sampling.model_copy(update={"rollout_backend": "transformers"})
     if cfg.monitor_max_new_tokens:
         sampling = sampling.model_copy(update={"max_new_tokens": cfg.monitor_max_new_tokens})
     return sampling
@@ -158,12 +161,16 @@ class PolicyMonitor:
         reference_logprobs: Callable | None = None,
         batch_size: int = 64,
         seed: int = 0,
+        **sampler_options,
     ) -> CheckSamples:
         """One response per check prompt from ``model``, with the KL of each to the start when
-        ``reference_logprobs(rollout) -> (B, T)`` is given."""
+        ``reference_logprobs(rollout) -> (B, T)`` is given; ``sampler_options`` as ``make_sampler`` takes them
+        (``weights_owner``: the sharded module to gather the weights from). With several processes every one
+        samples every check prompt with the same stream, so all measure the same check and run the same
+        (under a sharding engine, collective) forwards."""
         from rlhfkit.rollout import make_sampler, response_forward
 
-        sampler = make_sampler(model, tokenizer, sampling, return_states=True)
+        sampler = make_sampler(model, tokenizer, sampling, return_states=True, **sampler_options)
         generator = torch.Generator(device=next(model.parameters()).device).manual_seed(CHECK_SEED + seed)
         texts, lengths, kls, entropy_sum, entropy_count = [], [], [], 0.0, 0.0
         for s in range(0, len(self.prompts), batch_size):
@@ -240,8 +247,12 @@ class PolicyMonitor:
                 with (self.folder / "samples.jsonl").open("a") as f:
                     for p, t in zip(samples.prompts, samples.texts):
                         f.write(json.dumps({"step": check.step, "prompt": to_json(p), "response": t}) + "\n")
+        if save is not None:
+            # on every process: a sharded model's full weights are gathered by all of them (``save`` writes on the
+            # main process only, as ``common.save_final_model`` does)
+            save(self.folder / f"step-{check.step}")
+        if self.is_main:
             if save is not None:
-                save(self.folder / f"step-{check.step}")
                 self._prune()
             self.write()
         if status.alarm and first_alarm:

@@ -9,6 +9,10 @@ their scores and the round's mean and best-of-K reward) and ``sft/`` (a full `rl
 trained on them, starting from the previous round's model); ``final/`` is the last round's model, and the
 card lists every round (Anthony et al. 2017, "Thinking fast and slow"; Touvron et al. 2023, Llama 2,
 "rejection sampling fine-tuning"; AlpacaFarm's "expert iteration").
+
+With several processes each round's sampling is split across them (``best_of_n.sample_and_score``), the main
+process writes the kept responses, and the round's SFT runs on all processes with the same global batch.
+A vLLM engine is started once and given each round's weights.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from rlhfkit.config.stages import RejectionConfig, SFTConfig
 from rlhfkit.data.io import write_jsonl
 from rlhfkit.data.prompts import load_prompts, read_prompts
 from rlhfkit.data.records import to_json
-from rlhfkit.models.load import load_causal_lm, save_model
+from rlhfkit.models.load import load_causal_lm
 from rlhfkit.rewards import load_reward
 from rlhfkit.rollout import make_sampler
 from rlhfkit.runs import RunFolder, parent_of
@@ -70,6 +74,7 @@ def run(cfg: RejectionConfig) -> Path:
     logger = common.start_run(run_dir, cfg, accelerator, parents, {"prompts": cfg.data})
 
     def monitor_check(step: int, model, tokenizer) -> None:
+        """Collective: every process samples the same check prompts; the main process writes (and saves)."""
         from rlhfkit.rollout import response_forward
 
         sampling = check_sampling(cfg)
@@ -78,14 +83,14 @@ def run(cfg: RejectionConfig) -> Path:
             return response_forward(start, rollout, sampling.temperature)["logprobs"]
 
         samples = monitor.sample(model, tokenizer, sampling, reference_logprobs, seed=cfg.seed)
-        save = lambda path: save_model(model, tokenizer, path)  # noqa: E731
+        save = lambda path: common.save_final_model(accelerator, model, tokenizer, path)  # noqa: E731
         monitor.check(monitor.measure(samples, step), samples, save)
 
     if monitor is not None:
         monitor.logger = logger
         finished = [r for r in range(1, cfg.rounds + 1) if RunFolder(run_dir.path / f"round-{r}" / "sft").is_finished()]
         monitor.resume(len(finished))
-    model_spec, rounds = cfg.model, []
+    model_spec, rounds, engine = cfg.model, [], None
     for r in range(1, cfg.rounds + 1):
         round_dir = run_dir.path / f"round-{r}"
         sft_dir = round_dir / "sft"
@@ -99,11 +104,16 @@ def run(cfg: RejectionConfig) -> Path:
             monitor_check(r - 1, model, tokenizer)
             if monitor.stop:
                 break
-        sampler = make_sampler(model, tokenizer, cfg.sampling())
+        if engine is None:
+            engine = make_sampler(model, tokenizer, cfg.sampling(), model_spec=model_spec)
+        else:
+            engine.sync_weights(model)  # a vLLM engine started in round 1 takes this round's weights
         texts, scores, ended = sample_and_score(
-            sampler, reward_fn, prompts, cfg.k, cfg.batch_size, cfg.seed + r, cfg.missing_eos_penalty
-        )  # scores (P, k)
-        del sampler, model
+            engine, reward_fn, prompts, cfg.k, cfg.batch_size, cfg.seed + r, cfg.missing_eos_penalty, accelerator
+        )  # scores (P, k), on every process
+        if cfg.rollout_backend == "transformers":
+            engine = None  # it holds this round's model; the next round loads its own
+        del model
         best = scores.argmax(-1)  # (P,)
         demos = round_dir / "demonstrations.jsonl"
         kept = [
@@ -111,7 +121,6 @@ def run(cfg: RejectionConfig) -> Path:
             for i, p in enumerate(prompts)
             if texts[i][best[i]].strip()  # an empty response teaches nothing
         ]
-        write_jsonl(demos, kept)
         summary = {
             "round": r,
             "policy": model_spec,
@@ -119,7 +128,10 @@ def run(cfg: RejectionConfig) -> Path:
             "best_of_k_reward": scores.max(-1).values.mean().item(),
             "eos_rate": ended.float().mean().item(),
         }
-        (round_dir / "round.json").write_text(json.dumps(summary, indent=2))
+        if accelerator.is_main_process:
+            write_jsonl(demos, kept)
+            (round_dir / "round.json").write_text(json.dumps(summary, indent=2))
+        accelerator.wait_for_everyone()  # every process's SFT reads the file the main process wrote
         logger.log(r, {f"rejection/{k}": v for k, v in summary.items() if k not in ("round", "policy")})
         accelerator.print(
             f"round {r}: mean reward {summary['mean_reward']:.3f}, best of {cfg.k} {summary['best_of_k_reward']:.3f}"
@@ -144,4 +156,5 @@ def run(cfg: RejectionConfig) -> Path:
             "monitor": monitor.figures() if monitor is not None else None,
         }
     )
+    accelerator.wait_for_everyone()
     return run_dir.path

@@ -187,6 +187,18 @@ def preference_metrics(better: torch.Tensor, worse: torch.Tensor, prefix: str) -
     }
 
 
+def _pairs_by_group(scores: torch.Tensor, groups: list[Group], indices: list[int]) -> list[tuple[int, list]]:
+    """[(index, [(better, worse), ...])] for each group of a scored batch: pairs kept with their group's index, so
+    shares scored on several processes can be put back in the groups' order."""
+    out, offset = [], 0
+    for index, g in zip(indices, groups):
+        k = len(g.completion_ids)
+        better, worse = ordered_pairs(scores[offset : offset + k].cpu(), [g])
+        out.append((index, list(zip(better.tolist(), worse.tolist()))))
+        offset += k
+    return out
+
+
 def _scores(out):
     return out[0] if isinstance(out, tuple) else out
 
@@ -206,35 +218,33 @@ def evaluate(
     annotators: bool = True,
 ) -> dict[str, float]:
     """Held-out loss, and the accuracy, margin and ECE of the pairs the groups order (for ratings: of
-    ``pair_groups``, the held-out ratings as pairs), on this process's share, reduced over processes."""
+    ``pair_groups``, the held-out ratings as pairs). Each process scores a strided share; the pairs are gathered
+    back into the groups' order, so that the figures (ECE presents every other pair swapped) are those of one
+    process."""
     model.eval()
     kind = kind or cfg.data_kind
     mv = cfg.head == "mean-variance"
     thresholds = common_unwrap(model).thresholds() if kind == "rating" and cfg.rating_loss == "ordinal" else None
-    mine = groups[accelerator.process_index :: accelerator.num_processes]
     total = torch.zeros((), device=accelerator.device)
-    better, worse = [], []
+    mine = list(range(accelerator.process_index, len(groups), accelerator.num_processes))
+    pairs_of = []  # [(group index, [(better, worse), ...])] of this process
     for s in range(0, len(mine), cfg.batch_size):
-        chunk = mine[s : s + cfg.batch_size]
+        chunk = [groups[i] for i in mine[s : s + cfg.batch_size]]
         out = score_groups(model, chunk, pad_id, shared, accelerator.device, annotators, with_log_var=mv)
         total += group_loss(out, chunk, cfg, with_ties, kind, thresholds).sum()
         if pair_groups is None:
-            b, w = ordered_pairs(_scores(out).float(), chunk)
-            better.append(b.to(accelerator.device))
-            worse.append(w.to(accelerator.device))
-    my_pairs = (pair_groups or [])[accelerator.process_index :: accelerator.num_processes]
-    for s in range(0, len(my_pairs), cfg.batch_size):  # ratings: accuracy on the held-out ratings as pairs
-        chunk = my_pairs[s : s + cfg.batch_size]
-        b, w = ordered_pairs(_scores(score_groups(model, chunk, pad_id, shared, accelerator.device, annotators)), chunk)
-        better.append(b.to(accelerator.device))
-        worse.append(w.to(accelerator.device))
+            pairs_of += _pairs_by_group(_scores(out).float(), chunk, mine[s : s + cfg.batch_size])
+    mine_pairs = list(range(accelerator.process_index, len(pair_groups or []), accelerator.num_processes))
+    for s in range(0, len(mine_pairs), cfg.batch_size):  # ratings: accuracy on the held-out ratings as pairs
+        chunk = [pair_groups[i] for i in mine_pairs[s : s + cfg.batch_size]]
+        out = score_groups(model, chunk, pad_id, shared, accelerator.device, annotators)
+        pairs_of += _pairs_by_group(_scores(out).float(), chunk, mine_pairs[s : s + cfg.batch_size])
     model.train()
     total = accelerator.reduce(total, "sum")
+    ordered = [p for _, group_pairs in sorted(common.gather_objects(accelerator, pairs_of)) for p in group_pairs]
+    better = torch.tensor([b for b, _ in ordered], dtype=torch.float32)
+    worse = torch.tensor([w for _, w in ordered], dtype=torch.float32)
     metrics = {f"{prefix}/loss": total.item() / max(len(groups), 1)}
-    better = torch.cat(better) if better else torch.zeros(0, device=accelerator.device)
-    worse = torch.cat(worse) if worse else torch.zeros(0, device=accelerator.device)
-    if accelerator.num_processes > 1:
-        better, worse = accelerator.gather_for_metrics(better), accelerator.gather_for_metrics(worse)
     metrics.update(preference_metrics(better, worse, prefix))
     return metrics
 
@@ -330,14 +340,13 @@ def train_member(
             model, held_out, cfg, pad_id, shared, with_ties, accelerator, prefix, data.kind, held_out_pairs, annotators
         )
 
-    n_steps = common.total_steps(cfg, len(train), accelerator.num_processes)
+    common.check_global_batch(accelerator, cfg.batch_size, cfg.grad_accum)
+    n_steps = common.total_steps(cfg, len(train))
     optimizer = common.make_optimizer(rm, cfg)
     scheduler = common.make_scheduler(optimizer, cfg, n_steps)
     model, optimizer, scheduler = accelerator.prepare(rm, optimizer, scheduler)
     state = common.resume(member_dir, accelerator, cfg.resume, common.TrainerState())
-    batches = common.global_batches(
-        [len(g) for g in train], cfg.batch_size * accelerator.num_processes, seed, start=state.step
-    )
+    batches = common.global_batches([len(g) for g in train], cfg.batch_size, seed, start=state.step)
     name = "rm" if cfg.ensemble == 1 else f"rm member {index + 1}/{cfg.ensemble}"
     progress = common.Progress(n_steps, name, cfg.progress and accelerator.is_main_process, completed=state.step)
     model.train()
@@ -345,16 +354,16 @@ def train_member(
     with common.checkpoint_on_interrupt(member_dir, accelerator, state, cfg.keep_checkpoints, progress):
         while state.step < n_steps:
             global_batch = next(batches)
-            micro = [[train[i] for i in m] for m in common.split_micro(global_batch, accelerator, cfg.grad_accum)]
-            if data.annotators and cfg.annotator_dropout:  # these labels train the pooled head (a function of the step)
+            dropped = set()
+            if data.annotators and cfg.annotator_dropout:  # these labels train the pooled head
+                # a function of (step, place in the global batch), so the same labels drop on any number of processes
                 drop = random.Random(seed * 1_000_003 + state.step)
-                micro = [
-                    [
-                        Group(**{**g.__dict__, "annotator": -1}) if drop.random() < cfg.annotator_dropout else g
-                        for g in m
-                    ]
-                    for m in micro
-                ]
+                dropped = {pos for pos in range(len(global_batch)) if drop.random() < cfg.annotator_dropout}
+            place = {i: pos for pos, i in enumerate(global_batch)}
+            micro = [
+                [Group(**{**train[i].__dict__, "annotator": -1}) if place[i] in dropped else train[i] for i in m]
+                for m in common.split_micro(global_batch, accelerator, cfg.grad_accum)
+            ]
             for i, groups in enumerate(micro):
                 sync = i == len(micro) - 1
                 with accelerator.no_sync(model) if not sync else nullcontext():
@@ -375,14 +384,15 @@ def train_member(
             progress.update(info=f"loss {window['loss'] / max(window['n'], 1):.3f}")
             if state.step % cfg.log_every == 0 or state.step == n_steps:
                 elapsed = time.perf_counter() - window["start"]
+                totals = common.global_sums(accelerator, {k: v for k, v in window.items() if k != "start"})
                 metrics = {
-                    "train/loss": window["loss"] / max(window["n"], 1),
+                    "train/loss": totals["loss"] / max(totals["n"], 1),
                     "train/lr": scheduler.get_last_lr()[0],
-                    "train/groups_per_s": window["n"] * accelerator.num_processes / elapsed,
+                    "train/groups_per_s": totals["n"] / elapsed,
                 }
-                if window["pairs"]:  # ratings order no pairs within a group
-                    metrics["train/accuracy"] = window["correct"] / window["pairs"]
-                    metrics["train/margin"] = window["margin"] / window["pairs"]
+                if totals["pairs"]:  # ratings order no pairs within a group
+                    metrics["train/accuracy"] = totals["correct"] / totals["pairs"]
+                    metrics["train/margin"] = totals["margin"] / totals["pairs"]
                 if grad_norm is not None:
                     metrics["train/grad_norm"] = grad_norm
                 logger.log(state.step, {tag + k: v for k, v in metrics.items()})
@@ -414,6 +424,7 @@ def train_member(
 
 def run(cfg: RewardConfig) -> Path:
     accelerator = common.make_accelerator(cfg)
+    common.refuse_sharding(accelerator, "rm train")
     run_dir = common.open_run(cfg, accelerator)
     record_kind = "rating" if cfg.data_kind == "rating" else cfg.data_kind
     train_records, eval_records, invalid = load_train_eval(

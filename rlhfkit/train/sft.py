@@ -18,7 +18,7 @@ import torch
 from rlhfkit.config.stages import SFTConfig
 from rlhfkit.data.chat import IGNORE_INDEX, tokenize_demonstration
 from rlhfkit.data.io import load_train_eval
-from rlhfkit.models.load import add_lora, load_causal_lm, save_model
+from rlhfkit.models.load import add_lora, load_causal_lm
 from rlhfkit.runs import parent_of
 from rlhfkit.train import common
 from rlhfkit.train.token_cache import cached_tokens
@@ -75,15 +75,15 @@ def token_loss_sum(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor,
 def evaluate(model, examples, cfg: SFTConfig, pad_id: int, accelerator) -> dict[str, float]:
     model.eval()
     total, count = torch.zeros((), device=accelerator.device), torch.zeros((), device=accelerator.device)
-    mine = examples[accelerator.process_index :: accelerator.num_processes]
-    for s in range(0, len(mine), cfg.batch_size):
+    for chunk in common.eval_chunks(len(examples), accelerator, cfg.batch_size):
         batch = {
             k: v.to(accelerator.device)
-            for k, v in collate(mine[s : s + cfg.batch_size], pad_id, False, cfg.max_length).items()
+            for k, v in collate([examples[i] for i in chunk or [0]], pad_id, False, cfg.max_length).items()
         }
         loss, n = token_loss_sum(model, batch)
-        total += loss
-        count += n
+        if chunk:  # an empty chunk only keeps this process in step with the others
+            total += loss
+            count += n
     model.train()
     total, count = accelerator.reduce(total, "sum"), accelerator.reduce(count, "sum")
     loss = (total / count.clamp(min=1)).item()
@@ -104,7 +104,8 @@ def run(cfg: SFTConfig) -> Path:
     held_out = cached_tokens(tokenize, eval_records, tokenizer, cfg.max_length)
     pad_id = tokenizer.pad_token_id
 
-    n_steps = common.total_steps(cfg, len(train), accelerator.num_processes)
+    common.check_global_batch(accelerator, cfg.batch_size, cfg.grad_accum)
+    n_steps = common.total_steps(cfg, len(train))
     optimizer = common.make_optimizer(model, cfg)
     scheduler = common.make_scheduler(optimizer, cfg, n_steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
@@ -115,9 +116,7 @@ def run(cfg: SFTConfig) -> Path:
     state = common.resume(run_dir, accelerator, cfg.resume, common.TrainerState())
 
     lengths = [len(ids) for ids, _ in train]
-    batches = common.global_batches(
-        lengths, cfg.batch_size * accelerator.num_processes, cfg.seed, cfg.group_by_length, start=state.step
-    )
+    batches = common.global_batches(lengths, cfg.batch_size, cfg.seed, cfg.group_by_length, start=state.step)
     progress = common.Progress(n_steps, "sft", cfg.progress and accelerator.is_main_process, completed=state.step)
     model.train()
     window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
@@ -146,10 +145,11 @@ def run(cfg: SFTConfig) -> Path:
             progress.update(info=f"loss {window_loss / max(window_tokens, 1):.3f}")
             if state.step % cfg.log_every == 0 or state.step == n_steps:
                 elapsed = time.perf_counter() - window_start
+                window = common.global_sums(accelerator, {"loss": window_loss, "tokens": window_tokens})
                 metrics = {
-                    "train/loss": window_loss / max(window_tokens, 1),
+                    "train/loss": window["loss"] / max(window["tokens"], 1),
                     "train/lr": scheduler.get_last_lr()[0],
-                    "train/tokens_per_s": window_tokens * accelerator.num_processes / elapsed,
+                    "train/tokens_per_s": window["tokens"] / elapsed,
                     "train/tokens_seen": state.tokens_seen,
                 }
                 if grad_norm is not None:
@@ -164,8 +164,7 @@ def run(cfg: SFTConfig) -> Path:
     held_out_figures = evaluate(model, held_out, cfg, pad_id, accelerator) if held_out else {}
     logger.log(state.step, held_out_figures)
     logger.close()
-    if accelerator.is_main_process:
-        save_model(accelerator.unwrap_model(model), tokenizer, run_dir.final, merge_lora=cfg.merge_lora)
+    common.save_final_model(accelerator, model, tokenizer, run_dir.final, merge_lora=cfg.merge_lora)
     run_dir.finish(
         {
             "steps": state.step,

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from rlhfkit.config import SamplingPart, StageConfig, load_config, parse_overrid
 from rlhfkit.config.pipelines import DemoConfig
 from rlhfkit.data.io import write_jsonl
 from rlhfkit.pipelines.base import Pipeline
+from rlhfkit.quiet import quiet_third_parties
 from rlhfkit.runs import RunFolder
 from rlhfkit.toy.evaluation import as_chat
 from rlhfkit.toy.world import Prompt, demonstrations
@@ -114,9 +114,7 @@ def run_seeds(
 ) -> None:
     """``--seeds 0 1 2 [--output-dir DIR] [--setting value ...]``: one folder per seed (DIR/seed-S, reused when
     finished), then ``summarise(results, DIR)`` prints the table and writes DIR/summary.json."""
-    for name in ("HF_HUB_DISABLE_PROGRESS_BARS", "TRANSFORMERS_NO_ADVISORY_WARNINGS"):  # quiet, as `rlhfkit` runs
-        os.environ.setdefault(name, "1")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    quiet_third_parties()  # as the `rlhfkit` program runs (its --verbose has no counterpart here)
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--output-dir", default=default_dir)

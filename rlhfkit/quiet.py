@@ -1,0 +1,29 @@
+"""Third-party noise off unless asked for: one switch for the `rlhfkit` program and the `python -m` experiments."""
+
+import os
+import sys
+import warnings
+
+
+def quiet_third_parties(verbose: bool = False) -> None:
+    """Third-party progress bars ("Loading weights", "Writing model shards"), deprecation warnings and info
+    logs stay off unless asked for; rlhfkit's own progress and warnings stay on. Environment variables are set
+    before the libraries are imported where possible (the program calls this first, so nothing of them loads
+    here); a library imported already is switched off directly. A user's own environment setting wins."""
+    if verbose:
+        return
+    for name, value in {
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+        "TRANSFORMERS_VERBOSITY": "error",
+        "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }.items():
+        os.environ.setdefault(name, value)
+    warnings.filterwarnings("ignore")
+    warnings.filterwarnings("default", module=r"rlhfkit(\.|$)")
+    if "transformers" in sys.modules and os.environ["TRANSFORMERS_VERBOSITY"] == "error":
+        from transformers.utils import logging
+
+        logging.set_verbosity_error()
+        logging.disable_progress_bar()

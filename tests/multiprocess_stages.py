@@ -1,0 +1,42 @@
+"""Runs stages one after another in every process of a multi-process launch (tests/test_multiprocess.py starts it).
+
+    accelerate launch --config_file configs/accelerate/ddp.yaml --num_processes 2 tests/multiprocess_stages.py plan.json
+
+plan.json: a list of {"stage": "sft" | "rm" | "dpo" | "kto" | "ppo" | "bon" | "rejection", "config": {setting: value}}. Each
+stage is the library's own ``run``, as the command line calls it; one launch runs them all, so the processes
+start once.
+"""
+
+import json
+import sys
+import time
+
+STAGES = {
+    "sft": ("rlhfkit.train.sft", "SFTConfig"),
+    "rm": ("rlhfkit.train.reward", "RewardConfig"),
+    "dpo": ("rlhfkit.train.dpo", "DPOConfig"),
+    "kto": ("rlhfkit.train.kto", "KTOConfig"),
+    "ppo": ("rlhfkit.train.ppo", "PPOConfig"),
+    "bon": ("rlhfkit.train.best_of_n", "BestOfNConfig"),
+    "rejection": ("rlhfkit.train.rejection", "RejectionConfig"),
+}
+
+
+def main(plan_file: str) -> None:
+    import importlib
+
+    import torch
+
+    torch.set_num_threads(1)
+    with open(plan_file) as f:
+        plan = json.load(f)
+    for item in plan:
+        module = importlib.import_module(STAGES[item["stage"]][0])
+        config = getattr(module, STAGES[item["stage"]][1])(**item["config"])
+        start = time.perf_counter()
+        module.run(config)
+        print(f"{item['stage']} {config.output_dir}: {time.perf_counter() - start:.1f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
