@@ -18,6 +18,7 @@ import typer
 from rlhfkit.config import ConfigError, StageConfig, describe_settings, load_config, parse_overrides, stages
 from rlhfkit.config import ai_feedback as ai_configs
 from rlhfkit.config import evaluation as evaluation_configs
+from rlhfkit.config import loop as loop_configs
 from rlhfkit.config import pipelines as pipeline_configs
 from rlhfkit.quiet import quiet_third_parties
 
@@ -245,6 +246,18 @@ def _demo(cfg):
     return run(cfg)
 
 
+def _demo_loop(cfg):
+    from rlhfkit.pipelines.toy_loop import run
+
+    return run(cfg)
+
+
+def _loop(cfg):
+    from rlhfkit.pipelines.loop import run
+
+    return run(cfg)
+
+
 def _smollm2_harmless(cfg):
     from rlhfkit.pipelines.smollm2_harmless import run
 
@@ -269,12 +282,15 @@ PRESETS: dict[str, tuple[type[StageConfig], Callable]] = {
 def demo(
     ctx: typer.Context,
     preset: str = typer.Option("toy", help=f"which pipeline: {' | '.join(PRESETS)}"),
+    loop: bool = typer.Option(
+        False, "--loop", help="the production loop instead: a registry, `rlhfkit serve`, simulated users, 3 rounds"
+    ),
     config: str | None = typer.Option(None, "--config", "-c", help="YAML file of settings"),
 ):
     if preset not in PRESETS:
         typer.echo(f"error: --preset '{preset}': choose one of {', '.join(PRESETS)}", err=True)
         raise typer.Exit(2)
-    config_class, runner = PRESETS[preset]
+    config_class, runner = (loop_configs.DemoLoopConfig, _demo_loop) if loop else PRESETS[preset]
     try:
         cfg = load_config(config_class, config, parse_overrides(ctx.args))
     except ConfigError as e:
@@ -287,8 +303,18 @@ demo.__doc__ = (
     "The whole pipeline on the toy world, or a real-model preset (--preset smollm2-harmless, whose settings "
     "`rlhfkit demo --preset smollm2-harmless --config FILE` or flags set).\n\n"
     + describe_settings(pipeline_configs.DemoConfig)
+    + "\n\nWith --loop (the production loop over real HTTP, rlhfkit.pipelines.toy_loop):\n\n"
+    + describe_settings(loop_configs.DemoLoopConfig)
 )
 
+stage_command(
+    "loop",
+    loop_configs.LoopConfig,
+    _loop,
+    "The production loop: rounds of sample, label (live feedback, the app's queue, a reward model or judge), "
+    "pair best against worst, DPO or PPO, the gate against the champion, register, promote.",
+    show_figures=False,
+)
 stage_command("sft", stages.SFTConfig, _sft, "Supervised fine-tuning on demonstrations (loss on completions only).")
 rm_app = typer.Typer(
     help="Reward models: train on comparisons, rankings or ratings; score responses.", no_args_is_help=True
@@ -456,6 +482,18 @@ def _mount_annotate() -> None:
 
 
 _mount_annotate()
+
+
+def _mount_production() -> None:
+    from rlhfkit.registry import cli as registry_cli
+    from rlhfkit.serve import cli as serve_cli
+
+    app.add_typer(registry_cli.app, name="registry")
+    app.command("serve")(serve_cli.serve)
+    app.add_typer(serve_cli.ab_app, name="ab")
+
+
+_mount_production()
 
 
 def program() -> None:

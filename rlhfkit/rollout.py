@@ -35,6 +35,7 @@ into the engine before every rollout).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 
@@ -250,86 +251,145 @@ class TransformersSampler:
         p, model, tok = self.params, self.model, self.tokenizer
         prompts = [q for q in prompts for _ in range(n)]
         device = next(model.parameters()).device
-        token_rows = prompt_rows(tok, prompts, self.max_prompt_tokens)
-        query_ids, query_mask = left_pad(token_rows, tok.pad_token_id, device)
+        query_ids, query_mask = encode_prompts(tok, prompts, device, self.max_prompt_tokens)
         B, P = query_ids.shape
         was_training = model.training
         model.eval()
-        eos = torch.tensor(self.eos, device=device)
         decoder = self._decoder(model, P + p.max_new_tokens, weights)
         noise = rows.uniforms(B, p.max_new_tokens, device) if rows is not None else None  # (B, T)
-        shared = shared_prefix_length(token_rows) if self.shared_prefix and B > 1 else 0
-        if shared:  # the common prefix once, then each row's own tokens after it (left-padded there)
-            head = torch.tensor([token_rows[0][:shared]], device=device)
-            decoder.forward(head, torch.arange(shared, device=device).unsqueeze(0), torch.ones_like(head))
-            decoder.repeat(B)
-            tails = [r[shared:] for r in token_rows]
-            tail_ids, tail_mask = left_pad(tails, tok.pad_token_id, device)  # (B, P - shared)
-            prompt_mask = torch.cat([tail_mask.new_ones(B, shared), tail_mask], dim=1)  # (B, P)
-            pos = shared + position_ids(tail_mask)  # the positions the full left-padded rows would have
-            hidden = decoder.forward(tail_ids, pos, prompt_mask)[:, -1]  # (B, H)
-        else:
-            prompt_mask = query_mask
-            pos = position_ids(query_mask)
-            hidden = decoder.forward(query_ids, pos, query_mask)[:, -1]  # (B, H)
-        mask = torch.cat(
-            [prompt_mask, prompt_mask.new_zeros(B, p.max_new_tokens)], dim=1
-        )  # a 1 is written in per new token
-        next_pos = pos[:, -1:] + 1  # (B, 1)
-        tokens, logps, hiddens, entropies = [], [], [], []
-        done = torch.zeros(B, dtype=torch.bool, device=device)
-        ended = torch.zeros(B, dtype=torch.bool, device=device)
-        stop_at = [None] * B
-        filtered = bool(p.top_k) or p.top_p < 1.0
-        for t in range(p.max_new_tokens):
-            scaled = decoder.logits(hidden).float()  # (B, V)
-            if p.temperature != 1.0:
-                scaled = scaled / p.temperature
-            logp = scaled.log_softmax(-1)  # (B, V)
-            probs = logp.exp()
-            if self.return_states:
-                hiddens.append(hidden)  # (B, H): the state in which token t is chosen
-                entropies.append(-(probs * logp).sum(-1))
-            if filtered:
-                probs = filter_logits(scaled, p.top_k, p.top_p).softmax(-1)
-            if noise is not None:
-                token = sample_by_inverse_cdf(probs, noise[:, t])  # (B,)
-            else:
-                token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
-            logps.append(logp.gather(-1, token.unsqueeze(-1)).squeeze(-1))
-            token = torch.where(done, torch.full_like(token, tok.pad_token_id), token)
-            tokens.append(token)
-            hit_eos = torch.isin(token, eos) & ~done
-            ended |= hit_eos
-            done |= hit_eos
-            if p.stop:
-                so_far = torch.stack(tokens, 1)
-                for i in (~done).nonzero().flatten().tolist():
-                    if _cut_at_stop(tok.decode(so_far[i], skip_special_tokens=True), p.stop)[1]:
-                        done[i] = ended[i] = True
-                        stop_at[i] = t
-            if bool(done.all()) or t == p.max_new_tokens - 1:
-                break
-            mask[:, P + t] = 1
-            hidden = decoder.forward(token.unsqueeze(1), next_pos, mask[:, : P + t + 1])[:, -1]
-            next_pos = next_pos + 1
+        steps = list(
+            sample_steps(
+                model, tok, p, query_ids, query_mask, eos=self.eos, generator=generator, noise=noise,
+                decoder=decoder, return_states=self.return_states, shared_prefix=self.shared_prefix,
+            )
+        )  # fmt: skip
         if was_training:
             model.train()
-        response_ids = torch.stack(tokens, 1)  # (B, T)
-        logprobs = torch.stack(logps, 1)  # (B, T)
+        response_ids = torch.stack([s.tokens for s in steps], 1)  # (B, T)
+        logprobs = torch.stack([s.logprobs for s in steps], 1)  # (B, T)
+        ended, stop_at = steps[-1].ended, steps[-1].stop_at
         # 1 up to and including the stop token: the first EOS, or the token that completed a stop string
+        eos = torch.tensor(self.eos, device=device)
         is_eos = torch.isin(response_ids, eos)
         T = response_ids.size(1)
-        steps = torch.arange(T, device=device).expand(B, T)
-        first_eos = torch.where(is_eos, steps, torch.full_like(steps, T)).amin(-1)  # (B,)
+        steps_ = torch.arange(T, device=device).expand(B, T)
+        first_eos = torch.where(is_eos, steps_, torch.full_like(steps_, T)).amin(-1)  # (B,)
         last = torch.tensor([s if s is not None else T - 1 for s in stop_at], device=device)
         last = torch.minimum(first_eos, last)
-        response_mask = (steps <= last.unsqueeze(1)).long()
+        response_mask = (steps_ <= last.unsqueeze(1)).long()
         response_ids = response_ids.masked_fill(response_mask == 0, tok.pad_token_id)
         logprobs = logprobs.masked_fill(response_mask == 0, 0.0)
         texts = [_cut_at_stop(s, p.stop)[0] for s in tok.batch_decode(response_ids, skip_special_tokens=True)]
-        states = dict(hidden=torch.stack(hiddens, 1), entropy=torch.stack(entropies, 1)) if self.return_states else {}
+        states = {}
+        if self.return_states:
+            states = dict(
+                hidden=torch.stack([s.hidden for s in steps], 1), entropy=torch.stack([s.entropy for s in steps], 1)
+            )
         return Rollout(prompts, query_ids, query_mask, response_ids, response_mask, logprobs, ended, texts, **states)
+
+
+@dataclass
+class Step:
+    """One new token for every row of a batch. tokens, logprobs (B,): the token sampled at this step (padding on
+    rows that had stopped before it) and its log-prob under the temperature-scaled distribution; done (B,): rows
+    stopped, this token included; ended (B,): rows stopped by EOS or a stop string; stop_at: per row, the step at
+    which a stop string completed (None if none did). hidden (B, H), entropy (B,): with ``return_states``."""
+
+    index: int
+    tokens: Tensor
+    logprobs: Tensor
+    done: Tensor
+    ended: Tensor
+    stop_at: list
+    hidden: Tensor | None = None
+    entropy: Tensor | None = None
+
+
+@torch.no_grad()
+def sample_steps(
+    model,
+    tokenizer,
+    params: SamplingPart,
+    query_ids: Tensor,
+    query_mask: Tensor,
+    *,
+    eos: list[int],
+    generator: torch.Generator | None = None,
+    noise: Tensor | None = None,
+    decoder=None,
+    packed_decode: bool = True,
+    return_states: bool = False,
+    shared_prefix: bool = False,
+) -> Iterator[Step]:
+    """The sampler's loop, one ``Step`` per new token: ``TransformersSampler.generate`` collects them into a
+    ``Rollout``; a server streams them as they come. Prompts are left-padded (``encode_prompts``); the caller puts
+    the model in eval mode. Stops after the step at which every row has stopped, or at ``max_new_tokens``.
+    The noise: ``noise`` (B, max_new_tokens), each row's own uniform numbers (``RowSeeds.uniforms``), or else one
+    stream, ``generator``. ``decoder``: one built for this batch (``TransformersSampler._decoder``: a sharded
+    model's gathered weights); default ``make_decoder(model, ..., packed_decode)``. ``shared_prefix``: as in
+    ``TransformersSampler``."""
+    p, tok = params, tokenizer
+    B, P = query_ids.shape
+    device = query_ids.device
+    eos_t = torch.tensor(eos, device=device)
+    if decoder is None:
+        decoder = make_decoder(model, P + p.max_new_tokens, packed_decode)
+    rows = None  # each prompt's own tokens, without the padding: only the shared prefix needs them
+    if shared_prefix and B > 1:
+        rows = [[t for t, m in zip(ids, keep) if m] for ids, keep in zip(query_ids.tolist(), query_mask.tolist())]
+    shared = shared_prefix_length(rows) if rows else 0
+    if shared:  # the common prefix once, then each row's own tokens after it (left-padded there)
+        head = torch.tensor([rows[0][:shared]], device=device)
+        decoder.forward(head, torch.arange(shared, device=device).unsqueeze(0), torch.ones_like(head))
+        decoder.repeat(B)
+        tail_ids, tail_mask = left_pad([r[shared:] for r in rows], tok.pad_token_id, device)  # (B, P - shared)
+        prompt_mask = torch.cat([tail_mask.new_ones(B, shared), tail_mask], dim=1)  # (B, P)
+        pos = shared + position_ids(tail_mask)  # the positions the full left-padded rows would have
+        hidden = decoder.forward(tail_ids, pos, prompt_mask)[:, -1]  # (B, H)
+    else:
+        prompt_mask = query_mask
+        pos = position_ids(query_mask)
+        hidden = decoder.forward(query_ids, pos, query_mask)[:, -1]  # (B, H)
+    mask = torch.cat(
+        [prompt_mask, prompt_mask.new_zeros(B, p.max_new_tokens)], dim=1
+    )  # a 1 is written in per new token
+    next_pos = pos[:, -1:] + 1  # (B, 1)
+    tokens = []
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    ended = torch.zeros(B, dtype=torch.bool, device=device)
+    stop_at = [None] * B
+    filtered = bool(p.top_k) or p.top_p < 1.0
+    for t in range(p.max_new_tokens):
+        scaled = decoder.logits(hidden).float()  # (B, V)
+        if p.temperature != 1.0:
+            scaled = scaled / p.temperature
+        logp = scaled.log_softmax(-1)  # (B, V)
+        probs = logp.exp()
+        states = dict(hidden=hidden, entropy=-(probs * logp).sum(-1)) if return_states else {}
+        if filtered:
+            probs = filter_logits(scaled, p.top_k, p.top_p).softmax(-1)
+        if noise is not None:
+            token = sample_by_inverse_cdf(probs, noise[:, t])  # (B,)
+        else:
+            token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
+        token_logp = logp.gather(-1, token.unsqueeze(-1)).squeeze(-1)
+        token = torch.where(done, torch.full_like(token, tok.pad_token_id), token)
+        tokens.append(token)
+        hit_eos = torch.isin(token, eos_t) & ~done
+        ended |= hit_eos
+        done |= hit_eos
+        if p.stop:
+            so_far = torch.stack(tokens, 1)
+            for i in (~done).nonzero().flatten().tolist():
+                if _cut_at_stop(tok.decode(so_far[i], skip_special_tokens=True), p.stop)[1]:
+                    done[i] = ended[i] = True
+                    stop_at[i] = t
+        yield Step(t, token, token_logp, done.clone(), ended.clone(), list(stop_at), **states)
+        if bool(done.all()) or t == p.max_new_tokens - 1:
+            break
+        mask[:, P + t] = 1
+        hidden = decoder.forward(token.unsqueeze(1), next_pos, mask[:, : P + t + 1])[:, -1]
+        next_pos = next_pos + 1
 
 
 def response_forward(model, rollout: Rollout, temperature: float, *, hidden: bool = False, entropy: bool = False):

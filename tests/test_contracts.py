@@ -302,7 +302,7 @@ LAYERS = [
     ["models"],
     ["rollout", "rewards", "judges", "vllm_backend"],
     ["train", "evaluate", "ai_feedback"],
-    ["toy", "feedback", "pipelines"],
+    ["toy", "feedback", "registry", "serve", "pipelines"],
     ["cli", "launch"],
 ]
 

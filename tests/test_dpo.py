@@ -87,6 +87,37 @@ def test_references_agree_on_the_first_step(small_data, tmp_path):
         assert sa["train/loss"] == pytest.approx(sb["train/loss"], abs=1e-5)
 
 
+def test_a_separate_reference_model(small_data, tmp_path):
+    """With ref_model the reference is that model, not the starting one: the first step's mean margin is
+    beta * ((log pi_start - log pi_ref)(chosen) - (...)(rejected)) over the pairs, for a precomputed reference
+    and for a copy alike, and the card names it as the reference parent. (Iterative DPO starts from the last
+    round's policy and keeps the SFT model as pi_ref.)"""
+    from transformers import AutoModelForCausalLM
+
+    from rlhfkit.data.io import read_records
+    from rlhfkit.train.dpo import tokenize_all
+
+    moved = run(_cfg(small_data, tmp_path / "moved", max_steps=3, lr=3e-3))
+    tiny_model, tok = build_tiny("tiny", seed=0)
+    groups = tokenize_all(tok, read_records(small_data / "train.jsonl", "comparison")[0], 512)
+    start_model = AutoModelForCausalLM.from_pretrained(moved / "final")
+    diff = reference_logps(CompletionLogProbs(start_model), groups, tok.pad_token_id, True, 8, "cpu")
+    diff = (diff - reference_logps(CompletionLogProbs(tiny_model), groups, tok.pad_token_id, True, 8, "cpu")).view(
+        -1, 2
+    )
+    expected = 0.1 * (diff[:, 0] - diff[:, 1]).mean().item()
+    assert abs(expected) > 1e-3  # the two models differ on these pairs, so the check below can fail
+    for kind in ("precomputed", "copy"):
+        out = tmp_path / kind
+        run(_cfg(small_data, out, model=str(moved), ref_model="tiny", reference=kind, max_steps=1, batch_size=64,
+                 eval_data=None, eval_fraction=0.0))  # fmt: skip
+        assert _first_step(read_metrics(out))["rewards/margins"] == pytest.approx(expected, abs=1e-4), kind
+        card = json.loads((out / "card.json").read_text())
+        assert [(p["role"], p["path"]) for p in card["parents"]] == [("model", str(moved)), ("reference", "tiny")]
+    with pytest.raises(ValueError, match="lora-off"):
+        DPOConfig(data="d.jsonl", lora=True, reference="lora-off", ref_model="tiny")
+
+
 def test_lora_off_reference_equals_the_base_model():
     model, _ = build_tiny("tiny", seed=0)
     base = CompletionLogProbs(model)

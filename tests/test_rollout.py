@@ -8,7 +8,7 @@ import torch
 from rlhfkit.config import ConfigError, SamplingPart, load_config
 from rlhfkit.data.prompts import load_prompts
 from rlhfkit.data.records import Message
-from rlhfkit.rollout import TransformersSampler, encode_prompts, filter_logits, response_forward
+from rlhfkit.rollout import Rollout, TransformersSampler, encode_prompts, filter_logits, response_forward
 from rlhfkit.toy.data import data_file
 from rlhfkit.toy.data import prompts as toy_prompts
 
@@ -71,13 +71,20 @@ def test_rollout_shapes_masks_and_logprobs_match_a_full_forward(tiny):
     assert ((wrong_temperature - r.logprobs).abs() * r.response_mask).max() > 1e-2
 
 
+def take(rollout: Rollout, idx: torch.Tensor) -> Rollout:
+    """The rows ``idx`` of a rollout (PPO's mini-batch selection; rlhfkit.train.ppo no longer has one)."""
+    rows = idx.tolist()
+    return Rollout([rollout.prompts[i] for i in rows], rollout.query_ids[idx], rollout.query_mask[idx],
+                   rollout.response_ids[idx], rollout.response_mask[idx], rollout.logprobs[idx], rollout.ended[idx],
+                   [rollout.texts[i] for i in rows])  # fmt: skip
+
+
 @pytest.mark.parametrize("variant", ["tiny", "grouped-query", "lora"])
 def test_rows_sharing_a_prompt_give_what_plain_rows_give_in_value_and_gradient(tiny, variant, monkeypatch):
     """Samples of the same prompt go through the model as one row [prompt | response 1 | ... ] with the prompt
     computed once; at every response token the log-probs, hidden states, entropies and the gradient of a loss
     on them equal those of one row per sample (rows given in a shuffled order, as a PPO mini-batch has them)."""
     import rlhfkit.rollout as rollout_module
-    from rlhfkit.train.ppo import take
 
     model, tok = tiny
     if variant != "tiny":

@@ -15,20 +15,23 @@ from rlhfkit.toy.gold import GOLD_WEIGHTS, utility
 from rlhfkit.toy.world import Prompt, good_response, poor_response, sample_prompt
 
 PACKAGE = Path(rlhfkit.__file__).parent
-# Modules allowed to read the gold utility: the simulated people, the toy world's judge and evaluation, the
-# demo and its evaluation, and the toy experiments (which exist to judge a method by gold). Everything else (trainers, rlhfkit.evaluate and its over-optimisation monitor included) never does.
+# Modules allowed to read the gold utility: the simulated people (annotators, users), the toy world's judge and
+# evaluation, the demos and their evaluation, and the toy experiments (which exist to judge a method by gold).
+# Everything else (trainers, rlhfkit.evaluate and its over-optimisation monitor included) never does.
 GOLD_READERS = {
     "toy/gold.py",
     "toy/annotators.py",
     "toy/feedback.py",
+    "toy/users.py",
     "toy/judge.py",
     "toy/evaluation.py",
     "pipelines/toy.py",
+    "pipelines/toy_loop.py",
     "pipelines/toy_eval.py",
     "toy/experiments",
 }
 # What reads the gold utility: the utility itself and the modules built on it.
-GOLD_MODULES = tuple(f"rlhfkit.toy.{m}" for m in ("gold", "annotators", "feedback", "evaluation", "judge"))
+GOLD_MODULES = tuple(f"rlhfkit.toy.{m}" for m in ("gold", "annotators", "feedback", "evaluation", "judge", "users"))
 
 
 def imported_modules(path: Path) -> set[str]:

@@ -195,6 +195,11 @@ class DPOConfig(ModelPart, DataPart, OptimPart, RunPart, MonitorPart):
     reference: Literal["precomputed", "copy", "lora-off"] = Field(
         "precomputed", description="how the reference log-probs are obtained (see the module docstring)"
     )
+    ref_model: str | None = Field(
+        None,
+        description="the reference pi_ref, when it is not the starting model (iterative DPO starts from the last "
+        "round's policy and keeps the SFT model as the reference); any model setting",
+    )
     shared_prompt: bool = Field(
         True, description="chosen and rejected in one row with the prompt computed once (exact)"
     )
@@ -211,6 +216,8 @@ def check_reference(cfg) -> None:
             "reference 'lora-off' needs --lora (the reference is the policy with its adapters off); "
             "use --reference copy or precomputed for full fine-tuning"
         )
+    if cfg.reference == "lora-off" and getattr(cfg, "ref_model", None) is not None:
+        raise ValueError("reference 'lora-off' is the starting model itself; with --ref-model use precomputed or copy")
 
 
 # --- KTO ------------------------------------------------------------------------------------------------

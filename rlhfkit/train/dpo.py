@@ -21,6 +21,9 @@ pairs without one keep 1 - label_smoothing). The reference pi_ref is the startin
   model in memory during training;
 - ``copy``: a frozen copy in memory, run on every batch;
 - ``lora-off``: the policy itself with its LoRA adapters switched off (needs ``lora``).
+With ``ref_model`` the reference is that model instead of the starting one (precomputed or copy): iterative DPO
+("RLHF Workflow", Dong et al. 2024) starts each round from the last round's policy and keeps the SFT model as
+the reference.
 
 How a batch is computed: chosen and rejected go through one forward, in one row per pair with the prompt
 computed once (``rlhfkit.data.pairs``; on CPU this beat plain rows and position_ids packing, see
@@ -277,14 +280,27 @@ class Reference:
         self.cfg, self.pad_id, self.accelerator = cfg, pad_id, accelerator
         self.model = self.policy = None
         self.train_ref = self.eval_ref = None
+        # A reference other than the starting model (DPOConfig.ref_model: iterative DPO starts from the last
+        # round's policy and keeps SFT as the reference); 'lora-off' refuses one in the config.
+        ref_model = getattr(cfg, "ref_model", None)
+
+        def frozen():
+            if ref_model is None:
+                ref = copy.deepcopy(model)
+            else:
+                ref, _ = load_causal_lm(ref_model, common.training_dtype(cfg), cfg.chat_template, seed=cfg.seed)
+            return CompletionLogProbs(ref).to(accelerator.device).eval().requires_grad_(False)
+
         if cfg.reference == "copy":
-            self.model = CompletionLogProbs(copy.deepcopy(model)).to(accelerator.device).eval().requires_grad_(False)
+            self.model = frozen()
         if cfg.reference == "precomputed":  # the model before LoRA and before any update is the reference: no copy
             settings = (cfg.model, file_hash(cfg.data), cfg.eval_data, cfg.eval_fraction, cfg.seed, cfg.max_length)
             settings += (cfg.shared_prompt, len(train), cfg.chat_template, cfg.dtype) + tuple(key_extra)
+            settings += (ref_model,) if ref_model is not None else ()  # keys of runs without one are unchanged
             key = hashlib.sha256(repr(settings).encode()).hexdigest()[:16]
             was_training = model.training
-            ref = CompletionLogProbs(model.to(accelerator.device)).eval()
+            # The given reference is loaded for this pass only.
+            ref = CompletionLogProbs(model.to(accelerator.device)).eval() if ref_model is None else frozen()
             with accelerator.autocast():  # the reference in the policy's precision: margins start at 0
                 self.train_ref, self.eval_ref = cached_reference_logps(
                     run_dir, key, ref, train, held_out, pad_id, cfg, accelerator
@@ -351,8 +367,10 @@ def run(cfg: DPOConfig) -> Path:
             check_prompts = list({repr(r.prompt): r.prompt for r in eval_records}.values())
         monitor = PolicyMonitor(cfg, run_dir, None, check_prompts, device=accelerator.device)
         if cfg.reference == "precomputed":  # KL needs the start's log-probs of new samples: a frozen copy
-            monitor_ref = copy.deepcopy(model).to(accelerator.device).eval().requires_grad_(False)
-    parents = [parent_of("model", cfg.model), parent_of("reference", cfg.model)]
+            start = copy.deepcopy(model) if cfg.ref_model is None else load_causal_lm(
+                cfg.ref_model, common.training_dtype(cfg), cfg.chat_template, seed=cfg.seed)[0]  # KL to pi_ref  # fmt: skip
+            monitor_ref = start.to(accelerator.device).eval().requires_grad_(False)
+    parents = [parent_of("model", cfg.model), parent_of("reference", cfg.ref_model or cfg.model)]
     logger = common.start_run(run_dir, cfg, accelerator, parents, {"train": cfg.data, "eval": cfg.eval_data})
     run_dir.write_invalid_rows(invalid)
 

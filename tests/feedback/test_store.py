@@ -12,6 +12,7 @@ from rlhfkit.feedback.dashboard import stats
 from rlhfkit.feedback.db import migrate
 from rlhfkit.feedback.models import Base
 from rlhfkit.feedback.store import QueueSettings, next_task
+from rlhfkit.registry.tables import metadata as production_metadata
 from tests.feedback.helpers import label, new_store, project_id, serve, tasks, users
 
 PAIR = {"prompt": "p", "responses": ["a", "b"]}
@@ -21,7 +22,7 @@ def test_models_match_the_migrations(tmp_path):
     store = new_store(tmp_path)
     migrate(store)  # a second run is a no-op
     with store.engine.connect() as conn:
-        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+        diff = compare_metadata(MigrationContext.configure(conn), [Base.metadata, production_metadata])
     assert diff == []
 
 

@@ -9,14 +9,18 @@ from alembic import context
 from sqlalchemy import create_engine
 
 from rlhfkit.feedback.models import Base
+from rlhfkit.registry.tables import metadata as production_metadata
 
 config = context.config
+# One database, one chain of migrations: the annotation app's tables and the production tables (registry,
+# experiments, served responses and their feedback).
+TARGETS = [Base.metadata, production_metadata]
 
 
 def _run(connection) -> None:
     # render_as_batch: SQLite cannot ALTER most things; batch mode rebuilds the table instead.
     context.configure(
-        connection=connection, target_metadata=Base.metadata, render_as_batch=connection.dialect.name == "sqlite"
+        connection=connection, target_metadata=TARGETS, render_as_batch=connection.dialect.name == "sqlite"
     )
     with context.begin_transaction():
         context.run_migrations()

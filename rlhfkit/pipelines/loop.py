@@ -1,0 +1,358 @@
+"""The production loop: rounds of sample, label, pair, train, gate, register, promote (``rlhfkit loop``).
+
+    rlhfkit loop --db annotations.db --prompts prompts.jsonl --gate-judge runs/judge-rm --rounds 3
+
+Each round, from the version the ``policy`` alias names (the champion):
+
+1. human labels new since the last round: live feedback from serving, labels from the annotation app's queue;
+2. the labeller: a reward model retrained on every human label so far (``labeller: reward``), or a fixed judge;
+3. ``k`` responses for each of ``prompts_per_round`` fresh prompts, sampled from the champion;
+4. the labeller scores them; the best against the worst of each prompt is a pair ("RLHF Workflow", Dong et al.
+   2024: 8 samples, best and worst by a reward model, ~3 rounds); the pairs it is least sure of go to the queue;
+5. DPO with the first round's policy as the fixed reference, by default from that reference on every pair so far
+   (``dpo_start: champion`` and ``dpo_data: round`` train from the champion on the round's pairs, as the
+   Online-RLHF scripts do: ``model_path`` the last iteration, ``ref_model`` the initial model), or PPO against
+   the reward model;
+6. the gate (``rlhfkit.evaluate.gate``): win rate against the champion by an independent judge, safety,
+   capability, the over-optimisation monitor;
+7. the candidate is registered (with the labels it was trained on and the gate's report) and promoted only if
+   it passed, and only if the alias still names the champion it was measured against.
+
+Every step leaves a file or a finished run folder in ``round-N/``, so a rerun of the same command continues
+where it stopped, inside a round too (a training stage resumes from its checkpoint). A rerun with other settings
+is refused, naming them.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+
+from rlhfkit.config.loop import LoopConfig
+from rlhfkit.data.io import write_jsonl
+from rlhfkit.pipelines.base import Pipeline, pick_threads
+from rlhfkit.pipelines.loop_labels import (
+    best_against_worst,
+    live_labels,
+    queue_pull,
+    queue_push,
+    read_jsonl,
+    score_groups,
+)
+
+
+def _json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _write(path: Path, data) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".partial")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    tmp.replace(path)  # a reader (a resumed run) never sees half a file
+
+
+class Loop:
+    def __init__(self, cfg: LoopConfig):
+        import torch
+
+        from rlhfkit.data.prompts import read_prompts
+        from rlhfkit.registry.store import Registry
+
+        torch.set_num_threads(pick_threads(cfg.threads))
+        self.cfg = cfg
+        self.registry = Registry.open(cfg.db)
+        self.pipe = Pipeline(cfg, "loop")
+        self.root = self.pipe.root
+        state = _json(self.root / "state.json")
+        if state is None:  # the reference and the loop's id are fixed at the first start, kept by every resume
+            reference = self.registry.resolve(cfg.reference or cfg.policy)
+            # The first round takes every live label stored so far; each later round those that came after.
+            state = {"reference": reference.ref, "loop_id": self.pipe.folder.card().id, "live_after": 0}
+            _write(self.root / "state.json", state)
+        self.state = state
+        self.reference = self.registry.resolve(state["reference"])
+        prompts = read_prompts(cfg.prompts)
+        if cfg.gate_prompts:
+            self.gate_prompts = read_prompts(cfg.gate_prompts)[: cfg.gate_samples]
+            self.train_prompts = prompts
+        else:  # held out from the training prompts: the last gate_samples of them
+            self.gate_prompts, self.train_prompts = prompts[-cfg.gate_samples :], prompts[: -cfg.gate_samples]
+        if not self.train_prompts:
+            raise ValueError(f"{cfg.prompts}: no prompts left for training after holding out {cfg.gate_samples}")
+        self.rounds: list[dict] = []
+
+    def log(self, message: str) -> None:
+        self.pipe.log(message)
+
+    # ---------------------------------------------------------------- one round
+
+    def round(self, r: int) -> dict:
+        """Run round ``r`` (or read it back, if it finished before)."""
+        cfg, rd = self.cfg, self.root / f"round-{r}"
+        done = _json(rd / "round.json")
+        if done is not None:
+            self.log(f"round {r}: finished in an earlier run, reused")
+            self.rounds.append(done)
+            return done
+        start = _json(rd / "start.json")
+        if start is None:  # the champion and the live window are fixed when the round first starts
+            from rlhfkit.serve.records import max_feedback_id
+
+            after = self.rounds[-1]["live_until"] if self.rounds else self.state["live_after"]
+            start = {"champion": self.registry.resolve(cfg.policy).ref, "live_after": after,
+                     "live_until": max_feedback_id(self.registry.store) if cfg.live else after}  # fmt: skip
+            _write(rd / "start.json", start)
+        champion = self.registry.resolve(start["champion"])
+        self.log(f"round {r}: champion {champion.ref}")
+        human = self._human_labels(r, rd, start)
+        labeller, rm_dir = self._labeller(r, rd)
+        pairs, candidates = self._pairs(r, rd, champion, labeller)
+        if cfg.queue and not (rd / "queued.jsonl").exists():
+            write_jsonl(
+                rd / "queued.jsonl",
+                queue_push(self.registry.store, self.state["loop_id"], r, candidates, cfg.queue, labeller),
+            )
+        candidate_dir = self._train(r, rd, champion, pairs, rm_dir)
+        gate = _json(rd / "gate.json")
+        if gate is None:
+            with self.pipe.step(f"round {r}: gate"):
+                gate = self._gate(candidate_dir, champion, labeller if rm_dir else None)
+            _write(rd / "gate.json", gate)
+        version = self.registry.register(
+            str(candidate_dir), name=champion.name, labels=self._label_summary(human, pairs, rd, rm_dir)
+        )
+        if not any(e["against_id"] == champion.id for e in self.registry.evaluations(version.ref)):
+            self.registry.add_evaluation(version.ref, gate, passed=gate["passed"], against=champion.ref)
+        promoted = self._promote(version, champion, gate, r)
+        summary = {
+            "round": r,
+            "champion": champion.ref,
+            "candidate": version.ref,
+            "labels": _count(human),
+            "pairs": len(pairs),
+            "gate": {
+                "passed": gate["passed"],
+                "win_rate": gate["win_rate"],
+                "win_lo": gate["win_lo"],
+                "win_hi": gate["win_hi"],
+                "failed": [c["name"] for c in gate["checks"] if not c["passed"]],
+            },  # fmt: skip
+            "promoted": promoted,
+            "champion_after": self.registry.resolve(cfg.policy).ref,
+            "live_until": start["live_until"],
+            "monitor_check": gate["monitor_check"],
+        }
+        _write(rd / "round.json", {**summary, "done": True})
+        self.rounds.append(summary)
+        self.log(f"round {r}: candidate {version.ref}, win rate vs {champion.ref} {gate['win_rate']:.3f}; "
+                 f"gate {'passed' if gate['passed'] else 'failed ' + str(summary['gate']['failed'])}; "
+                 f"{'promoted' if promoted else 'not promoted'}")  # fmt: skip
+        return summary
+
+    def _human_labels(self, r: int, rd: Path, start: dict) -> list[dict]:
+        """This round's new human labels (live and from the queue), written once; every round's so far is the
+        reward model's data, with ``human_data`` in front."""
+        path = rd / "human.jsonl"
+        if not path.exists():
+            rows = []
+            if self.cfg.live:
+                rows += live_labels(self.registry.store, start["live_after"], start["live_until"], self.cfg.live_thumbs,
+                                    self.cfg.seed + r)  # fmt: skip
+            if self.cfg.queue:
+                pushed = {
+                    q["id"]: q["chat"]
+                    for k in range(1, r)
+                    for q in read_jsonl(self.root / f"round-{k}" / "queued.jsonl")
+                }
+                seen = {
+                    json.dumps(x, sort_keys=True)
+                    for k in range(1, r)
+                    for x in read_jsonl(self.root / f"round-{k}" / "human.jsonl")
+                }
+                rows += [x for x in queue_pull(self.registry.store, self.state["loop_id"], pushed)
+                         if json.dumps(x, sort_keys=True) not in seen]  # fmt: skip
+            write_jsonl(path, rows)
+        everything = read_jsonl(Path(self.cfg.human_data)) if self.cfg.human_data else []
+        for k in range(1, r + 1):
+            everything += read_jsonl(self.root / f"round-{k}" / "human.jsonl")
+        write_jsonl(rd / "human-all.jsonl", [{k: v for k, v in x.items() if k != "feedback_id"} for x in everything])
+        self.log(
+            f"round {r}: {len(read_jsonl(path))} new human labels ({_count(read_jsonl(path))}), {len(everything)} in all"
+        )
+        return read_jsonl(path)
+
+    def _labeller(self, r: int, rd: Path):
+        cfg = self.cfg
+        if cfg.labeller == "none":
+            return None, None
+        if cfg.labeller != "reward":
+            from rlhfkit.judges import load_judge
+
+            return load_judge(cfg.labeller), None
+        from rlhfkit.rewards import load_reward
+        from rlhfkit.train import reward
+
+        data = rd / "human-all.jsonl"
+        n = len(read_jsonl(data))
+        if not n:
+            raise ValueError(
+                f"round {r}: no human labels yet to train the reward model on (live feedback, queue, human_data)"
+            )
+        rm_dir = self.pipe.stage(f"round-{r}/rm", lambda: reward.run(reward.RewardConfig(
+            model=cfg.rm_model or self.reference.source, data=str(data), max_steps=cfg.rm_steps, lr=cfg.rm_lr,
+            batch_size=min(cfg.rm_batch_size, n), eval_fraction=0.1 if n >= 20 else 0.0, log_every=25, seed=cfg.seed + r,
+            output_dir=str(rd / "rm"), progress=cfg.progress, report_to=["jsonl"])))  # fmt: skip
+        return load_reward(str(rm_dir)), rm_dir
+
+    def _pairs(self, r: int, rd: Path, champion, labeller) -> tuple[list[dict], list[dict]]:
+        import torch
+
+        from rlhfkit.config import SamplingPart
+        from rlhfkit.data.records import from_json, to_json
+        from rlhfkit.models.load import load_causal_lm
+        from rlhfkit.rollout import TransformersSampler
+
+        cfg = self.cfg
+        if labeller is None:  # no automatic labeller: the people's comparisons are the pairs, nothing to sample
+            for name in ("pairs.jsonl", "candidates.jsonl"):
+                if not (rd / name).exists():
+                    write_jsonl(rd / name, [])
+            return [], []
+        if not (rd / "samples.jsonl").exists():
+            with self.pipe.step(f"round {r}: {cfg.k} samples for {cfg.prompts_per_round} prompts from {champion.ref}"):
+                rng = random.Random(cfg.seed * 1000 + r)
+                prompts = rng.sample(self.train_prompts, min(cfg.prompts_per_round, len(self.train_prompts)))
+                model, tokenizer = load_causal_lm(champion.source, "float32")
+                sampler = TransformersSampler(model, tokenizer, SamplingPart(max_new_tokens=cfg.max_new_tokens,
+                                                                             temperature=cfg.temperature))  # fmt: skip
+                generator = torch.Generator().manual_seed(cfg.seed * 1000 + r)
+                rows = []
+                for s in range(0, len(prompts), 32):
+                    chunk = prompts[s : s + 32]
+                    texts = sampler.generate(chunk, n=cfg.k, generator=generator).texts
+                    rows += [
+                        {"prompt": to_json(p), "responses": texts[i * cfg.k : (i + 1) * cfg.k]}
+                        for i, p in enumerate(chunk)
+                    ]
+                write_jsonl(rd / "samples.jsonl", rows)
+        if not (rd / "pairs.jsonl").exists():
+            samples = read_jsonl(rd / "samples.jsonl")
+            prompts = [from_json(s["prompt"]) for s in samples]
+            scores = score_groups(labeller, prompts, [s["responses"] for s in samples])
+            pairs, candidates = best_against_worst(prompts, [s["responses"] for s in samples], scores, cfg.min_margin)
+            write_jsonl(rd / "candidates.jsonl", candidates)
+            write_jsonl(rd / "pairs.jsonl", pairs)
+        return read_jsonl(rd / "pairs.jsonl"), read_jsonl(rd / "candidates.jsonl")
+
+    def _train(self, r: int, rd: Path, champion, pairs: list[dict], rm_dir) -> Path:
+        from rlhfkit.train import dpo, ppo
+
+        cfg = self.cfg
+        common = dict(seed=cfg.seed + r, progress=cfg.progress, report_to=["jsonl"], log_every=25)
+        if cfg.algorithm == "ppo":
+            prompts_file = rd / "prompts.jsonl"
+            write_jsonl(prompts_file, [{"prompt": p["prompt"]} for p in read_jsonl(rd / "samples.jsonl")])
+            return self.pipe.stage(f"round-{r}/ppo", lambda: ppo.run(ppo.PPOConfig(
+                model=champion.source, reward=str(rm_dir), data=str(prompts_file), max_steps=cfg.ppo_steps, lr=cfg.ppo_lr,
+                kl_coef=cfg.ppo_kl_coef, batch_size=cfg.ppo_batch_size, max_new_tokens=cfg.max_new_tokens,
+                temperature=cfg.temperature, eval_fraction=0.0, output_dir=str(rd / "ppo"), **common)))  # fmt: skip
+        rounds = [r] if cfg.dpo_data == "round" else list(range(1, r + 1))
+        data = [p for k in rounds for p in read_jsonl(self.root / f"round-{k}" / "pairs.jsonl")]
+        if cfg.dpo_human:  # the people's own comparisons too: this round's, or every one so far
+            data += [x for x in read_jsonl(rd / ("human.jsonl" if cfg.dpo_data == "round" else "human-all.jsonl"))
+                     if not x.get("tie")]  # fmt: skip
+        if cfg.flip_labels:  # deliberately wrong: the gate must catch a candidate trained on these
+            data = [{**p, "chosen": p["rejected"], "rejected": p["chosen"]} for p in data]
+        if not data:
+            raise ValueError(
+                f"round {r}: no pairs to train on (no human labels, and every prompt's best and worst tie)"
+            )
+        write_jsonl(rd / "dpo-data.jsonl", [{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in data])
+        start = champion.source if cfg.dpo_start == "champion" else self.reference.source
+        return self.pipe.stage(f"round-{r}/dpo", lambda: dpo.run(dpo.DPOConfig(
+            model=start, ref_model=self.reference.source if start != self.reference.source else None,
+            data=str(rd / "dpo-data.jsonl"), max_steps=cfg.dpo_steps, lr=cfg.dpo_lr, beta=cfg.dpo_beta,
+            batch_size=min(cfg.dpo_batch_size, len(data)), eval_fraction=0.0, output_dir=str(rd / "dpo"), **common)))  # fmt: skip
+
+    def _gate(self, candidate_dir: Path, champion, proxy) -> dict:
+        from rlhfkit.data.prompts import read_prompts
+        from rlhfkit.evaluate.gate import GateInputs, GateSettings, run_gate
+        from rlhfkit.evaluate.monitor import Check
+        from rlhfkit.judges import load_judge
+
+        cfg = self.cfg
+        inputs = GateInputs(
+            candidate=str(candidate_dir),
+            champion=champion.source,
+            judge=load_judge(cfg.gate_judge),
+            prompts=self.gate_prompts,
+            reference=self.reference.source,
+            harmful=read_prompts(cfg.harmful_prompts) if cfg.harmful_prompts else [],
+            benign=read_prompts(cfg.benign_prompts) if cfg.benign_prompts else [],
+            capability=cfg.capability_data,
+            proxy=proxy,
+            history=[Check(**r["monitor_check"]) for r in self.rounds],
+        )
+        settings = GateSettings(min_win_rate=cfg.min_win_rate, max_harmful_increase=cfg.max_harmful_increase,
+                                max_benign_refusal_increase=cfg.max_benign_refusal_increase,
+                                max_nll_increase=cfg.max_nll_increase, kl_budget=cfg.kl_budget,
+                                max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=cfg.seed)  # fmt: skip
+        return run_gate(inputs, settings)
+
+    def _promote(self, version, champion, gate: dict, r: int) -> bool:
+        from rlhfkit.registry.store import AliasConflict
+
+        cfg = self.cfg
+        if not (gate["passed"] and cfg.promote):
+            return False
+        if self.registry.resolve(cfg.policy).id == version.id:
+            return True  # promoted before an interruption
+        try:
+            self.registry.promote(cfg.policy, version.ref, expect=champion.ref, actor=f"loop {self.state['loop_id']}",
+                                  reason=f"round {r}: gate passed, win rate {gate['win_rate']:.3f} vs {champion.ref}")  # fmt: skip
+        except AliasConflict:
+            self.log(f"round {r}: {cfg.policy} moved meanwhile; {version.ref} registered but not promoted")
+            return False
+        return True
+
+    def _label_summary(self, human: list[dict], pairs: list[dict], rd: Path, rm_dir) -> dict:
+        """What the candidate learnt from, by source, for its registry entry (and its lineage: the reward model that
+        picked the pairs is named by run id)."""
+        from rlhfkit.runs import RunCard, file_hash
+
+        out = {source: {"n": n, "sha256_16": file_hash(rd / "human.jsonl")} for source, n in _count(human).items()}
+        out["pairs"] = {"n": len(pairs), "labeller": self.cfg.labeller, "sha256_16": file_hash(rd / "pairs.jsonl")}
+        if rm_dir is not None:
+            out["pairs"].update(run_id=RunCard.read(rm_dir).id, path=str(rm_dir))
+        return out
+
+    def finish(self) -> Path:
+        figures = {
+            "rounds": self.rounds,
+            "champion": self.registry.resolve(self.cfg.policy).ref,
+            "promoted": sum(bool(r["promoted"]) for r in self.rounds),
+        }
+        stages = {f"round-{r['round']}": self.root / f"round-{r['round']}" / ("dpo" if self.cfg.algorithm == "dpo" else "ppo")
+                  for r in self.rounds}  # fmt: skip
+        self.pipe.finish(figures, stages)
+        return self.root
+
+
+def _count(rows: list[dict]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for row in rows:
+        out[row.get("source", "human")] = out.get(row.get("source", "human"), 0) + 1
+    return out
+
+
+def run(cfg: LoopConfig) -> Path:
+    """``rlhfkit loop``: every round, then the loop's card with the rounds' figures."""
+    loop = Loop(cfg)
+    start = time.perf_counter()
+    for r in range(1, cfg.rounds + 1):
+        loop.round(r)
+    loop.log(f"{cfg.rounds} rounds in {time.perf_counter() - start:.0f} s")
+    return loop.finish()
