@@ -1,14 +1,36 @@
 """What clients send to the server: an OpenAI chat-completion request (fields we do not use are ignored, as
 OpenAI-compatible servers do) and feedback on a response. Limits keep one request from costing the server
-much: a message list, a message and a stop string have maximum sizes, and ``max_tokens`` a server-set ceiling."""
+much: a message list, a message and a stop string have maximum sizes, and ``max_tokens`` a server-set ceiling.
+Every string is ``Text``: no NUL and no unpaired surrogate, which PostgreSQL cannot store (a 422 here, not a
+database error after the answer has been generated)."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    field_validator,
+    model_validator,
+)
 
+from rlhfkit.feedback.models import storable
 from rlhfkit.registry.tables import FEEDBACK_KINDS, FLAGS
+
+
+def _storable(value: str) -> str:
+    if not storable(value):
+        raise ValueError("NUL characters and unpaired surrogates are not allowed")
+    return value
+
+
+Text = Annotated[StrictStr, AfterValidator(_storable)]
 
 MAX_MESSAGE_CHARS = 32_000
 
@@ -18,13 +40,13 @@ class TextPart(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
     type: Literal["text"]
-    text: StrictStr = Field(max_length=MAX_MESSAGE_CHARS)
+    text: Text = Field(max_length=MAX_MESSAGE_CHARS)
 
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
     role: Literal["system", "user", "assistant"]
-    content: StrictStr | list[TextPart]
+    content: Text | list[TextPart]
 
     @field_validator("content")
     @classmethod
@@ -41,18 +63,18 @@ class ChatMessage(BaseModel):
 class ChatRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    model: StrictStr = Field(min_length=1, max_length=200, description="an experiment, an alias or NAME:NUMBER")
+    model: Text = Field(min_length=1, max_length=200, description="an experiment, an alias or NAME:NUMBER")
     messages: list[ChatMessage] = Field(min_length=1, max_length=200)
     stream: StrictBool = False
     temperature: float | None = Field(None, ge=0, le=2, description="0 = greedy")
     top_p: float | None = Field(None, gt=0, le=1)
     max_tokens: StrictInt | None = Field(None, ge=1)
     max_completion_tokens: StrictInt | None = Field(None, ge=1)
-    stop: StrictStr | list[StrictStr] | None = None
+    stop: Text | list[Text] | None = None
     seed: StrictInt | None = None
-    user: StrictStr | None = Field(None, min_length=1, max_length=200, description="the end user: assigns the A/B arm")
+    user: Text | None = Field(None, min_length=1, max_length=200, description="the end user: assigns the A/B arm")
     n: StrictInt = Field(1, ge=1, le=1, description="one choice per request")
-    regenerate_of: StrictStr | None = Field(None, max_length=40, description="the response this one replaces")
+    regenerate_of: Text | None = Field(None, max_length=40, description="the response this one replaces")
 
     @field_validator("stop")
     @classmethod
@@ -69,17 +91,17 @@ class ChatRequest(BaseModel):
 class FeedbackIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    response_id: StrictStr = Field(min_length=1, max_length=40)
-    user: StrictStr | None = Field(None, min_length=1, max_length=200, description="the user the response was for")
+    response_id: Text = Field(min_length=1, max_length=40)
+    user: Text | None = Field(None, min_length=1, max_length=200, description="the user the response was for")
     kind: Literal[FEEDBACK_KINDS]  # type: ignore[valid-type]
-    value: StrictBool | StrictInt | StrictStr | None = Field(
+    value: StrictBool | StrictInt | Text | None = Field(
         None, description="thumbs: true (up) / false; rating: 1..scale; flag: " + " | ".join(FLAGS)
     )
     scale: StrictInt = Field(5, ge=2, le=10, description="rating scale")
-    other_response_id: StrictStr | None = Field(
+    other_response_id: Text | None = Field(
         None, max_length=40, description="preference: this response was preferred over that one"
     )
-    comment: StrictStr | None = Field(None, max_length=2000)
+    comment: Text | None = Field(None, max_length=2000)
 
     @model_validator(mode="after")
     def _value_fits_kind(self):

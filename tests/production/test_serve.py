@@ -194,6 +194,26 @@ def test_hostile_or_malformed_requests_get_a_4xx_that_does_not_echo_them(served)
         (dict(json={"model": "champion", "messages": msg, "regenerate_of": "chatcmpl-" + "0" * 24}), 404),
         (dict(json={"model": "champion", "messages": [{"role": "user", "content": "x" * 40_000}]}), 422),
         (dict(content=b"x" * (2 << 20), headers={"content-type": "application/json"}), 413),
+        # NUL and a lone surrogate, which PostgreSQL cannot store: refused before anything is generated
+        (dict(json={"model": "champion", "messages": [{"role": "user", "content": "a\x00b"}]}), 422),
+        (
+            dict(
+                json={
+                    "model": "champion",
+                    "messages": [{"role": "user", "content": [{"type": "text", "text": "\x00"}]}],
+                }
+            ),
+            422,
+        ),
+        (dict(json={"model": "champion", "messages": msg, "user": "u\x00"}), 422),
+        (dict(json={"model": "champion", "messages": msg, "stop": ["\x00"]}), 422),
+        (
+            dict(
+                content=b'{"model": "champion", "messages": [{"role": "user", "content": "\\udc80"}]}',
+                headers={"content-type": "application/json"},
+            ),
+            422,
+        ),
     ]
     for kwargs, status in cases:
         r = httpx.post(url, timeout=60, **kwargs)
@@ -203,6 +223,10 @@ def test_hostile_or_malformed_requests_get_a_4xx_that_does_not_echo_them(served)
         r = httpx.post(served.url + "/v1/feedback", json={"response_id": response_id, "user": "u", "kind": "thumbs",
                                                            "value": True}, headers={"Idempotency-Key": "k"})  # fmt: skip
         assert r.status_code == status and HOSTILE not in r.text
+    for field, value in (("comment", "\x00"), ("user", "u\x00")):  # unchecked, an unknown id would be a 404
+        body = {"response_id": "chatcmpl-" + "0" * 24, "user": "u", "kind": "thumbs", "value": True, field: value}
+        r = httpx.post(served.url + "/v1/feedback", json=body, headers={"Idempotency-Key": "nul-" + field})
+        assert r.status_code == 422, (field, r.status_code, r.text[:300])
     assert httpx.get(served.url + "/v1/monitor?hours=-1").status_code == 422
     assert httpx.get(served.url + "/v1/monitor?experiment=nope").status_code == 404
     page = httpx.get(served.url + "/")
