@@ -332,21 +332,26 @@ def test_resume_equals_uninterrupted(small_data, tmp_path):
 
 
 def test_micro_batches_by_default_on_the_cpu_equal_one_batch(small_data, tmp_path):
-    """grad_accum unset cuts a batch of 8 into micro-batches of 4 on the CPU; each micro-batch's summed loss is
-    divided by the whole batch's 8 pairs, so the gradient (its norm is logged before clipping), the logged
-    loss and the weights equal those of one forward over the 8 pairs, to float rounding."""
+    """grad_accum unset cuts a batch of 16 into micro-batches of 8 on the CPU; each micro-batch's summed loss is
+    divided by the whole batch's 16 pairs, so the gradient (its norm is logged before clipping), the logged
+    loss and the weights equal those of one forward over the 16 pairs, to float rounding."""
     from accelerate import Accelerator
 
     from rlhfkit.train.common import split_micro
 
-    assert split_micro(list(range(8)), Accelerator(cpu=True), None) == [[0, 2, 4, 6], [1, 3, 5, 7]]  # strided
-    paths = {g: run(_cfg(small_data, tmp_path / str(g), max_steps=2, lr=1e-3, grad_accum=g)) for g in (None, 1)}
+    assert split_micro(list(range(16)), Accelerator(cpu=True), None) == [list(range(0, 16, 2)), list(range(1, 16, 2))]
+    settings = dict(max_steps=2, lr=1e-3, batch_size=16)
+    paths = {g: run(_cfg(small_data, tmp_path / str(g), grad_accum=g, **settings)) for g in (None, 1)}
     logged = {g: [r for r in read_metrics(p) if "train/loss" in r] for g, p in paths.items()}
     for key in ("train/loss", "train/grad_norm", "rewards/margins"):
         for a, b in zip(logged[None], logged[1], strict=True):
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
     for a, b in zip(run_weights(paths[None]), run_weights(paths[1]), strict=True):
-        assert torch.allclose(a, b, atol=1e-5)  # Adam turns rounding in near-zero gradients into ~1e-6 steps
+        # Adam turns rounding in near-zero gradients into steps of up to ~1e-5 on a few weights (2e-5 seen, on
+        # 0.02% of them); a wrong scale or a lost micro-batch would move nearly all of them (the multi-process
+        # tests' rule, tests/test_multiprocess.py)
+        gap = (a - b).abs()
+        assert gap.max() < 1e-4 and (gap > 1e-6).float().mean() <= 1e-3
 
 
 def test_dpo_command(small_data, tmp_path):

@@ -148,7 +148,7 @@ def test_ensemble_gives_mean_and_disagreement(small_data, tmp_path):
 
 
 def test_micro_batches_by_default_on_the_cpu_equal_one_batch(small_data, tmp_path):
-    """grad_accum unset cuts a batch of 16 into micro-batches of 4 on the CPU; each micro-batch's summed loss
+    """grad_accum unset cuts a batch of 16 into micro-batches of 8 on the CPU; each micro-batch's summed loss
     is divided by the whole batch's 16 groups, so the gradient (its norm is logged before clipping), the
     logged loss and the trained model's scores equal those of one forward over the 16, to float rounding."""
     figures, scores = {}, {}

@@ -175,7 +175,7 @@ class RunPart(StageConfig):
         None,
         gt=0,
         description="micro-batches per optimiser step on each process (micro-batch = batch_size / processes / "
-        "grad_accum); default: micro-batches of 4 examples per CPU process (a fraction of the activations in "
+        "grad_accum); default: micro-batches of 8 examples per CPU process (a fraction of the activations in "
         "memory), the whole share on a GPU",
     )
     epochs: float = Field(1.0, gt=0, description="passes over the training data (ignored when max_steps is set)")

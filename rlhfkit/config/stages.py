@@ -253,7 +253,7 @@ class KTOConfig(ModelPart, DataPart, OptimPart, RunPart):
     shared_prompt: bool = Field(
         True, description="each completion and its mismatched one in one row with the prompt computed once (exact)"
     )
-    # Not the other trainers' "micro-batches of 4 on the CPU": KTO's reference point is estimated per micro-batch,
+    # Not the other trainers' "micro-batches of 8 on the CPU": KTO's reference point is estimated per micro-batch,
     # so the split changes the loss, and the default keeps it the whole batch everywhere.
     grad_accum: int = Field(
         1, gt=0, description="micro-batches per optimiser step; each estimates its own reference point (as TRL)"

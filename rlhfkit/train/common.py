@@ -217,16 +217,19 @@ def global_batches(
 
 
 # Examples per micro-batch on each CPU process when grad_accum is not set: the activations held for the backward
-# pass shrink with the micro-batch while the products stay large enough to run at full speed on a CPU core
-# (measured in docs/performance.md, "Micro-batches").
-CPU_MICRO_BATCH = 4
+# pass shrink with the micro-batch, but each piece has a fixed cost. On the demo's model (SFT, batch 32, 60 steps,
+# one process) pieces of 4 took 56-58 s of CPU, pieces of 8 35.6 s, the whole batch 27-30 s; 8 keeps most of the
+# memory saving for a fifth of the time (docs/performance.md, "Micro-batches").
+CPU_MICRO_BATCH = 8
+# Rows per piece of a PPO mini-batch on the CPU (common.micro_rows); samples of one prompt share its forward.
+CPU_MICRO_ROWS = 4
 
 
 def resolve_grad_accum(accelerator: Accelerator, batch_size: int, grad_accum: int | None) -> int:
     """Micro-batches per process for a global batch of ``batch_size``. Unset (None): pieces of ``CPU_MICRO_BATCH``
     examples per CPU process, one piece elsewhere and under DeepSpeed (which steps inside every backward). Unset,
-    the global batch falls into ``P * ceil(B / 4P)`` strided pieces, which is ``B / 4`` whatever P when B is a
-    multiple of 4P: then 1 and P processes run the very same pieces (tests/test_multiprocess.py relies on it).
+    the global batch falls into ``P * ceil(B / 8P)`` strided pieces, which is ``B / 8`` whatever P when B is a
+    multiple of 8P: then 1 and P processes run the very same pieces (tests/test_multiprocess.py relies on it).
     Other sizes give other pieces of the same examples; every loss but KTO's (whose default is 1) is a sum over
     examples divided once by a global count, so the step is still the same up to rounding."""
     if grad_accum is not None:
@@ -301,11 +304,11 @@ def gather_objects(accelerator: Accelerator, items: list) -> list:
 
 def micro_rows(rows: torch.Tensor, device: torch.device) -> list[torch.Tensor]:
     """A mini-batch of rollout rows as the pieces to run forward and backward one at a time: on the CPU pieces of
-    ``CPU_MICRO_BATCH`` rows, in row order so that the samples of one prompt stay together (they then share
+    ``CPU_MICRO_ROWS`` rows, in row order so that the samples of one prompt stay together (they then share
     the prompt's forward, ``rlhfkit.rollout.shared_prompt_forward``); elsewhere the whole mini-batch."""
     if torch.device(device).type != "cpu":
         return [rows]
-    return list(rows.sort().values.split(CPU_MICRO_BATCH))
+    return list(rows.sort().values.split(CPU_MICRO_ROWS))
 
 
 @dataclass
