@@ -17,6 +17,7 @@ from rlhfkit.feedback.cli import app
 from rlhfkit.feedback.db import Store, migrate
 from rlhfkit.feedback.export import build_records, label_rows
 from rlhfkit.feedback.models import Base
+from rlhfkit.registry.tables import metadata as production_metadata
 from tests.feedback.conftest import database
 from tests.feedback.helpers import label, new_store, project_id, serve, tasks, users
 
@@ -67,7 +68,8 @@ def test_an_existing_database_migrates_with_its_labels(request, tmp_path, backen
             text("SELECT p.name, t.external_id, t.n_labels FROM tasks t JOIN projects p ON p.id = t.project_id")
         ).all() == [("default", "t1", 1)]
         assert conn.execute(text("SELECT id, flags FROM labels ORDER BY id")).all() == [(1, None), (2, None)]
-        assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+        # the migrations build exactly the models: the app's tables and the production tables (registry, serving)
+        assert compare_metadata(MigrationContext.configure(conn), [Base.metadata, production_metadata]) == []
     migrate(store)  # a second run is a no-op
     store.dispose()
 
