@@ -129,7 +129,9 @@ class LMJudge(QuestionJudge):
         self.spec, self.chat, self.batch_size = f"lm:{model_spec}", chat, batch_size
         # ``model``: (model, tokenizer) already loaded, e.g. to ask several questions of one model
         self.model, self.tokenizer = model or load_causal_lm(model_spec, "float32")
-        self.model.eval().requires_grad_(False)
+        if model is None:  # its own copy is frozen; a caller's model is left trainable (scoring runs under no_grad)
+            self.model.requires_grad_(False)
+        self.model.eval()
         if device is not None:
             self.model.to(device)
         self.option_ids = [self._ids(o) for o in self.question.options]

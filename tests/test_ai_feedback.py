@@ -5,6 +5,7 @@ automated red teaming, and the shared-prefix speed-ups they rely on, on the tiny
     pytest tests/test_ai_feedback.py
 """
 
+import copy
 import json
 import math
 import threading
@@ -153,7 +154,8 @@ def test_the_lm_judge_gives_the_same_probabilities_with_and_without_the_shared_p
         ["sure .", "no"],
     )
     for options in (("A", "B"), ("the first", "the second one")):
-        judge = LMJudge("tiny", PairwiseQuestion(options=options, few_shot=shots), model=tiny)
+        model = (copy.deepcopy(tiny[0]), tiny[1])  # the judge freezes its model; the session's must stay trainable
+        judge = LMJudge("tiny", PairwiseQuestion(options=options, few_shot=shots), model=model)
         shared = judge.first_wins(prompts, first, second)
         judge.share_prefix = False
         plain = judge.first_wins(prompts, first, second)

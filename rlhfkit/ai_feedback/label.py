@@ -93,7 +93,9 @@ class Labeller:
             from rlhfkit.models.load import load_causal_lm
 
             loaded = model or load_causal_lm(target, "float32")
-            loaded[0].eval().requires_grad_(False)
+            if model is None:  # a caller's model stays as it was given (the judges score under no_grad)
+                loaded[0].requires_grad_(False)
+            loaded[0].eval()
             self.judges = [
                 LMJudge(target, q, chat=judge_format == "chat", batch_size=batch_size, model=loaded) for q in questions
             ]
