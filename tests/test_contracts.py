@@ -303,7 +303,7 @@ LAYERS = [
     ["rollout", "rewards", "judges", "vllm_backend"],
     ["train", "evaluate", "ai_feedback"],
     ["toy", "feedback", "registry", "serve", "pipelines"],
-    ["cli", "launch"],
+    ["cli", "cli_run", "launch"],
 ]
 
 
