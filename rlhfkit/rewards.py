@@ -113,14 +113,14 @@ class RewardModelReward(Reward):
 
     @torch.no_grad()
     def members(self, prompts, responses):
-        from rlhfkit.models.reward import member_scores
+        from rlhfkit.models.reward_scoring import member_scores
 
         prompts, responses = [from_json(p) for p in prompts], [from_json(r) for r in responses]
         return member_scores(self.model, prompts, responses, self.batch_size, annotator=self.spec.annotator).float()
 
     @torch.no_grad()
     def distribution(self, prompts, responses):
-        from rlhfkit.models.reward import member_distributions
+        from rlhfkit.models.reward_scoring import member_distributions
 
         prompts, responses = [from_json(p) for p in prompts], [from_json(r) for r in responses]
         means, variances = member_distributions(

@@ -97,7 +97,8 @@ def test_the_reward_spec_names_the_annotator_and_refuses_strangers(conditioned_r
 
 def test_each_annotator_is_normalised_on_the_reference_set(conditioned_rm):
     from rlhfkit.data.io import read_records
-    from rlhfkit.models.reward import load_reward_model, score_texts
+    from rlhfkit.models.reward import load_reward_model
+    from rlhfkit.models.reward_scoring import score_texts
     from rlhfkit.train.reward import RewardConfig, reference_texts
 
     rm = load_reward_model(conditioned_rm)
@@ -168,7 +169,8 @@ def test_quantile_transform_of_a_mean_variance_model(mean_variance_rms):
     """quantile:q gives mean + Phi^-1(q) sd of the model's normalised distribution; a scalar reward is refused."""
     from statistics import NormalDist
 
-    from rlhfkit.models.reward import load_reward_model, score_distribution
+    from rlhfkit.models.reward import load_reward_model
+    from rlhfkit.models.reward_scoring import score_distribution
     from rlhfkit.rewards import load_reward
 
     prompts, responses = ["say it"] * 3, [" sorry yes", " no no", " paris sorry rome"]

@@ -9,14 +9,8 @@ import torch
 from rlhfkit.data.io import write_jsonl
 from rlhfkit.data.pairs import Group
 from rlhfkit.data.records import Comparison
-from rlhfkit.models.reward import (
-    RewardEnsemble,
-    build_reward_model,
-    load_reward_model,
-    save_reward_model,
-    score_ensemble,
-    score_texts,
-)
+from rlhfkit.models.reward import RewardEnsemble, build_reward_model, load_reward_model, save_reward_model
+from rlhfkit.models.reward_scoring import score_ensemble, score_texts
 from rlhfkit.runs import read_metrics
 from rlhfkit.toy.data import rule_comparisons
 from rlhfkit.train.reward import RewardConfig, reference_texts, run, score_groups

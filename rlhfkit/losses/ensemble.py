@@ -9,7 +9,7 @@ has the reward's own units (so lambda reads as "standard deviations of disagreem
 
 scores: (E, N), member e's score of response n, each member normalised the same way (rlhfkit's reward models
 have mean 0, std 1 on reference samples). Spread is the population spread over members (divide by E), as
-``rlhfkit.models.reward.score_ensemble`` reports it. Every function: (E, N) -> (N,).
+``rlhfkit.models.reward_scoring.score_ensemble`` reports it. Every function: (E, N) -> (N,).
 
 ``transformed_reward`` is the one mechanism behind a reward setting's ``reward_transform``: it takes each member's
 mean and variance, so a distributional reward model (DPL's mean-variance head, Siththaranjan et al. 2023; one member

@@ -39,14 +39,8 @@ from rlhfkit.data.io import DataError, load_train_eval, read_jsonl, read_records
 from rlhfkit.data.pairs import Group, model_mask, pack_groups, pad_right
 from rlhfkit.data.records import from_json
 from rlhfkit.models.catalog import ENCODER_MODELS
-from rlhfkit.models.reward import (
-    RewardEnsemble,
-    RewardModel,
-    build_reward_model,
-    load_reward_model,
-    save_reward_model,
-    score_raw,
-)
+from rlhfkit.models.reward import RewardEnsemble, RewardModel, build_reward_model, load_reward_model, save_reward_model
+from rlhfkit.models.reward_scoring import score_raw
 from rlhfkit.runs import RunFolder, parent_of
 from rlhfkit.specs import parse_model_spec
 from rlhfkit.train import common

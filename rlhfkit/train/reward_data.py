@@ -79,7 +79,7 @@ def tokenize_record(rm, record, max_length: int, annotator: int = -1) -> Group:
     """One record's group (see ``Group``): causal trunks tokenise the prompt and completions apart (the prompt can
     be shared); encoders read one [CLS] prompt [SEP] completion [SEP] sequence per completion, prompt_ids empty."""
     if rm.kind == "encoder":
-        from rlhfkit.models.reward import encode
+        from rlhfkit.models.reward_scoring import encode
 
         if isinstance(record, Comparison):
             completions = [record.chosen, record.rejected]

@@ -21,7 +21,8 @@ import torch
 
 from rlhfkit.data.records import Comparison, Ranking, Text
 from rlhfkit.losses import hidden_context_r2
-from rlhfkit.models.reward import RewardEnsemble, RewardModel, score_distribution, score_ensemble, score_texts
+from rlhfkit.models.reward import RewardEnsemble, RewardModel
+from rlhfkit.models.reward_scoring import score_distribution, score_ensemble, score_texts
 from rlhfkit.train.reward_data import labelled_pairs
 
 

@@ -26,7 +26,7 @@ from rlhfkit.models.hub import cache_dir
 
 FORMAT = 1
 KEEP = 64
-SOURCES = ("rlhfkit.data.chat", "rlhfkit.data.pairs", "rlhfkit.models.reward")
+SOURCES = ("rlhfkit.data.chat", "rlhfkit.data.pairs", "rlhfkit.models.reward", "rlhfkit.models.reward_scoring")
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
