@@ -80,7 +80,7 @@ def _rm_train(cfg):
 
 
 def _rm_score(cfg):
-    from rlhfkit.train.reward import score_file
+    from rlhfkit.train.reward_score import score_file
 
     return score_file(cfg)
 

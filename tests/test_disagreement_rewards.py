@@ -206,7 +206,7 @@ def test_transforms_of_an_ensemble_are_the_ensemble_rewards():
 
 def test_rm_score_writes_the_transformed_score_and_the_spread(mean_variance_rms, tmp_path):
     from rlhfkit.config.stages import ScoreConfig
-    from rlhfkit.train.reward import score_file
+    from rlhfkit.train.reward_score import score_file
 
     write_jsonl(tmp_path / "rows.jsonl", [{"prompt": "say it", "response": r} for r in (" sorry yes", " no no")])
     plain = score_file(ScoreConfig(reward=str(mean_variance_rms["two"]), data=str(tmp_path / "rows.jsonl"),

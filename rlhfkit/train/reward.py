@@ -34,8 +34,8 @@ from pathlib import Path
 import torch
 
 from rlhfkit import losses
-from rlhfkit.config.stages import RewardConfig, ScoreConfig
-from rlhfkit.data.io import DataError, load_train_eval, read_jsonl, read_records, write_jsonl
+from rlhfkit.config.stages import RewardConfig
+from rlhfkit.data.io import DataError, load_train_eval, read_jsonl
 from rlhfkit.data.pairs import Group, model_mask, pack_groups, pad_right
 from rlhfkit.data.records import from_json
 from rlhfkit.models.catalog import ENCODER_MODELS
@@ -480,31 +480,3 @@ def run(cfg: RewardConfig) -> Path:
     run_dir.finish(figures)
     accelerator.wait_for_everyone()
     return run_dir.path
-
-
-# --------------------------------------------------------------------------------------------------
-# rlhfkit rm score
-# --------------------------------------------------------------------------------------------------
-
-
-def score_file(cfg: ScoreConfig) -> Path:
-    """Score every row of ``cfg.data`` with any reward; each output row is the input row plus 'score' (the
-    ensemble's mean, or the ``reward_transform`` asked for) and, for an ensemble or a mean-variance model,
-    'score_std' (the spread of its members, and each member's own spread: the mixture's std)."""
-    from rlhfkit.rewards import load_reward
-
-    records = read_records(cfg.data, "response")[0]
-    rows = read_jsonl(cfg.data)  # the same rows as they were written, to be echoed back with their scores
-    device = "cuda" if torch.cuda.is_available() else None
-    reward = load_reward(cfg.reward, cfg.batch_size, device, transform=cfg.reward_transform)
-    prompts, responses = [r.prompt for r in records], [r.response for r in records]
-    means, variances = reward.distribution(prompts, responses)  # (E, N) each
-    spread = means.size(0) > 1 or bool((variances > 0).any())
-    scores = reward(prompts, responses) if cfg.reward_transform != "mean" else means.mean(0)
-    std = losses.mixture_moments(means, variances)[1].sqrt()
-    out = Path(cfg.output) if cfg.output else Path(cfg.data).with_suffix(".scores.jsonl")
-    scored = []
-    for row, score, sd in zip(rows, scores.tolist(), std.tolist()):
-        scored.append({**row, "score": score, **({"score_std": sd} if spread else {})})
-    write_jsonl(out, scored)
-    return out
