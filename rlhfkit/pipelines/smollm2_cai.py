@@ -36,7 +36,15 @@ from rlhfkit.config.pipelines import CAIConfig
 from rlhfkit.data.io import read_jsonl, write_jsonl
 from rlhfkit.data.records import user_turn
 from rlhfkit.pipelines.base import Pipeline, pick_threads
-from rlhfkit.pipelines.smollm2_harmless import common_settings, evaluate, free, lora_settings, tidy
+from rlhfkit.pipelines.smollm2_harmless import (
+    common_settings,
+    dpo_config,
+    evaluate,
+    free,
+    lora_settings,
+    reward_model_config,
+    tidy,
+)
 from rlhfkit.toy import harmless
 
 LABELS = {
@@ -209,24 +217,7 @@ def run(cfg: CAIConfig) -> Path:
     if "dpo" in cfg.methods:
         dpo_dir = pipe.stage(
             "dpo",
-            lambda: dpo.run(
-                dpo.DPOConfig(
-                    model=str(sft_dir),
-                    data=str(prefs_path),
-                    eval_fraction=0.0,
-                    output_dir=str(run_dir / "dpo"),
-                    reference="precomputed",
-                    beta=cfg.dpo_beta,
-                    rpo_alpha=cfg.dpo_rpo_alpha,
-                    lr=cfg.dpo_lr,
-                    epochs=cfg.dpo_epochs,
-                    batch_size=cfg.dpo_batch_size,
-                    warmup_ratio=0.1,
-                    log_every=5,
-                    **lora_settings(cfg),
-                    **common_settings(cfg),
-                )
-            ),
+            lambda: dpo.run(dpo_config(cfg, str(sft_dir), prefs_path, run_dir)),
         )
         free()
         results["dpo"] = evaluate("dpo", str(dpo_dir), run_dir, cfg, pipe)
@@ -234,21 +225,7 @@ def run(cfg: CAIConfig) -> Path:
     if "ppo" in cfg.methods:
         rm_dir = pipe.stage(
             "rm",
-            lambda: reward.run(
-                reward.RewardConfig(
-                    model="minilm",
-                    data=str(prefs_path),
-                    eval_fraction=0.1,
-                    output_dir=str(run_dir / "rm"),
-                    lr=cfg.rm_lr,
-                    epochs=cfg.rm_epochs,
-                    batch_size=cfg.rm_batch_size,
-                    warmup_ratio=0.1,
-                    log_every=5,
-                    normalize=True,
-                    **common_settings(cfg),
-                )
-            ),
+            lambda: reward.run(reward_model_config(cfg, prefs_path, run_dir)),
         )
         free()
         ppo_start = str(run_dir / "dpo") if cfg.ppo_from == "dpo" else str(sft_dir)

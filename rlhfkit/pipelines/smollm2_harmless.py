@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 
 from rlhfkit.config import SamplingPart
-from rlhfkit.config.pipelines import HarmlessConfig
+from rlhfkit.config.pipelines import CAIConfig, HarmlessConfig
 from rlhfkit.data.io import read_jsonl, write_jsonl
 from rlhfkit.data.records import user_turn
 from rlhfkit.pipelines.base import Pipeline, pick_threads
@@ -119,6 +119,47 @@ def lora_settings(cfg: HarmlessConfig) -> dict:
 # --- the pipeline -------------------------------------------------------------------------------------
 
 
+def dpo_config(cfg: HarmlessConfig | CAIConfig, model: str, prefs_path: Path, run_dir: Path):
+    """The presets' DPO stage (this one and smollm2-cai): LoRA from ``model`` on the preference pairs."""
+    from rlhfkit.train import dpo
+
+    return dpo.DPOConfig(
+        model=model,
+        data=str(prefs_path),
+        eval_fraction=0.0,
+        output_dir=str(run_dir / "dpo"),
+        reference="precomputed",
+        beta=cfg.dpo_beta,
+        rpo_alpha=cfg.dpo_rpo_alpha,
+        lr=cfg.dpo_lr,
+        epochs=cfg.dpo_epochs,
+        batch_size=cfg.dpo_batch_size,
+        warmup_ratio=0.1,
+        log_every=5,
+        **lora_settings(cfg),
+        **common_settings(cfg),
+    )
+
+
+def reward_model_config(cfg: HarmlessConfig | CAIConfig, prefs_path: Path, run_dir: Path):
+    """The presets' reward model for PPO: the MiniLM encoder on the same pairs, normalised."""
+    from rlhfkit.train import reward
+
+    return reward.RewardConfig(
+        model="minilm",
+        data=str(prefs_path),
+        eval_fraction=0.1,
+        output_dir=str(run_dir / "rm"),
+        lr=cfg.rm_lr,
+        epochs=cfg.rm_epochs,
+        batch_size=cfg.rm_batch_size,
+        warmup_ratio=0.1,
+        log_every=5,
+        normalize=True,
+        **common_settings(cfg),
+    )
+
+
 def run(cfg: HarmlessConfig) -> Path:
     threads = pick_threads(cfg.threads)
     torch.set_num_threads(threads)
@@ -191,24 +232,7 @@ def run(cfg: HarmlessConfig) -> Path:
 
         dpo_dir = pipe.stage(
             "dpo",
-            lambda: dpo.run(
-                dpo.DPOConfig(
-                    model=start,
-                    data=str(prefs_path),
-                    eval_fraction=0.0,
-                    output_dir=str(run_dir / "dpo"),
-                    reference="precomputed",
-                    beta=cfg.dpo_beta,
-                    rpo_alpha=cfg.dpo_rpo_alpha,
-                    lr=cfg.dpo_lr,
-                    epochs=cfg.dpo_epochs,
-                    batch_size=cfg.dpo_batch_size,
-                    warmup_ratio=0.1,
-                    log_every=5,
-                    **lora_settings(cfg),
-                    **common_settings(cfg),
-                )
-            ),
+            lambda: dpo.run(dpo_config(cfg, start, prefs_path, run_dir)),
         )
         free()
         results["dpo"] = evaluate("dpo", str(dpo_dir), run_dir, cfg, pipe)
@@ -219,21 +243,7 @@ def run(cfg: HarmlessConfig) -> Path:
         ppo_start = str(run_dir / "dpo") if cfg.ppo_from == "dpo" else start
         rm_dir = pipe.stage(
             "rm",
-            lambda: reward.run(
-                reward.RewardConfig(
-                    model="minilm",
-                    data=str(prefs_path),
-                    eval_fraction=0.1,
-                    output_dir=str(run_dir / "rm"),
-                    lr=cfg.rm_lr,
-                    epochs=cfg.rm_epochs,
-                    batch_size=cfg.rm_batch_size,
-                    warmup_ratio=0.1,
-                    log_every=5,
-                    normalize=True,
-                    **common_settings(cfg),
-                )
-            ),
+            lambda: reward.run(reward_model_config(cfg, prefs_path, run_dir)),
         )
         free()
         ppo_dir = pipe.stage(
