@@ -11,6 +11,15 @@ from pydantic import Field, model_validator
 
 from rlhfkit.config.base import Figures, StageConfig
 
+# DPO's defaults for the loop and for the demo's offline DPO (one set, so that comparison is like for like),
+# chosen on the toy world's round-1 pairs (docs/production.md): at learning rate 5e-4 and beta 0.1 for 10 passes
+# the policy moved 3-22 nats from SFT, refused most benign questions and lost the likelihood of good answers; at
+# 1e-4, 3 passes and beta 0.3 it moves about 0.2 nats and gains on gold without refusing more. A larger beta
+# saturates the loss at a smaller log-ratio margin: a leash that holds when later rounds bring more pairs.
+DPO_EPOCHS = 3.0
+DPO_LR = 1e-4
+DPO_BETA = 0.3
+
 
 class LoopFigures(Figures):
     rounds: list[dict] = Field(description="per round: champion, candidate, labels by source, pairs, gate, promoted")
@@ -77,9 +86,12 @@ class LoopConfig(StageConfig):
     )
     dpo_data: Literal["round", "all"] = Field("all", description="every round's pairs so far, or this round's")
     dpo_human: bool = Field(True, description="the human comparisons (live, queue, human_data) are DPO pairs too")
-    dpo_steps: int = Field(200, gt=0)
-    dpo_lr: float = Field(5e-4, gt=0)
-    dpo_beta: float = Field(0.1, gt=0)
+    # DPO's budget is in passes over the round's pairs, not in steps: with the defaults each round trains from the
+    # reference on every pair so far, so a fixed step count would give each later round fewer passes over more
+    # data, and its candidate would land nearer the reference than the champion it must beat.
+    dpo_epochs: float = Field(DPO_EPOCHS, gt=0, description="passes over the round's DPO pairs (steps follow the data)")
+    dpo_lr: float = Field(DPO_LR, gt=0)
+    dpo_beta: float = Field(DPO_BETA, gt=0)
     dpo_batch_size: int = Field(32, gt=0)
     ppo_steps: int = Field(40, gt=0)
     ppo_lr: float = Field(1e-4, gt=0)
@@ -155,7 +167,7 @@ class DemoLoopConfig(StageConfig):
     prompts_per_round: int = Field(600, gt=0)
     k: int = Field(8, ge=2)
     rm_steps: int = Field(300, gt=0)
-    dpo_steps: int = Field(200, gt=0)
+    dpo_epochs: float = Field(DPO_EPOCHS, gt=0, description="passes over the DPO pairs, the loop's and offline DPO's")
     eval_prompts: int = Field(500, gt=0, description="held-out prompts for the gold win rates")
     ab_users: int = Field(120, gt=0, description="users in the final A/B test (policy against SFT)")
     ab_chats: int = Field(5, gt=0, description="answers each A/B user rates")
@@ -177,7 +189,7 @@ class DemoLoopConfig(StageConfig):
                 prompts_per_round=16,
                 k=2,
                 rm_steps=4,
-                dpo_steps=3,
+                dpo_epochs=1.0,
                 eval_prompts=24,
                 ab_users=8,
             )  # fmt: skip

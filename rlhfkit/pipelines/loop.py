@@ -26,6 +26,7 @@ is refused, naming them.
 from __future__ import annotations
 
 import json
+import math
 import random
 import time
 from pathlib import Path
@@ -274,8 +275,9 @@ class Loop:
         start = champion.source if cfg.dpo_start == "champion" else self.reference.source
         return self.pipe.stage(f"round-{r}/dpo", lambda: dpo.run(dpo.DPOConfig(
             model=start, ref_model=self.reference.source if start != self.reference.source else None,
-            data=str(rd / "dpo-data.jsonl"), max_steps=cfg.dpo_steps, lr=cfg.dpo_lr, beta=cfg.dpo_beta,
-            batch_size=min(cfg.dpo_batch_size, len(data)), eval_fraction=0.0, output_dir=str(rd / "dpo"), **common)))  # fmt: skip
+            data=str(rd / "dpo-data.jsonl"), max_steps=dpo_steps(cfg.dpo_epochs, len(data), cfg.dpo_batch_size),
+            lr=cfg.dpo_lr, beta=cfg.dpo_beta, batch_size=min(cfg.dpo_batch_size, len(data)), eval_fraction=0.0,
+            output_dir=str(rd / "dpo"), **common)))  # fmt: skip
 
     def _gate(self, candidate_dir: Path, champion, proxy) -> dict:
         from rlhfkit.data.prompts import read_prompts
@@ -339,6 +341,11 @@ class Loop:
                   for r in self.rounds}  # fmt: skip
         self.pipe.finish(figures, stages)
         return self.root
+
+
+def dpo_steps(epochs: float, pairs: int, batch_size: int) -> int:
+    """Optimiser steps for ``epochs`` passes over ``pairs`` in batches of ``batch_size`` (at least one step)."""
+    return max(1, math.ceil(epochs * pairs / min(batch_size, pairs)))
 
 
 def _count(rows: list[dict]) -> dict[str, int]:

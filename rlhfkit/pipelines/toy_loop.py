@@ -9,13 +9,13 @@
 2. ``rlhfkit serve`` starts on the run's database. Each round, simulated users (the annotator personas,
    ``rlhfkit.toy.users``) chat with ``champion`` through it: thumbs on every answer, and in most chats a
    regenerate and a preference. Then one round of ``rlhfkit loop``: a reward model retrained on every live
-   preference so far picks the best and worst of 8 samples per prompt from the champion, DPO from the champion
-   with SFT as the reference, the gate against the champion, registration, promotion if it passed. The server
-   serves the new champion from its next request on.
-3. For comparison, offline DPO on as many live labels as the loop used, all given to SFT's answers (round 1's
-   traffic and a phase after the rounds served by ``policy:1``), judged against SFT and head to head against the
-   final champion; a candidate trained on reversed labels put through the gate; an A/B test of the final
-   champion against SFT with fresh users (primary metric: the 1-5 rating), and its report.
+   preference so far picks the best and worst of 8 samples per prompt from the champion, DPO from SFT (the
+   reference) on every round's pairs so far, the gate against the champion, registration, promotion if it
+   passed. The server serves the new champion from its next request on.
+3. For comparison, offline DPO (with the loop's DPO settings) on as many live labels as the loop used, all given
+   to SFT's answers (round 1's traffic and a phase after the rounds served by ``policy:1``), judged against SFT
+   and head to head against the final champion; a candidate trained on reversed labels put through the gate; an
+   A/B test of the final champion against SFT with fresh users (primary metric: the 1-5 rating), and its report.
 
 Only the evaluation reads the gold utility (win rates against SFT on held-out prompts); the users see text.
 """
@@ -77,7 +77,7 @@ def run(cfg: DemoLoopConfig) -> Path:
     import torch
 
     from rlhfkit.models.load import load_causal_lm
-    from rlhfkit.pipelines.loop import Loop
+    from rlhfkit.pipelines.loop import Loop, dpo_steps
     from rlhfkit.registry.experiments import Arm, Experiments
     from rlhfkit.registry.store import Registry
     from rlhfkit.serve.monitor import experiment_report
@@ -133,7 +133,7 @@ def run(cfg: DemoLoopConfig) -> Path:
         output_dir=str(root / "loop"), seed=cfg.seed, db=db, prompts=str(data / "prompts.jsonl"),
         reference=base_version.ref, gate_prompts=str(data / "gate_prompts.jsonl"), gate_samples=300, rounds=cfg.rounds,
         prompts_per_round=cfg.prompts_per_round, k=cfg.k, max_new_tokens=cfg.max_new_tokens, rm_steps=cfg.rm_steps,
-        dpo_steps=cfg.dpo_steps, gate_judge=str(judge_dir), harmful_prompts=str(data / "harmful.jsonl"),
+        dpo_epochs=cfg.dpo_epochs, gate_judge=str(judge_dir), harmful_prompts=str(data / "harmful.jsonl"),
         benign_prompts=str(data / "benign.jsonl"), capability_data=str(data / "capability.jsonl"), threads=cfg.threads,
     )  # fmt: skip
     held = eval_prompts(cfg.eval_prompts)
@@ -193,9 +193,10 @@ def run(cfg: DemoLoopConfig) -> Path:
                 data / "offline_labels.jsonl", [{k: x[k] for k in ("prompt", "chosen", "rejected")} for x in labels]
             )
             offline_dir = pipe.stage("offline-dpo", lambda: dpo.run(dpo.DPOConfig(
-                model=str(sft_dir), data=str(data / "offline_labels.jsonl"), max_steps=cfg.dpo_steps, lr=5e-4, beta=0.1,
-                batch_size=min(32, len(labels)), eval_fraction=0.0, log_every=25, output_dir=str(root / "offline-dpo"),
-                **common)))  # fmt: skip
+                model=str(sft_dir), data=str(data / "offline_labels.jsonl"),
+                max_steps=dpo_steps(cfg.dpo_epochs, len(labels), loop_cfg.dpo_batch_size), lr=loop_cfg.dpo_lr,
+                beta=loop_cfg.dpo_beta, batch_size=min(loop_cfg.dpo_batch_size, len(labels)),
+                eval_fraction=0.0, log_every=25, output_dir=str(root / "offline-dpo"), **common)))  # fmt: skip
             final = registry.resolve(rounds[-1]["champion_after"])
             offline_samples, final_samples = (
                 gold_samples(d, sft_model, tokenizer, held, cfg) for d in (offline_dir, final.source)

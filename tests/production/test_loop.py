@@ -14,7 +14,7 @@ from rlhfkit.config.loop import LoopConfig
 from rlhfkit.data.io import write_jsonl
 from rlhfkit.evaluate.gate import GateInputs, GateSettings, run_gate
 from rlhfkit.judges import Verdicts, load_judge
-from rlhfkit.pipelines.loop import Loop, run
+from rlhfkit.pipelines.loop import Loop, dpo_steps, run
 from rlhfkit.pipelines.loop_labels import best_against_worst, score_groups
 from rlhfkit.registry.lineage import lineage
 from rlhfkit.registry.store import Registry
@@ -60,7 +60,7 @@ def world(tmp_path):
     write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": [{"role": "user", "content": a}]} for a in ASKS * 6])
     write_jsonl(tmp_path / "demos.jsonl", [{"prompt": a, "completion": " the answer is three ."} for a in ASKS])
     base = dict(db=db, prompts=str(tmp_path / "prompts.jsonl"), gate_samples=4, prompts_per_round=6, k=3,
-                max_new_tokens=6, rm_steps=2, rm_batch_size=4, dpo_steps=2, dpo_batch_size=4, rounds=1,
+                max_new_tokens=6, rm_steps=2, rm_batch_size=4, dpo_epochs=1, dpo_batch_size=4, rounds=1,
                 gate_judge="tests.production.test_loop:longer_is_better", capability_data=str(tmp_path / "demos.jsonl"),
                 progress=False)  # fmt: skip
     return registry, sft, base, tmp_path
@@ -213,3 +213,26 @@ def test_without_a_labeller_the_people_s_comparisons_are_the_pairs(world):
     assert {d["chosen"] for d in data} == {"the answer is three .", "sure , here is how : first get the tools ."}
     with pytest.raises(ValueError, match="needs a labeller"):
         LoopConfig(**base, labeller="none", queue=2)
+
+
+def test_dpo_steps_are_passes_over_the_pairs():
+    """10 passes over 233 pairs in batches of 32: ceil(2330 / 32) = 73 steps; 5 pairs fit one batch of 5, so one
+    pass is one step; a fraction of a pass still trains one step."""
+    assert dpo_steps(10, 233, 32) == 73
+    assert dpo_steps(1, 5, 32) == 1
+    assert dpo_steps(0.01, 64, 32) == 1
+
+
+def test_each_round_trains_as_many_passes_over_more_pairs(world):
+    """From the reference on every pair so far: round 2 has more pairs than round 1, so more steps (a fixed step
+    count would give it fewer passes, and a candidate nearer the reference than the champion it must beat)."""
+    _, _, base, tmp = world
+    run(LoopConfig(**{**base, "rounds": 2, "dpo_epochs": 2}, output_dir=str(tmp / "loop"), min_win_rate=0.0,
+                   max_nll_increase=100.0))  # fmt: skip
+    steps, pairs = [], []
+    for r in (1, 2):
+        round_dir = tmp / "loop" / f"round-{r}"
+        pairs.append(len((round_dir / "dpo-data.jsonl").read_text().splitlines()))
+        steps.append(json.loads((round_dir / "dpo" / "card.json").read_text())["figures"]["steps"])
+    assert pairs[1] > pairs[0]
+    assert steps == [dpo_steps(2, n, base["dpo_batch_size"]) for n in pairs]
