@@ -202,9 +202,11 @@ class Loop:
             raise ValueError(
                 f"round {r}: no human labels yet to train the reward model on (live feedback, queue, human_data)"
             )
+        eval_fraction = 0.1 if n >= 20 else 0.0
+        n_train = n - int(n * eval_fraction)  # the split rlhfkit.data.io makes: a batch may not exceed what is left
         rm_dir = self.pipe.stage(f"round-{r}/rm", lambda: reward.run(reward.RewardConfig(
             model=cfg.rm_model or self.reference.source, data=str(data), max_steps=cfg.rm_steps, lr=cfg.rm_lr,
-            batch_size=min(cfg.rm_batch_size, n), eval_fraction=0.1 if n >= 20 else 0.0, log_every=25, seed=cfg.seed + r,
+            batch_size=min(cfg.rm_batch_size, n_train), eval_fraction=eval_fraction, log_every=25, seed=cfg.seed + r,
             output_dir=str(rd / "rm"), progress=cfg.progress, report_to=["jsonl"])))  # fmt: skip
         return load_reward(str(rm_dir)), rm_dir
 
