@@ -159,11 +159,6 @@ class DemoLoopConfig(StageConfig):
     users: int = Field(120, gt=0, description="simulated users chatting in each round")
     chats_per_user: int = Field(8, gt=0)
     regenerate: float = Field(0.8, ge=0, le=1, description="share of chats in which the user regenerates and prefers")
-    # The users' thumbs are most of their feedback (one on every answer, a preference only after a regenerate), and
-    # the only kind that says a refusal of a plain question is bad: a preference between a refusal and a wrong
-    # answer favours the refusal. A reward model trained on preferences alone learnt that refusing is good and
-    # picked refusals as the best of benign prompts' samples, which the gate then rejected as over-refusal.
-    live_thumbs: bool = Field(True, description="the loop (and offline DPO) also learn from thumbs, paired per prompt")
     annotator_noise: float = Field(0.25, ge=0, lt=0.5)
     concurrency: int = Field(16, gt=0, description="simulated users chatting at once")
     gate_labels: int = Field(

@@ -78,12 +78,11 @@ def run(cfg: DemoLoopConfig) -> Path:
 
     from rlhfkit.models.load import load_causal_lm
     from rlhfkit.pipelines.loop import Loop, dpo_steps
-    from rlhfkit.pipelines.loop_labels import live_labels
     from rlhfkit.registry.experiments import Arm, Experiments
     from rlhfkit.registry.store import Registry
     from rlhfkit.serve.monitor import experiment_report
     from rlhfkit.serve.process import ServerProcess
-    from rlhfkit.serve.records import max_feedback_id
+    from rlhfkit.serve.records import live_comparisons, max_feedback_id
     from rlhfkit.toy.evaluation import compare, eval_prompts, sample_policy
     from rlhfkit.train import dpo, reward, sft
 
@@ -134,7 +133,7 @@ def run(cfg: DemoLoopConfig) -> Path:
         output_dir=str(root / "loop"), seed=cfg.seed, db=db, prompts=str(data / "prompts.jsonl"),
         reference=base_version.ref, gate_prompts=str(data / "gate_prompts.jsonl"), gate_samples=300, rounds=cfg.rounds,
         prompts_per_round=cfg.prompts_per_round, k=cfg.k, max_new_tokens=cfg.max_new_tokens, rm_steps=cfg.rm_steps,
-        dpo_epochs=cfg.dpo_epochs, live_thumbs=cfg.live_thumbs, gate_judge=str(judge_dir), harmful_prompts=str(data / "harmful.jsonl"),
+        dpo_epochs=cfg.dpo_epochs, gate_judge=str(judge_dir), harmful_prompts=str(data / "harmful.jsonl"),
         benign_prompts=str(data / "benign.jsonl"), capability_data=str(data / "capability.jsonl"), threads=cfg.threads,
     )  # fmt: skip
     held = eval_prompts(cfg.eval_prompts)
@@ -173,11 +172,7 @@ def run(cfg: DemoLoopConfig) -> Path:
                 rounds.append(row)
                 save()
         loop.finish()
-        used: dict[str, int] = {}  # the live labels the loop trained on, by source (preferences, thumbs pairs)
-        for row in rounds:
-            for source, n in row["labels"].items():
-                used[source] = used.get(source, 0) + n
-        live_used = sum(used.values())
+        live_used = sum(r["labels"].get("live", 0) for r in rounds)
         if cfg.offline and cfg.rounds > 1:
             # Round 1's users met SFT already; as many again for every later round, all served by SFT, after the
             # rounds so that no round's live window holds any of it.
@@ -189,12 +184,10 @@ def run(cfg: DemoLoopConfig) -> Path:
             # loop trained on over all its rounds).
             windows = [results["traffic"]["round-1"]] + ([results["traffic"]["offline"]] if cfg.rounds > 1 else [])
             assert set(windows[0]["versions"]) == {base_version.ref}, "round 1 must have been served by SFT alone"
-            # Labels made as the loop makes them (preferences, and with live_thumbs thumbs paired per prompt), and as
-            # many of each kind as the loop used.
-            pool = [x for i, w in enumerate(windows)
-                    for x in live_labels(registry.store, w["feedback_after"], w["feedback_until"], cfg.live_thumbs,
-                                         cfg.seed + 100 + i)]  # fmt: skip
-            labels = [x for source, n in used.items() for x in [y for y in pool if y["source"] == source][:n]]
+            labels = [
+                x for w in windows for x in live_comparisons(registry.store, w["feedback_after"], w["feedback_until"])
+            ]
+            labels = labels[:live_used]
             pipe.log(f"3/5 offline DPO on {len(labels)} live labels of SFT's answers (the loop used {live_used})")
             write_jsonl(
                 data / "offline_labels.jsonl", [{k: x[k] for k in ("prompt", "chosen", "rejected")} for x in labels]
@@ -263,7 +256,7 @@ def print_summary(results: dict) -> None:
     for r in results.get("rounds", []):
         c, ch, g = r["candidate_vs_sft"], r["champion_vs_sft"], r["gate"]
         gate = f"{g['win_rate']:.3f} [{g['win_lo']:.2f}-{g['win_hi']:.2f}]" + ("" if g["passed"] else " (fails)")
-        print(f"{r['round']:>5}  {r['champion'] + ' -> ' + r['candidate']:22s}  {sum(r['labels'].values()):>11}  "
+        print(f"{r['round']:>5}  {r['champion'] + ' -> ' + r['candidate']:22s}  {r['labels'].get('live', 0):>11}  "
               f"{r['pairs']:>5}  {gate:27s}  {'yes' if r['promoted'] else 'no':8s}  "
               f"{c['win_rate']:.1%} [{c['win_lo']:.0%}-{c['win_hi']:.0%}]      {ch['win_rate']:.1%}"
               f"            {r['live_thumbs_up']:.3f}")  # fmt: skip
