@@ -50,13 +50,13 @@ def main(folders: list[str]) -> None:
               f"| {sum(x['promoted'] for x in rows)} of {len(rows)} "
               f"| {spread([sum(x['labels'].values()) for x in rows], 1, 0)} |")  # fmt: skip
     print()
-    print("| seed | round | live labels (preferences + thumbs pairs) | labeller's pairs | candidate vs SFT % | its KL to SFT (nats) | gate win rate vs champion "
+    print("| seed | round | human labels | labeller's pairs | candidate vs SFT % | its KL to SFT (nats) | gate win rate vs champion "
           "| failed checks | promoted | champion vs SFT % |")  # fmt: skip
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for _, r in runs:
         for x in r.get("rounds", []):
             c, g = x["candidate_vs_sft"], x["gate"]
-            labels = " + ".join(str(x["labels"].get(k, 0)) for k in ("live", "live-thumbs"))
+            labels = " + ".join(f"{n} {source}" for source, n in x["labels"].items()) or "0"
             print(f"| {r.get('seed', '?')} | {x['round']} | {labels} | {x['pairs']} "
                   f"| {100 * c['win_rate']:.1f} | {c['kl_to_sft']:.2f} | {g['win_rate']:.3f} "
                   f"[{g['win_lo']:.3f}, {g['win_hi']:.3f}] | {', '.join(g['failed']) or 'none'} "
