@@ -224,6 +224,9 @@ def main() -> None:
     ap.add_argument("--words", type=int, default=48, help="words per prompt and per response")
     ap.add_argument("--json", help="also write every run's measurements here")
     args = ap.parse_args()
+    from rlhfkit.quiet import quiet_third_parties
+
+    quiet_third_parties()  # the setup saves the model: no "Writing model shards" bar in the bench's table
     small = args.model == "smollm2"
     pairs = args.pairs or (32 if small else 256)
     online = args.online_steps or (4 if small else 24)

@@ -194,6 +194,18 @@ def test_proxy_past_its_fitted_peak_without_a_second_model():
     assert status.best_step == status.alarm_step - 2  # patience 2: trouble began one check before the alarm
 
 
+def test_the_kept_check_breaks_a_plateau_of_window_medians_by_its_own_value():
+    """Second reward model 0.1, 0.4, 0.6, 1.0, 1.1, 1.05, 0.9, 0.9, 0.9 (steps 1..9), window 5: the centred medians
+    of steps 4, 5 and 6 are all 1.0 (windows {0.4, 0.6, 1.0, 1.1, 1.05}, {0.6, 1.0, 1.1, 1.05, 0.9},
+    {1.0, 1.1, 1.05, 0.9, 0.9}), the others lower (step 3: median of {0.1, 0.4, 0.6, 1.0, 1.1} = 0.6; step 7: of
+    {1.1, 1.05, 0.9, 0.9, 0.9} = 0.9). Of the three, step 5 is itself highest (1.1): it is kept, not step 4."""
+    values = [0.1, 0.4, 0.6, 1.0, 1.1, 1.05, 0.9, 0.9, 0.9]
+    monitor = OveroptimisationMonitor(MonitorSettings(window=5))
+    for t, v in enumerate(values, start=1):
+        status = monitor.update(Check(step=t, second_rm_reward=v))
+    assert status.best_step == 5
+
+
 # --- bookkeeping --------------------------------------------------------------------------------------------------
 
 

@@ -246,12 +246,14 @@ REASONS = {
 def best_check(history: list[Check], clean: list[bool], window: int) -> int:
     """Index of the check to keep: the peak of the second reward model (median of a window centred on each check,
     so one lucky check is not picked) when one is measured, else the last check at which no reason held (the one
-    before the trouble began)."""
+    before the trouble began). Neighbouring windows often share their median (the same middle value), so a tie
+    goes to the check whose own value is highest, not to the earliest of the plateau."""
     idx, values = series(history, "second_rm_reward")
     if values.size:
         half = window // 2
         centred = [np.median(values[max(0, i - half) : i + half + 1]) for i in range(values.size)]
-        return int(idx[int(np.argmax(centred))])
+        best = max(range(values.size), key=lambda i: (centred[i], values[i]))
+        return int(idx[best])
     return max((i for i, ok in enumerate(clean) if ok), default=0)
 
 

@@ -55,6 +55,16 @@ def replay_stop(run: Path) -> tuple[int | None, int | None]:
     return None, None
 
 
+def stop_figures(curve: dict[int, float], run: Path) -> dict:
+    """Where a ``--monitor-stop`` run would stop (``replay_stop``), the gold of the check it keeps, and the share of
+    the run's peak gold gain that keeps: (gold at stop - gold at step 0) / (peak gold - gold at step 0)."""
+    start, end, peak = curve[min(curve)], curve[max(curve)], max(curve.values())
+    alarm_step, kept = replay_stop(run)
+    gold_at_stop = curve[kept] if kept is not None else end
+    ratio = (gold_at_stop - start) / (peak - start) if peak > start else None
+    return {"alarm_step": alarm_step, "kept_step": kept, "gold_at_stop": gold_at_stop, "gain_ratio": ratio}
+
+
 def run(cfg: OveroptimisationConfig) -> dict:
     from rlhfkit.config.stages import BestOfNConfig, PPOConfig, RewardConfig
     from rlhfkit.pipelines.toy import monitor_settings
@@ -65,8 +75,9 @@ def run(cfg: OveroptimisationConfig) -> dict:
     cfg = cfg.budgets()
     torch.set_num_threads(pick_threads(cfg.threads))
     cfg = cfg if cfg.output_dir else cfg.model_copy(update={"output_dir": f"runs/overoptimisation/seed-{cfg.seed}"})
-    if finished := finished_figures(cfg):
-        return finished
+    if finished := finished_figures(cfg):  # the stop is replayed again: the figures follow the monitor's rule now
+        curve = {int(step): gold for step, gold in finished["curve"].items()}  # JSON keys are strings
+        return {**finished, **stop_figures(curve, Path(cfg.output_dir) / "ppo-over")}
     demo_dir = monitored_demo(cfg.demo_dir, cfg.seed, cfg.quick)
     demo = DemoConfig(seed=cfg.seed, quick=cfg.quick).budgets()
     pipe = Pipeline(cfg, "overoptimisation")
@@ -110,19 +121,15 @@ def run(cfg: OveroptimisationConfig) -> dict:
     curve = check_gold(over)
     start, end = curve[min(curve)], curve[max(curve)]
     peak_step = max(curve, key=curve.get)
-    alarm_step, kept = replay_stop(over)
-    gold_at_stop = curve[kept] if kept is not None else end
-    rose = curve[peak_step] > start
+    stop = stop_figures(curve, over)
+    alarm_step, kept, gold_at_stop = stop["alarm_step"], stop["kept_step"], stop["gold_at_stop"]
     figures = {
         "start_gold": start,
         "peak_gold": curve[peak_step],
         "peak_step": peak_step,
         "final_gold": end,
-        "alarm_step": alarm_step,
         "alarm_reasons": sorted(monitor_card(over).get("alarm_reasons") or {}) or None,
-        "kept_step": kept,
-        "gold_at_stop": gold_at_stop,
-        "gain_ratio": (gold_at_stop - start) / (curve[peak_step] - start) if rose else None,
+        **stop,
         "false_alarms": {
             "ppo": bool(monitor_card(demo_dir / "ppo").get("alarm")),
             "dpo": bool(monitor_card(demo_dir / "dpo").get("alarm")),
