@@ -269,3 +269,16 @@ def test_preset_pipeline_runs_end_to_end_on_the_tiny_model(tmp_path):
     assert card["finished"] and [p["role"] for p in card["parents"]] == ["sft", "dpo", "rm", "ppo"]
     assert set(card["figures"]["rates"]) == {"base", "sft", "dpo", "ppo"}
     assert (root / "report.md").exists()
+
+
+def test_the_presets_reward_model_batch_fits_the_pairs_left_after_the_held_out_tenth(tmp_path):
+    """14 pairs (what the constitution preset kept of 71 in one run): int(1.4) = 1 held out, 13 to train on, so a
+    batch of 13 rather than the default 16, which the reward model refuses ("fewer examples than one batch")."""
+    from rlhfkit.pipelines.smollm2_harmless import HarmlessConfig, reward_model_config
+
+    cfg = HarmlessConfig()
+    prefs = tmp_path / "prefs.jsonl"
+    prefs.write_text("".join('{"prompt": "p", "chosen": "a", "rejected": "b"}\n' for _ in range(14)))
+    assert cfg.rm_batch_size == 16 and reward_model_config(cfg, prefs, tmp_path).batch_size == 13
+    prefs.write_text("".join('{"prompt": "p", "chosen": "a", "rejected": "b"}\n' for _ in range(200)))
+    assert reward_model_config(cfg, prefs, tmp_path).batch_size == 16

@@ -142,9 +142,13 @@ def dpo_config(cfg: HarmlessConfig | CAIConfig, model: str, prefs_path: Path, ru
 
 
 def reward_model_config(cfg: HarmlessConfig | CAIConfig, prefs_path: Path, run_dir: Path):
-    """The presets' reward model for PPO: the MiniLM encoder on the same pairs, normalised."""
+    """The presets' reward model for PPO: the MiniLM encoder on the same pairs, normalised. Its batch fits the
+    pairs left after the held-out tenth: the constitution preset keeps only the pairs its AI labels are sure of,
+    which can be fewer than one batch (14 of 71 in one run)."""
     from rlhfkit.train import reward
 
+    n_pairs = sum(1 for line in prefs_path.read_text().splitlines() if line.strip())
+    n_train = n_pairs - int(n_pairs * 0.1)  # the split rlhfkit.data.io makes with eval_fraction 0.1
     return reward.RewardConfig(
         model="minilm",
         data=str(prefs_path),
@@ -152,7 +156,7 @@ def reward_model_config(cfg: HarmlessConfig | CAIConfig, prefs_path: Path, run_d
         output_dir=str(run_dir / "rm"),
         lr=cfg.rm_lr,
         epochs=cfg.rm_epochs,
-        batch_size=cfg.rm_batch_size,
+        batch_size=max(1, min(cfg.rm_batch_size, n_train)),
         warmup_ratio=0.1,
         log_every=5,
         normalize=True,
