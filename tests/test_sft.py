@@ -165,7 +165,16 @@ def test_ctrl_c_saves_a_checkpoint_and_the_rerun_resumes(tmp_path):
         "--batch-size",
         "4",
     ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # A shell without job control starts background commands with SIGINT ignored, and Python keeps an ignored
+    # SIGINT ignored (no KeyboardInterrupt): a suite run as `... &` then ran all 300 steps. Ctrl-C is what this
+    # test sends, so the child starts with SIGINT at its default, as a terminal's foreground job does.
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.time() + 60
     while time.time() < deadline and len(read_metrics(out)) < 3:
         time.sleep(0.2)
