@@ -161,6 +161,12 @@ def read_jsonl(path: str | Path) -> list[dict]:
     return rows
 
 
+def n_training(n_records: int, eval_fraction: float) -> int:
+    """How many of ``n_records`` ``load_train_eval`` keeps for training when it holds ``eval_fraction`` out (the
+    held-out count rounds down); callers size a batch by it."""
+    return n_records - int(n_records * eval_fraction)
+
+
 def load_train_eval(
     data: str, eval_data: str | None, eval_fraction: float, kind: str, *, skip_invalid: bool = False, seed: int = 0
 ) -> tuple[list, list, list[InvalidRow]]:
@@ -172,7 +178,7 @@ def load_train_eval(
     if eval_data:
         held_out, more_invalid = read_records(eval_data, kind, skip_invalid=skip_invalid)
         return train, held_out, invalid + more_invalid
-    n_eval = int(len(train) * eval_fraction)
+    n_eval = len(train) - n_training(len(train), eval_fraction)
     order = list(range(len(train)))
     random.Random(seed).shuffle(order)
     held = set(order[:n_eval])

@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 from rlhfkit.config.loop import LoopConfig
-from rlhfkit.data.io import write_jsonl
+from rlhfkit.data.io import n_training, write_jsonl
 from rlhfkit.pipelines.base import Pipeline, pick_threads
 from rlhfkit.pipelines.loop_labels import (
     best_against_worst,
@@ -203,7 +203,7 @@ class Loop:
                 f"round {r}: no human labels yet to train the reward model on (live feedback, queue, human_data)"
             )
         eval_fraction = 0.1 if n >= 20 else 0.0
-        n_train = n - int(n * eval_fraction)  # the split rlhfkit.data.io makes: a batch may not exceed what is left
+        n_train = n_training(n, eval_fraction)  # a batch may not exceed what the held-out split leaves
         rm_dir = self.pipe.stage(f"round-{r}/rm", lambda: reward.run(reward.RewardConfig(
             model=cfg.rm_model or self.reference.source, data=str(data), max_steps=cfg.rm_steps, lr=cfg.rm_lr,
             batch_size=min(cfg.rm_batch_size, n_train), eval_fraction=eval_fraction, log_every=25, seed=cfg.seed + r,

@@ -41,7 +41,7 @@ import torch
 
 from rlhfkit.config import SamplingPart
 from rlhfkit.config.pipelines import CAIConfig, HarmlessConfig
-from rlhfkit.data.io import read_jsonl, write_jsonl
+from rlhfkit.data.io import n_training, read_jsonl, write_jsonl
 from rlhfkit.data.records import user_turn
 from rlhfkit.pipelines.base import Pipeline, pick_threads
 from rlhfkit.runs import RunCard
@@ -148,7 +148,7 @@ def reward_model_config(cfg: HarmlessConfig | CAIConfig, prefs_path: Path, run_d
     from rlhfkit.train import reward
 
     n_pairs = sum(1 for line in prefs_path.read_text().splitlines() if line.strip())
-    n_train = n_pairs - int(n_pairs * 0.1)  # the split rlhfkit.data.io makes with eval_fraction 0.1
+    n_train = n_training(n_pairs, 0.1)
     return reward.RewardConfig(
         model="minilm",
         data=str(prefs_path),
