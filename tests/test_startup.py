@@ -89,6 +89,24 @@ def test_token_ids_are_cached_by_records_tokenizer_settings_and_code(tmp_path, m
     assert calls == [20, 19, 20, 20, 20, 20]
 
 
+def test_the_token_cache_prune_keeps_the_newest_and_skips_files_another_process_deleted(tmp_path):
+    """Every rank of a multi-process run prunes the same cache folder at once: a file listed and then deleted
+    by another rank before this one reads its time is skipped (a clean-clone CI run died on exactly that)."""
+    import os
+
+    from rlhfkit.train.token_cache import prune
+
+    files = []
+    for i in range(6):
+        f = tmp_path / f"{i}.json"
+        f.write_text("[]")
+        os.utime(f, (1000 + i, 1000 + i))
+        files.append(f)
+    gone = tmp_path / "deleted-by-another-rank.json"
+    prune([*files[:3], gone, *files[3:]], keep=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["4.json", "5.json"]
+
+
 def test_the_program_leaves_without_teardown_with_everything_written(tmp_path):
     """`rlhfkit` exits through os._exit once the exit handlers ran: the printed figures, the metrics, the
     TensorBoard events and the finished card are all there, and errors keep their exit status."""

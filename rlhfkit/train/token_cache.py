@@ -95,6 +95,16 @@ def cached_tokens(
     tmp = path.with_suffix(f".{os.getpid()}.partial")
     tmp.write_text(json.dumps([_encode(x) for x in items]))
     tmp.replace(path)  # a reader never sees half a file
-    for old in sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True)[KEEP:]:
-        old.unlink(missing_ok=True)
+    prune(folder.glob("*.json"))
     return items
+
+
+def prune(paths, keep: int = KEEP) -> None:
+    """Delete all but the ``keep`` most recently used files. Every process of a multi-process run prunes the
+    same folder at once, so a file another process has just deleted is skipped, not an error."""
+    used = []
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            used.append((path.stat().st_mtime, path))
+    for _, path in sorted(used, reverse=True)[keep:]:
+        path.unlink(missing_ok=True)
