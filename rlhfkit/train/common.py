@@ -10,6 +10,7 @@ batch (tests/test_multiprocess.py).
 
 from __future__ import annotations
 
+import ctypes
 import itertools
 import json
 import math
@@ -17,6 +18,7 @@ import os
 import random
 import shutil
 import signal
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,6 +31,28 @@ from accelerate.utils import set_seed
 
 from rlhfkit.config import ModelPart, OptimPart, RunPart
 from rlhfkit.runs import MetricsLogger, Parent, RunFolder
+
+# glibc's malloc serves a request from its heap once it is below the mmap threshold, and the threshold rises to the
+# size of any mmap-ed block freed (up to 32 MB). A training step on the CPU then interleaves the tensors kept for
+# the backward with freed temporaries of a few MB, and the heap cannot hand the holes back to the OS: one DPO
+# micro-batch of SmolLM2 with LoRA held 2 GB above its live tensors. A fixed threshold keeps tensors of 1 MB and
+# more out of the heap (freed, they go back to the OS at once), for some system time spent on page faults
+# (docs/performance.md, "Memory"). RLHFKIT_MMAP_THRESHOLD sets it in bytes; 0 leaves glibc's default.
+MMAP_THRESHOLD = 1 << 20
+
+
+def fix_mmap_threshold() -> bool:
+    """Fix glibc's mmap threshold at ``RLHFKIT_MMAP_THRESHOLD`` (default ``MMAP_THRESHOLD``) for this process;
+    False where it is 0 or the C library is not glibc."""
+    value = int(os.environ.get("RLHFKIT_MMAP_THRESHOLD", MMAP_THRESHOLD))
+    if value <= 0 or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # musl and others: their allocators behave otherwise
+        return False
+    M_MMAP_THRESHOLD = -3
+    return hasattr(libc, "gnu_get_libc_version") and libc.mallopt(M_MMAP_THRESHOLD, value) == 1
 
 
 def make_accelerator(cfg: ModelPart) -> Accelerator:
@@ -60,6 +84,8 @@ def make_accelerator(cfg: ModelPart) -> Accelerator:
     )
     _fsdp_on_cpu(accelerator, precision)
     _deepspeed_settings(accelerator, cfg)
+    if accelerator.device.type == "cpu":  # activations live in the C heap only on the CPU
+        fix_mmap_threshold()
     return accelerator
 
 
