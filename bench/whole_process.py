@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -223,6 +224,7 @@ def main() -> None:
     ap.add_argument("--online-steps", type=int, help="PPO/GRPO steps; default 24 (tiny-4m), 4 (smollm2)")
     ap.add_argument("--words", type=int, default=48, help="words per prompt and per response")
     ap.add_argument("--json", help="also write every run's measurements here")
+    ap.add_argument("--ours-args", default="", help="settings added to every rlhfkit command, e.g. '--grad-accum 2'")
     args = ap.parse_args()
     from rlhfkit.quiet import quiet_third_parties
 
@@ -244,8 +246,12 @@ def main() -> None:
                 sides = ["ours", "trl"] if (r + i) % 2 == 0 else ["trl", "ours"]
                 for side in sides:
                     out = setup.out / f"{case.name}-{side}-{r}"
-                    build = ours_command if side == "ours" else trl_command
-                    run = spawn(build(case, setup, out), tmp, f"{case.name}-{side}-{r}")
+                    command = (
+                        ours_command(case, setup, out) + shlex.split(args.ours_args)
+                        if side == "ours"
+                        else trl_command(case, setup, out)
+                    )
+                    run = spawn(command, tmp, f"{case.name}-{side}-{r}")
                     results[case.name][side].append(run)
                     print(
                         f"  repeat {r + 1} {case.name:10s} {side:5s} {run['cpu_s']:7.1f} s CPU {run['wall_s']:7.1f} s wall "

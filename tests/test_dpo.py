@@ -331,6 +331,31 @@ def test_resume_equals_uninterrupted(small_data, tmp_path):
         assert torch.allclose(a[k], b[k], atol=1e-6), k
 
 
+def test_the_cpu_piece_shrinks_with_the_activations_a_model_keeps():
+    """Pieces of 8 examples while their activations (ACTIVATION_BYTES per token per unit of hidden size x layers,
+    at the 90th-percentile length) fit the budget; halved until they do; never below one example. A model
+    without hidden_size / num_hidden_layers keeps 8."""
+    from types import SimpleNamespace
+
+    from rlhfkit.train.common import ACTIVATION_BUDGET, ACTIVATION_BYTES, cpu_micro_batch
+
+    def model(hidden, layers):
+        return SimpleNamespace(config=SimpleNamespace(hidden_size=hidden, num_hidden_layers=layers))
+
+    smollm2, tiny_4m = model(576, 30), model(256, 4)
+    assert cpu_micro_batch(tiny_4m, [149] * 16) == 8
+    assert cpu_micro_batch(smollm2, [243] * 16) == 4  # 8 x 243 tokens x 17280 x 110 B = 3.7 GB > 2 GiB
+    assert cpu_micro_batch(smollm2, [60] * 16) == 8
+    assert cpu_micro_batch(smollm2, [1024] * 16) == 1
+    assert cpu_micro_batch(smollm2, [4096] * 16) == 1  # over budget even alone: one example per piece
+    # the 90th-percentile length decides, not the longest outlier
+    assert cpu_micro_batch(smollm2, [60] * 95 + [4096] * 5) == 8
+    # the boundary: exactly at the budget fits
+    per_example = ACTIVATION_BUDGET // (8 * 576 * 30 * ACTIVATION_BYTES)
+    assert cpu_micro_batch(smollm2, [per_example]) == 8 and cpu_micro_batch(smollm2, [per_example + 1]) == 4
+    assert cpu_micro_batch(SimpleNamespace(), [243]) == 8 and cpu_micro_batch(smollm2, []) == 8
+
+
 def test_micro_batches_by_default_on_the_cpu_equal_one_batch(small_data, tmp_path):
     """grad_accum unset cuts a batch of 16 into micro-batches of 8 on the CPU; each micro-batch's summed loss is
     divided by the whole batch's 16 pairs, so the gradient (its norm is logged before clipping), the logged

@@ -188,7 +188,8 @@ print(fixed, round(rss_mb() - start))
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
 def test_the_fixed_mmap_threshold_gives_freed_temporaries_back_to_the_os():
     """Under glibc's default (dynamic) threshold the 200 MB of freed temporaries stay in the process, pinned between
-    the small tensors kept; with the threshold the stages fix they go back to the OS when freed."""
+    the small tensors kept; with the threshold a stage fixes when RLHFKIT_MMAP_THRESHOLD is set, they go back to
+    the OS when freed."""
     growth = {}
     for value in ("0", str(1 << 20)):
         env = dict(os.environ, RLHFKIT_MMAP_THRESHOLD=value, OMP_NUM_THREADS="1")
@@ -200,7 +201,7 @@ def test_the_fixed_mmap_threshold_gives_freed_temporaries_back_to_the_os():
     assert growth["0"] > 150 and growth[str(1 << 20)] < 30, growth
 
 
-def test_stages_on_the_cpu_fix_the_mmap_threshold(monkeypatch):
+def test_stages_on_the_cpu_fix_the_mmap_threshold_when_asked(monkeypatch):
     from rlhfkit.config import ModelPart
     from rlhfkit.train import common
 

@@ -35,16 +35,17 @@ from rlhfkit.runs import MetricsLogger, Parent, RunFolder
 # glibc's malloc serves a request from its heap once it is below the mmap threshold, and the threshold rises to the
 # size of any mmap-ed block freed (up to 32 MB). A training step on the CPU then interleaves the tensors kept for
 # the backward with freed temporaries of a few MB, and the heap cannot hand the holes back to the OS: one DPO
-# micro-batch of SmolLM2 with LoRA held 2 GB above its live tensors. A fixed threshold keeps tensors of 1 MB and
-# more out of the heap (freed, they go back to the OS at once), for some system time spent on page faults
-# (docs/performance.md, "Memory"). RLHFKIT_MMAP_THRESHOLD sets it in bytes; 0 leaves glibc's default.
-MMAP_THRESHOLD = 1 << 20
+# micro-batch of SmolLM2 with LoRA held 2 GB above its live tensors. A fixed threshold (RLHFKIT_MMAP_THRESHOLD,
+# bytes; 1048576 is what docs/performance.md measured) keeps larger tensors out of the heap, so they go back to
+# the OS when freed, but every one of them is then page-faulted in afresh: on this machine that cost 30% more CPU
+# on SmolLM2 and more on small models, so it is opt-in. The default lever is smaller pieces for large models
+# (``cpu_micro_batch``), which keeps less in the heap and cost no time.
 
 
 def fix_mmap_threshold() -> bool:
-    """Fix glibc's mmap threshold at ``RLHFKIT_MMAP_THRESHOLD`` (default ``MMAP_THRESHOLD``) for this process;
-    False where it is 0 or the C library is not glibc."""
-    value = int(os.environ.get("RLHFKIT_MMAP_THRESHOLD", MMAP_THRESHOLD))
+    """Fix glibc's mmap threshold at ``RLHFKIT_MMAP_THRESHOLD`` bytes for this process, when set; False where it
+    is unset or 0, or the C library is not glibc."""
+    value = int(os.environ.get("RLHFKIT_MMAP_THRESHOLD") or 0)
     if value <= 0 or not sys.platform.startswith("linux"):
         return False
     try:
@@ -247,34 +248,62 @@ def global_batches(
 # one process) pieces of 4 took 56-58 s of CPU, pieces of 8 35.6 s, the whole batch 27-30 s; 8 keeps most of the
 # memory saving for a fifth of the time (docs/performance.md, "Micro-batches").
 CPU_MICRO_BATCH = 8
+# On a larger model a piece's matrix products are big enough that its fixed cost does not count, and its
+# activations do: a Llama keeps about ACTIVATION_BYTES per token per unit of hidden size x layers for the
+# backward (110-115 measured on SmolLM2-135M and tiny-4m, `python bench/step_memory.py`), and glibc's heap holds
+# freed temporaries of the same size on top. So pieces are halved until their activations fit ACTIVATION_BUDGET:
+# SmolLM2 DPO on 8 pairs of 48 + 48 words ran in pieces of 4 pairs at 0.75 of TRL's peak memory instead of 1.26
+# (LoRA), and no slower (docs/performance.md, "Memory on SmolLM2").
+ACTIVATION_BYTES = 110
+ACTIVATION_BUDGET = 2 << 30
 # Rows per piece of a PPO mini-batch on the CPU (common.micro_rows); samples of one prompt share its forward.
 CPU_MICRO_ROWS = 4
 
 
-def resolve_grad_accum(accelerator: Accelerator, batch_size: int, grad_accum: int | None) -> int:
-    """Micro-batches per process for a global batch of ``batch_size``. Unset (None): pieces of ``CPU_MICRO_BATCH``
-    examples per CPU process, one piece elsewhere and under DeepSpeed (which steps inside every backward). Unset,
-    the global batch falls into ``P * ceil(B / 8P)`` strided pieces, which is ``B / 8`` whatever P when B is a
-    multiple of 8P: then 1 and P processes run the very same pieces (tests/test_multiprocess.py relies on it).
-    Other sizes give other pieces of the same examples; every loss but KTO's (whose default is 1) is a sum over
-    examples divided once by a global count, so the step is still the same up to rounding."""
+def cpu_micro_batch(model: torch.nn.Module, lengths: list[int]) -> int:
+    """Examples per CPU piece for ``model`` on examples of ``lengths`` tokens: ``CPU_MICRO_BATCH``, halved while
+    a piece of examples at the 90th-percentile length would keep more than ``ACTIVATION_BUDGET`` for the backward.
+    Every process computes it from the same model and data, so all cut their batches alike."""
+    config = getattr(model, "config", None)
+    width = getattr(config, "hidden_size", 0) * getattr(config, "num_hidden_layers", 0)
+    if not width or not lengths:
+        return CPU_MICRO_BATCH
+    typical = sorted(lengths)[int(0.9 * (len(lengths) - 1))]
+    examples = CPU_MICRO_BATCH
+    while examples > 1 and examples * typical * width * ACTIVATION_BYTES > ACTIVATION_BUDGET:
+        examples //= 2
+    return examples
+
+
+def resolve_grad_accum(
+    accelerator: Accelerator, batch_size: int, grad_accum: int | None, micro_batch: int = CPU_MICRO_BATCH
+) -> int:
+    """Micro-batches per process for a global batch of ``batch_size``. Unset (None): pieces of ``micro_batch``
+    examples per CPU process (``CPU_MICRO_BATCH``, or fewer for a large model: ``cpu_micro_batch``), one piece
+    elsewhere and under DeepSpeed (which steps inside every backward). Unset, the global batch falls into
+    ``P * ceil(B / mP)`` strided pieces, which is ``B / m`` whatever P when B is a multiple of mP: then 1 and P
+    processes run the very same pieces (tests/test_multiprocess.py relies on it). Other sizes give other pieces
+    of the same examples; every loss but KTO's (whose default is 1) is a sum over examples divided once by a
+    global count, so the step is still the same up to rounding."""
     if grad_accum is not None:
         return grad_accum
     from accelerate.utils import DistributedType
 
     if accelerator.device.type != "cpu" or accelerator.distributed_type == DistributedType.DEEPSPEED:
         return 1
-    return max(1, math.ceil(batch_size / (accelerator.num_processes * CPU_MICRO_BATCH)))
+    return max(1, math.ceil(batch_size / (accelerator.num_processes * micro_batch)))
 
 
-def split_micro(batch: list[int], accelerator: Accelerator, grad_accum: int | None) -> list[list[int]]:
-    """This process's share of a global batch, cut into ``grad_accum`` micro-batches (None: ``resolve_grad_accum``),
-    both strided: micro-batch m of process p is ``batch[m + p * g :: P * g]``, so micro-batch m of all processes
+def split_micro(
+    batch: list[int], accelerator: Accelerator, grad_accum: int | None, micro_batch: int = CPU_MICRO_BATCH
+) -> list[list[int]]:
+    """This process's share of a global batch, cut into ``grad_accum`` micro-batches (None: ``resolve_grad_accum``
+    with pieces of ``micro_batch`` examples), both strided: micro-batch m of process p is ``batch[m + p * g :: P * g]``, so micro-batch m of all processes
     together is ``batch[m::g]`` whatever P (what KTO's batch estimate of z0 is taken over). The global batch falls
     into the same P x g pieces however they are spread (2 processes x 1 = 1 process x 2), and, batches being
     sorted by length under ``group_by_length``, every process gets as many long examples as short ones."""
     if grad_accum is None:
-        grad_accum = resolve_grad_accum(accelerator, len(batch), None)
+        grad_accum = resolve_grad_accum(accelerator, len(batch), None, micro_batch)
     P, g = accelerator.num_processes, grad_accum
     return [m for m in (batch[i + accelerator.process_index * g :: P * g] for i in range(g)) if m]
 

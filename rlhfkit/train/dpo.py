@@ -380,6 +380,7 @@ def run(cfg: DPOConfig) -> Path:
     policy = CompletionLogProbs(model)
 
     common.check_global_batch(accelerator, cfg.batch_size, cfg.grad_accum)
+    micro_batch = common.cpu_micro_batch(model, [len(g) for g in train])
     n_steps = common.total_steps(cfg, len(train))
     optimizer = common.make_optimizer(policy, cfg)
     scheduler = common.make_scheduler(optimizer, cfg, n_steps)
@@ -433,7 +434,7 @@ def run(cfg: DPOConfig) -> Path:
                 if monitor.stop:
                     break
             global_batch = next(batches)
-            micro = common.split_micro(global_batch, accelerator, cfg.grad_accum)
+            micro = common.split_micro(global_batch, accelerator, cfg.grad_accum, micro_batch)
             for i, indices in enumerate(micro):
                 groups = [train[j] for j in indices]
                 with accelerator.no_sync(policy) if i < len(micro) - 1 else nullcontext():

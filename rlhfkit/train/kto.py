@@ -189,6 +189,7 @@ def run(cfg: KTOConfig) -> Path:
         model = add_lora(model, cfg)
     policy = CompletionLogProbs(model)
     common.check_global_batch(accelerator, cfg.batch_size, cfg.grad_accum)
+    micro_batch = common.cpu_micro_batch(model, [len(g) for g in train])
     n_steps = common.total_steps(cfg, len(train))
     optimizer = common.make_optimizer(policy, cfg)
     scheduler = common.make_scheduler(optimizer, cfg, n_steps)
@@ -205,7 +206,7 @@ def run(cfg: KTOConfig) -> Path:
     with common.checkpoint_on_interrupt(run_dir, accelerator, state, cfg.keep_checkpoints, progress, logger):
         while state.step < n_steps:
             global_batch = next(batches)
-            micro = common.split_micro(global_batch, accelerator, cfg.grad_accum)
+            micro = common.split_micro(global_batch, accelerator, cfg.grad_accum, micro_batch)
             for i, indices in enumerate(micro):
                 groups = [train[j] for j in indices]
                 with accelerator.no_sync(policy) if i < len(micro) - 1 else nullcontext():

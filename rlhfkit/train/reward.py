@@ -335,6 +335,7 @@ def train_member(
         )
 
     common.check_global_batch(accelerator, cfg.batch_size, cfg.grad_accum)
+    micro_batch = common.cpu_micro_batch(rm.trunk, [len(g) for g in train])
     n_steps = common.total_steps(cfg, len(train))
     optimizer = common.make_optimizer(rm, cfg)
     scheduler = common.make_scheduler(optimizer, cfg, n_steps)
@@ -356,7 +357,7 @@ def train_member(
             place = {i: pos for pos, i in enumerate(global_batch)}
             micro = [
                 [Group(**{**train[i].__dict__, "annotator": -1}) if place[i] in dropped else train[i] for i in m]
-                for m in common.split_micro(global_batch, accelerator, cfg.grad_accum)
+                for m in common.split_micro(global_batch, accelerator, cfg.grad_accum, micro_batch)
             ]
             for i, groups in enumerate(micro):
                 sync = i == len(micro) - 1

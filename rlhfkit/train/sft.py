@@ -105,6 +105,7 @@ def run(cfg: SFTConfig) -> Path:
     pad_id = tokenizer.pad_token_id
 
     common.check_global_batch(accelerator, cfg.batch_size, cfg.grad_accum)
+    micro_batch = common.cpu_micro_batch(model, [len(ids) for ids, _ in train])
     n_steps = common.total_steps(cfg, len(train))
     optimizer = common.make_optimizer(model, cfg)
     scheduler = common.make_scheduler(optimizer, cfg, n_steps)
@@ -122,7 +123,10 @@ def run(cfg: SFTConfig) -> Path:
     window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
     with common.checkpoint_on_interrupt(run_dir, accelerator, state, cfg.keep_checkpoints, progress, logger):
         while state.step < n_steps:
-            micro = [[train[i] for i in m] for m in common.split_micro(next(batches), accelerator, cfg.grad_accum)]
+            micro = [
+                [train[i] for i in m]
+                for m in common.split_micro(next(batches), accelerator, cfg.grad_accum, micro_batch)
+            ]
             collated = [collate(m, pad_id, cfg.packing, cfg.max_length) for m in micro]
             # Normalise by the completion tokens of the whole step, on all processes: accumulation
             # and data parallelism then give the same gradient as one big batch.
