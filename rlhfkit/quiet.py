@@ -1,8 +1,13 @@
 """Third-party noise off unless asked for: one switch for the `rlhfkit` program and the `python -m` experiments."""
 
+import logging
 import os
 import sys
 import warnings
+
+
+def _errors_only(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.ERROR
 
 
 def quiet_third_parties(verbose: bool = False) -> None:
@@ -22,8 +27,13 @@ def quiet_third_parties(verbose: bool = False) -> None:
         os.environ.setdefault(name, value)
     warnings.filterwarnings("ignore")
     warnings.filterwarnings("default", module=r"rlhfkit(\.|$)")
+    # DeepSpeed, where installed, is imported by accelerate and warns "Setting accelerator to CPU" on every CPU run;
+    # its logger resets its level on import but keeps a filter set beforehand.
+    deepspeed = logging.getLogger("DeepSpeed")
+    if _errors_only not in deepspeed.filters:
+        deepspeed.addFilter(_errors_only)
     if "transformers" in sys.modules and os.environ["TRANSFORMERS_VERBOSITY"] == "error":
-        from transformers.utils import logging
+        from transformers.utils import logging as transformers_logging
 
-        logging.set_verbosity_error()
-        logging.disable_progress_bar()
+        transformers_logging.set_verbosity_error()
+        transformers_logging.disable_progress_bar()

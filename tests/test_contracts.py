@@ -365,3 +365,21 @@ def test_the_experiments_are_as_quiet_as_the_program_even_with_transformers_impo
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TRANSFORMERS_", "HF_"))}
     subprocess.run([sys.executable, "-c", code], check=True, env={**env, "PYTHONPATH": str(PACKAGE.parent)})
+
+
+def test_deepspeed_warnings_stay_off_unless_asked_for():
+    """DeepSpeed (installed with the `deepspeed` extra) is imported by accelerate and logs a warning on every CPU
+    run; its logger sets its own level and handler on import, so the switch filters it beforehand."""
+    code = (
+        "import logging, sys\n"
+        "from rlhfkit.quiet import quiet_third_parties\n"
+        "quiet_third_parties(verbose=sys.argv[1] == 'verbose')\n"
+        "log = logging.getLogger('DeepSpeed')\n"  # what deepspeed.utils.logging does on import
+        "log.setLevel(logging.WARNING); log.propagate = False; log.addHandler(logging.StreamHandler(sys.stdout))\n"
+        "log.warning('Setting accelerator to CPU.')\n"
+        "log.error('a real error')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(PACKAGE.parent)}
+    for mode, expected in (("quiet", "a real error\n"), ("verbose", "Setting accelerator to CPU.\na real error\n")):
+        out = subprocess.run([sys.executable, "-c", code, mode], capture_output=True, text=True, env=env, check=True)
+        assert out.stdout == expected, mode

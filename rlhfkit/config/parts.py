@@ -176,7 +176,7 @@ class RunPart(StageConfig):
         gt=0,
         description="micro-batches per optimiser step on each process (micro-batch = batch_size / processes / "
         "grad_accum); default: micro-batches of 8 examples per CPU process (a fraction of the activations in "
-        "memory), the whole share on a GPU",
+        "memory), fewer where a large model's activations would pass 2 GiB, the whole share on a GPU",
     )
     epochs: float = Field(1.0, gt=0, description="passes over the training data (ignored when max_steps is set)")
     max_steps: int | None = Field(None, gt=0, description="optimiser steps; overrides epochs")
