@@ -250,7 +250,7 @@ def global_batches(
 CPU_MICRO_BATCH = 8
 # On a larger model a piece's matrix products are big enough that its fixed cost does not count, and its
 # activations do: a Llama keeps about ACTIVATION_BYTES per token per unit of hidden size x layers for the
-# backward (110-115 measured on SmolLM2-135M and tiny-4m, `python bench/step_memory.py`), and glibc's heap holds
+# backward (108 measured on SmolLM2-135M, 120 on tiny-4m, `python bench/step_memory.py`), and glibc's heap holds
 # freed temporaries of the same size on top. So pieces are halved until their activations fit ACTIVATION_BUDGET:
 # SmolLM2 DPO on 8 pairs of 48 + 48 words ran in pieces of 4 pairs at 0.75 of TRL's peak memory instead of 1.26
 # (LoRA), and no slower (docs/performance.md, "Memory on SmolLM2").
