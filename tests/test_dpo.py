@@ -337,7 +337,7 @@ def test_the_cpu_piece_shrinks_with_the_activations_a_model_keeps():
     without hidden_size / num_hidden_layers keeps 8."""
     from types import SimpleNamespace
 
-    from rlhfkit.train.common import ACTIVATION_BUDGET, ACTIVATION_BYTES, cpu_micro_batch
+    from rlhfkit.train.batching import ACTIVATION_BUDGET, ACTIVATION_BYTES, cpu_micro_batch
 
     def model(hidden, layers):
         return SimpleNamespace(config=SimpleNamespace(hidden_size=hidden, num_hidden_layers=layers))
@@ -362,7 +362,7 @@ def test_micro_batches_by_default_on_the_cpu_equal_one_batch(small_data, tmp_pat
     loss and the weights equal those of one forward over the 16 pairs, to float rounding."""
     from accelerate import Accelerator
 
-    from rlhfkit.train.common import split_micro
+    from rlhfkit.train.batching import split_micro
 
     assert split_micro(list(range(16)), Accelerator(cpu=True), None) == [list(range(0, 16, 2)), list(range(1, 16, 2))]
     settings = dict(max_steps=2, lr=1e-3, batch_size=16)

@@ -336,7 +336,7 @@ def test_a_global_batch_falls_into_the_same_pieces_on_any_number_of_processes():
     grad_accum 2 (KTO's z0 is a mean over it). 2 processes x 1 cut the batch into the same pieces as 1 x 2."""
     from types import SimpleNamespace
 
-    from rlhfkit.train.common import split_micro
+    from rlhfkit.train.batching import split_micro
 
     batch = list(range(12))
 

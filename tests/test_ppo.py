@@ -212,15 +212,15 @@ def test_a_minibatch_in_pieces_trains_as_one_forward(tmp_path, monkeypatch, adva
     forward over the whole mini-batch, to float rounding."""
     from safetensors.torch import load_file
 
-    from rlhfkit.train import common
+    from rlhfkit.train import batching
 
     extra = dict(advantage="grpo", group_size=4, batch_size=3) if advantage == "grpo" else dict(batch_size=12)
     settings = dict(max_steps=2, seed=5, num_minibatches=2, entropy_coef=0.01, **extra)  # 6 rows a mini-batch
-    split, seen = common.micro_rows, []
-    monkeypatch.setattr(common, "micro_rows", lambda rows, device: seen.append(split(rows, device)) or seen[-1])
+    split, seen = batching.micro_rows, []
+    monkeypatch.setattr(batching, "micro_rows", lambda rows, device: seen.append(split(rows, device)) or seen[-1])
     pieces = run(cfg(tmp_path, "pieces", **settings))
     assert {tuple(len(p) for p in ps) for ps in seen} == {(4, 2)}
-    monkeypatch.setattr(common, "micro_rows", lambda rows, device: [rows])
+    monkeypatch.setattr(batching, "micro_rows", lambda rows, device: [rows])
     whole = run(cfg(tmp_path, "whole", **settings))
     a, b = (load_file(str(p / "final" / "model.safetensors")) for p in (pieces, whole))
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5

@@ -14,7 +14,7 @@ from rlhfkit.data import Demonstration
 from rlhfkit.data.chat import IGNORE_INDEX, tokenize_demonstration
 from rlhfkit.runs import read_metrics
 from rlhfkit.toy.data import data_file
-from rlhfkit.train import common
+from rlhfkit.train import batching
 from rlhfkit.train.sft import SFTConfig, collate, evaluate, run, token_loss_sum
 
 DEMOS = str(data_file("demonstration"))
@@ -115,9 +115,9 @@ def test_packing_gives_the_same_loss_as_padding(tiny):
 
 def test_batch_order_is_a_function_of_seed_and_epoch():
     lengths = list(range(100))
-    a = common.batch_order(lengths, 8, seed=1, epoch=0, group_by_length=True)
-    assert a == common.batch_order(lengths, 8, seed=1, epoch=0, group_by_length=True)
-    assert a != common.batch_order(lengths, 8, seed=1, epoch=1, group_by_length=True)
+    a = batching.batch_order(lengths, 8, seed=1, epoch=0, group_by_length=True)
+    assert a == batching.batch_order(lengths, 8, seed=1, epoch=0, group_by_length=True)
+    assert a != batching.batch_order(lengths, 8, seed=1, epoch=1, group_by_length=True)
     spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in a) / len(a)
     assert spread < 20  # grouped by length: little padding inside a batch
 

@@ -35,7 +35,7 @@ from rlhfkit.models.load import load_causal_lm
 from rlhfkit.rewards import load_reward
 from rlhfkit.rollout import RowSeeds, make_sampler
 from rlhfkit.runs import parent_of
-from rlhfkit.train import common
+from rlhfkit.train import batching, common
 from rlhfkit.train.monitoring import PolicyMonitor
 
 
@@ -67,7 +67,7 @@ def sample_and_score(
 ):
     """``n`` samples of every prompt -> (texts [P][n], scores (P, n), ended (P, n)), on every process. With an
     ``accelerator`` each process samples and scores a contiguous share of the prompts, gathered back in order."""
-    share = common.shard_range(len(prompts), accelerator) if accelerator is not None else range(len(prompts))
+    share = batching.shard_range(len(prompts), accelerator) if accelerator is not None else range(len(prompts))
     texts, scores, ended = [], [torch.zeros(0, n)], [torch.zeros(0, n, dtype=torch.bool)]
     for s in range(share.start, share.stop, batch_size):
         chunk = prompts[s : min(s + batch_size, share.stop)]

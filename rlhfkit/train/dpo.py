@@ -61,7 +61,7 @@ from rlhfkit.data.pairs import (
 from rlhfkit.data.prompts import read_prompts
 from rlhfkit.models.load import add_lora, base_causal_lm, load_causal_lm
 from rlhfkit.runs import file_hash, parent_of
-from rlhfkit.train import common
+from rlhfkit.train import batching, common
 from rlhfkit.train.monitoring import PolicyMonitor, check_sampling
 from rlhfkit.train.token_cache import cached_tokens
 
@@ -251,7 +251,7 @@ def cached_reference_logps(
             accelerator,
             reference_logps(
                 ref,
-                [groups[i] for i in common.shard_range(len(groups), accelerator)],
+                [groups[i] for i in batching.shard_range(len(groups), accelerator)],
                 pad_id,
                 cfg.shared_prompt,
                 cfg.batch_size,
@@ -323,7 +323,7 @@ class Reference:
 def evaluate(policy, ref_fn, groups, eval_ref, loss_fn, cfg, pad_id, accelerator) -> dict[str, float]:
     policy.eval()
     totals, loss_total = {}, 0.0
-    for chunk in common.eval_chunks(len(groups), accelerator, cfg.batch_size):
+    for chunk in batching.eval_chunks(len(groups), accelerator, cfg.batch_size):
         indices = chunk or [0]  # an empty chunk only keeps this process in step with the others
         batch = [groups[i] for i in indices]
         with accelerator.autocast():
@@ -379,8 +379,8 @@ def run(cfg: DPOConfig) -> Path:
         model = add_lora(model, cfg)
     policy = CompletionLogProbs(model)
 
-    common.check_global_batch(accelerator, cfg.batch_size, cfg.grad_accum)
-    micro_batch = common.cpu_micro_batch(model, [len(g) for g in train])
+    batching.check_global_batch(accelerator, cfg.batch_size, cfg.grad_accum)
+    micro_batch = batching.cpu_micro_batch(model, [len(g) for g in train])
     n_steps = common.total_steps(cfg, len(train))
     optimizer = common.make_optimizer(policy, cfg)
     scheduler = common.make_scheduler(optimizer, cfg, n_steps)
@@ -389,7 +389,7 @@ def run(cfg: DPOConfig) -> Path:
     ref_fn, train_ref, eval_ref = reference, reference.train_ref, reference.eval_ref
 
     state = common.resume(run_dir, accelerator, cfg.resume, common.TrainerState())
-    batches = common.global_batches([len(g) for g in train], cfg.batch_size, cfg.seed, start=state.step)
+    batches = batching.global_batches([len(g) for g in train], cfg.batch_size, cfg.seed, start=state.step)
     sampling = check_sampling(cfg)
 
     def monitor_check() -> None:
@@ -434,7 +434,7 @@ def run(cfg: DPOConfig) -> Path:
                 if monitor.stop:
                     break
             global_batch = next(batches)
-            micro = common.split_micro(global_batch, accelerator, cfg.grad_accum, micro_batch)
+            micro = batching.split_micro(global_batch, accelerator, cfg.grad_accum, micro_batch)
             for i, indices in enumerate(micro):
                 groups = [train[j] for j in indices]
                 with accelerator.no_sync(policy) if i < len(micro) - 1 else nullcontext():

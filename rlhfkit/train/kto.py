@@ -34,7 +34,7 @@ from rlhfkit.data.io import DataError, load_train_eval
 from rlhfkit.data.pairs import Group, collate_groups, tokenize_group
 from rlhfkit.models.load import add_lora, load_causal_lm
 from rlhfkit.runs import parent_of
-from rlhfkit.train import common
+from rlhfkit.train import batching, common
 from rlhfkit.train.dpo import CompletionLogProbs, Reference
 
 
@@ -188,8 +188,8 @@ def run(cfg: KTOConfig) -> Path:
     if cfg.lora:
         model = add_lora(model, cfg)
     policy = CompletionLogProbs(model)
-    common.check_global_batch(accelerator, cfg.batch_size, cfg.grad_accum)
-    micro_batch = common.cpu_micro_batch(model, [len(g) for g in train])
+    batching.check_global_batch(accelerator, cfg.batch_size, cfg.grad_accum)
+    micro_batch = batching.cpu_micro_batch(model, [len(g) for g in train])
     n_steps = common.total_steps(cfg, len(train))
     optimizer = common.make_optimizer(policy, cfg)
     scheduler = common.make_scheduler(optimizer, cfg, n_steps)
@@ -197,7 +197,7 @@ def run(cfg: KTOConfig) -> Path:
     reference.policy = policy
 
     state = common.resume(run_dir, accelerator, cfg.resume, common.TrainerState())
-    batches = common.global_batches([len(g) for g in train], cfg.batch_size, cfg.seed, start=state.step)
+    batches = batching.global_batches([len(g) for g in train], cfg.batch_size, cfg.seed, start=state.step)
     if held_out and state.step == 0:
         logger.log(0, evaluate(policy, reference, held_out, cfg, pad_id, accelerator))
     progress = common.Progress(n_steps, "kto", cfg.progress and accelerator.is_main_process, completed=state.step)
@@ -206,7 +206,7 @@ def run(cfg: KTOConfig) -> Path:
     with common.checkpoint_on_interrupt(run_dir, accelerator, state, cfg.keep_checkpoints, progress, logger):
         while state.step < n_steps:
             global_batch = next(batches)
-            micro = common.split_micro(global_batch, accelerator, cfg.grad_accum, micro_batch)
+            micro = batching.split_micro(global_batch, accelerator, cfg.grad_accum, micro_batch)
             for i, indices in enumerate(micro):
                 groups = [train[j] for j in indices]
                 with accelerator.no_sync(policy) if i < len(micro) - 1 else nullcontext():

@@ -59,7 +59,7 @@ from rlhfkit.models.value import SeparateCritic, ValueHead, head_from_reward_mod
 from rlhfkit.rewards import load_reward
 from rlhfkit.rollout import RowSeeds, make_sampler, response_forward
 from rlhfkit.runs import parent_of
-from rlhfkit.train import common
+from rlhfkit.train import batching, common
 from rlhfkit.train.monitoring import PolicyMonitor, check_sampling
 from rlhfkit.train.ppo_batch import (
     ActorCritic,
@@ -97,7 +97,7 @@ def build_critic(cfg: PPOConfig, policy, tokenizer, reward_fn):
 
 
 def check_batch(cfg: PPOConfig, accelerator) -> None:
-    common.check_global_batch(accelerator, cfg.batch_size, name="batch_size (prompts per step)")
+    batching.check_global_batch(accelerator, cfg.batch_size, name="batch_size (prompts per step)")
     rows = cfg.batch_size * cfg.group_size
     if rows < cfg.num_minibatches * accelerator.num_processes:
         raise ValueError(
@@ -153,7 +153,7 @@ def run(cfg: PPOConfig) -> Path:
         model_spec=cfg.model,  # where a vLLM engine starts from (its weights are then the trainer's)
     )
 
-    batches = common.global_batches([1] * len(train_prompts), cfg.batch_size, cfg.seed, start=state.step)
+    batches = batching.global_batches([1] * len(train_prompts), cfg.batch_size, cfg.seed, start=state.step)
     progress = common.Progress(n_steps, "ppo", cfg.progress and accelerator.is_main_process, completed=state.step)
     kl_fn = KL_ESTIMATORS[cfg.kl_estimator]
     samples_file = run_dir.path / "samples.jsonl"
@@ -191,7 +191,7 @@ def run(cfg: PPOConfig) -> Path:
             t0, cpu0 = time.perf_counter(), time.process_time()
             kl_coef = state.extra["kl_coef"]
             global_batch = next(batches)
-            share = common.shard_range(len(global_batch), accelerator)  # this process's prompts, contiguous
+            share = batching.shard_range(len(global_batch), accelerator)  # this process's prompts, contiguous
             prompts = [train_prompts[global_batch[i]] for i in share]
             # 1. rollout. The noise of response row r at step k is a function of (seed, k, r): a resumed run and a
             # run on any number of processes sample the same responses.
@@ -322,7 +322,7 @@ def update(model, optimizer, scheduler, accelerator, batch: RolloutBatch, advant
     Mini-batch rows are a permutation of the global batch (a function of seed and step); this process runs its
     slice, and its losses are sums over its tokens divided by the token count of the whole mini-batch, times the
     number of processes (DDP and FSDP average the gradients): the gradient of the whole mini-batch's mean. On the
-    CPU the slice runs forward and backward in pieces of 4 rows (``common.micro_rows``), each weighted by its share
+    CPU the slice runs forward and backward in pieces of 4 rows (``batching.micro_rows``), each weighted by its share
     of the mini-batch's tokens, so the pieces' gradients add up to the slice's. The figures are likewise each
     piece's share of the mini-batch means, summed over the processes."""
     from accelerate.utils import DistributedType
@@ -348,7 +348,7 @@ def update(model, optimizer, scheduler, accelerator, batch: RolloutBatch, advant
             # on the CPU in pieces: less activation memory. Not under FSDP / DeepSpeed: there every forward is
             # collective (processes holding slices of different sizes would run different numbers of pieces) and
             # DeepSpeed steps the optimiser inside each backward
-            pieces = [idx] if whole_slices else common.micro_rows(idx, idx.device)
+            pieces = [idx] if whole_slices else batching.micro_rows(idx, idx.device)
             for i, piece in enumerate(pieces):
                 mine = batch.rows(piece)
                 mb_mask = mine.response_mask
@@ -420,7 +420,7 @@ def evaluate(
     process sampling its share (every process all of them when there are fewer prompts than processes)."""
     prompts = prompts[:limit]
     P = accelerator.num_processes if accelerator is not None else 1
-    share = common.shard_range(len(prompts), accelerator) if P > 1 and len(prompts) >= P else range(len(prompts))
+    share = batching.shard_range(len(prompts), accelerator) if P > 1 and len(prompts) >= P else range(len(prompts))
     rollout = sampler.generate([prompts[i] for i in share], n=1, rows=RowSeeds(cfg.seed, first_row=share.start))
     scores = reward_fn(rollout.prompts, rollout.texts)
     sums = {

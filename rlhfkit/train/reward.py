@@ -43,7 +43,7 @@ from rlhfkit.models.reward import RewardEnsemble, RewardModel, build_reward_mode
 from rlhfkit.models.reward_scoring import score_raw
 from rlhfkit.runs import RunFolder, parent_of
 from rlhfkit.specs import parse_model_spec
-from rlhfkit.train import common
+from rlhfkit.train import batching, common
 from rlhfkit.train.reward_data import RewardData, prepare, tokenize_all
 from rlhfkit.train.reward_report import ensemble_figures, hidden_context, per_annotator_report, print_per_annotator
 from rlhfkit.train.token_cache import cached_tokens
@@ -334,14 +334,14 @@ def train_member(
             model, held_out, cfg, pad_id, shared, with_ties, accelerator, prefix, data.kind, held_out_pairs, annotators
         )
 
-    common.check_global_batch(accelerator, cfg.batch_size, cfg.grad_accum)
-    micro_batch = common.cpu_micro_batch(rm.trunk, [len(g) for g in train])
+    batching.check_global_batch(accelerator, cfg.batch_size, cfg.grad_accum)
+    micro_batch = batching.cpu_micro_batch(rm.trunk, [len(g) for g in train])
     n_steps = common.total_steps(cfg, len(train))
     optimizer = common.make_optimizer(rm, cfg)
     scheduler = common.make_scheduler(optimizer, cfg, n_steps)
     model, optimizer, scheduler = accelerator.prepare(rm, optimizer, scheduler)
     state = common.resume(member_dir, accelerator, cfg.resume, common.TrainerState())
-    batches = common.global_batches([len(g) for g in train], cfg.batch_size, seed, start=state.step)
+    batches = batching.global_batches([len(g) for g in train], cfg.batch_size, seed, start=state.step)
     name = "rm" if cfg.ensemble == 1 else f"rm member {index + 1}/{cfg.ensemble}"
     progress = common.Progress(n_steps, name, cfg.progress and accelerator.is_main_process, completed=state.step)
     model.train()
@@ -357,7 +357,7 @@ def train_member(
             place = {i: pos for pos, i in enumerate(global_batch)}
             micro = [
                 [Group(**{**train[i].__dict__, "annotator": -1}) if place[i] in dropped else train[i] for i in m]
-                for m in common.split_micro(global_batch, accelerator, cfg.grad_accum, micro_batch)
+                for m in batching.split_micro(global_batch, accelerator, cfg.grad_accum, micro_batch)
             ]
             for i, groups in enumerate(micro):
                 sync = i == len(micro) - 1

@@ -20,7 +20,7 @@ from rlhfkit.data.chat import IGNORE_INDEX, tokenize_demonstration
 from rlhfkit.data.io import load_train_eval
 from rlhfkit.models.load import add_lora, load_causal_lm
 from rlhfkit.runs import parent_of
-from rlhfkit.train import common
+from rlhfkit.train import batching, common
 from rlhfkit.train.token_cache import cached_tokens
 
 
@@ -75,7 +75,7 @@ def token_loss_sum(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor,
 def evaluate(model, examples, cfg: SFTConfig, pad_id: int, accelerator) -> dict[str, float]:
     model.eval()
     total, count = torch.zeros((), device=accelerator.device), torch.zeros((), device=accelerator.device)
-    for chunk in common.eval_chunks(len(examples), accelerator, cfg.batch_size):
+    for chunk in batching.eval_chunks(len(examples), accelerator, cfg.batch_size):
         batch = {
             k: v.to(accelerator.device)
             for k, v in collate([examples[i] for i in chunk or [0]], pad_id, False, cfg.max_length).items()
@@ -104,8 +104,8 @@ def run(cfg: SFTConfig) -> Path:
     held_out = cached_tokens(tokenize, eval_records, tokenizer, cfg.max_length)
     pad_id = tokenizer.pad_token_id
 
-    common.check_global_batch(accelerator, cfg.batch_size, cfg.grad_accum)
-    micro_batch = common.cpu_micro_batch(model, [len(ids) for ids, _ in train])
+    batching.check_global_batch(accelerator, cfg.batch_size, cfg.grad_accum)
+    micro_batch = batching.cpu_micro_batch(model, [len(ids) for ids, _ in train])
     n_steps = common.total_steps(cfg, len(train))
     optimizer = common.make_optimizer(model, cfg)
     scheduler = common.make_scheduler(optimizer, cfg, n_steps)
@@ -117,7 +117,7 @@ def run(cfg: SFTConfig) -> Path:
     state = common.resume(run_dir, accelerator, cfg.resume, common.TrainerState())
 
     lengths = [len(ids) for ids, _ in train]
-    batches = common.global_batches(lengths, cfg.batch_size, cfg.seed, cfg.group_by_length, start=state.step)
+    batches = batching.global_batches(lengths, cfg.batch_size, cfg.seed, cfg.group_by_length, start=state.step)
     progress = common.Progress(n_steps, "sft", cfg.progress and accelerator.is_main_process, completed=state.step)
     model.train()
     window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
@@ -125,7 +125,7 @@ def run(cfg: SFTConfig) -> Path:
         while state.step < n_steps:
             micro = [
                 [train[i] for i in m]
-                for m in common.split_micro(next(batches), accelerator, cfg.grad_accum, micro_batch)
+                for m in batching.split_micro(next(batches), accelerator, cfg.grad_accum, micro_batch)
             ]
             collated = [collate(m, pad_id, cfg.packing, cfg.max_length) for m in micro]
             # Normalise by the completion tokens of the whole step, on all processes: accumulation
