@@ -431,7 +431,11 @@ class LengthControlConfig(StageConfig):
     demo_dir: str = Field(DEMO_DIR, description="the seed's demo with --monitor ({seed} filled in; made if missing)")
     seed: int = 0
     quick: bool = Field(False, description="tiny budgets everywhere (a smoke run, not a result)")
-    verbose_steps: int = Field(60, gt=0, description="PPO steps on the word count (the demo's PPO budget)")
+    verbose_steps: int = Field(
+        150,
+        gt=0,
+        description="PPO steps on the word count (2.5x the demo's PPO budget: 60 lengthened answers by 6 words)",
+    )
     eval_prompts: int = Field(500, gt=0)
     threads: int = Field(1, ge=0, description="torch threads (0: auto)")
 

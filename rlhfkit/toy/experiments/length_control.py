@@ -4,12 +4,12 @@
     python -m rlhfkit.toy.experiments.length_control --seeds 0 --quick    # a smoke run
 
 Per seed, beside the seed's demo (``demo_dir``): the demo's SFT policy is trained by PPO on a reward that only
-counts words (``rlhfkit.toy.rewards:length``, with the demo's PPO budget and KL coefficient): a deliberately verbose
-policy. `rlhfkit eval` then judges it and the demo's DPO policy (its samples from the demo's evaluation) against the
-demo's SFT baseline sample, on the demo's first ``eval_prompts`` held-out prompts and the demo's policy seed, by a
-judge that likes length (``rlhfkit.toy.judge:length_biased``: the gold utility plus 0.15 per word) and by the gold
-utility itself. The claim checked: the length-biased judge's raw win rate ranks the verbose policy at or above DPO,
-while its length-controlled win rate ranks it below.
+counts words (``rlhfkit.toy.rewards:length``, the demo's KL coefficient, 2.5x its PPO steps): a deliberately
+verbose policy. `rlhfkit eval` then judges it and the demo's DPO policy (its samples from the demo's evaluation)
+against the demo's SFT baseline sample, on the demo's first ``eval_prompts`` held-out prompts and the demo's policy
+seed, by a judge that likes length (``rlhfkit.toy.judge:length_biased``: the gold utility plus 0.15 per word) and
+by the gold utility itself. The claim checked: the length-biased judge's raw win rate ranks the verbose policy at
+or above DPO, while its length-controlled win rate ranks it below.
 """
 
 from __future__ import annotations
