@@ -352,6 +352,9 @@ class OveroptimisationFigures(Figures):
     gold_at_stop: float
     gain_ratio: float | None = Field(description="(gold at stop - start) / (peak - start); None if gold never rose")
     false_alarms: dict[str, bool] = Field(description="alarms on the demo's default PPO, DPO and best-of-16")
+    false_alarm_cost: dict[str, dict] = Field(
+        {}, description="per alarmed healthy run: the kept check's gold against the end's (alarm_cost)"
+    )
     curve: dict[int, float] = Field(description="gold of each check's samples, by step")
     monitor_history: list[dict]
     seed: int
