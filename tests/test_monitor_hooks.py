@@ -258,3 +258,22 @@ def test_dpo_monitor_with_only_ties_held_out_has_no_accuracy(tmp_path):
     path = run(cfg)
     history = json.loads((path / "monitor" / "monitor.json").read_text())["history"]
     assert [c["heldout_accuracy"] for c in history] == [None, None]
+
+
+def test_an_alarms_cost_is_the_kept_checks_gold_against_the_end(tmp_path, monkeypatch):
+    """``alarm_cost`` replays the monitor on a run's saved checks (here a KL budget crossed at steps 30 and 40, patience
+    2: the alarm at 40, the last clean check 20 kept) and sets the kept check's gold against the end's."""
+    from rlhfkit.evaluate.monitor import MonitorSettings
+    from rlhfkit.toy.experiments import overoptimisation
+
+    history = [{"step": s, "kl": kl} for s, kl in [(0, 0.0), (10, 0.5), (20, 0.9), (30, 2.0), (40, 3.0), (50, 4.0)]]
+    (tmp_path / "monitor").mkdir()
+    settings = {**MonitorSettings(kl_budget=1.0).__dict__}
+    (tmp_path / "monitor" / "monitor.json").write_text(json.dumps({"settings": settings, "history": history}))
+    curve = {0: -0.4, 10: 0.1, 20: 0.3, 30: 0.35, 40: 0.2, 50: 0.1}
+    monkeypatch.setattr(overoptimisation, "check_gold", lambda run: curve)
+    cost = overoptimisation.alarm_cost(tmp_path)
+    assert (cost["alarm_step"], cost["kept_step"]) == (40, 20)
+    assert cost["gold_at_stop"] == 0.3 and cost["final_gold"] == 0.1 and cost["peak_gold"] == 0.35
+    assert cost["kept_minus_end"] == pytest.approx(0.2)
+    assert cost["gain_ratio"] == pytest.approx(0.7 / 0.75)
