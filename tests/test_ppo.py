@@ -217,10 +217,10 @@ def test_a_minibatch_in_pieces_trains_as_one_forward(tmp_path, monkeypatch, adva
     extra = dict(advantage="grpo", group_size=4, batch_size=3) if advantage == "grpo" else dict(batch_size=12)
     settings = dict(max_steps=2, seed=5, num_minibatches=2, entropy_coef=0.01, **extra)  # 6 rows a mini-batch
     split, seen = batching.micro_rows, []
-    monkeypatch.setattr(batching, "micro_rows", lambda rows, device: seen.append(split(rows, device)) or seen[-1])
+    monkeypatch.setattr(batching, "micro_rows", lambda rows, *a: seen.append(split(rows, *a)) or seen[-1])
     pieces = run(cfg(tmp_path, "pieces", **settings))
     assert {tuple(len(p) for p in ps) for ps in seen} == {(4, 2)}
-    monkeypatch.setattr(batching, "micro_rows", lambda rows, device: [rows])
+    monkeypatch.setattr(batching, "micro_rows", lambda rows, *a: [rows])
     whole = run(cfg(tmp_path, "whole", **settings))
     a, b = (load_file(str(p / "final" / "model.safetensors")) for p in (pieces, whole))
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
@@ -354,3 +354,33 @@ def test_resume_after_kill_continues_the_same_run(tmp_path):
     for step in range(5, 11):
         for key in ("objective/scores", "objective/kl", "loss/policy", "objective/kl_coef"):
             assert resumed[step][key] == pytest.approx(reference[step][key], abs=1e-5), (step, key)
+
+
+def test_ppo_pieces_shrink_with_the_activations_of_their_tokens():
+    """A mini-batch's CPU pieces are 4 rows while their tokens' activations fit PPO's budget, halved until they do;
+    the samples of one prompt count its tokens once (they share its forward). SmolLM2's 8 rows of an 80-token prompt
+    and 48 new tokens: 4 rows keep ~0.97 GB, so pieces of 2; tiny-4m keeps 4; GRPO's groups of 4 one prompt each
+    (80 + 4 x 48 tokens: ~0.5 GB) keep 4."""
+    from rlhfkit.train.batching import micro_rows
+    from rlhfkit.train.ppo_batch import RolloutBatch
+
+    def batch(prompts: int, per_prompt: int, P: int = 80, T: int = 48) -> RolloutBatch:
+        query = torch.arange(prompts).repeat_interleave(per_prompt)[:, None].expand(-1, P)
+        zeros = torch.zeros(prompts * per_prompt, T)
+        return RolloutBatch(
+            query, torch.ones_like(query), zeros.long(), zeros, zeros, zeros, zeros, zeros[:, 0], zeros[:, 0]
+        )
+
+    rows, smollm2, tiny_4m = torch.arange(8), 576 * 30, 256 * 4
+    sizes = lambda b, width: [len(p) for p in micro_rows(rows.flip(0), "cpu", width, b.piece_tokens)]  # noqa: E731
+    assert batch(8, 1).piece_tokens(rows[:4]) == 4 * (80 + 48)
+    assert batch(2, 4).piece_tokens(rows[:4]) == 80 + 4 * 48 and batch(2, 4).piece_tokens(rows) == 2 * 80 + 8 * 48
+    assert sizes(batch(8, 1), smollm2) == [2, 2, 2, 2]
+    assert sizes(batch(8, 1), tiny_4m) == [4, 4]
+    assert sizes(batch(2, 4), smollm2) == [4, 4]
+    # the whole-process bench's SmolLM2 prompts (~117 tokens with the chat template): PPO 2 rows, GRPO groups of 4
+    assert sizes(batch(8, 1, P=117), smollm2) == [2, 2, 2, 2] and sizes(batch(2, 4, P=117), smollm2) == [4, 4]
+    assert sizes(batch(8, 1, P=4000), smollm2) == [1] * 8  # over budget even alone: one row a piece
+    assert [p.tolist() for p in micro_rows(rows.flip(0), "cpu", smollm2, batch(8, 1).piece_tokens)][0] == [0, 1]
+    assert [len(p) for p in micro_rows(rows, "cpu")] == [4, 4]  # no size given: 4 rows
+    assert [len(p) for p in micro_rows(rows, "cuda")] == [8]  # off the CPU: the whole mini-batch

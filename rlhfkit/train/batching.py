@@ -4,7 +4,7 @@ of one, and the micro-batches (pieces) that share runs in on the CPU.
 ``batch_size`` is the global batch (all processes together). Each process takes a strided share of every global
 batch (``split_micro``), so two processes run the same pieces as one with the same global batch
 (tests/test_multiprocess.py). On the CPU a share is cut into pieces that bound the activations held for the
-backward (``cpu_micro_batch``); PPO's rollout rows into pieces of ``CPU_MICRO_ROWS`` (``micro_rows``).
+backward (``cpu_micro_batch``); PPO's rollout rows into pieces of ``CPU_MICRO_ROWS`` or fewer (``micro_rows``).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import math
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from accelerate import Accelerator
@@ -88,14 +88,26 @@ ACTIVATION_BYTES = 110
 ACTIVATION_BUDGET = 2 << 30
 # Rows per piece of a PPO mini-batch on the CPU (batching.micro_rows); samples of one prompt share its forward.
 CPU_MICRO_ROWS = 4
+# PPO keeps its reference model and the rollout resident beside a piece's activations, where DPO has computed its
+# reference log-probs before training and freed the model: PPO's pieces get a third of the budget. SmolLM2 PPO
+# (8 rows of ~165 tokens) then runs in pieces of 2 rows, which peaked ~480 MB lower than pieces of 4 at no more CPU
+# time; its GRPO mode (a prompt and its 4 samples, ~310 tokens) keeps pieces of 4 (docs/performance.md, "Memory on
+# SmolLM2").
+PPO_ACTIVATION_BUDGET = ACTIVATION_BUDGET // 3
+
+
+def model_width(model: torch.nn.Module) -> int:
+    """hidden size x layers of a transformers model (0 when its config does not say): what a token's activations
+    scale with."""
+    config = getattr(model, "config", None)
+    return getattr(config, "hidden_size", 0) * getattr(config, "num_hidden_layers", 0)
 
 
 def cpu_micro_batch(model: torch.nn.Module, lengths: list[int]) -> int:
     """Examples per CPU piece for ``model`` on examples of ``lengths`` tokens: ``CPU_MICRO_BATCH``, halved while
     a piece of examples at the 90th-percentile length would keep more than ``ACTIVATION_BUDGET`` for the backward.
     Every process computes it from the same model and data, so all cut their batches alike."""
-    config = getattr(model, "config", None)
-    width = getattr(config, "hidden_size", 0) * getattr(config, "num_hidden_layers", 0)
+    width = model_width(model)
     if not width or not lengths:
         return CPU_MICRO_BATCH
     typical = sorted(lengths)[int(0.9 * (len(lengths) - 1))]
@@ -154,10 +166,17 @@ def shard_range(n: int, accelerator: Accelerator) -> range:
     return range(n * p // P, n * (p + 1) // P)
 
 
-def micro_rows(rows: torch.Tensor, device: torch.device) -> list[torch.Tensor]:
+def micro_rows(
+    rows: torch.Tensor, device: torch.device, width: int = 0, piece_tokens: Callable[[torch.Tensor], int] | None = None
+) -> list[torch.Tensor]:
     """A mini-batch of rollout rows as the pieces to run forward and backward one at a time: on the CPU pieces of
-    ``CPU_MICRO_ROWS`` rows, in row order so that the samples of one prompt stay together (they then share
-    the prompt's forward, ``rlhfkit.rollout.shared_prompt_forward``); elsewhere the whole mini-batch."""
+    ``CPU_MICRO_ROWS`` rows, halved while the first piece's tokens (``piece_tokens(rows)``, on a model of ``width``,
+    ``model_width``) would keep more than ``PPO_ACTIVATION_BUDGET``; in row order so that the samples of one prompt
+    stay together (they then share the prompt's forward, ``rlhfkit.rollout.shared_prompt_forward``). Elsewhere the
+    whole mini-batch."""
     if torch.device(device).type != "cpu":
         return [rows]
-    return list(rows.sort().values.split(CPU_MICRO_ROWS))
+    ordered, size = rows.sort().values, CPU_MICRO_ROWS
+    while size > 1 and piece_tokens and piece_tokens(ordered[:size]) * width * ACTIVATION_BYTES > PPO_ACTIVATION_BUDGET:
+        size //= 2
+    return list(ordered.split(size))

@@ -53,7 +53,7 @@ from rlhfkit.losses import (
     ppo_value_loss,
     rloo_advantages,
 )
-from rlhfkit.models.load import add_lora, load_causal_lm
+from rlhfkit.models.load import add_lora, base_causal_lm, load_causal_lm
 from rlhfkit.models.sharded import named_full_weights, sharding_of
 from rlhfkit.models.value import SeparateCritic, ValueHead, head_from_reward_model
 from rlhfkit.rewards import load_reward
@@ -124,6 +124,7 @@ def run(cfg: PPOConfig) -> Path:
     if cfg.lora:
         policy = add_lora(policy, cfg)
     model = ActorCritic(policy, build_critic(cfg, policy, tokenizer, reward_fn))
+    width = batching.model_width(base_causal_lm(policy))  # sizes the CPU pieces of each mini-batch
 
     n_steps = common.total_steps(cfg, len(train_prompts))
     optimizer = common.make_optimizer(model, cfg)
@@ -236,7 +237,7 @@ def run(cfg: PPOConfig) -> Path:
                 advantages = masked_whiten(advantages, mask)
 
             # 5. PPO epochs over mini-batches with the clipped losses
-            stats = update(model, optimizer, scheduler, accelerator, batch, advantages, returns, cfg, state.step)
+            stats = update(model, optimizer, scheduler, accelerator, batch, advantages, returns, cfg, state.step, width)
 
             # 6. adaptive KL control (Ziegler et al. 2019): n = responses in this batch
             B = mask.size(0)
@@ -317,14 +318,17 @@ def behaviour(model, rollout, cfg: PPOConfig, with_critic: bool) -> dict:
     return out
 
 
-def update(model, optimizer, scheduler, accelerator, batch: RolloutBatch, advantages, returns, cfg: PPOConfig, step):
+def update(
+    model, optimizer, scheduler, accelerator, batch: RolloutBatch, advantages, returns, cfg: PPOConfig, step, width=0
+):
     """``ppo_epochs`` passes over the global batch in ``num_minibatches`` mini-batches, each one optimiser step.
     Mini-batch rows are a permutation of the global batch (a function of seed and step); this process runs its
     slice, and its losses are sums over its tokens divided by the token count of the whole mini-batch, times the
     number of processes (DDP and FSDP average the gradients): the gradient of the whole mini-batch's mean. On the
-    CPU the slice runs forward and backward in pieces of 4 rows (``batching.micro_rows``), each weighted by its share
-    of the mini-batch's tokens, so the pieces' gradients add up to the slice's. The figures are likewise each
-    piece's share of the mini-batch means, summed over the processes."""
+    CPU the slice runs forward and backward in pieces of 4 rows or fewer (``batching.micro_rows``, sized by
+    ``width``, the policy's hidden size x layers), each weighted by its share of the mini-batch's tokens, so the
+    pieces' gradients add up to the slice's. The figures are likewise each piece's share of the mini-batch means,
+    summed over the processes."""
     from accelerate.utils import DistributedType
 
     P = accelerator.num_processes
@@ -348,7 +352,7 @@ def update(model, optimizer, scheduler, accelerator, batch: RolloutBatch, advant
             # on the CPU in pieces: less activation memory. Not under FSDP / DeepSpeed: there every forward is
             # collective (processes holding slices of different sizes would run different numbers of pieces) and
             # DeepSpeed steps the optimiser inside each backward
-            pieces = [idx] if whole_slices else batching.micro_rows(idx, idx.device)
+            pieces = [idx] if whole_slices else batching.micro_rows(idx, idx.device, width, batch.piece_tokens)
             for i, piece in enumerate(pieces):
                 mine = batch.rows(piece)
                 mb_mask = mine.response_mask

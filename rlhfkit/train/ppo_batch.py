@@ -92,6 +92,12 @@ class RolloutBatch:
     def rows(self, idx: torch.Tensor) -> RolloutBatch:
         return RolloutBatch(**{f.name: _rows(getattr(self, f.name), idx) for f in fields(self)})
 
+    def piece_tokens(self, idx: torch.Tensor) -> int:
+        """Tokens a forward over rows ``idx`` runs, padding included: each distinct prompt once (the samples of one
+        prompt share its forward) and every response."""
+        prompts = torch.unique(self.query_ids[idx], dim=0).size(0)
+        return prompts * self.query_ids.size(1) + idx.numel() * self.response_ids.size(1)
+
 
 def _rows(t: torch.Tensor | None, idx: torch.Tensor) -> torch.Tensor | None:
     return None if t is None else t[idx]
