@@ -90,9 +90,9 @@ ACTIVATION_BUDGET = 2 << 30
 CPU_MICRO_ROWS = 4
 # PPO keeps its reference model and the rollout resident beside a piece's activations, where DPO has computed its
 # reference log-probs before training and freed the model: PPO's pieces get a third of the budget. SmolLM2 PPO
-# (8 rows of ~165 tokens) then runs in pieces of 2 rows, which peaked ~480 MB lower than pieces of 4 at no more CPU
-# time; its GRPO mode (a prompt and its 4 samples, ~310 tokens) keeps pieces of 4 (docs/performance.md, "Memory on
-# SmolLM2").
+# (8 rows of ~165 tokens) then runs in pieces of 2 rows and peaked at 0.95 of TRL GRPO's memory instead of 1.07, at
+# the same speed; its GRPO mode (a prompt and its 4 samples, ~310 tokens) keeps pieces of 4 (docs/performance.md,
+# "Memory on SmolLM2").
 PPO_ACTIVATION_BUDGET = ACTIVATION_BUDGET // 3
 
 
