@@ -103,18 +103,22 @@ def model_width(model: torch.nn.Module) -> int:
     return getattr(config, "hidden_size", 0) * getattr(config, "num_hidden_layers", 0)
 
 
+def fitting_piece(size: int, tokens_of: Callable[[int], int], width: int, budget: int) -> int:
+    """``size`` halved while a piece of that many items (``tokens_of(n)`` tokens, on a model of ``width``) would keep
+    more than ``budget`` bytes of activations for the backward; never below 1."""
+    while size > 1 and tokens_of(size) * width * ACTIVATION_BYTES > budget:
+        size //= 2
+    return size
+
+
 def cpu_micro_batch(model: torch.nn.Module, lengths: list[int]) -> int:
     """Examples per CPU piece for ``model`` on examples of ``lengths`` tokens: ``CPU_MICRO_BATCH``, halved while
     a piece of examples at the 90th-percentile length would keep more than ``ACTIVATION_BUDGET`` for the backward.
     Every process computes it from the same model and data, so all cut their batches alike."""
-    width = model_width(model)
-    if not width or not lengths:
+    if not lengths:
         return CPU_MICRO_BATCH
     typical = sorted(lengths)[int(0.9 * (len(lengths) - 1))]
-    examples = CPU_MICRO_BATCH
-    while examples > 1 and examples * typical * width * ACTIVATION_BYTES > ACTIVATION_BUDGET:
-        examples //= 2
-    return examples
+    return fitting_piece(CPU_MICRO_BATCH, lambda n: n * typical, model_width(model), ACTIVATION_BUDGET)
 
 
 def resolve_grad_accum(
@@ -177,6 +181,6 @@ def micro_rows(
     if torch.device(device).type != "cpu":
         return [rows]
     ordered, size = rows.sort().values, CPU_MICRO_ROWS
-    while size > 1 and piece_tokens and piece_tokens(ordered[:size]) * width * ACTIVATION_BYTES > PPO_ACTIVATION_BUDGET:
-        size //= 2
+    if piece_tokens is not None:
+        size = fitting_piece(size, lambda n: piece_tokens(ordered[:n]), width, PPO_ACTIVATION_BUDGET)
     return list(ordered.split(size))
