@@ -130,6 +130,7 @@ def run(cfg: OveroptimisationConfig) -> dict:
     )  # fmt: skip
 
     healthy = {"ppo": demo_dir / "ppo", "dpo": demo_dir / "dpo", "best-of-16": bon}
+    alarmed = {name: bool(monitor_card(path).get("alarm")) for name, path in healthy.items()}
     curve = check_gold(over)
     start, end = curve[min(curve)], curve[max(curve)]
     peak_step = max(curve, key=curve.get)
@@ -142,10 +143,8 @@ def run(cfg: OveroptimisationConfig) -> dict:
         "final_gold": end,
         "alarm_reasons": sorted(monitor_card(over).get("alarm_reasons") or {}) or None,
         **stop,
-        "false_alarms": {name: bool(monitor_card(path).get("alarm")) for name, path in healthy.items()},
-        "false_alarm_cost": {
-            name: alarm_cost(path) for name, path in healthy.items() if monitor_card(path).get("alarm")
-        },
+        "false_alarms": alarmed,
+        "false_alarm_cost": {name: alarm_cost(path) for name, path in healthy.items() if alarmed[name]},
         "curve": curve,
         "monitor_history": json.loads((over / "monitor" / "monitor.json").read_text())["history"],
         "seed": cfg.seed,
