@@ -25,7 +25,7 @@ every linear layer, on both.
 
 The start-up breakdown (medians, CPU seconds) splits each process into imports, model load, data
 preparation, reference pass, first optimiser step, the other steps, save, and the rest (see the children's
-docstring for where each is stamped); the memory breakdown gives RSS after each phase and the peak.
+docstring for where each is stamped), and, for online runs, the sampling inside the steps ("rollout"); the memory breakdown gives RSS after each phase and the peak.
 """
 
 from __future__ import annotations
@@ -184,6 +184,7 @@ def breakdown(run: dict) -> dict[str, float]:
     out["teardown"] = run["cpu_s"] - cpu("exit") if "exit" in marks else 0.0  # after the exit handlers
     out["rest"] = run["cpu_s"] - sum(out.values())
     out["to first step"] = cpu("first step")
+    out["rollout"] = spent.get("rollout", {}).get("cpu", 0.0)  # inside the steps: not part of the sum above
     return out
 
 
@@ -287,12 +288,12 @@ def report(cases: list[Case], results: dict, loads: list) -> None:
     print("\nStart-up breakdown, CPU s (medians): imports, model load, data prep, reference pass, first step, ...")
     names = ["imports", "model load", "data prep", "reference", "first step", "other steps", "save", "teardown"]
     names.append("rest")
-    print(f"{'case':16s}" + "".join(f"{n:>12s}" for n in names + ["to 1st step"]))
+    print(f"{'case':16s}" + "".join(f"{n:>12s}" for n in names + ["to 1st step", "(rollout)"]))
     for case in cases:
         for side in ("ours", "trl"):
             b = median_of(results[case.name][side], breakdown)
             label = f"{case.name} {'rlhfkit' if side == 'ours' else 'TRL'}"
-            print(f"{label:16s}" + "".join(f"{b[k]:12.2f}" for k in names + ["to first step"]))
+            print(f"{label:16s}" + "".join(f"{b[k]:12.2f}" for k in names + ["to first step", "rollout"]))
     print("\nMemory, RSS MB after each phase (medians)")
     names = ["imports", "model load", "data prep", "reference", "train begin", "first step peak", "peak"]
     print(f"{'case':16s}" + "".join(f"{n:>16s}" for n in names))

@@ -16,7 +16,9 @@ resident memory and its high-water mark (``/proc/self/status``). Phases:
   the DPO reference pass, ``save_model``/``save_reward_model``; TRL: ``from_pretrained`` of models and tokenizer,
   building the dataset and the trainer's ``_prepare_dataset``, its ``save_model``);
 - ``train begin``/``first step``/``train end``: the training loop's start (rlhfkit: its progress bar is made;
-  TRL: ``on_train_begin``), the end of its first optimiser step, and the loop's end.
+  TRL: ``on_train_begin``), the end of its first optimiser step, and the loop's end;
+- ``rollout`` (online runs): time inside the sampler, part of the steps (rlhfkit: ``TransformersSampler.generate``;
+  TRL: ``GRPOTrainer._generate``).
 
 Online runs generate exactly ``--new-tokens`` tokens on both sides (EOS never ends a response), so both do
 the same work: rlhfkit's sampler is given no EOS id, TRL's generation gets ``min_new_tokens``.
@@ -150,6 +152,7 @@ def run_ours(stage: str, settings: list[str]) -> int:
         import rlhfkit.rollout
 
         rlhfkit.rollout.eos_ids = lambda model, tokenizer: []  # exactly max_new_tokens per response
+        PHASES.wrap(rlhfkit.rollout.TransformersSampler, "generate", "rollout")
     words = ["rm", "train"] if stage == "rm" else ["ppo" if stage == "grpo" else stage]
     sys.argv = ["rlhfkit", *words, *settings]
     cli.program()  # the program's own exit: it ends the process (the exit handlers, the dump among them, run first)
@@ -178,6 +181,7 @@ def run_trl(stage: str, args) -> int:
 
     transformers.PreTrainedModel.from_pretrained = classmethod(from_pretrained)
     PHASES.wrap(trainer_class, "_prepare_dataset", "data prep")
+    PHASES.wrap(trainer_class, "_generate", "rollout")  # GRPO's sampling (other trainers have none)
 
     class Clock(TrainerCallback):
         def on_train_begin(self, *a, **kw):
