@@ -26,6 +26,13 @@ every linear layer, on both.
 The start-up breakdown (medians, CPU seconds) splits each process into imports, model load, data
 preparation, reference pass, first optimiser step, the other steps, save, and the rest (see the children's
 docstring for where each is stamped), and, for online runs, the sampling inside the steps ("rollout"); the memory breakdown gives RSS after each phase and the peak.
+
+``--ops`` adds one more run of each side per case under ``torch.profiler`` (not timed with the others: the
+profiler costs time of its own) and prints where each process's CPU goes by kind of operator: matrix products
+(the arithmetic both sides share, with the GFLOP each side multiplies and the rate it reached), attention, the
+optimiser, every other operator, and what no operator accounts for (interpreter, imports, Python). Beside it,
+this machine's own float32 matrix-product rate on one thread, measured in the same run, for the floor: a side
+cannot run faster than its GFLOP at that rate.
 """
 
 from __future__ import annotations
@@ -141,9 +148,10 @@ def trl_command(case: Case, s: Setup, out: Path) -> list[str]:
     return ["trl", case.stage, *args]
 
 
-def spawn(command: list[str], tmp: Path, tag: str) -> dict:
-    """Run one child; its CPU seconds, wall seconds and peak RSS as the kernel counts them, and its phases."""
-    phases = tmp / f"{tag}.phases.json"
+def spawn(command: list[str], tmp: Path, tag: str, ops: bool = False) -> dict:
+    """Run one child; its CPU seconds, wall seconds and peak RSS as the kernel counts them, and its phases
+    (and with ``ops``, its operators' CPU by kind under the profiler)."""
+    phases, op_file = tmp / f"{tag}.phases.json", tmp / f"{tag}.ops.json"
     env = {
         **os.environ,
         "PYTHONPATH": str(REPO),
@@ -153,6 +161,8 @@ def spawn(command: list[str], tmp: Path, tag: str) -> dict:
         "HF_HUB_OFFLINE": "1",
         "WHOLE_PROCESS_PHASES": str(phases),
     }
+    if ops:
+        env["WHOLE_PROCESS_OPS"] = str(op_file)
     env["WHOLE_PROCESS_T0"] = repr(time.time())
     with open(tmp / f"{tag}.log", "w") as log:
         start = time.perf_counter()
@@ -168,7 +178,30 @@ def spawn(command: list[str], tmp: Path, tag: str) -> dict:
         "wall_s": wall,
         "peak_mb": usage.ru_maxrss / 1024,
         "phases": json.loads(phases.read_text()) if phases.exists() else {},
+        **({"ops": json.loads(op_file.read_text())} if ops else {}),
     }
+
+
+def matmul_rate(seconds: float = 3.0) -> float:
+    """This machine's float32 matrix-product rate on one thread, GFLOP/s: the best of products shaped like a
+    small model's layers (a few thousand tokens by 256-1024 features)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    best = 0.0
+    try:
+        for m, k, n in ((2048, 256, 1024), (2048, 1024, 256), (2048, 576, 1536)):
+            a, b = torch.randn(m, k), torch.randn(k, n)
+            a @ b  # warm-up
+            count, start = 0, time.perf_counter()
+            while time.perf_counter() - start < seconds / 3:
+                a @ b
+                count += 1
+            best = max(best, 2 * m * k * n * count / (time.perf_counter() - start) / 1e9)
+    finally:
+        torch.set_num_threads(threads)
+    return best
 
 
 def breakdown(run: dict) -> dict[str, float]:
@@ -226,6 +259,7 @@ def main() -> None:
     ap.add_argument("--words", type=int, default=48, help="words per prompt and per response")
     ap.add_argument("--json", help="also write every run's measurements here")
     ap.add_argument("--ours-args", default="", help="settings added to every rlhfkit command, e.g. '--grad-accum 2'")
+    ap.add_argument("--ops", action="store_true", help="also one profiled run per side: CPU by kind of operator")
     args = ap.parse_args()
     from rlhfkit.quiet import quiet_third_parties
 
@@ -261,7 +295,21 @@ def main() -> None:
                     )
             loads.append((before, load_average()))
             print(f"repeat {r + 1}: load average (1/5/15 min) {before} before, {loads[-1][1]} after", flush=True)
+        profiled = {}
+        if args.ops:
+            for case in cases:
+                for side in ("ours", "trl"):
+                    out = setup.out / f"{case.name}-{side}-ops"
+                    command = (
+                        ours_command(case, setup, out) + shlex.split(args.ours_args)
+                        if side == "ours"
+                        else trl_command(case, setup, out)
+                    )
+                    profiled[case.name, side] = spawn(command, tmp, f"{case.name}-{side}-ops", ops=True)
+                    print(f"  profiled {case.name:10s} {side:5s}", flush=True)
     report(cases, results, loads)
+    if profiled:
+        report_ops(cases, results, profiled, matmul_rate())
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "loads": loads, "results": results}, indent=1))
 
@@ -303,6 +351,35 @@ def report(cases: list[Case], results: dict, loads: list) -> None:
             label = f"{case.name} {'rlhfkit' if side == 'ours' else 'TRL'}"
             print(f"{label:16s}" + "".join(f"{m[k]:16.0f}" if k in m else f"{'-':>16s}" for k in names))
     print("load averages around the repeats: " + "; ".join(f"{a} -> {b}" for a, b in loads))
+
+
+def report_ops(cases: list[Case], results: dict, profiled: dict, rate: float) -> None:
+    """Operators' CPU by kind from the profiled runs, against the timed runs' median process CPU: the
+    difference, "no operator", is the interpreter, imports and Python between operators. The profiler's own
+    cost lands mostly outside the operators, so that column comes from the timed runs, not the profiled one."""
+    print(
+        f"\nWhere the CPU goes: operators by kind from one profiled run per side, the process from the timed "
+        f"medians (CPU s; this machine's float32 matmul, one thread: {rate:.1f} GFLOP/s)"
+    )
+    kinds = ("matmul", "attention", "optimiser", "other")
+    header = f"{'case':16s}{'process':>9s}" + "".join(f"{k:>11s}" for k in kinds)
+    print(header + f"{'no operator':>13s}{'matmul GFLOP':>14s}{'its GFLOP/s':>13s}{'matmul floor s':>16s}")
+    for case in cases:
+        gflop = {}
+        for side in ("ours", "trl"):
+            ops = profiled[case.name, side]["ops"]
+            process = statistics.median(r["cpu_s"] for r in results[case.name][side])
+            gflop[side] = ops["matmul"]["gflop"]
+            rest = process - sum(ops[k]["cpu_s"] for k in kinds)
+            label = f"{case.name} {'rlhfkit' if side == 'ours' else 'TRL'}"
+            achieved = gflop[side] / ops["matmul"]["cpu_s"] if ops["matmul"]["cpu_s"] else 0.0
+            print(
+                f"{label:16s}{process:9.1f}"
+                + "".join(f"{ops[k]['cpu_s']:11.2f}" for k in kinds)
+                + f"{rest:13.2f}{gflop[side]:14.0f}{achieved:13.1f}{gflop[side] / rate:16.2f}"
+            )
+        if gflop["ours"]:
+            print(f"{'':16s}matrix-product work, TRL / rlhfkit: {gflop['trl'] / gflop['ours']:.2f}x")
 
 
 if __name__ == "__main__":

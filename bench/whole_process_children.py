@@ -22,6 +22,12 @@ resident memory and its high-water mark (``/proc/self/status``). Phases:
 
 Online runs generate exactly ``--new-tokens`` tokens on both sides (EOS never ends a response), so both do
 the same work: rlhfkit's sampler is given no EOS id, TRL's generation gets ``min_new_tokens``.
+
+With ``$WHOLE_PROCESS_OPS`` set, the whole run goes under ``torch.profiler`` (flops counted) and, at exit, the
+torch operators' own CPU time by kind goes there as JSON (``op_kinds``): matrix products (and their GFLOP),
+attention, the optimiser's update, and every other operator; what no operator accounts for (the interpreter,
+imports, Python between operators) is the process's CPU time less their sum. The profiler adds its own cost, so
+these runs are not the timed ones.
 """
 
 from __future__ import annotations
@@ -112,6 +118,45 @@ class Phases:
 
 
 PHASES = Phases()
+
+MATMULS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::addmv", "aten::mv", "aten::dot"}
+
+
+def op_kind(name: str) -> str:
+    """The kind of a torch operator (its profiler name): matmul, attention, optimiser or other."""
+    if name in MATMULS:
+        return "matmul"
+    if "scaled_dot_product" in name or "flash_attention" in name:
+        return "attention"
+    if "adam" in name.lower():
+        return "optimiser"
+    return "other"
+
+
+def op_kinds(events) -> dict[str, dict[str, float]]:
+    """Self CPU seconds (and GFLOP, for matrix products) by kind, from a profiler's ``key_averages()``.
+    Autograd's and the optimiser's wrappers (``autograd::...``, ``Optimizer.step#...``) hold no work of their
+    own beyond the operators they call, which are counted where they run."""
+    kinds = {k: {"cpu_s": 0.0, "gflop": 0.0} for k in ("matmul", "attention", "optimiser", "other")}
+    for e in events:
+        kind = kinds[op_kind(e.key)]
+        kind["cpu_s"] += e.self_cpu_time_total / 1e6
+        kind["gflop"] += (e.flops or 0) / 1e9
+    return kinds
+
+
+def profile_ops(path: str) -> None:
+    """Profile the rest of this process; at exit, its operators' time by kind goes to ``path``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    prof = profile(activities=[ProfilerActivity.CPU], with_flops=True)
+    prof.__enter__()
+
+    def write() -> None:
+        prof.__exit__(None, None, None)
+        Path(path).write_text(json.dumps(op_kinds(prof.key_averages())))
+
+    atexit.register(write)  # before the phases' dump (exit handlers run last registered first)
 
 
 def run_ours(stage: str, settings: list[str]) -> int:
@@ -231,6 +276,8 @@ def run_trl(stage: str, args) -> int:
 
 def main() -> int:
     atexit.register(PHASES.dump)
+    if os.environ.get("WHOLE_PROCESS_OPS"):
+        profile_ops(os.environ["WHOLE_PROCESS_OPS"])
     side, stage, rest = sys.argv[1], sys.argv[2], sys.argv[3:]
     if side == "ours":
         return run_ours(stage, rest)

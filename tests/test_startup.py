@@ -209,3 +209,24 @@ def test_stages_on_the_cpu_fix_the_mmap_threshold_when_asked(monkeypatch):
     monkeypatch.setattr(common, "fix_mmap_threshold", lambda: calls.append(1) or True)
     common.make_accelerator(ModelPart(model="tiny"))
     assert calls == [1]
+
+
+def test_the_bench_counts_matrix_products_by_their_flops():
+    """bench/whole_process.py --ops: under the profiler, a product's GFLOP is 2mkn and it is counted as a
+    matmul; an addition and an attention call land in their own kinds, not in the products."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from bench.whole_process_children import op_kind, op_kinds
+
+    a, b = torch.randn(64, 32), torch.randn(32, 16)
+    q = torch.randn(1, 2, 8, 4)
+    with profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
+        for _ in range(3):
+            a @ b
+        a + a
+        torch.nn.functional.scaled_dot_product_attention(q, q, q)
+    kinds = op_kinds(prof.key_averages())
+    assert kinds["matmul"]["gflop"] == pytest.approx(3 * 2 * 64 * 32 * 16 / 1e9)
+    assert kinds["other"]["gflop"] == pytest.approx(64 * 32 / 1e9) and kinds["other"]["cpu_s"] > 0  # the add
+    assert kinds["attention"]["cpu_s"] > 0
+    assert [op_kind(n) for n in ("aten::addmm", "aten::_fused_adamw_", "aten::mul")] == ["matmul", "optimiser", "other"]
