@@ -311,7 +311,9 @@ def main() -> None:
     if profiled:
         report_ops(cases, results, profiled, matmul_rate())
     if args.json:
-        Path(args.json).write_text(json.dumps({"args": vars(args), "loads": loads, "results": results}, indent=1))
+        everything = {"args": vars(args), "loads": loads, "results": results}
+        everything["profiled"] = {f"{name} {side}": run for (name, side), run in profiled.items()}
+        Path(args.json).write_text(json.dumps(everything, indent=1))
 
 
 def report(cases: list[Case], results: dict, loads: list) -> None:
@@ -354,27 +356,30 @@ def report(cases: list[Case], results: dict, loads: list) -> None:
 
 
 def report_ops(cases: list[Case], results: dict, profiled: dict, rate: float) -> None:
-    """Operators' CPU by kind from the profiled runs, against the timed runs' median process CPU: the
-    difference, "no operator", is the interpreter, imports and Python between operators. The profiler's own
-    cost lands mostly outside the operators, so that column comes from the timed runs, not the profiled one."""
+    """Where each profiled run's CPU went by kind of operator, and the rest ("no operator": interpreter, imports,
+    Python between operators, the profiler's own bookkeeping); the timed runs' median beside it. The profiler
+    slows a run (most where operators are many and small: decoding), so its seconds are not the timed ones; the
+    GFLOP are counted, not timed, and "matmul floor s" is them at this machine's rate: no run of that work is
+    faster."""
     print(
-        f"\nWhere the CPU goes: operators by kind from one profiled run per side, the process from the timed "
-        f"medians (CPU s; this machine's float32 matmul, one thread: {rate:.1f} GFLOP/s)"
+        f"\nWhere the CPU goes, one profiled run per side (CPU s; this machine's float32 matmul, one thread: "
+        f"{rate:.1f} GFLOP/s)"
     )
     kinds = ("matmul", "attention", "optimiser", "other")
-    header = f"{'case':16s}{'process':>9s}" + "".join(f"{k:>11s}" for k in kinds)
+    header = f"{'case':16s}{'timed':>8s}{'profiled':>10s}" + "".join(f"{k:>11s}" for k in kinds)
     print(header + f"{'no operator':>13s}{'matmul GFLOP':>14s}{'its GFLOP/s':>13s}{'matmul floor s':>16s}")
     for case in cases:
         gflop = {}
         for side in ("ours", "trl"):
-            ops = profiled[case.name, side]["ops"]
-            process = statistics.median(r["cpu_s"] for r in results[case.name][side])
+            run = profiled[case.name, side]
+            ops = run["ops"]
+            timed = statistics.median(r["cpu_s"] for r in results[case.name][side])
             gflop[side] = ops["matmul"]["gflop"]
-            rest = process - sum(ops[k]["cpu_s"] for k in kinds)
+            rest = run["cpu_s"] - sum(ops[k]["cpu_s"] for k in kinds)
             label = f"{case.name} {'rlhfkit' if side == 'ours' else 'TRL'}"
             achieved = gflop[side] / ops["matmul"]["cpu_s"] if ops["matmul"]["cpu_s"] else 0.0
             print(
-                f"{label:16s}{process:9.1f}"
+                f"{label:16s}{timed:8.1f}{run['cpu_s']:10.1f}"
                 + "".join(f"{ops[k]['cpu_s']:11.2f}" for k in kinds)
                 + f"{rest:13.2f}{gflop[side]:14.0f}{achieved:13.1f}{gflop[side] / rate:16.2f}"
             )
