@@ -25,12 +25,14 @@ every linear layer, on both.
 
 The start-up breakdown (medians, CPU seconds) splits each process into imports, model load, data
 preparation, reference pass, first optimiser step, the other steps, save, and the rest (see the children's
-docstring for where each is stamped), and, for online runs, the sampling inside the steps ("rollout"); the memory breakdown gives RSS after each phase and the peak.
+docstring for where each is stamped), and, for online runs, the sampling inside the steps ("rollout"); the
+memory breakdown gives RSS after each phase and the peak.
 
 ``--ops`` adds one more run of each side per case under ``torch.profiler`` (not timed with the others: the
 profiler costs time of its own) and prints where each process's CPU goes by kind of operator: matrix products
 (the arithmetic both sides share, with the GFLOP each side multiplies and the rate it reached), attention, the
-optimiser, every other operator, and what no operator accounts for (interpreter, imports, Python). Beside it,
+optimiser, every other operator, and what no operator accounts for (interpreter, imports, Python, the
+profiler's own bookkeeping). Beside it,
 this machine's own float32 matrix-product rate on one thread, measured in the same run, for the floor: a side
 cannot run faster than its GFLOP at that rate.
 """
@@ -146,6 +148,17 @@ def trl_command(case: Case, s: Setup, out: Path) -> list[str]:
         args += ["--steps", str(s.online_steps), "--group", "4", "--new-tokens", str(NEW_TOKENS), "--beta", str(KL)]
     args += ["--lora"] * case.lora + ["--bf16"] * case.bf16
     return ["trl", case.stage, *args]
+
+
+def side_command(case: Case, side: str, s: Setup, out: Path, ours_args: str) -> list[str]:
+    """The child's command for ``side`` ("ours" with the extra ``--ours-args``, or "trl")."""
+    if side == "ours":
+        return ours_command(case, s, out) + shlex.split(ours_args)
+    return trl_command(case, s, out)
+
+
+def side_label(case: Case, side: str) -> str:
+    return f"{case.name} {'rlhfkit' if side == 'ours' else 'TRL'}"
 
 
 def spawn(command: list[str], tmp: Path, tag: str, ops: bool = False) -> dict:
@@ -281,11 +294,7 @@ def main() -> None:
                 sides = ["ours", "trl"] if (r + i) % 2 == 0 else ["trl", "ours"]
                 for side in sides:
                     out = setup.out / f"{case.name}-{side}-{r}"
-                    command = (
-                        ours_command(case, setup, out) + shlex.split(args.ours_args)
-                        if side == "ours"
-                        else trl_command(case, setup, out)
-                    )
+                    command = side_command(case, side, setup, out, args.ours_args)
                     run = spawn(command, tmp, f"{case.name}-{side}-{r}")
                     results[case.name][side].append(run)
                     print(
@@ -299,12 +308,7 @@ def main() -> None:
         if args.ops:
             for case in cases:
                 for side in ("ours", "trl"):
-                    out = setup.out / f"{case.name}-{side}-ops"
-                    command = (
-                        ours_command(case, setup, out) + shlex.split(args.ours_args)
-                        if side == "ours"
-                        else trl_command(case, setup, out)
-                    )
+                    command = side_command(case, side, setup, setup.out / f"{case.name}-{side}-ops", args.ours_args)
                     profiled[case.name, side] = spawn(command, tmp, f"{case.name}-{side}-ops", ops=True)
                     print(f"  profiled {case.name:10s} {side:5s}", flush=True)
     report(cases, results, loads)
@@ -342,7 +346,7 @@ def report(cases: list[Case], results: dict, loads: list) -> None:
     for case in cases:
         for side in ("ours", "trl"):
             b = median_of(results[case.name][side], breakdown)
-            label = f"{case.name} {'rlhfkit' if side == 'ours' else 'TRL'}"
+            label = side_label(case, side)
             print(f"{label:16s}" + "".join(f"{b[k]:12.2f}" for k in names + ["to first step", "rollout"]))
     print("\nMemory, RSS MB after each phase (medians)")
     names = ["imports", "model load", "data prep", "reference", "train begin", "first step peak", "peak"]
@@ -350,7 +354,7 @@ def report(cases: list[Case], results: dict, loads: list) -> None:
     for case in cases:
         for side in ("ours", "trl"):
             m = median_of(results[case.name][side], memory)
-            label = f"{case.name} {'rlhfkit' if side == 'ours' else 'TRL'}"
+            label = side_label(case, side)
             print(f"{label:16s}" + "".join(f"{m[k]:16.0f}" if k in m else f"{'-':>16s}" for k in names))
     print("load averages around the repeats: " + "; ".join(f"{a} -> {b}" for a, b in loads))
 
@@ -365,7 +369,8 @@ def report_ops(cases: list[Case], results: dict, profiled: dict, rate: float) ->
         f"\nWhere the CPU goes, one profiled run per side (CPU s; this machine's float32 matmul, one thread: "
         f"{rate:.1f} GFLOP/s)"
     )
-    kinds = ("matmul", "attention", "optimiser", "other")
+    from bench.whole_process_children import OP_KINDS as kinds
+
     header = f"{'case':16s}{'timed':>8s}{'profiled':>10s}" + "".join(f"{k:>11s}" for k in kinds)
     print(header + f"{'no operator':>13s}{'matmul GFLOP':>14s}{'its GFLOP/s':>13s}{'matmul floor s':>16s}")
     for case in cases:
@@ -376,7 +381,7 @@ def report_ops(cases: list[Case], results: dict, profiled: dict, rate: float) ->
             timed = statistics.median(r["cpu_s"] for r in results[case.name][side])
             gflop[side] = ops["matmul"]["gflop"]
             rest = run["cpu_s"] - sum(ops[k]["cpu_s"] for k in kinds)
-            label = f"{case.name} {'rlhfkit' if side == 'ours' else 'TRL'}"
+            label = side_label(case, side)
             achieved = gflop[side] / ops["matmul"]["cpu_s"] if ops["matmul"]["cpu_s"] else 0.0
             print(
                 f"{label:16s}{timed:8.1f}{run['cpu_s']:10.1f}"

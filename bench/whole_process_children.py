@@ -119,6 +119,7 @@ class Phases:
 
 PHASES = Phases()
 
+OP_KINDS = ("matmul", "attention", "optimiser", "other")
 MATMULS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::addmv", "aten::mv", "aten::dot"}
 
 
@@ -137,7 +138,7 @@ def op_kinds(events) -> dict[str, dict[str, float]]:
     """Self CPU seconds (and GFLOP, for matrix products) by kind, from a profiler's ``key_averages()``.
     Autograd's and the optimiser's wrappers (``autograd::...``, ``Optimizer.step#...``) hold no work of their
     own beyond the operators they call, which are counted where they run."""
-    kinds = {k: {"cpu_s": 0.0, "gflop": 0.0} for k in ("matmul", "attention", "optimiser", "other")}
+    kinds = {k: {"cpu_s": 0.0, "gflop": 0.0} for k in OP_KINDS}
     for e in events:
         kind = kinds[op_kind(e.key)]
         kind["cpu_s"] += e.self_cpu_time_total / 1e6
@@ -150,10 +151,10 @@ def profile_ops(path: str) -> None:
     from torch.profiler import ProfilerActivity, profile
 
     prof = profile(activities=[ProfilerActivity.CPU], with_flops=True)
-    prof.__enter__()
+    prof.start()
 
     def write() -> None:
-        prof.__exit__(None, None, None)
+        prof.stop()
         Path(path).write_text(json.dumps(op_kinds(prof.key_averages())))
 
     atexit.register(write)  # before the phases' dump (exit handlers run last registered first)
