@@ -153,7 +153,7 @@ def _both_decoders(model, tok, **params):
 
 @pytest.mark.parametrize("variant", ["tiny", "grouped-query", "lora"])
 def test_packed_decode_equals_transformers_forward(tiny, variant):
-    """rlhfkit.models.decode.PackedLlama (packed, transposed weights, its own KV cache, left-padded prompts)
+    """rlhfkit.models.decode.PackedLlama (packed weights, its own KV cache, left-padded prompts)
     gives the tokens, log-probs, hidden states and entropies of transformers' own forward: with the embedded
     model, with grouped-query attention (2 key/value heads for 4 query heads), and through peft LoRA
     adapters whose B matrices are non-zero (so the adapters change the outputs and must be added in)."""

@@ -3,13 +3,15 @@ tiny models), the fast path, and transformers' own forward with an in-place KV c
 (``make_decoder`` picks).
 
 At 8 rows and one new token per call, a small model's decode step is not arithmetic: in transformers' eager
-forward most of the time goes to dispatching ~30 modules per layer, building masks and rotary tables at every
-token, and multiplying by weights stored (out, in), which MKL reads slower than (in, out) at few rows
-(``python bench/ppo.py --only rollout`` times both layouts; docs/performance.md has the figures). ``PackedLlama``
-takes the model's own weights once per rollout (LoRA deltas added in: the adapters the policy samples with),
-packs q/k/v and gate/up into one product each, stores every matrix transposed, and runs the same arithmetic
-as ``LlamaForCausalLM`` with one KV-cache buffer per layer written in place. Results equal transformers'
-forward up to float rounding (tests/test_rollout.py compares tokens, log-probs, hidden states and entropies).
+forward most of the time goes to dispatching ~30 modules per layer and building masks and rotary tables at
+every token. ``PackedLlama`` takes the model's own weights once per rollout (LoRA deltas added in: the adapters
+the policy samples with), packs q/k/v and gate/up into one product each, and runs the same arithmetic as
+``LlamaForCausalLM`` with one KV-cache buffer per layer written in place. The weights keep ``nn.Linear``'s (out,
+in) layout: the other single matrices and the LM head are the model's own tensors, not copies, and MKL
+multiplies 8 rows by them no slower than by a transposed copy, and faster for a large vocabulary (SmolLM2's
+head: ~45 against ~60 ms a token; ``python bench/ppo.py --only rollout`` times the layouts, docs/performance.md
+has the figures). Results equal transformers' forward up to float rounding (tests/test_rollout.py compares
+tokens, log-probs, hidden states and entropies).
 
 Models it cannot run exactly (other architectures, biases, DoRA or other LoRA variants, position-dependent
 rope scaling) get ``None`` from ``PackedLlama.build`` and the sampler uses transformers' forward instead.
@@ -51,7 +53,7 @@ def _weight(linear) -> Tensor | None:
 
 
 class PackedLlama:
-    """One rollout's decoder: packed, transposed weights and an in-place KV cache (see the module docstring).
+    """One rollout's decoder: packed weights and an in-place KV cache (see the module docstring).
     Built per rollout, so it always holds the policy's current weights; never trained through."""
 
     def __init__(self, lm, layers: list[dict], capacity: int, matmul_dtype: torch.dtype | None, own_weights: bool):
@@ -64,7 +66,7 @@ class PackedLlama:
         keep = _owned if own_weights else (lambda w: w)
         self.embed = keep(body.embed_tokens.weight)
         self.final_norm = keep(body.norm.weight)
-        self.head_t = _transposed(matmul_dtype, lm.lm_head.weight.detach())  # (H, V)
+        self.head = _packed(matmul_dtype, own_weights, lm.lm_head.weight.detach())  # (V, H)
         # cos / sin for every position the rollout can reach, from the model's own rotary module (its rope
         # type and attention scaling included): (capacity, D)
         positions = torch.arange(capacity, device=self.embed.device).unsqueeze(0)
@@ -81,8 +83,8 @@ class PackedLlama:
     @torch.no_grad()
     def build(cls, model, capacity: int, own_weights: bool = False) -> PackedLlama | None:
         """The decoder of ``model`` for rollouts of up to ``capacity`` tokens, or None if it cannot run it exactly.
-        ``own_weights``: copy every tensor it keeps (the packed matrices are copies anyway; this adds the
-        embedding and the norms), for weights that are gathered only while it is built (a sharded model)."""
+        ``own_weights``: copy every tensor it keeps (the packed matrices are copies anyway; this adds the single
+        matrices, the embedding and the norms), for weights gathered only while it is built (a sharded model)."""
         lm = base_causal_lm(model)
         cfg = lm.config
         body = getattr(lm, "model", None)
@@ -101,8 +103,8 @@ class PackedLlama:
         device = body.embed_tokens.weight.device
         # Under autocast (--dtype bf16-mixed) the weights are packed in the autocast dtype once, not cast at
         # every token; except on the CPU (unless AUTOCAST_ON_CPU), where decoding keeps float32: there the bf16
-        # products gain ~10% at 8 rows while casting every activation costs more (`python bench/ppo.py --only
-        # rollout` times both), and the float32 policy is the one the master weights define.
+        # decode step is slower (`python bench/ppo.py --only rollout` times both: 344-389 against 636-753 tokens/s
+        # on the project's 2-core machine), and the float32 policy is the one the master weights define.
         autocast = torch.is_autocast_enabled(device.type) and (device.type != "cpu" or AUTOCAST_ON_CPU)
         matmul_dtype = torch.get_autocast_dtype(device.type) if autocast else None
         layers = []
@@ -120,10 +122,10 @@ class PackedLlama:
                 dict(
                     attn_norm=keep(layer.input_layernorm.weight),
                     mlp_norm=keep(layer.post_attention_layernorm.weight),
-                    qkv_t=_transposed(matmul_dtype, q, k, v),  # (H, (n_heads + 2 n_kv) D)
-                    o_t=_transposed(matmul_dtype, o),
-                    gate_up_t=_transposed(matmul_dtype, gate, up),  # (H, 2 I)
-                    down_t=_transposed(matmul_dtype, down),
+                    qkv=_packed(matmul_dtype, own_weights, q, k, v),  # ((n_heads + 2 n_kv) D, H)
+                    o=_packed(matmul_dtype, own_weights, o),
+                    gate_up=_packed(matmul_dtype, own_weights, gate, up),  # (2 I, H)
+                    down=_packed(matmul_dtype, own_weights, down),
                 )
             )
         return cls(lm, layers, capacity, matmul_dtype, own_weights)
@@ -146,7 +148,7 @@ class PackedLlama:
         cos, sin = self.cos[positions].unsqueeze(1), self.signed_sin[positions].unsqueeze(1)  # (B, 1, S, D)
         for i, w in enumerate(self.layers):
             h = _rms_norm(x, w["attn_norm"], self.eps)
-            qk, v = (h @ w["qkv_t"]).split([(nh + nkv) * D, nkv * D], dim=-1)
+            qk, v = F.linear(h, w["qkv"]).split([(nh + nkv) * D, nkv * D], dim=-1)
             qk = _rotate(qk.view(B, S, nh + nkv, D).transpose(1, 2), cos, sin)  # (B, nh + nkv, S, D)
             q, k = qk[:, :nh], qk[:, nh:]
             if self.keys[i] is None:
@@ -157,10 +159,10 @@ class PackedLlama:
             out = F.scaled_dot_product_attention(
                 q, self.keys[i][:, :, :end], self.values[i][:, :, :end], attn_mask=attend, enable_gqa=nkv != nh
             )  # (B, nh, S, D)
-            x = x + out.transpose(1, 2).reshape(B, S, nh * D) @ w["o_t"]
+            x = x + F.linear(out.transpose(1, 2).reshape(B, S, nh * D), w["o"])
             h = _rms_norm(x, w["mlp_norm"], self.eps)
-            gate, up = (h @ w["gate_up_t"]).chunk(2, dim=-1)
-            x = x + (F.silu(gate) * up) @ w["down_t"]
+            gate, up = F.linear(h, w["gate_up"]).chunk(2, dim=-1)
+            x = x + F.linear(F.silu(gate) * up, w["down"])
         return _rms_norm(x, self.final_norm, self.eps)
 
     def repeat(self, n: int) -> None:
@@ -171,16 +173,21 @@ class PackedLlama:
     def logits(self, hidden: Tensor) -> Tensor:
         """(..., H) -> (..., V) by the LM head."""
         with torch.autocast(self.device_type, enabled=self.autocast):
-            return hidden @ self.head_t
+            return F.linear(hidden, self.head)
 
 
 def _owned(weight: Tensor) -> Tensor:
     return weight.detach().clone()
 
 
-def _transposed(dtype: torch.dtype | None, *weights: Tensor) -> Tensor:
-    """(out_i, in) weights -> one contiguous (in, sum out_i) matrix, in one copy."""
-    return torch.cat([w.t() for w in weights], dim=1).to(dtype or weights[0].dtype)
+def _packed(dtype: torch.dtype | None, own: bool, *weights: Tensor) -> Tensor:
+    """(out_i, in) weights -> one (sum out_i, in) matrix in the layout ``nn.Linear`` keeps, in the matmul dtype.
+    Several are concatenated (one copy); a single weight is used as it is, copied only to change its dtype or
+    when ``own`` (weights gathered only while the decoder is built)."""
+    packed = torch.cat(weights, dim=0) if len(weights) > 1 else weights[0]
+    if dtype is not None and packed.dtype != dtype:
+        return packed.to(dtype)
+    return _owned(packed) if own and len(weights) == 1 else packed
 
 
 def _attend(mask: Tensor, start: int) -> Tensor:
