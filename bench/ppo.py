@@ -20,8 +20,9 @@ top-p, a programmatic reward (count of "the"), KL coefficient 0.05 with a frozen
   ``--advantage grpo --group-size 2``, the same algorithm as TRL's.
 - rollout: tokens/s of ``TransformersSampler.generate`` (the packed Llama step, and transformers' forward
   with ``packed_decode=False``) against plain ``model.generate(do_sample=True)``, same batch, 48 new tokens
-  each (median of repeats), also the packed step in bf16 under autocast; and the time of one decode step's products with the weights as nn.Linear stores
-  them, transposed (what the packed step stores) and transposed in bf16.
+  each (median of repeats), also the packed step in bf16 under autocast; and the time of one decode step's
+  products with the weights as nn.Linear stores them (what the packed step uses), as a transposed copy (what
+  it used before), and in bf16.
 - memory: peak RSS (ru_maxrss) of ``rlhfkit ppo`` with LoRA, reference = adapters off, critic = head
   (one copy of the weights) against ``rlhfkit sft`` with LoRA, same model, batch 8; each in its own
   subprocess. Both the ratio of peaks and the ratio of the growth above the process's RSS once its
@@ -226,8 +227,9 @@ def bench_rollout(repeat: int) -> dict[str, float]:
 
 def bench_products(repeat: int = 300) -> dict[str, float]:
     """Microseconds per product of 8 rows (one decode step) with the tiny-4m layers' weights, in the three
-    forms the packed step could use: (out, in) float32 as nn.Linear stores it, (in, out) float32 (what
-    PackedLlama stores), (in, out) bf16. One copy per layer, cycled, so the weights are not hot in cache."""
+    forms the packed step could use: (out, in) float32 as nn.Linear stores it (what PackedLlama uses), (in, out)
+    float32 (a transposed copy, what it used before), (out, in) bf16 (what it uses under bf16 autocast off the
+    CPU). One copy per layer, cycled, so the weights are not hot in cache."""
     import torch.nn.functional as F
 
     from rlhfkit.models.catalog import TINY_PRESETS
@@ -240,10 +242,10 @@ def bench_products(repeat: int = 300) -> dict[str, float]:
         forms = {
             "out_in_f32": (torch.randn(BATCH, n_in), weights, lambda x, w: F.linear(x, w)),
             "in_out_f32": (torch.randn(BATCH, n_in), [w.t().contiguous() for w in weights], torch.matmul),
-            "in_out_bf16": (
+            "out_in_bf16": (
                 torch.randn(BATCH, n_in).bfloat16(),
-                [w.t().contiguous().bfloat16() for w in weights],
-                torch.matmul,
+                [w.bfloat16() for w in weights],
+                lambda x, w: F.linear(x, w),
             ),
         }
         for form, (x, ws, op) in forms.items():
@@ -380,7 +382,7 @@ def main():
                 "decode products, 8 rows, us: "
                 + ", ".join(
                     f"{n} {products[f'{n}_out_in_f32_us']:.0f} (out, in) / {products[f'{n}_in_out_f32_us']:.0f} (in, out) / "
-                    f"{products[f'{n}_in_out_bf16_us']:.0f} bf16"
+                    f"{products[f'{n}_out_in_bf16_us']:.0f} bf16"
                     for n in ("qkv", "gate_up", "down")
                 )
             )
