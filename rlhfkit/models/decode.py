@@ -7,11 +7,11 @@ forward most of the time goes to dispatching ~30 modules per layer and building 
 every token. ``PackedLlama`` takes the model's own weights once per rollout (LoRA deltas added in: the adapters
 the policy samples with), packs q/k/v and gate/up into one product each, and runs the same arithmetic as
 ``LlamaForCausalLM`` with one KV-cache buffer per layer written in place. The weights keep ``nn.Linear``'s (out,
-in) layout: the other single matrices and the LM head are the model's own tensors, not copies, and MKL
-multiplies 8 rows by them no slower than by a transposed copy, and faster for a large vocabulary (SmolLM2's
-head: ~45 against ~60 ms a token; ``python bench/ppo.py --only rollout`` times the layouts, docs/performance.md
-has the figures). Results equal transformers' forward up to float rounding (tests/test_rollout.py compares
-tokens, log-probs, hidden states and entropies).
+in) layout: the other single matrices and the LM head are the model's own tensors, not copies. A transposed copy
+of every matrix, made at each rollout, was slower here as a whole (``python bench/ppo.py --only rollout`` times
+the layouts' products; docs/performance.md has the rollouts and the whole processes). Results equal
+transformers' forward up to float rounding (tests/test_rollout.py compares tokens, log-probs, hidden states and
+entropies).
 
 Models it cannot run exactly (other architectures, biases, DoRA or other LoRA variants, position-dependent
 rope scaling) get ``None`` from ``PackedLlama.build`` and the sampler uses transformers' forward instead.
