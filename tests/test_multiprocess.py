@@ -350,6 +350,32 @@ def test_a_global_batch_falls_into_the_same_pieces_on_any_number_of_processes():
     assert pieces(3, 1) == [[[0, 3, 6, 9]], [[1, 4, 7, 10]], [[2, 5, 8, 11]]]
 
 
+def test_the_global_batch_check_counts_the_pieces_the_trainer_cuts():
+    """3 examples on 2 CPU processes, grad_accum unset. In pieces of 8 (the default) that is one micro-batch per
+    process, which 3 examples fill. A model whose pieces are 1 example (``cpu_micro_batch`` of a large model on
+    long examples) cuts ceil(3 / 2) = 2 micro-batches per process: 4 slots for 3 examples, so one process would
+    run a micro-batch fewer than the other; the check refuses it, naming the pieces."""
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from rlhfkit.train.batching import check_global_batch, split_micro
+
+    def cpu(p=0):
+        return SimpleNamespace(
+            num_processes=2, process_index=p, device=torch.device("cpu"), distributed_type=DistributedType.MULTI_CPU
+        )
+
+    check_global_batch(cpu(), 3, None)  # pieces of 8: one micro-batch each
+    with pytest.raises(
+        ValueError, match=r"grad_accum 2 \(unset: pieces of up to 1 examples on the CPU\) it must be at least 4"
+    ):
+        check_global_batch(cpu(), 3, None, micro_batch=1)
+    counts = [len(split_micro([0, 1, 2], cpu(p), None, 1)) for p in (0, 1)]
+    assert counts == [2, 1]  # what the refused batch would have run: the processes out of step
+    check_global_batch(cpu(), 4, None, micro_batch=1)
+
+
 @pytest.mark.parametrize("name", ["sft zero2", "dpo zero2", "sft zero3", "ppo zero3"])
 def test_deepspeed_zero_on_cpu_processes_equals_one_process(runs, name):
     """ZeRO-2 (gradients and optimiser state split) and ZeRO-3 (weights split too: PPO's sampler gathers them,

@@ -18,11 +18,20 @@ import torch
 from accelerate import Accelerator
 
 
-def check_global_batch(accelerator: Accelerator, batch_size: int, grad_accum: int | None = 1, name: str = "batch_size"):
-    """Refuse a global batch too small to give every process and micro-batch at least one example."""
+def check_global_batch(
+    accelerator: Accelerator,
+    batch_size: int,
+    grad_accum: int | None = 1,
+    name: str = "batch_size",
+    micro_batch: int | None = None,
+):
+    """Refuse a global batch too small to give every process and micro-batch at least one example. ``micro_batch``:
+    the CPU piece the trainer cuts (``cpu_micro_batch``; default ``CPU_MICRO_BATCH``), which sets the number of
+    micro-batches when ``grad_accum`` is unset: smaller pieces make more of them, so the trainer's own is counted."""
     from accelerate.utils import DistributedType
 
-    grad_accum = resolve_grad_accum(accelerator, batch_size, grad_accum)
+    unset = grad_accum is None
+    grad_accum = resolve_grad_accum(accelerator, batch_size, grad_accum, micro_batch or CPU_MICRO_BATCH)
     if accelerator.distributed_type == DistributedType.DEEPSPEED and grad_accum > 1:
         raise ValueError(
             "under DeepSpeed set grad_accum 1 (DeepSpeed steps the optimiser inside every backward pass); "
@@ -32,7 +41,9 @@ def check_global_batch(accelerator: Accelerator, batch_size: int, grad_accum: in
     if batch_size < need:
         raise ValueError(
             f"{name} {batch_size} is the global batch (all processes together): with {accelerator.num_processes} "
-            f"processes and grad_accum {grad_accum} it must be at least {need}"
+            f"processes and grad_accum {grad_accum}"
+            + (f" (unset: pieces of up to {micro_batch or CPU_MICRO_BATCH} examples on the CPU)" if unset else "")
+            + f" it must be at least {need}"
         )
 
 

@@ -379,8 +379,8 @@ def run(cfg: DPOConfig) -> Path:
         model = add_lora(model, cfg)
     policy = CompletionLogProbs(model)
 
-    batching.check_global_batch(accelerator, cfg.batch_size, cfg.grad_accum)
     micro_batch = batching.cpu_micro_batch(model, [len(g) for g in train])
+    batching.check_global_batch(accelerator, cfg.batch_size, cfg.grad_accum, micro_batch=micro_batch)
     n_steps = common.total_steps(cfg, len(train))
     optimizer = common.make_optimizer(policy, cfg)
     scheduler = common.make_scheduler(optimizer, cfg, n_steps)

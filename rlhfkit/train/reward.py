@@ -334,8 +334,8 @@ def train_member(
             model, held_out, cfg, pad_id, shared, with_ties, accelerator, prefix, data.kind, held_out_pairs, annotators
         )
 
-    batching.check_global_batch(accelerator, cfg.batch_size, cfg.grad_accum)
     micro_batch = batching.cpu_micro_batch(rm.trunk, [len(g) for g in train])
+    batching.check_global_batch(accelerator, cfg.batch_size, cfg.grad_accum, micro_batch=micro_batch)
     n_steps = common.total_steps(cfg, len(train))
     optimizer = common.make_optimizer(rm, cfg)
     scheduler = common.make_scheduler(optimizer, cfg, n_steps)

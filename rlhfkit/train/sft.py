@@ -104,8 +104,8 @@ def run(cfg: SFTConfig) -> Path:
     held_out = cached_tokens(tokenize, eval_records, tokenizer, cfg.max_length)
     pad_id = tokenizer.pad_token_id
 
-    batching.check_global_batch(accelerator, cfg.batch_size, cfg.grad_accum)
     micro_batch = batching.cpu_micro_batch(model, [len(ids) for ids, _ in train])
+    batching.check_global_batch(accelerator, cfg.batch_size, cfg.grad_accum, micro_batch=micro_batch)
     n_steps = common.total_steps(cfg, len(train))
     optimizer = common.make_optimizer(model, cfg)
     scheduler = common.make_scheduler(optimizer, cfg, n_steps)
