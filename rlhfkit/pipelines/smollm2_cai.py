@@ -37,12 +37,12 @@ from rlhfkit.data.io import read_jsonl, write_jsonl
 from rlhfkit.data.records import user_turn
 from rlhfkit.pipelines.base import Pipeline, pick_threads
 from rlhfkit.pipelines.smollm2_harmless import (
-    common_settings,
     dpo_config,
     evaluate,
     free,
-    lora_settings,
+    ppo_config,
     reward_model_config,
+    sft_config,
     tidy,
 )
 from rlhfkit.toy import harmless
@@ -160,24 +160,7 @@ def run(cfg: CAIConfig) -> Path:
 
     from rlhfkit.train import dpo, ppo, reward, sft
 
-    sft_dir = pipe.stage(
-        "sft",
-        lambda: sft.run(
-            sft.SFTConfig(
-                model=cfg.model,
-                data=str(revise_dir / "sft.jsonl"),
-                eval_fraction=0.0,
-                output_dir=str(run_dir / "sft"),
-                lr=cfg.sft_lr,
-                epochs=cfg.sft_epochs,
-                batch_size=cfg.sft_batch_size,
-                warmup_ratio=0.1,
-                log_every=5,
-                **lora_settings(cfg),
-                **common_settings(cfg),
-            )
-        ),
-    )
+    sft_dir = pipe.stage("sft", lambda: sft.run(sft_config(cfg, revise_dir / "sft.jsonl", run_dir)))
     free()
     results["sft"] = evaluate("sft", str(sft_dir), run_dir, cfg, pipe)
 
@@ -229,27 +212,7 @@ def run(cfg: CAIConfig) -> Path:
         )
         free()
         ppo_start = str(run_dir / "dpo") if cfg.ppo_from == "dpo" else str(sft_dir)
-        ppo_dir = pipe.stage(
-            "ppo",
-            lambda: ppo.run(
-                ppo.PPOConfig(
-                    model=ppo_start,
-                    data=str(ppo_prompts),
-                    output_dir=str(run_dir / "ppo"),
-                    reward=str(rm_dir),
-                    lr=cfg.ppo_lr,
-                    max_steps=cfg.ppo_steps,
-                    batch_size=cfg.ppo_batch_size,
-                    ppo_epochs=cfg.ppo_epochs,
-                    kl_coef=cfg.ppo_kl_coef,
-                    max_new_tokens=cfg.ppo_max_new_tokens,
-                    temperature=cfg.ppo_temperature,
-                    eval_fraction=0.0,
-                    **lora_settings(cfg),
-                    **common_settings(cfg),
-                )
-            ),
-        )
+        ppo_dir = pipe.stage("ppo", lambda: ppo.run(ppo_config(cfg, ppo_start, ppo_prompts, rm_dir, run_dir)))
         free()
         results["ppo"] = evaluate("ppo", str(ppo_dir), run_dir, cfg, pipe)
 

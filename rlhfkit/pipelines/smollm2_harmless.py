@@ -164,6 +164,49 @@ def reward_model_config(cfg: HarmlessConfig | CAIConfig, prefs_path: Path, run_d
     )
 
 
+def sft_config(cfg: HarmlessConfig | CAIConfig, data_path: Path, run_dir: Path):
+    """The presets' SFT stage (this one and smollm2-cai): LoRA from the base model on the demonstrations."""
+    from rlhfkit.train import sft
+
+    return sft.SFTConfig(
+        model=cfg.model,
+        data=str(data_path),
+        eval_fraction=0.0,
+        output_dir=str(run_dir / "sft"),
+        lr=cfg.sft_lr,
+        epochs=cfg.sft_epochs,
+        batch_size=cfg.sft_batch_size,
+        warmup_ratio=0.1,
+        log_every=5,
+        **lora_settings(cfg),
+        **common_settings(cfg),
+    )
+
+
+def ppo_config(cfg: HarmlessConfig | CAIConfig, model: str, prompts_path: Path, rm_dir: Path, run_dir: Path, **extra):
+    """The presets' PPO stage: LoRA from ``model`` against the reward model in ``rm_dir``; ``extra``: a preset's
+    own settings on top."""
+    from rlhfkit.train import ppo
+
+    return ppo.PPOConfig(
+        model=model,
+        data=str(prompts_path),
+        eval_fraction=0.0,
+        output_dir=str(run_dir / "ppo"),
+        reward=str(rm_dir),
+        max_steps=cfg.ppo_steps,
+        batch_size=cfg.ppo_batch_size,
+        ppo_epochs=cfg.ppo_epochs,
+        lr=cfg.ppo_lr,
+        kl_coef=cfg.ppo_kl_coef,
+        max_new_tokens=cfg.ppo_max_new_tokens,
+        temperature=cfg.ppo_temperature,
+        **extra,
+        **lora_settings(cfg),
+        **common_settings(cfg),
+    )
+
+
 def run(cfg: HarmlessConfig) -> Path:
     threads = pick_threads(cfg.threads)
     torch.set_num_threads(threads)
@@ -209,24 +252,7 @@ def run(cfg: HarmlessConfig) -> Path:
 
         demos_path = run_dir / "demos.jsonl"
         write_jsonl(demos_path, [{"prompt": p["prompt"], "completion": p["chosen"]} for p in pairs])
-        sft_dir = pipe.stage(
-            "sft",
-            lambda: sft.run(
-                sft.SFTConfig(
-                    model=cfg.model,
-                    data=str(demos_path),
-                    eval_fraction=0.0,
-                    output_dir=str(run_dir / "sft"),
-                    lr=cfg.sft_lr,
-                    epochs=cfg.sft_epochs,
-                    batch_size=cfg.sft_batch_size,
-                    warmup_ratio=0.1,
-                    log_every=5,
-                    **lora_settings(cfg),
-                    **common_settings(cfg),
-                )
-            ),
-        )
+        sft_dir = pipe.stage("sft", lambda: sft.run(sft_config(cfg, demos_path, run_dir)))
         free()
         results["sft"] = evaluate("sft", str(sft_dir), run_dir, cfg, pipe)
         start = str(sft_dir)
@@ -250,29 +276,9 @@ def run(cfg: HarmlessConfig) -> Path:
             lambda: reward.run(reward_model_config(cfg, prefs_path, run_dir)),
         )
         free()
-        ppo_dir = pipe.stage(
-            "ppo",
-            lambda: ppo.run(
-                ppo.PPOConfig(
-                    model=ppo_start,
-                    data=str(run_dir / "prompts.jsonl"),
-                    eval_fraction=0.0,
-                    output_dir=str(run_dir / "ppo"),
-                    reward=str(rm_dir),
-                    max_steps=cfg.ppo_steps,
-                    batch_size=cfg.ppo_batch_size,
-                    ppo_epochs=cfg.ppo_epochs,
-                    lr=cfg.ppo_lr,
-                    kl_coef=cfg.ppo_kl_coef,
-                    max_new_tokens=cfg.ppo_max_new_tokens,
-                    temperature=cfg.ppo_temperature,
-                    missing_eos_penalty=None,
-                    sample_every=2,
-                    **lora_settings(cfg),
-                    **common_settings(cfg),
-                )
-            ),
-        )
+        prompts_path = run_dir / "prompts.jsonl"
+        extra = dict(missing_eos_penalty=None, sample_every=2)
+        ppo_dir = pipe.stage("ppo", lambda: ppo.run(ppo_config(cfg, ppo_start, prompts_path, rm_dir, run_dir, **extra)))
         free()
         results["ppo"] = evaluate("ppo", str(ppo_dir), run_dir, cfg, pipe)
 
