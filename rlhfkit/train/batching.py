@@ -18,35 +18,6 @@ import torch
 from accelerate import Accelerator
 
 
-def check_global_batch(
-    accelerator: Accelerator,
-    batch_size: int,
-    grad_accum: int | None = 1,
-    name: str = "batch_size",
-    micro_batch: int | None = None,
-):
-    """Refuse a global batch too small to give every process and micro-batch at least one example. ``micro_batch``:
-    the CPU piece the trainer cuts (``cpu_micro_batch``; default ``CPU_MICRO_BATCH``), which sets the number of
-    micro-batches when ``grad_accum`` is unset: smaller pieces make more of them, so the trainer's own is counted."""
-    from accelerate.utils import DistributedType
-
-    unset = grad_accum is None
-    grad_accum = resolve_grad_accum(accelerator, batch_size, grad_accum, micro_batch or CPU_MICRO_BATCH)
-    if accelerator.distributed_type == DistributedType.DEEPSPEED and grad_accum > 1:
-        raise ValueError(
-            "under DeepSpeed set grad_accum 1 (DeepSpeed steps the optimiser inside every backward pass); "
-            "use more processes, or a smaller batch_size, for the memory"
-        )
-    need = accelerator.num_processes * grad_accum
-    if batch_size < need:
-        raise ValueError(
-            f"{name} {batch_size} is the global batch (all processes together): with {accelerator.num_processes} "
-            f"processes and grad_accum {grad_accum}"
-            + (f" (unset: pieces of up to {micro_batch or CPU_MICRO_BATCH} examples on the CPU)" if unset else "")
-            + f" it must be at least {need}"
-        )
-
-
 def batch_order(lengths: list[int], batch_size: int, seed: int, epoch: int, group_by_length: bool) -> list[list[int]]:
     """The global batches of one epoch, a pure function of (seed, epoch), so a resumed run sees the same data.
 
@@ -130,6 +101,33 @@ def cpu_micro_batch(model: torch.nn.Module, lengths: list[int]) -> int:
         return CPU_MICRO_BATCH
     typical = sorted(lengths)[int(0.9 * (len(lengths) - 1))]
     return fitting_piece(CPU_MICRO_BATCH, lambda n: n * typical, model_width(model), ACTIVATION_BUDGET)
+
+
+def check_global_batch(
+    accelerator: Accelerator,
+    batch_size: int,
+    grad_accum: int | None = 1,
+    name: str = "batch_size",
+    micro_batch: int = CPU_MICRO_BATCH,
+):
+    """Refuse a global batch too small to give every process and micro-batch at least one example. ``micro_batch``:
+    the CPU piece the trainer cuts (``cpu_micro_batch``), which sets the number of micro-batches when ``grad_accum``
+    is unset (``resolve_grad_accum``): smaller pieces make more of them, so the trainer's own is counted."""
+    from accelerate.utils import DistributedType
+
+    accum = resolve_grad_accum(accelerator, batch_size, grad_accum, micro_batch)
+    if accelerator.distributed_type == DistributedType.DEEPSPEED and accum > 1:
+        raise ValueError(
+            "under DeepSpeed set grad_accum 1 (DeepSpeed steps the optimiser inside every backward pass); "
+            "use more processes, or a smaller batch_size, for the memory"
+        )
+    need = accelerator.num_processes * accum
+    if batch_size < need:
+        pieces = f" (unset: pieces of up to {micro_batch} examples on the CPU)" if grad_accum is None else ""
+        raise ValueError(
+            f"{name} {batch_size} is the global batch (all processes together): with {accelerator.num_processes} "
+            f"processes and grad_accum {accum}{pieces} it must be at least {need}"
+        )
 
 
 def resolve_grad_accum(
