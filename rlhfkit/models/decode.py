@@ -103,8 +103,8 @@ class PackedLlama:
         device = body.embed_tokens.weight.device
         # Under autocast (--dtype bf16-mixed) the weights are packed in the autocast dtype once, not cast at
         # every token; except on the CPU (unless AUTOCAST_ON_CPU), where decoding keeps float32: there the bf16
-        # decode step is slower (`python bench/ppo.py --only rollout` times both: 344-389 against 636-753 tokens/s
-        # on the project's 2-core machine), and the float32 policy is the one the master weights define.
+        # decode step is slower (`python bench/ppo.py --only rollout` times both; docs/performance.md has the
+        # figures), and the float32 policy is the one the master weights define.
         autocast = torch.is_autocast_enabled(device.type) and (device.type != "cpu" or AUTOCAST_ON_CPU)
         matmul_dtype = torch.get_autocast_dtype(device.type) if autocast else None
         layers = []
