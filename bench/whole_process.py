@@ -53,6 +53,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from bench.whole_process_children import OP_KINDS  # noqa: E402  (the children's kinds of operator, stdlib only)
+
 CHILD = Path(__file__).with_name("whole_process_children.py")
 BATCH, NEW_TOKENS, KL = 8, 48, 0.05
 
@@ -369,9 +371,7 @@ def report_ops(cases: list[Case], results: dict, profiled: dict, rate: float) ->
         f"\nWhere the CPU goes, one profiled run per side (CPU s; this machine's float32 matmul, one thread: "
         f"{rate:.1f} GFLOP/s)"
     )
-    from bench.whole_process_children import OP_KINDS as kinds
-
-    header = f"{'case':16s}{'timed':>8s}{'profiled':>10s}" + "".join(f"{k:>11s}" for k in kinds)
+    header = f"{'case':16s}{'timed':>8s}{'profiled':>10s}" + "".join(f"{k:>11s}" for k in OP_KINDS)
     print(header + f"{'no operator':>13s}{'matmul GFLOP':>14s}{'its GFLOP/s':>13s}{'matmul floor s':>16s}")
     for case in cases:
         gflop = {}
@@ -380,12 +380,12 @@ def report_ops(cases: list[Case], results: dict, profiled: dict, rate: float) ->
             ops = run["ops"]
             timed = statistics.median(r["cpu_s"] for r in results[case.name][side])
             gflop[side] = ops["matmul"]["gflop"]
-            rest = run["cpu_s"] - sum(ops[k]["cpu_s"] for k in kinds)
+            rest = run["cpu_s"] - sum(ops[k]["cpu_s"] for k in OP_KINDS)
             label = side_label(case, side)
             achieved = gflop[side] / ops["matmul"]["cpu_s"] if ops["matmul"]["cpu_s"] else 0.0
             print(
                 f"{label:16s}{timed:8.1f}{run['cpu_s']:10.1f}"
-                + "".join(f"{ops[k]['cpu_s']:11.2f}" for k in kinds)
+                + "".join(f"{ops[k]['cpu_s']:11.2f}" for k in OP_KINDS)
                 + f"{rest:13.2f}{gflop[side]:14.0f}{achieved:13.1f}{gflop[side] / rate:16.2f}"
             )
         if gflop["ours"]:
