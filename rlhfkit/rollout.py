@@ -63,7 +63,9 @@ class Rollout:
     With ``return_states``, samplers that run the trainer's own model (``TransformersSampler``)
     also fill, so that the trainer need not run the policy again: hidden (B, T, H), the last hidden state at
     the position that predicts each response token (``response_forward(..., hidden=True)``'s quantity), and
-    entropy (B, T) of the temperature-scaled distribution there.
+    entropy (B, T) of the temperature-scaled distribution there. in_float32: those were computed in float32
+    although the caller's autocast was on (the CPU's packed decode step keeps float32), so a pass whose
+    log-probs are compared with them (PPO's reference) should run in float32 too.
     """
 
     prompts: list
@@ -76,6 +78,7 @@ class Rollout:
     texts: list[str]
     hidden: Tensor | None = None
     entropy: Tensor | None = None
+    in_float32: bool = False
 
     @property
     def input_ids(self) -> Tensor:  # (B, P + T)
@@ -280,9 +283,10 @@ class TransformersSampler:
         response_ids = response_ids.masked_fill(response_mask == 0, tok.pad_token_id)
         logprobs = logprobs.masked_fill(response_mask == 0, 0.0)
         texts = [_cut_at_stop(s, p.stop)[0] for s in tok.batch_decode(response_ids, skip_special_tokens=True)]
-        states = {}
+        # a decoder without an `autocast` flag (transformers' forward) runs under the caller's autocast
+        states = dict(in_float32=torch.is_autocast_enabled(device.type) and not getattr(decoder, "autocast", True))
         if self.return_states:
-            states = dict(
+            states.update(
                 hidden=torch.stack([s.hidden for s in steps], 1), entropy=torch.stack([s.entropy for s in steps], 1)
             )
         return Rollout(prompts, query_ids, query_mask, response_ids, response_mask, logprobs, ended, texts, **states)

@@ -205,6 +205,19 @@ def test_behaviour_pass_from_the_sampler_matches_a_recomputed_one(tmp_path):
         assert fast[key] == pytest.approx(slow[key], abs=1e-4), key
 
 
+def test_under_bf16_autocast_the_reference_pass_takes_the_samplers_precision(tmp_path):
+    """On the CPU the sampler decodes in float32 under --dtype bf16-mixed, so the reference pass runs in float32
+    too: the first step's KL is then the float32 run's, to the bit (bf16 rounding against float32 had given
+    -3.4e-4 per response here), and with recompute_logprobs (both passes under autocast) exactly 0."""
+
+    def first_kl(name, **kw):
+        metrics = read_metrics(run(cfg(tmp_path, name, max_steps=1, seed=3, **kw)))
+        return next(r for r in metrics if "objective/kl" in r)["objective/kl"]
+
+    assert first_kl("bf16", dtype="bf16-mixed") == first_kl("f32")
+    assert first_kl("bf16-recomputed", dtype="bf16-mixed", recompute_logprobs=True) == 0.0
+
+
 @pytest.mark.parametrize("advantage", ["gae", "grpo"])
 def test_a_minibatch_in_pieces_trains_as_one_forward(tmp_path, monkeypatch, advantage):
     """On the CPU a mini-batch runs forward and backward in pieces of rows (less activation memory), each

@@ -160,8 +160,13 @@ def run(cfg: PPOConfig) -> Path:
     samples_file = run_dir.path / "samples.jsonl"
 
     @torch.no_grad()
-    def reference_logprobs(rollout) -> torch.Tensor:
-        with accelerator.autocast():
+    def reference_logprobs(rollout, like_sampler: bool = True) -> torch.Tensor:
+        """The reference's log-probs of the rollout, in the precision of the policy's log-probs they are compared
+        with: those of the sampler (``like_sampler``: float32 where it kept float32 under autocast, the CPU's
+        decode step), else of a pass under autocast. The KL of the starting policy to its reference is then zero,
+        not the rounding between bf16 and float32 (and on the CPU, whose bf16 products are emulated, the
+        reference pass runs at float32's speed)."""
+        with nullcontext() if like_sampler and rollout.in_float32 else accelerator.autocast():
             if reference is not None:
                 return response_forward(reference, rollout, cfg.temperature)["logprobs"]
             return model(rollout, cfg.temperature, part="reference")["logprobs"]
@@ -210,11 +215,7 @@ def run(cfg: PPOConfig) -> Path:
             raw_scores = reward_fn(rollout.prompts, rollout.texts).to(device)  # (b,)
             with torch.no_grad(), accelerator.autocast():
                 old = behaviour(model, rollout, cfg, with_critic=raw.critic is not None)
-                ref_logprobs = (
-                    response_forward(reference, rollout, cfg.temperature)
-                    if reference is not None
-                    else model(rollout, cfg.temperature, part="reference")
-                )["logprobs"]
+            ref_logprobs = reference_logprobs(rollout, like_sampler=old["logprobs"] is rollout.logprobs)
             # ... then the whole batch, the same on every process
             batch = gather_batch(accelerator, rollout, old, ref_logprobs, raw_scores, tokenizer.pad_token_id)
             mask = batch.response_mask  # (B, T)
