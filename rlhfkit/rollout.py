@@ -63,9 +63,10 @@ class Rollout:
     With ``return_states``, samplers that run the trainer's own model (``TransformersSampler``)
     also fill, so that the trainer need not run the policy again: hidden (B, T, H), the last hidden state at
     the position that predicts each response token (``response_forward(..., hidden=True)``'s quantity), and
-    entropy (B, T) of the temperature-scaled distribution there. in_float32: those were computed in float32
-    although the caller's autocast was on (the CPU's packed decode step keeps float32), so a pass whose
-    log-probs are compared with them (PPO's reference) should run in float32 too.
+    entropy (B, T) of the temperature-scaled distribution there. in_autocast: whether the log-probs were
+    computed under autocast (False where the caller had none, or where the decoder kept float32 under it: the
+    CPU's packed step), so that a pass whose log-probs are compared with them (PPO's reference) can run in the
+    same precision.
     """
 
     prompts: list
@@ -78,7 +79,7 @@ class Rollout:
     texts: list[str]
     hidden: Tensor | None = None
     entropy: Tensor | None = None
-    in_float32: bool = False
+    in_autocast: bool = True
 
     @property
     def input_ids(self) -> Tensor:  # (B, P + T)
@@ -284,7 +285,7 @@ class TransformersSampler:
         logprobs = logprobs.masked_fill(response_mask == 0, 0.0)
         texts = [_cut_at_stop(s, p.stop)[0] for s in tok.batch_decode(response_ids, skip_special_tokens=True)]
         # a decoder without an `autocast` flag (transformers' forward) runs under the caller's autocast
-        states = dict(in_float32=torch.is_autocast_enabled(device.type) and not getattr(decoder, "autocast", True))
+        states = dict(in_autocast=torch.is_autocast_enabled(device.type) and getattr(decoder, "autocast", True))
         if self.return_states:
             states.update(
                 hidden=torch.stack([s.hidden for s in steps], 1), entropy=torch.stack([s.entropy for s in steps], 1)

@@ -80,6 +80,20 @@ def test_ppo_checks_at_the_interval_and_logs_the_signals(tmp_path, toy_files):
     assert card.figures["monitor"]["checks"] == 3 and card.figures["monitor"]["alarm"] is False
 
 
+def test_ppo_monitor_kl_of_the_start_is_zero_under_bf16_mixed(tmp_path, toy_files):
+    """The monitor samples its checks without autocast, in float32; the reference pass it compares them with runs
+    in float32 too, so the check before any update measures a KL of 0, not the rounding of bf16 against float32."""
+    from rlhfkit.train.ppo import run
+
+    cfg = PPOConfig(
+        model="tiny", data=toy_files["prompt"], reward="tests.test_monitor_hooks:count_the", max_steps=1,
+        batch_size=4, max_new_tokens=6, missing_eos_penalty=None, monitor=True, monitor_every=1, monitor_prompts=8,
+        dtype="bf16-mixed", **common(tmp_path, "ppo"),
+    )  # fmt: skip
+    summary = json.loads((run(cfg) / "monitor" / "monitor.json").read_text())
+    assert summary["history"][0]["step"] == 0 and summary["history"][0]["kl"] == pytest.approx(0.0, abs=1e-6)
+
+
 def test_ppo_stops_at_the_alarm_and_keeps_the_best_checks_model(tmp_path, toy_files, alarm_from_step_1):
     """The check at step 1 raises the alarm (patience 1) and stops the run; the best check is the last one before
     any reason held, step 0, so final/ holds the starting weights."""

@@ -162,11 +162,11 @@ def run(cfg: PPOConfig) -> Path:
     @torch.no_grad()
     def reference_logprobs(rollout, like_sampler: bool = True) -> torch.Tensor:
         """The reference's log-probs of the rollout, in the precision of the policy's log-probs they are compared
-        with: those of the sampler (``like_sampler``: float32 where it kept float32 under autocast, the CPU's
-        decode step), else of a pass under autocast. The KL of the starting policy to its reference is then zero,
-        not the rounding between bf16 and float32 (and on the CPU, whose bf16 products are emulated, the
-        reference pass runs at float32's speed)."""
-        with nullcontext() if like_sampler and rollout.in_float32 else accelerator.autocast():
+        with: those of the sampler (``like_sampler``: float32 where it ran without autocast, or kept float32 under
+        it, as the CPU's decode step does; the monitor's checks sample without autocast), else of a pass under
+        autocast. The KL of the starting policy to its reference is then zero, not the rounding between bf16 and
+        float32 (and on the CPU, whose bf16 products are emulated, the reference pass runs at float32's speed)."""
+        with nullcontext() if like_sampler and not rollout.in_autocast else accelerator.autocast():
             if reference is not None:
                 return response_forward(reference, rollout, cfg.temperature)["logprobs"]
             return model(rollout, cfg.temperature, part="reference")["logprobs"]
