@@ -211,6 +211,21 @@ def test_stages_on_the_cpu_fix_the_mmap_threshold_when_asked(monkeypatch):
     assert calls == [1]
 
 
+@pytest.mark.parametrize("has_bf16", [False, True])
+def test_bf16_mixed_on_a_cpu_without_bf16_instructions_says_so(monkeypatch, capsys, has_bf16):
+    """Asked for bf16-mixed where bf16 products are emulated (4-8x float32 here), a stage says so once at its
+    start; where the CPU has them, or in float32, it says nothing."""
+    from rlhfkit.config import ModelPart
+    from rlhfkit.train import common
+
+    monkeypatch.setattr(common, "cpu_has_bf16", lambda: has_bf16)
+    common.make_accelerator(ModelPart(model="tiny", dtype="bf16-mixed"))
+    said = capsys.readouterr().out
+    assert ("bf16 products are emulated" in said) is (not has_bf16)
+    common.make_accelerator(ModelPart(model="tiny"))
+    assert "bf16" not in capsys.readouterr().out
+
+
 def test_the_bench_counts_matrix_products_by_their_flops():
     """bench/whole_process.py --ops: under the profiler, a product's GFLOP is 2mkn and it is counted as a
     matmul; an addition and an attention call land in their own kinds, not in the products."""

@@ -54,8 +54,9 @@ class ModelPart(StageConfig):
     model: str = Field("tiny", description=MODEL_CHOICES)
     dtype: Literal["auto", "float32", "bf16-mixed", "bfloat16", "float16"] = Field(
         "auto",
-        description="bf16-mixed: float32 weights, bfloat16 autocast (fast on CPUs with AMX too); "
-        "auto: bf16-mixed on GPU, float32 on CPU",
+        description="bf16-mixed: float32 weights, bfloat16 autocast (fast on CPUs with AMX too; on CPUs without "
+        "bf16 instructions emulated and slower than float32, and the stage says so); auto: bf16-mixed on GPU, "
+        "float32 on CPU",
     )
     chat_template: str | None = Field(None, description="Jinja chat template; default: the model's own, else ChatML")
     lora: bool = Field(False, description="train LoRA adapters (peft) instead of all weights")

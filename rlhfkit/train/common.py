@@ -86,7 +86,19 @@ def make_accelerator(cfg: ModelPart) -> Accelerator:
     _deepspeed_settings(accelerator, cfg)
     if accelerator.device.type == "cpu":  # activations live in the C heap only on the CPU
         fix_mmap_threshold()
+        if precision == "bf16" and not cpu_has_bf16():
+            accelerator.print(
+                "note: --dtype bf16-mixed on a CPU without bf16 instructions (AVX512-BF16, AMX): its bf16 products "
+                "are emulated, 4-8x slower than float32 on the project's machine (docs/performance.md); "
+                "--dtype float32 is faster here"
+            )
     return accelerator
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU runs bf16 matrix products in hardware-backed kernels (oneDNN's own test, as PyTorch's
+    test suite uses it); without them bf16 autocast is emulated and slower than float32."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def _deepspeed_settings(accelerator: Accelerator, cfg) -> None:
