@@ -97,8 +97,10 @@ def make_accelerator(cfg: ModelPart) -> Accelerator:
 
 def cpu_has_bf16() -> bool:
     """Whether this CPU runs bf16 matrix products in hardware-backed kernels (oneDNN's own test, as PyTorch's
-    test suite uses it); without them bf16 autocast is emulated and slower than float32."""
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    test suite uses it); without them bf16 autocast is emulated and slower than float32. A build without oneDNN
+    answers yes: nothing is said where nothing is known."""
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return check is None or bool(check())
 
 
 def _deepspeed_settings(accelerator: Accelerator, cfg) -> None:
