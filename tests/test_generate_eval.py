@@ -173,7 +173,8 @@ def test_perplexity_is_exp_of_the_mean_token_nll(tiny):
 def test_sample_kl_from_stored_tokens_matches_the_rollout(tiny):
     """The KL computed later from a generations file's token ids equals the one computed on the rollout itself."""
     from rlhfkit.models.tiny import build_tiny
-    from rlhfkit.rollout import make_sampler, response_forward
+    from rlhfkit.rollout import make_sampler
+    from rlhfkit.rollout_forward import response_forward
 
     model, tok = tiny
     other = build_tiny("tiny", seed=1)[0]

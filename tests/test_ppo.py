@@ -18,7 +18,8 @@ from rlhfkit.config import ConfigError, SamplingPart, load_config
 from rlhfkit.data.records import from_json
 from rlhfkit.losses import kl_penalized_rewards, ppo_policy_loss
 from rlhfkit.models.load import add_lora
-from rlhfkit.rollout import TransformersSampler, response_forward
+from rlhfkit.rollout import TransformersSampler
+from rlhfkit.rollout_forward import response_forward
 from rlhfkit.runs import read_metrics
 from rlhfkit.toy.data import data_file
 from rlhfkit.toy.data import prompts as toy_prompts

@@ -8,7 +8,8 @@ import torch
 from rlhfkit.config import ConfigError, SamplingPart, load_config
 from rlhfkit.data.prompts import load_prompts
 from rlhfkit.data.records import Message
-from rlhfkit.rollout import Rollout, TransformersSampler, encode_prompts, filter_logits, response_forward
+from rlhfkit.rollout import Rollout, TransformersSampler, encode_prompts, filter_logits
+from rlhfkit.rollout_forward import response_forward
 from rlhfkit.toy.data import data_file
 from rlhfkit.toy.data import prompts as toy_prompts
 
@@ -84,7 +85,7 @@ def test_rows_sharing_a_prompt_give_what_plain_rows_give_in_value_and_gradient(t
     """Samples of the same prompt go through the model as one row [prompt | response 1 | ... ] with the prompt
     computed once; at every response token the log-probs, hidden states, entropies and the gradient of a loss
     on them equal those of one row per sample (rows given in a shuffled order, as a PPO mini-batch has them)."""
-    import rlhfkit.rollout as rollout_module
+    import rlhfkit.rollout_forward as rollout_forward
 
     model, tok = tiny
     if variant != "tiny":
@@ -97,7 +98,7 @@ def test_rows_sharing_a_prompt_give_what_plain_rows_give_in_value_and_gradient(t
         )
     r = sample((model, tok), n=3, max_new_tokens=10, temperature=0.7)
     r = take(r, torch.randperm(r.response_ids.size(0), generator=torch.Generator().manual_seed(1)))
-    assert rollout_module.rows_by_prompt(r) is not None and r.response_mask.sum() < r.response_mask.numel()
+    assert rollout_forward.rows_by_prompt(r) is not None and r.response_mask.sum() < r.response_mask.numel()
     on = r.response_mask.bool()
 
     def forward_and_grads():
@@ -107,7 +108,7 @@ def test_rows_sharing_a_prompt_give_what_plain_rows_give_in_value_and_gradient(t
         return out, torch.autograd.grad(loss, params)
 
     shared, shared_grads = forward_and_grads()
-    monkeypatch.setattr(rollout_module, "rows_by_prompt", lambda rollout: None)
+    monkeypatch.setattr(rollout_forward, "rows_by_prompt", lambda rollout: None)
     plain, plain_grads = forward_and_grads()
     for key in ("logprobs", "hidden", "entropy"):
         assert shared[key].shape == plain[key].shape
@@ -117,7 +118,7 @@ def test_rows_sharing_a_prompt_give_what_plain_rows_give_in_value_and_gradient(t
 
 
 def test_rows_by_prompt_only_when_a_prompt_repeats(tiny):
-    from rlhfkit.rollout import rows_by_prompt
+    from rlhfkit.rollout_forward import rows_by_prompt
 
     assert rows_by_prompt(sample(tiny, n=1, max_new_tokens=3)) is None
     assert rows_by_prompt(sample(tiny, n=2, max_new_tokens=3)) == [[0, 1], [2, 3], [4, 5], [6, 7]]

@@ -121,7 +121,8 @@ def sample_kl(
 ) -> torch.Tensor:  # fmt: skip
     """Monte-Carlo KL(model || reference) of each response: the sum over its sampled tokens of
     log p_model - log p_reference at the sampling temperature (k1; its mean over responses estimates the KL)."""
-    from rlhfkit.rollout import Rollout, encode_prompts, response_forward
+    from rlhfkit.rollout import Rollout, encode_prompts
+    from rlhfkit.rollout_forward import response_forward
 
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id or 0

@@ -63,7 +63,8 @@ class GateInputs:
 @torch.no_grad()
 def sample(model, tokenizer, prompts: list, settings: GateSettings, seed: int, ref_model=None):
     """One response per prompt; with ``ref_model`` also the Monte-Carlo KL(model || ref) per response (k1)."""
-    from rlhfkit.rollout import TransformersSampler, response_forward
+    from rlhfkit.rollout import TransformersSampler
+    from rlhfkit.rollout_forward import response_forward
 
     sampler = TransformersSampler(
         model, tokenizer, SamplingPart(max_new_tokens=settings.max_new_tokens, temperature=settings.temperature)

@@ -14,7 +14,8 @@ import torch
 from rlhfkit.config import SamplingPart
 from rlhfkit.data.records import Message
 from rlhfkit.evaluate.stats import win_rate
-from rlhfkit.rollout import TransformersSampler, response_forward
+from rlhfkit.rollout import TransformersSampler
+from rlhfkit.rollout_forward import response_forward
 from rlhfkit.toy.data import EVAL_SEED
 from rlhfkit.toy.gold import refuses, utility
 from rlhfkit.toy.world import Prompt, sample_prompt

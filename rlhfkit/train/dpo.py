@@ -396,7 +396,7 @@ def run(cfg: DPOConfig) -> Path:
         """The monitor's check of the current policy: its samples, KL to the start, held-out accuracy. Collective:
         every process samples the same check prompts (a sharded policy gathered, as PPO's rollouts) and runs its
         share of the held-out evaluation, and all take part in saving; only the main process writes."""
-        from rlhfkit.rollout import response_forward
+        from rlhfkit.rollout_forward import response_forward
 
         owner = accelerator.unwrap_model(policy)
         lm = owner.model

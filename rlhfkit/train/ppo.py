@@ -57,7 +57,8 @@ from rlhfkit.models.load import add_lora, base_causal_lm, load_causal_lm
 from rlhfkit.models.sharded import named_full_weights, sharding_of
 from rlhfkit.models.value import SeparateCritic, ValueHead, head_from_reward_model
 from rlhfkit.rewards import load_reward
-from rlhfkit.rollout import RowSeeds, make_sampler, response_forward
+from rlhfkit.rollout import RowSeeds, make_sampler
+from rlhfkit.rollout_forward import response_forward
 from rlhfkit.runs import parent_of
 from rlhfkit.train import batching, common
 from rlhfkit.train.monitoring import PolicyMonitor, check_sampling

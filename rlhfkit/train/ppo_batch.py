@@ -18,7 +18,8 @@ from torch import nn
 
 from rlhfkit.models.load import base_causal_lm
 from rlhfkit.models.value import ValueHead
-from rlhfkit.rollout import Rollout, response_forward
+from rlhfkit.rollout import Rollout
+from rlhfkit.rollout_forward import response_forward
 from rlhfkit.train import common
 
 

@@ -75,7 +75,7 @@ def run(cfg: RejectionConfig) -> Path:
 
     def monitor_check(step: int, model, tokenizer) -> None:
         """Collective: every process samples the same check prompts; the main process writes (and saves)."""
-        from rlhfkit.rollout import response_forward
+        from rlhfkit.rollout_forward import response_forward
 
         sampling = check_sampling(cfg)
 
