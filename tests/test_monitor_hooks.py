@@ -251,7 +251,7 @@ def test_a_stop_read_from_a_full_runs_checks_is_the_stopped_runs(tmp_path, toy_f
 
     full, stopped = ppo("full", stop=False), ppo("stopped", stop=True)
     mon = RunCard.read(stopped).figures["monitor"]
-    assert replay_stop(full) == (mon["alarm_step"], mon["best_step"]) == (2, 1)
+    assert replay_stop(full)[:2] == (mon["alarm_step"], mon["best_step"]) == (2, 1)
     assert RunCard.read(full).figures["steps"] == 4 and mon["stopped_at"] == 2
     kept, replayed = weights(stopped / "final"), weights(full / "monitor" / "step-1")
     assert all(torch.equal(kept[k], replayed[k]) for k in kept)
@@ -291,3 +291,26 @@ def test_an_alarms_cost_is_the_kept_checks_gold_against_the_end(tmp_path, monkey
     assert cost["gold_at_stop"] == 0.3 and cost["final_gold"] == 0.1 and cost["peak_gold"] == 0.35
     assert cost["kept_minus_end"] == pytest.approx(0.2)
     assert cost["gain_ratio"] == pytest.approx(0.7 / 0.75)
+
+
+def test_the_experiments_alarms_are_decided_again_by_the_rule_as_it_is_now(tmp_path, monkeypatch):
+    """``judged`` replays every run's saved checks, the healthy runs' too, so a finished seed's figures follow the
+    monitor's rule as it is now and not what the run's card recorded: the same history alarms under a KL budget
+    and stays quiet without one."""
+    from rlhfkit.evaluate.monitor import MonitorSettings
+    from rlhfkit.toy.experiments import overoptimisation
+
+    history = [{"step": s, "kl": kl} for s, kl in [(0, 0.0), (10, 0.5), (20, 0.9), (30, 2.0), (40, 3.0), (50, 4.0)]]
+    runs = {name: tmp_path / name for name in ("over", "ppo", "dpo")}
+    for name, path in runs.items():
+        (path / "monitor").mkdir(parents=True)
+        budget = None if name == "dpo" else 1.0
+        settings = {**MonitorSettings(kl_budget=budget).__dict__}
+        (path / "monitor" / "monitor.json").write_text(json.dumps({"settings": settings, "history": history}))
+    curve = {0: -0.4, 10: 0.1, 20: 0.3, 30: 0.35, 40: 0.2, 50: 0.1}
+    monkeypatch.setattr(overoptimisation, "check_gold", lambda run: curve)
+    decided = overoptimisation.judged(runs["over"], {"ppo": runs["ppo"], "dpo": runs["dpo"]})
+    assert (decided["alarm_step"], decided["kept_step"], decided["alarm_reasons"]) == (40, 20, ["kl_over_budget"])
+    assert decided["gain_ratio"] == pytest.approx(0.7 / 0.75)
+    assert decided["false_alarms"] == {"ppo": True, "dpo": False}
+    assert list(decided["false_alarm_cost"]) == ["ppo"]

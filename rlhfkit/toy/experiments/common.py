@@ -61,14 +61,19 @@ def demo_sft(pipe: Pipeline, seed: int, quick: bool) -> Path:
     )
 
 
+def demo_folder(demo_dir: str, seed: int, quick: bool) -> Path:
+    """The seed's monitored demo folder: ``demo_dir`` with ``{seed}`` filled in, ``-quick`` added for a smoke run."""
+    folder = Path(demo_dir.format(seed=seed))
+    return folder.with_name(folder.name + "-quick") if quick else folder  # never mixed with a full demo
+
+
 def monitored_demo(demo_dir: str, seed: int, quick: bool) -> Path:
     """The seed's demo run with the monitor on (its PPO, DPO and rejection sampling checked, a second reward model
     trained on the held-out labels): ``demo_dir`` with ``{seed}`` filled in (``-quick`` added for a smoke run), reused when finished, else run (a rerun
     resumes it stage by stage), as `rlhfkit demo --seed S --monitor --output-dir DIR` does."""
     from rlhfkit.pipelines.toy import run as demo_run
 
-    folder = Path(demo_dir.format(seed=seed))
-    folder = folder.with_name(folder.name + "-quick") if quick else folder  # never mixed with a full demo
+    folder = demo_folder(demo_dir, seed, quick)
     if not RunFolder(folder).is_finished():
         demo_run(DemoConfig(seed=seed, monitor=True, quick=quick, output_dir=str(folder)))
     return folder

@@ -37,33 +37,47 @@ from rlhfkit.data.io import read_jsonl, write_jsonl
 from rlhfkit.evaluate.monitor import Check, MonitorSettings, OveroptimisationMonitor
 from rlhfkit.evaluate.stats import mean_std
 from rlhfkit.pipelines.base import Pipeline, pick_threads
-from rlhfkit.runs import RunCard
-from rlhfkit.toy.experiments.common import check_gold, finished_figures, monitored_demo, run_seeds, stage_settings
+from rlhfkit.toy.experiments.common import (
+    check_gold,
+    demo_folder,
+    finished_figures,
+    monitored_demo,
+    run_seeds,
+    stage_settings,
+)
 
 
-def monitor_card(run: Path) -> dict:
-    return RunCard.read(run).figures.get("monitor") or {}
+def healthy_runs(demo_dir: Path, root: Path) -> dict[str, Path]:
+    """The runs meant to stay quiet: the demo's default PPO and DPO, and the seed's best-of-16."""
+    return {"ppo": demo_dir / "ppo", "dpo": demo_dir / "dpo", "best-of-16": root / "bon-16"}
 
 
-def replay_stop(run: Path) -> tuple[int | None, int | None]:
-    """(alarm step, the check a monitor_stop run keeps) from a monitored run's history; (None, None) if no alarm."""
+def replay_stop(run: Path) -> tuple[int | None, int | None, list[str]]:
+    """(alarm step, the check a monitor_stop run keeps, the alarm's reasons) from a monitored run's history, by the
+    monitor's rule as it is now; (None, None, []) if no alarm."""
     saved = json.loads((run / "monitor" / "monitor.json").read_text())
     monitor = OveroptimisationMonitor(MonitorSettings(**saved["settings"]))
     for check in saved["history"]:
         status = monitor.update(Check(**check))
         if status.alarm:
-            return status.alarm_step, status.best_step
-    return None, None
+            return status.alarm_step, status.best_step, sorted(status.alarm_reasons)
+    return None, None, []
 
 
 def stop_figures(curve: dict[int, float], run: Path) -> dict:
     """Where a ``--monitor-stop`` run would stop (``replay_stop``), the gold of the check it keeps, and the share of
     the run's peak gold gain that keeps: (gold at stop - gold at step 0) / (peak gold - gold at step 0)."""
     start, end, peak = curve[min(curve)], curve[max(curve)], max(curve.values())
-    alarm_step, kept = replay_stop(run)
+    alarm_step, kept, reasons = replay_stop(run)
     gold_at_stop = curve[kept] if kept is not None else end
     ratio = (gold_at_stop - start) / (peak - start) if peak > start else None
-    return {"alarm_step": alarm_step, "kept_step": kept, "gold_at_stop": gold_at_stop, "gain_ratio": ratio}
+    return {
+        "alarm_step": alarm_step,
+        "alarm_reasons": reasons or None,
+        "kept_step": kept,
+        "gold_at_stop": gold_at_stop,
+        "gain_ratio": ratio,
+    }
 
 
 def alarm_cost(run: Path) -> dict:
@@ -76,6 +90,18 @@ def alarm_cost(run: Path) -> dict:
     return {**stop, "final_gold": end, "peak_gold": max(curve.values()), "kept_minus_end": stop["gold_at_stop"] - end}
 
 
+def judged(over: Path, healthy: dict[str, Path]) -> dict:
+    """What the monitor's rule decides, replayed from the runs' check histories (a finished seed's figures follow
+    the rule as it is now): the over-optimising run's stop, and the alarms on the runs meant to be healthy, with
+    their cost."""
+    alarmed = {name: replay_stop(path)[0] is not None for name, path in healthy.items()}
+    return {
+        **stop_figures(check_gold(over), over),
+        "false_alarms": alarmed,
+        "false_alarm_cost": {name: alarm_cost(path) for name, path in healthy.items() if alarmed[name]},
+    }
+
+
 def run(cfg: OveroptimisationConfig) -> dict:
     from rlhfkit.config.stages import BestOfNConfig, PPOConfig, RewardConfig
     from rlhfkit.pipelines.toy import monitor_settings
@@ -86,13 +112,14 @@ def run(cfg: OveroptimisationConfig) -> dict:
     cfg = cfg.budgets()
     torch.set_num_threads(pick_threads(cfg.threads))
     cfg = cfg if cfg.output_dir else cfg.model_copy(update={"output_dir": f"runs/overoptimisation/seed-{cfg.seed}"})
-    if finished := finished_figures(cfg):  # the stop is replayed again: the figures follow the monitor's rule now
-        curve = {int(step): gold for step, gold in finished["curve"].items()}  # JSON keys are strings
-        return {**finished, **stop_figures(curve, Path(cfg.output_dir) / "ppo-over")}
+    root = Path(cfg.output_dir)
+    if finished := finished_figures(cfg):  # decided again: the figures follow the monitor's rule now
+        demo_dir = demo_folder(cfg.demo_dir, cfg.seed, cfg.quick)
+        return {**finished, **judged(root / "ppo-over", healthy_runs(demo_dir, root))}
     demo_dir = monitored_demo(cfg.demo_dir, cfg.seed, cfg.quick)
     demo = DemoConfig(seed=cfg.seed, quick=cfg.quick).budgets()
     pipe = Pipeline(cfg, "overoptimisation")
-    root, data = pipe.root, demo_dir / "data"
+    data = demo_dir / "data"
     few = root / "data" / "few_labels.jsonl"
     write_jsonl(few, read_jsonl(data / "comparisons.jsonl")[: cfg.few_labels])
     rm_few = pipe.stage(
@@ -129,22 +156,17 @@ def run(cfg: OveroptimisationConfig) -> dict:
         ),
     )  # fmt: skip
 
-    healthy = {"ppo": demo_dir / "ppo", "dpo": demo_dir / "dpo", "best-of-16": bon}
-    alarmed = {name: bool(monitor_card(path).get("alarm")) for name, path in healthy.items()}
     curve = check_gold(over)
     start, end = curve[min(curve)], curve[max(curve)]
     peak_step = max(curve, key=curve.get)
-    stop = stop_figures(curve, over)
-    alarm_step, kept, gold_at_stop = stop["alarm_step"], stop["kept_step"], stop["gold_at_stop"]
+    decided = judged(over, healthy_runs(demo_dir, root))
+    alarm_step, kept, gold_at_stop = decided["alarm_step"], decided["kept_step"], decided["gold_at_stop"]
     figures = {
         "start_gold": start,
         "peak_gold": curve[peak_step],
         "peak_step": peak_step,
         "final_gold": end,
-        "alarm_reasons": sorted(monitor_card(over).get("alarm_reasons") or {}) or None,
-        **stop,
-        "false_alarms": alarmed,
-        "false_alarm_cost": {name: alarm_cost(path) for name, path in healthy.items() if alarmed[name]},
+        **decided,
         "curve": curve,
         "monitor_history": json.loads((over / "monitor" / "monitor.json").read_text())["history"],
         "seed": cfg.seed,
