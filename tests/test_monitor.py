@@ -165,7 +165,26 @@ def test_kl_budget_length_and_entropy_drift():
 
     collapse = steady(entropy=2.0)
     collapse = collapse[:6] + [replace(c, entropy=0.8) for c in collapse[6:]]
-    assert list(run(collapse)[1].alarm_reasons) == ["entropy_collapses"]
+    assert list(run(collapse, MonitorSettings(entropy_factor=0.5))[1].alarm_reasons) == ["entropy_collapses"]
+    assert not run(collapse)[1].alarm  # measured and logged, but an alarm only when asked for
+
+
+def settling(se: float | None, last: float = 0.9) -> list[Check]:
+    """A DPO-like run whose learning rate decays to zero: the second reward model rises by 0.1 a check to 1.0, stays
+    there three checks, then settles at ``last`` and, the policy no longer moving, repeats that very value twelve
+    times; ``se`` is the standard error of each check's mean over its samples."""
+    values = [0.1 * t for t in range(11)] + [1.0] * 3 + [last] * 12
+    return [Check(step=10 * t, second_rm_reward=v, second_rm_reward_se=se) for t, v in enumerate(values)]
+
+
+def test_a_fall_within_the_checks_sampling_error_is_no_alarm():
+    """Once the checks repeat one value their second differences vanish, and so does the noise estimate: without
+    the standard errors the trainer records, a fall of 0.1 from the best (10% of the rise, past min_fall's 5%) raises
+    the alarm. With each check's mean carrying an error of 0.08 the fall is inside z = 3 of it: no alarm. A fall to
+    0.5 is far outside it and still raises it."""
+    assert "second_rm_falls" in run(settling(None))[1].alarm_reasons
+    assert not run(settling(0.08))[1].alarm
+    assert "second_rm_falls" in run(settling(0.08, last=0.5))[1].alarm_reasons
 
 
 def test_heldout_accuracy_falling():

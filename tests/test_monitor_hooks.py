@@ -76,6 +76,12 @@ def test_ppo_checks_at_the_interval_and_logs_the_signals(tmp_path, toy_files):
     assert [m["step"] for m in logged] == [0, 2, 4] and all("monitor/rm_gap" in m for m in logged)
     rows = [json.loads(line) for line in (path / "monitor" / "samples.jsonl").read_text().splitlines()]
     assert len(rows) == 15 and {r["step"] for r in rows} == {0, 2, 4}
+    # each check's standard error of the second reward's mean, the floor of the monitor's noise: std / sqrt(5)
+    for check in summary["history"]:
+        scores = torch.tensor(count_the(None, [r["response"] for r in rows if r["step"] == check["step"]]))
+        assert check["second_rm_reward"] == pytest.approx(float(scores.mean()))
+        assert check["second_rm_reward_se"] == pytest.approx(float(scores.std() / 5**0.5))
+    assert first["proxy_reward_se"] is not None
     card = RunCard.read(path)
     assert card.figures["monitor"]["checks"] == 3 and card.figures["monitor"]["alarm"] is False
 

@@ -14,14 +14,19 @@ so the monitor watches signals that are, each optional at every check:
 - ``ensemble_std``: disagreement (std) among reward-model members on the policy's samples, which grows as the
   policy leaves the data the members agree on (Coste et al. 2023, "Reward Model Ensembles Help Mitigate
   Overoptimization").
-- ``kl`` to the initial policy (a budget), ``mean_length`` and ``entropy`` (drift from the start: verbosity and
-  collapse are the usual shapes of reward hacking; Singhal et al. 2023 on length).
+- ``kl`` to the initial policy (a budget), ``mean_length`` and ``entropy`` (drift from the start: verbosity is a
+  usual shape of reward hacking, Singhal et al. 2023). Entropy is measured and logged, but its collapse raises the
+  alarm only when ``entropy_factor`` is set: preference optimisation sharpens the policy by design, and in the toy
+  world's runs entropy fell under half its start in DPO and PPO runs whose gold kept rising (docs/evaluation.md).
 - ``proxy_reward`` against d = sqrt(KL), fitted with Gao et al.'s RL form d (a - b log d): past the fitted peak the
   policy is spending KL without gaining even proxy reward.
 
 Each reason must hold at ``patience`` consecutive checks before it raises the alarm, so one noisy check does not
 trip it; signals are smoothed by a trailing median, and "falls" means more than ``z`` noise scales, the noise
-estimated from the signal's own second differences. The alarm latches; the monitor keeps tracking the best check
+estimated from the signal's own second differences, and never taken below the standard error of a check's mean
+over its samples where the trainer measured it (``proxy_reward_se``, ``second_rm_reward_se``): once the policy
+stops moving (a learning rate decayed to zero), checks on the same prompts repeat the same value, their second
+differences vanish, and without that floor any fall from a best that was one lucky sample would count. The alarm latches; the monitor keeps tracking the best check
 so a trainer can stop and keep that checkpoint.
 
     monitor = OveroptimisationMonitor(MonitorSettings(kl_budget=20.0))
@@ -48,13 +53,15 @@ class Check:
     kl: float | None = None  # KL(policy || initial policy), nats per response
     proxy_reward: float | None = None  # the training reward model's mean score of the policy's samples
     second_rm_reward: float | None = None  # a second reward model's (trained on held-out labels) mean score
+    proxy_reward_se: float | None = None  # standard error of proxy_reward: the samples' std / sqrt(count)
+    second_rm_reward_se: float | None = None  # the same for second_rm_reward
     heldout_accuracy: float | None = None  # training reward model's accuracy on held-out human labels
     ensemble_std: float | None = None  # mean over samples of the std across reward-model members
     mean_length: float | None = None  # mean response length (tokens or characters, consistently)
     entropy: float | None = None  # mean per-token entropy of the policy on its samples
 
 
-SIGNALS = tuple(f.name for f in fields(Check) if f.name != "step")
+CHECK_FIELDS = frozenset(f.name for f in fields(Check))
 NOISE_MIN_VALUES = 5  # a signal's noise is estimated from its second differences: at least three of them
 
 
@@ -72,7 +79,7 @@ class MonitorSettings:
     disagreement_factor: float = 2.0  # ensemble std above this multiple of its start value
     kl_budget: float | None = None  # nats; None: no budget
     length_factor: float = 2.0  # mean length above this multiple, or below its inverse, of the start
-    entropy_factor: float = 0.5  # entropy below this multiple of its start value
+    entropy_factor: float | None = None  # entropy below this multiple of its start value (e.g. 0.5); None: no alarm
 
     def __post_init__(self):
         if self.patience < 1 or self.window < 1:
@@ -119,17 +126,29 @@ def noise_scale(values: np.ndarray) -> float:
     return float(1.4826 * mad / np.sqrt(6.0))
 
 
-def fall(values: np.ndarray, s: MonitorSettings, floor: float | None = None) -> tuple[float, float, int] | None:
+def check_noise(history: list[Check], name: str) -> float:
+    """The check-to-check noise sigma of signal ``name``: ``noise_scale`` of its values, but never below the median
+    standard error of a check's mean that the trainer recorded beside it (``<name>_se``; see the module docstring)."""
+    values = series(history, name)[1]
+    sigma = noise_scale(values)
+    errors = series(history, f"{name}_se")[1] if f"{name}_se" in CHECK_FIELDS else np.array([])
+    return max(sigma, float(np.median(errors))) if errors.size else sigma
+
+
+def fall(
+    values: np.ndarray, s: MonitorSettings, floor: float | None = None, noise: float | None = None
+) -> tuple[float, float, int] | None:
     """(fall, tolerance, index of the best) when the smoothed signal's latest value lies more than the tolerance
-    below its smoothed best; the tolerance is the larger of z noise scales and ``floor`` (default: min_fall of the
-    rise from the start to the best)."""
+    below its smoothed best; the tolerance is the larger of z noise scales (``noise``, default ``noise_scale`` of the
+    values) and ``floor`` (default: min_fall of the rise from the start to the best)."""
     if values.size < s.min_checks:
         return None
     smooth = trailing_median(values, s.window)
     best = int(np.argmax(smooth))
     drop = float(smooth[best] - smooth[-1])
     rise = float(smooth[best] - smooth[0])
-    tol = max(s.z * noise_scale(values), s.min_fall * rise if floor is None else floor, 1e-12)
+    sigma = noise_scale(values) if noise is None else noise
+    tol = max(s.z * sigma, s.min_fall * rise if floor is None else floor, 1e-12)
     return (drop, tol, best) if drop > tol else None
 
 
@@ -156,7 +175,7 @@ def curve_fit(history: list[Check], name: str, s: MonitorSettings) -> GaoFit | N
 def second_rm_falls(history: list[Check], s: MonitorSettings) -> str | None:
     """The second reward model's score has fallen from its best while the proxy is at least where it was then."""
     idx, values = series(history, "second_rm_reward")
-    found = fall(values, s)
+    found = fall(values, s, noise=check_noise(history, "second_rm_reward"))
     if found is None:
         return None
     drop, tol, best = found
@@ -188,13 +207,12 @@ def _peak_passed(history: list[Check], name: str, label: str, s: MonitorSettings
     kl_now = next((c.kl for c in reversed(history) if c.kl is not None), None)
     if fit is None or fit.peak_d is None or kl_now is None or np.sqrt(max(kl_now, 0.0)) <= fit.peak_d:
         return None
-    values = series(history, name)[1]
     d_now = float(np.sqrt(max(kl_now, 0.0)))
     predicted_fall = float(fit.peak_reward - fit.predict(d_now))
     rise = float(fit.peak_reward - fit.predict(0.0))
     # z standard errors of the fitted fall (the fit pools every check, so it sees a slow fall long before any
     # single check does), and at least min_fall of the curve's rise
-    tol = max(s.z * fit.difference_se(fit.peak_d, d_now, noise_scale(values)), s.min_fall * rise, 1e-12)
+    tol = max(s.z * fit.difference_se(fit.peak_d, d_now, check_noise(history, name)), s.min_fall * rise, 1e-12)
     if predicted_fall <= tol:
         return None
     return (
@@ -225,6 +243,8 @@ def length_drifts(history: list[Check], s: MonitorSettings) -> str | None:
 
 
 def entropy_collapses(history: list[Check], s: MonitorSettings) -> str | None:
+    if s.entropy_factor is None:
+        return None
     ratio = drift(series(history, "entropy")[1], s)
     if ratio is None or ratio >= s.entropy_factor:
         return None

@@ -12,7 +12,8 @@ check, and what they do with the answer (log it, write it to the run folder, sto
 The decision itself is ``rlhfkit.evaluate.monitor.OveroptimisationMonitor`` (pure, tested on synthetic signals);
 this module feeds it signals that need no gold utility:
 
-- ``proxy_reward``: the training reward's mean score of the policy's samples on held-out prompts;
+- ``proxy_reward``: the training reward's mean score of the policy's samples on held-out prompts (and its standard
+  error over the samples, the floor of the monitor's noise estimate; the second reward model's too);
 - ``second_rm_reward``: a second reward model's (``monitor_reward``, trained on held-out labels) mean score of the
   same samples; the gap to the training reward is logged as ``monitor/rm_gap``;
 - ``ensemble_std``: the mean std across an ensemble's members (``monitor_ensemble``, or the training reward when it
@@ -87,6 +88,13 @@ def check_sampling(cfg) -> SamplingPart:
     if cfg.monitor_max_new_tokens:
         sampling = sampling.model_copy(update={"max_new_tokens": cfg.monitor_max_new_tokens})
     return sampling
+
+
+def standard_error(scores: torch.Tensor | None) -> float | None:
+    """The standard error of the mean of one check's scores, (N,): their std / sqrt(N); None for fewer than two."""
+    if scores is None or scores.numel() < 2:
+        return None
+    return float(scores.float().std() / scores.numel() ** 0.5)
 
 
 @dataclass
@@ -221,6 +229,8 @@ class PolicyMonitor:
             kl=kl,
             proxy_reward=None if proxy is None else float(proxy.mean()),
             second_rm_reward=None if second is None else float(second.mean()),
+            proxy_reward_se=standard_error(proxy),
+            second_rm_reward_se=standard_error(second),
             ensemble_std=spread,
             mean_length=float(samples.lengths.float().mean()),
             entropy=samples.entropy,
