@@ -118,8 +118,19 @@ def plan(folder: Path) -> list[dict]:
                 monitor_every=2,
             ),
         ),
-        dict(stage="ppo", name="rloo", config=dict(**ppo, advantage="rloo", group_size=2)),
-        dict(stage="ppo", name="grpo", config=dict(**ppo, advantage="grpo", group_size=2, lora=True, lora_r=4)),
+        # RLOO and GRPO score each response against its group's: with the missing-EOS penalty every response scored
+        # -1 and their advantages were the rounding of the KL penalty, which GRPO's division by the group's spread
+        # (plus 1e-4) blew up, so one process and two agreed only where the CPU's rounding happened to. Here the
+        # responses keep their word counts; GRPO also leaves the KL out of its reward (kl_coef 0), so that a group
+        # of two equal counts has advantages of exactly 0 and not its KL's rounding divided by 1e-4.
+        dict(stage="ppo", name="rloo", config=dict(**ppo, advantage="rloo", group_size=2, missing_eos_penalty=None)),
+        dict(
+            stage="ppo",
+            name="grpo",
+            config=dict(
+                **ppo, advantage="grpo", group_size=2, lora=True, lora_r=4, missing_eos_penalty=None, kl_coef=0.0
+            ),
+        ),
         dict(
             stage="bon",
             config=dict(**sampling, n_max=4, max_prompts=6, batch_size=2),

@@ -113,8 +113,10 @@ def test_rows_sharing_a_prompt_give_what_plain_rows_give_in_value_and_gradient(t
     for key in ("logprobs", "hidden", "entropy"):
         assert shared[key].shape == plain[key].shape
         torch.testing.assert_close(shared[key][on], plain[key][on], atol=1e-5, rtol=1e-5)
+    # a gradient sums many terms, in another order in each layout: elements near cancellation keep ~1e-3 of relative
+    # rounding (one element of 42,432 on an AVX-512 CPU was 1.7e-4 apart at 0.12); a layout fault is off by O(1)
     for a, b in zip(shared_grads, plain_grads):
-        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(a, b, atol=2e-4, rtol=1e-3)
 
 
 def test_rows_by_prompt_only_when_a_prompt_repeats(tiny):
