@@ -15,8 +15,8 @@ one forward per new token; Llama-family models through ``rlhfkit.models.decode.P
 through transformers' own forward: ``make_decoder``); a row stops at EOS or when its text completes a
 stop string, and everything after the stop is masked out. ``Rollout.logprobs`` are the log-probs of the
 sampled tokens under the *temperature-scaled* distribution, before top-k / top-p truncation: the same quantity that
-``rlhfkit.rollout_forward.response_forward`` recomputes for the loss (temperature must divide the logits there too, Huang et
-al. 2024, "The N+ implementation details of RLHF with PPO").
+``rlhfkit.rollout_forward.response_forward`` recomputes for the loss (temperature must divide the logits there too,
+Huang et al. 2024, "The N+ implementation details of RLHF with PPO").
 
 Sampling noise: with ``rows=RowSeeds(seed, first_row)`` every response row draws its own noise, seeded by
 (seed, global row index), so what a row samples does not depend on the batch or process it falls in: one
@@ -59,8 +59,8 @@ class Rollout:
     on EOS or a stop string (False: cut by max_new_tokens); texts: decoded responses, cut at the stop.
     With ``return_states``, samplers that run the trainer's own model (``TransformersSampler``)
     also fill, so that the trainer need not run the policy again: hidden (B, T, H), the last hidden state at
-    the position that predicts each response token (``rollout_forward.response_forward(..., hidden=True)``'s quantity), and
-    entropy (B, T) of the temperature-scaled distribution there. in_autocast: whether the log-probs were
+    the position that predicts each response token (``rollout_forward.response_forward(..., hidden=True)``'s
+    quantity), and entropy (B, T) of the temperature-scaled distribution there. in_autocast: whether the log-probs were
     computed under autocast (False where the caller had none, or where the decoder kept float32 under it: the
     CPU's packed step), so that a pass whose log-probs are compared with them (PPO's reference) can run in the
     same precision.

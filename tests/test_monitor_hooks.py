@@ -315,7 +315,7 @@ def test_the_experiments_alarms_are_decided_again_by_the_rule_as_it_is_now(tmp_p
         (path / "monitor" / "monitor.json").write_text(json.dumps({"settings": settings, "history": history}))
     curve = {0: -0.4, 10: 0.1, 20: 0.3, 30: 0.35, 40: 0.2, 50: 0.1}
     monkeypatch.setattr(overoptimisation, "check_gold", lambda run: curve)
-    decided = overoptimisation.judged(runs["over"], {"ppo": runs["ppo"], "dpo": runs["dpo"]})
+    decided = overoptimisation.judged(curve, runs["over"], {"ppo": runs["ppo"], "dpo": runs["dpo"]})
     assert (decided["alarm_step"], decided["kept_step"], decided["alarm_reasons"]) == (40, 20, ["kl_over_budget"])
     assert decided["gain_ratio"] == pytest.approx(0.7 / 0.75)
     assert decided["false_alarms"] == {"ppo": True, "dpo": False}

@@ -26,8 +26,8 @@ trip it; signals are smoothed by a trailing median, and "falls" means more than 
 estimated from the signal's own second differences, and never taken below the standard error of a check's mean
 over its samples where the trainer measured it (``proxy_reward_se``, ``second_rm_reward_se``): once the policy
 stops moving (a learning rate decayed to zero), checks on the same prompts repeat the same value, their second
-differences vanish, and without that floor any fall from a best that was one lucky sample would count. The alarm latches; the monitor keeps tracking the best check
-so a trainer can stop and keep that checkpoint.
+differences vanish, and without that floor any fall from a best that was one lucky sample would count. The alarm
+latches; the monitor keeps tracking the best check so a trainer can stop and keep that checkpoint.
 
     monitor = OveroptimisationMonitor(MonitorSettings(kl_budget=20.0))
     status = monitor.update(Check(step=100, kl=3.1, proxy_reward=0.8, second_rm_reward=0.4))
@@ -38,7 +38,7 @@ This module must not read the gold utility (a test checks its imports): it only 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -61,7 +61,6 @@ class Check:
     entropy: float | None = None  # mean per-token entropy of the policy on its samples
 
 
-CHECK_FIELDS = frozenset(f.name for f in fields(Check))
 NOISE_MIN_VALUES = 5  # a signal's noise is estimated from its second differences: at least three of them
 
 
@@ -127,11 +126,11 @@ def noise_scale(values: np.ndarray) -> float:
 
 
 def check_noise(history: list[Check], name: str) -> float:
-    """The check-to-check noise sigma of signal ``name``: ``noise_scale`` of its values, but never below the median
-    standard error of a check's mean that the trainer recorded beside it (``<name>_se``; see the module docstring)."""
-    values = series(history, name)[1]
-    sigma = noise_scale(values)
-    errors = series(history, f"{name}_se")[1] if f"{name}_se" in CHECK_FIELDS else np.array([])
+    """The check-to-check noise sigma of a reward signal (``proxy_reward`` or ``second_rm_reward``): ``noise_scale``
+    of its values, but never below the median standard error of a check's mean that the trainer recorded beside it
+    (``<name>_se``; see the module docstring)."""
+    sigma = noise_scale(series(history, name)[1])
+    errors = series(history, f"{name}_se")[1]
     return max(sigma, float(np.median(errors))) if errors.size else sigma
 
 

@@ -185,8 +185,8 @@ def micro_rows(
     """A mini-batch of rollout rows as the pieces to run forward and backward one at a time: on the CPU pieces of
     ``CPU_MICRO_ROWS`` rows, halved while the first piece's tokens (``piece_tokens(rows)``, on a model of ``width``,
     ``model_width``) would keep more than ``PPO_ACTIVATION_BUDGET``; in row order so that the samples of one prompt
-    stay together (they then share the prompt's forward, ``rlhfkit.rollout_forward.shared_prompt_forward``). Elsewhere the
-    whole mini-batch."""
+    stay together (they then share the prompt's forward, ``rlhfkit.rollout_forward.shared_prompt_forward``).
+    Elsewhere the whole mini-batch."""
     if torch.device(device).type != "cpu":
         return [rows]
     ordered, size = rows.sort().values, CPU_MICRO_ROWS

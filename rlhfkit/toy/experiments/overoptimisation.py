@@ -90,13 +90,13 @@ def alarm_cost(run: Path) -> dict:
     return {**stop, "final_gold": end, "peak_gold": max(curve.values()), "kept_minus_end": stop["gold_at_stop"] - end}
 
 
-def judged(over: Path, healthy: dict[str, Path]) -> dict:
+def judged(curve: dict[int, float], over: Path, healthy: dict[str, Path]) -> dict:
     """What the monitor's rule decides, replayed from the runs' check histories (a finished seed's figures follow
-    the rule as it is now): the over-optimising run's stop, and the alarms on the runs meant to be healthy, with
-    their cost."""
+    the rule as it is now): the over-optimising run's stop (``curve``: its gold by check), and the alarms on the
+    runs meant to be healthy, with their cost."""
     alarmed = {name: replay_stop(path)[0] is not None for name, path in healthy.items()}
     return {
-        **stop_figures(check_gold(over), over),
+        **stop_figures(curve, over),
         "false_alarms": alarmed,
         "false_alarm_cost": {name: alarm_cost(path) for name, path in healthy.items() if alarmed[name]},
     }
@@ -114,8 +114,9 @@ def run(cfg: OveroptimisationConfig) -> dict:
     cfg = cfg if cfg.output_dir else cfg.model_copy(update={"output_dir": f"runs/overoptimisation/seed-{cfg.seed}"})
     root = Path(cfg.output_dir)
     if finished := finished_figures(cfg):  # decided again: the figures follow the monitor's rule now
+        curve = {int(step): gold for step, gold in finished["curve"].items()}  # JSON keys are strings
         demo_dir = demo_folder(cfg.demo_dir, cfg.seed, cfg.quick)
-        return {**finished, **judged(root / "ppo-over", healthy_runs(demo_dir, root))}
+        return {**finished, **judged(curve, root / "ppo-over", healthy_runs(demo_dir, root))}
     demo_dir = monitored_demo(cfg.demo_dir, cfg.seed, cfg.quick)
     demo = DemoConfig(seed=cfg.seed, quick=cfg.quick).budgets()
     pipe = Pipeline(cfg, "overoptimisation")
@@ -159,7 +160,7 @@ def run(cfg: OveroptimisationConfig) -> dict:
     curve = check_gold(over)
     start, end = curve[min(curve)], curve[max(curve)]
     peak_step = max(curve, key=curve.get)
-    decided = judged(over, healthy_runs(demo_dir, root))
+    decided = judged(curve, over, healthy_runs(demo_dir, root))
     alarm_step, kept, gold_at_stop = decided["alarm_step"], decided["kept_step"], decided["gold_at_stop"]
     figures = {
         "start_gold": start,
