@@ -146,12 +146,36 @@ def steady(steps: int = 12, **signals) -> list[Check]:
 
 
 def test_disagreement_growing_past_its_factor():
-    """Ensemble std 0.2 at the start, then 0.5 (2.5x > 2x) for good: alarm once the median of five has moved
-    (3 of 5 high, check 9) and held for a second check (10)."""
+    """Ensemble std 0.2 +- 0.01 (lowest 0.19), then 0.5 from check 7 on (2.6x > 1.5x): the reason holds from check 7
+    and, with patience 2, raises the alarm at check 8."""
     checks = steady(ensemble_std=0.2)
     checks = checks[:6] + [replace(c, ensemble_std=0.5) for c in checks[6:]]
     _, status = run(checks)
-    assert status.alarm_step == 10 and list(status.alarm_reasons) == ["disagreement_grows"]
+    assert status.alarm_step == 8 and list(status.alarm_reasons) == ["disagreement_grows"]
+
+
+def test_disagreement_is_measured_from_its_lowest_not_its_start():
+    """Disagreement 0.30 at the start, down to 0.20 (the policy moves to answers the members agree on), then up to
+    0.33: 1.1x its start but 1.65x its lowest (> 1.5x). Alarm at check 9 (the reason holds at 8 and 9); a rise
+    that stays under 1.5x its lowest (0.29) raises none."""
+    stds = [0.30, 0.25, 0.20, 0.20, 0.20, 0.20, 0.20, 0.33, 0.33, 0.33, 0.33]
+    checks = [Check(step=t, ensemble_std=v) for t, v in enumerate(stds, start=1)]
+    _, status = run(checks)
+    assert status.alarm_step == 9 and list(status.alarm_reasons) == ["disagreement_grows"]
+    assert not run([replace(c, ensemble_std=min(c.ensemble_std, 0.29)) for c in checks])[1].alarm
+
+
+def test_the_kept_check_is_one_where_the_ensemble_still_agrees():
+    """The second model keeps rising (0.1 .. 1.0 at steps 1-6, then 1.1 .. 1.4), but from step 7 its members
+    disagree 1.4x as much as at their lowest (0.28 against 0.19-0.21: over trust_factor 1.2, under the alarm's
+    1.5x). Steps 7-10 are not trusted: of steps 1-6 the best centred median is step 6's (median of 0.7, 0.9, 1.0,
+    1.1, 1.2 = 1.0). Trusting every check keeps step 10 (median of 1.2, 1.3, 1.4)."""
+    values = [0.1, 0.3, 0.5, 0.7, 0.9, 1.0, 1.1, 1.2, 1.3, 1.4]
+    stds = [0.2 + 0.01 * (-1) ** t for t in range(6)] + [0.28] * 4
+    checks = [Check(step=t + 1, second_rm_reward=v, ensemble_std=e) for t, (v, e) in enumerate(zip(values, stds))]
+    monitor, status = run(checks)
+    assert not status.alarm and status.best_step == 6
+    assert run(checks, MonitorSettings(trust_factor=2.0))[1].best_step == 10
 
 
 def test_kl_budget_length_and_entropy_drift():

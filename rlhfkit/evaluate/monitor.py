@@ -13,7 +13,9 @@ so the monitor watches signals that are, each optional at every check:
   moves to where the model is wrong).
 - ``ensemble_std``: disagreement (std) among reward-model members on the policy's samples, which grows as the
   policy leaves the data the members agree on (Coste et al. 2023, "Reward Model Ensembles Help Mitigate
-  Overoptimization").
+  Overoptimization"). It is measured against its lowest value so far, not its start: early optimisation moves the
+  policy to answers the members agree on, so disagreement first falls, and a rise from there is what exploitation
+  looks like. The same ratio says which checks the second model can be trusted at (``best_check``).
 - ``kl`` to the initial policy (a budget), ``mean_length`` and ``entropy`` (drift from the start: verbosity is a
   usual shape of reward hacking, Singhal et al. 2023). Entropy is measured and logged, but its collapse raises the
   alarm only when ``entropy_factor`` is set: preference optimisation sharpens the policy by design, and in the toy
@@ -75,7 +77,8 @@ class MonitorSettings:
     z: float = 3.0  # a fall counts when larger than z noise scales of the signal
     min_fall: float = 0.05  # ... and larger than this share of the signal's rise from its start to its best
     accuracy_fall: float = 0.05  # held-out accuracy: absolute fall from its best that counts (5 points)
-    disagreement_factor: float = 2.0  # ensemble std above this multiple of its start value
+    disagreement_factor: float = 1.5  # ensemble std above this multiple of its lowest value so far
+    trust_factor: float = 1.2  # the kept check's ensemble std at most this multiple of its lowest up to that check
     kl_budget: float | None = None  # nats; None: no budget
     length_factor: float = 2.0  # mean length above this multiple, or below its inverse, of the start
     entropy_factor: float | None = None  # entropy below this multiple of its start value (e.g. 0.5); None: no alarm
@@ -193,11 +196,23 @@ def heldout_accuracy_falls(history: list[Check], s: MonitorSettings) -> str | No
     return None if found is None else f"held-out accuracy fell {found[0]:.3g} (> {found[1]:.3g}) from its best"
 
 
+def disagreement_over_lowest(history: list[Check]) -> dict[int, float]:
+    """Per check that measured ``ensemble_std`` (by index into history): its value over the lowest value up to and
+    including it. Only the past enters, so a check's ratio never changes once it is made."""
+    idx, values = series(history, "ensemble_std")
+    return dict(zip(idx.tolist(), (values / np.minimum.accumulate(values)).tolist())) if values.size else {}
+
+
 def disagreement_grows(history: list[Check], s: MonitorSettings) -> str | None:
-    ratio = drift(series(history, "ensemble_std")[1], s)
-    if ratio is None or ratio <= s.disagreement_factor:
+    """The latest ensemble disagreement above ``disagreement_factor`` times its lowest so far (once ``window`` checks
+    have measured it; patience absorbs a single spike)."""
+    ratios = disagreement_over_lowest(history)
+    if len(ratios) <= s.window or (len(history) - 1) not in ratios:
         return None
-    return f"ensemble disagreement at {ratio:.2f}x its start (> {s.disagreement_factor}x)"
+    ratio = ratios[len(history) - 1]
+    if ratio <= s.disagreement_factor:
+        return None
+    return f"ensemble disagreement at {ratio:.2f}x its lowest so far (> {s.disagreement_factor}x)"
 
 
 def _peak_passed(history: list[Check], name: str, label: str, s: MonitorSettings) -> str | None:
@@ -262,16 +277,23 @@ REASONS = {
 }
 
 
-def best_check(history: list[Check], clean: list[bool], window: int) -> int:
+def best_check(history: list[Check], clean: list[bool], s: MonitorSettings) -> int:
     """Index of the check to keep: the peak of the second reward model (median of a window centred on each check,
     so one lucky check is not picked) when one is measured, else the last check at which no reason held (the one
     before the trouble began). Neighbouring windows often share their median (the same middle value), so a tie
-    goes to the check whose own value is highest, not to the earliest of the plateau."""
+    goes to the check whose own value is highest, not to the earliest of the plateau.
+
+    The second model is trusted only where its members agree: checks whose ensemble disagreement is over
+    ``trust_factor`` times its lowest up to them are passed over. Past that point the policy is where the members
+    (and so their mean, the second model) are guessing, and in the toy world's over-optimised runs the second
+    model's score kept rising there for several checks after the true quality had turned (docs/evaluation.md)."""
     idx, values = series(history, "second_rm_reward")
     if values.size:
-        half = window // 2
+        half = s.window // 2
         centred = [np.median(values[max(0, i - half) : i + half + 1]) for i in range(values.size)]
-        best = max(range(values.size), key=lambda i: (centred[i], values[i]))
+        ratios = disagreement_over_lowest(history)
+        trusted = [i for i in range(values.size) if ratios.get(int(idx[i]), 1.0) <= s.trust_factor]
+        best = max(trusted or range(values.size), key=lambda i: (centred[i], values[i]))
         return int(idx[best])
     return max((i for i, ok in enumerate(clean) if ok), default=0)
 
@@ -318,7 +340,7 @@ class OveroptimisationMonitor:
         """Step of the check to keep (``best_check``); None before the first check."""
         if not self.history:
             return None
-        return self.history[best_check(self.history, self._clean, self.settings.window)].step
+        return self.history[best_check(self.history, self._clean, self.settings)].step
 
     def summary(self) -> dict:
         """Plain values (JSON-ready) for a report: settings, the alarm, the best check, the fitted curves and the
