@@ -406,6 +406,10 @@ class MitigationConfig(StageConfig):
     quick: bool = Field(False, description="tiny budgets everywhere (a smoke run, not a result)")
     n: int = Field(64, ge=2, description="best-of-N's largest N")
     members: int = Field(4, ge=2, description="reward models in the ensemble, each on a bootstrap resample")
+    labels: int | None = Field(
+        None, gt=0, description="the demo's first comparisons the ensemble sees (None: all of them; the "
+        "over-optimisation experiment's proxy sees 200)"
+    )  # fmt: skip
     transforms: list[str] = ["mean", "mean_minus_std:1", "worst"]
     eval_prompts: int = Field(128, gt=0, description="the demo's first held-out prompts (each sampled n times)")
     threads: int = Field(1, ge=0, description="torch threads (0: auto)")

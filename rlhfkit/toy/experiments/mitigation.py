@@ -4,12 +4,18 @@
     python -m rlhfkit.toy.experiments.mitigation --seeds 0 --quick        # a smoke run
 
 Per seed, beside the seed's demo (``demo_dir``): a reward-model ensemble of ``members`` (the demo reward model's
-settings, each member on its own bootstrap resample of the demo's training labels; Coste et al. 2023 found 4-5
-members enough); `rlhfkit bon` with it, N = ``n``, on the first ``eval_prompts`` of the demo's held-out prompts,
+settings, each member on its own bootstrap resample of the demo's training labels, or of only the first ``labels``
+of them; Coste et al. 2023 found 4-5 members enough); `rlhfkit bon` with it, N = ``n``, on the first ``eval_prompts`` of the demo's held-out prompts,
 every sample written with its score. From those same samples, best-of-N's choice under each reward transform
 (``mean``, ``mean_minus_std:1``, ``worst``: what `rlhfkit bon --reward-transform X` chooses from them) is judged by
 the gold utility, as the expectation over random N-subsets for N = 1 .. n (smooth, as the bon stage's own curve).
 The claim checked: at N = 64 the penalised choices have higher gold than the plain mean's.
+
+    python -m rlhfkit.toy.experiments.mitigation --seeds 0 1 2 3 4 --labels 200 --output-dir runs/mitigation-200
+
+is the same on a reward model that best-of-64 over-optimises: one trained on as few labels as the
+over-optimisation experiment's proxy. A penalty can only win back what over-optimisation lost; on all the demo's
+labels the plain mean's gold has barely turned by N = 64 (docs/evaluation.md).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from pathlib import Path
 import torch
 
 from rlhfkit.config.pipelines import DemoConfig, MitigationConfig
+from rlhfkit.data.io import read_jsonl, write_jsonl
 from rlhfkit.evaluate.stats import mean_std
 from rlhfkit.pipelines.base import Pipeline, pick_threads
 from rlhfkit.toy.experiments.common import finished_figures, monitored_demo, run_seeds, stage_settings
@@ -43,11 +50,15 @@ def run(cfg: MitigationConfig) -> dict:
     demo = DemoConfig(seed=cfg.seed, quick=cfg.quick).budgets()
     pipe = Pipeline(cfg, "mitigation")
     root, data = pipe.root, demo_dir / "data"
+    labels = data / "comparisons.jsonl"
+    if cfg.labels is not None:
+        labels = root / "data" / f"first_{cfg.labels}_labels.jsonl"
+        write_jsonl(labels, read_jsonl(data / "comparisons.jsonl")[: cfg.labels])
     ensemble = pipe.stage(
         "rm-ensemble",
         lambda: rm_run(
             RewardConfig(
-                model=str(demo_dir / "sft"), data=str(data / "comparisons.jsonl"),
+                model=str(demo_dir / "sft"), data=str(labels),
                 eval_data=str(data / "comparisons_eval.jsonl"), max_steps=demo.rm_steps, lr=1e-3, batch_size=32,
                 ensemble=cfg.members, bootstrap=True, **stage_settings(root, "rm-ensemble", cfg.seed),
             )
