@@ -283,13 +283,12 @@ def test_dpo_monitor_with_only_ties_held_out_has_no_accuracy(tmp_path):
 def test_an_alarms_cost_is_the_kept_checks_gold_against_the_end(tmp_path, monkeypatch):
     """``alarm_cost`` replays the monitor on a run's saved checks (here a KL budget crossed at steps 30 and 40, patience
     2: the alarm at 40, the last clean check 20 kept) and sets the kept check's gold against the end's."""
-    from rlhfkit.evaluate.monitor import MonitorSettings
     from rlhfkit.toy.experiments import overoptimisation
 
     history = [{"step": s, "kl": kl} for s, kl in [(0, 0.0), (10, 0.5), (20, 0.9), (30, 2.0), (40, 3.0), (50, 4.0)]]
     (tmp_path / "monitor").mkdir()
-    settings = {**MonitorSettings(kl_budget=1.0).__dict__}
-    (tmp_path / "monitor" / "monitor.json").write_text(json.dumps({"settings": settings, "history": history}))
+    (tmp_path / "config.yaml").write_text("monitor_kl_budget: 1.0\nmonitor_settings: {}\n")
+    (tmp_path / "monitor" / "monitor.json").write_text(json.dumps({"settings": {}, "history": history}))
     curve = {0: -0.4, 10: 0.1, 20: 0.3, 30: 0.35, 40: 0.2, 50: 0.1}
     monkeypatch.setattr(overoptimisation, "check_gold", lambda run: curve)
     cost = overoptimisation.alarm_cost(tmp_path)
@@ -302,17 +301,24 @@ def test_an_alarms_cost_is_the_kept_checks_gold_against_the_end(tmp_path, monkey
 def test_the_experiments_alarms_are_decided_again_by_the_rule_as_it_is_now(tmp_path, monkeypatch):
     """``judged`` replays every run's saved checks, the healthy runs' too, so a finished seed's figures follow the
     monitor's rule as it is now and not what the run's card recorded: the same history alarms under a KL budget
-    and stays quiet without one."""
+    and stays quiet without one. The budget is the run's own setting (``monitor_kl_budget``, or in
+    ``monitor_settings``), read from its config.yaml; the thresholds ``monitor.json`` recorded, which include the
+    defaults of the day (here a stale budget on every run), do not decide."""
     from rlhfkit.evaluate.monitor import MonitorSettings
     from rlhfkit.toy.experiments import overoptimisation
 
     history = [{"step": s, "kl": kl} for s, kl in [(0, 0.0), (10, 0.5), (20, 0.9), (30, 2.0), (40, 3.0), (50, 4.0)]]
     runs = {name: tmp_path / name for name in ("over", "ppo", "dpo")}
+    configs = {
+        "over": "monitor_kl_budget: 1.0\nmonitor_settings: {}\n",
+        "ppo": "monitor_kl_budget: null\nmonitor_settings: {kl_budget: 1.0}\n",
+        "dpo": "monitor_kl_budget: null\nmonitor_settings: {}\n",
+    }
+    recorded = {**MonitorSettings(kl_budget=1.0).__dict__}
     for name, path in runs.items():
         (path / "monitor").mkdir(parents=True)
-        budget = None if name == "dpo" else 1.0
-        settings = {**MonitorSettings(kl_budget=budget).__dict__}
-        (path / "monitor" / "monitor.json").write_text(json.dumps({"settings": settings, "history": history}))
+        (path / "config.yaml").write_text(configs[name])
+        (path / "monitor" / "monitor.json").write_text(json.dumps({"settings": recorded, "history": history}))
     curve = {0: -0.4, 10: 0.1, 20: 0.3, 30: 0.35, 40: 0.2, 50: 0.1}
     monkeypatch.setattr(overoptimisation, "check_gold", lambda run: curve)
     decided = overoptimisation.judged(curve, runs["over"], {"ppo": runs["ppo"], "dpo": runs["dpo"]})

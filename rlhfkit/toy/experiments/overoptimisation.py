@@ -29,12 +29,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
 from rlhfkit.config.pipelines import DemoConfig, OveroptimisationConfig
 from rlhfkit.data.io import read_jsonl, write_jsonl
-from rlhfkit.evaluate.monitor import Check, MonitorSettings, OveroptimisationMonitor
+from rlhfkit.evaluate.monitor import Check, OveroptimisationMonitor
 from rlhfkit.evaluate.stats import mean_std
 from rlhfkit.pipelines.base import Pipeline, pick_threads
 from rlhfkit.toy.experiments.common import (
@@ -54,9 +55,19 @@ def healthy_runs(demo_dir: Path, root: Path) -> dict[str, Path]:
 
 def replay_stop(run: Path) -> tuple[int | None, int | None, list[str]]:
     """(alarm step, the check a monitor_stop run keeps, the alarm's reasons) from a monitored run's history, by the
-    monitor's rule as it is now; (None, None, []) if no alarm."""
+    monitor's rule as it is now: its thresholds are today's defaults with the run's own ``monitor_settings`` and
+    ``monitor_kl_budget`` over them (``monitor.json`` records every threshold as it was, defaults of the day
+    included); (None, None, []) if no alarm."""
+    import yaml
+
+    from rlhfkit.train.monitoring import monitor_settings
+
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    chosen = SimpleNamespace(
+        monitor_settings=config.get("monitor_settings") or {}, monitor_kl_budget=config.get("monitor_kl_budget")
+    )
+    monitor = OveroptimisationMonitor(monitor_settings(chosen))
     saved = json.loads((run / "monitor" / "monitor.json").read_text())
-    monitor = OveroptimisationMonitor(MonitorSettings(**saved["settings"]))
     for check in saved["history"]:
         status = monitor.update(Check(**check))
         if status.alarm:
