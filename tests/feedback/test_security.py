@@ -23,7 +23,7 @@ PUBLIC = {("POST", "/api/auth/login"), ("POST", "/api/auth/invite"), ("POST", "/
 
 
 def routes(server) -> list[tuple[str, str]]:
-    spec = httpx.get(server.url + "/openapi.json").json()
+    spec = server.client().get("/openapi.json").json()
     out = []
     for path, methods in spec["paths"].items():
         for method in methods:
@@ -36,11 +36,11 @@ def test_every_api_route_needs_a_session(server):
     for method, path in routes(server):
         if (method, path) in PUBLIC:
             continue
-        r = httpx.request(method, server.url + path, json={})
+        r = server.client().request(method, path, json={})
         assert r.status_code == 401, f"{method} {path} answered {r.status_code} without a session"
         checked += 1
     assert checked >= 12
-    bogus = httpx.get(server.url + "/api/me", headers={"Authorization": "Bearer not-a-token"})
+    bogus = server.client().get("/api/me", headers={"Authorization": "Bearer not-a-token"})
     assert bogus.status_code == 401
 
 
@@ -55,7 +55,7 @@ def test_annotators_get_403_on_admin_and_review_routes(server):
     assert reviewer.get("/api/review/queue").status_code == 200
     assert reviewer.get("/api/admin/stats").status_code == 403
     token = ann.headers["authorization"].split()[1]
-    with httpx.Client(base_url=server.url, cookies={"rlhfkit_session": token}) as page:
+    with httpx.Client(base_url=server.url, cookies={"rlhfkit_session": token}, timeout=30) as page:
         assert page.get("/admin").status_code == 403
 
 
@@ -93,7 +93,7 @@ def test_sql_injection_in_login_and_queries_changes_nothing(server):
     before = server.sql("SELECT count(*) FROM users")
     for attempt in SQLI:
         # A long timeout: the password check runs at idle CPU priority, slow when the machine is saturated
-        r = httpx.post(server.url + "/api/auth/login", json={"username": attempt, "password": attempt}, timeout=60)
+        r = server.client().post("/api/auth/login", json={"username": attempt, "password": attempt}, timeout=60)
         assert r.status_code == 401
         r = server.admin.get("/api/labels", params={"annotator": attempt})
         assert r.status_code == 200 and r.json() == []
@@ -108,7 +108,7 @@ def test_cookie_requests_that_change_state_need_the_csrf_header(server):
     [task_id] = server.load([PAIR])
     serve_until(ann, task_id)
     token = ann.headers["authorization"].split()[1]
-    with httpx.Client(base_url=server.url, cookies={"rlhfkit_session": token}) as browser:
+    with httpx.Client(base_url=server.url, cookies={"rlhfkit_session": token}, timeout=30) as browser:
         body = {"task_id": task_id, "answer": {"choice": 0}}
         r = browser.post("/api/labels", json=body, headers={"Idempotency-Key": uuid.uuid4().hex})
         assert r.status_code == 403 and "X-Requested-With" in r.json()["detail"]
@@ -120,11 +120,11 @@ def test_cookie_requests_that_change_state_need_the_csrf_header(server):
 
 def test_pages_forbid_inline_script_and_framing(server):
     for path in ("/login", "/static/label.js"):
-        r = httpx.get(server.url + path)
+        r = server.client().get(path)
         csp = r.headers["content-security-policy"]
         assert "script-src 'self'" in csp and "unsafe-inline" not in csp.split("script-src")[1].split(";")[0]
         assert "frame-ancestors 'none'" in csp and r.headers["x-content-type-options"] == "nosniff"
-    assert httpx.get(server.url + "/").status_code in (303, 307)  # no session: off to the login page
+    assert server.client().get("/").status_code in (303, 307)  # no session: off to the login page
 
 
 def test_secrets_at_rest_are_hashed(server):
