@@ -204,8 +204,8 @@ def disagreement_over_lowest(history: list[Check]) -> dict[int, float]:
 
 
 def disagreement_grows(history: list[Check], s: MonitorSettings) -> str | None:
-    """The latest ensemble disagreement above ``disagreement_factor`` times its lowest so far (once ``window`` checks
-    have measured it; patience absorbs a single spike)."""
+    """The latest ensemble disagreement above ``disagreement_factor`` times its lowest so far (once more than
+    ``window`` checks have measured it; patience absorbs a single spike)."""
     ratios = disagreement_over_lowest(history)
     if len(ratios) <= s.window or (len(history) - 1) not in ratios:
         return None

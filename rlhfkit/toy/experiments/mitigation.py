@@ -5,10 +5,11 @@
 
 Per seed, beside the seed's demo (``demo_dir``): a reward-model ensemble of ``members`` (the demo reward model's
 settings, each member on its own bootstrap resample of the demo's training labels, or of only the first ``labels``
-of them; Coste et al. 2023 found 4-5 members enough); `rlhfkit bon` with it, N = ``n``, on the first ``eval_prompts`` of the demo's held-out prompts,
-every sample written with its score. From those same samples, best-of-N's choice under each reward transform
-(``mean``, ``mean_minus_std:1``, ``worst``: what `rlhfkit bon --reward-transform X` chooses from them) is judged by
-the gold utility, as the expectation over random N-subsets for N = 1 .. n (smooth, as the bon stage's own curve).
+of them; Coste et al. 2023 found 4-5 members enough); `rlhfkit bon` with it, N = ``n``, on the first
+``eval_prompts`` of the demo's held-out prompts, every sample written with its score. From those same samples,
+best-of-N's choice under each reward transform (``mean``, ``mean_minus_std:1``, ``worst``: what
+`rlhfkit bon --reward-transform X` chooses from them) is judged by the gold utility, as the expectation over random
+N-subsets for N = 1 .. n (smooth, as the bon stage's own curve).
 The claim checked: at N = 64 the penalised choices have higher gold than the plain mean's.
 
     python -m rlhfkit.toy.experiments.mitigation --seeds 0 1 2 3 4 --labels 200 --output-dir runs/mitigation-200
