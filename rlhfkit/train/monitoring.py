@@ -62,18 +62,19 @@ def refuse_gold(spec: str | None, setting: str) -> None:
         )
 
 
-def monitor_settings(cfg) -> MonitorSettings:
-    """``MonitorSettings`` from a config with ``MonitorPart``; an unknown or bad threshold names the setting."""
+def monitor_settings(chosen: dict, kl_budget: float | None) -> MonitorSettings:
+    """``MonitorSettings`` from a run's ``monitor_settings`` (``chosen``) and ``monitor_kl_budget`` over today's
+    defaults; an unknown or bad threshold names the setting."""
     known = {f.name for f in fields(MonitorSettings)}
-    unknown = sorted(set(cfg.monitor_settings) - known)
+    unknown = sorted(set(chosen) - known)
     if unknown:
         raise ValueError(f"setting 'monitor_settings': unknown {unknown}; known: {sorted(known)}")
-    values = dict(cfg.monitor_settings)
+    values = dict(chosen)
     for name in ("patience", "window", "min_checks"):
         if name in values:
             values[name] = int(values[name])
     try:
-        return MonitorSettings(**{"kl_budget": cfg.monitor_kl_budget, **values})
+        return MonitorSettings(**{"kl_budget": kl_budget, **values})
     except ValueError as e:
         raise ValueError(f"setting 'monitor_settings': {e}") from None
 
@@ -118,7 +119,7 @@ class PolicyMonitor:
                 "the monitor needs held-out prompts: give monitor_data, eval_data, or an eval_fraction above 0"
             )
         self.cfg, self.logger, self.device = cfg, logger, device
-        self.settings = monitor_settings(cfg)
+        self.settings = monitor_settings(cfg.monitor_settings, cfg.monitor_kl_budget)
         self.prompts = prompts[: cfg.monitor_prompts]
         self.training_reward = training_reward
         batch = getattr(cfg, "reward_batch_size", 32)

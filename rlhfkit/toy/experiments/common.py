@@ -13,7 +13,7 @@ import torch
 
 from rlhfkit.config import SamplingPart, StageConfig, load_config, parse_overrides
 from rlhfkit.config.pipelines import DemoConfig
-from rlhfkit.data.io import write_jsonl
+from rlhfkit.data.io import read_jsonl, write_jsonl
 from rlhfkit.pipelines.base import Pipeline
 from rlhfkit.quiet import quiet_third_parties
 from rlhfkit.runs import RunFolder
@@ -65,6 +65,13 @@ def demo_folder(demo_dir: str, seed: int, quick: bool) -> Path:
     """The seed's monitored demo folder: ``demo_dir`` with ``{seed}`` filled in, ``-quick`` added for a smoke run."""
     folder = Path(demo_dir.format(seed=seed))
     return folder.with_name(folder.name + "-quick") if quick else folder  # never mixed with a full demo
+
+
+def first_labels(demo_data: Path, n: int, path: Path) -> Path:
+    """The demo's first ``n`` comparisons (``demo_data``/comparisons.jsonl) written to ``path``: the labels of a
+    reward model made weak on purpose."""
+    write_jsonl(path, read_jsonl(demo_data / "comparisons.jsonl")[:n])
+    return path
 
 
 def monitored_demo(demo_dir: str, seed: int, quick: bool) -> Path:

@@ -27,10 +27,15 @@ from pathlib import Path
 import torch
 
 from rlhfkit.config.pipelines import DemoConfig, MitigationConfig
-from rlhfkit.data.io import read_jsonl, write_jsonl
 from rlhfkit.evaluate.stats import mean_std
 from rlhfkit.pipelines.base import Pipeline, pick_threads
-from rlhfkit.toy.experiments.common import finished_figures, monitored_demo, run_seeds, stage_settings
+from rlhfkit.toy.experiments.common import (
+    finished_figures,
+    first_labels,
+    monitored_demo,
+    run_seeds,
+    stage_settings,
+)
 
 
 def run(cfg: MitigationConfig) -> dict:
@@ -53,8 +58,7 @@ def run(cfg: MitigationConfig) -> dict:
     root, data = pipe.root, demo_dir / "data"
     labels = data / "comparisons.jsonl"
     if cfg.labels is not None:
-        labels = root / "data" / f"first_{cfg.labels}_labels.jsonl"
-        write_jsonl(labels, read_jsonl(data / "comparisons.jsonl")[: cfg.labels])
+        labels = first_labels(data, cfg.labels, root / "data" / f"first_{cfg.labels}_labels.jsonl")
     ensemble = pipe.stage(
         "rm-ensemble",
         lambda: rm_run(

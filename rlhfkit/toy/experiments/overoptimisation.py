@@ -29,12 +29,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
 from rlhfkit.config.pipelines import DemoConfig, OveroptimisationConfig
-from rlhfkit.data.io import read_jsonl, write_jsonl
 from rlhfkit.evaluate.monitor import Check, OveroptimisationMonitor
 from rlhfkit.evaluate.stats import mean_std
 from rlhfkit.pipelines.base import Pipeline, pick_threads
@@ -42,6 +40,7 @@ from rlhfkit.toy.experiments.common import (
     check_gold,
     demo_folder,
     finished_figures,
+    first_labels,
     monitored_demo,
     run_seeds,
     stage_settings,
@@ -63,10 +62,9 @@ def replay_stop(run: Path) -> tuple[int | None, int | None, list[str]]:
     from rlhfkit.train.monitoring import monitor_settings
 
     config = yaml.safe_load((run / "config.yaml").read_text())
-    chosen = SimpleNamespace(
-        monitor_settings=config.get("monitor_settings") or {}, monitor_kl_budget=config.get("monitor_kl_budget")
+    monitor = OveroptimisationMonitor(
+        monitor_settings(config.get("monitor_settings") or {}, config.get("monitor_kl_budget"))
     )
-    monitor = OveroptimisationMonitor(monitor_settings(chosen))
     saved = json.loads((run / "monitor" / "monitor.json").read_text())
     for check in saved["history"]:
         status = monitor.update(Check(**check))
@@ -132,8 +130,7 @@ def run(cfg: OveroptimisationConfig) -> dict:
     demo = DemoConfig(seed=cfg.seed, quick=cfg.quick).budgets()
     pipe = Pipeline(cfg, "overoptimisation")
     data = demo_dir / "data"
-    few = root / "data" / "few_labels.jsonl"
-    write_jsonl(few, read_jsonl(data / "comparisons.jsonl")[: cfg.few_labels])
+    few = first_labels(data, cfg.few_labels, root / "data" / "few_labels.jsonl")
     rm_few = pipe.stage(
         "rm-few",
         lambda: rm_run(
