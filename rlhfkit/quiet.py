@@ -23,6 +23,10 @@ def quiet_third_parties(verbose: bool = False) -> None:
         "TRANSFORMERS_VERBOSITY": "error",
         "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
         "TOKENIZERS_PARALLELISM": "false",
+        # bars drawn with plain tqdm, which the libraries' own switches do not reach (transformers' "Converting
+        # and de-quantizing GGUF tensors" on a model's first use); tqdm reads it when imported. rlhfkit's own
+        # progress is rich's, so it stays
+        "TQDM_DISABLE": "1",
     }.items():
         os.environ.setdefault(name, value)
     warnings.filterwarnings("ignore")

@@ -367,6 +367,23 @@ def test_the_experiments_are_as_quiet_as_the_program_even_with_transformers_impo
     subprocess.run([sys.executable, "-c", code], check=True, env={**env, "PYTHONPATH": str(PACKAGE.parent)})
 
 
+def test_plain_tqdm_bars_stay_off_unless_asked_for():
+    """transformers converts a GGUF model on its first use under a plain tqdm bar that its own progress-bar switch
+    does not reach; the switch turns tqdm off before it is imported, and leaves it on when asked to."""
+    code = (
+        "import sys\n"
+        "from rlhfkit.quiet import quiet_third_parties\n"
+        "quiet_third_parties(verbose=sys.argv[1] == 'verbose')\n"
+        "from tqdm.auto import tqdm\n"
+        "for _ in tqdm(range(3), desc='Converting and de-quantizing GGUF tensors...'): pass\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TQDM_")}
+    env["PYTHONPATH"] = str(PACKAGE.parent)
+    for mode in ("quiet", "verbose"):
+        out = subprocess.run([sys.executable, "-c", code, mode], capture_output=True, text=True, env=env, check=True)
+        assert ("Converting" in out.stderr) is (mode == "verbose"), (mode, out.stderr)
+
+
 def test_deepspeed_warnings_stay_off_unless_asked_for():
     """DeepSpeed (installed with the `deepspeed` extra) is imported by accelerate and logs a warning on every CPU
     run; its logger sets its own level and handler on import, so the switch filters it beforehand."""
