@@ -73,14 +73,23 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
 
-    def client(self, token: str | None = None) -> httpx.Client:
-        """A new client (its own cookie jar), with a bearer token if given. Its timeout is 30 s, not httpx's default
-        5: a login hashes with Argon2id (~0.3 s of CPU alone), and on a loaded 2-core machine it took longer than 5."""
+    def client(self, token: str | None = None, *, cookie: bool = False) -> httpx.Client:
+        """A new client (its own cookie jar), with a session token if given: as a bearer header, or with ``cookie``
+        as the browser's session cookie. Its timeout is 30 s, not httpx's default 5: a login hashes with Argon2id
+        (~0.3 s of CPU alone), and on a loaded 2-core machine it took longer than 5."""
+        if cookie:
+            return httpx.Client(base_url=self.url, cookies={"rlhfkit_session": token}, timeout=30)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         return httpx.Client(base_url=self.url, headers=headers, timeout=30)
 
+    def request(self, method: str, path: str, **kwargs) -> httpx.Response:
+        """One request without a session, from a fresh client closed after it (a login's cookie must not carry
+        over to the next anonymous request)."""
+        with self.client() as anonymous:
+            return anonymous.request(method, path, **kwargs)
+
     def login(self, username: str, password: str) -> httpx.Client:
-        r = self.client().post("/api/auth/login", json={"username": username, "password": password})
+        r = self.request("POST", "/api/auth/login", json={"username": username, "password": password})
         assert r.status_code == 200, r.text
         return self.client(r.json()["token"])
 

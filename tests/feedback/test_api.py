@@ -21,18 +21,22 @@ def submit(client, task_id, answer, key=None, **extra):
 
 
 def test_health_names_the_database(server):
-    body = server.client().get("/healthz").json()
+    body = server.request("GET", "/healthz").json()
     assert body["ok"] is True and body["database"] in ("sqlite", "postgresql")
 
 
 def test_login_sets_a_safe_cookie_and_rejects_wrong_password(server):
     name, _ = server.new_user()
-    assert server.client().post("/api/auth/login", json={"username": name, "password": "wrong-one"}).status_code == 401
-    assert server.client().post("/api/auth/login", json={"username": "nobody", "password": "x" * 9}).status_code == 401
-    r = server.client().post("/api/auth/login", json={"username": name, "password": "a-good-password"})
+    assert (
+        server.request("POST", "/api/auth/login", json={"username": name, "password": "wrong-one"}).status_code == 401
+    )
+    assert (
+        server.request("POST", "/api/auth/login", json={"username": "nobody", "password": "x" * 9}).status_code == 401
+    )
+    r = server.request("POST", "/api/auth/login", json={"username": name, "password": "a-good-password"})
     cookie = r.headers["set-cookie"].lower()
     assert r.status_code == 200 and "httponly" in cookie and "samesite=lax" in cookie
-    with httpx.Client(base_url=server.url, cookies={"rlhfkit_session": r.json()["token"]}, timeout=30) as browser_like:
+    with server.client(r.json()["token"], cookie=True) as browser_like:
         assert browser_like.get("/api/me").json()["username"] == name
 
 
@@ -166,9 +170,9 @@ def test_invite_token_logs_in_once_and_sets_a_password(server):
     r = server.admin.post("/api/admin/users", json={"username": f"inv-{uuid.uuid4().hex[:6]}", "role": "annotator"})
     token, name = r.json()["invite_token"], r.json()["user"]["username"]
     assert token
-    r = server.client().post("/api/auth/invite", json={"token": token, "password": "chosen-password"})
+    r = server.request("POST", "/api/auth/invite", json={"token": token, "password": "chosen-password"})
     assert r.status_code == 200 and r.json()["user"]["username"] == name
-    assert server.client().post("/api/auth/invite", json={"token": token}).status_code == 401
+    assert server.request("POST", "/api/auth/invite", json={"token": token}).status_code == 401
     assert server.login(name, "chosen-password").get("/api/me").status_code == 200
 
 
@@ -187,11 +191,11 @@ def test_sessions_expire_and_logout_ends_them(server):
 
 
 def test_openapi_docs_are_served_without_a_cdn(server):
-    spec = server.client().get("/openapi.json").json()
+    spec = server.request("GET", "/openapi.json").json()
     assert "/api/labels" in spec["paths"] and "/api/next" in spec["paths"]
-    page = server.client().get("/docs").text
+    page = server.request("GET", "/docs").text
     assert "/static/swagger/swagger-ui-bundle.js" in page and "cdn" not in page.lower()
-    assert server.client().get("/static/swagger/swagger-ui-bundle.js").status_code == 200
+    assert server.request("GET", "/static/swagger/swagger-ui-bundle.js").status_code == 200
 
 
 def test_admin_export_reads_back_as_training_records(server, tmp_path):

@@ -239,10 +239,10 @@ def test_422_answers_never_contain_the_submitted_values(server):
     and what is expected, never the value (a password typed in the username box, say)."""
     secret = MARK + "-secret-password"
     cases = [
-        server.client().post("/api/auth/login", json={"username": secret * 10, "password": secret}),
-        server.client().post("/api/auth/login", json={"username": "x", "password": secret * 100}),
-        server.client().post("/api/auth/login", json={"username": ["x"], "password": {"p": secret}}),
-        server.client().post("/api/auth/invite", json={"token": secret, "password": "short"}),
+        server.request("POST", "/api/auth/login", json={"username": secret * 10, "password": secret}),
+        server.request("POST", "/api/auth/login", json={"username": "x", "password": secret * 100}),
+        server.request("POST", "/api/auth/login", json={"username": ["x"], "password": {"p": secret}}),
+        server.request("POST", "/api/auth/invite", json={"token": secret, "password": "short"}),
         server.admin.post("/api/admin/users", json={"username": secret + "!", "role": "annotator"}),
         server.admin.post("/api/admin/users", json={"username": "ok-name", "role": secret}),
         server.admin.post("/api/admin/tasks", json=[{"prompt": secret, "responses": [secret], "kind": secret}]),
@@ -261,7 +261,7 @@ def test_every_route_answers_hostile_bodies_and_parameters_with_4xx(server):
     """Every API route, called by an admin with a body of wrong types and hostile query parameters.
     A fresh admin account: its 200-request burst covers the ~180 calls, so none is throttled (a 429
     would hide what the route itself does)."""
-    spec = server.client().get("/openapi.json").json()
+    spec = server.request("GET", "/openapi.json").json()
     _, admin = server.new_user("admin")
     checked = 0
     for path, methods in spec["paths"].items():
@@ -297,13 +297,13 @@ OFF_SITE = [
 
 @pytest.mark.parametrize("target", OFF_SITE)
 def test_login_page_drops_an_off_site_next(server, target):
-    r = server.client().get("/login", params={"next": target})
+    r = server.request("GET", "/login", params={"next": target})
     assert r.status_code == 303 and r.headers["location"] == "/login"
 
 
 def test_login_page_keeps_a_same_site_next(server):
     for target in ("/admin", "/history?project=default", "/review#top"):
-        assert server.client().get("/login", params={"next": target}).status_code == 200
+        assert server.request("GET", "/login", params={"next": target}).status_code == 200
 
 
 # ---------------------------------------------------------------- accounts
@@ -326,7 +326,7 @@ def test_deactivate_role_change_and_revoke_take_effect_at_once(server):
     r = server.admin.patch(f"/api/admin/users/{name}", json={"active": False})
     assert r.status_code == 200 and r.json()["active"] is False and r.json()["sessions"] == 0
     assert ann.get("/api/me").status_code == 401
-    r = server.client().post("/api/auth/login", json={"username": name, "password": "first-password"})
+    r = server.request("POST", "/api/auth/login", json={"username": name, "password": "first-password"})
     assert r.status_code == 401  # same answer as a wrong password: says nothing about the account
     server.admin.patch(f"/api/admin/users/{name}", json={"active": True})
     assert server.login(name, "first-password").get("/api/me").status_code == 200
@@ -345,15 +345,15 @@ def test_a_new_invite_or_a_password_change_ends_old_sessions(server):
     assert first.get("/api/me").status_code == 401 and second.get("/api/me").status_code == 401
     assert fresh.get("/api/me").status_code == 200
     assert (
-        server.client().post("/api/auth/login", json={"username": name, "password": "first-password"}).status_code
+        server.request("POST", "/api/auth/login", json={"username": name, "password": "first-password"}).status_code
         == 401
     )
 
     token = server.admin.post(f"/api/admin/users/{name}/invite").json()["invite_token"]
     assert fresh.get("/api/me").status_code == 401  # an invite is a reset: the old sessions end
     older = server.admin.post(f"/api/admin/users/{name}/invite").json()["invite_token"]
-    assert server.client().post("/api/auth/invite", json={"token": token}).status_code == 401  # superseded
-    r = server.client().post("/api/auth/invite", json={"token": older, "password": "third-password"})
+    assert server.request("POST", "/api/auth/invite", json={"token": token}).status_code == 401  # superseded
+    r = server.request("POST", "/api/auth/invite", json={"token": older, "password": "third-password"})
     assert r.status_code == 200
     assert server.login(name, "third-password").get("/api/me").status_code == 200
 

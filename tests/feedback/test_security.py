@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import uuid
 
-import httpx
 import pytest
 
 from tests.feedback.conftest import serve_until
@@ -23,7 +22,7 @@ PUBLIC = {("POST", "/api/auth/login"), ("POST", "/api/auth/invite"), ("POST", "/
 
 
 def routes(server) -> list[tuple[str, str]]:
-    spec = server.client().get("/openapi.json").json()
+    spec = server.request("GET", "/openapi.json").json()
     out = []
     for path, methods in spec["paths"].items():
         for method in methods:
@@ -36,11 +35,11 @@ def test_every_api_route_needs_a_session(server):
     for method, path in routes(server):
         if (method, path) in PUBLIC:
             continue
-        r = server.client().request(method, path, json={})
+        r = server.request(method, path, json={})
         assert r.status_code == 401, f"{method} {path} answered {r.status_code} without a session"
         checked += 1
     assert checked >= 12
-    bogus = server.client().get("/api/me", headers={"Authorization": "Bearer not-a-token"})
+    bogus = server.request("GET", "/api/me", headers={"Authorization": "Bearer not-a-token"})
     assert bogus.status_code == 401
 
 
@@ -55,7 +54,7 @@ def test_annotators_get_403_on_admin_and_review_routes(server):
     assert reviewer.get("/api/review/queue").status_code == 200
     assert reviewer.get("/api/admin/stats").status_code == 403
     token = ann.headers["authorization"].split()[1]
-    with httpx.Client(base_url=server.url, cookies={"rlhfkit_session": token}, timeout=30) as page:
+    with server.client(token, cookie=True) as page:
         assert page.get("/admin").status_code == 403
 
 
@@ -93,7 +92,7 @@ def test_sql_injection_in_login_and_queries_changes_nothing(server):
     before = server.sql("SELECT count(*) FROM users")
     for attempt in SQLI:
         # A long timeout: the password check runs at idle CPU priority, slow when the machine is saturated
-        r = server.client().post("/api/auth/login", json={"username": attempt, "password": attempt}, timeout=60)
+        r = server.request("POST", "/api/auth/login", json={"username": attempt, "password": attempt}, timeout=60)
         assert r.status_code == 401
         r = server.admin.get("/api/labels", params={"annotator": attempt})
         assert r.status_code == 200 and r.json() == []
@@ -108,7 +107,7 @@ def test_cookie_requests_that_change_state_need_the_csrf_header(server):
     [task_id] = server.load([PAIR])
     serve_until(ann, task_id)
     token = ann.headers["authorization"].split()[1]
-    with httpx.Client(base_url=server.url, cookies={"rlhfkit_session": token}, timeout=30) as browser:
+    with server.client(token, cookie=True) as browser:
         body = {"task_id": task_id, "answer": {"choice": 0}}
         r = browser.post("/api/labels", json=body, headers={"Idempotency-Key": uuid.uuid4().hex})
         assert r.status_code == 403 and "X-Requested-With" in r.json()["detail"]
@@ -120,11 +119,11 @@ def test_cookie_requests_that_change_state_need_the_csrf_header(server):
 
 def test_pages_forbid_inline_script_and_framing(server):
     for path in ("/login", "/static/label.js"):
-        r = server.client().get(path)
+        r = server.request("GET", path)
         csp = r.headers["content-security-policy"]
         assert "script-src 'self'" in csp and "unsafe-inline" not in csp.split("script-src")[1].split(";")[0]
         assert "frame-ancestors 'none'" in csp and r.headers["x-content-type-options"] == "nosniff"
-    assert server.client().get("/").status_code in (303, 307)  # no session: off to the login page
+    assert server.request("GET", "/").status_code in (303, 307)  # no session: off to the login page
 
 
 def test_secrets_at_rest_are_hashed(server):
