@@ -6,9 +6,10 @@
 
 Each run is its own process (``bench/whole_process_children.py``): ``ours`` is the ``rlhfkit`` command, ``trl``
 the script a TRL user writes for the same run. Measured from outside by ``os.wait4``: the child's CPU seconds
-(user + system, all threads), wall seconds from spawn to exit, and its peak RSS (``ru_maxrss``). The two
-sides alternate (who goes first flips every case and repeat) and the medians over ``--repeats`` are printed,
-with the load average around each repeat. Every process runs one torch thread (``OMP_NUM_THREADS=1``).
+(user + system, all threads; the system part is printed beside each run), wall seconds from spawn to exit, and its
+peak RSS (``ru_maxrss``). The two sides alternate (who goes first flips every case and repeat) and the medians
+over ``--repeats`` are printed, with the load average around each repeat. Every process runs one torch thread
+(``OMP_NUM_THREADS=1``).
 
 The same work on both sides: the same model folder (``tiny-4m`` saved once, or SmolLM2-135M-Instruct as
 ``rlhfkit models get`` installs it), the same rows (prompts, chosen and rejected of ``--words`` random words
@@ -190,6 +191,7 @@ def spawn(command: list[str], tmp: Path, tag: str, ops: bool = False) -> dict:
         raise RuntimeError(f"{' '.join(command[:2])} failed ({proc.returncode}):\n{tail}")
     return {
         "cpu_s": usage.ru_utime + usage.ru_stime,
+        "system_s": usage.ru_stime,  # of it, in the kernel (page faults, mostly)
         "wall_s": wall,
         "peak_mb": usage.ru_maxrss / 1024,
         "phases": json.loads(phases.read_text()) if phases.exists() else {},
@@ -300,8 +302,8 @@ def main() -> None:
                     run = spawn(command, tmp, f"{case.name}-{side}-{r}")
                     results[case.name][side].append(run)
                     print(
-                        f"  repeat {r + 1} {case.name:10s} {side:5s} {run['cpu_s']:7.1f} s CPU {run['wall_s']:7.1f} s wall "
-                        f"{run['peak_mb']:6.0f} MB",
+                        f"  repeat {r + 1} {case.name:10s} {side:5s} {run['cpu_s']:7.1f} s CPU "
+                        f"({run['system_s']:5.1f} system) {run['wall_s']:7.1f} s wall {run['peak_mb']:6.0f} MB",
                         flush=True,
                     )
             loads.append((before, load_average()))
