@@ -17,7 +17,14 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from rlhfkit.evaluate.monitor import Check, MonitorSettings, OveroptimisationMonitor, noise_scale, trailing_median
+from rlhfkit.evaluate.monitor import (
+    Check,
+    MonitorSettings,
+    OveroptimisationMonitor,
+    is_degenerate,
+    noise_scale,
+    trailing_median,
+)
 
 PEAK_STEP = 2 * math.e**2  # KL = 0.5 t = e^2
 
@@ -191,6 +198,36 @@ def test_kl_budget_length_and_entropy_drift():
     collapse = collapse[:6] + [replace(c, entropy=0.8) for c in collapse[6:]]
     assert list(run(collapse, MonitorSettings(entropy_factor=0.5))[1].alarm_reasons) == ["entropy_collapses"]
     assert not run(collapse)[1].alarm  # measured and logged, but an alarm only when asked for
+
+
+def test_a_response_loops_when_fewer_than_half_of_its_last_64_tokens_are_distinct():
+    assert not is_degenerate([5, 6, 7, 8]) and not is_degenerate([])
+    assert not is_degenerate([5, 5, 6, 6])  # 2 distinct of 4: half, not fewer
+    assert is_degenerate([5, 5, 5, 6, 6])  # 2 of 5
+    assert is_degenerate([9, 9, 9])  # "no no no"
+    distinct = list(range(100, 200))
+    loop = [7, 8] * 32  # 64 tokens, 2 distinct
+    assert is_degenerate(distinct + loop)  # a long good start does not hide a loop at the end
+    assert not is_degenerate(loop + distinct)  # ... nor does a loop it recovered from count: the last 64 are distinct
+    assert not is_degenerate(list(range(40)) * 3)  # 120 tokens repeating 40 (a long answer): 40 distinct of the last 64
+
+
+def test_looping_samples_raise_the_alarm_and_their_checks_are_not_kept():
+    """The second model keeps rising (0.1 .. 1.0) while a growing share of the samples loops: 0 up to step 5, then
+    0.04, 0.08, 0.15, 0.20, 0.25. Over 0.1 at steps 8 and 9: the alarm at step 9 (patience 2). Only checks with at
+    most 0.05 looping are kept: of steps 1-6 the best centred median is step 6's (median of 0.4 .. 0.8 = 0.6);
+    trusting every check would keep step 9 (median of 0.7, 0.8, 0.9 = 0.8: the checks after it are yet to come)."""
+    shares = [0.0] * 5 + [0.04, 0.08, 0.15, 0.20, 0.25]
+    checks = [
+        Check(step=t, second_rm_reward=0.1 * t, degenerate_share=share) for t, share in enumerate(shares, start=1)
+    ]
+    _, status = run(checks)
+    assert status.alarm_step == 9 and list(status.alarm_reasons) == ["degeneration"]
+    assert status.alarm_reasons["degeneration"] == "20% of the samples loop (> 10%)"
+    assert status.best_step == 6
+    assert run(checks, MonitorSettings(degenerate_trust=1.0))[1].best_step == 9
+    assert not run(checks, MonitorSettings(degenerate_share=None))[1].alarm  # switched off
+    assert not run(checks[:8])[1].alarm  # one check over 0.1 is not enough
 
 
 def settling(se: float | None, last: float = 0.9) -> list[Check]:

@@ -82,8 +82,42 @@ def test_ppo_checks_at_the_interval_and_logs_the_signals(tmp_path, toy_files):
         assert check["second_rm_reward"] == pytest.approx(float(scores.mean()))
         assert check["second_rm_reward_se"] == pytest.approx(float(scores.std() / 5**0.5))
     assert first["proxy_reward_se"] is not None
+    assert all(0.0 <= check["degenerate_share"] <= 1.0 for check in summary["history"])  # its wiring: below
     card = RunCard.read(path)
     assert card.figures["monitor"]["checks"] == 3 and card.figures["monitor"]["alarm"] is False
+
+
+def test_the_share_of_looping_samples_is_read_from_the_sampled_tokens(tmp_path, monkeypatch):
+    """Three samples: one loops (4 4 4 7 7: 2 distinct of 5), one does not (4 5 6 and the stop token), and one would
+    loop only if its padding counted (4 5 6, then six pads: 4 distinct of 9): a share of 1/3."""
+    from types import SimpleNamespace
+
+    from rlhfkit import rollout
+    from rlhfkit.config import SamplingPart
+    from rlhfkit.train.monitoring import PolicyMonitor
+
+    ids = torch.tensor([[4, 4, 4, 7, 7, 3, 3, 3, 3], [4, 5, 6, 2, 3, 3, 3, 3, 3], [4, 5, 6, 3, 3, 3, 3, 3, 3]])
+    lengths = torch.tensor([5, 4, 3])
+    mask = (torch.arange(9) < lengths[:, None]).long()
+
+    class Sampler:
+        def generate(self, prompts, generator=None):
+            B = len(prompts)
+            return rollout.Rollout(
+                prompts=prompts, query_ids=torch.ones(B, 1, dtype=torch.long), query_mask=torch.ones(B, 1),
+                response_ids=ids[:B], response_mask=mask[:B], logprobs=torch.zeros(B, 9), ended=lengths[:B] < 9,
+                texts=["a"] * B,
+            )  # fmt: skip
+
+    monkeypatch.setattr(rollout, "make_sampler", lambda *args, **kwargs: Sampler())
+    cfg = SimpleNamespace(
+        monitor_reward=None, monitor_ensemble=None, monitor_settings={}, monitor_kl_budget=None, monitor_prompts=3,
+        monitor_switch_to=None,
+    )  # fmt: skip
+    monitor = PolicyMonitor(cfg, SimpleNamespace(path=tmp_path), None, ["p1", "p2", "p3"])
+    samples = monitor.sample(torch.nn.Linear(1, 1), None, SamplingPart())
+    assert samples.degenerate.tolist() == [True, False, False]
+    assert monitor.measure(samples, step=0).degenerate_share == pytest.approx(1 / 3)
 
 
 def test_ppo_monitor_kl_of_the_start_is_zero_under_bf16_mixed(tmp_path, toy_files):

@@ -61,6 +61,19 @@ class Check:
     ensemble_std: float | None = None  # mean over samples of the std across reward-model members
     mean_length: float | None = None  # mean response length (tokens or characters, consistently)
     entropy: float | None = None  # mean per-token entropy of the policy on its samples
+    degenerate_share: float | None = None  # share of the samples that loop (``is_degenerate``)
+
+
+DEGENERATE_WINDOW = 64  # tokens: the end of a response where a loop shows
+
+
+def is_degenerate(token_ids: list[int]) -> bool:
+    """A response that loops: fewer than half of its last ``DEGENERATE_WINDOW`` tokens are distinct (seq-rep-1 above
+    0.5, Welleck et al. 2019, "Neural Text Generation with Unlikelihood Training"). A model that starts repeating
+    itself rarely stops, so the end of the response is where to look, and the window keeps long answers, which
+    repeat common tokens by nature, from counting."""
+    tail = token_ids[-DEGENERATE_WINDOW:]
+    return 2 * len(set(tail)) < len(tail)
 
 
 NOISE_MIN_VALUES = 5  # a signal's noise is estimated from its second differences: at least three of them
@@ -82,6 +95,8 @@ class MonitorSettings:
     kl_budget: float | None = None  # nats; None: no budget
     length_factor: float = 2.0  # mean length above this multiple, or below its inverse, of the start
     entropy_factor: float | None = None  # entropy below this multiple of its start value (e.g. 0.5); None: no alarm
+    degenerate_share: float | None = 0.1  # share of looping samples (``is_degenerate``) above which a check alarms
+    degenerate_trust: float = 0.05  # the kept check's share of looping samples at most this
 
     def __post_init__(self):
         if self.patience < 1 or self.window < 1:
@@ -265,6 +280,13 @@ def entropy_collapses(history: list[Check], s: MonitorSettings) -> str | None:
     return f"entropy at {ratio:.2f}x its start (< {s.entropy_factor}x)"
 
 
+def degeneration(history: list[Check], s: MonitorSettings) -> str | None:
+    share = history[-1].degenerate_share
+    if s.degenerate_share is None or share is None or share <= s.degenerate_share:
+        return None
+    return f"{share:.0%} of the samples loop (> {s.degenerate_share:.0%})"
+
+
 REASONS = {
     "second_rm_falls": second_rm_falls,
     "second_rm_peak_passed": second_rm_peak_passed,
@@ -274,6 +296,7 @@ REASONS = {
     "kl_over_budget": kl_over_budget,
     "length_drifts": length_drifts,
     "entropy_collapses": entropy_collapses,
+    "degeneration": degeneration,
 }
 
 
@@ -292,7 +315,12 @@ def best_check(history: list[Check], clean: list[bool], s: MonitorSettings) -> i
         half = s.window // 2
         centred = [np.median(values[max(0, i - half) : i + half + 1]) for i in range(values.size)]
         ratios = disagreement_over_lowest(history)
-        trusted = [i for i in range(values.size) if ratios.get(int(idx[i]), 1.0) <= s.trust_factor]
+        trusted = [
+            i
+            for i in range(values.size)
+            if ratios.get(int(idx[i]), 1.0) <= s.trust_factor
+            and (history[idx[i]].degenerate_share or 0.0) <= s.degenerate_trust
+        ]
         best = max(trusted or range(values.size), key=lambda i: (centred[i], values[i]))
         return int(idx[best])
     return max((i for i, ok in enumerate(clean) if ok), default=0)

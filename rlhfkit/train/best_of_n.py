@@ -29,7 +29,7 @@ from rlhfkit.config.stages import BestOfNConfig
 from rlhfkit.data.io import write_jsonl
 from rlhfkit.data.prompts import load_prompts
 from rlhfkit.data.records import to_json
-from rlhfkit.evaluate.monitor import Check
+from rlhfkit.evaluate.monitor import Check, is_degenerate
 from rlhfkit.losses import best_of_n_kl
 from rlhfkit.models.load import load_causal_lm
 from rlhfkit.rewards import load_reward
@@ -92,7 +92,7 @@ def monitor_best_of_n(
 ) -> tuple[int, torch.Tensor | None]:
     """The monitor's checks of best-of-N for N = 1 .. n_max, each the expectation over random N-subsets of the samples
     (smooth, as the curve): the training reward of the choice, a second reward's score of it, the ensemble's
-    disagreement on it, its length, and KL = log N - (N - 1) / N. Returns the N to keep (n_max, or the best check's
+    disagreement on it, its length, whether it loops, and KL = log N - (N - 1) / N. Returns the N to keep (n_max, or the best check's
     N when the monitor stops the run) and, when the alarm switches the reward (``monitor_switch_to``), every sample's
     score by the switched transform (P, M). Every sample is written to monitor/samples.jsonl with its score, so the
     choice at any N can be judged afterwards."""
@@ -103,7 +103,9 @@ def monitor_best_of_n(
     training_members, training_variances = monitor.training_reward.distribution(flat_prompts, flat_texts)  # (E, P * M)
     members = monitor.ensemble.members(flat_prompts, flat_texts) if monitor.ensemble else training_members
     spread = members.std(0).view(P, M) if members.size(0) > 1 else None
-    lengths = torch.tensor([len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in flat_texts]).view(P, M)
+    token_ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in flat_texts]
+    lengths = torch.tensor([len(ids) for ids in token_ids]).view(P, M)
+    degenerate = torch.tensor([is_degenerate(ids) for ids in token_ids]).view(P, M)
     if monitor.is_main:
         monitor.folder.mkdir(parents=True, exist_ok=True)
         rows = [
@@ -124,6 +126,7 @@ def monitor_best_of_n(
             second_rm_reward=pick(second, n),
             ensemble_std=pick(spread, n),
             mean_length=pick(lengths, n),
+            degenerate_share=pick(degenerate, n),
         )
         status = monitor.check(check)
         if status.alarm and monitor.cfg.monitor_switch_to:

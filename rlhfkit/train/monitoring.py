@@ -22,7 +22,9 @@ this module feeds it signals that need no gold utility:
   fixed labels cannot move, so reward-driven stages watch the second reward model instead);
 - ``kl``: Monte-Carlo KL(policy || start) per response, from the sampled tokens' log-probs (k1, as the demo
   reports it); best-of-N's is log N - (N - 1) / N;
-- ``mean_length`` (tokens) and ``entropy`` (per token, of the sampling distribution).
+- ``mean_length`` (tokens) and ``entropy`` (per token, of the sampling distribution);
+- ``degenerate_share``: the share of the samples that loop (``rlhfkit.evaluate.monitor.is_degenerate``: fewer than
+  half of their last 64 tokens distinct), the shape the toy world's over-optimised PPO runs took as their gold fell.
 
 Every check samples the same prompts with the same random stream, so check-to-check noise comes from the policy
 changing and not from the draw. The gold utility never enters (a test checks the imports, and ``refuse_gold``
@@ -45,7 +47,7 @@ import torch
 
 from rlhfkit.config import SamplingPart
 from rlhfkit.data.records import to_json
-from rlhfkit.evaluate.monitor import Check, MonitorSettings, MonitorStatus, OveroptimisationMonitor
+from rlhfkit.evaluate.monitor import Check, MonitorSettings, MonitorStatus, OveroptimisationMonitor, is_degenerate
 from rlhfkit.losses import masked_sum
 from rlhfkit.rewards import Reward, load_reward
 
@@ -108,6 +110,7 @@ class CheckSamples:
     kl: torch.Tensor | None = None  # (N,) KL(policy || start) per response
     entropy: float | None = None  # mean per-token entropy
     given_kl: float | None = None  # a known KL (best-of-N's analytic one) instead of a Monte-Carlo estimate
+    degenerate: torch.Tensor | None = None  # (N,) bool: the response loops (``is_degenerate``)
 
 
 class PolicyMonitor:
@@ -182,11 +185,12 @@ class PolicyMonitor:
 
         sampler = make_sampler(model, tokenizer, sampling, return_states=True, **sampler_options)
         generator = torch.Generator(device=next(model.parameters()).device).manual_seed(CHECK_SEED + seed)
-        texts, lengths, kls, entropy_sum, entropy_count = [], [], [], 0.0, 0.0
+        texts, lengths, kls, degenerate, entropy_sum, entropy_count = [], [], [], [], 0.0, 0.0
         for s in range(0, len(self.prompts), batch_size):
             rollout = sampler.generate(self.prompts[s : s + batch_size], generator=generator)
             mask = rollout.response_mask
             texts += rollout.texts
+            degenerate += [is_degenerate(ids[keep].tolist()) for ids, keep in zip(rollout.response_ids, mask.bool())]
             lengths.append(mask.sum(-1).float().cpu())
             if rollout.entropy is not None:
                 entropy_sum += float(masked_sum(rollout.entropy, mask, dim=None))
@@ -202,6 +206,7 @@ class PolicyMonitor:
             lengths=torch.cat(lengths),
             kl=torch.cat(kls) if kls else None,
             entropy=entropy_sum / entropy_count if entropy_count else None,
+            degenerate=torch.tensor(degenerate, dtype=torch.bool),
         )
 
     def measure(self, samples: CheckSamples, step: int, **extra) -> Check:
@@ -235,6 +240,7 @@ class PolicyMonitor:
             ensemble_std=spread,
             mean_length=float(samples.lengths.float().mean()),
             entropy=samples.entropy,
+            degenerate_share=None if samples.degenerate is None else float(samples.degenerate.float().mean()),
             **extra,
         )
 
