@@ -360,3 +360,4 @@ def test_the_experiments_alarms_are_decided_again_by_the_rule_as_it_is_now(tmp_p
     assert decided["gain_ratio"] == pytest.approx(0.7 / 0.75)
     assert decided["false_alarms"] == {"ppo": True, "dpo": False}
     assert list(decided["false_alarm_cost"]) == ["ppo"]
+    assert decided["healthy_most_looping"] == {"ppo": None, "dpo": None}  # runs that did not measure it

@@ -355,6 +355,9 @@ class OveroptimisationFigures(Figures):
     false_alarm_cost: dict[str, dict] = Field(
         {}, description="per alarmed healthy run: the kept check's gold against the end's (alarm_cost)"
     )
+    healthy_most_looping: dict[str, float | None] = Field(
+        {}, description="per healthy run: the largest share of a check's samples that loop (None: not recorded)"
+    )
     curve: dict[int, float] = Field(description="gold of each check's samples, by step")
     monitor_history: list[dict]
     seed: int

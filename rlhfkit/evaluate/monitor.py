@@ -22,6 +22,10 @@ so the monitor watches signals that are, each optional at every check:
   world's runs entropy fell under half its start in DPO and PPO runs whose gold kept rising (docs/evaluation.md).
 - ``proxy_reward`` against d = sqrt(KL), fitted with Gao et al.'s RL form d (a - b log d): past the fitted peak the
   policy is spending KL without gaining even proxy reward.
+- ``degenerate_share``: the share of the samples that loop (``is_degenerate``). Reward models trained on a sensible
+  policy's samples have never seen loops and may rate them well (in the toy world's over-optimised runs both reward
+  models did, as gold fell); a check with more than ``degenerate_share`` of them raises the alarm, and only checks with
+  at most ``degenerate_trust`` are kept.
 
 Each reason must hold at ``patience`` consecutive checks before it raises the alarm, so one noisy check does not
 trip it; signals are smoothed by a trailing median, and "falls" means more than ``z`` noise scales, the noise
@@ -309,7 +313,8 @@ def best_check(history: list[Check], clean: list[bool], s: MonitorSettings) -> i
     The second model is trusted only where its members agree: checks whose ensemble disagreement is over
     ``trust_factor`` times its lowest up to them are passed over. Past that point the policy is where the members
     (and so their mean, the second model) are guessing, and in the toy world's over-optimised runs the second
-    model's score kept rising there for several checks after the true quality had turned (docs/evaluation.md)."""
+    model's score kept rising there for several checks after the true quality had turned (docs/evaluation.md). Checks
+    where more than ``degenerate_trust`` of the samples loop are passed over too: the reward models rate loops well."""
     idx, values = series(history, "second_rm_reward")
     if values.size:
         half = s.window // 2

@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from rlhfkit.config.pipelines import DemoConfig, OveroptimisationConfig
-from rlhfkit.evaluate.monitor import Check, OveroptimisationMonitor
+from rlhfkit.evaluate.monitor import Check, MonitorSettings, OveroptimisationMonitor
 from rlhfkit.evaluate.stats import mean_std
 from rlhfkit.pipelines.base import Pipeline, pick_threads
 from rlhfkit.toy.experiments.common import (
@@ -99,15 +99,24 @@ def alarm_cost(run: Path) -> dict:
     return {**stop, "final_gold": end, "peak_gold": max(curve.values()), "kept_minus_end": stop["gold_at_stop"] - end}
 
 
+def most_looping(run: Path) -> float | None:
+    """The largest share of looping samples at any check of a monitored run (None where the run did not record
+    it: runs made before the monitor measured it)."""
+    history = json.loads((run / "monitor" / "monitor.json").read_text())["history"]
+    shares = [c["degenerate_share"] for c in history if c.get("degenerate_share") is not None]
+    return max(shares) if shares else None
+
+
 def judged(curve: dict[int, float], over: Path, healthy: dict[str, Path]) -> dict:
     """What the monitor's rule decides, replayed from the runs' check histories (a finished seed's figures follow
     the rule as it is now): the over-optimising run's stop (``curve``: its gold by check), and the alarms on the
-    runs meant to be healthy, with their cost."""
+    runs meant to be healthy, with their cost and the most their samples looped."""
     alarmed = {name: replay_stop(path)[0] is not None for name, path in healthy.items()}
     return {
         **stop_figures(curve, over),
         "false_alarms": alarmed,
         "false_alarm_cost": {name: alarm_cost(path) for name, path in healthy.items() if alarmed[name]},
+        "healthy_most_looping": {name: most_looping(path) for name, path in healthy.items()},
     }
 
 
@@ -190,6 +199,12 @@ def run(cfg: OveroptimisationConfig) -> dict:
     return figures
 
 
+def looped(result: dict) -> str:
+    """The most the demo's runs looped, per run: "ppo 0.8%, dpo 2.3%, best-of-16 0.0%" ("-" where not recorded)."""
+    shares = result.get("healthy_most_looping") or {}
+    return ", ".join(f"{k} {v:.1%}" for k, v in shares.items() if v is not None) or "-"
+
+
 def summarise(results: list[dict], root: Path) -> dict:
     good = [r for r in results if r["kept_step"] is not None and (r["gain_ratio"] or 0) >= 0.9]
     false = {k: sum(r["false_alarms"][k] for r in results) for k in ("ppo", "dpo", "best-of-16")}
@@ -198,13 +213,13 @@ def summarise(results: list[dict], root: Path) -> dict:
         values = [r[key] for r in results if r[key] is not None]
         return "-" if not values else "{:.3f} ± {:.3f}".format(*mean_std(values))
 
-    print("seed | gold@0 | peak (step) | end | alarm | kept | gold@stop | gain ratio | false alarms")
+    print("seed | gold@0 | peak (step) | end | alarm | kept | gold@stop | gain ratio | false alarms | most looping")
     for r in results:
         fa = ", ".join(k for k, v in r["false_alarms"].items() if v) or "none"
         ratio = "-" if r["gain_ratio"] is None else f"{r['gain_ratio']:.0%}"
         print(
             f"{r['seed']} | {r['start_gold']:.3f} | {r['peak_gold']:.3f} ({r['peak_step']}) | {r['final_gold']:.3f} | "
-            f"{r['alarm_step']} | {r['kept_step']} | {r['gold_at_stop']:.3f} | {ratio} | {fa}"
+            f"{r['alarm_step']} | {r['kept_step']} | {r['gold_at_stop']:.3f} | {ratio} | {fa} | {looped(r)}"
         )
     out = {k: spread(k) for k in ("peak_gold", "gold_at_stop", "final_gold", "gain_ratio", "alarm_step", "kept_step")}
     out |= {"seeds_stopped_at_90pct": len(good), "false_alarms": false, "seeds": len(results)}
@@ -215,6 +230,11 @@ def summarise(results: list[dict], root: Path) -> dict:
                 f"{cost['gold_at_stop']:.3f}; the run's peak {cost['peak_gold']:.3f}, its end {cost['final_gold']:.3f} "
                 f"(stopping: {cost['kept_minus_end']:+.3f} gold)"
             )
+    looping = [v for r in results for v in (r.get("healthy_most_looping") or {}).values() if v is not None]
+    if looping:
+        out["healthy_most_looping"] = max(looping)
+        alarm = MonitorSettings().degenerate_share
+        print(f"the demo's runs: at most {max(looping):.1%} of a check's samples loop (the alarm: over {alarm:.0%})")
     print(
         f"mean ± std: peak {out['peak_gold']}, at stop {out['gold_at_stop']}, end {out['final_gold']}, gain ratio "
         f"{out['gain_ratio']}, alarm step {out['alarm_step']}; stopped with >= 90% of the peak gain in {len(good)} "
