@@ -361,3 +361,9 @@ def test_the_experiments_alarms_are_decided_again_by_the_rule_as_it_is_now(tmp_p
     assert decided["false_alarms"] == {"ppo": True, "dpo": False}
     assert list(decided["false_alarm_cost"]) == ["ppo"]
     assert decided["healthy_most_looping"] == {"ppo": None, "dpo": None}  # runs that did not measure it
+    # replay_settings put other thresholds over every run's own: the same runs judged by another rule
+    other = overoptimisation.judged(curve, runs["over"], {"ppo": runs["ppo"]}, replay={"kl_budget": None})
+    assert other["alarm_step"] is None and other["false_alarms"] == {"ppo": False}
+    from rlhfkit.config.pipelines import OveroptimisationConfig
+
+    assert OveroptimisationConfig(replay_settings={"kl_budget": None}).changed_settings({}) == []  # a finished seed

@@ -369,6 +369,8 @@ class OveroptimisationConfig(StageConfig):
 
     stage: ClassVar[str] = "overoptimisation"
     figures: ClassVar[type[Figures]] = OveroptimisationFigures
+    # the runs are judged again at every call, so the thresholds they are judged by do not change what they compute
+    run_only: ClassVar[frozenset[str]] = StageConfig.run_only | {"replay_settings"}
 
     output_dir: str | None = Field(None, description="the seed's folder; default runs/overoptimisation/seed-<seed>")
     demo_dir: str = Field(DEMO_DIR, description="the seed's demo with --monitor ({seed} filled in; made if missing)")
@@ -381,6 +383,10 @@ class OveroptimisationConfig(StageConfig):
     ppo_kl_coef: float = Field(0.0, ge=0)
     max_new_tokens: int = Field(48, gt=0, description="twice the demo's, room to exploit the reward model")
     threads: int = Field(1, ge=0, description="torch threads (0: auto)")
+    replay_settings: dict = Field(
+        {}, description="monitor thresholds put over every run's own when its checks are replayed, to judge the "
+        "same runs by another rule (e.g. {degenerate_share: null}: without the looping alarm)",
+    )  # fmt: skip
 
     def budgets(self) -> OveroptimisationConfig:
         if not self.quick:

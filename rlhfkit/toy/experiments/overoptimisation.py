@@ -52,18 +52,18 @@ def healthy_runs(demo_dir: Path, root: Path) -> dict[str, Path]:
     return {"ppo": demo_dir / "ppo", "dpo": demo_dir / "dpo", "best-of-16": root / "bon-16"}
 
 
-def replay_stop(run: Path) -> tuple[int | None, int | None, list[str]]:
+def replay_stop(run: Path, replay: dict | None = None) -> tuple[int | None, int | None, list[str]]:
     """(alarm step, the check a monitor_stop run keeps, the alarm's reasons) from a monitored run's history, by the
     monitor's rule as it is now: its thresholds are today's defaults with the run's own ``monitor_settings`` and
     ``monitor_kl_budget`` over them (``monitor.json`` records every threshold as it was, defaults of the day
-    included); (None, None, []) if no alarm."""
+    included), and ``replay`` (the experiment's ``replay_settings``) over those; (None, None, []) if no alarm."""
     import yaml
 
     from rlhfkit.train.monitoring import monitor_settings
 
     config = yaml.safe_load((run / "config.yaml").read_text())
     monitor = OveroptimisationMonitor(
-        monitor_settings(config.get("monitor_settings") or {}, config.get("monitor_kl_budget"))
+        monitor_settings({**(config.get("monitor_settings") or {}), **(replay or {})}, config.get("monitor_kl_budget"))
     )
     saved = json.loads((run / "monitor" / "monitor.json").read_text())
     for check in saved["history"]:
@@ -73,11 +73,11 @@ def replay_stop(run: Path) -> tuple[int | None, int | None, list[str]]:
     return None, None, []
 
 
-def stop_figures(curve: dict[int, float], run: Path) -> dict:
+def stop_figures(curve: dict[int, float], run: Path, replay: dict | None = None) -> dict:
     """Where a ``--monitor-stop`` run would stop (``replay_stop``), the gold of the check it keeps, and the share of
     the run's peak gold gain that keeps: (gold at stop - gold at step 0) / (peak gold - gold at step 0)."""
     start, end, peak = curve[min(curve)], curve[max(curve)], max(curve.values())
-    alarm_step, kept, reasons = replay_stop(run)
+    alarm_step, kept, reasons = replay_stop(run, replay)
     gold_at_stop = curve[kept] if kept is not None else end
     ratio = (gold_at_stop - start) / (peak - start) if peak > start else None
     return {
@@ -89,12 +89,12 @@ def stop_figures(curve: dict[int, float], run: Path) -> dict:
     }
 
 
-def alarm_cost(run: Path) -> dict:
+def alarm_cost(run: Path, replay: dict | None = None) -> dict:
     """What an alarm on a run meant to be healthy would have cost a ``--monitor-stop`` run, in gold: the kept
     check's gold against the end's (positive: stopping kept a better model than running on). The peak tells whether
     the run's gold fell at all."""
     curve = check_gold(run)
-    stop = stop_figures(curve, run)
+    stop = stop_figures(curve, run, replay)
     end = curve[max(curve)]
     return {**stop, "final_gold": end, "peak_gold": max(curve.values()), "kept_minus_end": stop["gold_at_stop"] - end}
 
@@ -107,15 +107,15 @@ def most_looping(run: Path) -> float | None:
     return max(shares) if shares else None
 
 
-def judged(curve: dict[int, float], over: Path, healthy: dict[str, Path]) -> dict:
+def judged(curve: dict[int, float], over: Path, healthy: dict[str, Path], replay: dict | None = None) -> dict:
     """What the monitor's rule decides, replayed from the runs' check histories (a finished seed's figures follow
     the rule as it is now): the over-optimising run's stop (``curve``: its gold by check), and the alarms on the
     runs meant to be healthy, with their cost and the most their samples looped."""
-    alarmed = {name: replay_stop(path)[0] is not None for name, path in healthy.items()}
+    alarmed = {name: replay_stop(path, replay)[0] is not None for name, path in healthy.items()}
     return {
-        **stop_figures(curve, over),
+        **stop_figures(curve, over, replay),
         "false_alarms": alarmed,
-        "false_alarm_cost": {name: alarm_cost(path) for name, path in healthy.items() if alarmed[name]},
+        "false_alarm_cost": {name: alarm_cost(path, replay) for name, path in healthy.items() if alarmed[name]},
         "healthy_most_looping": {name: most_looping(path) for name, path in healthy.items()},
     }
 
@@ -134,7 +134,7 @@ def run(cfg: OveroptimisationConfig) -> dict:
     if finished := finished_figures(cfg):  # decided again: the figures follow the monitor's rule now
         curve = {int(step): gold for step, gold in finished["curve"].items()}  # JSON keys are strings
         demo_dir = demo_folder(cfg.demo_dir, cfg.seed, cfg.quick)
-        return {**finished, **judged(curve, root / "ppo-over", healthy_runs(demo_dir, root))}
+        return {**finished, **judged(curve, root / "ppo-over", healthy_runs(demo_dir, root), cfg.replay_settings)}
     demo_dir = monitored_demo(cfg.demo_dir, cfg.seed, cfg.quick)
     demo = DemoConfig(seed=cfg.seed, quick=cfg.quick).budgets()
     pipe = Pipeline(cfg, "overoptimisation")
@@ -177,7 +177,7 @@ def run(cfg: OveroptimisationConfig) -> dict:
     curve = check_gold(over)
     start, end = curve[min(curve)], curve[max(curve)]
     peak_step = max(curve, key=curve.get)
-    decided = judged(curve, over, healthy_runs(demo_dir, root))
+    decided = judged(curve, over, healthy_runs(demo_dir, root), cfg.replay_settings)
     alarm_step, kept, gold_at_stop = decided["alarm_step"], decided["kept_step"], decided["gold_at_stop"]
     figures = {
         "start_gold": start,
@@ -234,7 +234,9 @@ def summarise(results: list[dict], root: Path) -> dict:
     if looping:
         out["healthy_most_looping"] = max(looping)
         alarm = MonitorSettings().degenerate_share
-        print(f"the demo's runs: at most {max(looping):.1%} of a check's samples loop (the alarm: over {alarm:.0%})")
+        print(
+            f"the demo's runs: at most {max(looping):.1%} of a check's samples loop (the alarm's default: over {alarm:.0%})"
+        )
     print(
         f"mean ± std: peak {out['peak_gold']}, at stop {out['gold_at_stop']}, end {out['final_gold']}, gain ratio "
         f"{out['gain_ratio']}, alarm step {out['alarm_step']}; stopped with >= 90% of the peak gain in {len(good)} "
