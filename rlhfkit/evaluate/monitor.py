@@ -100,7 +100,7 @@ class MonitorSettings:
     length_factor: float = 2.0  # mean length above this multiple, or below its inverse, of the start
     entropy_factor: float | None = None  # entropy below this multiple of its start value (e.g. 0.5); None: no alarm
     degenerate_share: float | None = 0.1  # share of looping samples (``is_degenerate``) above which a check alarms
-    degenerate_trust: float = 0.05  # the kept check's share of looping samples at most this
+    degenerate_trust: float = 0.05  # the kept check's share of looping samples at most this (unless the above is None)
 
     def __post_init__(self):
         if self.patience < 1 or self.window < 1:
@@ -324,7 +324,7 @@ def best_check(history: list[Check], clean: list[bool], s: MonitorSettings) -> i
             i
             for i in range(values.size)
             if ratios.get(int(idx[i]), 1.0) <= s.trust_factor
-            and (history[idx[i]].degenerate_share or 0.0) <= s.degenerate_trust
+            and (s.degenerate_share is None or (history[idx[i]].degenerate_share or 0.0) <= s.degenerate_trust)
         ]
         best = max(trusted or range(values.size), key=lambda i: (centred[i], values[i]))
         return int(idx[best])
