@@ -2,6 +2,8 @@
 
     python -m rlhfkit.toy.experiments.overoptimisation --seeds 0 1 2 3 4   # runs/overoptimisation/seed-S, summary.json
     python -m rlhfkit.toy.experiments.overoptimisation --seeds 0 --quick   # a smoke run
+    python -m rlhfkit.toy.experiments.overoptimisation --seeds 0 1 2 3 4 --replay-settings "{degenerate_share: null}"
+        # the same runs judged by other monitor thresholds (here: without the looping alarm)
 
 Per seed, beside the seed's demo run with ``--monitor`` (``demo_dir``; its PPO, DPO and rejection sampling carry the
 monitor, with a second reward model, an ensemble of 4, trained on the held-out labels):
