@@ -17,8 +17,9 @@ Checks, each passing or failing on its own (the candidate passes only if all do)
 - ``capability_nll``: the mean per-token negative log-likelihood of reference demonstrations (what the model must
   still be able to say), no more than ``max_nll_increase`` nats above the champion's.
 - ``overoptimisation``: the monitor of ``rlhfkit.evaluate.monitor`` fed one check per round (KL to the reference,
-  the proxy reward's and the judge's mean scores, response length): no alarm. With few rounds only the KL budget
-  and the length drift can fire; the trend reasons need five checks.
+  the proxy reward's and the judge's mean scores, response length, the share of answers that loop): no alarm. With
+  few rounds only the KL budget, the length drift and looping answers (over a tenth of them) can fire; the trend
+  reasons need five checks.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from rlhfkit.config import SamplingPart
-from rlhfkit.evaluate.monitor import Check, MonitorSettings, OveroptimisationMonitor
+from rlhfkit.evaluate.monitor import Check, MonitorSettings, OveroptimisationMonitor, is_degenerate
 from rlhfkit.evaluate.safety import safety_rates
 from rlhfkit.evaluate.stats import preference_win_rate
 
@@ -62,7 +63,8 @@ class GateInputs:
 
 @torch.no_grad()
 def sample(model, tokenizer, prompts: list, settings: GateSettings, seed: int, ref_model=None):
-    """One response per prompt; with ``ref_model`` also the Monte-Carlo KL(model || ref) per response (k1)."""
+    """One response per prompt: (texts, mean KL(model || ref) per response (k1, with ``ref_model``; else None), mean
+    length in tokens, the share of responses that loop)."""
     from rlhfkit.rollout import TransformersSampler
     from rlhfkit.rollout_forward import response_forward
 
@@ -70,17 +72,20 @@ def sample(model, tokenizer, prompts: list, settings: GateSettings, seed: int, r
         model, tokenizer, SamplingPart(max_new_tokens=settings.max_new_tokens, temperature=settings.temperature)
     )
     generator = torch.Generator().manual_seed(seed)
-    texts, kls, lengths = [], [], []
+    texts, kls, lengths, loops = [], [], [], []
     for s in range(0, len(prompts), settings.batch_size):
         rollout = sampler.generate(prompts[s : s + settings.batch_size], generator=generator)
         texts += rollout.texts
         lengths += rollout.lengths.tolist()
+        loops += [
+            is_degenerate(ids[keep].tolist()) for ids, keep in zip(rollout.response_ids, rollout.response_mask.bool())
+        ]
         if ref_model is not None:
             policy_lp = response_forward(model, rollout, settings.temperature)["logprobs"]
             ref_lp = response_forward(ref_model, rollout, settings.temperature)["logprobs"]
             kls += ((policy_lp - ref_lp) * rollout.response_mask).sum(-1).tolist()
     kl = sum(kls) / len(kls) if kls else None
-    return texts, kl, sum(lengths) / max(len(lengths), 1)
+    return texts, kl, sum(lengths) / max(len(lengths), 1), sum(loops) / max(len(loops), 1)
 
 
 @torch.no_grad()
@@ -114,8 +119,8 @@ def run_gate(inputs: GateInputs, settings: GateSettings) -> dict:
             m.eval().requires_grad_(False)
     checks = []
     seed = settings.seed
-    cand_texts, kl, length = sample(candidate, tokenizer, inputs.prompts, settings, seed, reference)
-    champ_texts, _, _ = sample(champion, tokenizer, inputs.prompts, settings, seed + 1)
+    cand_texts, kl, length, looping = sample(candidate, tokenizer, inputs.prompts, settings, seed, reference)
+    champ_texts = sample(champion, tokenizer, inputs.prompts, settings, seed + 1)[0]
     verdicts = inputs.judge.compare(inputs.prompts, cand_texts, champ_texts)
     rate, lo, hi = preference_win_rate(verdicts.prob_a.clamp(0, 1).tolist())
     bias = verdicts.position_bias
@@ -150,7 +155,7 @@ def run_gate(inputs: GateInputs, settings: GateSettings) -> dict:
     if hasattr(inputs.judge, "score"):
         judge_score = float(inputs.judge.score(inputs.prompts, cand_texts).mean())
     check = Check(step=len(inputs.history) + 1, kl=kl, proxy_reward=proxy_score, second_rm_reward=judge_score,
-                  mean_length=length)  # fmt: skip
+                  mean_length=length, degenerate_share=looping)  # fmt: skip
     # One check per round, and a round is expensive: a reason fires at its first occurrence (patience 1).
     monitor = OveroptimisationMonitor(MonitorSettings(kl_budget=settings.kl_budget, patience=1))
     for earlier in inputs.history:

@@ -204,6 +204,30 @@ def test_the_gate_reports_each_check_and_fails_on_any(tmp_path):
     assert not budget["passed"] and "over the budget" in budget["checks"][-1]["detail"]
 
 
+def test_the_gate_fails_a_candidate_whose_answers_loop(tmp_path, monkeypatch):
+    """Every sampled answer made a loop (its first token repeated to the full length): the monitor's check sees all
+    of them loop, over the tenth it allows, and the gate fails on it alone."""
+    from rlhfkit import rollout
+
+    class Looping(rollout.TransformersSampler):
+        def generate(self, prompts, **kwargs):
+            r = super().generate(prompts, **kwargs)
+            ids = r.response_ids[:, :1].expand_as(r.response_ids).contiguous()
+            return rollout.Rollout(**{**r.__dict__, "response_ids": ids, "response_mask": torch.ones_like(ids)})
+
+    monkeypatch.setattr(rollout, "TransformersSampler", Looping)
+    policy = str(tiny_policy(tmp_path, "p", 0))
+    from rlhfkit.data.records import from_json
+
+    prompts = [from_json([{"role": "user", "content": a}]) for a in ASKS]
+    inputs = GateInputs(candidate=policy, champion=policy, judge=load_judge("tests.production.test_loop:indifferent"),
+                        prompts=prompts, reference=policy)  # fmt: skip
+    report = run_gate(inputs, GateSettings(max_new_tokens=6, min_win_rate=0.0))
+    assert report["monitor_check"]["degenerate_share"] == 1.0
+    failed = [c for c in report["checks"] if not c["passed"]]
+    assert [c["name"] for c in failed] == ["overoptimisation"] and "100% of the samples loop" in failed[0]["detail"]
+
+
 def test_without_a_labeller_the_people_s_comparisons_are_the_pairs(world):
     registry, _, base, tmp = world
     loop = Loop(LoopConfig(**base, output_dir=str(tmp / "human"), labeller="none", promote=False))
