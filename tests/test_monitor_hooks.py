@@ -247,11 +247,22 @@ def test_rejection_checks_each_round(tmp_path, toy_files):
     assert steps == [0, 1, 2]  # the start of each round, and the last round's policy
 
 
+def test_a_reason_that_can_be_off_is_switched_off_by_null_from_the_command_line():
+    from rlhfkit.config.base import parse_overrides
+    from rlhfkit.train.monitoring import monitor_settings
+
+    given = parse_overrides(["--monitor-settings", "{degenerate_share: null, z: 2}"])
+    cfg = PPOConfig(model="tiny", data="prompts.jsonl", reward="r", **given)
+    settings = monitor_settings(cfg.monitor_settings, cfg.monitor_kl_budget)
+    assert settings.degenerate_share is None and settings.z == 2
+
+
 def test_a_bad_monitor_setting_fails_before_the_folder_exists(tmp_path, toy_files):
     from rlhfkit.train.ppo import run
 
     for bad, message in (
         ({"monitor_settings": {"patiense": 2}}, "unknown \\['patiense'\\]"),
+        ({"monitor_settings": {"patience": None}}, "\\['patience'\\] cannot be null"),
         ({"monitor_reward": "rlhfkit.toy.judge:gold"}, "gold utility"),
     ):
         cfg = PPOConfig(

@@ -63,10 +63,10 @@ class MonitorPart(StageConfig):
         description="at the alarm, switch the training reward to this transform of its ensemble and carry on (PPO, "
         f"best-of-N): {REWARD_TRANSFORM_CHOICES}, e.g. mean_minus_std:1 or worst (Coste et al. 2023)",
     )
-    monitor_settings: dict[str, float] = Field(
+    monitor_settings: dict[str, float | None] = Field(
         {},
         description="thresholds of rlhfkit.evaluate.monitor.MonitorSettings to change (patience, window, z, "
-        "min_fall, ...)",
+        "min_fall, ...; null switches off a reason that can be off: degenerate_share, entropy_factor)",
     )
 
     @field_validator("monitor_switch_to")

@@ -72,6 +72,10 @@ def monitor_settings(chosen: dict, kl_budget: float | None) -> MonitorSettings:
     if unknown:
         raise ValueError(f"setting 'monitor_settings': unknown {unknown}; known: {sorted(known)}")
     values = dict(chosen)
+    can_be_off = sorted(f.name for f in fields(MonitorSettings) if "None" in str(f.type))
+    nulls = sorted(name for name, value in values.items() if value is None and name not in can_be_off)
+    if nulls:
+        raise ValueError(f"setting 'monitor_settings': {nulls} cannot be null; only {can_be_off} can (switched off)")
     for name in ("patience", "window", "min_checks"):
         if name in values:
             values[name] = int(values[name])
