@@ -90,6 +90,10 @@ class Rollout:
     def lengths(self) -> Tensor:  # (B,) response tokens
         return self.response_mask.sum(-1)
 
+    def response_tokens(self) -> list[list[int]]:
+        """Each response's sampled token ids, the stop token included and the padding left out."""
+        return [ids[keep].tolist() for ids, keep in zip(self.response_ids, self.response_mask.bool())]
+
 
 @dataclass(frozen=True)
 class RowSeeds:

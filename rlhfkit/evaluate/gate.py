@@ -77,9 +77,7 @@ def sample(model, tokenizer, prompts: list, settings: GateSettings, seed: int, r
         rollout = sampler.generate(prompts[s : s + settings.batch_size], generator=generator)
         texts += rollout.texts
         lengths += rollout.lengths.tolist()
-        loops += [
-            is_degenerate(ids[keep].tolist()) for ids, keep in zip(rollout.response_ids, rollout.response_mask.bool())
-        ]
+        loops += [is_degenerate(tokens) for tokens in rollout.response_tokens()]
         if ref_model is not None:
             policy_lp = response_forward(model, rollout, settings.temperature)["logprobs"]
             ref_lp = response_forward(ref_model, rollout, settings.temperature)["logprobs"]

@@ -42,6 +42,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import get_args, get_type_hints
 
 import torch
 
@@ -72,7 +73,8 @@ def monitor_settings(chosen: dict, kl_budget: float | None) -> MonitorSettings:
     if unknown:
         raise ValueError(f"setting 'monitor_settings': unknown {unknown}; known: {sorted(known)}")
     values = dict(chosen)
-    can_be_off = sorted(f.name for f in fields(MonitorSettings) if "None" in str(f.type))
+    hints = get_type_hints(MonitorSettings)
+    can_be_off = sorted(f.name for f in fields(MonitorSettings) if type(None) in get_args(hints[f.name]))
     nulls = sorted(name for name, value in values.items() if value is None and name not in can_be_off)
     if nulls:
         raise ValueError(f"setting 'monitor_settings': {nulls} cannot be null; only {can_be_off} can (switched off)")
@@ -194,7 +196,7 @@ class PolicyMonitor:
             rollout = sampler.generate(self.prompts[s : s + batch_size], generator=generator)
             mask = rollout.response_mask
             texts += rollout.texts
-            degenerate += [is_degenerate(ids[keep].tolist()) for ids, keep in zip(rollout.response_ids, mask.bool())]
+            degenerate += [is_degenerate(tokens) for tokens in rollout.response_tokens()]
             lengths.append(mask.sum(-1).float().cpu())
             if rollout.entropy is not None:
                 entropy_sum += float(masked_sum(rollout.entropy, mask, dim=None))
