@@ -81,6 +81,7 @@ CASES = {
         Case("dpo-lora", "dpo", lora=True),
         Case("ppo-lora", "ppo", lora=True),
         Case("dpo-bf16", "dpo", bf16=True),
+        Case("dpo-lora-bf16", "dpo", lora=True, bf16=True),
         Case("ppo-bf16", "ppo", bf16=True),
         Case("grpo-bf16", "grpo", bf16=True),
     ]
