@@ -206,10 +206,13 @@ def test_behaviour_pass_from_the_sampler_matches_a_recomputed_one(tmp_path):
         assert fast[key] == pytest.approx(slow[key], abs=1e-4), key
 
 
-def test_under_bf16_autocast_the_reference_pass_takes_the_samplers_precision(tmp_path):
-    """On the CPU the sampler decodes in float32 under --dtype bf16-mixed, so the reference pass runs in float32
-    too: the first step's KL is then the float32 run's, to the bit (bf16 rounding against float32 had given
-    -3.4e-4 per response here), and with recompute_logprobs (both passes under autocast) exactly 0."""
+def test_under_bf16_autocast_the_reference_pass_takes_the_samplers_precision(tmp_path, monkeypatch):
+    """On a CPU that emulates bf16 the sampler decodes in float32 under --dtype bf16-mixed, so the reference pass
+    runs in float32 too: the first step's KL is then the float32 run's, to the bit (bf16 rounding against float32
+    had given -3.4e-4 per response here), and with recompute_logprobs (both passes under autocast) exactly 0."""
+    from rlhfkit.models import decode
+
+    monkeypatch.setattr(decode, "cpu_bf16_in_hardware", lambda: False)
 
     def first_kl(name, **kw):
         metrics = read_metrics(run(cfg(tmp_path, name, max_steps=1, seed=3, **kw)))

@@ -195,10 +195,13 @@ def test_packed_decode_declines_what_it_cannot_run_exactly(tiny):
     assert PackedLlama.build(_llama(tok), 129) is None  # beyond max_position_embeddings
 
 
-def test_packed_decode_on_cpu_keeps_float32_under_autocast(tiny):
-    """Under the trainer's bf16 autocast (--dtype bf16-mixed) the packed step still decodes in float32 on the
-    CPU (bf16 products are no faster there at decode batch sizes): the same rollout as without autocast, and
-    within bf16 precision of the bf16 full forward that the trainer runs over it."""
+def test_packed_decode_on_a_cpu_that_emulates_bf16_keeps_float32_under_autocast(tiny, monkeypatch):
+    """Under the trainer's bf16 autocast (--dtype bf16-mixed) the packed step still decodes in float32 on a CPU
+    without bf16 instructions (its bf16 products are emulated, several times slower): the same rollout as without
+    autocast, and within bf16 precision of the bf16 full forward that the trainer runs over it."""
+    from rlhfkit.models import decode
+
+    monkeypatch.setattr(decode, "cpu_bf16_in_hardware", lambda: False)
     model, tok = tiny
     plain = _both_decoders(model, tok, max_new_tokens=12)[0]
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -207,6 +210,25 @@ def test_packed_decode_on_cpu_keeps_float32_under_autocast(tiny):
     assert torch.equal(packed.response_ids, plain.response_ids) and torch.equal(packed.logprobs, plain.logprobs)
     assert packed.hidden.dtype == torch.float32
     assert (full - packed.logprobs).abs().max() < 0.05
+
+
+def test_packed_decode_on_a_cpu_with_bf16_instructions_decodes_in_bf16_under_autocast(tiny, monkeypatch):
+    """On a CPU with bf16 instructions the packed step decodes in the autocast dtype, as on a GPU (faster there),
+    says so (``in_autocast``, so PPO's reference pass runs under autocast too), and stays within bf16 precision of
+    the full forward under the same autocast."""
+    from rlhfkit.models import decode
+
+    monkeypatch.setattr(decode, "cpu_bf16_in_hardware", lambda: True)
+    model, tok = tiny
+    plain = _both_decoders(model, tok, max_new_tokens=12)[0]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        packed = _both_decoders(model, tok, max_new_tokens=12)[0]
+        full = response_forward(model, packed, 1.0)["logprobs"] * packed.response_mask
+    assert packed.in_autocast and not torch.equal(packed.logprobs, plain.logprobs)  # bf16 products, not float32
+    assert (full - packed.logprobs).abs().max() < 0.05
+    monkeypatch.setattr(decode, "cpu_bf16_in_hardware", lambda: False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not _both_decoders(model, tok, max_new_tokens=12)[0].in_autocast
 
 
 def test_same_seed_same_rollout_and_top_k_1_is_greedy(tiny):

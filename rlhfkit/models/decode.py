@@ -23,13 +23,23 @@ rope scaling) get ``None`` from ``PackedLlama.build`` and the sampler uses trans
 
 from __future__ import annotations
 
+from functools import cache
+
 import torch
 import torch.nn.functional as F
 
 from rlhfkit.models.load import base_causal_lm
 
 Tensor = torch.Tensor
-AUTOCAST_ON_CPU = False  # decode in the autocast dtype on the CPU too (slower here; bench/ppo.py measures it)
+AUTOCAST_ON_CPU = False  # decode in the autocast dtype on any CPU, even one that emulates bf16 (bench/ppo.py)
+
+
+@cache
+def cpu_bf16_in_hardware() -> bool | None:
+    """Whether this CPU runs bf16 matrix products in hardware-backed kernels (AVX512-BF16, AMX; oneDNN's own test,
+    as PyTorch's test suite uses it); None where the build cannot tell (no oneDNN)."""
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return None if check is None else bool(check())
 
 
 def _weight(linear) -> Tensor | None:
@@ -102,10 +112,14 @@ class PackedLlama:
             return None
         device = body.embed_tokens.weight.device
         # Under autocast (--dtype bf16-mixed) the weights are packed in the autocast dtype once, not cast at
-        # every token; except on the CPU (unless AUTOCAST_ON_CPU), where decoding keeps float32: there the bf16
-        # decode step is slower (`python bench/ppo.py --only rollout` times both; docs/performance.md has the
-        # figures), and the float32 policy is the one the master weights define.
-        autocast = torch.is_autocast_enabled(device.type) and (device.type != "cpu" or AUTOCAST_ON_CPU)
+        # every token; except on a CPU that emulates bf16 (unless AUTOCAST_ON_CPU), where decoding keeps float32:
+        # there the bf16 decode step is several times slower, on a CPU with bf16 instructions 1.4x faster
+        # (`python bench/ppo.py --only rollout` times both; docs/performance.md has the figures).
+        autocast = torch.is_autocast_enabled(device.type) and (
+            device.type != "cpu"
+            or AUTOCAST_ON_CPU
+            or (torch.get_autocast_dtype("cpu") == torch.bfloat16 and cpu_bf16_in_hardware() is True)
+        )
         matmul_dtype = torch.get_autocast_dtype(device.type) if autocast else None
         layers = []
         for layer in body.layers:

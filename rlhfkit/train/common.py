@@ -96,11 +96,11 @@ def make_accelerator(cfg: ModelPart) -> Accelerator:
 
 
 def cpu_has_bf16() -> bool:
-    """Whether this CPU runs bf16 matrix products in hardware-backed kernels (oneDNN's own test, as PyTorch's
-    test suite uses it); without them bf16 autocast is emulated and slower than float32. A build without oneDNN
-    answers yes: nothing is said where nothing is known."""
-    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
-    return check is None or bool(check())
+    """Whether bf16 autocast on this CPU runs in hardware-backed kernels; without them it is emulated and slower
+    than float32. A build that cannot tell answers yes: nothing is said where nothing is known."""
+    from rlhfkit.models.decode import cpu_bf16_in_hardware
+
+    return cpu_bf16_in_hardware() is not False
 
 
 def _deepspeed_settings(accelerator: Accelerator, cfg) -> None:
