@@ -195,40 +195,28 @@ def test_packed_decode_declines_what_it_cannot_run_exactly(tiny):
     assert PackedLlama.build(_llama(tok), 129) is None  # beyond max_position_embeddings
 
 
-def test_packed_decode_on_a_cpu_that_emulates_bf16_keeps_float32_under_autocast(tiny, monkeypatch):
-    """Under the trainer's bf16 autocast (--dtype bf16-mixed) the packed step still decodes in float32 on a CPU
-    without bf16 instructions (its bf16 products are emulated, several times slower): the same rollout as without
-    autocast, and within bf16 precision of the bf16 full forward that the trainer runs over it."""
+@pytest.mark.parametrize("bf16_in_hardware", [False, True])
+def test_packed_decode_under_autocast_keeps_float32_only_where_the_cpu_emulates_bf16(
+    tiny, monkeypatch, bf16_in_hardware
+):
+    """Under the trainer's bf16 autocast (--dtype bf16-mixed), on a CPU without bf16 instructions (its bf16 products
+    are emulated, several times slower), the packed step still decodes in float32: the same rollout as without
+    autocast. On a CPU with them it decodes in bf16, as on a GPU (faster there), and says so (``in_autocast``, so
+    PPO's reference pass runs under autocast too). Either way it stays within bf16 precision of the bf16 full
+    forward that the trainer runs over it."""
     from rlhfkit.models import decode
 
-    monkeypatch.setattr(decode, "cpu_bf16_in_hardware", lambda: False)
+    monkeypatch.setattr(decode, "cpu_bf16_in_hardware", lambda: bf16_in_hardware)
     model, tok = tiny
     plain = _both_decoders(model, tok, max_new_tokens=12)[0]
     with torch.autocast("cpu", dtype=torch.bfloat16):
         packed = _both_decoders(model, tok, max_new_tokens=12)[0]
         full = response_forward(model, packed, 1.0)["logprobs"] * packed.response_mask
-    assert torch.equal(packed.response_ids, plain.response_ids) and torch.equal(packed.logprobs, plain.logprobs)
-    assert packed.hidden.dtype == torch.float32
+    assert packed.in_autocast == bf16_in_hardware
+    assert torch.equal(packed.logprobs, plain.logprobs) != bf16_in_hardware  # float32 products, or bf16 ones
+    if not bf16_in_hardware:
+        assert torch.equal(packed.response_ids, plain.response_ids) and packed.hidden.dtype == torch.float32
     assert (full - packed.logprobs).abs().max() < 0.05
-
-
-def test_packed_decode_on_a_cpu_with_bf16_instructions_decodes_in_bf16_under_autocast(tiny, monkeypatch):
-    """On a CPU with bf16 instructions the packed step decodes in the autocast dtype, as on a GPU (faster there),
-    says so (``in_autocast``, so PPO's reference pass runs under autocast too), and stays within bf16 precision of
-    the full forward under the same autocast."""
-    from rlhfkit.models import decode
-
-    monkeypatch.setattr(decode, "cpu_bf16_in_hardware", lambda: True)
-    model, tok = tiny
-    plain = _both_decoders(model, tok, max_new_tokens=12)[0]
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        packed = _both_decoders(model, tok, max_new_tokens=12)[0]
-        full = response_forward(model, packed, 1.0)["logprobs"] * packed.response_mask
-    assert packed.in_autocast and not torch.equal(packed.logprobs, plain.logprobs)  # bf16 products, not float32
-    assert (full - packed.logprobs).abs().max() < 0.05
-    monkeypatch.setattr(decode, "cpu_bf16_in_hardware", lambda: False)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert not _both_decoders(model, tok, max_new_tokens=12)[0].in_autocast
 
 
 def test_same_seed_same_rollout_and_top_k_1_is_greedy(tiny):
