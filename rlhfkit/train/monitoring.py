@@ -197,7 +197,7 @@ class PolicyMonitor:
             mask = rollout.response_mask
             texts += rollout.texts
             degenerate += [is_degenerate(tokens) for tokens in rollout.response_tokens()]
-            lengths.append(mask.sum(-1).float().cpu())
+            lengths.append(rollout.lengths.float().cpu())
             if rollout.entropy is not None:
                 entropy_sum += float(masked_sum(rollout.entropy, mask, dim=None))
                 entropy_count += float(mask.sum())
