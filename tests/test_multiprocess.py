@@ -24,7 +24,6 @@ import importlib.util
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -158,12 +157,6 @@ def runner(stage: str):
     return lambda config: module.run(getattr(module, cls)(**config))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def launch(items: list[dict], folder: Path, config: str = "ddp.yaml", processes: int = 2) -> str:
     """Run ``items`` in a ``processes``-process launch of configs/accelerate/<config>; returns its output."""
     plan_file = folder / f"plan-{config}.json"
@@ -171,7 +164,9 @@ def launch(items: list[dict], folder: Path, config: str = "ddp.yaml", processes:
     cmd = [
         sys.executable, "-m", "accelerate.commands.launch",
         "--config_file", str(REPO / "configs" / "accelerate" / config),
-        "--num_processes", str(processes), "--main_process_port", str(free_port()),
+        # port 0: the launcher's store binds a free port itself and tells the workers; a number picked here and
+        # released before the launch could be taken by another process in between
+        "--num_processes", str(processes), "--main_process_port", "0",
         str(REPO / "tests" / "multiprocess_stages.py"), str(plan_file),
     ]  # fmt: skip
     path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
