@@ -13,7 +13,7 @@ import difflib
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, ClassVar, Literal, TypeVar, get_args, get_origin
+from typing import Any, ClassVar, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -126,33 +126,3 @@ def load_config(cls: type[C], config_file: str | Path | None = None, overrides: 
     except ValidationError as e:
         where = f"{config_file}: " if config_file else ""
         raise ConfigError(where + _explain(cls, e, values)) from None
-
-
-def _describe_field(name: str, field) -> str:
-    ann = getattr(field.annotation, "__name__", None) or str(field.annotation).replace("typing.", "")
-    if get_origin(field.annotation) is Literal:
-        ann = " | ".join(str(choice) for choice in get_args(field.annotation))
-    if field.is_required():
-        default = "required"
-    else:
-        default = "default " + ("null" if field.default is None else str(field.default))
-    desc = f" {field.description}" if field.description else ""
-    return f"--{name.replace('_', '-')} ({ann}, {default}){desc}"
-
-
-def describe_settings(cls: type[BaseModel]) -> str:
-    """The settings table shown by ``--help``, grouped: model, data, reward and sampling settings first, then the
-    stage's own, then the optimiser's and the run's; each with its type, default and meaning."""
-    from rlhfkit.config.parts import HELP_GROUPS, HELP_GROUPS_LAST
-
-    groups = HELP_GROUPS + [("this stage", None)] + HELP_GROUPS_LAST
-    owner = {}
-    for name in cls.model_fields:
-        part = next((title for title, part in groups if part is not None and name in part.model_fields), "this stage")
-        owner[name] = part
-    sections = []
-    for title, _ in groups:
-        rows = [_describe_field(name, f) for name, f in cls.model_fields.items() if owner[name] == title]
-        if rows:
-            sections.append(f"{title.capitalize()} settings:\n\n" + "\n\n".join(rows))
-    return "\n\n".join(sections)

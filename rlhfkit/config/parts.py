@@ -1,12 +1,13 @@
 """The shared parts every stage config is assembled from: a setting has one name, one default and one
 meaning in every stage that has it (a stage may override a default, with its reason, in its own class).
+``describe_settings`` writes a stage's ``--help`` table grouped by these parts.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, get_args, get_origin
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, Field, field_validator
 
 from rlhfkit.config.base import StageConfig
 
@@ -196,3 +197,31 @@ class RunPart(StageConfig):
 # then the optimiser and the run's bookkeeping.
 HELP_GROUPS = [("model", ModelPart), ("data", DataPart), ("reward", RewardPart), ("sampling", SamplingPart)]
 HELP_GROUPS_LAST = [("optimiser", OptimPart), ("run", RunPart)]
+
+
+def _describe_field(name: str, field) -> str:
+    ann = getattr(field.annotation, "__name__", None) or str(field.annotation).replace("typing.", "")
+    if get_origin(field.annotation) is Literal:
+        ann = " | ".join(str(choice) for choice in get_args(field.annotation))
+    if field.is_required():
+        default = "required"
+    else:
+        default = "default " + ("null" if field.default is None else str(field.default))
+    desc = f" {field.description}" if field.description else ""
+    return f"--{name.replace('_', '-')} ({ann}, {default}){desc}"
+
+
+def describe_settings(cls: type[BaseModel]) -> str:
+    """The settings table shown by ``--help``, grouped: model, data, reward and sampling settings first, then the
+    stage's own, then the optimiser's and the run's; each with its type, default and meaning."""
+    groups = HELP_GROUPS + [("this stage", None)] + HELP_GROUPS_LAST
+    owner = {}
+    for name in cls.model_fields:
+        part = next((title for title, part in groups if part is not None and name in part.model_fields), "this stage")
+        owner[name] = part
+    sections = []
+    for title, _ in groups:
+        rows = [_describe_field(name, f) for name, f in cls.model_fields.items() if owner[name] == title]
+        if rows:
+            sections.append(f"{title.capitalize()} settings:\n\n" + "\n\n".join(rows))
+    return "\n\n".join(sections)
