@@ -400,3 +400,18 @@ def test_deepspeed_warnings_stay_off_unless_asked_for():
     for mode, expected in (("quiet", "a real error\n"), ("verbose", "Setting accelerator to CPU.\na real error\n")):
         out = subprocess.run([sys.executable, "-c", code, mode], capture_output=True, text=True, env=env, check=True)
         assert out.stdout == expected, mode
+
+
+def test_the_experiments_help_lists_their_own_settings(capsys, monkeypatch):
+    """`python -m rlhfkit.toy.experiments.X --help` names every setting the experiment takes after --seeds and
+    --output-dir (they reach its config through parse_known_args, which argparse's own help does not see)."""
+    from rlhfkit.toy.experiments.common import run_seeds
+    from rlhfkit.toy.experiments.overoptimisation import OveroptimisationConfig
+
+    monkeypatch.setattr(sys, "argv", ["overoptimisation", "--help"])
+    with pytest.raises(SystemExit) as exit_:
+        run_seeds("the experiment", OveroptimisationConfig, run=None, summarise=None, default_dir="unused")
+    assert exit_.value.code == 0
+    shown = capsys.readouterr().out
+    for name in OveroptimisationConfig.model_fields:
+        assert f"--{name.replace('_', '-')} (" in shown, name

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from rlhfkit.config import SamplingPart, StageConfig, load_config, parse_overrides
+from rlhfkit.config import SamplingPart, StageConfig, describe_settings, load_config, parse_overrides
 from rlhfkit.config.pipelines import DemoConfig
 from rlhfkit.data.io import read_jsonl, write_jsonl
 from rlhfkit.pipelines.base import Pipeline
@@ -124,10 +124,15 @@ def sample_responses(
 def run_seeds(
     description: str, config_class: type[StageConfig], run: Callable, summarise: Callable, default_dir: str
 ) -> None:
-    """``--seeds 0 1 2 [--output-dir DIR] [--setting value ...]``: one folder per seed (DIR/seed-S, reused when
+    """``--seeds 0 1 2 [--output-dir DIR] [--setting value ...]`` (``--help`` lists the settings): one folder per seed (DIR/seed-S, reused when
     finished), then ``summarise(results, DIR)`` prints the table and writes DIR/summary.json."""
     quiet_third_parties()  # as the `rlhfkit` program runs (its --verbose has no counterpart here)
-    parser = argparse.ArgumentParser(description=description)
+    parser = argparse.ArgumentParser(
+        description=description,
+        # the experiment's own settings, taken as --setting value after the two below (parse_known_args)
+        epilog=describe_settings(config_class),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--output-dir", default=default_dir)
     args, rest = parser.parse_known_args()
