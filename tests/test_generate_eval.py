@@ -170,6 +170,26 @@ def test_perplexity_is_exp_of_the_mean_token_nll(tiny):
     assert n == count and got == pytest.approx(math.exp(total / count), rel=1e-5)
 
 
+def test_the_gates_capability_nll_is_the_sft_loss_held_out(tiny, tmp_path):
+    """The promotion gate's capability check (evaluate.gate.mean_nll, through capability.mean_token_nll) scores
+    demonstrations as SFT's held-out evaluation does: the summed completion-token loss over its count."""
+    from rlhfkit.data.io import read_records, write_jsonl
+    from rlhfkit.evaluate.gate import mean_nll
+    from rlhfkit.train.sft import collate, token_loss_sum, tokenize_all
+
+    model, tok = tiny
+    rows = [
+        {"prompt": "what is one plus one ?", "completion": "two ."},
+        {"prompt": "say hello", "completion": "hello , how can i help you today ?"},
+        {"prompt": "a longer question about the weather and the sea", "completion": "sorry , i can not help ."},
+    ]
+    write_jsonl(tmp_path / "demos.jsonl", rows)
+    records, _ = read_records(str(tmp_path / "demos.jsonl"), "demonstration")
+    with torch.no_grad():
+        loss, n = token_loss_sum(model, collate(tokenize_all(tok, records, 512), tok.pad_token_id, False, 512))
+    assert mean_nll(model, tok, str(tmp_path / "demos.jsonl"), batch_size=2) == pytest.approx(float(loss) / n, rel=1e-5)
+
+
 def test_sample_kl_from_stored_tokens_matches_the_rollout(tiny):
     """The KL computed later from a generations file's token ids equals the one computed on the rollout itself."""
     from rlhfkit.models.tiny import build_tiny

@@ -64,9 +64,9 @@ def reference_records(rows: list[dict], source: str) -> list[Demonstration | str
 
 
 @torch.no_grad()
-def perplexity(model, tokenizer, records: list, batch_size: int = 16, max_length: int = 512) -> tuple[float, int]:
-    """(exp of the mean token NLL, tokens scored) of ``records`` (strings: every token after the first; demonstrations:
-    the completion tokens)."""
+def mean_token_nll(model, tokenizer, records: list, batch_size: int = 16, max_length: int = 512) -> tuple[float, int]:
+    """(mean next-token negative log-likelihood, tokens scored) of ``records`` (strings: every token after the first;
+    demonstrations: the completion tokens, the SFT loss held out)."""
     device = next(model.parameters()).device
     rows = []
     for r in records:
@@ -92,7 +92,13 @@ def perplexity(model, tokenizer, records: list, batch_size: int = 16, max_length
         count += int(keep.sum())
     if count == 0:
         raise ValueError("the reference texts have no tokens to score")
-    return float(torch.exp(torch.tensor(total / count))), count
+    return total / count, count
+
+
+def perplexity(model, tokenizer, records: list, batch_size: int = 16, max_length: int = 512) -> tuple[float, int]:
+    """(exp of the mean token NLL, tokens scored) of ``records``, as ``mean_token_nll`` scores them."""
+    nll, count = mean_token_nll(model, tokenizer, records, batch_size, max_length)
+    return float(torch.exp(torch.tensor(nll))), count
 
 
 def greedy_sampling(max_new_tokens: int) -> SamplingPart:

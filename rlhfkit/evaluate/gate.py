@@ -86,19 +86,13 @@ def sample(model, tokenizer, prompts: list, settings: GateSettings, seed: int, r
     return texts, kl, sum(lengths) / max(len(lengths), 1), sum(loops) / max(len(loops), 1)
 
 
-@torch.no_grad()
 def mean_nll(model, tokenizer, demonstrations_path: str, batch_size: int = 32) -> float:
     """Mean negative log-likelihood per completion token of the demonstrations (the SFT loss, held out)."""
     from rlhfkit.data.io import read_records
-    from rlhfkit.train.sft import collate, token_loss_sum, tokenize_all
+    from rlhfkit.evaluate.capability import mean_token_nll
 
     records, _ = read_records(demonstrations_path, "demonstration")
-    examples = tokenize_all(tokenizer, records, 512)
-    total, count = 0.0, 0
-    for s in range(0, len(examples), batch_size):
-        loss, n = token_loss_sum(model, collate(examples[s : s + batch_size], tokenizer.pad_token_id, False, 512))
-        total, count = total + float(loss), count + n
-    return total / max(count, 1)
+    return mean_token_nll(model, tokenizer, records, batch_size)[0]
 
 
 def _check(name: str, value, threshold, passed: bool, detail: str) -> dict:
