@@ -15,7 +15,7 @@ What is compared, and how (see also docs/performance.md):
   on its own and charged to rlhfkit's time (as if the run were one epoch over exactly these pairs);
 - each trainer runs in its own subprocess, and the same clock is on both: a stamp (wall time and the
   process's CPU time) at the end of every optimiser step (TRL: a ``TrainerCallback.on_step_end``;
-  rlhfkit: ``common.Progress.update``, called once per optimiser step, wrapped in the child process). Throughput = pairs / time over the ``--steps`` steps after
+  rlhfkit: ``rlhfkit.runs.Progress.update``, called once per optimiser step, wrapped in the child process). Throughput = pairs / time over the ``--steps`` steps after
   ``--warmup`` (start-up, data preparation and the first steps excluded). Wall time is the headline; CPU
   time is printed too because it moves much less when other jobs share the cores;
 - peak memory: each process's RSS high-water mark (``ru_maxrss``: model, optimiser, activations, and the
@@ -136,16 +136,16 @@ def ours_run(
 ) -> dict:
     import torch
 
-    from rlhfkit.train import common as trainer_common
+    from rlhfkit.runs import Progress
 
     stamps: list[tuple[float, float]] = []
-    update = trainer_common.Progress.update
+    update = Progress.update
 
     def clocked_update(self, *args, **kwargs):  # called once at the end of every optimiser step
         stamps.append(stamp())
         return update(self, *args, **kwargs)
 
-    trainer_common.Progress.update = clocked_update
+    Progress.update = clocked_update
     out = Path(tempfile.mkdtemp(dir=folder, prefix=f"ours-{kind}-"))
     common = dict(
         model=str(folder / "model"),

@@ -166,7 +166,7 @@ def run_ours(stage: str, settings: list[str]) -> int:
 
     module = importlib.import_module(STAGE_MODULES[stage])  # what the command imports when the stage runs
     PHASES.mark("imports")
-    from rlhfkit.train import common
+    from rlhfkit.runs import Progress
 
     for name in ("load_causal_lm", "build_reward_model", "load_reward"):
         PHASES.wrap(module, name, "model load")
@@ -176,9 +176,9 @@ def run_ours(stage: str, settings: list[str]) -> int:
     for name in ("save_model", "save_reward_model"):
         PHASES.wrap(module, name, "save")
     progress_init, progress_update, progress_close = (
-        common.Progress.__init__,
-        common.Progress.update,
-        common.Progress.close,
+        Progress.__init__,
+        Progress.update,
+        Progress.close,
     )
 
     def init(self, *args, **kwargs):
@@ -193,7 +193,7 @@ def run_ours(stage: str, settings: list[str]) -> int:
         PHASES.mark("train end", again=True)
         progress_close(self)
 
-    common.Progress.__init__, common.Progress.update, common.Progress.close = init, update, close
+    Progress.__init__, Progress.update, Progress.close = init, update, close
     if stage in ("ppo", "grpo"):
         import rlhfkit.rollout
 

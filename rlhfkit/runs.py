@@ -223,6 +223,44 @@ def _versions() -> dict[str, str | None]:
     return versions
 
 
+class Progress:
+    """A rich progress bar with ETA on the main process; silent elsewhere."""
+
+    def __init__(self, total: int, description: str, enabled: bool, completed: int = 0):
+        self.bar = None
+        if enabled:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+            from rich.progress import (
+                Progress as RichProgress,
+            )
+
+            self.bar = RichProgress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("eta"),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[info]}"),
+            )
+            self.task = self.bar.add_task(description, total=total, completed=completed, info="")
+            self.bar.start()
+
+    def update(self, advance: int = 1, info: str | None = None) -> None:
+        if self.bar:
+            self.bar.update(self.task, advance=advance, **({"info": info} if info is not None else {}))
+
+    def close(self) -> None:
+        if self.bar:
+            self.bar.stop()
+
+
 class MetricsLogger:
     """metrics.jsonl and TensorBoard, written by the main process only."""
 

@@ -31,7 +31,7 @@ from rlhfkit.data.prompts import read_prompts
 from rlhfkit.data.records import Message, flat_text, to_json, user_turn
 from rlhfkit.models.load import load_causal_lm
 from rlhfkit.rollout import make_sampler
-from rlhfkit.runs import parent_of
+from rlhfkit.runs import Progress, parent_of
 from rlhfkit.train import common
 
 TEXT_STOP = ["\n\n"]  # plain-text few-shot: every field is one paragraph
@@ -208,7 +208,7 @@ def run(cfg: ReviseConfig) -> Path:
     trace_path = run_dir.path / "trace.jsonl"
     trace = read_jsonl(trace_path) if cfg.resume and trace_path.exists() else []
     trace = trace[: len(trace) - len(trace) % cfg.batch_size] if len(trace) < len(prompts) else trace
-    progress = common.Progress(len(prompts), "cai revise", cfg.progress, completed=len(trace))
+    progress = Progress(len(prompts), "cai revise", cfg.progress, completed=len(trace))
     with trace_path.open("w") as f:  # rewritten from what was kept: a half-written batch is done again
         for row in trace:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")

@@ -281,9 +281,8 @@ def run(cfg: GenerateConfig) -> Path:
     import torch
 
     from rlhfkit.data.prompts import read_prompts
-    from rlhfkit.runs import RunFolder, parent_of
+    from rlhfkit.runs import Progress, RunFolder, parent_of
     from rlhfkit.specs import parse_model_spec
-    from rlhfkit.train.common import Progress
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)

@@ -29,7 +29,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from rlhfkit.config import ModelPart, OptimPart, RunPart
-from rlhfkit.runs import MetricsLogger, Parent, RunFolder
+from rlhfkit.runs import MetricsLogger, Parent, Progress, RunFolder
 
 # glibc's malloc serves a request from its heap once it is below the mmap threshold, and the threshold rises to the
 # size of any mmap-ed block freed (up to 32 MB). A training step on the CPU then interleaves the tensors kept for
@@ -307,44 +307,6 @@ def checkpoint_on_interrupt(
         if logger is not None:
             logger.close()
         raise
-
-
-class Progress:
-    """A rich progress bar with ETA on the main process; silent elsewhere."""
-
-    def __init__(self, total: int, description: str, enabled: bool, completed: int = 0):
-        self.bar = None
-        if enabled:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-            from rich.progress import (
-                Progress as RichProgress,
-            )
-
-            self.bar = RichProgress(
-                TextColumn("[bold]{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                TextColumn("eta"),
-                TimeRemainingColumn(),
-                TextColumn("{task.fields[info]}"),
-            )
-            self.task = self.bar.add_task(description, total=total, completed=completed, info="")
-            self.bar.start()
-
-    def update(self, advance: int = 1, info: str | None = None) -> None:
-        if self.bar:
-            self.bar.update(self.task, advance=advance, **({"info": info} if info is not None else {}))
-
-    def close(self) -> None:
-        if self.bar:
-            self.bar.stop()
 
 
 def save_final_model(accelerator: Accelerator, model, tokenizer, path: Path, merge_lora: bool = True) -> None:

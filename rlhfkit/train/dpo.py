@@ -60,7 +60,7 @@ from rlhfkit.data.pairs import (
 )
 from rlhfkit.data.prompts import read_prompts
 from rlhfkit.models.load import add_lora, base_causal_lm, load_causal_lm
-from rlhfkit.runs import file_hash, parent_of
+from rlhfkit.runs import Progress, file_hash, parent_of
 from rlhfkit.train import batching, common
 from rlhfkit.train.monitoring import PolicyMonitor, check_sampling
 from rlhfkit.train.token_cache import cached_tokens
@@ -424,7 +424,7 @@ def run(cfg: DPOConfig) -> Path:
         monitor.resume(state.step)
     if held_out and state.step == 0:
         logger.log(0, evaluate(policy, ref_fn, held_out, eval_ref, loss_fn, cfg, pad_id, accelerator))
-    progress = common.Progress(n_steps, "dpo", cfg.progress and accelerator.is_main_process, completed=state.step)
+    progress = Progress(n_steps, "dpo", cfg.progress and accelerator.is_main_process, completed=state.step)
     policy.train()
     window, n_pairs, start = {}, 0, time.perf_counter()
     with common.checkpoint_on_interrupt(run_dir, accelerator, state, cfg.keep_checkpoints, progress, logger):

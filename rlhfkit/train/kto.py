@@ -33,7 +33,7 @@ from rlhfkit.config.stages import KTOConfig
 from rlhfkit.data.io import DataError, load_train_eval
 from rlhfkit.data.pairs import Group, collate_groups, tokenize_group
 from rlhfkit.models.load import add_lora, load_causal_lm
-from rlhfkit.runs import parent_of
+from rlhfkit.runs import Progress, parent_of
 from rlhfkit.train import batching, common
 from rlhfkit.train.dpo import CompletionLogProbs, Reference
 
@@ -200,7 +200,7 @@ def run(cfg: KTOConfig) -> Path:
     batches = batching.global_batches([len(g) for g in train], cfg.batch_size, cfg.seed, start=state.step)
     if held_out and state.step == 0:
         logger.log(0, evaluate(policy, reference, held_out, cfg, pad_id, accelerator))
-    progress = common.Progress(n_steps, "kto", cfg.progress and accelerator.is_main_process, completed=state.step)
+    progress = Progress(n_steps, "kto", cfg.progress and accelerator.is_main_process, completed=state.step)
     policy.train()
     window, n_examples, start = {}, 0, time.perf_counter()
     with common.checkpoint_on_interrupt(run_dir, accelerator, state, cfg.keep_checkpoints, progress, logger):

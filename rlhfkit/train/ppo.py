@@ -59,7 +59,7 @@ from rlhfkit.models.value import SeparateCritic, ValueHead, head_from_reward_mod
 from rlhfkit.rewards import load_reward
 from rlhfkit.rollout import RowSeeds, make_sampler
 from rlhfkit.rollout_forward import response_forward
-from rlhfkit.runs import parent_of
+from rlhfkit.runs import Progress, parent_of
 from rlhfkit.train import batching, common
 from rlhfkit.train.monitoring import PolicyMonitor, check_sampling
 from rlhfkit.train.ppo_batch import (
@@ -156,7 +156,7 @@ def run(cfg: PPOConfig) -> Path:
     )
 
     batches = batching.global_batches([1] * len(train_prompts), cfg.batch_size, cfg.seed, start=state.step)
-    progress = common.Progress(n_steps, "ppo", cfg.progress and accelerator.is_main_process, completed=state.step)
+    progress = Progress(n_steps, "ppo", cfg.progress and accelerator.is_main_process, completed=state.step)
     kl_fn = KL_ESTIMATORS[cfg.kl_estimator]
     samples_file = run_dir.path / "samples.jsonl"
 

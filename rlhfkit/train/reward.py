@@ -41,7 +41,7 @@ from rlhfkit.data.records import from_json
 from rlhfkit.models.catalog import ENCODER_MODELS
 from rlhfkit.models.reward import RewardEnsemble, RewardModel, build_reward_model, load_reward_model, save_reward_model
 from rlhfkit.models.reward_scoring import score_raw
-from rlhfkit.runs import RunFolder, parent_of
+from rlhfkit.runs import Progress, RunFolder, parent_of
 from rlhfkit.specs import parse_model_spec
 from rlhfkit.train import batching, common
 from rlhfkit.train.reward_data import RewardData, prepare, tokenize_all
@@ -343,7 +343,7 @@ def train_member(
     state = common.resume(member_dir, accelerator, cfg.resume, common.TrainerState())
     batches = batching.global_batches([len(g) for g in train], cfg.batch_size, seed, start=state.step)
     name = "rm" if cfg.ensemble == 1 else f"rm member {index + 1}/{cfg.ensemble}"
-    progress = common.Progress(n_steps, name, cfg.progress and accelerator.is_main_process, completed=state.step)
+    progress = Progress(n_steps, name, cfg.progress and accelerator.is_main_process, completed=state.step)
     model.train()
     window = {"loss": 0.0, "n": 0, "correct": 0.0, "pairs": 0, "margin": 0.0, "start": time.perf_counter()}
     with common.checkpoint_on_interrupt(member_dir, accelerator, state, cfg.keep_checkpoints, progress):

@@ -19,7 +19,7 @@ from rlhfkit.config.stages import SFTConfig
 from rlhfkit.data.chat import IGNORE_INDEX, tokenize_demonstration
 from rlhfkit.data.io import load_train_eval
 from rlhfkit.models.load import add_lora, load_causal_lm
-from rlhfkit.runs import parent_of
+from rlhfkit.runs import Progress, parent_of
 from rlhfkit.train import batching, common
 from rlhfkit.train.token_cache import cached_tokens
 
@@ -118,7 +118,7 @@ def run(cfg: SFTConfig) -> Path:
 
     lengths = [len(ids) for ids, _ in train]
     batches = batching.global_batches(lengths, cfg.batch_size, cfg.seed, cfg.group_by_length, start=state.step)
-    progress = common.Progress(n_steps, "sft", cfg.progress and accelerator.is_main_process, completed=state.step)
+    progress = Progress(n_steps, "sft", cfg.progress and accelerator.is_main_process, completed=state.step)
     model.train()
     window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
     with common.checkpoint_on_interrupt(run_dir, accelerator, state, cfg.keep_checkpoints, progress, logger):
