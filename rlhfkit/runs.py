@@ -15,6 +15,8 @@ loaded), so a failed start leaves nothing behind. It is finished when its card s
 (``RunFolder.is_finished``, the one definition every stage and pipeline uses). A finished folder is never
 written again; an unfinished one is resumed only with the settings it was started with. Cards written
 before the card had an id and a finished mark still load (``RunCard.read``).
+
+While a stage runs, ``MetricsLogger`` writes its figures into the folder and ``Progress`` shows its bar.
 """
 
 from __future__ import annotations
