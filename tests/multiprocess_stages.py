@@ -39,4 +39,10 @@ def main(plan_file: str) -> None:
 
 
 if __name__ == "__main__":
+    from rlhfkit.cli import exit_without_teardown
+
     main(sys.argv[1])
+    # leave as the `rlhfkit` program does (exit handlers, flushed streams, no interpreter teardown): torn down, a
+    # process sometimes died at exit under load ("terminate called without an active exception", SIGABRT) after
+    # every stage had finished, which the program's own exit never meets
+    exit_without_teardown(0)
