@@ -190,6 +190,12 @@ def test_the_gates_capability_nll_is_the_sft_loss_held_out(tiny, tmp_path):
     assert mean_nll(model, tok, str(tmp_path / "demos.jsonl"), batch_size=2) == pytest.approx(float(loss) / n, rel=1e-5)
 
 
+def test_nothing_to_score_is_an_error_naming_the_file(tiny):
+    model, tok = tiny
+    with pytest.raises(ValueError, match=r"^demos\.jsonl: no tokens to score"):
+        cap.mean_token_nll(model, tok, [], source="demos.jsonl")
+
+
 def test_sample_kl_from_stored_tokens_matches_the_rollout(tiny):
     """The KL computed later from a generations file's token ids equals the one computed on the rollout itself."""
     from rlhfkit.models.tiny import build_tiny

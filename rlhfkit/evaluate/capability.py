@@ -16,6 +16,7 @@ that the normalised answer appear in the normalised response as whole words, for
 
 from __future__ import annotations
 
+import math
 import re
 import string
 
@@ -64,9 +65,12 @@ def reference_records(rows: list[dict], source: str) -> list[Demonstration | str
 
 
 @torch.no_grad()
-def mean_token_nll(model, tokenizer, records: list, batch_size: int = 16, max_length: int = 512) -> tuple[float, int]:
+def mean_token_nll(
+    model, tokenizer, records: list, batch_size: int = 16, max_length: int = 512, source: str = "the reference texts"
+) -> tuple[float, int]:
     """(mean next-token negative log-likelihood, tokens scored) of ``records`` (strings: every token after the first;
-    demonstrations: the completion tokens, the SFT loss held out)."""
+    demonstrations: the completion tokens, the SFT loss held out). ``source`` names them in the error when nothing
+    is left to score."""
     device = next(model.parameters()).device
     rows = []
     for r in records:
@@ -91,14 +95,16 @@ def mean_token_nll(model, tokenizer, records: list, batch_size: int = 16, max_le
         total += float(nll)
         count += int(keep.sum())
     if count == 0:
-        raise ValueError("the reference texts have no tokens to score")
+        raise ValueError(f"{source}: no tokens to score")
     return total / count, count
 
 
-def perplexity(model, tokenizer, records: list, batch_size: int = 16, max_length: int = 512) -> tuple[float, int]:
+def perplexity(
+    model, tokenizer, records: list, batch_size: int = 16, max_length: int = 512, source: str = "the reference texts"
+) -> tuple[float, int]:
     """(exp of the mean token NLL, tokens scored) of ``records``, as ``mean_token_nll`` scores them."""
-    nll, count = mean_token_nll(model, tokenizer, records, batch_size, max_length)
-    return float(torch.exp(torch.tensor(nll))), count
+    nll, count = mean_token_nll(model, tokenizer, records, batch_size, max_length, source)
+    return math.exp(nll), count
 
 
 def greedy_sampling(max_new_tokens: int) -> SamplingPart:

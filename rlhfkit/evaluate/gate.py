@@ -92,7 +92,7 @@ def mean_nll(model, tokenizer, demonstrations_path: str, batch_size: int = 32) -
     from rlhfkit.evaluate.capability import mean_token_nll
 
     records, _ = read_records(demonstrations_path, "demonstration")
-    return mean_token_nll(model, tokenizer, records, batch_size)[0]
+    return mean_token_nll(model, tokenizer, records, batch_size, source=demonstrations_path)[0]
 
 
 def _check(name: str, value, threshold, passed: bool, detail: str) -> dict:

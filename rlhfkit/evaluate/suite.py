@@ -306,7 +306,9 @@ def capability_block(cfg: EvalConfig, model, tokenizer, sets: dict) -> Capabilit
         return None
     out = {}
     if "reference" in sets:
-        out["perplexity"], out["perplexity_tokens"] = cap.perplexity(model, tokenizer, sets["reference"])
+        out["perplexity"], out["perplexity_tokens"] = cap.perplexity(
+            model, tokenizer, sets["reference"], source=cfg.perplexity_data
+        )
     if "tasks" in sets:
         from rlhfkit.data.records import from_json
 
