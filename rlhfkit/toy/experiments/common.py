@@ -124,8 +124,9 @@ def sample_responses(
 def run_seeds(
     description: str, config_class: type[StageConfig], run: Callable, summarise: Callable, default_dir: str
 ) -> None:
-    """``--seeds 0 1 2 [--output-dir DIR] [--setting value ...]`` (``--help`` lists the settings): one folder per seed (DIR/seed-S, reused when
-    finished), then ``summarise(results, DIR)`` prints the table and writes DIR/summary.json."""
+    """``--seeds 0 1 2 [--output-dir DIR] [--setting value ...]`` (``--help`` lists the settings): one folder per
+    seed (DIR/seed-S, reused when finished), then ``summarise(results, DIR)`` prints the table and writes
+    DIR/summary.json."""
     quiet_third_parties()  # as the `rlhfkit` program runs (its --verbose has no counterpart here)
     parser = argparse.ArgumentParser(
         description=description,
