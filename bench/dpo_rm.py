@@ -15,9 +15,10 @@ What is compared, and how (see also docs/performance.md):
   on its own and charged to rlhfkit's time (as if the run were one epoch over exactly these pairs);
 - each trainer runs in its own subprocess, and the same clock is on both: a stamp (wall time and the
   process's CPU time) at the end of every optimiser step (TRL: a ``TrainerCallback.on_step_end``;
-  rlhfkit: ``rlhfkit.runs.Progress.update``, called once per optimiser step, wrapped in the child process). Throughput = pairs / time over the ``--steps`` steps after
-  ``--warmup`` (start-up, data preparation and the first steps excluded). Wall time is the headline; CPU
-  time is printed too because it moves much less when other jobs share the cores;
+  rlhfkit: ``rlhfkit.runs.Progress.update``, called once per optimiser step, wrapped in the child process).
+  Throughput = pairs / time over the ``--steps`` steps after ``--warmup`` (start-up, data preparation and the
+  first steps excluded). Wall time is the headline; CPU time is printed too because it moves much less when
+  other jobs share the cores;
 - peak memory: each process's RSS high-water mark (``ru_maxrss``: model, optimiser, activations, and the
   Python/torch baseline each process pays alike), read when training ends;
 - precision: both sides in float32 (TRL ``bf16=False``), and again both in bf16 autocast (TRL's own default,
