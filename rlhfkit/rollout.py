@@ -1,7 +1,7 @@
 """The sampler: batched sampling of responses with a KV cache, returning tokens, their log-probs and masks.
 
     from rlhfkit.config import SamplingPart
-    from rlhfkit.rollout import make_sampler
+    from rlhfkit.samplers import make_sampler
     sampler = make_sampler(model, tokenizer, SamplingPart(max_new_tokens=48, temperature=0.7))
     rollout = sampler.generate(prompts, n=4, generator=torch.Generator().manual_seed(0))
 
@@ -29,7 +29,8 @@ decoding, so that processes whose responses end at different lengths never wait 
 
 Backends: ``transformers`` (default, this file's ``TransformersSampler``) and ``vllm`` (``rlhfkit.vllm_backend``:
 an engine in the same process, or a separate server; optional extra, GPU only; the trainer's weights are pushed
-into the engine before every rollout).
+into the engine before every rollout). ``rlhfkit.samplers.make_sampler`` picks one; this file's types (``Rollout``,
+``RowSeeds``) are what every backend returns and takes.
 """
 
 from __future__ import annotations
@@ -396,14 +397,3 @@ def sample_steps(
         mask[:, P + t] = 1
         hidden = decoder.forward(token.unsqueeze(1), next_pos, mask[:, : P + t + 1])[:, -1]
         next_pos = next_pos + 1
-
-
-def make_sampler(model, tokenizer, params: SamplingPart, **options):
-    """The sampler ``params.rollout_backend`` names, for ``model``; ``options`` as ``TransformersSampler`` takes
-    (the vLLM samplers take ``model_spec`` too, the model setting their engine starts from)."""
-    if params.rollout_backend == "vllm":
-        from rlhfkit.vllm_backend import make_vllm_sampler  # optional extra: imported only when asked for
-
-        return make_vllm_sampler(model, tokenizer, params, **options)
-    options.pop("model_spec", None)
-    return TransformersSampler(model, tokenizer, params, **options)

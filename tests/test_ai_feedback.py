@@ -126,7 +126,7 @@ def test_label_rows_put_the_preferred_response_first_with_its_probability():
 
 
 def test_a_shared_prefix_runs_once_and_changes_nothing(tiny):
-    from rlhfkit.rollout import make_sampler
+    from rlhfkit.samplers import make_sampler
 
     model, tok = tiny
     few = "the answer is two . the capital is paris . " * 4

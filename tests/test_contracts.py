@@ -300,7 +300,9 @@ LAYERS = [
     ["config", "losses", "models.catalog", "openai_api", "tb_events", "quiet"],
     ["specs", "runs", "data"],
     ["models"],
-    ["rollout", "rewards", "judges", "vllm_backend"],
+    ["rollout", "rewards", "judges"],
+    ["vllm_backend"],  # the optional engine, built on the built-in sampler's types
+    ["samplers"],  # picks a backend: above both, so neither imports the other back
     ["train", "evaluate", "ai_feedback"],
     ["toy", "feedback", "registry", "serve", "pipelines"],
     ["cli", "cli_run", "launch"],

@@ -199,8 +199,8 @@ def test_nothing_to_score_is_an_error_naming_the_file(tiny):
 def test_sample_kl_from_stored_tokens_matches_the_rollout(tiny):
     """The KL computed later from a generations file's token ids equals the one computed on the rollout itself."""
     from rlhfkit.models.tiny import build_tiny
-    from rlhfkit.rollout import make_sampler
     from rlhfkit.rollout_forward import response_forward
+    from rlhfkit.samplers import make_sampler
 
     model, tok = tiny
     other = build_tiny("tiny", seed=1)[0]

@@ -92,7 +92,7 @@ def test_the_share_of_looping_samples_is_read_from_the_sampled_tokens(tmp_path, 
     loop only if its padding counted (4 5 6, then six pads: 4 distinct of 9): a share of 1/3."""
     from types import SimpleNamespace
 
-    from rlhfkit import rollout
+    from rlhfkit import rollout, samplers
     from rlhfkit.config import SamplingPart
     from rlhfkit.train.monitoring import PolicyMonitor
 
@@ -109,7 +109,7 @@ def test_the_share_of_looping_samples_is_read_from_the_sampled_tokens(tmp_path, 
                 texts=["a"] * B,
             )  # fmt: skip
 
-    monkeypatch.setattr(rollout, "make_sampler", lambda *args, **kwargs: Sampler())
+    monkeypatch.setattr(samplers, "make_sampler", lambda *args, **kwargs: Sampler())
     cfg = SimpleNamespace(
         monitor_reward=None, monitor_ensemble=None, monitor_settings={}, monitor_kl_budget=None, monitor_prompts=3,
         monitor_switch_to=None,

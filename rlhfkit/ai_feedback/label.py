@@ -153,7 +153,7 @@ class Labeller:
     def _lm_cot(self, judge: LMJudge, prompts, first, second) -> torch.Tensor:
         """The judge writes its reasoning (greedy) after the question, then the answer prefix; the option
         probabilities after that are clamped to [low, 1 - low] (Bai et al. 2022, section 4.1)."""
-        from rlhfkit.rollout import make_sampler
+        from rlhfkit.samplers import make_sampler
 
         stop = ["\n\n", judge.question.answer_prefix]
         sampler = make_sampler(

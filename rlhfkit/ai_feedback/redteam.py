@@ -32,8 +32,8 @@ from rlhfkit.data.io import write_jsonl
 from rlhfkit.data.records import user_turn
 from rlhfkit.evaluate.safety import is_refusal
 from rlhfkit.models.load import load_causal_lm
-from rlhfkit.rollout import make_sampler
 from rlhfkit.runs import parent_of
+from rlhfkit.samplers import make_sampler
 from rlhfkit.train import common
 
 DEFAULT_SEEDS = Path(__file__).with_name("redteam_seeds.yaml")

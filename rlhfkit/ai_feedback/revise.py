@@ -30,8 +30,8 @@ from rlhfkit.data.io import read_jsonl, write_jsonl
 from rlhfkit.data.prompts import read_prompts
 from rlhfkit.data.records import Message, flat_text, to_json, user_turn
 from rlhfkit.models.load import load_causal_lm
-from rlhfkit.rollout import make_sampler
 from rlhfkit.runs import Progress, parent_of
+from rlhfkit.samplers import make_sampler
 from rlhfkit.train import common
 
 TEXT_STOP = ["\n\n"]  # plain-text few-shot: every field is one paragraph

@@ -115,7 +115,7 @@ def greedy_sampling(max_new_tokens: int) -> SamplingPart:
 @torch.no_grad()
 def answer(model, tokenizer, prompts: list[Text], sampling: SamplingPart, batch_size: int = 64) -> list[str]:
     """The model's responses to ``prompts`` (strings are put to it as a user turn)."""
-    from rlhfkit.rollout import make_sampler
+    from rlhfkit.samplers import make_sampler
 
     sampler = make_sampler(model, tokenizer, sampling)
     generator = torch.Generator(device=next(model.parameters()).device).manual_seed(0)

@@ -184,8 +184,8 @@ def sample_rows(
     is called after each batch; returns every row."""
     import torch
 
-    from rlhfkit.rollout import make_sampler
     from rlhfkit.runs import RunCard
+    from rlhfkit.samplers import make_sampler
 
     sampler = make_sampler(model, tokenizer, sampling, max_prompt_tokens=max_prompt_tokens)
     device = next(model.parameters()).device

@@ -52,7 +52,7 @@ def sample_tasks(
     from rlhfkit.config import SamplingPart
     from rlhfkit.data.records import user_turn
     from rlhfkit.models.load import load_causal_lm
-    from rlhfkit.rollout import make_sampler
+    from rlhfkit.samplers import make_sampler
 
     if k < 2:
         raise ValueError(f"--k {k}: need at least 2 responses per prompt to compare")

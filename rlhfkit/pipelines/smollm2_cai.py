@@ -59,7 +59,7 @@ LABELS = {
 def sample_pairs(model_spec: str, prompts: list[str], cfg: CAIConfig) -> list[dict]:
     """Two samples of the model per request, as pairs to label (identical or empty ones dropped)."""
     from rlhfkit.models.load import load_causal_lm
-    from rlhfkit.rollout import make_sampler
+    from rlhfkit.samplers import make_sampler
 
     model, tokenizer = load_causal_lm(model_spec, "float32")
     params = SamplingPart(max_new_tokens=cfg.revise_max_new_tokens, temperature=cfg.pair_temperature)

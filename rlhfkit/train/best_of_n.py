@@ -33,8 +33,9 @@ from rlhfkit.evaluate.monitor import Check, is_degenerate
 from rlhfkit.losses import best_of_n_kl
 from rlhfkit.models.load import load_causal_lm
 from rlhfkit.rewards import load_reward
-from rlhfkit.rollout import RowSeeds, make_sampler
+from rlhfkit.rollout import RowSeeds
 from rlhfkit.runs import parent_of
+from rlhfkit.samplers import make_sampler
 from rlhfkit.train import batching, common
 from rlhfkit.train.monitoring import PolicyMonitor
 

@@ -186,8 +186,8 @@ class PolicyMonitor:
         (``weights_owner``: the sharded module to gather the weights from). With several processes every one
         samples every check prompt with the same stream, so all measure the same check and run the same
         (under a sharding engine, collective) forwards."""
-        from rlhfkit.rollout import make_sampler
         from rlhfkit.rollout_forward import response_forward
+        from rlhfkit.samplers import make_sampler
 
         sampler = make_sampler(model, tokenizer, sampling, return_states=True, **sampler_options)
         generator = torch.Generator(device=next(model.parameters()).device).manual_seed(CHECK_SEED + seed)

@@ -57,9 +57,10 @@ from rlhfkit.models.load import add_lora, base_causal_lm, load_causal_lm
 from rlhfkit.models.sharded import named_full_weights, sharding_of
 from rlhfkit.models.value import SeparateCritic, ValueHead, head_from_reward_model
 from rlhfkit.rewards import load_reward
-from rlhfkit.rollout import RowSeeds, make_sampler
+from rlhfkit.rollout import RowSeeds
 from rlhfkit.rollout_forward import response_forward
 from rlhfkit.runs import Progress, parent_of
+from rlhfkit.samplers import make_sampler
 from rlhfkit.train import batching, common
 from rlhfkit.train.monitoring import PolicyMonitor, check_sampling
 from rlhfkit.train.ppo_batch import (

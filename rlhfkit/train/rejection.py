@@ -27,8 +27,8 @@ from rlhfkit.data.prompts import load_prompts, read_prompts
 from rlhfkit.data.records import to_json
 from rlhfkit.models.load import load_causal_lm
 from rlhfkit.rewards import load_reward
-from rlhfkit.rollout import make_sampler
 from rlhfkit.runs import RunFolder, parent_of
+from rlhfkit.samplers import make_sampler
 from rlhfkit.train import common
 from rlhfkit.train.best_of_n import sample_and_score
 from rlhfkit.train.monitoring import PolicyMonitor, check_sampling
