@@ -44,6 +44,24 @@ def test_bad_yaml_names_the_file(tmp_path):
         load_config(SFTConfig, path)
 
 
+def test_a_config_file_that_cannot_be_read_is_named(tmp_path):
+    (tmp_path / "latin1.yaml").write_bytes(b"# caf\xe9\nlr: 1e-4\n")
+    with pytest.raises(ConfigError, match=r"latin1.yaml: not UTF-8 text \(byte 0xe9 at offset 5\)"):
+        load_config(SFTConfig, tmp_path / "latin1.yaml")
+    with pytest.raises(ConfigError, match="cannot read the config file"):
+        load_config(SFTConfig, tmp_path)  # a folder
+
+
+def test_a_bare_value_for_a_list_setting_is_one_item():
+    """``--report-to tensorboard`` as ``[tensorboard]``; a setting that also takes a string keeps it as given."""
+    flags = ["--data", "d.jsonl", "--report-to", "tensorboard", "--lora-target-modules", "all-linear"]
+    cfg = load_config(SFTConfig, None, parse_overrides(flags))
+    assert cfg.report_to == ["tensorboard"] and cfg.lora_target_modules == "all-linear"
+    cfg = load_config(SFTConfig, None, parse_overrides([*flags[:2], "--report-to", "[jsonl, tensorboard]"]))
+    assert cfg.report_to == ["jsonl", "tensorboard"]
+    assert "--report-to (list: one value, or [a, b]," in CliRunner().invoke(app, ["sft", "--help"]).output
+
+
 def test_every_command_has_help():
     runner = CliRunner()
     top = runner.invoke(app, ["--help"])

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from rlhfkit.data import Comparison, DataError, Ranking, Rating, read_records, write_jsonl
+from rlhfkit.data.io import read_jsonl
 
 
 def write_lines(path, lines):
@@ -37,6 +38,20 @@ def test_bad_comparison_rows_name_file_line_and_field(tmp_path, bad_line, messag
         read_records(path, "comparison")
     assert f"{path}:2:" in str(err.value)
     assert message in str(err.value)
+
+
+def test_bytes_that_are_not_utf8_name_their_line_and_a_skipping_read_keeps_the_others(tmp_path):
+    path = tmp_path / "prefs.jsonl"
+    path.write_bytes((GOOD + "\n").encode() + b'{"prompt": "\xff\xfe"}\n' + (GOOD + "\n").encode())
+    with pytest.raises(DataError, match=r"prefs.jsonl:2: not UTF-8 text \(byte 0xff at column 13\)"):
+        read_records(path, "comparison")
+    records, skipped = read_records(path, "comparison", skip_invalid=True)
+    assert len(records) == 2 and [s.location for s in skipped] == [f"{path}:2"]
+    with pytest.raises(DataError, match=r"prefs.jsonl:2: not UTF-8 text"):
+        read_jsonl(path)
+    (tmp_path / "all.json").write_bytes(b"[\xff]")
+    with pytest.raises(DataError, match=r"all.json: not UTF-8 text \(byte 0xff at offset 1\)"):
+        read_records(tmp_path / "all.json", "comparison")
 
 
 def test_empty_file_is_refused(tmp_path):

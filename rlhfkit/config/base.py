@@ -13,7 +13,8 @@ import difflib
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from types import UnionType
+from typing import Any, ClassVar, TypeVar, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -70,6 +71,25 @@ def _coerce(value: str) -> Any:
     return value
 
 
+def takes_list(annotation: Any) -> bool:
+    """A list setting that takes no bare string as well (``lora_target_modules: list[str] | str`` does)."""
+    origin = get_origin(annotation)
+    if origin in (Union, UnionType):
+        options = get_args(annotation)
+        return str not in options and any(takes_list(a) for a in options)
+    return origin is list
+
+
+def _one_item_lists(cls: type[BaseModel], overrides: dict[str, Any]) -> dict[str, Any]:
+    """A bare flag value for a list setting is a one-item list (``--models runs/dpo-1``, ``--stop END``); several
+    items are written in YAML flow style (``--models '[runs/dpo-1, runs/ppo-1]'``)."""
+    fields = cls.model_fields
+    return {
+        name: [value] if isinstance(value, str) and name in fields and takes_list(fields[name].annotation) else value
+        for name, value in overrides.items()
+    }
+
+
 def parse_overrides(args: list[str]) -> dict[str, Any]:
     """``['--lr', '1e-4', '--lora', '--epochs=2']`` -> ``{'lr': '1e-4', 'lora': True, 'epochs': '2'}``."""
     out: dict[str, Any] = {}
@@ -112,15 +132,19 @@ def load_config(cls: type[C], config_file: str | Path | None = None, overrides: 
     if config_file is not None:
         path = Path(config_file)
         try:
-            loaded = yaml.safe_load(path.read_text()) or {}
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except FileNotFoundError:
             raise ConfigError(f"{path}: no such config file") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})") from None
+        except OSError as e:  # a folder, no permission
+            raise ConfigError(f"{path}: cannot read the config file ({e.strerror})") from None
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: not valid YAML: {e}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: a config file must be a mapping of setting: value")
         values.update(loaded)
-    values.update(overrides or {})
+    values.update(_one_item_lists(cls, overrides or {}))
     try:
         return cls.model_validate(values)
     except ValidationError as e:

@@ -9,7 +9,7 @@ from typing import ClassVar, Literal, get_args, get_origin
 
 from pydantic import BaseModel, Field, field_validator
 
-from rlhfkit.config.base import StageConfig
+from rlhfkit.config.base import StageConfig, takes_list
 
 MODEL_CHOICES = "tiny | tiny-4m | smollm2-135m-instruct | a .gguf file | a run folder | a Hugging Face folder or id"
 REWARD_CHOICES = (
@@ -201,6 +201,8 @@ HELP_GROUPS_LAST = [("optimiser", OptimPart), ("run", RunPart)]
 
 def _describe_field(name: str, field) -> str:
     ann = getattr(field.annotation, "__name__", None) or str(field.annotation).replace("typing.", "")
+    if takes_list(field.annotation):
+        ann = f"{ann}: one value, or [a, b]"
     if get_origin(field.annotation) is Literal:
         ann = " | ".join(str(choice) for choice in get_args(field.annotation))
     if field.is_required():

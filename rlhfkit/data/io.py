@@ -44,20 +44,20 @@ def _rows(path: Path) -> Iterator[tuple[str, Any]]:
         for i, row in enumerate(ds):
             yield f"{path}:row {i + 1}", row
     elif suffix == ".jsonl":
-        with path.open(encoding="utf-8") as f:
+        with path.open("rb") as f:  # bytes, decoded line by line: a line that is not UTF-8 is one bad row
             for lineno, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
                 try:
-                    yield f"{path}:{lineno}", json.loads(line)
-                except json.JSONDecodeError as e:
-                    yield (
-                        f"{path}:{lineno}",
-                        DataError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})"),
-                    )
+                    row = _json_line(path, lineno, line)
+                except DataError as e:
+                    yield f"{path}:{lineno}", e
+                    continue
+                if row is not _BLANK:
+                    yield f"{path}:{lineno}", row
     elif suffix == ".json":
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as e:
+            raise DataError(f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})") from None
         except json.JSONDecodeError as e:
             raise DataError(f"{path}:{e.lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
         if isinstance(data, dict) and isinstance(data.get("data"), list):
@@ -73,6 +73,26 @@ def _rows(path: Path) -> Iterator[tuple[str, Any]]:
             yield f"{path}:row {i + 1}", row
     else:
         raise DataError(f"{path}: unknown data format '{suffix}'; use .jsonl, .json, .parquet or a datasets folder")
+
+
+_BLANK = object()
+
+
+def _json_line(path: Path, lineno: int, line: bytes) -> Any:
+    """One JSONL line's value (``_BLANK`` for an empty line); a line that is not UTF-8 or not JSON is a
+    ``DataError`` naming ``path:lineno``."""
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(
+            f"{path}:{lineno}: not UTF-8 text (byte {line[e.start]:#04x} at column {e.start + 1})"
+        ) from None
+    if not text.strip():
+        return _BLANK
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
 
 
 _UNION_TAGS = {"str", "list[Message]", "float", "int"}
@@ -153,14 +173,8 @@ def write_jsonl(path: str | Path, rows: list[dict] | list[Record]) -> None:
 def read_jsonl(path: str | Path) -> list[dict]:
     """Plain rows of a JSONL file (no validation: for files rlhfkit wrote itself); a bad line names its place."""
     path = Path(path)
-    rows = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
-    return rows
+    rows = [_json_line(path, lineno, line) for lineno, line in enumerate(path.read_bytes().splitlines(), start=1)]
+    return [row for row in rows if row is not _BLANK]
 
 
 def n_training(n_records: int, eval_fraction: float) -> int:
