@@ -1,6 +1,6 @@
 """Whole processes, start to exit: what a user waits for and the memory the run takes, rlhfkit against TRL.
 
-    python bench/whole_process.py                                   # tiny-4m: sft, rm, dpo, ppo, grpo; 3 repeats
+    python bench/whole_process.py                                   # tiny-4m: sft, rm, dpo, ppo, ppo-2x4, grpo; 3 repeats
     python bench/whole_process.py --model smollm2 --cases dpo,dpo-lora,ppo,ppo-bf16 --repeats 1
     python bench/whole_process.py --cases dpo --repeats 5 --json out.json
 
@@ -17,7 +17,8 @@ each; SFT trains on prompt + chosen), batch 8, the same number of optimiser step
 the final model saved. Offline stages run one epoch (``--pairs`` / 8 steps). Online (``ppo``, ``grpo``):
 ``--online-steps`` steps of 8 completions of exactly 48 tokens, a programmatic reward, KL coefficient 0.05
 against a frozen reference on both sides, one optimiser pass per rollout; TRL's GRPOTrainer (2 prompts x 4
-generations) is the anchor of both rlhfkit's PPO (8 prompts, GAE with a value head) and its GRPO mode (2 x 4).
+generations) is the anchor of rlhfkit's PPO (GAE with a value head) on 8 prompts (``ppo``: four times the anchor's
+prompt tokens) and on the anchor's own 2 prompts x 4 (``ppo-2x4``), and of its GRPO mode (2 x 4).
 TRL otherwise runs with its defaults (gradient checkpointing on, fused AdamW, its tokenisation, its save);
 rlhfkit with its own (metrics to JSONL and TensorBoard, a progress bar; reward-model normalisation off, the
 one thing TRL has no counterpart for). Precision: float32 on both sides, or ``-bf16`` cases: bf16 autocast on
@@ -66,6 +67,7 @@ class Case:
     stage: str  # sft, rm, dpo, ppo, grpo
     lora: bool = False
     bf16: bool = False
+    group: int = 1  # online: completions per prompt on rlhfkit's side (TRL's GRPO always samples 2 prompts x 4)
 
 
 CASES = {
@@ -75,7 +77,8 @@ CASES = {
         Case("rm", "rm"),
         Case("dpo", "dpo"),
         Case("ppo", "ppo"),
-        Case("grpo", "grpo"),
+        Case("ppo-2x4", "ppo", group=4),
+        Case("grpo", "grpo", group=4),
         Case("sft-lora", "sft", lora=True),
         Case("rm-lora", "rm", lora=True),
         Case("dpo-lora", "dpo", lora=True),
@@ -83,10 +86,10 @@ CASES = {
         Case("dpo-bf16", "dpo", bf16=True),
         Case("dpo-lora-bf16", "dpo", lora=True, bf16=True),
         Case("ppo-bf16", "ppo", bf16=True),
-        Case("grpo-bf16", "grpo", bf16=True),
+        Case("grpo-bf16", "grpo", bf16=True, group=4),
     ]
 }
-DEFAULT_CASES = {"tiny-4m": "sft,rm,dpo,ppo,grpo", "smollm2": "dpo,dpo-lora,ppo,ppo-bf16"}
+DEFAULT_CASES = {"tiny-4m": "sft,rm,dpo,ppo,ppo-2x4,grpo", "smollm2": "dpo,dpo-lora,ppo,ppo-bf16"}
 
 
 @dataclass
@@ -127,7 +130,7 @@ def prepare(tmp: Path, model: str, n_pairs: int, words: int, online_steps: int) 
 def ours_command(case: Case, s: Setup, out: Path) -> list[str]:
     data = {"sft": s.demos, "rm": s.pairs, "dpo": s.pairs}.get(case.stage, s.prompts)
     args = ["--model", s.model, "--data", str(data), "--eval-fraction", "0", "--output-dir", str(out)]
-    args += ["--batch-size", str(BATCH)]
+    args += ["--batch-size", str(BATCH // case.group)]  # online: prompts a step, each sampled `group` times
     if case.stage in ("sft", "rm", "dpo"):
         args += ["--epochs", "1"]
     if case.stage == "rm":
@@ -137,7 +140,9 @@ def ours_command(case: Case, s: Setup, out: Path) -> list[str]:
         args += ["--reward", reward, "--max-steps", str(s.online_steps), "--ppo-epochs", "1"]
         args += ["--max-new-tokens", str(NEW_TOKENS), "--kl-coef", str(KL), "--missing-eos-penalty", "null"]
     if case.stage == "grpo":
-        args += ["--advantage", "grpo", "--group-size", "4", "--batch-size", str(BATCH // 4)]
+        args += ["--advantage", "grpo"]
+    if case.group > 1:  # the anchor's rollouts: BATCH / group prompts, group completions each
+        args += ["--group-size", str(case.group)]
     if case.lora:
         args += ["--lora"]
     if case.bf16:
