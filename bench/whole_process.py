@@ -86,6 +86,7 @@ CASES = {
         Case("dpo-bf16", "dpo", bf16=True),
         Case("dpo-lora-bf16", "dpo", lora=True, bf16=True),
         Case("ppo-bf16", "ppo", bf16=True),
+        Case("ppo-2x4-bf16", "ppo", bf16=True, group=4),
         Case("grpo-bf16", "grpo", bf16=True, group=4),
     ]
 }
