@@ -47,11 +47,11 @@ def _rows(path: Path) -> Iterator[tuple[str, Any]]:
         with path.open("rb") as f:  # bytes, decoded line by line: a line that is not UTF-8 is one bad row
             for lineno, line in enumerate(f, start=1):
                 try:
-                    row = _json_line(path, lineno, line)
+                    row = parse_json_line(path, lineno, line)
                 except DataError as e:
                     yield f"{path}:{lineno}", e
                     continue
-                if row is not _BLANK:
+                if row is not BLANK:
                     yield f"{path}:{lineno}", row
     elif suffix == ".json":
         try:
@@ -75,24 +75,31 @@ def _rows(path: Path) -> Iterator[tuple[str, Any]]:
         raise DataError(f"{path}: unknown data format '{suffix}'; use .jsonl, .json, .parquet or a datasets folder")
 
 
-_BLANK = object()
+BLANK = object()  # what ``parse_json_line`` gives for an empty line
 
 
-def _json_line(path: Path, lineno: int, line: bytes) -> Any:
-    """One JSONL line's value (``_BLANK`` for an empty line); a line that is not UTF-8 or not JSON is a
-    ``DataError`` naming ``path:lineno``."""
+def decode_line(path: Path, lineno: int, line: bytes) -> str:
+    """One line of a text file as UTF-8; bytes that are not are a ``DataError`` naming ``path:lineno``."""
     try:
-        text = line.decode("utf-8")
+        return line.decode("utf-8")
     except UnicodeDecodeError as e:
         raise DataError(
             f"{path}:{lineno}: not UTF-8 text (byte {line[e.start]:#04x} at column {e.start + 1})"
         ) from None
+
+
+def parse_json_line(path: Path, lineno: int, line: bytes) -> Any:
+    """One JSONL line's value (``BLANK`` for an empty line); a line that is not UTF-8, not JSON, or nested too
+    deeply for the parser is a ``DataError`` naming ``path:lineno``."""
+    text = decode_line(path, lineno, line)
     if not text.strip():
-        return _BLANK
+        return BLANK
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
+    except RecursionError:
+        raise DataError(f"{path}:{lineno}: malformed JSON (nested too deeply)") from None
 
 
 _UNION_TAGS = {"str", "list[Message]", "float", "int"}
@@ -173,8 +180,8 @@ def write_jsonl(path: str | Path, rows: list[dict] | list[Record]) -> None:
 def read_jsonl(path: str | Path) -> list[dict]:
     """Plain rows of a JSONL file (no validation: for files rlhfkit wrote itself); a bad line names its place."""
     path = Path(path)
-    rows = [_json_line(path, lineno, line) for lineno, line in enumerate(path.read_bytes().splitlines(), start=1)]
-    return [row for row in rows if row is not _BLANK]
+    rows = [parse_json_line(path, lineno, line) for lineno, line in enumerate(path.read_bytes().splitlines(), start=1)]
+    return [row for row in rows if row is not BLANK]
 
 
 def n_training(n_records: int, eval_fraction: float) -> int:

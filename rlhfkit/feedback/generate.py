@@ -5,8 +5,9 @@ rlhfkit annotate generate --model runs/sft/final --prompts prompts.jsonl --k 2 -
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from rlhfkit.data.io import BLANK, decode_line, parse_json_line
 
 
 def read_prompts(path: Path) -> list[str]:
@@ -15,15 +16,15 @@ def read_prompts(path: Path) -> list[str]:
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such prompts file")
     prompts = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
+    for lineno, raw in enumerate(path.read_bytes().splitlines(), start=1):
         if path.suffix == ".jsonl":
-            row = json.loads(line)
+            row = parse_json_line(path, lineno, raw)
+            if row is BLANK:
+                continue
             if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
                 raise ValueError(f"{path}:{lineno}: field 'prompt': must be a non-empty string")
             prompts.append(row["prompt"])
-        else:
+        elif (line := decode_line(path, lineno, raw)).strip():
             prompts.append(line)
     if not prompts:
         raise ValueError(f"{path}: no prompts in the file")

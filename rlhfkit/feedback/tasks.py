@@ -16,7 +16,6 @@ for being finite, so anything accepted here can be stored on either database.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from rlhfkit.data.io import BLANK, DataError, parse_json_line
 from rlhfkit.feedback import active
 from rlhfkit.feedback.models import KINDS, Task, storable, utcnow
 from rlhfkit.feedback.questions import AnswerError, validate_answer
@@ -163,15 +163,12 @@ def parse_task(location: str, raw: Any) -> Task:
 
 def read_task_file(path: Path) -> list[Task]:
     tasks = []
-    with Path(path).open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                raw = json.loads(line)
-            except (json.JSONDecodeError, RecursionError) as e:
-                detail = f"{e.msg} at column {e.colno}" if isinstance(e, json.JSONDecodeError) else "nested too deeply"
-                raise TaskError(f"{path}:{lineno}: malformed JSON ({detail})") from None
+    for lineno, line in enumerate(Path(path).read_bytes().splitlines(), start=1):
+        try:
+            raw = parse_json_line(path, lineno, line)
+        except DataError as e:
+            raise TaskError(str(e)) from None
+        if raw is not BLANK:
             tasks.append(parse_task(f"{path}:{lineno}", raw))
     if not tasks:
         raise TaskError(f"{path}: no tasks in the file")

@@ -76,6 +76,12 @@ def test_users_load_and_export(tmp_path):
     bad.write_text('{"prompt": "x", "responses": ["only one"]}\n')
     code, out = run("load", bad, "--db", db)
     assert code == 2 and "bad.jsonl:1: field 'responses'" in out
+    bad.write_bytes(b'{"prompt": "x", "responses": ["a", "b"]}\n{"prompt": "caf\xe9"}\n')  # Latin-1, not UTF-8
+    code, out = run("load", bad, "--db", db)
+    assert code == 2 and "bad.jsonl:2: not UTF-8 text (byte 0xe9 at column 16)" in out
+    bad.write_text("[" * 100_000 + "\n")
+    code, out = run("load", bad, "--db", db)
+    assert code == 2 and "bad.jsonl:1: malformed JSON (nested too deeply)" in out
 
     from sqlalchemy import select
 
@@ -131,3 +137,18 @@ def test_generate_then_score_with_a_reward_model_ensemble(tmp_path):
     assert code == 0 and "scored 2 tasks" in out
     with Store(str(db)).read() as s:
         assert all(t.disagreement == 0 and len(t.scores) == 1 for t in s.scalars(select(Task)))
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("p.jsonl", b'{"prompt": "a"}\n{"prompt": \n', "p.jsonl:2: malformed JSON (Expecting value at column 12)"),
+        ("p.jsonl", b'{"prompt": "a"}\n{"prompt": "\xff"}\n', "p.jsonl:2: not UTF-8 text (byte 0xff at column 13)"),
+        ("p.txt", b"a prompt\n\xfe\n", "p.txt:2: not UTF-8 text (byte 0xfe at column 1)"),
+        ("p.jsonl", b'{"text": "a"}\n', "p.jsonl:1: field 'prompt': must be a non-empty string"),
+    ],
+)
+def test_generate_names_the_bad_line_of_a_prompts_file(tmp_path, name, content, message):
+    (tmp_path / name).write_bytes(content)
+    code, out = run("generate", "--model", "tiny", "--prompts", tmp_path / name, "--out", tmp_path / "t.jsonl")
+    assert code == 2 and message in out and not (tmp_path / "t.jsonl").exists()
