@@ -60,6 +60,20 @@ def test_a_bad_constitution_names_the_file_and_the_field(tmp_path):
         load_constitution(None).select(["no-such-principle"])
 
 
+def test_the_constitution_and_the_red_team_seeds_name_a_file_they_cannot_read(tmp_path):
+    from rlhfkit.ai_feedback.redteam import load_seeds
+
+    for load, setting in ((load_constitution, "constitution"), (load_seeds, "seeds")):
+        with pytest.raises(ValueError, match=rf"setting '{setting}': .*nope.yaml: no such file"):
+            load(tmp_path / "nope.yaml")
+        (tmp_path / "latin1.yaml").write_bytes(b"topics: {caf\xe9: [a]}\n")
+        with pytest.raises(ValueError, match=r"latin1.yaml: not UTF-8 text \(byte 0xe9 at offset 12\)"):
+            load(tmp_path / "latin1.yaml")
+        (tmp_path / "bad.yaml").write_text("topics: [a\n")
+        with pytest.raises(ValueError, match="bad.yaml: not valid YAML"):
+            load(tmp_path / "bad.yaml")
+
+
 @pytest.mark.parametrize(
     "text, expected, leaked",
     [

@@ -16,8 +16,9 @@ import re
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from rlhfkit.config.base import read_yaml
 
 DEFAULT_CONSTITUTION = Path(__file__).with_name("default_constitution.yaml")
 
@@ -163,12 +164,7 @@ def decomposed_questions(constitution: Constitution) -> tuple:
 def load_constitution(path: str | Path | None = None) -> Constitution:
     """The constitution in ``path`` (YAML), or the built-in default; a bad file fails naming the file and field."""
     path = Path(path) if path else DEFAULT_CONSTITUTION
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ValueError(f"setting 'constitution': {path}: no such file") from None
-    except yaml.YAMLError as e:
-        raise ValueError(f"{path}: not valid YAML: {e}") from None
+    raw = read_yaml(path, "setting 'constitution'")
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: a constitution is a mapping with 'principles' and 'comparisons'")
     try:

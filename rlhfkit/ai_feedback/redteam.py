@@ -24,10 +24,10 @@ import re
 from pathlib import Path
 
 import torch
-import yaml
 
 from rlhfkit.config import ModelPart, SamplingPart
 from rlhfkit.config.ai_feedback import RedteamConfig
+from rlhfkit.config.base import read_yaml
 from rlhfkit.data.io import write_jsonl
 from rlhfkit.data.records import user_turn
 from rlhfkit.evaluate.safety import is_refusal
@@ -42,10 +42,7 @@ EXAMPLES_SHOWN = 4  # examples in each attacker prompt, drawn per attack from th
 
 def load_seeds(path: str | None) -> dict[str, list[str]]:
     path = Path(path) if path else DEFAULT_SEEDS
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ValueError(f"setting 'seeds': {path}: no such file") from None
+    raw = read_yaml(path, "setting 'seeds'")
     topics = raw.get("topics") if isinstance(raw, dict) else None
     if not isinstance(topics, dict) or not topics:
         raise ValueError(f"{path}: needs 'topics:', a mapping of topic -> list of example attacks")

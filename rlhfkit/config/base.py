@@ -126,21 +126,27 @@ def _explain(cls: type[BaseModel], err: ValidationError, source: dict[str, Any])
     return "; ".join(lines)
 
 
+def read_yaml(path: Path, what: str) -> Any:
+    """A YAML file's value; a file that is missing, unreadable, not UTF-8 or not YAML is a ``ConfigError`` naming
+    it (``what`` says which file it was meant to be: "config file", "setting 'seeds'")."""
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{what}: {path}: no such file") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})") from None
+    except OSError as e:  # a folder, no permission
+        raise ConfigError(f"{what}: {path}: cannot read it ({e.strerror})") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+
+
 def load_config(cls: type[C], config_file: str | Path | None = None, overrides: dict[str, Any] | None = None) -> C:
     """Defaults, then ``config_file`` (YAML), then ``overrides``; every value validated by ``cls``."""
     values: dict[str, Any] = {}
     if config_file is not None:
         path = Path(config_file)
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: no such config file") from None
-        except UnicodeDecodeError as e:
-            raise ConfigError(f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})") from None
-        except OSError as e:  # a folder, no permission
-            raise ConfigError(f"{path}: cannot read the config file ({e.strerror})") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        loaded = read_yaml(path, "config file") or {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: a config file must be a mapping of setting: value")
         values.update(loaded)
