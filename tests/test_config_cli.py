@@ -62,6 +62,16 @@ def test_a_bare_value_for_a_list_setting_is_one_item():
     assert "--report-to (list: one value, or [a, b]," in CliRunner().invoke(app, ["sft", "--help"]).output
 
 
+def test_a_flag_is_read_as_yaml_only_where_its_setting_takes_a_list_or_mapping():
+    """A chat template starting with '{%' stays text; a list that is not valid YAML is one error naming the setting."""
+    template = "{% for m in messages %}{{ m.content }}{% endfor %}"
+    flags = ["--data", "d.jsonl", "--chat-template", template, "--eval-data", "null"]
+    cfg = load_config(SFTConfig, None, parse_overrides(flags))
+    assert cfg.chat_template == template and cfg.eval_data is None
+    with pytest.raises(ConfigError, match=r"setting 'report_to': .*lists are written \[a, b\]"):
+        load_config(SFTConfig, None, parse_overrides(["--data", "d.jsonl", "--report-to", "[jsonl, tensor"]))
+
+
 def test_every_command_has_help():
     runner = CliRunner()
     top = runner.invoke(app, ["--help"])

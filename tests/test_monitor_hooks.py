@@ -248,11 +248,11 @@ def test_rejection_checks_each_round(tmp_path, toy_files):
 
 
 def test_a_reason_that_can_be_off_is_switched_off_by_null_from_the_command_line():
-    from rlhfkit.config.base import parse_overrides
+    from rlhfkit.config.base import load_config, parse_overrides
     from rlhfkit.train.monitoring import monitor_settings
 
     given = parse_overrides(["--monitor-settings", "{degenerate_share: null, z: 2}"])
-    cfg = PPOConfig(model="tiny", data="prompts.jsonl", reward="r", **given)
+    cfg = load_config(PPOConfig, None, {"model": "tiny", "data": "prompts.jsonl", "reward": "r", **given})
     settings = monitor_settings(cfg.monitor_settings, cfg.monitor_kl_budget)
     assert settings.degenerate_share is None and settings.z == 2
 

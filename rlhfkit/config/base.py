@@ -63,35 +63,43 @@ class Figures(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-def _coerce(value: str) -> Any:
-    """Flags arrive as strings; lists and mappings are written in YAML flow style (``[a, b]``)."""
-    v = value.strip()
-    if v[:1] in "[{" or v in ("null", "~"):
-        return yaml.safe_load(v)
-    return value
+def _takes(annotation: Any, kinds: tuple[type, ...]) -> bool:
+    """Whether a setting's type takes a value of one of ``kinds`` (through unions and ``Optional``)."""
+    if annotation is Any:
+        return True
+    if get_origin(annotation) in (Union, UnionType):
+        return any(_takes(a, kinds) for a in get_args(annotation))
+    origin = get_origin(annotation) or annotation
+    return isinstance(origin, type) and issubclass(origin, kinds)
 
 
 def takes_list(annotation: Any) -> bool:
     """A list setting that takes no bare string as well (``lora_target_modules: list[str] | str`` does)."""
-    origin = get_origin(annotation)
-    if origin in (Union, UnionType):
-        options = get_args(annotation)
-        return str not in options and any(takes_list(a) for a in options)
-    return origin is list
+    return _takes(annotation, (list,)) and not _takes(annotation, (str,))
 
 
-def _one_item_lists(cls: type[BaseModel], overrides: dict[str, Any]) -> dict[str, Any]:
-    """A bare flag value for a list setting is a one-item list (``--models runs/dpo-1``, ``--stop END``); several
-    items are written in YAML flow style (``--models '[runs/dpo-1, runs/ppo-1]'``)."""
-    fields = cls.model_fields
-    return {
-        name: [value] if isinstance(value, str) and name in fields and takes_list(fields[name].annotation) else value
-        for name, value in overrides.items()
-    }
+def _coerce(cls: type[BaseModel], name: str, value: Any) -> Any:
+    """A flag's string as its setting takes it: ``null`` unsets it; where the setting takes a list or a mapping,
+    YAML flow style (``[a, b]``, ``{k: v}``) and, for a list, one bare value as a one-item list. Any other text is
+    kept as given (a chat template may start with ``{%``); pydantic converts numbers and booleans."""
+    field = cls.model_fields.get(name)
+    if not isinstance(value, str) or field is None:  # an unknown setting is refused by name later
+        return value
+    text = value.strip()
+    if text in ("null", "~"):
+        return None
+    if text[:1] in "[{" and _takes(field.annotation, (list, dict, BaseModel)):
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            problem = getattr(e, "problem", None) or "not valid YAML"
+            raise ConfigError(f"setting '{name}': {problem} (lists are written [a, b], mappings {{k: v}})") from None
+    return [value] if takes_list(field.annotation) else value
 
 
 def parse_overrides(args: list[str]) -> dict[str, Any]:
-    """``['--lr', '1e-4', '--lora', '--epochs=2']`` -> ``{'lr': '1e-4', 'lora': True, 'epochs': '2'}``."""
+    """``['--lr', '1e-4', '--lora', '--epochs=2']`` -> ``{'lr': '1e-4', 'lora': 'true', 'epochs': '2'}``: strings,
+    which ``load_config`` reads as each setting's type takes them."""
     out: dict[str, Any] = {}
     i = 0
     while i < len(args):
@@ -107,7 +115,7 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
                 key, value = key[3:], "false"
             else:
                 value = "true"
-        out[key] = _coerce(value)
+        out[key] = value
         i += 1
     return out
 
@@ -150,7 +158,7 @@ def load_config(cls: type[C], config_file: str | Path | None = None, overrides: 
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: a config file must be a mapping of setting: value")
         values.update(loaded)
-    values.update(_one_item_lists(cls, overrides or {}))
+    values.update({name: _coerce(cls, name, value) for name, value in (overrides or {}).items()})
     try:
         return cls.model_validate(values)
     except ValidationError as e:
