@@ -85,4 +85,4 @@ def run_stage(cfg: StageConfig, runner: Callable[[StageConfig], Path], show_figu
     if show_figures:
         print_figures(Path(path))
     else:
-        typer.echo(f"run folder: {path}")
+        typer.echo(f"{'wrote' if Path(path).is_file() else 'run folder'}: {path}")  # `rm score` writes one file

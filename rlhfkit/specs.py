@@ -150,7 +150,13 @@ def parse_reward_spec(text: str, setting: str = "reward") -> RewardSpec:
                 "stage's run); give the folder of a finished `rlhfkit rm train`"
             )
         if (path / "config.json").exists():
-            architectures = json.loads((path / "config.json").read_text()).get("architectures") or []
+            try:
+                config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+            except (ValueError, OSError) as e:  # malformed JSON, not UTF-8, unreadable
+                raise SpecError(
+                    f"setting '{setting}': {path / 'config.json'}: not a readable JSON file ({e})"
+                ) from None
+            architectures = (config.get("architectures") if isinstance(config, dict) else None) or []
             if any(a.endswith("ForSequenceClassification") for a in architectures):
                 return RewardSpec(text, "classifier", path)
             raise SpecError(

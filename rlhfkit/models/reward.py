@@ -319,11 +319,9 @@ def save_reward_model(rm: RewardModel | RewardEnsemble, path: str | Path) -> Pat
 
 
 def load_reward_model(path: str | Path, dtype: str = "float32") -> RewardModel | RewardEnsemble:
-    """A reward model (or ensemble) from its folder or from a run folder (its ``final/``)."""
-    from safetensors.torch import load_file
-    from transformers import AutoModel, AutoTokenizer
-
-    from rlhfkit.models.load import disable_dropout, resolve_dtype
+    """A reward model (or ensemble) from its folder or from a run folder (its ``final/``); a folder that cannot be
+    read fails naming it (``ModelLoadError``)."""
+    from rlhfkit.models.load import reading_model
 
     path = Path(path)
     if (path / "final" / "reward.json").exists():
@@ -333,7 +331,17 @@ def load_reward_model(path: str | Path, dtype: str = "float32") -> RewardModel |
             f"{path}: not a reward model folder (no reward.json); give the folder "
             "`rlhfkit rm train` wrote (its run folder or run/final)"
         )
-    meta = json.loads((path / "reward.json").read_text())
+    with reading_model(path):
+        return _reward_model_from(path, dtype)
+
+
+def _reward_model_from(path: Path, dtype: str) -> RewardModel | RewardEnsemble:
+    from safetensors.torch import load_file
+    from transformers import AutoModel, AutoTokenizer
+
+    from rlhfkit.models.load import disable_dropout, resolve_dtype
+
+    meta = json.loads((path / "reward.json").read_text(encoding="utf-8"))
     if "ensemble" in meta:
         return RewardEnsemble([load_reward_model(path / f"member-{i}", dtype) for i in range(meta["ensemble"])])
     trunk = AutoModel.from_pretrained(path, dtype=resolve_dtype(dtype))
