@@ -29,8 +29,11 @@ project_app = typer.Typer(help="Projects: create, change (title, guidelines, sug
 def open_store(db: str):
     from rlhfkit.feedback.db import Store, migrate
 
-    store = Store(db)
-    migrate(store)
+    try:
+        store = Store(db)
+        migrate(store)
+    except ValueError as e:  # not a database rlhfkit can use: one line naming it
+        fail(str(e))
     return store
 
 

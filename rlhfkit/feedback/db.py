@@ -118,7 +118,8 @@ class Store:
 
     def __init__(self, db: str):
         self.url = database_url(db)
-        self.engine = make_engine(db)
+        with _opening(db):  # a driver that is not installed fails here
+            self.engine = make_engine(db)
         self.dialect = self.engine.dialect.name
         self._read = sessionmaker(self.engine, expire_on_commit=False)
         writer = self.engine.execution_options(sqlite_immediate=True) if self.dialect == "sqlite" else self.engine
@@ -227,13 +228,38 @@ def alembic_config() -> Config:
     return cfg
 
 
+class DatabaseOpenError(ValueError):
+    """A ``--db`` that is not a database rlhfkit can use; the message names it (without its password)."""
+
+
+@contextmanager
+def _opening(db: str) -> Iterator[None]:
+    """A database that cannot be opened (a folder, a text file, another application's SQLite file, a server that
+    refuses, a driver not installed) as one ``DatabaseOpenError`` naming it."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        yield
+    except (SQLAlchemyError, ModuleNotFoundError) as e:
+        try:
+            url = make_url(database_url(db))
+            where = url.database if url.drivername.startswith("sqlite") else url.render_as_string(hide_password=True)
+        except SQLAlchemyError:  # not even a URL
+            where = "the --db setting"
+        reason = " ".join(str(getattr(e, "orig", None) or e).split())
+        raise DatabaseOpenError(f"{where}: cannot use it as rlhfkit's database ({reason})") from None
+
+
 def migrate(store: Store, revision: str = "head") -> None:
     """Bring the schema up (or down) to ``revision`` (creating it on an empty database)."""
-    _run_migrations(store, lambda cfg: command.upgrade(cfg, revision))
+    with _opening(store.url):
+        _run_migrations(store, lambda cfg: command.upgrade(cfg, revision))
 
 
 def downgrade(store: Store, revision: str) -> None:
-    _run_migrations(store, lambda cfg: command.downgrade(cfg, revision))
+    with _opening(store.url):
+        _run_migrations(store, lambda cfg: command.downgrade(cfg, revision))
 
 
 def _pragma(conn: Connection, sql: str) -> list:

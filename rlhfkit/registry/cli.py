@@ -27,7 +27,7 @@ DB = typer.Option("annotations.db", "--db", help="SQLite file path or a database
 def open_registry(db: str):
     from rlhfkit.registry.store import Registry
 
-    return Registry.open(db)
+    return guarded(lambda: Registry.open(db))  # a --db that is not a database rlhfkit can use: one line
 
 
 def fail(message: str) -> None:

@@ -152,3 +152,29 @@ def test_generate_names_the_bad_line_of_a_prompts_file(tmp_path, name, content, 
     (tmp_path / name).write_bytes(content)
     code, out = run("generate", "--model", "tiny", "--prompts", tmp_path / name, "--out", tmp_path / "t.jsonl")
     assert code == 2 and message in out and not (tmp_path / "t.jsonl").exists()
+
+
+def test_a_db_that_is_not_a_usable_database_is_one_line_naming_it(tmp_path):
+    """A folder, a text file, another application's SQLite file, a server that refuses (its password not shown)."""
+    import sqlite3
+
+    from rlhfkit.registry.cli import app as registry_app
+
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "notes.db").write_text("not a database\n")
+    with sqlite3.connect(tmp_path / "other.db") as other:
+        other.execute("CREATE TABLE users (x)")
+    cases = {
+        str(tmp_path / "folder"): "unable to open database file",
+        str(tmp_path / "notes.db"): "file is not a database",
+        str(tmp_path / "other.db"): "table users already exists",
+        "postgresql://u:hunter2@127.0.0.1:1/x": "127.0.0.1:1/x: cannot use it",
+    }
+    for db, reason in cases.items():
+        for result in (
+            runner.invoke(app, ["user", "list", "--db", db]),
+            runner.invoke(registry_app, ["list", "--db", db]),
+        ):
+            assert result.exit_code in (1, 2) and not isinstance(result.exception, Exception)  # an exit, no crash
+            assert "cannot use it as rlhfkit's database" in result.output and reason in result.output, result.output
+            assert "hunter2" not in result.output and "Traceback" not in result.output
