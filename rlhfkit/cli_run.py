@@ -79,7 +79,7 @@ def run_stage(cfg: StageConfig, runner: Callable[[StageConfig], Path], show_figu
         if getattr(cfg, "output_dir", None) and Path(cfg.output_dir).exists():
             typer.echo(f"interrupted; to resume: {resume_hint(cfg)}", err=True)
         raise typer.Exit(130) from None
-    except (ValueError, DataError, FileNotFoundError, FileExistsError) as e:
+    except (ValueError, DataError, OSError) as e:  # a bad input, a path that cannot be written: one line
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from None
     if show_figures:

@@ -54,6 +54,13 @@ def test_bytes_that_are_not_utf8_name_their_line_and_a_skipping_read_keeps_the_o
         read_records(tmp_path / "all.json", "comparison")
 
 
+def test_a_write_that_fails_leaves_no_partial_file_beside_its_target(tmp_path):
+    (tmp_path / "out.jsonl").mkdir()  # the target is a folder
+    with pytest.raises(IsADirectoryError):
+        write_jsonl(tmp_path / "out.jsonl", [{"a": 1}])
+    assert [p.name for p in tmp_path.iterdir()] == ["out.jsonl"]
+
+
 def test_empty_file_is_refused(tmp_path):
     path = tmp_path / "empty.jsonl"
     path.write_text("\n")

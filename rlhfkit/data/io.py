@@ -169,12 +169,16 @@ def write_jsonl(path: str | Path, rows: list[dict] | list[Record]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.partial")
-    with tmp.open("w", encoding="utf-8") as f:
-        for row in rows:
-            if isinstance(row, Record):
-                row = row.model_dump(exclude_none=True)
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    tmp.replace(path)
+    try:
+        with tmp.open("w", encoding="utf-8") as f:
+            for row in rows:
+                if isinstance(row, Record):
+                    row = row.model_dump(exclude_none=True)
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        tmp.replace(path)
+    except BaseException:  # a path that is a folder, a full disk, an interrupt: no half-written file left beside it
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def read_jsonl(path: str | Path) -> list[dict]:

@@ -276,7 +276,7 @@ def export(
             write_hub_folder(records, out, kind, info.name, aggregate)
         else:
             write_records(records, out, format)
-    except ValueError as e:
+    except (ValueError, OSError) as e:  # also an --out that cannot be written (a folder, under a file)
         fail(str(e))
     typer.echo(f"wrote {len(records)} {kind} records from {len(rows)} labels to {out}")
     if push_to_hub:
