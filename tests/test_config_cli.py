@@ -26,6 +26,9 @@ def test_yaml_then_flags_override_defaults(tmp_path):
         (["--lr", "fast"], "setting 'lr': Input should be a valid number"),
         (["--batch-size", "0"], "setting 'batch_size': Input should be greater than 0"),
         (["--dtype", "float8"], "setting 'dtype'"),
+        (["--seed", "-1"], "setting 'seed': Input should be greater than or equal to 0"),
+        (["--adam-beta1", "2"], "setting 'adam_beta1': Input should be less than 1"),
+        (["--max-grad-norm", "-1"], "setting 'max_grad_norm': Input should be greater than 0"),
     ],
 )
 def test_bad_settings_are_named(overrides, message):

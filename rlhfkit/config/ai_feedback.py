@@ -111,7 +111,7 @@ class LabelConfig(StageConfig):
     max_response_chars: int = Field(600, gt=0, description="longer responses are cut for the judge (not in the output)")
     batch_size: int = Field(8, gt=0, description="questions per forward pass of a local judge")
     output_dir: str | None = Field(None, description="run folder; default runs/label-<time>")
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32)
     resume: bool = Field(True, description="keep the labels an interrupted run already wrote")
     progress: bool = True
     threads: int = Field(0, ge=0, description="torch CPU threads; 0 = torch's default")

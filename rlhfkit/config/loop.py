@@ -35,7 +35,7 @@ class LoopConfig(StageConfig):
     run_only: ClassVar[frozenset[str]] = StageConfig.run_only | {"progress"}
 
     output_dir: str | None = Field(None, description="run folder; default runs/loop-<time>")
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32)
     db: str = Field("annotations.db", description="the registry's database (SQLite file or URL): live feedback too")
     policy: str = Field(
         "champion", description="the alias whose holder each round starts from and a passing candidate takes"
@@ -150,7 +150,7 @@ class DemoLoopConfig(StageConfig):
     figures: ClassVar[type[Figures]] = DemoLoopFigures
 
     output_dir: str | None = Field(None, description="run folder; default runs/demo-loop-<time>")
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32)
     quick: bool = Field(False, description="tiny budgets everywhere (a smoke run, not a result)")
     model: str = Field("tiny", description="the model SFT starts from")
     sft_steps: int = Field(600, gt=0)

@@ -149,12 +149,12 @@ class SamplingPart(StageConfig):
 class OptimPart(StageConfig):
     lr: float = Field(1e-3, gt=0, description="peak learning rate (AdamW)")
     weight_decay: float = Field(0.0, ge=0)
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_eps: float = 1e-8
+    adam_beta1: float = Field(0.9, ge=0, lt=1)
+    adam_beta2: float = Field(0.999, ge=0, lt=1)
+    adam_eps: float = Field(1e-8, gt=0)
     warmup_ratio: float = Field(0.05, ge=0, lt=1, description="share of steps with linear warm-up")
     lr_schedule: Literal["cosine", "linear", "constant"] = "cosine"
-    max_grad_norm: float | None = Field(1.0, description="clip the gradient norm to this; null to disable")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="clip the gradient norm to this; null to disable")
 
 
 class RunPart(StageConfig):
@@ -169,7 +169,7 @@ class RunPart(StageConfig):
     }
 
     output_dir: str | None = Field(None, description="run folder; default runs/<stage>-<time>")
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32)  # numpy's and torch's range
     batch_size: int = Field(
         16, gt=0, description="examples per optimiser step, all processes together (each takes its share)"
     )
