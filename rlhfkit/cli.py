@@ -344,13 +344,15 @@ def models_list():
 @app.command("launch", context_settings=STAGE_CONTEXT)
 def launch(
     ctx: typer.Context,
-    gpus: int | None = typer.Option(None, help="GPUs per node (default: those nvidia-smi lists here)"),
-    nodes: int = typer.Option(1, help="machines"),
+    gpus: int | None = typer.Option(None, min=1, help="GPUs per node (default: those nvidia-smi lists here)"),
+    nodes: int = typer.Option(1, min=1, help="machines"),
     strategy: str = typer.Option("ddp", help="ddp | fsdp2 | fsdp2-offload | zero2 | zero3 | zero3-offload"),
-    cpu_processes: int = typer.Option(0, help="run on this many CPU processes of this machine instead (ddp, fsdp2)"),
+    cpu_processes: int = typer.Option(
+        0, min=0, help="run on this many CPU processes of this machine instead (ddp, fsdp2)"
+    ),
     node_rank: str = typer.Option("$NODE_RANK", help="this node's rank (several nodes)"),
     main_ip: str = typer.Option("$MAIN_IP", help="address of node 0 (several nodes)"),
-    port: int = typer.Option(29500, help="port on node 0 (several nodes)"),
+    port: int = typer.Option(29500, min=1, max=65535, help="port on node 0 (several nodes)"),
 ):
     """Print the `accelerate launch` line that runs a stage on a machine: rlhfkit launch --gpus 8 -- ppo --config
     ppo.yaml. Run it with eval "$(rlhfkit launch ...)"; docs/scaling.md has the strategies and figures."""
@@ -377,7 +379,7 @@ def launch(
 def vllm_serve(
     model: str = typer.Option(..., help="the model setting the engine starts from (a run folder, ...)"),
     host: str = typer.Option("0.0.0.0", help="address to listen on"),
-    port: int = typer.Option(8000, help="HTTP port; the weight-sync group listens on port + 1"),
+    port: int = typer.Option(8000, min=1, max=65534, help="HTTP port; the weight-sync group listens on port + 1"),
     tensor_parallel_size: int = typer.Option(1, help="GPUs the engine spans"),
     gpu_memory_utilization: float = typer.Option(0.9, help="share of each GPU the engine takes"),
     dtype: str = typer.Option("auto", help="the engine's dtype (auto: the model's)"),

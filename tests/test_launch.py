@@ -59,6 +59,13 @@ def test_the_command_prints_the_line_and_refuses_with_exit_code_2():
     ]
     bad = runner.invoke(app, ["launch", "--gpus", "4", "--strategy", "nope", "--", "sft"])
     assert bad.exit_code == 2 and "choose one of" in bad.output
+    for flags, setting in (
+        (["--nodes", "0"], "--nodes"),
+        (["--port", "99999"], "--port"),
+        (["--gpus", "-2"], "--gpus"),
+    ):
+        bad = runner.invoke(app, ["launch", "--gpus", "2", *flags, "--", "sft"])
+        assert bad.exit_code == 2 and f"Invalid value for '{setting}'" in bad.output  # not a line of nonsense
 
 
 @pytest.mark.parametrize("strategy", list(STRATEGIES))

@@ -26,7 +26,7 @@ ab_app = typer.Typer(help="A/B experiments over live traffic: create, split, sto
 def serve(
     db: str = DB,
     host: str = typer.Option("127.0.0.1", help="interface to bind; keep loopback unless a TLS proxy is in front"),
-    port: int = 8000,
+    port: int = typer.Option(8000, min=1, max=65535, help="port to listen on"),
     max_batch: int = typer.Option(32, help="requests sampled together by the built-in sampler"),
     threads: int = typer.Option(1, help="torch threads of the built-in sampler"),
     max_tokens: int = typer.Option(48, help="a request's max_tokens when it gives none"),
