@@ -44,16 +44,24 @@ from rlhfkit.specs import RewardSpec, parse_reward_spec
 
 
 def _as_members(scores, n: int, source: str) -> torch.Tensor:
-    """N numbers or E lists of N numbers -> (E, N) float32, checked against the number of responses."""
-    if torch.is_tensor(scores):
-        out = scores.detach().float().cpu()
-    else:
-        scores = list(scores)
-        nested = bool(scores) and isinstance(scores[0], (list, tuple))
-        out = torch.tensor(scores if nested else [scores], dtype=torch.float32)
+    """N numbers or E lists of N numbers -> (E, N) float32, checked against the number of responses; anything else
+    (None, strings, ragged lists, NaN) is refused naming the reward, before it reaches a loss."""
+    try:
+        if torch.is_tensor(scores):
+            out = scores.detach().float().cpu()
+        else:
+            scores = list(scores)
+            nested = bool(scores) and isinstance(scores[0], (list, tuple))
+            out = torch.tensor(scores if nested else [scores], dtype=torch.float32)
+    except (TypeError, ValueError) as e:
+        raise ValueError(
+            f"reward {source} returned {type(scores).__name__}, not numbers, one per response ({e})"
+        ) from None
     out = out.reshape(-1, out.shape[-1]) if out.dim() > 0 else out.reshape(1, 1)
     if out.shape[-1] != n:
         raise ValueError(f"reward {source} returned {out.shape[-1]} scores for {n} responses")
+    if not torch.isfinite(out).all():
+        raise ValueError(f"reward {source} returned a score that is NaN or infinite")
     return out
 
 

@@ -223,6 +223,33 @@ def length_reward(prompts, responses):
     return [float(len(r)) for r in responses]
 
 
+def words_reward(prompts, responses):
+    return list(responses)  # a mistake: the texts, not scores
+
+
+def none_reward(prompts, responses):
+    return None  # a mistake: a function that forgot to return
+
+
+def nan_reward(prompts, responses):
+    return [float("nan")] * len(responses)
+
+
+@pytest.mark.parametrize(
+    "function, message",
+    [
+        ("words_reward", "returned list, not numbers, one per response"),
+        ("none_reward", "returned NoneType, not numbers"),
+        ("nan_reward", "returned a score that is NaN or infinite"),
+    ],
+)
+def test_a_function_reward_that_returns_no_scores_is_named(function, message):
+    from rlhfkit.rewards import load_reward
+
+    with pytest.raises(ValueError, match=f"reward tests.test_contracts:{function} {message}"):
+        load_reward(f"tests.test_contracts:{function}")(["p", "q"], ["a", "b"])
+
+
 def test_the_app_scorer_gives_exactly_the_scores_of_rm_score(tmp_path):
     """One reward spec for every command: `annotate load --scorer X` stores, per task, the scores that
     `rlhfkit rm score --reward X` writes for the same texts (an ensemble: per member; its mean is `score`)."""
