@@ -387,11 +387,21 @@ def vllm_serve(
 ):
     """A vLLM engine on its own GPUs that samples for trainers run with --rollout-backend vllm --vllm-mode server
     (GPU and the vllm extra; docs/scaling.md)."""
+    import importlib.util
+
     from rlhfkit.models.load import resolve_model_path
     from rlhfkit.vllm_backend.server import serve
 
+    if importlib.util.find_spec("vllm") is None:
+        typer.echo("error: vllm-serve needs vLLM (a GPU and `pip install rlhfkit[vllm]`)", err=True)
+        raise typer.Exit(2)
+    try:
+        path = resolve_model_path(model)
+    except ValueError as e:  # a model setting that names nothing usable
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
     serve(
-        resolve_model_path(model),
+        path,
         host,
         port,
         tensor_parallel_size=tensor_parallel_size,

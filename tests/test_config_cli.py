@@ -1,5 +1,7 @@
 """Configs: defaults < YAML < flags; unknown and ill-typed settings are named; the CLI is a thin layer."""
 
+import importlib.util
+
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -122,3 +124,9 @@ def test_help_lists_model_and_data_settings_first():
     assert order == sorted(order)
     assert order[-1] < text.index("This stage settings") < text.index("Optimiser settings") < text.index("Run settings")
     assert "--data (str, required)" in text
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
+def test_vllm_serve_without_vllm_says_what_it_needs():
+    result = CliRunner().invoke(app, ["vllm-serve", "--model", "tiny"])
+    assert result.exit_code == 2 and "needs vLLM" in result.output and not isinstance(result.exception, Exception)
