@@ -94,3 +94,26 @@ def test_accuracy_by_length_shows_a_length_bias():
 def test_accuracy_by_length_one_bucket_when_lengths_never_differ():
     buckets = rmm.accuracy_by_length([1, 0], [0, 1], [5, 5], [5, 5])
     assert len(buckets) == 1 and buckets[0].count == 2 and buckets[0].accuracy == 0.5
+
+
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        ({"prompt": "p", "chosen": 5, "rejected": ["a", "b", "c"]}, "field 'chosen': must be a string"),
+        ({"prompt": "p", "chosen": "x", "rejected": ["a", 3, "c"]}, "field 'rejected.1': must be a string"),
+        ({"prompt": "p", "completions": ["a", "b"], "ranking": [0, 5]}, "field 'ranking': indices of 'completions'"),
+        ({"prompt": "p", "chosen": "x"}, "field 'rejected': a list of rejected responses"),
+    ],
+)
+def test_a_bad_best_of_k_row_names_its_line_and_field(tmp_path, row, message):
+    import json
+
+    from rlhfkit.data.io import DataError
+    from rlhfkit.evaluate.rm_report import read_best_of_k
+
+    path = tmp_path / "bo4.jsonl"
+    path.write_text(
+        json.dumps({"prompt": "p", "chosen": "x", "rejected": ["a", "b", "c"]}) + "\n" + json.dumps(row) + "\n"
+    )
+    with pytest.raises(DataError, match=f"bo4.jsonl:2: {message}"):
+        read_best_of_k(path)

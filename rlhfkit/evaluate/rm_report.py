@@ -29,7 +29,12 @@ def read_best_of_k(path: str | Path) -> list[tuple[object, object, list]]:
         if not isinstance(row, dict) or "prompt" not in row:
             raise DataError(f"{where}: field 'prompt': missing")
         if "completions" in row and "ranking" in row:
-            ranked = [row["completions"][k] for k in row["ranking"]]
+            completions, ranking = row["completions"], row["ranking"]
+            if not isinstance(completions, list) or not isinstance(ranking, list) or len(ranking) < 2:
+                raise DataError(f"{where}: fields 'completions', 'ranking': two lists, the ranking of two or more")
+            if any(not isinstance(k, int) or isinstance(k, bool) or not 0 <= k < len(completions) for k in ranking):
+                raise DataError(f"{where}: field 'ranking': indices of 'completions' (0 to {len(completions) - 1})")
+            ranked = [completions[k] for k in ranking]
             chosen, rejected = ranked[0], ranked[1:]
         else:
             chosen, rejected = row.get("chosen"), row.get("rejected")
@@ -39,6 +44,10 @@ def read_best_of_k(path: str | Path) -> list[tuple[object, object, list]]:
                 raise DataError(
                     f"{where}: field 'rejected': a list of rejected responses beside one 'chosen' is needed"
                 )
+        texts = {"prompt": row["prompt"], "chosen": chosen, **{f"rejected.{k}": r for k, r in enumerate(rejected)}}
+        for field, text in texts.items():
+            if not (isinstance(text, str) or (isinstance(text, list) and all(isinstance(m, dict) for m in text))):
+                raise DataError(f"{where}: field '{field}': must be a string or a list of {{role, content}} messages")
         out.append((from_json(row["prompt"]), from_json(chosen), [from_json(r) for r in rejected]))
     if not out:
         raise DataError(f"{path}: no rows")
