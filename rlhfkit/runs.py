@@ -73,7 +73,16 @@ class RunCard(BaseModel):
         path = Path(folder) / "card.json"
         if not path.exists():
             return None
-        raw = json.loads(path.read_text())
+        try:
+            return cls._from_raw(folder, json.loads(path.read_text(encoding="utf-8")))
+        except (ValueError, TypeError, AttributeError) as e:  # malformed JSON, not a card, a card of other fields
+            detail = " ".join(str(e).split())[:300]
+            raise ValueError(
+                f"{path}: not a run card rlhfkit can read ({detail}); move the folder aside or give another folder"
+            ) from None
+
+    @classmethod
+    def _from_raw(cls, folder: str | Path, raw: dict) -> RunCard:
         if "card_version" not in raw:
             raw = {
                 **raw,
@@ -144,12 +153,15 @@ class RunFolder:
         return run
 
     def refuse_other_settings(self) -> None:
-        import yaml
+        from rlhfkit.config.base import read_yaml
 
         saved_path = self.path / "config.yaml"
         if self.config is None or not saved_path.exists():
             return
-        changed = self.config.changed_settings(yaml.safe_load(saved_path.read_text()) or {})
+        saved = read_yaml(saved_path, "the run folder's config") or {}
+        if not isinstance(saved, dict):
+            raise ValueError(f"{saved_path}: not the settings of a run (a mapping of setting: value)")
+        changed = self.config.changed_settings(saved)
         if changed:
             raise ValueError(
                 f"{saved_path}: this run folder was started with other settings ({'; '.join(changed)}); resuming "
@@ -204,7 +216,8 @@ class RunFolder:
         return self.path / "final"
 
     def latest_checkpoint(self) -> Path | None:
-        steps = sorted(self.checkpoints.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+        steps = [p for p in self.checkpoints.glob("step-*") if p.name[5:].isdigit()]  # not a copy named step-5-old
+        steps.sort(key=lambda p: int(p.name[5:]))
         done = [p for p in steps if (p / "trainer_state.json").exists()]  # a half-written one is skipped
         return done[-1] if done else None
 

@@ -42,7 +42,7 @@ def test_bad_settings_are_named(overrides, message):
 def test_bad_yaml_names_the_file(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("lr: [1, 2\n")
-    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
+    with pytest.raises(ConfigError, match=r"bad.yaml:2: not valid YAML \(expected .* at column 1\)"):
         load_config(SFTConfig, path)
     path.write_text("epochs: -1\n")
     with pytest.raises(ConfigError, match="bad.yaml: setting 'epochs'"):

@@ -133,6 +133,23 @@ def test_a_resumed_run_keeps_its_id_and_a_finished_one_is_never_rewritten(tmp_pa
         run(cfg)
 
 
+def test_a_run_folder_or_checkpoint_that_cannot_be_read_is_named_and_left_as_it_is(tmp_path):
+    cfg = sft_cfg(tmp_path, max_steps=2, save_every=1)
+    path = run(cfg)
+    card = json.loads((path / "card.json").read_text())
+    (path / "card.json").write_text(json.dumps({**card, "finished": False}))  # as if stopped after its last save
+    (path / "checkpoints" / "step-2-copy").mkdir()  # a user's copy: not a checkpoint
+    state = path / "checkpoints" / "step-2" / "trainer_state.json"
+    state.write_text("{cut short")
+    saved = sorted((p, p.read_bytes()) for p in (path / "checkpoints").rglob("*") if p.is_file())
+    with pytest.raises(ValueError, match=r"step-2: this checkpoint cannot be read \(JSONDecodeError: .*move it aside"):
+        run(cfg)
+    assert sorted((p, p.read_bytes()) for p in (path / "checkpoints").rglob("*") if p.is_file()) == saved
+    (path / "card.json").write_text("[]")
+    with pytest.raises(ValueError, match=r"card.json: not a run card rlhfkit can read"):
+        RunCard.read(path)
+
+
 def test_a_failed_start_leaves_no_folder(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "p"}\n')

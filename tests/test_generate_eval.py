@@ -271,3 +271,12 @@ def test_eval_cli_on_models_with_capability_safety_and_a_refusal_judge(tmp_path,
     card = json.loads((out / "card.json").read_text())
     assert card["finished"] and card["figures"]["baseline"] == "b" and card["figures"]["leaderboard"]
     assert "leaderboard by" in result.output and (out / "report.html").exists()
+
+
+@pytest.mark.parametrize("content", ["{cut short", "[]", '{"rows": "many"}', '{"generator": "not base64!"}'])
+def test_a_generation_state_that_cannot_be_read_is_named(tmp_path, content):
+    from rlhfkit.evaluate.generate import GenerationState
+
+    (tmp_path / "generate_state.json").write_text(content)
+    with pytest.raises(ValueError, match="generate_state.json: not a generation state rlhfkit can resume from"):
+        GenerationState(tmp_path)

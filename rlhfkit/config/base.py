@@ -146,7 +146,10 @@ def read_yaml(path: Path, what: str) -> Any:
     except OSError as e:  # a folder, no permission
         raise ConfigError(f"{what}: {path}: cannot read it ({e.strerror})") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        at = f" at column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"{where}: not valid YAML ({getattr(e, 'problem', None) or e}{at})") from None
 
 
 def load_config(cls: type[C], config_file: str | Path | None = None, overrides: dict[str, Any] | None = None) -> C:

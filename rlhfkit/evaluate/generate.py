@@ -142,9 +142,15 @@ class GenerationState:
 
     def __init__(self, folder: Path):
         self.path = folder / "generate_state.json"
-        saved = json.loads(self.path.read_text()) if self.path.exists() else {}
-        self.rows, self.model, self.batch = saved.get("rows", 0), saved.get("model", 0), saved.get("batch", 0)
-        self.generator = base64.b64decode(saved["generator"]) if saved.get("generator") else None
+        try:
+            saved = json.loads(self.path.read_text(encoding="utf-8")) if self.path.exists() else {}
+            self.rows, self.model, self.batch = (int(saved.get(k, 0)) for k in ("rows", "model", "batch"))
+            self.generator = base64.b64decode(saved["generator"], validate=True) if saved.get("generator") else None
+        except (ValueError, TypeError, AttributeError) as e:  # malformed JSON, fields of the wrong type
+            raise ValueError(
+                f"{self.path}: not a generation state rlhfkit can resume from ({e}); delete it and the rows file "
+                "to start again, or give another --output-dir"
+            ) from None
 
     def save(self, rows: int, model: int, batch: int, generator) -> None:
         state = {"rows": rows, "model": model, "batch": batch}

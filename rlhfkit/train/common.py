@@ -259,8 +259,20 @@ def save_checkpoint(run: RunFolder, accelerator: Accelerator, state: TrainerStat
 
 
 def load_checkpoint(path: Path, accelerator: Accelerator) -> TrainerState:
-    accelerator.load_state(str(path))
-    return TrainerState(**json.loads((path / "trainer_state.json").read_text()))
+    """Restore the checkpoint at ``path``; one that cannot be read (a file cut short by a full disk, edited by
+    hand) fails naming it and what to do, and nothing in the run folder is changed."""
+    from safetensors import SafetensorError
+
+    try:
+        state = TrainerState(**json.loads((path / "trainer_state.json").read_text(encoding="utf-8")))
+        accelerator.load_state(str(path))
+    except (OSError, ValueError, TypeError, KeyError, RuntimeError, SafetensorError) as e:
+        detail = " ".join(str(e).split())[:300]
+        raise ValueError(
+            f"{path}: this checkpoint cannot be read ({type(e).__name__}: {detail}); move it aside to resume from "
+            "the one before, or run with --no-resume into another --output-dir"
+        ) from None
+    return state
 
 
 def resume(run: RunFolder, accelerator: Accelerator, enabled: bool, fresh: TrainerState) -> TrainerState:
