@@ -280,3 +280,12 @@ def test_a_generation_state_that_cannot_be_read_is_named(tmp_path, content):
     (tmp_path / "generate_state.json").write_text(content)
     with pytest.raises(ValueError, match="generate_state.json: not a generation state rlhfkit can resume from"):
         GenerationState(tmp_path)
+
+
+def test_a_baseline_that_names_nothing_is_refused_as_the_baseline_setting():
+    from rlhfkit.evaluate.suite import resolve_entries
+
+    with pytest.raises(ValueError, match="setting 'baseline': 'zzz' is not a known name"):
+        resolve_entries(["tiny"], "zzz")
+    with pytest.raises(ValueError, match="setting 'models': 'yyy' is not a known name"):
+        resolve_entries(["yyy"], "tiny")

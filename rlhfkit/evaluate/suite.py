@@ -62,28 +62,28 @@ def resolve_entries(models: list[str], baseline: str) -> tuple[list[Entry], str]
     an entry when it is not one of the models' names)."""
     entries: list[Entry] = []
 
-    def add(text: str) -> list[Entry]:
+    def add(text: str, setting: str = "models") -> list[Entry]:
         name, target = parse_named(text)
         explicit = text.strip() != target
         if is_generations(target):
             groups = read_generations(target)
             if explicit:
                 if name not in groups and len(groups) > 1:
-                    raise ValueError(f"setting 'models': {target} has no model named {name!r} ({', '.join(groups)})")
+                    raise ValueError(f"setting '{setting}': {target} has no model named {name!r} ({', '.join(groups)})")
                 group = groups.get(name) or next(iter(groups.values()))
                 group.name = name
                 groups = {name: group}
             return [Entry(n, target, g.spec, g) for n, g in groups.items()]
         from rlhfkit.specs import parse_model_spec
 
-        parse_model_spec(target, "models")
+        parse_model_spec(target, setting)
         return [Entry(name, target, target)]
 
     for text in models:
         entries += add(text)
     names = [e.name for e in entries]
     if baseline not in names:
-        extra = add(baseline)
+        extra = add(baseline, "baseline")
         entries = extra + entries
         baseline = extra[0].name
     names = [e.name for e in entries]
