@@ -61,6 +61,25 @@ def test_a_write_that_fails_leaves_no_partial_file_beside_its_target(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["out.jsonl"]
 
 
+@pytest.mark.parametrize(
+    "kind, row, message",
+    [
+        ("rating", {"prompt": "p", "completion": "a", "rating": 1, "scale": 1}, "field 'scale': Input should be"),
+        (
+            "ranking",
+            {"prompt": "p", "completions": ["same", "x", "same"], "ranking": [0, 1, 2]},
+            "fields 'completions.0' and 'completions.2': are identical",
+        ),
+    ],
+)
+def test_a_rating_scale_of_one_level_and_a_ranking_of_one_text_twice_are_refused(tmp_path, kind, row, message):
+    """A scale of 1 made the regression loss divide by zero (the reward model trained to NaN and was saved); a text
+    ranked apart from itself is the identical pair a comparison already refuses."""
+    path = write_lines(tmp_path / "x.jsonl", [json.dumps(row)])
+    with pytest.raises(DataError, match=f"x.jsonl:1: {message}"):
+        read_records(path, kind)
+
+
 def test_empty_file_is_refused(tmp_path):
     path = tmp_path / "empty.jsonl"
     path.write_text("\n")

@@ -132,6 +132,11 @@ class Ranking(Record):
                 f"field 'ranking': must list each index 0..{len(self.completions) - 1} once (best first), "
                 f"got {self.ranking}"
             )
+        seen: dict[str, int] = {}
+        for i, c in enumerate(self.completions):
+            j = seen.setdefault(repr(c), i)
+            if j != i:  # as a comparison of a text with itself: ranked apart, it says nothing
+                raise ValueError(f"fields 'completions.{j}' and 'completions.{i}': are identical")
         return self
 
 
@@ -139,7 +144,7 @@ class Rating(Record):
     prompt: Text
     completion: Text
     rating: StrictFloat | StrictInt | None = None
-    scale: StrictInt = 5
+    scale: StrictInt = Field(5, ge=2)  # a scale of one level says nothing (and would divide by zero)
     label: StrictBool | None = None
     annotator: StrictStr | None = None
 
