@@ -216,7 +216,7 @@ def monitor(
 def export(
     kind: str = typer.Option(..., help="comparison (preferences after regenerate) | rating (thumbs and ratings)"),
     out: Path = typer.Option(..., help="JSONL file to write"),
-    after: int = typer.Option(0, help="only feedback with a larger id (what a previous export did not take)"),
+    after: int = typer.Option(0, min=0, help="only feedback with a larger id (what a previous export did not take)"),
     db: str = DB,
 ) -> None:
     """Live feedback as the files the trainers read (rlhfkit.data.read_records)."""
@@ -227,6 +227,9 @@ def export(
         fail(f"--kind {kind}: choose comparison or rating")
     registry = open_registry(db)
     rows = (live_comparisons if kind == "comparison" else live_ratings)(registry.store, after)
-    write_jsonl(out, rows)
+    try:
+        write_jsonl(out, rows)
+    except OSError as e:  # an --out that is a folder, or under a file
+        fail(str(e))
     last = max((r["feedback_id"] for r in rows), default=after)
     typer.echo(f"wrote {len(rows)} {kind} rows to {out} (feedback ids up to {last}; next time --after {last})")

@@ -126,3 +126,12 @@ def test_ab_commands_create_split_stop(tmp_path):
     assert code == 1 and "no such alias" in out
     code, out = call("create", "e3", "--arm", "control=champion", "--arm", "t=policy:2", "--split", "1/2/3")
     assert code == 1 and "give 2 non-negative shares" in out
+
+
+def test_ab_export_to_a_path_it_cannot_write_is_one_line_and_leaves_nothing(tmp_path):
+    (tmp_path / "out").mkdir()
+    result = CliRunner().invoke(
+        app, ["ab", "export", "--kind", "rating", "--out", str(tmp_path / "out"), "--db", str(tmp_path / "a.db")]
+    )
+    assert result.exit_code == 1 and "Is a directory" in result.output and not isinstance(result.exception, Exception)
+    assert sorted(p.name for p in tmp_path.iterdir() if "partial" in p.name) == []
