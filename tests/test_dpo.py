@@ -149,6 +149,24 @@ def test_precomputed_equal_on_the_fly(small_data, tmp_path):
     assert torch.allclose(cached["eval"], fly, atol=1e-4, rtol=1e-6)
 
 
+def test_a_reference_cache_cut_short_is_computed_again(small_data, tmp_path):
+    import json
+
+    from safetensors.torch import load_file
+
+    out = tmp_path / "pre"
+    cfg = _cfg(small_data, out, max_steps=1, reference="precomputed")
+    run(cfg)
+    cache = out / "ref_logps.safetensors"
+    first = {name: t.clone() for name, t in load_file(str(cache)).items()}  # not the file's memory map
+    card = json.loads((out / "card.json").read_text())
+    (out / "card.json").write_text(json.dumps({**card, "finished": False}))  # as if interrupted before the end
+    cache.write_bytes(cache.read_bytes()[:40])
+    run(cfg)
+    again = load_file(str(cache))
+    assert torch.equal(again["train"], first["train"]) and torch.equal(again["eval"], first["eval"])
+
+
 def test_shared_prompt_is_exact_in_value_and_gradient():
     model, _ = build_tiny("tiny", seed=0)
     policy = CompletionLogProbs(model)

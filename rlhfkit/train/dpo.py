@@ -239,12 +239,16 @@ def cached_reference_logps(
 
     path = run_dir.path / "ref_logps.safetensors"
     if path.exists():
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
-        with safe_open(str(path), "pt") as f:
-            if (f.metadata() or {}).get("key") == key:
-                cached = load_file(str(path))
-                return cached["train"].to(accelerator.device), cached["eval"].to(accelerator.device)
+        try:  # a cache: one that is cut short or does not fit these pairs is computed again, not an error
+            with safe_open(str(path), "pt") as f:
+                if (f.metadata() or {}).get("key") == key:
+                    cached = load_file(str(path))
+                    if cached["train"].shape == (2 * len(train),) and cached["eval"].shape == (2 * len(held_out),):
+                        return cached["train"].to(accelerator.device), cached["eval"].to(accelerator.device)
+        except (SafetensorError, OSError, KeyError):
+            pass
     # Each process computes its share of the pairs once; every process then holds all of them, in order.
     train_ref, eval_ref = (
         common.gather_rows(
