@@ -45,7 +45,15 @@ from rlhfkit.pipelines.loop_labels import (
 
 
 def _json(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.exists() else None
+    """A state file the loop wrote, or None before it has; one that is not JSON fails naming it."""
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:  # malformed JSON, not UTF-8
+        raise ValueError(
+            f"{path}: not the JSON the loop wrote ({e}); move it aside or give another --output-dir"
+        ) from None
 
 
 def _write(path: Path, data) -> None:
@@ -61,7 +69,19 @@ class Loop:
 
         from rlhfkit.data.prompts import read_prompts
         from rlhfkit.registry.store import Registry
+        from rlhfkit.specs import parse_judge_spec, parse_model_spec
 
+        # The judges and the reward model's start, checked before any round trains (the gate's judge is first
+        # used after the round), each refused under its own setting's name
+        if cfg.labeller not in ("reward", "none"):
+            parse_judge_spec(cfg.labeller, "labeller")
+        parse_judge_spec(cfg.gate_judge, "gate_judge")
+        if cfg.rm_model is not None:
+            parse_model_spec(cfg.rm_model, "rm_model")
+        if cfg.human_data:  # checked as the user's file (each round trains on a copy of it)
+            from rlhfkit.data.io import read_records
+
+            read_records(cfg.human_data, "comparison")
         torch.set_num_threads(pick_threads(cfg.threads))
         self.cfg = cfg
         self.registry = Registry.open(cfg.db)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from rlhfkit.data.io import read_jsonl as jsonl_rows
 from rlhfkit.data.records import Rating, from_json, to_json
 
 MAX_PAIRS_PER_PROMPT = 8
@@ -130,4 +131,4 @@ def best_against_worst(
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    return jsonl_rows(path) if path.exists() else []  # a malformed line names its file:line

@@ -66,6 +66,21 @@ def world(tmp_path):
     return registry, sft, base, tmp_path
 
 
+def test_bad_loop_settings_are_refused_by_name_before_a_round_trains(world):
+    registry, _, base, tmp = world
+    bad_human = tmp / "human.jsonl"
+    bad_human.write_text('{"prompt": "p", "chosen": "a"}\n')
+    for update, message in (
+        ({"gate_judge": "nosuch"}, "setting 'gate_judge': 'nosuch'"),
+        ({"labeller": "nosuch"}, "setting 'labeller': 'nosuch'"),
+        ({"rm_model": str(tmp / "missing")}, "setting 'rm_model': "),
+        ({"human_data": str(bad_human)}, "human.jsonl:1: field 'rejected': missing"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            run(LoopConfig(**{**base, **update}, output_dir=str(tmp / "bad")))
+        assert not (tmp / "bad" / "round-1").exists()
+
+
 def test_a_round_trains_gates_registers_and_promotes_what_passed(world):
     registry, sft, base, tmp = world
     out = run(LoopConfig(**base, output_dir=str(tmp / "loop"), min_win_rate=0.0, max_nll_increase=100.0))
