@@ -83,6 +83,8 @@ def test_unknown_model_spec_errors_clearly(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="setting 'model': .*empty is neither a model folder"):
         load_causal_lm(str(tmp_path / "empty"))
+    with pytest.raises(ValueError, match="setting 'attacker': 'nosuch' is not a known name"):
+        load_causal_lm("nosuch", setting="attacker")  # a stage's second model, refused under its own setting
     with pytest.raises(ValueError, match="unknown tiny preset|unknown model"):
         from rlhfkit.models.hub import get_known_model
 

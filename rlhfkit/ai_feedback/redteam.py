@@ -140,9 +140,11 @@ def run(cfg: RedteamConfig) -> Path:
         if unknown:
             raise ValueError(f"setting 'topics': {unknown} not in the seeds file; it has {sorted(seeds)}")
         seeds = {t: seeds[t] for t in cfg.topics}
-    target, target_tok = load_causal_lm(cfg.target, "float32", seed=cfg.seed)
+    target, target_tok = load_causal_lm(cfg.target, "float32", seed=cfg.seed, setting="target")
     attacker, attacker_tok = (
-        (target, target_tok) if cfg.attacker == cfg.target else load_causal_lm(cfg.attacker, "float32", seed=cfg.seed)
+        (target, target_tok)
+        if cfg.attacker == cfg.target
+        else load_causal_lm(cfg.attacker, "float32", seed=cfg.seed, setting="attacker")
     )
     labeller = None
     if cfg.judge:

@@ -183,7 +183,7 @@ def run(cfg: ReviseConfig) -> Path:
     model, tokenizer = load_causal_lm(cfg.model, common.training_dtype(cfg), cfg.chat_template, seed=cfg.seed)
     model.to(accelerator.device).eval()
     if cfg.reviser:
-        reviser, reviser_tok = load_causal_lm(cfg.reviser, common.training_dtype(cfg), seed=cfg.seed)
+        reviser, reviser_tok = load_causal_lm(cfg.reviser, common.training_dtype(cfg), seed=cfg.seed, setting="reviser")
         reviser.to(accelerator.device).eval()
     else:
         reviser, reviser_tok = model, tokenizer

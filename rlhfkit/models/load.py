@@ -64,15 +64,15 @@ def reading_model(where) -> Iterator[None]:
         raise ModelLoadError(f"{where}: cannot load the model ({type(e).__name__}: {detail})") from None
 
 
-def load_tokenizer(spec: str, chat_template: str | None = None):
+def load_tokenizer(spec: str, chat_template: str | None = None, setting: str = "model"):
     from transformers import AutoTokenizer
 
-    if parse_model_spec(spec).kind == "tiny":
+    if parse_model_spec(spec, setting).kind == "tiny":
         from rlhfkit.models.tiny import build_tokenizer
 
         tokenizer = build_tokenizer()
     else:
-        path = resolve_model_path(spec)
+        path = resolve_model_path(spec, setting)
         with reading_model(path):
             tokenizer = AutoTokenizer.from_pretrained(path)
     if chat_template:
@@ -83,20 +83,21 @@ def load_tokenizer(spec: str, chat_template: str | None = None):
     return tokenizer
 
 
-def load_causal_lm(spec: str, dtype: str = "auto", chat_template: str | None = None, seed: int = 0):
-    """(model, tokenizer); dropout is switched off, since RLHF stages need deterministic log-probs."""
+def load_causal_lm(spec: str, dtype: str = "auto", chat_template: str | None = None, seed: int = 0, setting="model"):
+    """(model, tokenizer); dropout is switched off, since RLHF stages need deterministic log-probs. ``setting``: the
+    name a spec that names nothing is refused under."""
     from transformers import AutoModelForCausalLM
 
-    if parse_model_spec(spec).kind == "tiny":
+    if parse_model_spec(spec, setting).kind == "tiny":
         model, tokenizer = build_tiny(spec, seed=seed)
         model.to(resolve_dtype(dtype))
         if chat_template:
             set_chat_template(tokenizer, chat_template)
     else:
-        path = resolve_model_path(spec)
+        path = resolve_model_path(spec, setting)
         with reading_model(path):
             model = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(dtype))
-        tokenizer = load_tokenizer(spec, chat_template)
+        tokenizer = load_tokenizer(spec, chat_template, setting)
     disable_dropout(model)
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
