@@ -112,3 +112,15 @@ def test_rejection_two_rounds_of_expert_iteration_through_the_cli(tmp_path):
     assert parent == {"role": "model", "path": str(out / "round-1" / "sft"), "id": round1["id"]}
     assert (out / "final" / "config.json").exists()
     assert [m["step"] for m in read_metrics(out)] == [1, 2]
+
+
+@pytest.mark.parametrize("content", ["{cut short", "[]", None])
+def test_a_finished_rounds_figures_that_cannot_be_read_are_named(tmp_path, content):
+    from rlhfkit.train.rejection import _round_record
+
+    path = tmp_path / "round-1" / "round.json"
+    path.parent.mkdir()
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(ValueError, match="round-1/round.json: .*move the round's folder aside"):
+        _round_record(path)

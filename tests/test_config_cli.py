@@ -130,3 +130,13 @@ def test_help_lists_model_and_data_settings_first():
 def test_vllm_serve_without_vllm_says_what_it_needs():
     result = CliRunner().invoke(app, ["vllm-serve", "--model", "tiny"])
     assert result.exit_code == 2 and "needs vLLM" in result.output and not isinstance(result.exception, Exception)
+
+
+def test_a_check_across_settings_is_its_own_message_and_refuses_a_rejection_round_smaller_than_a_batch():
+    from rlhfkit.config.stages import RejectionConfig
+
+    flags = ["--data", "d.jsonl", "--reward", "r", "--max-prompts", "4"]
+    with pytest.raises(ConfigError) as err:
+        load_config(RejectionConfig, None, parse_overrides(flags))
+    assert str(err.value).startswith("sft_batch_size 16 is more than the 4 examples a round trains on")
+    assert load_config(RejectionConfig, None, parse_overrides([*flags, "--sft-batch-size", "4"])).max_prompts == 4

@@ -128,8 +128,10 @@ def _explain(cls: type[BaseModel], err: ValidationError, source: dict[str, Any])
             close = difflib.get_close_matches(name, list(cls.model_fields), n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             lines.append(f"unknown setting '{name}'{hint}")
+        elif not e["loc"]:  # a check across settings: its message names them
+            lines.append(e["msg"].removeprefix("Value error, "))
         else:
-            got = source.get(str(e["loc"][0])) if e["loc"] else None
+            got = source.get(str(e["loc"][0]))
             lines.append(f"setting '{name}': {e['msg']} (got {got!r})")
     return "; ".join(lines)
 

@@ -402,3 +402,13 @@ class RejectionConfig(ModelPart, DataPart, RewardPart, SamplingPart, OptimPart, 
     sft_batch_size: int = Field(16, gt=0, description="examples per SFT optimiser step")
     lr: float = Field(1e-4, gt=0, description="peak learning rate of each round's SFT")
     eval_fraction: float = Field(0.0, ge=0, lt=1, description="unused by sampling stages")
+
+    @model_validator(mode="after")
+    def _a_round_fills_a_batch(self):
+        # each round fine-tunes on one chosen response per prompt: at most max_prompts examples
+        if self.sft_batch_size > self.max_prompts:
+            raise ValueError(
+                f"sft_batch_size {self.sft_batch_size} is more than the {self.max_prompts} examples a round trains on "
+                "(one per prompt, max_prompts): lower sft_batch_size or raise max_prompts"
+            )
+        return self

@@ -95,7 +95,7 @@ def run(cfg: RejectionConfig) -> Path:
         round_dir = run_dir.path / f"round-{r}"
         sft_dir = round_dir / "sft"
         if RunFolder(sft_dir).is_finished():  # this round finished before an interruption: go on from it
-            rounds.append(json.loads((round_dir / "round.json").read_text()))
+            rounds.append(_round_record(round_dir / "round.json"))
             model_spec = str(sft_dir)
             continue
         model, tokenizer = load_causal_lm(model_spec, common.training_dtype(cfg), cfg.chat_template, seed=cfg.seed)
@@ -158,3 +158,18 @@ def run(cfg: RejectionConfig) -> Path:
     )
     accelerator.wait_for_everyone()
     return run_dir.path
+
+
+def _round_record(path: Path) -> dict:
+    """The figures a finished round wrote; a file that is missing or not what it wrote fails naming it."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ValueError(
+            f"{path}: a finished round's figures cannot be read ({e}); move the round's folder aside to run it again"
+        ) from None
+    if not isinstance(record, dict) or "mean_reward" not in record:
+        raise ValueError(
+            f"{path}: not the figures of a round (no 'mean_reward'); move the round's folder aside to run it again"
+        )
+    return record
