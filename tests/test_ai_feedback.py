@@ -264,6 +264,12 @@ def test_label_resumes_from_the_labels_it_wrote(tmp_path):
         Labeller.ask = failing_ask
         with pytest.raises(KeyboardInterrupt):
             label.run(cfg)
+        raw = tmp_path / "b" / "raw.jsonl"
+        kept = raw.read_text()
+        raw.write_text(kept + '{"i": 5, "ab": [0.5], "ba": [0.5]}\n')  # not the next pair's row
+        with pytest.raises(ValueError, match="raw.jsonl: row 3 is not pair 2's 1 probabilities per order"):
+            label.run(cfg)
+        raw.write_text(kept + '{"i": 2, "ab": [0.')  # a row cut short by the interruption: asked again
         Labeller.ask = lambda self, *args: calls.append(len(args[0])) or real_ask(self, *args)
         resumed = label.run(cfg)
     finally:

@@ -80,6 +80,20 @@ def test_a_rating_scale_of_one_level_and_a_ranking_of_one_text_twice_are_refused
         read_records(path, kind)
 
 
+def test_resume_rows_drop_a_last_line_cut_short_and_name_any_other_bad_line(tmp_path):
+    from rlhfkit.data.io import read_resume_rows
+
+    path = tmp_path / "raw.jsonl"
+    path.write_text('{"i": 0, "ab": [0.5]}\n{"i": 1, "ab": [0.7]}\n{"i": 2, "a')  # interrupted mid-line
+    assert [r["i"] for r in read_resume_rows(path, ("i", "ab"))] == [0, 1]
+    path.write_text('{"i": 0, "ab": [0.5]}\n{"i": 1\n{"i": 2, "ab": [0.7]}\n')
+    with pytest.raises(DataError, match="raw.jsonl:2: malformed JSON"):
+        read_resume_rows(path, ("i", "ab"))
+    path.write_text('{"i": 0, "ab": [0.5]}\n[1]\n')
+    with pytest.raises(DataError, match="raw.jsonl:2: not a row this run wrote \\(it needs i, ab\\)"):
+        read_resume_rows(path, ("i", "ab"))
+
+
 def test_empty_file_is_refused(tmp_path):
     path = tmp_path / "empty.jsonl"
     path.write_text("\n")

@@ -29,7 +29,7 @@ import torch
 from rlhfkit.ai_feedback.constitution import decomposed_questions, load_constitution
 from rlhfkit.config import SamplingPart
 from rlhfkit.config.ai_feedback import LabelConfig
-from rlhfkit.data.io import DataError, read_jsonl, read_records, write_jsonl
+from rlhfkit.data.io import DataError, read_jsonl, read_records, read_resume_rows, write_jsonl
 from rlhfkit.data.records import flat_text, from_json, to_json
 from rlhfkit.judges import LMJudge, OpenAIJudge, PairwiseQuestion
 from rlhfkit.runs import RunFolder, parent_of
@@ -249,7 +249,13 @@ def run(cfg: LabelConfig) -> Path:
     folder.start(parents, {"pairs": cfg.data, "human": cfg.human_data, "constitution": cfg.constitution})
 
     raw_path = folder.path / "raw.jsonl"  # per pair: P(a better) per principle, each order; the resume record
-    done = read_jsonl(raw_path) if cfg.resume and raw_path.exists() else []
+    done = read_resume_rows(raw_path, ("i", "ab", "ba")) if cfg.resume and raw_path.exists() else []
+    for n, row in enumerate(done):  # each pair's row, in order, with one probability per principle
+        if row["i"] != n or any(not isinstance(row[o], list) or len(row[o]) != len(names) for o in ("ab", "ba")):
+            raise DataError(
+                f"{raw_path}: row {n + 1} is not pair {n}'s {len(names)} probabilities per order; move the file "
+                "aside to label again"
+            )
     limit = lambda t: flat_text(from_json(t))[: cfg.max_response_chars]  # noqa: E731
     with raw_path.open("a" if done else "w") as f:
         for s in range(len(done), len(pairs), CHUNK):

@@ -26,7 +26,7 @@ import torch
 
 from rlhfkit.ai_feedback.constitution import Constitution, Principle, load_constitution, strip_leak
 from rlhfkit.config.ai_feedback import ReviseConfig
-from rlhfkit.data.io import read_jsonl, write_jsonl
+from rlhfkit.data.io import DataError, read_resume_rows, write_jsonl
 from rlhfkit.data.prompts import read_prompts
 from rlhfkit.data.records import Message, flat_text, to_json, user_turn
 from rlhfkit.models.load import load_causal_lm
@@ -206,7 +206,11 @@ def run(cfg: ReviseConfig) -> Path:
     prompter = Prompter(constitution, chat=not text)
 
     trace_path = run_dir.path / "trace.jsonl"
-    trace = read_jsonl(trace_path) if cfg.resume and trace_path.exists() else []
+    trace = read_resume_rows(trace_path, ("prompt", "final", "rounds")) if cfg.resume and trace_path.exists() else []
+    if len(trace) > len(prompts):
+        raise DataError(
+            f"{trace_path}: {len(trace)} rows for {len(prompts)} prompts; move the file aside to start over"
+        )
     trace = trace[: len(trace) - len(trace) % cfg.batch_size] if len(trace) < len(prompts) else trace
     progress = Progress(len(prompts), "cai revise", cfg.progress, completed=len(trace))
     with trace_path.open("w") as f:  # rewritten from what was kept: a half-written batch is done again

@@ -188,6 +188,30 @@ def read_jsonl(path: str | Path) -> list[dict]:
     return [row for row in rows if row is not BLANK]
 
 
+def read_resume_rows(path: Path, fields: tuple[str, ...]) -> list[dict]:
+    """The rows a stage wrote to ``path`` before it was interrupted, to go on from: a last line cut short by the
+    interruption is dropped (its work is done again); any other line that is not JSON, or a row without
+    ``fields``, fails naming ``path:line``."""
+    lines = path.read_bytes().splitlines()
+    rows = []
+    for lineno, line in enumerate(lines, start=1):
+        try:
+            row = parse_json_line(path, lineno, line)
+        except DataError:
+            if lineno == len(lines):
+                break
+            raise
+        if row is BLANK:
+            continue
+        if not isinstance(row, dict) or any(f not in row for f in fields):
+            raise DataError(
+                f"{path}:{lineno}: not a row this run wrote (it needs {', '.join(fields)}); move the file aside to "
+                "start over"
+            )
+        rows.append(row)
+    return rows
+
+
 def n_training(n_records: int, eval_fraction: float) -> int:
     """How many of ``n_records`` ``load_train_eval`` keeps for training when it holds ``eval_fraction`` out (the
     held-out count rounds down); callers size a batch by it."""
