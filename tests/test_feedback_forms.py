@@ -96,6 +96,10 @@ def test_ordinal_ratings_need_one_scale(tmp_path):
     with pytest.raises(ValueError, match=r"one rating scale, the data has \[5, 10\].*--rating-loss regression"):
         run(cfg)
     assert not (tmp_path / "x").exists()
+    write_jsonl(tmp_path / "half.jsonl", rule_ratings(20, seed=0) + [{"prompt": "p", "completion": "a", "rating": 3.5}])
+    with pytest.raises(ValueError, match=r"half.jsonl: a rating of 3.5 \(prompt 'p'\): the ordered logit takes whole"):
+        run(cfg.model_copy(update={"data": str(tmp_path / "half.jsonl")}))
+    assert not (tmp_path / "x").exists()
 
 
 # --- soft labels ---------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from rlhfkit.config.stages import RewardConfig
 from rlhfkit.data.convert import rating_points, ratings_to_comparisons
 from rlhfkit.data.pairs import Group, tokenize_comparison, tokenize_group, tokenize_ranking
-from rlhfkit.data.records import Comparison, Ranking, Rating
+from rlhfkit.data.records import Comparison, Ranking, Rating, flat_text
 
 
 @dataclass
@@ -56,6 +56,14 @@ def prepare(cfg: RewardConfig, train_records: list, eval_records: list, source: 
                     f"{source}: the ordered logit needs one rating scale, the data has {scales} (thumbs count as a "
                     "scale of 2); use --rating-loss regression, or split the file"
                 )
+            if cfg.rating_loss == "ordinal":
+                for r in train_records + eval_records:
+                    value = rating_points(r)[0]
+                    if value != int(value):
+                        raise ValueError(
+                            f"{source}: a rating of {value} (prompt {flat_text(r.prompt)[:40]!r}): the ordered logit "
+                            "takes whole levels 1..scale; use --rating-loss regression for ratings between levels"
+                        )
             rating = {"loss": cfg.rating_loss, "levels": scales[-1]}
             held_out_pairs = ratings_to_comparisons(eval_records, ties="drop")
             train_pairs = ratings_to_comparisons(train_records, ties="drop")
