@@ -19,6 +19,7 @@ serialised (or one retries) and an alias never points at nothing (a NOT NULL for
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from dataclasses import dataclass, fields
@@ -425,5 +426,27 @@ def describe_source(source: str, kind: str | None, endpoint: str | None) -> dict
         }
     if kind is None:
         raise RegistryError(f"{path}: not a run folder; say what it is with --kind ({', '.join(KINDS)})")
+    if kind in ("policy", "reward"):
+        _check_model_source(path, kind)
     return {**out, "source": str(path.resolve()), "source_kind": "folder" if path.is_dir() else "file", "kind": kind,
             "content_hash": file_hash(path)}  # fmt: skip
+
+
+def _check_model_source(path: Path, kind: str) -> None:
+    """A model folder or file is what it says, read without loading it (this module imports no torch): a policy is
+    a .gguf file or a folder with a JSON config.json; a reward model a folder with reward.json or config.json."""
+    if path.is_file():
+        with path.open("rb") as f:
+            if kind == "policy" and path.suffix == ".gguf" and f.read(4) == b"GGUF":
+                return
+        raise RegistryError(f"{path}: a {kind} is a model folder{' or a .gguf file' if kind == 'policy' else ''}")
+    names = ("config.json",) if kind == "policy" else ("reward.json", "config.json")
+    config = next((path / n for n in names if (path / n).exists()), None)
+    if config is None:
+        raise RegistryError(f"{path}: no {' or '.join(names)}: not a {kind} model folder")
+    try:
+        ok = isinstance(json.loads(config.read_text(encoding="utf-8")), dict)
+    except ValueError:  # malformed JSON, not UTF-8
+        ok = False
+    if not ok:
+        raise RegistryError(f"{config}: not a JSON object, so not a {kind} model's settings")

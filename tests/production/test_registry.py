@@ -39,6 +39,13 @@ def test_versions_are_immutable_numbered_and_made_only_from_finished_runs(db, tm
         registry.register(str(tmp_path / "missing"))
     with pytest.raises(RegistryError, match="kind 'model'"):
         registry.register(str(sft), kind="model")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.json").write_text("{cut short")
+    with pytest.raises(RegistryError, match="broken/config.json: not a JSON object, so not a policy"):
+        registry.register(str(tmp_path / "broken"), kind="policy")
+    (tmp_path / "notes.txt").write_text("a policy?")
+    with pytest.raises(RegistryError, match="notes.txt: a policy is a model folder or a .gguf file"):
+        registry.register(str(tmp_path / "notes.txt"), kind="policy")
     with registry.store.write_conn() as conn, pytest.raises(Exception, match="immutable"):
         conn.execute(text("UPDATE model_versions SET source = 'elsewhere' WHERE id = :id"), {"id": v1.id})
     v1.verify()
