@@ -8,7 +8,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from rlhfkit.config.base import Figures, StageConfig
+from rlhfkit.config.base import Figures, Seed, StageConfig
 from rlhfkit.config.parts import DataPart, ModelPart, RunPart, SamplingPart
 
 CONSTITUTION_HELP = "constitution YAML (principles, comparison questions, few-shot examples); default: the built-in one"
@@ -111,7 +111,7 @@ class LabelConfig(StageConfig):
     max_response_chars: int = Field(600, gt=0, description="longer responses are cut for the judge (not in the output)")
     batch_size: int = Field(8, gt=0, description="questions per forward pass of a local judge")
     output_dir: str | None = Field(None, description="run folder; default runs/label-<time>")
-    seed: int = Field(0, ge=0, lt=2**32)
+    seed: Seed = 0
     resume: bool = Field(True, description="keep the labels an interrupted run already wrote")
     progress: bool = True
     threads: int = Field(0, ge=0, description="torch CPU threads; 0 = torch's default")

@@ -14,12 +14,14 @@ import hashlib
 import json
 from pathlib import Path
 from types import UnionType
-from typing import Any, ClassVar, TypeVar, Union, get_args, get_origin
+from typing import Annotated, Any, ClassVar, TypeVar, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 C = TypeVar("C", bound="StageConfig")
+
+Seed = Annotated[int, Field(ge=0, lt=2**32)]  # every seed setting: numpy's and torch's range
 
 
 class ConfigError(ValueError):

@@ -8,7 +8,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator
 
-from rlhfkit.config.base import Figures, StageConfig
+from rlhfkit.config.base import Figures, Seed, StageConfig
 from rlhfkit.config.parts import REWARD_TRANSFORM_CHOICES, SamplingPart, parse_reward_transform
 
 MODELS_HELP = (
@@ -84,7 +84,7 @@ class OutputPart(StageConfig):
     run_only: ClassVar[frozenset[str]] = StageConfig.run_only | {"resume", "report_to"}
 
     output_dir: str | None = Field(None, description="run folder; default runs/<stage>-<time>")
-    seed: int = Field(0, ge=0, lt=2**32, description="sampling seed (every model gets the same one: paired samples)")
+    seed: Seed = Field(0, description="sampling seed (every model gets the same one: paired samples)")
     resume: bool = Field(True, description="continue an interrupted run in output_dir")
     progress: bool = Field(True, description="show a progress bar")
     report_to: list[Literal["tensorboard", "jsonl"]] = Field(["jsonl"], description="metric sinks")

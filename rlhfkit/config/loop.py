@@ -9,7 +9,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from rlhfkit.config.base import Figures, StageConfig
+from rlhfkit.config.base import Figures, Seed, StageConfig
 
 # DPO's defaults for the loop and for the demo's offline DPO (one set, so that comparison is like for like),
 # measured on the toy world (docs/production.md, bench/loop_dpo_settings.py): at learning rate 5e-4 and beta 0.1
@@ -35,7 +35,7 @@ class LoopConfig(StageConfig):
     run_only: ClassVar[frozenset[str]] = StageConfig.run_only | {"progress"}
 
     output_dir: str | None = Field(None, description="run folder; default runs/loop-<time>")
-    seed: int = Field(0, ge=0, lt=2**32)
+    seed: Seed = 0
     db: str = Field("annotations.db", description="the registry's database (SQLite file or URL): live feedback too")
     policy: str = Field(
         "champion", description="the alias whose holder each round starts from and a passing candidate takes"
@@ -150,7 +150,7 @@ class DemoLoopConfig(StageConfig):
     figures: ClassVar[type[Figures]] = DemoLoopFigures
 
     output_dir: str | None = Field(None, description="run folder; default runs/demo-loop-<time>")
-    seed: int = Field(0, ge=0, lt=2**32)
+    seed: Seed = 0
     quick: bool = Field(False, description="tiny budgets everywhere (a smoke run, not a result)")
     model: str = Field("tiny", description="the model SFT starts from")
     sft_steps: int = Field(600, gt=0)

@@ -9,7 +9,7 @@ from typing import ClassVar, Literal, get_args, get_origin
 
 from pydantic import BaseModel, Field, field_validator
 
-from rlhfkit.config.base import StageConfig, takes_list
+from rlhfkit.config.base import Seed, StageConfig, takes_list
 
 MODEL_CHOICES = "tiny | tiny-4m | smollm2-135m-instruct | a .gguf file | a run folder | a Hugging Face folder or id"
 REWARD_CHOICES = (
@@ -169,7 +169,7 @@ class RunPart(StageConfig):
     }
 
     output_dir: str | None = Field(None, description="run folder; default runs/<stage>-<time>")
-    seed: int = Field(0, ge=0, lt=2**32)  # numpy's and torch's range
+    seed: Seed = 0
     batch_size: int = Field(
         16, gt=0, description="examples per optimiser step, all processes together (each takes its share)"
     )

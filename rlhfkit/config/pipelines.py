@@ -10,7 +10,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from rlhfkit.config.base import Figures, StageConfig
+from rlhfkit.config.base import Figures, Seed, StageConfig
 
 
 class DemoFigures(Figures):
@@ -36,7 +36,7 @@ class DemoConfig(StageConfig):
     figures: ClassVar[type[Figures]] = DemoFigures
 
     output_dir: str | None = Field(None, description="run folder; default runs/demo-<time>")
-    seed: int = Field(0, ge=0, lt=2**32)
+    seed: Seed = 0
     quick: bool = Field(False, description="tiny budgets everywhere (a smoke run, not a result)")
     model: str = Field("tiny", description="the model SFT starts from")
     demo_quality: float = Field(
@@ -104,7 +104,7 @@ class HarmlessConfig(StageConfig):
     figures: ClassVar[type[Figures]] = HarmlessFigures
 
     output_dir: str | None = Field(None, description="run folder; default runs/smollm2-harmless-<time>")
-    seed: int = Field(0, ge=0, lt=2**32)
+    seed: Seed = 0
     model: str = Field("smollm2-135m-instruct", description="the model to align (any causal LM spec)")
     methods: list[Literal["dpo", "ppo"]] = Field(["dpo", "ppo"], description="which alignment methods to run")
     n_train_pairs: int = Field(360, gt=1, description="training prompts (one pair each)")
@@ -186,7 +186,7 @@ class CAIConfig(StageConfig):
     figures: ClassVar[type[Figures]] = CAIFigures
 
     output_dir: str | None = Field(None, description="run folder; default runs/smollm2-cai-<time>")
-    seed: int = Field(0, ge=0, lt=2**32)
+    seed: Seed = 0
     model: str = Field("smollm2-135m-instruct", description="the model to align (any causal LM spec)")
     constitution: str | None = Field(None, description="constitution YAML; default the built-in one")
     reviser: str | None = Field(None, description="the critic and reviser of SL-CAI; default the model itself")
@@ -273,7 +273,7 @@ class DisagreementConfig(StageConfig):
     figures: ClassVar[type[Figures]] = DisagreementFigures
 
     output_dir: str | None = Field(None, description="the seed's folder; default runs/disagreement/seed-<seed>")
-    seed: int = Field(0, ge=0, lt=2**32)
+    seed: Seed = 0
     quick: bool = Field(False, description="tiny budgets everywhere (a smoke run, not a result)")
     pool: Literal["diverse", "demo"] = Field(
         "diverse", description="the five personas: rlhfkit.toy.annotators.DIVERSE_PERSONAS or the demo's PERSONAS"
@@ -318,7 +318,7 @@ class ThumbsConfig(StageConfig):
     figures: ClassVar[type[Figures]] = ThumbsFigures
 
     output_dir: str | None = Field(None, description="the seed's folder; default runs/thumbs/seed-<seed>")
-    seed: int = Field(0, ge=0, lt=2**32)
+    seed: Seed = 0
     quick: bool = Field(False, description="tiny budgets everywhere (a smoke run, not a result)")
     annotator_noise: float = Field(0.25, ge=0, lt=0.5, description="thumbs flip rate")
     feedback_prompts: int = Field(1200, gt=0, description="prompts whose SFT samples get thumbs (90% train)")
@@ -374,7 +374,7 @@ class OveroptimisationConfig(StageConfig):
 
     output_dir: str | None = Field(None, description="the seed's folder; default runs/overoptimisation/seed-<seed>")
     demo_dir: str = Field(DEMO_DIR, description="the seed's demo with --monitor ({seed} filled in; made if missing)")
-    seed: int = Field(0, ge=0, lt=2**32)
+    seed: Seed = 0
     quick: bool = Field(False, description="tiny budgets everywhere (a smoke run, not a result)")
     few_labels: int = Field(200, gt=0, description="the demo's first comparisons the over-optimised reward model sees")
     rm_steps: int = Field(100, gt=0)
@@ -411,7 +411,7 @@ class MitigationConfig(StageConfig):
 
     output_dir: str | None = Field(None, description="the seed's folder; default runs/mitigation/seed-<seed>")
     demo_dir: str = Field(DEMO_DIR, description="the seed's demo with --monitor ({seed} filled in; made if missing)")
-    seed: int = Field(0, ge=0, lt=2**32)
+    seed: Seed = 0
     quick: bool = Field(False, description="tiny budgets everywhere (a smoke run, not a result)")
     n: int = Field(64, ge=2, description="best-of-N's largest N")
     members: int = Field(4, ge=2, description="reward models in the ensemble, each on a bootstrap resample")
@@ -445,7 +445,7 @@ class LengthControlConfig(StageConfig):
 
     output_dir: str | None = Field(None, description="the seed's folder; default runs/length-control/seed-<seed>")
     demo_dir: str = Field(DEMO_DIR, description="the seed's demo with --monitor ({seed} filled in; made if missing)")
-    seed: int = Field(0, ge=0, lt=2**32)
+    seed: Seed = 0
     quick: bool = Field(False, description="tiny budgets everywhere (a smoke run, not a result)")
     verbose_steps: int = Field(
         150,
