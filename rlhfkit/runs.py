@@ -33,6 +33,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from rlhfkit.config.base import Figures, StageConfig
+from rlhfkit.data.io import one_line
 
 CARD_VERSION = 2
 
@@ -76,7 +77,7 @@ class RunCard(BaseModel):
         try:
             return cls._from_raw(folder, json.loads(path.read_text(encoding="utf-8")))
         except (ValueError, TypeError, AttributeError) as e:  # malformed JSON, not a card, a card of other fields
-            detail = " ".join(str(e).split())[:300]
+            detail = one_line(e)[:300]
             raise ValueError(
                 f"{path}: not a run card rlhfkit can read ({detail}); move the folder aside or give another folder"
             ) from None

@@ -75,6 +75,20 @@ def _rows(path: Path) -> Iterator[tuple[str, Any]]:
         raise DataError(f"{path}: unknown data format '{suffix}'; use .jsonl, .json, .parquet or a datasets folder")
 
 
+def one_line(error: BaseException) -> str:
+    """An exception's message on one line (libraries' messages run over several), for an error that quotes it."""
+    return " ".join(str(error).split())
+
+
+def read_state_json(path: Path, problem: str, remedy: str) -> Any:
+    """A JSON file a run wrote for itself (its state, a round's figures); one that is missing, cut short or not
+    UTF-8 fails as ``path: problem (why); remedy``."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: {problem} ({one_line(e)}); {remedy}") from None
+
+
 BLANK = object()  # what ``parse_json_line`` gives for an empty line
 
 

@@ -239,6 +239,8 @@ def _opening(db: str) -> Iterator[None]:
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import SQLAlchemyError
 
+    from rlhfkit.data.io import one_line
+
     try:
         yield
     except (SQLAlchemyError, ModuleNotFoundError) as e:
@@ -247,7 +249,7 @@ def _opening(db: str) -> Iterator[None]:
             where = url.database if url.drivername.startswith("sqlite") else url.render_as_string(hide_password=True)
         except SQLAlchemyError:  # not even a URL
             where = "the --db setting"
-        reason = " ".join(str(getattr(e, "orig", None) or e).split())
+        reason = one_line(getattr(e, "orig", None) or e)
         raise DatabaseOpenError(f"{where}: cannot use it as rlhfkit's database ({reason})") from None
 
 

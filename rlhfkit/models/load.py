@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from rlhfkit.data.chat import ensure_chat_template, set_chat_template
+from rlhfkit.data.io import one_line
 from rlhfkit.models.hub import convert_gguf, get_known_model
 from rlhfkit.models.tiny import build_tiny
 from rlhfkit.specs import SpecError, parse_model_spec
@@ -60,7 +61,7 @@ def reading_model(where) -> Iterator[None]:
     except (ModelLoadError, SpecError):
         raise
     except (OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError, SafetensorError) as e:
-        detail = " ".join(str(e).split())
+        detail = one_line(e)
         raise ModelLoadError(f"{where}: cannot load the model ({type(e).__name__}: {detail})") from None
 
 

@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 from rlhfkit.config.loop import LoopConfig
-from rlhfkit.data.io import n_training, write_jsonl
+from rlhfkit.data.io import n_training, read_state_json, write_jsonl
 from rlhfkit.pipelines.base import Pipeline, pick_threads
 from rlhfkit.pipelines.loop_labels import (
     best_against_worst,
@@ -48,12 +48,7 @@ def _json(path: Path) -> dict | None:
     """A state file the loop wrote, or None before it has; one that is not JSON fails naming it."""
     if not path.exists():
         return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as e:  # malformed JSON, not UTF-8
-        raise ValueError(
-            f"{path}: not the JSON the loop wrote ({e}); move it aside or give another --output-dir"
-        ) from None
+    return read_state_json(path, "not the JSON the loop wrote", "move it aside or give another --output-dir")
 
 
 def _write(path: Path, data) -> None:

@@ -29,6 +29,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from rlhfkit.config import ModelPart, OptimPart, RunPart
+from rlhfkit.data.io import one_line
 from rlhfkit.runs import MetricsLogger, Parent, Progress, RunFolder
 
 # glibc's malloc serves a request from its heap once it is below the mmap threshold, and the threshold rises to the
@@ -267,7 +268,7 @@ def load_checkpoint(path: Path, accelerator: Accelerator) -> TrainerState:
         state = TrainerState(**json.loads((path / "trainer_state.json").read_text(encoding="utf-8")))
         accelerator.load_state(str(path))
     except (OSError, ValueError, TypeError, KeyError, RuntimeError, SafetensorError) as e:
-        detail = " ".join(str(e).split())[:300]
+        detail = one_line(e)[:300]
         raise ValueError(
             f"{path}: this checkpoint cannot be read ({type(e).__name__}: {detail}); move it aside to resume from "
             "the one before, or run with --no-resume into another --output-dir"

@@ -22,7 +22,7 @@ import shutil
 from pathlib import Path
 
 from rlhfkit.config.stages import RejectionConfig, SFTConfig
-from rlhfkit.data.io import write_jsonl
+from rlhfkit.data.io import read_state_json, write_jsonl
 from rlhfkit.data.prompts import load_prompts, read_prompts
 from rlhfkit.data.records import to_json
 from rlhfkit.models.load import load_causal_lm
@@ -162,12 +162,9 @@ def run(cfg: RejectionConfig) -> Path:
 
 def _round_record(path: Path) -> dict:
     """The figures a finished round wrote; a file that is missing or not what it wrote fails naming it."""
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise ValueError(
-            f"{path}: a finished round's figures cannot be read ({e}); move the round's folder aside to run it again"
-        ) from None
+    record = read_state_json(
+        path, "a finished round's figures cannot be read", "move the round's folder aside to run it again"
+    )
     if not isinstance(record, dict) or "mean_reward" not in record:
         raise ValueError(
             f"{path}: not the figures of a round (no 'mean_reward'); move the round's folder aside to run it again"
