@@ -276,6 +276,11 @@ def test_label_resumes_from_the_labels_it_wrote(tmp_path):
         label.CHUNK, Labeller.ask = original, real_ask
     assert calls == [2, 1, 1]  # the second run asked only about the pair the first did not finish
     assert read_jsonl(resumed / "labels.jsonl") == read_jsonl(whole / "labels.jsonl")
+    # the cut row is gone from the resume record, not left in front of the rows written after it
+    resumed_raw, whole_raw = read_jsonl(resumed / "raw.jsonl"), read_jsonl(whole / "raw.jsonl")
+    assert [r["i"] for r in resumed_raw] == [r["i"] for r in whole_raw] == list(range(len(whole_raw)))
+    for a, b in zip(resumed_raw, whole_raw):  # asked in other batches: equal up to float rounding
+        assert a["ab"] == pytest.approx(b["ab"], abs=1e-5) and a["ba"] == pytest.approx(b["ba"], abs=1e-5)
 
 
 class JudgeServer(BaseHTTPRequestHandler):

@@ -29,7 +29,7 @@ import torch
 from rlhfkit.ai_feedback.constitution import decomposed_questions, load_constitution
 from rlhfkit.config import SamplingPart
 from rlhfkit.config.ai_feedback import LabelConfig
-from rlhfkit.data.io import DataError, read_jsonl, read_records, read_resume_rows, write_jsonl
+from rlhfkit.data.io import DataError, read_jsonl, read_records, read_resume_rows, resume_writer, write_jsonl
 from rlhfkit.data.records import flat_text, from_json, to_json
 from rlhfkit.judges import LMJudge, OpenAIJudge, PairwiseQuestion
 from rlhfkit.runs import RunFolder, parent_of
@@ -257,7 +257,7 @@ def run(cfg: LabelConfig) -> Path:
                 "aside to label again"
             )
     limit = lambda t: flat_text(from_json(t))[: cfg.max_response_chars]  # noqa: E731
-    with raw_path.open("a" if done else "w") as f:
+    with resume_writer(raw_path, done) as f:
         for s in range(len(done), len(pairs), CHUNK):
             chunk = pairs[s : s + CHUNK]
             ab, ba = labeller.ask([p.prompt for p in chunk], [limit(p.a) for p in chunk], [limit(p.b) for p in chunk])

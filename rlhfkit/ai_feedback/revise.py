@@ -26,7 +26,7 @@ import torch
 
 from rlhfkit.ai_feedback.constitution import Constitution, Principle, load_constitution, strip_leak
 from rlhfkit.config.ai_feedback import ReviseConfig
-from rlhfkit.data.io import DataError, read_resume_rows, write_jsonl
+from rlhfkit.data.io import DataError, read_resume_rows, resume_writer, write_jsonl
 from rlhfkit.data.prompts import read_prompts
 from rlhfkit.data.records import Message, flat_text, to_json, user_turn
 from rlhfkit.models.load import load_causal_lm
@@ -213,9 +213,7 @@ def run(cfg: ReviseConfig) -> Path:
         )
     trace = trace[: len(trace) - len(trace) % cfg.batch_size] if len(trace) < len(prompts) else trace
     progress = Progress(len(prompts), "cai revise", cfg.progress, completed=len(trace))
-    with trace_path.open("w") as f:  # rewritten from what was kept: a half-written batch is done again
-        for row in trace:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    with resume_writer(trace_path, trace) as f:  # a half-written batch is done again
         for s in range(len(trace), len(prompts), cfg.batch_size):
             batch = revise_batch(cfg, constitution, prompter, samplers, prompts[s : s + cfg.batch_size], s)
             for row in batch:

@@ -226,6 +226,16 @@ def read_resume_rows(path: Path, fields: tuple[str, ...]) -> list[dict]:
     return rows
 
 
+def resume_writer(path: Path, kept: list[dict]):
+    """``path`` open for appending after exactly the ``kept`` rows (those ``read_resume_rows`` returned): the file is
+    rewritten from them, so a line cut short by the interruption does not stay in front of the rows appended next."""
+    f = path.open("w")
+    for row in kept:
+        f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    f.flush()
+    return f
+
+
 def n_training(n_records: int, eval_fraction: float) -> int:
     """How many of ``n_records`` ``load_train_eval`` keeps for training when it holds ``eval_fraction`` out (the
     held-out count rounds down); callers size a batch by it."""
