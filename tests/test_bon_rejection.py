@@ -61,6 +61,41 @@ def test_bon_writes_chosen_responses_and_the_curve(tmp_path):
     assert list(csv.DictReader((path / "curve.csv").open()))[1]["n"] == "2"
 
 
+def test_bon_resumes_after_its_last_finished_batch(tmp_path, monkeypatch):
+    """Prompt i's samples draw rows i * n..: a run cut in its second batch of prompts (a row of it cut short in
+    samples.jsonl) and resumed samples only the prompts it had not finished, and writes the files of an
+    uninterrupted run."""
+    from rlhfkit.train import best_of_n
+
+    settings = dict(data=str(data_file("prompt")), model="tiny", reward="tests.test_bon_rejection:count_the",
+                    n_max=4, max_prompts=5, batch_size=2, missing_eos_penalty=None, max_new_tokens=6,
+                    temperature=1.0, top_k=0, progress=False, report_to=["jsonl"])  # fmt: skip
+    whole = bon_run(BestOfNConfig(**settings, output_dir=str(tmp_path / "whole")))
+    cfg = BestOfNConfig(**settings, output_dir=str(tmp_path / "cut"))
+    real, firsts = best_of_n.sample_and_score, []
+
+    def cut_in_the_second_batch(*args, first=0):
+        firsts.append(first)
+        if len(firsts) == 2:
+            raise KeyboardInterrupt
+        return real(*args, first=first)
+
+    monkeypatch.setattr(best_of_n, "sample_and_score", cut_in_the_second_batch)
+    with pytest.raises(KeyboardInterrupt):
+        bon_run(cfg)
+    samples = tmp_path / "cut" / "samples.jsonl"
+    kept = samples.read_text()
+    assert [json.loads(line)["i"] for line in kept.splitlines()] == [0, 1]
+    samples.write_text(kept.replace('"i": 1', '"i": 7'))  # not a row this run wrote: named, nothing sampled
+    with pytest.raises(ValueError, match="samples.jsonl: row 2 is not prompt 1's 4 samples"):
+        bon_run(cfg)
+    samples.write_text(kept + '{"i": 2, "responses": ["a')  # the interruption cut a row short: sampled again
+    resumed = bon_run(cfg)
+    assert firsts == [0, 2, 2, 4]
+    for name in ("samples.jsonl", "chosen.jsonl", "curve.json"):
+        assert (resumed / name).read_text() == (whole / name).read_text(), name
+
+
 @pytest.mark.slow
 def test_rejection_two_rounds_of_expert_iteration_through_the_cli(tmp_path):
     out = tmp_path / "rej"

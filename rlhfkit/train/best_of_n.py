@@ -3,7 +3,9 @@
     rlhfkit bon --model runs/sft-1 --data prompts.jsonl --reward runs/rm-1 --n-max 16 --max-prompts 64
     rlhfkit bon --model tiny --data toy --reward rlhfkit.toy.rewards:count_the --n-max 8
 
-Writes into the run folder: ``chosen.jsonl`` (prompt, best of n_max response, its score: ready as SFT
+Writes into the run folder: ``samples.jsonl`` (every prompt's n_max responses, their scores and whether each
+ended, appended batch by batch: an interrupted run resumes after its last finished batch and ends with the files
+an uninterrupted run writes), ``chosen.jsonl`` (prompt, best of n_max response, its score: ready as SFT
 demonstrations), ``curve.json`` / ``curve.csv`` / ``curve.png``: for N = 1, 2, 4, ..., n_max the expected
 reward of the best of N (mean over prompts) against the analytic KL of best-of-N to the sampling policy,
 log N - (N - 1) / N (Stiennon et al. 2020, appendix; Gao et al. 2022, "Scaling laws for reward model
@@ -26,7 +28,7 @@ from pathlib import Path
 import torch
 
 from rlhfkit.config.stages import BestOfNConfig
-from rlhfkit.data.io import write_jsonl
+from rlhfkit.data.io import DataError, read_resume_rows, resume_writer, write_jsonl
 from rlhfkit.data.prompts import load_prompts
 from rlhfkit.data.records import to_json
 from rlhfkit.evaluate.monitor import Check, is_degenerate
@@ -34,7 +36,7 @@ from rlhfkit.losses import best_of_n_kl
 from rlhfkit.models.load import load_causal_lm
 from rlhfkit.rewards import load_reward
 from rlhfkit.rollout import RowSeeds
-from rlhfkit.runs import parent_of
+from rlhfkit.runs import Progress, parent_of
 from rlhfkit.samplers import make_sampler
 from rlhfkit.train import batching, common
 from rlhfkit.train.monitoring import PolicyMonitor
@@ -65,14 +67,17 @@ def sample_and_score(
     seed: int,
     missing_eos_penalty: float | None = None,
     accelerator=None,
+    first: int = 0,
 ):
     """``n`` samples of every prompt -> (texts [P][n], scores (P, n), ended (P, n)), on every process. With an
-    ``accelerator`` each process samples and scores a contiguous share of the prompts, gathered back in order."""
+    ``accelerator`` each process samples and scores a contiguous share of the prompts, gathered back in order.
+    ``prompts`` are the data's from index ``first`` on: prompt i's samples draw the noise of rows (first + i) * n..,
+    so a run sampled in pieces draws what one pass would."""
     share = batching.shard_range(len(prompts), accelerator) if accelerator is not None else range(len(prompts))
     texts, scores, ended = [], [torch.zeros(0, n)], [torch.zeros(0, n, dtype=torch.bool)]
     for s in range(share.start, share.stop, batch_size):
         chunk = prompts[s : min(s + batch_size, share.stop)]
-        rollout = sampler.generate(chunk, n=n, rows=RowSeeds(seed, first_row=s * n))
+        rollout = sampler.generate(chunk, n=n, rows=RowSeeds(seed, first_row=(first + s) * n))
         batch_scores = reward_fn(rollout.prompts, rollout.texts).float().cpu()
         done = rollout.ended.cpu()
         if missing_eos_penalty is not None:
@@ -86,6 +91,51 @@ def sample_and_score(
         scores = common.gather_rows(accelerator, scores.to(accelerator.device)).cpu()
         ended = common.gather_rows(accelerator, ended.long().to(accelerator.device)).cpu().bool()
     return texts, scores, ended
+
+
+SAMPLES_FIELDS = ("i", "responses", "scores", "ended")
+
+
+def read_samples(path: Path, n: int, n_prompts: int) -> list[dict]:
+    """The rows of ``samples.jsonl`` an interrupted run finished: prompt 0, 1, ... with ``n`` samples each."""
+    rows = read_resume_rows(path, SAMPLES_FIELDS)
+    if len(rows) > n_prompts:
+        raise DataError(f"{path}: {len(rows)} rows for {n_prompts} prompts; move the file aside to sample again")
+    for k, row in enumerate(rows):
+        if row["i"] != k or any(not isinstance(row[f], list) or len(row[f]) != n for f in SAMPLES_FIELDS[1:]):
+            raise DataError(f"{path}: row {k + 1} is not prompt {k}'s {n} samples; move the file aside to sample again")
+    return rows
+
+
+def sample_all(cfg: BestOfNConfig, sampler, reward_fn, prompts: list, run_path: Path, accelerator):
+    """``sample_and_score`` of every prompt, a batch on every process at a time, each finished piece appended to
+    ``samples.jsonl``; with ``resume`` the prompts it already holds are not sampled again."""
+    path = run_path / "samples.jsonl"
+    rows = read_samples(path, cfg.n_max, len(prompts)) if cfg.resume and path.exists() else []
+    accelerator.wait_for_everyone()  # every process has read the file before the main one rewrites it
+    piece = cfg.batch_size * accelerator.num_processes
+    progress = Progress(len(prompts), "bon", cfg.progress and accelerator.is_main_process, completed=len(rows))
+    out = resume_writer(path, rows) if accelerator.is_main_process else None
+    for s in range(len(rows), len(prompts), piece):
+        texts, scores, ended = sample_and_score(
+            sampler, reward_fn, prompts[s : s + piece], cfg.n_max, cfg.batch_size, cfg.seed,
+            cfg.missing_eos_penalty, accelerator, first=s,
+        )  # fmt: skip
+        new = [
+            {"i": s + k, "responses": texts[k], "scores": scores[k].tolist(), "ended": ended[k].tolist()}
+            for k in range(len(texts))
+        ]
+        if out is not None:
+            out.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in new)
+            out.flush()
+        rows += new
+        progress.update(len(new))
+    progress.close()
+    if out is not None:
+        out.close()
+    scores = torch.tensor([r["scores"] for r in rows], dtype=torch.float32).view(-1, cfg.n_max)
+    ended = torch.tensor([r["ended"] for r in rows], dtype=torch.bool).view(-1, cfg.n_max)
+    return [r["responses"] for r in rows], scores, ended
 
 
 def monitor_best_of_n(
@@ -171,9 +221,7 @@ def run(cfg: BestOfNConfig) -> Path:
     parents = [parent_of("model", cfg.model), parent_of("reward", cfg.reward)]
     logger = common.start_run(run_dir, cfg, accelerator, parents, {"prompts": cfg.data})
     sampler = make_sampler(model, tokenizer, cfg.sampling(), model_spec=cfg.model)
-    texts, scores, ended = sample_and_score(
-        sampler, reward_fn, prompts, cfg.n_max, cfg.batch_size, cfg.seed, cfg.missing_eos_penalty, accelerator
-    )  # scores (P, n_max), on every process
+    texts, scores, ended = sample_all(cfg, sampler, reward_fn, prompts, run_dir.path, accelerator)  # on every process
     kept_n = cfg.n_max
     if monitor is not None:  # every process holds all samples: each makes the same checks, the main one writes
         monitor.logger = logger
