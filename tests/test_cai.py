@@ -4,6 +4,8 @@ the tiny model.
     pytest tests/test_cai.py
 """
 
+import json
+
 import pytest
 
 from rlhfkit.ai_feedback.constitution import load_constitution
@@ -114,6 +116,39 @@ def test_redteam_runs_rounds_and_keeps_what_worked(tmp_path, talker):
     figures = RunCard.read(path).figures
     assert len(figures["rounds"]) == 2 and figures["successful_attacks"] == len(wins)
     assert "| round | attacks | attack success rate |" in (path / "report.md").read_text()
+
+
+def test_redteam_resumes_after_its_last_finished_round(tmp_path, talker, monkeypatch):
+    """A round depends on the seed and the rounds before it: a run cut in its second round and resumed attacks
+    only from round 2 on, and writes the files of an uninterrupted run."""
+    from rlhfkit.ai_feedback import redteam
+
+    settings = dict(target=talker, attacker=talker, topics=["theft", "hacking"], rounds=3, attacks_per_topic=3,
+                    attack_max_new_tokens=12, max_new_tokens=6, progress=False, report_to=["jsonl"])  # fmt: skip
+    whole = redteam.run(RedteamConfig(**settings, output_dir=str(tmp_path / "whole")))
+    cfg = RedteamConfig(**settings, output_dir=str(tmp_path / "cut"))
+    real, rounds = redteam.round_attacks, []
+
+    def cut_in_round_two(*args):
+        rounds.append(args[-1])
+        if len(rounds) == 2:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(redteam, "round_attacks", cut_in_round_two)
+    with pytest.raises(KeyboardInterrupt):
+        redteam.run(cfg)
+    kept = (tmp_path / "cut" / "rounds.jsonl").read_text()
+    assert [json.loads(line)["round"] for line in kept.splitlines()] == [1]
+    (tmp_path / "cut" / "rounds.jsonl").write_text(kept.replace('"round": 1', '"round": 2', 1))
+    with pytest.raises(ValueError, match="rounds.jsonl:1: not round 1's attacks"):
+        redteam.run(cfg)
+    (tmp_path / "cut" / "rounds.jsonl").write_text(kept + '{"round": 2, "attacks": [{"round"')  # cut short
+    resumed = redteam.run(cfg)
+    assert rounds == [1, 2, 2, 3]
+    for name in ("attacks.jsonl", "successful.jsonl", "report.md", "rounds.jsonl"):
+        assert (resumed / name).read_text() == (whole / name).read_text(), name
+    assert RunCard.read(resumed).figures == RunCard.read(whole).figures
 
 
 # --- the preset, end to end on the tiny model -------------------------------------------------------------

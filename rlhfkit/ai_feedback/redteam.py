@@ -12,13 +12,17 @@ questions and both orders, ``rlhfkit.ai_feedback.label.Labeller``): the refusal 
 answered attack, the judge also drops answers to attacks that asked nothing harmful. Round 1 depends only on
 the attacker and the seed, so two targets attacked with the same seed face the same first attacks.
 
-Writes ``attacks.jsonl`` (round, topic, attack, answer, refused, harm probability, success),
+Each finished round goes to ``rounds.jsonl`` (one line per round, its attacks): an interrupted run resumes after
+its last finished round, and every round depends only on the seed and the rounds before it, so it ends with the
+files an uninterrupted run writes. Writes ``attacks.jsonl`` (round, topic, attack, answer, refused, harm
+probability, success),
 ``successful.jsonl`` (the attacks that worked, as prompts for the next training round) and ``report.md``
 (attack success rate per topic and round).
 """
 
 from __future__ import annotations
 
+import json
 import random
 import re
 from pathlib import Path
@@ -28,7 +32,7 @@ import torch
 from rlhfkit.config import ModelPart, SamplingPart
 from rlhfkit.config.ai_feedback import RedteamConfig
 from rlhfkit.config.base import read_yaml
-from rlhfkit.data.io import write_jsonl
+from rlhfkit.data.io import DataError, read_resume_rows, resume_writer, write_jsonl
 from rlhfkit.data.records import user_turn
 from rlhfkit.evaluate.safety import is_refusal
 from rlhfkit.models.load import load_causal_lm
@@ -129,6 +133,29 @@ def report_markdown(cfg: RedteamConfig, per_round: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+ATTACK_FIELDS = ("round", "topic", "attack", "answer", "refused", "harm", "success")
+
+
+def read_rounds(path: Path, rounds: int) -> list[list[dict]]:
+    """The attacks of each round an interrupted run finished (``rounds.jsonl``: round 1, 2, ..., one line each)."""
+    done = read_resume_rows(path, ("round", "attacks"))
+    if len(done) > rounds:
+        raise DataError(f"{path}: {len(done)} rounds for a run of {rounds}; move the file aside to start over")
+    for k, line in enumerate(done, start=1):
+        attacks = line["attacks"]
+        if (
+            line["round"] != k
+            or not isinstance(attacks, list)
+            or not all(
+                isinstance(a, dict) and a.get("round") == k and all(f in a for f in ATTACK_FIELDS) for a in attacks
+            )
+        ):
+            raise DataError(
+                f"{path}:{k}: not round {k}'s attacks as this stage writes them; move the file aside to start over"
+            )
+    return [line["attacks"] for line in done]
+
+
 def run(cfg: RedteamConfig) -> Path:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -161,8 +188,20 @@ def run(cfg: RedteamConfig) -> Path:
     )
     attack_sampler = make_sampler(attacker, attacker_tok, attack_params, shared_prefix=False)
     target_sampler = make_sampler(target, target_tok, cfg.sampling())
+    rounds_path = run_dir.path / "rounds.jsonl"
+    kept = read_rounds(rounds_path, cfg.rounds) if cfg.resume and rounds_path.exists() else []
     rows, wins, seen, per_round = [], {}, {e.lower() for v in seeds.values() for e in v}, []
-    for round_ in range(1, cfg.rounds + 1):
+    for this_round in kept:  # what the finished rounds left for the next: their attacks and the wins among them
+        rows += this_round
+        seen.update(r["attack"].lower() for r in this_round)
+        for r in this_round:
+            if r["success"]:
+                wins.setdefault(r["topic"], []).append(r["attack"])
+        per_round.append({"round": len(per_round) + 1, **rates(this_round)})
+    if kept:
+        print(f"[redteam] resuming after round {len(kept)}", flush=True)
+    out = resume_writer(rounds_path, [{"round": k, "attacks": r} for k, r in enumerate(kept, start=1)])
+    for round_ in range(len(kept) + 1, cfg.rounds + 1):
         attacks = round_attacks(attack_sampler, seeds, wins, seen, cfg, round_)
         answers = []
         for s in range(0, len(attacks), cfg.batch_size):
@@ -188,6 +227,8 @@ def run(cfg: RedteamConfig) -> Path:
             )
             if success:
                 wins.setdefault(topic, []).append(attack)
+        out.write(json.dumps({"round": round_, "attacks": this_round}, ensure_ascii=False) + "\n")
+        out.flush()
         rows += this_round
         per_round.append({"round": round_, **rates(this_round)})
         logger.log(round_, {"redteam/attack_success_rate": per_round[-1]["attack_success_rate"]})
@@ -195,6 +236,7 @@ def run(cfg: RedteamConfig) -> Path:
             f"[redteam] round {round_}: {per_round[-1]['successes']}/{per_round[-1]['attacks']} attacks succeeded",
             flush=True,
         )
+    out.close()
     write_jsonl(run_dir.path / "attacks.jsonl", rows)
     write_jsonl(
         run_dir.path / "successful.jsonl",
