@@ -96,6 +96,42 @@ def test_bon_resumes_after_its_last_finished_batch(tmp_path, monkeypatch):
         assert (resumed / name).read_text() == (whole / name).read_text(), name
 
 
+def test_rejection_resumes_without_sampling_again_what_it_sampled(tmp_path, monkeypatch):
+    """Cut in round 1's sampling, then in its fine-tuning: each rerun samples only the prompts not yet sampled
+    (none once the round's responses are kept) and the run ends with an uninterrupted run's files."""
+    from rlhfkit.config.stages import RejectionConfig
+    from rlhfkit.train import best_of_n, rejection
+
+    settings = dict(data=str(data_file("prompt")), model="tiny", reward="tests.test_bon_rejection:count_the", k=2,
+                    rounds=1, max_prompts=4, batch_size=2, sft_batch_size=2, max_steps=2, missing_eos_penalty=None,
+                    max_new_tokens=6, temperature=1.0, top_k=0, progress=False, report_to=["jsonl"])  # fmt: skip
+    whole = rejection.run(RejectionConfig(**settings, output_dir=str(tmp_path / "whole")))
+    cfg = RejectionConfig(**settings, output_dir=str(tmp_path / "cut"))
+    real_sample, real_sft, calls = best_of_n.sample_and_score, rejection.sft_run, []
+
+    def sample(*args, first=0):
+        calls.append(("sample", first))
+        if calls == [("sample", 0), ("sample", 2)]:
+            raise KeyboardInterrupt
+        return real_sample(*args, first=first)
+
+    def sft(sft_cfg):
+        calls.append("sft")
+        if calls.count("sft") == 1:
+            raise KeyboardInterrupt
+        return real_sft(sft_cfg)
+
+    monkeypatch.setattr(best_of_n, "sample_and_score", sample)
+    monkeypatch.setattr(rejection, "sft_run", sft)
+    for _ in range(2):
+        with pytest.raises(KeyboardInterrupt):
+            rejection.run(cfg)
+    resumed = rejection.run(cfg)
+    assert calls == [("sample", 0), ("sample", 2), ("sample", 2), "sft", "sft"]
+    for name in ("samples.jsonl", "demonstrations.jsonl", "round.json"):
+        assert (resumed / "round-1" / name).read_text() == (whole / "round-1" / name).read_text(), name
+
+
 @pytest.mark.slow
 def test_rejection_two_rounds_of_expert_iteration_through_the_cli(tmp_path):
     out = tmp_path / "rej"

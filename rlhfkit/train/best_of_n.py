@@ -107,20 +107,32 @@ def read_samples(path: Path, n: int, n_prompts: int) -> list[dict]:
     return rows
 
 
-def sample_all(cfg: BestOfNConfig, sampler, reward_fn, prompts: list, run_path: Path, accelerator):
+def sample_to_file(
+    path: Path,
+    sampler,
+    reward_fn,
+    prompts: list,
+    n: int,
+    batch_size: int,
+    seed: int,
+    missing_eos_penalty: float | None,
+    accelerator,
+    *,
+    resume: bool,
+    progress: str | None,
+):
     """``sample_and_score`` of every prompt, a batch on every process at a time, each finished piece appended to
-    ``samples.jsonl``; with ``resume`` the prompts it already holds are not sampled again."""
-    path = run_path / "samples.jsonl"
-    rows = read_samples(path, cfg.n_max, len(prompts)) if cfg.resume and path.exists() else []
+    ``path`` (one row per prompt: its responses, scores and ends); with ``resume`` the prompts the file already
+    holds are not sampled again. ``progress``: the progress bar's title, None for no bar."""
+    rows = read_samples(path, n, len(prompts)) if resume and path.exists() else []
     accelerator.wait_for_everyone()  # every process has read the file before the main one rewrites it
-    piece = cfg.batch_size * accelerator.num_processes
-    progress = Progress(len(prompts), "bon", cfg.progress and accelerator.is_main_process, completed=len(rows))
+    piece = batch_size * accelerator.num_processes
+    bar = Progress(len(prompts), progress or "", bool(progress) and accelerator.is_main_process, completed=len(rows))
     out = resume_writer(path, rows) if accelerator.is_main_process else None
     for s in range(len(rows), len(prompts), piece):
         texts, scores, ended = sample_and_score(
-            sampler, reward_fn, prompts[s : s + piece], cfg.n_max, cfg.batch_size, cfg.seed,
-            cfg.missing_eos_penalty, accelerator, first=s,
-        )  # fmt: skip
+            sampler, reward_fn, prompts[s : s + piece], n, batch_size, seed, missing_eos_penalty, accelerator, first=s
+        )
         new = [
             {"i": s + k, "responses": texts[k], "scores": scores[k].tolist(), "ended": ended[k].tolist()}
             for k in range(len(texts))
@@ -129,12 +141,12 @@ def sample_all(cfg: BestOfNConfig, sampler, reward_fn, prompts: list, run_path: 
             out.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in new)
             out.flush()
         rows += new
-        progress.update(len(new))
-    progress.close()
+        bar.update(len(new))
+    bar.close()
     if out is not None:
         out.close()
-    scores = torch.tensor([r["scores"] for r in rows], dtype=torch.float32).view(-1, cfg.n_max)
-    ended = torch.tensor([r["ended"] for r in rows], dtype=torch.bool).view(-1, cfg.n_max)
+    scores = torch.tensor([r["scores"] for r in rows], dtype=torch.float32).view(-1, n)
+    ended = torch.tensor([r["ended"] for r in rows], dtype=torch.bool).view(-1, n)
     return [r["responses"] for r in rows], scores, ended
 
 
@@ -221,7 +233,10 @@ def run(cfg: BestOfNConfig) -> Path:
     parents = [parent_of("model", cfg.model), parent_of("reward", cfg.reward)]
     logger = common.start_run(run_dir, cfg, accelerator, parents, {"prompts": cfg.data})
     sampler = make_sampler(model, tokenizer, cfg.sampling(), model_spec=cfg.model)
-    texts, scores, ended = sample_all(cfg, sampler, reward_fn, prompts, run_dir.path, accelerator)  # on every process
+    texts, scores, ended = sample_to_file(
+        run_dir.path / "samples.jsonl", sampler, reward_fn, prompts, cfg.n_max, cfg.batch_size, cfg.seed,
+        cfg.missing_eos_penalty, accelerator, resume=cfg.resume, progress="bon" if cfg.progress else None,
+    )  # fmt: skip
     kept_n = cfg.n_max
     if monitor is not None:  # every process holds all samples: each makes the same checks, the main one writes
         monitor.logger = logger

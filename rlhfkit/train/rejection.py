@@ -4,8 +4,9 @@ fine-tune on the kept responses; ``--rounds R`` repeats it from the new policy.
     rlhfkit rejection --model runs/sft-1 --data prompts.jsonl --reward runs/rm-1 --k 8 --rounds 2 --max-steps 100
     rlhfkit rejection --model tiny --data toy --reward rlhfkit.toy.rewards:count_the --k 4 --rounds 2 --max-prompts 64
 
-Run folder: ``round-1/`` ... ``round-R/``, each with ``demonstrations.jsonl`` (the kept responses, with
-their scores and the round's mean and best-of-K reward) and ``sft/`` (a full `rlhfkit sft` run folder
+Run folder: ``round-1/`` ... ``round-R/``, each with ``samples.jsonl`` (every sample and its score, appended batch by
+batch: an interrupted run samples only what it had not), ``demonstrations.jsonl`` (the kept responses, with
+their scores), ``round.json`` (the round's mean and best-of-K reward) and ``sft/`` (a full `rlhfkit sft` run folder
 trained on them, starting from the previous round's model); ``final/`` is the last round's model, and the
 card lists every round (Anthony et al. 2017, "Thinking fast and slow"; Touvron et al. 2023, Llama 2,
 "rejection sampling fine-tuning"; AlpacaFarm's "expert iteration").
@@ -30,7 +31,7 @@ from rlhfkit.rewards import load_reward
 from rlhfkit.runs import RunFolder, parent_of
 from rlhfkit.samplers import make_sampler
 from rlhfkit.train import common
-from rlhfkit.train.best_of_n import sample_and_score
+from rlhfkit.train.best_of_n import sample_to_file
 from rlhfkit.train.monitoring import PolicyMonitor, check_sampling
 from rlhfkit.train.sft import run as sft_run
 
@@ -98,44 +99,39 @@ def run(cfg: RejectionConfig) -> Path:
             rounds.append(_round_record(round_dir / "round.json"))
             model_spec = str(sft_dir)
             continue
-        model, tokenizer = load_causal_lm(model_spec, common.training_dtype(cfg), cfg.chat_template, seed=cfg.seed)
-        model.to(accelerator.device).eval()
-        if monitor is not None and monitor.pending(r - 1):
+        demos, figures_path = round_dir / "demonstrations.jsonl", round_dir / "round.json"
+        # sampled before an interruption (the figures are written after the kept responses): its SFT goes on
+        sampled = cfg.resume and figures_path.exists() and demos.exists()
+        checks_first = monitor is not None and monitor.pending(r - 1)
+        if not sampled or checks_first:
+            model, tokenizer = load_causal_lm(model_spec, common.training_dtype(cfg), cfg.chat_template, seed=cfg.seed)
+            model.to(accelerator.device).eval()
+        if checks_first:
             monitor_check(r - 1, model, tokenizer)
             if monitor.stop:
                 break
-        if engine is None:
-            engine = make_sampler(model, tokenizer, cfg.sampling(), model_spec=model_spec)
+        if sampled:
+            summary = _round_record(figures_path)
         else:
-            engine.sync_weights(model)  # a vLLM engine started in round 1 takes this round's weights
-        texts, scores, ended = sample_and_score(
-            engine, reward_fn, prompts, cfg.k, cfg.batch_size, cfg.seed + r, cfg.missing_eos_penalty, accelerator
-        )  # scores (P, k), on every process
-        if cfg.rollout_backend == "transformers":
-            engine = None  # it holds this round's model; the next round loads its own
-        del model
-        best = scores.argmax(-1)  # (P,)
-        demos = round_dir / "demonstrations.jsonl"
-        kept = [
-            {"prompt": to_json(p), "completion": texts[i][best[i]], "score": scores[i, best[i]].item()}
-            for i, p in enumerate(prompts)
-            if texts[i][best[i]].strip()  # an empty response teaches nothing
-        ]
-        summary = {
-            "round": r,
-            "policy": model_spec,
-            "mean_reward": scores.mean().item(),
-            "best_of_k_reward": scores.max(-1).values.mean().item(),
-            "eos_rate": ended.float().mean().item(),
-        }
-        if accelerator.is_main_process:
-            write_jsonl(demos, kept)
-            (round_dir / "round.json").write_text(json.dumps(summary, indent=2))
-        accelerator.wait_for_everyone()  # every process's SFT reads the file the main process wrote
-        logger.log(r, {f"rejection/{k}": v for k, v in summary.items() if k not in ("round", "policy")})
-        accelerator.print(
-            f"round {r}: mean reward {summary['mean_reward']:.3f}, best of {cfg.k} {summary['best_of_k_reward']:.3f}"
-        )
+            if engine is None:
+                engine = make_sampler(model, tokenizer, cfg.sampling(), model_spec=model_spec)
+            else:
+                engine.sync_weights(model)  # a vLLM engine started in round 1 takes this round's weights
+            if accelerator.is_main_process:
+                round_dir.mkdir(parents=True, exist_ok=True)
+            texts, scores, ended = sample_to_file(
+                round_dir / "samples.jsonl", engine, reward_fn, prompts, cfg.k, cfg.batch_size, cfg.seed + r,
+                cfg.missing_eos_penalty, accelerator, resume=cfg.resume,
+                progress=f"rejection round {r}" if cfg.progress else None,
+            )  # fmt: skip
+            if cfg.rollout_backend == "transformers":
+                engine = None  # it holds this round's model; the next round loads its own
+            summary = keep_the_best(r, model_spec, prompts, texts, scores, ended, round_dir, accelerator)
+            logger.log(r, {f"rejection/{k}": v for k, v in summary.items() if k not in ("round", "policy")})
+            accelerator.print(
+                f"round {r}: mean reward {summary['mean_reward']:.3f}, best of {cfg.k} {summary['best_of_k_reward']:.3f}"
+            )
+        model = None  # the round's SFT loads its own
         sft_run(sft_config(cfg, model_spec, demos, sft_dir))  # the SFT stage itself, with its own run folder
         rounds.append(summary)
         model_spec = str(sft_dir)
@@ -158,6 +154,29 @@ def run(cfg: RejectionConfig) -> Path:
     )
     accelerator.wait_for_everyone()
     return run_dir.path
+
+
+def keep_the_best(r: int, policy: str, prompts, texts, scores, ended, round_dir: Path, accelerator) -> dict:
+    """Round ``r``'s demonstrations (the best of K of every prompt) and figures, written by the main process; the
+    figures go last, so a folder that has them holds the whole round's demonstrations."""
+    best = scores.argmax(-1)  # (P,)
+    kept = [
+        {"prompt": to_json(p), "completion": texts[i][best[i]], "score": scores[i, best[i]].item()}
+        for i, p in enumerate(prompts)
+        if texts[i][best[i]].strip()  # an empty response teaches nothing
+    ]
+    summary = {
+        "round": r,
+        "policy": policy,
+        "mean_reward": scores.mean().item(),
+        "best_of_k_reward": scores.max(-1).values.mean().item(),
+        "eos_rate": ended.float().mean().item(),
+    }
+    if accelerator.is_main_process:
+        write_jsonl(round_dir / "demonstrations.jsonl", kept)
+        (round_dir / "round.json").write_text(json.dumps(summary, indent=2))
+    accelerator.wait_for_everyone()  # every process's SFT reads the file the main process wrote
+    return summary
 
 
 def _round_record(path: Path) -> dict:
