@@ -450,3 +450,31 @@ def _check_model_source(path: Path, kind: str) -> None:
         ok = False
     if not ok:
         raise RegistryError(f"{config}: not a JSON object, so not a {kind} model's settings")
+    weights = [p for p in sorted(path.iterdir()) if p.name.endswith(WEIGHT_SUFFIXES)]
+    if config.name == "config.json" and not weights:
+        raise RegistryError(
+            f"{path}: no weights (model.safetensors, pytorch_model.bin, ...): not a {kind} model folder"
+        )
+    for file in weights:
+        if file.suffix == ".safetensors":
+            _check_safetensors(file)
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".safetensors.index.json", ".bin.index.json")
+
+
+def _check_safetensors(path: Path) -> None:
+    """A safetensors file is whole: its header (8 bytes of length, then JSON) is readable and every tensor's bytes
+    lie inside the file. A copy cut short fails here, not when a server first loads it."""
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        raw = f.read(n) if 0 < n <= size - 8 else b""
+    try:
+        header = json.loads(raw)
+        end = max((t["data_offsets"][1] for name, t in header.items() if name != "__metadata__"), default=0)
+        whole = 8 + n + end <= size
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError):  # not JSON, or not a header's shape
+        whole = False
+    if not whole:
+        raise RegistryError(f"{path}: not a whole safetensors file (cut short, or not safetensors)")

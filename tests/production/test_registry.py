@@ -17,7 +17,7 @@ from rlhfkit.registry.experiments import Arm, Experiments, assign
 from rlhfkit.registry.lineage import lineage
 from rlhfkit.registry.store import AliasConflict, Registry, RegistryError
 from rlhfkit.runs import Parent, RunCard
-from tests.production.conftest import fake_run
+from tests.production.conftest import fake_run, tiny_policy
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -43,6 +43,18 @@ def test_versions_are_immutable_numbered_and_made_only_from_finished_runs(db, tm
     (tmp_path / "broken" / "config.json").write_text("{cut short")
     with pytest.raises(RegistryError, match="broken/config.json: not a JSON object, so not a policy"):
         registry.register(str(tmp_path / "broken"), kind="policy")
+    (tmp_path / "broken" / "config.json").write_text("{}")
+    with pytest.raises(RegistryError, match="broken: no weights"):
+        registry.register(str(tmp_path / "broken"), kind="policy")
+    tiny = tiny_policy(tmp_path, "whole", 0)
+    weights = (tiny / "model.safetensors").read_bytes()
+    (tmp_path / "broken" / "model.safetensors").write_bytes(weights[: len(weights) // 2])  # a copy cut short
+    with pytest.raises(RegistryError, match="broken/model.safetensors: not a whole safetensors file"):
+        registry.register(str(tmp_path / "broken"), kind="policy")
+    (tmp_path / "broken" / "model.safetensors").write_bytes(b"\x10" + bytes(7) + b"not json at all!")
+    with pytest.raises(RegistryError, match="not a whole safetensors file"):
+        registry.register(str(tmp_path / "broken"), kind="policy")
+    assert registry.register(str(tiny), kind="policy").source_kind == "folder"
     (tmp_path / "notes.txt").write_text("a policy?")
     with pytest.raises(RegistryError, match="notes.txt: a policy is a model folder or a .gguf file"):
         registry.register(str(tmp_path / "notes.txt"), kind="policy")
