@@ -273,6 +273,49 @@ def test_eval_cli_on_models_with_capability_safety_and_a_refusal_judge(tmp_path,
     assert "leaderboard by" in result.output and (out / "report.html").exists()
 
 
+JUDGED = []
+
+
+def counted_length(prompts, responses):
+    """``length``, counting the responses it is asked to score."""
+    JUDGED.append(len(responses))
+    return length(prompts, responses)
+
+
+def test_eval_resumes_without_judging_or_checking_again_what_it_finished(tmp_path, toy_files, monkeypatch):
+    """Cut in the second model's checks: the rerun samples nothing, judges nothing and checks only that model, and
+    writes the report of an uninterrupted run."""
+    from rlhfkit.config.evaluation import EvalConfig
+    from rlhfkit.evaluate import suite
+    from rlhfkit.toy.data import eval_data_file
+    from tests.test_generate_eval import JUDGED  # the judge's module, which pytest may have imported by another name
+
+    settings = dict(models=["a=tiny-4m"], baseline="b=tiny", data=toy_files["prompt"], max_prompts=4, max_new_tokens=4,
+                    judges=["tests.test_generate_eval:counted_length"], reference="tiny",
+                    perplexity_data=str(eval_data_file("reference-text")), n_bootstrap=10, lc_bootstrap=0,
+                    progress=False)  # fmt: skip
+    whole = suite.run(EvalConfig(**settings, output_dir=str(tmp_path / "whole")))
+    cfg = EvalConfig(**settings, output_dir=str(tmp_path / "cut"))
+    real, checked = suite.capability_block, []
+
+    def capability_block(*args):
+        checked.append(args[1])
+        if len(checked) == 2:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(suite, "capability_block", capability_block)
+    JUDGED.clear()
+    with pytest.raises(KeyboardInterrupt):
+        suite.run(cfg)
+    assert JUDGED == [4, 4]  # both models scored before the checks began
+    resumed = suite.run(cfg)
+    assert JUDGED == [4, 4] and len(checked) == 3  # the rerun judged nothing and checked one model
+    without_timing = lambda path: EvalReport.read(path / "eval.json").model_dump(exclude={"timing"})  # noqa: E731
+    assert without_timing(resumed) == without_timing(whole)
+    assert len((resumed / "finished.jsonl").read_text().splitlines()) == 4  # two models' scores and checks
+
+
 @pytest.mark.parametrize("content", ["{cut short", "[]", '{"rows": "many"}', '{"generator": "not base64!"}'])
 def test_a_generation_state_that_cannot_be_read_is_named(tmp_path, content):
     from rlhfkit.evaluate.generate import GenerationState

@@ -283,11 +283,21 @@ def generate_to_file(cfg, models: list[tuple[str, str]], prompts: list, folder: 
     return out
 
 
+def generation_progress(cfg, n_models: int, n_prompts: int, folder: Path, title: str):
+    """The progress bar of ``generate_to_file`` (one step per batch), starting at what ``folder``'s state has done."""
+    from rlhfkit.runs import Progress
+
+    batches = -(-n_prompts // cfg.batch_size)
+    state = GenerationState(folder)
+    done = min(state.model * batches + state.batch, n_models * batches)
+    return Progress(n_models * batches, title, cfg.progress, completed=done)
+
+
 def run(cfg: GenerateConfig) -> Path:
     import torch
 
     from rlhfkit.data.prompts import read_prompts
-    from rlhfkit.runs import Progress, RunFolder, parent_of
+    from rlhfkit.runs import RunFolder, parent_of
     from rlhfkit.specs import parse_model_spec
 
     if cfg.threads:
@@ -305,10 +315,7 @@ def run(cfg: GenerateConfig) -> Path:
     if not cfg.resume:
         (run_dir.path / "generate_state.json").unlink(missing_ok=True)
         (run_dir.path / "generations.jsonl").unlink(missing_ok=True)
-    batches = -(-len(prompts) // cfg.batch_size)
-    state = GenerationState(run_dir.path)
-    done = min(state.model * batches + state.batch, len(models) * batches)
-    progress = Progress(len(models) * batches, "generate", cfg.progress, completed=done)
+    progress = generation_progress(cfg, len(models), len(prompts), run_dir.path, "generate")
     out = generate_to_file(cfg, models, prompts, run_dir.path, progress)
     progress.close()
     summary = []

@@ -95,15 +95,23 @@ def pairs_to_judge(pool: Pool, all_pairs: bool) -> list[tuple[str, str]]:
     return [(n, pool.names[0]) for n in pool.names[1:]]
 
 
-def judge_pool(judge, pool: Pool, all_pairs: bool = True) -> Judgements:
+def judge_pool(judge, pool: Pool, all_pairs: bool = True, finished=None) -> Judgements:
     """Ask ``judge`` (a ``rlhfkit.judges.Judge``) about the pool. A pointwise judge scores every response once and
-    compares every pair by sigmoid(score difference); a pairwise judge is asked about the pairs ``all_pairs`` names."""
+    compares every pair by sigmoid(score difference); a pairwise judge is asked about the pairs ``all_pairs`` names.
+    ``finished(key, compute)``: where each model's scores and each pair's verdicts are kept once done (a rerun of
+    an interrupted evaluation reads them back; ``rlhfkit.evaluate.suite.Finished``)."""
     import torch
 
+    finished = finished or (lambda key, compute: compute())
     if hasattr(judge, "members"):  # a reward: pointwise
         scores, spread = {}, {}
         for name in pool.names:
-            members = judge.members(pool.prompts, pool.responses[name]).float()  # (E, N)
+            members = torch.tensor(
+                finished(
+                    ("scores", judge.spec, pool.prompts, pool.responses[name]),
+                    lambda name=name: judge.members(pool.prompts, pool.responses[name]).float().tolist(),
+                )
+            )  # (E, N)
             scores[name] = members.mean(0).numpy().astype(float)
             spread[name] = float(members.std(0).mean()) if members.size(0) > 1 else None
         prefs = {
@@ -112,10 +120,16 @@ def judge_pool(judge, pool: Pool, all_pairs: bool = True) -> Judgements:
         return Judgements(judge.spec, "pointwise", prefs, scores, spread)
     prefs, biases = {}, []
     for a, b in pairs_to_judge(pool, all_pairs):
-        verdicts = judge.compare(pool.prompts, pool.responses[a], pool.responses[b])
-        prefs[(a, b)] = torch.as_tensor(verdicts.prob_a).float().numpy().astype(float)
-        if verdicts.position_bias is not None:
-            biases.append(verdicts.position_bias)
+
+        def compare(a=a, b=b) -> dict:
+            verdicts = judge.compare(pool.prompts, pool.responses[a], pool.responses[b])
+            prob_a = torch.as_tensor(verdicts.prob_a).float().tolist()
+            return {"prob_a": prob_a, "position_bias": verdicts.position_bias}
+
+        verdicts = finished(("pair", judge.spec, pool.prompts, pool.responses[a], pool.responses[b]), compare)
+        prefs[(a, b)] = np.array(verdicts["prob_a"], dtype=np.float32).astype(float)
+        if verdicts["position_bias"] is not None:
+            biases.append(verdicts["position_bias"])
     return Judgements(judge.spec, "pairwise", prefs, position_bias=float(np.mean(biases)) if biases else None)
 
 

@@ -22,10 +22,15 @@ length-controlled win rate, for a reward the mean and spread of its scores, and 
 bootstrap intervals over all pairwise judgements; each model that can be loaded gets the KL of its samples to the
 reference, held-out perplexity, exact match on the task set, and its share of harmful requests complied with and of
 benign ones refused (``capability``); each reward judge gets a report card on labelled data (``rm_report``).
+
+Every finished piece (the responses, batch by batch; a judge's scores of one model or its verdicts on one pair; one
+model's checks) is kept in the run folder as it is done, so rerunning an interrupted evaluation does only the rest.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
 import tempfile
 import time
@@ -36,6 +41,7 @@ from rlhfkit.config.evaluation import EvalConfig
 from rlhfkit.evaluate.generate import (
     ModelGenerations,
     generate_to_file,
+    generation_progress,
     is_generations,
     parse_named,
     read_generations,
@@ -51,6 +57,33 @@ class Entry:
     source: str
     spec: str | None = None  # a model setting: sampled here, and loaded for KL, capability and safety
     generations: ModelGenerations | None = None
+
+
+class Finished:
+    """The pieces of an evaluation already done, in ``path`` (JSONL, appended as each is done), each under a hash of
+    what it depends on (``key``: the judge or model and the responses): ``finished(key, compute)`` reads a piece back
+    or computes and keeps it. Without a path it keeps nothing."""
+
+    def __init__(self, path: Path | None, resume: bool = True):
+        from rlhfkit.data.io import read_resume_rows, resume_writer
+
+        self.done = {}
+        if path is not None and resume and path.exists():
+            self.done = {r["key"]: r["value"] for r in read_resume_rows(path, ("key", "value"))}
+        self.out = resume_writer(path, [{"key": k, "value": v} for k, v in self.done.items()]) if path else None
+
+    def __call__(self, key: tuple, compute):
+        digest = hashlib.blake2b(repr(key).encode(), digest_size=16).hexdigest()
+        if digest not in self.done:
+            self.done[digest] = compute()
+            if self.out is not None:
+                self.out.write(json.dumps({"key": digest, "value": self.done[digest]}) + "\n")
+                self.out.flush()
+        return self.done[digest]
+
+    def close(self) -> None:
+        if self.out is not None:
+            self.out.close()
 
 
 def log(message: str) -> None:
@@ -115,7 +148,10 @@ def sample_entries(cfg: EvalConfig, entries: list[Entry], folder: Path) -> None:
         raise ValueError(f"setting 'data': prompts are needed to sample {', '.join(e.name for e in to_sample)}")
     prompts = read_prompts(cfg.data)[: cfg.max_prompts]
     log(f"sampling {len(to_sample)} model(s) on {len(prompts)} prompts x {cfg.n}")
-    path = generate_to_file(cfg, [(e.name, e.spec) for e in to_sample], prompts, folder)
+    models = [(e.name, e.spec) for e in to_sample]
+    progress = generation_progress(cfg, len(models), len(prompts), folder, "eval: sampling")
+    path = generate_to_file(cfg, models, prompts, folder, progress)
+    progress.close()
     groups = read_generations(path)
     for e in to_sample:
         e.generations = groups[e.name]
@@ -156,12 +192,13 @@ def evaluate(cfg: EvalConfig, folder: Path, write_files: bool = True) -> EvalRep
     sample_entries(cfg, entries, folder / "generations")
     pool = judging.align({e.name: e.generations for e in entries}, baseline)
     log(f"{len(pool.names)} models, {len(pool.keys)} responses each; judging with {len(judges)} judge(s)")
+    finished = Finished(folder / "finished.jsonl" if write_files else None, cfg.resume)
 
     by_name = {e.name: e for e in entries}
     results = {name: {} for name in pool.names}
     leaderboards, infos = {}, []
     for judge in judges:
-        j = judging.judge_pool(judge, pool, cfg.all_pairs)
+        j = judging.judge_pool(judge, pool, cfg.all_pairs, finished)
         infos.append(JudgeInfo(spec=judge.spec, kind=j.kind, position_bias=j.position_bias))
         for name in pool.names:
             results[name][judge.spec] = judging.result_against_baseline(
@@ -193,7 +230,8 @@ def evaluate(cfg: EvalConfig, folder: Path, write_files: bool = True) -> EvalRep
                 notes=notes,
             )
         )
-    model_checks(cfg, models, by_name)
+    model_checks(cfg, models, by_name, finished)
+    finished.close()
 
     reward_models, plots = [], []
     plot_dir = folder if write_files else None
@@ -238,8 +276,9 @@ def samples(pool, n: int) -> dict[str, list[tuple[str, str]]]:
     }
 
 
-def model_checks(cfg: EvalConfig, models: list[ModelReport], by_name: dict[str, Entry]) -> None:
-    """KL to the reference, capability and safety for every model that can be loaded; a note on those that cannot."""
+def model_checks(cfg: EvalConfig, models: list[ModelReport], by_name: dict[str, Entry], finished: Finished) -> None:
+    """KL to the reference, capability and safety for every model that can be loaded; a note on those that cannot.
+    Each model's checks are kept in ``finished`` once done."""
     wants_kl = cfg.reference is not None
     given = {m.name: [r.kl for r in by_name[m.name].generations.rows] for m in models}
     for m in models:
@@ -251,30 +290,42 @@ def model_checks(cfg: EvalConfig, models: list[ModelReport], by_name: dict[str, 
     from rlhfkit.evaluate import capability as cap
     from rlhfkit.models.load import load_causal_lm
 
-    reference = None
-    if wants_kl:
-        reference = load_causal_lm(cfg.reference, cfg.dtype)[0].eval()
+    reference = []  # loaded on first use: not at all when every model's checks are kept from an earlier run
     sets = load_check_sets(cfg)
     judge = cap.RefusalJudge(cfg.refusal_judge, cfg.judge_batch_size) if cfg.refusal_judge else None
+
+    def checks(m: ModelReport) -> dict:
+        log(f"{m.name}: model checks")
+        model, tokenizer = load_causal_lm(m.spec, cfg.dtype)
+        model.eval()
+        rows = by_name[m.name].generations.rows
+        out = {"kl": m.kl, "kl_source": m.kl_source}
+        if wants_kl and m.kl is None and all(r.token_ids is not None for r in rows):
+            if not reference:
+                reference.append(load_causal_lm(cfg.reference, cfg.dtype)[0].eval())
+            temperature = float((rows[0].sampling or {}).get("temperature", 1.0))
+            kl = cap.sample_kl(
+                model, reference[0], tokenizer, [r.prompt for r in rows], [r.token_ids for r in rows], temperature,
+                max(cfg.max_length - cfg.max_new_tokens, 1),
+            )  # fmt: skip
+            out |= {"kl": float(kl.mean()), "kl_source": "monte-carlo"}
+        capability = capability_block(cfg, model, tokenizer, sets)
+        safety = safety_block(cfg, model, tokenizer, sets, judge)
+        out["capability"] = capability.model_dump() if capability is not None else None
+        out["safety"] = safety.model_dump() if safety is not None else None
+        return out
+
     for m in models:
         if not loadable(m.spec):
             if wants_model:
                 m.notes.append("no loadable model setting: KL, capability and safety not measured")
             continue
-        log(f"{m.name}: model checks")
-        model, tokenizer = load_causal_lm(m.spec, cfg.dtype)
-        model.eval()
         rows = by_name[m.name].generations.rows
-        if reference is not None and m.kl is None and all(r.token_ids is not None for r in rows):
-            temperature = float((rows[0].sampling or {}).get("temperature", 1.0))
-            kl = cap.sample_kl(
-                model, reference, tokenizer, [r.prompt for r in rows], [r.token_ids for r in rows], temperature,
-                max(cfg.max_length - cfg.max_new_tokens, 1),
-            )  # fmt: skip
-            m.kl, m.kl_source = float(kl.mean()), "monte-carlo"
-        m.capability = capability_block(cfg, model, tokenizer, sets)
-        m.safety = safety_block(cfg, model, tokenizer, sets, judge)
-        del model
+        key = ("checks", m.name, m.spec, m.kl, [(r.prompt, r.token_ids) for r in rows])
+        done = finished(key, lambda m=m: checks(m))
+        m.kl, m.kl_source = done["kl"], done["kl_source"]
+        m.capability = Capability(**done["capability"]) if done["capability"] else None
+        m.safety = Safety(**done["safety"]) if done["safety"] else None
 
 
 def load_check_sets(cfg: EvalConfig) -> dict:
@@ -417,6 +468,21 @@ def print_report(r: EvalReport) -> None:
         interval = "-" if e.lo is None else f"{e.lo:.0f} - {e.hi:.0f}"
         table.add_row(e.model, f"{e.rating:.0f}", interval, f"{e.wins}-{e.losses}-{e.ties}")
     console.print(table)
+    checked = [m for m in r.models if m.capability is not None or m.safety is not None]
+    if checked:
+        table = Table(title="capability and safety (95% intervals)", title_justify="left")
+        for col in ("model", "perplexity", "exact match", "harmful complied", "benign refused"):
+            table.add_column(col, no_wrap=True)
+        for m in checked:
+            c, s = m.capability or Capability(), m.safety or Safety()
+            table.add_row(
+                m.name,
+                "-" if c.perplexity is None else f"{c.perplexity:.2f}",
+                _share(c.exact_match, c.exact_match_lo, c.exact_match_hi),
+                _share(s.harmful_complied, s.harmful_complied_lo, s.harmful_complied_hi),
+                _share(s.benign_refused, s.benign_refused_lo, s.benign_refused_hi),
+            )
+        console.print(table)
     for rm in r.reward_models:
         acc = "-" if rm.pairwise_accuracy is None else f"{rm.pairwise_accuracy:.3f}"
         bo4 = "-" if rm.best_of_4_accuracy is None else f"{rm.best_of_4_accuracy:.3f}"
@@ -424,3 +490,7 @@ def print_report(r: EvalReport) -> None:
         print(f"reward model {rm.judge}: pairwise accuracy {acc} ({rm.pairs} pairs), best-of-4 {bo4}, ECE {ece}")
     if r.timing:
         print(f"eval: {r.timing.wall_s:.1f} s wall, {r.timing.cpu_s:.1f} s CPU ({r.timing.threads} thread(s))")
+
+
+def _share(rate: float | None, lo: float | None, hi: float | None) -> str:
+    return "-" if rate is None else f"{rate:.1%} [{lo:.0%}-{hi:.0%}]"
