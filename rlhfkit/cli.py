@@ -237,7 +237,6 @@ stage_command(
     _loop,
     "The production loop: rounds of sample, label (live feedback, the app's queue, a reward model or judge), "
     "pair best against worst, DPO or PPO, the gate against the champion, register, promote.",
-    show_figures=False,
 )
 stage_command("sft", stages.SFTConfig, _sft, "Supervised fine-tuning on demonstrations (loss on completions only).")
 rm_app = typer.Typer(

@@ -58,11 +58,25 @@ def print_figures(path: Path) -> None:
         return
     table = Table(title=f"{card.stage} finished: {path}", show_header=False, title_justify="left")
     for name, value in card.figures.items():
-        if isinstance(value, float):
-            table.add_row(name, f"{value:.4g}")
-        elif isinstance(value, (int, str, bool)):
-            table.add_row(name, str(value))
+        if (cell := _cell(value)) is not None:
+            table.add_row(name, cell)
+        elif isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
+            for i, item in enumerate(value):  # per model, per round...: a row each, its plain figures
+                label = item.get("name", item.get("round", i + 1))
+                flat = {k: v for k, v in item.items() if k not in ("name", "round") and not isinstance(v, dict)}
+                flat |= {f"{k}.{k2}": v2 for k, v in item.items() if isinstance(v, dict) for k2, v2 in v.items()}
+                cells = [f"{k} {c}" for k, v in flat.items() if (c := _cell(v)) is not None]
+                table.add_row(f"{name} {label}", ", ".join(cells))
     Console().print(table)
+
+
+def _cell(value) -> str | None:
+    """A figure as a table cell; None for what a cell cannot show (nested lists and mappings)."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (int, str, bool)):
+        return str(value)
+    return None
 
 
 STAGE_CONTEXT = {"allow_extra_args": True, "ignore_unknown_options": True}

@@ -1,6 +1,7 @@
 """Configs: defaults < YAML < flags; unknown and ill-typed settings are named; the CLI is a thin layer."""
 
 import importlib.util
+import re
 
 import pytest
 import yaml
@@ -140,3 +141,22 @@ def test_a_check_across_settings_is_its_own_message_and_refuses_a_rejection_roun
         load_config(RejectionConfig, None, parse_overrides(flags))
     assert str(err.value).startswith("sft_batch_size 16 is more than the 4 examples a round trains on")
     assert load_config(RejectionConfig, None, parse_overrides([*flags, "--sft-batch-size", "4"])).max_prompts == 4
+
+
+def test_a_stage_ends_by_printing_its_figures_per_model_and_round(tmp_path, capsys, monkeypatch):
+    """Plain figures as they are; a list of named or numbered entries (a loop's rounds) as one row each, with one
+    level of nesting (the round's gate) flattened; what cannot be shown in a cell is left out."""
+    from rlhfkit.cli_run import print_figures
+    from rlhfkit.runs import RunCard
+
+    monkeypatch.setenv("COLUMNS", "200")
+    figures = {"promoted": 1, "rounds": [{"round": 1, "pairs": 12, "gate": {"win_rate": 0.625, "failed": []}}],
+               "models": [{"name": "a", "rows": 2}], "curve": [[1, 2]]}  # fmt: skip
+    RunCard(id="loop-1", stage="loop", created="2026-12-03T10:00:00+0000", finished=True, figures=figures).write(
+        tmp_path
+    )
+    print_figures(tmp_path)
+    out = capsys.readouterr().out
+    assert re.search(r"promoted\s*│\s*1\s", out)
+    assert "rounds 1" in out and "pairs 12, gate.win_rate 0.625" in out and "models a" in out and "rows 2" in out
+    assert "curve" not in out and "failed" not in out

@@ -86,6 +86,14 @@ def test_generate_resumes_to_exactly_the_rows_of_an_uninterrupted_run(tmp_path, 
     assert [r["response"] for r in rows[:10]] == [r["response"] for r in rows[10:]]
 
 
+def test_generate_prints_each_models_figures(tmp_path, toy_files):
+    argv = ["generate", "--models", "[a=tiny]", "--data", toy_files["prompt"], "--max-prompts", "2",
+            "--max-new-tokens", "2", "--output-dir", str(tmp_path / "gen"), "--progress", "false"]  # fmt: skip
+    result = CliRunner().invoke(app, argv, terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "models a" in result.output and "spec tiny, rows 2, mean_length" in result.output
+
+
 def test_a_bad_generations_row_names_its_line(tmp_path):
     path = tmp_path / "g.jsonl"
     write_jsonl(path, [{"model": "a", "prompt": "p", "response": "r"}, {"model": "a", "prompt": "p"}])

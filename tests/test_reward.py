@@ -100,6 +100,8 @@ def test_rm_score_command_writes_scores(trained_rm, tmp_path):
     scored = [json.loads(line) for line in (tmp_path / "scored.jsonl").read_text().splitlines()]
     assert [r["id"] for r in scored] == [1, 2]
     assert scored[0]["score"] > scored[1]["score"]  # the one with the rule's word wins
+    mean = (scored[0]["score"] + scored[1]["score"]) / 2
+    assert f"scored 2 rows with {out}: mean {mean:.4g}" in result.output
 
 
 def test_rm_score_names_the_bad_line(trained_rm, tmp_path):

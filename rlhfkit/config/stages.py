@@ -145,6 +145,7 @@ class ScoreConfig(StageConfig):
     )
     batch_size: int = Field(32, gt=0)
     reward_transform: str = RewardPart.model_fields["reward_transform"]
+    progress: bool = Field(True, description="show a progress bar")
 
     @field_validator("reward_transform")
     @classmethod

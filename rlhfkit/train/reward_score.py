@@ -10,6 +10,7 @@ import torch
 from rlhfkit import losses
 from rlhfkit.config.stages import ScoreConfig
 from rlhfkit.data.io import read_jsonl, read_records, write_jsonl
+from rlhfkit.runs import Progress
 
 
 def score_file(cfg: ScoreConfig) -> Path:
@@ -23,7 +24,16 @@ def score_file(cfg: ScoreConfig) -> Path:
     device = "cuda" if torch.cuda.is_available() else None
     reward = load_reward(cfg.reward, cfg.batch_size, device, transform=cfg.reward_transform)
     prompts, responses = [r.prompt for r in records], [r.response for r in records]
-    means, variances = reward.distribution(prompts, responses)  # (E, N) each
+    piece = cfg.batch_size * 8  # rows between progress updates
+    progress = Progress(len(rows), "rm score", cfg.progress)
+    means, variances = [], []
+    for s in range(0, len(rows), piece):
+        m, v = reward.distribution(prompts[s : s + piece], responses[s : s + piece])  # (E, n) each
+        means.append(m)
+        variances.append(v)
+        progress.update(m.size(1))
+    progress.close()
+    means, variances = torch.cat(means, dim=1), torch.cat(variances, dim=1)  # (E, N)
     spread = means.size(0) > 1 or bool((variances > 0).any())
     scores = reward.combine(means, variances)  # the transform on the members already scored, not a second pass
     std = losses.mixture_moments(means, variances)[1].sqrt()
@@ -32,4 +42,10 @@ def score_file(cfg: ScoreConfig) -> Path:
     for row, score, sd in zip(rows, scores.tolist(), std.tolist()):
         scored.append({**row, "score": score, **({"score_std": sd} if spread else {})})
     write_jsonl(out, scored)
+    print(
+        f"scored {len(scored)} rows with {cfg.reward}: mean {scores.mean().item():.4g}, sd "
+        f"{scores.std().item() if len(scored) > 1 else 0.0:.4g}, min {scores.min().item():.4g}, max "
+        f"{scores.max().item():.4g}" + (f"; mean member spread {std.mean().item():.4g}" if spread else ""),
+        flush=True,
+    )
     return out
