@@ -19,7 +19,8 @@ Each round, from the version the ``policy`` alias names (the champion):
    it passed, and only if the alias still names the champion it was measured against.
 
 Every step leaves a file or a finished run folder in ``round-N/``, so a rerun of the same command continues
-where it stopped, inside a round too (a training stage resumes from its checkpoint). A rerun with other settings
+where it stopped, inside a round too (sampling and scoring after their last finished batch of prompts, a training
+stage from its checkpoint). A rerun with other settings
 is refused, naming them.
 """
 
@@ -32,7 +33,7 @@ import time
 from pathlib import Path
 
 from rlhfkit.config.loop import LoopConfig
-from rlhfkit.data.io import n_training, read_state_json, write_jsonl
+from rlhfkit.data.io import DataError, n_training, read_resume_rows, read_state_json, resume_writer, write_jsonl
 from rlhfkit.pipelines.base import Pipeline, pick_threads
 from rlhfkit.pipelines.loop_labels import (
     best_against_worst,
@@ -42,6 +43,9 @@ from rlhfkit.pipelines.loop_labels import (
     read_jsonl,
     score_groups,
 )
+from rlhfkit.runs import Progress
+
+PROMPTS_PER_PIECE = 32  # prompts sampled (and scored) together: one resume point each
 
 
 def _json(path: Path) -> dict | None:
@@ -222,16 +226,12 @@ class Loop:
         rm_dir = self.pipe.stage(f"round-{r}/rm", lambda: reward.run(reward.RewardConfig(
             model=cfg.rm_model or self.reference.source, data=str(data), max_steps=cfg.rm_steps, lr=cfg.rm_lr,
             batch_size=min(cfg.rm_batch_size, n_train), eval_fraction=eval_fraction, log_every=25, seed=cfg.seed + r,
-            output_dir=str(rd / "rm"), progress=cfg.progress, report_to=["jsonl"])))  # fmt: skip
+            output_dir=str(rd / "rm"), progress=cfg.progress)))  # fmt: skip
         return load_reward(str(rm_dir)), rm_dir
 
     def _pairs(self, r: int, rd: Path, champion, labeller) -> tuple[list[dict], list[dict]]:
-        import torch
 
-        from rlhfkit.config import SamplingPart
-        from rlhfkit.data.records import from_json, to_json
-        from rlhfkit.models.load import load_causal_lm
-        from rlhfkit.rollout import TransformersSampler
+        from rlhfkit.data.records import from_json
 
         cfg = self.cfg
         if labeller is None:  # no automatic labeller: the people's comparisons are the pairs, nothing to sample
@@ -243,33 +243,85 @@ class Loop:
             with self.pipe.step(f"round {r}: {cfg.k} samples for {cfg.prompts_per_round} prompts from {champion.ref}"):
                 rng = random.Random(cfg.seed * 1000 + r)
                 prompts = rng.sample(self.train_prompts, min(cfg.prompts_per_round, len(self.train_prompts)))
-                model, tokenizer = load_causal_lm(champion.source, "float32")
-                sampler = TransformersSampler(model, tokenizer, SamplingPart(max_new_tokens=cfg.max_new_tokens,
-                                                                             temperature=cfg.temperature))  # fmt: skip
-                generator = torch.Generator().manual_seed(cfg.seed * 1000 + r)
-                rows = []
-                for s in range(0, len(prompts), 32):
-                    chunk = prompts[s : s + 32]
-                    texts = sampler.generate(chunk, n=cfg.k, generator=generator).texts
-                    rows += [
-                        {"prompt": to_json(p), "responses": texts[i * cfg.k : (i + 1) * cfg.k]}
-                        for i, p in enumerate(chunk)
-                    ]
-                write_jsonl(rd / "samples.jsonl", rows)
+                write_jsonl(rd / "samples.jsonl", self._sample(r, rd, champion, prompts))
+                (rd / "samples.pieces.jsonl").unlink(missing_ok=True)
         if not (rd / "pairs.jsonl").exists():
             samples = read_jsonl(rd / "samples.jsonl")
             prompts = [from_json(s["prompt"]) for s in samples]
-            scores = score_groups(labeller, prompts, [s["responses"] for s in samples])
+            scores = self._score(r, rd, labeller, prompts, [s["responses"] for s in samples])
             pairs, candidates = best_against_worst(prompts, [s["responses"] for s in samples], scores, cfg.min_margin)
             write_jsonl(rd / "candidates.jsonl", candidates)
             write_jsonl(rd / "pairs.jsonl", pairs)
+            (rd / "scores.pieces.jsonl").unlink(missing_ok=True)
         return read_jsonl(rd / "pairs.jsonl"), read_jsonl(rd / "candidates.jsonl")
+
+    def _sample(self, r: int, rd: Path, champion, prompts: list) -> list[dict]:
+        """``k`` responses of the champion to each prompt, a batch of prompts at a time. Each finished batch goes to
+        ``samples.pieces.jsonl`` with the generator's state after it, so a rerun goes on after the last finished
+        batch with the noise an uninterrupted run would have drawn."""
+        import base64
+
+        import torch
+
+        from rlhfkit.config import SamplingPart
+        from rlhfkit.data.records import to_json
+        from rlhfkit.models.load import load_causal_lm
+        from rlhfkit.rollout import TransformersSampler
+
+        cfg, path = self.cfg, rd / "samples.pieces.jsonl"
+        pieces = read_resume_rows(path, ("rows", "generator")) if path.exists() else []
+        rows = [row for piece in pieces for row in piece["rows"]]
+        if [row.get("prompt") for row in rows] != [to_json(p) for p in prompts[: len(rows)]]:
+            raise DataError(f"{path}: not the samples of this round's prompts; move it aside to sample the round again")
+        generator = torch.Generator().manual_seed(cfg.seed * 1000 + r)
+        if pieces:
+            generator.set_state(torch.tensor(list(base64.b64decode(pieces[-1]["generator"])), dtype=torch.uint8))
+        model, tokenizer = load_causal_lm(champion.source, "float32")
+        sampler = TransformersSampler(model, tokenizer, SamplingPart(max_new_tokens=cfg.max_new_tokens,
+                                                                     temperature=cfg.temperature))  # fmt: skip
+        progress = Progress(len(prompts), f"round {r}: sampling", cfg.progress, completed=len(rows))
+        with resume_writer(path, pieces) as out:
+            for s in range(len(rows), len(prompts), PROMPTS_PER_PIECE):
+                chunk = prompts[s : s + PROMPTS_PER_PIECE]
+                texts = sampler.generate(chunk, n=cfg.k, generator=generator).texts
+                new = [
+                    {"prompt": to_json(p), "responses": texts[i * cfg.k : (i + 1) * cfg.k]} for i, p in enumerate(chunk)
+                ]
+                state = base64.b64encode(bytes(generator.get_state().tolist())).decode()
+                out.write(json.dumps({"rows": new, "generator": state}, ensure_ascii=False) + "\n")
+                out.flush()
+                rows += new
+                progress.update(len(new))
+        progress.close()
+        return rows
+
+    def _score(self, r: int, rd: Path, labeller, prompts: list, groups: list[list[str]]):
+        """(P, k) scores of every prompt's responses by the labeller, a batch of prompts at a time, each finished
+        batch kept in ``scores.pieces.jsonl`` so a rerun scores only the rest."""
+        import torch
+
+        cfg, path = self.cfg, rd / "scores.pieces.jsonl"
+        pieces = read_resume_rows(path, ("scores",)) if path.exists() else []
+        scores = [row for piece in pieces for row in piece["scores"]]
+        if len(scores) > len(groups) or any(not isinstance(row, list) or len(row) != cfg.k for row in scores):
+            raise DataError(f"{path}: not {cfg.k} scores per prompt of this round; move it aside to score again")
+        progress = Progress(len(groups), f"round {r}: scoring", cfg.progress, completed=len(scores))
+        with resume_writer(path, pieces) as out:
+            for s in range(len(scores), len(groups), PROMPTS_PER_PIECE):
+                piece = slice(s, s + PROMPTS_PER_PIECE)
+                new = score_groups(labeller, prompts[piece], groups[piece]).tolist()
+                out.write(json.dumps({"scores": new}) + "\n")
+                out.flush()
+                scores += new
+                progress.update(len(new))
+        progress.close()
+        return torch.tensor(scores, dtype=torch.float32).view(len(groups), cfg.k)
 
     def _train(self, r: int, rd: Path, champion, pairs: list[dict], rm_dir) -> Path:
         from rlhfkit.train import dpo, ppo
 
         cfg = self.cfg
-        common = dict(seed=cfg.seed + r, progress=cfg.progress, report_to=["jsonl"], log_every=25)
+        common = dict(seed=cfg.seed + r, progress=cfg.progress, log_every=25)
         if cfg.algorithm == "ppo":
             prompts_file = rd / "prompts.jsonl"
             write_jsonl(prompts_file, [{"prompt": p["prompt"]} for p in read_jsonl(rd / "samples.jsonl")])

@@ -136,7 +136,7 @@ def run(cfg: CAIConfig) -> Path:
     )
     ppo_prompts = run_dir / "ppo_prompts.jsonl"
     write_jsonl(ppo_prompts, [{"prompt": harmless.as_chat(p)} for p in harmful + benign])
-    run_only = dict(progress=False, report_to=["jsonl"], threads=threads)
+    run_only = dict(progress=True, report_to=["tensorboard", "jsonl"], threads=threads)
     revise_dir = pipe.stage(
         "revise",
         lambda: revise.run(
@@ -184,7 +184,6 @@ def run(cfg: CAIConfig) -> Path:
                 output_dir=str(run_dir / "label"),
                 seed=cfg.seed,
                 batch_size=16,
-                progress=False,
                 threads=threads,
             )
         ),

@@ -109,7 +109,7 @@ def evaluate(name: str, model_spec: str, run_dir: Path, cfg: HarmlessConfig, pip
 
 
 def common_settings(cfg: HarmlessConfig) -> dict:
-    return dict(seed=cfg.seed, progress=False, report_to=["jsonl"], max_length=cfg.max_length)
+    return dict(seed=cfg.seed, progress=True, report_to=["tensorboard", "jsonl"], max_length=cfg.max_length)
 
 
 def lora_settings(cfg: HarmlessConfig) -> dict:

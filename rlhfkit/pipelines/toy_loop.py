@@ -90,7 +90,7 @@ def run(cfg: DemoLoopConfig) -> Path:
     torch.set_num_threads(pick_threads(cfg.threads))
     pipe = Pipeline(cfg, "demo-loop")
     root, data = pipe.root, pipe.root / "data"
-    common = dict(seed=cfg.seed, progress=True, report_to=["jsonl"])
+    common = dict(seed=cfg.seed, progress=True, report_to=["tensorboard", "jsonl"])
     results = json.loads((root / "results.json").read_text()) if (root / "results.json").exists() else {}
 
     def save() -> None:

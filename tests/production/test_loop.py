@@ -130,6 +130,51 @@ def test_a_rerun_resumes_inside_a_round_and_refuses_other_settings(world):
         run(cfg.model_copy(update={"k": 4}))
 
 
+def test_sampling_and_scoring_resume_after_their_last_finished_batch(world, monkeypatch):
+    """Cut in the second batch of prompts of each: the rerun samples and scores only the rest, with the noise an
+    uninterrupted run draws, so the samples and the scores are the same."""
+    from rlhfkit.pipelines import loop as loop_module
+    from rlhfkit.rollout import TransformersSampler
+
+    registry, sft, base, tmp = world
+    monkeypatch.setattr(loop_module, "PROMPTS_PER_PIECE", 2)
+    loop = Loop(LoopConfig(**base, output_dir=str(tmp / "loop")))
+    prompts, judge = loop.train_prompts[:5], load_judge("tests.production.test_loop:longer_is_better")
+    (tmp / "whole").mkdir()
+    whole = loop._sample(1, tmp / "whole", sft, prompts)
+    whole_scores = loop._score(1, tmp / "whole", judge, prompts, [s["responses"] for s in whole])
+
+    real, calls = TransformersSampler.generate, []
+
+    def generate(self, *args, **kwargs):
+        calls.append(len(args[0]))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(TransformersSampler, "generate", generate)
+    (tmp / "cut").mkdir()
+    with pytest.raises(KeyboardInterrupt):
+        loop._sample(1, tmp / "cut", sft, prompts)
+    assert loop._sample(1, tmp / "cut", sft, prompts) == whole and calls == [2, 2, 2, 1]
+
+    scored = []
+
+    def score(groups_prompts, groups):
+        scored.append(len(groups))
+        if len(scored) == 2:
+            raise KeyboardInterrupt
+        return score_groups(judge, groups_prompts, groups)
+
+    monkeypatch.setattr(loop_module, "score_groups", lambda labeller, p, g: score(p, g))
+    groups = [s["responses"] for s in whole]
+    with pytest.raises(KeyboardInterrupt):
+        loop._score(1, tmp / "cut", judge, prompts, groups)
+    assert torch.equal(loop._score(1, tmp / "cut", judge, prompts, groups), whole_scores) and scored == [2, 2, 2, 1]
+    with pytest.raises(ValueError, match="samples.pieces.jsonl: not the samples of this round's prompts"):
+        loop._sample(1, tmp / "cut", sft, list(reversed(prompts)))
+
+
 def test_reversed_labels_reverse_the_pairs_and_a_moved_alias_is_left_alone(world):
     registry, sft, base, tmp = world
     honest = Loop(LoopConfig(**base, output_dir=str(tmp / "honest"), promote=False))
