@@ -224,7 +224,16 @@ def generate(
 
     try:
         rows = sample_tasks(
-            model, read_prompts(prompts), k, kind, max_new_tokens, temperature, top_p, seed, backend=backend
+            model,
+            read_prompts(prompts),
+            k,
+            kind,
+            max_new_tokens,
+            temperature,
+            top_p,
+            seed,
+            backend=backend,
+            progress=True,
         )
         for i, row in enumerate(rows):
             parse_task(f"generated task {i + 1}", row)  # same checks as load, before writing

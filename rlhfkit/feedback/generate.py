@@ -42,17 +42,20 @@ def sample_tasks(
     seed: int = 0,
     attempts: int = 4,
     backend: str = "transformers",
+    progress: bool = False,
 ) -> list[dict]:
     """Return task rows (the JSONL ``annotate load`` reads) with K sampled responses per prompt, from any model
-    setting (a run folder, a Hugging Face folder, a built-in name...), through the stages' sampler.
+        setting (a run folder, a Hugging Face folder, a built-in name...), through the stages' sampler.
 
-    A sample that decodes to nothing (EOS at once) is drawn again, up to ``attempts`` times, because
-    an empty response cannot be judged. ``backend``: the stages' rollout backend (``vllm`` on a GPU)."""
+        A sample that decodes to nothing (EOS at once) is drawn again, up to ``attempts`` times, because
+        an empty response cannot be judged. ``backend``: the stages' rollout backend (``vllm`` on a GPU); ``progress``:
+    show a progress bar."""
     import torch
 
     from rlhfkit.config import SamplingPart
     from rlhfkit.data.records import user_turn
     from rlhfkit.models.load import load_causal_lm
+    from rlhfkit.runs import Progress
     from rlhfkit.samplers import make_sampler
 
     if k < 2:
@@ -64,6 +67,7 @@ def sample_tasks(
     sampler = make_sampler(model.eval(), tokenizer, settings, model_spec=str(model_spec))
     generator = torch.Generator().manual_seed(seed)
     rows = []
+    bar = Progress(len(prompts), "annotate generate", progress)
     for n, prompt in enumerate(prompts):
         responses: list[str] = []
         for _ in range(attempts):
@@ -85,4 +89,6 @@ def sample_tasks(
                 "meta": {"model": str(model_spec), "temperature": temperature, "top_p": top_p},
             }
         )
+        bar.update()
+    bar.close()
     return rows
