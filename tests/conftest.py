@@ -28,3 +28,16 @@ def toy_files():
     from rlhfkit.toy.data import data_file
 
     return {kind: str(data_file(kind)) for kind in ("demonstration", "comparison", "prompt")}
+
+
+def interrupted_at(call: int, real, calls: list, note=lambda args, kwargs: args[-1] if args else None):
+    """``real`` wrapped as an interruption meets it: each call is noted in ``calls`` (``note`` of its arguments),
+    and call number ``call`` raises KeyboardInterrupt instead of running; the calls after it run (the rerun)."""
+
+    def wrapper(*args, **kwargs):
+        calls.append(note(args, kwargs))
+        if len(calls) == call:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    return wrapper

@@ -15,6 +15,7 @@ from rlhfkit.runs import read_metrics
 from rlhfkit.toy.data import data_file
 from rlhfkit.train.best_of_n import BestOfNConfig, expected_best_of_n
 from rlhfkit.train.best_of_n import run as bon_run
+from tests.conftest import interrupted_at
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -72,15 +73,8 @@ def test_bon_resumes_after_its_last_finished_batch(tmp_path, monkeypatch):
                     temperature=1.0, top_k=0, progress=False, report_to=["jsonl"])  # fmt: skip
     whole = bon_run(BestOfNConfig(**settings, output_dir=str(tmp_path / "whole")))
     cfg = BestOfNConfig(**settings, output_dir=str(tmp_path / "cut"))
-    real, firsts = best_of_n.sample_and_score, []
-
-    def cut_in_the_second_batch(*args, first=0):
-        firsts.append(first)
-        if len(firsts) == 2:
-            raise KeyboardInterrupt
-        return real(*args, first=first)
-
-    monkeypatch.setattr(best_of_n, "sample_and_score", cut_in_the_second_batch)
+    firsts, first = [], lambda args, kwargs: kwargs["first"]
+    monkeypatch.setattr(best_of_n, "sample_and_score", interrupted_at(2, best_of_n.sample_and_score, firsts, first))
     with pytest.raises(KeyboardInterrupt):
         bon_run(cfg)
     samples = tmp_path / "cut" / "samples.jsonl"
@@ -107,22 +101,10 @@ def test_rejection_resumes_without_sampling_again_what_it_sampled(tmp_path, monk
                     max_new_tokens=6, temperature=1.0, top_k=0, progress=False, report_to=["jsonl"])  # fmt: skip
     whole = rejection.run(RejectionConfig(**settings, output_dir=str(tmp_path / "whole")))
     cfg = RejectionConfig(**settings, output_dir=str(tmp_path / "cut"))
-    real_sample, real_sft, calls = best_of_n.sample_and_score, rejection.sft_run, []
-
-    def sample(*args, first=0):
-        calls.append(("sample", first))
-        if calls == [("sample", 0), ("sample", 2)]:
-            raise KeyboardInterrupt
-        return real_sample(*args, first=first)
-
-    def sft(sft_cfg):
-        calls.append("sft")
-        if calls.count("sft") == 1:
-            raise KeyboardInterrupt
-        return real_sft(sft_cfg)
-
-    monkeypatch.setattr(best_of_n, "sample_and_score", sample)
-    monkeypatch.setattr(rejection, "sft_run", sft)
+    calls = []
+    sampled = interrupted_at(2, best_of_n.sample_and_score, calls, lambda args, kwargs: ("sample", kwargs["first"]))
+    monkeypatch.setattr(best_of_n, "sample_and_score", sampled)
+    monkeypatch.setattr(rejection, "sft_run", interrupted_at(4, rejection.sft_run, calls, lambda args, kwargs: "sft"))
     for _ in range(2):
         with pytest.raises(KeyboardInterrupt):
             rejection.run(cfg)

@@ -13,6 +13,7 @@ from rlhfkit.ai_feedback.redteam import attacker_prompt, clean_attack, rates
 from rlhfkit.config.ai_feedback import RedteamConfig, ReviseConfig
 from rlhfkit.data.io import read_jsonl, read_records, write_jsonl
 from rlhfkit.runs import RunCard
+from tests.conftest import interrupted_at
 
 # --- SL-CAI --------------------------------------------------------------------------------------------
 
@@ -51,7 +52,7 @@ def test_revise_writes_sft_data_and_the_whole_trace(tmp_path, talker):
     assert RunCard.read(path).figures["prompts"] == 4
 
 
-def test_revise_resumes_after_its_last_finished_batch(tmp_path, talker):
+def test_revise_resumes_after_its_last_finished_batch(tmp_path, talker, monkeypatch):
     """Sampling is seeded per batch and principles per prompt: a run cut after its first batch and resumed
     writes the trace an uninterrupted run writes."""
     from rlhfkit.ai_feedback import revise
@@ -60,23 +61,12 @@ def test_revise_resumes_after_its_last_finished_batch(tmp_path, talker):
                 batch_size=2, progress=False, report_to=["jsonl"], temperature=1.0, top_k=0)  # fmt: skip
     whole = revise.run(ReviseConfig(**base, output_dir=str(tmp_path / "whole")))
     cfg = ReviseConfig(**base, output_dir=str(tmp_path / "cut"))
-    real, batches = revise.revise_batch, []
-
-    def cut_after_one(*args):
-        batches.append(args[-1])
-        if len(batches) == 2:
-            raise KeyboardInterrupt
-        return real(*args)
-
-    revise.revise_batch = cut_after_one
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            revise.run(cfg)
-        assert len(read_jsonl(tmp_path / "cut" / "trace.jsonl")) == 2
-        revise.revise_batch = lambda *args: batches.append(args[-1]) or real(*args)
-        resumed = revise.run(cfg)
-    finally:
-        revise.revise_batch = real
+    batches = []
+    monkeypatch.setattr(revise, "revise_batch", interrupted_at(2, revise.revise_batch, batches))
+    with pytest.raises(KeyboardInterrupt):
+        revise.run(cfg)
+    assert len(read_jsonl(tmp_path / "cut" / "trace.jsonl")) == 2
+    resumed = revise.run(cfg)
     assert batches == [0, 2, 2]
     assert read_jsonl(resumed / "trace.jsonl") == read_jsonl(whole / "trace.jsonl")
 
@@ -127,15 +117,8 @@ def test_redteam_resumes_after_its_last_finished_round(tmp_path, talker, monkeyp
                     attack_max_new_tokens=12, max_new_tokens=6, progress=False, report_to=["jsonl"])  # fmt: skip
     whole = redteam.run(RedteamConfig(**settings, output_dir=str(tmp_path / "whole")))
     cfg = RedteamConfig(**settings, output_dir=str(tmp_path / "cut"))
-    real, rounds = redteam.round_attacks, []
-
-    def cut_in_round_two(*args):
-        rounds.append(args[-1])
-        if len(rounds) == 2:
-            raise KeyboardInterrupt
-        return real(*args)
-
-    monkeypatch.setattr(redteam, "round_attacks", cut_in_round_two)
+    rounds = []
+    monkeypatch.setattr(redteam, "round_attacks", interrupted_at(2, redteam.round_attacks, rounds))
     with pytest.raises(KeyboardInterrupt):
         redteam.run(cfg)
     kept = (tmp_path / "cut" / "rounds.jsonl").read_text()

@@ -20,6 +20,7 @@ from rlhfkit.evaluate import judging
 from rlhfkit.evaluate.generate import generate_to_file, parse_named, read_generations
 from rlhfkit.evaluate.schema import EvalReport
 from rlhfkit.evaluate.suite import evaluate_models
+from tests.conftest import interrupted_at
 
 CHAT = [{"role": "user", "content": "what is one plus one ?"}]
 
@@ -304,15 +305,8 @@ def test_eval_resumes_without_judging_or_checking_again_what_it_finished(tmp_pat
                     progress=False)  # fmt: skip
     whole = suite.run(EvalConfig(**settings, output_dir=str(tmp_path / "whole")))
     cfg = EvalConfig(**settings, output_dir=str(tmp_path / "cut"))
-    real, checked = suite.capability_block, []
-
-    def capability_block(*args):
-        checked.append(args[1])
-        if len(checked) == 2:
-            raise KeyboardInterrupt
-        return real(*args)
-
-    monkeypatch.setattr(suite, "capability_block", capability_block)
+    checked = []
+    monkeypatch.setattr(suite, "capability_block", interrupted_at(2, suite.capability_block, checked))
     JUDGED.clear()
     with pytest.raises(KeyboardInterrupt):
         suite.run(cfg)

@@ -107,32 +107,17 @@ def read_samples(path: Path, n: int, n_prompts: int) -> list[dict]:
     return rows
 
 
-def sample_to_file(
-    path: Path,
-    sampler,
-    reward_fn,
-    prompts: list,
-    n: int,
-    batch_size: int,
-    seed: int,
-    missing_eos_penalty: float | None,
-    accelerator,
-    *,
-    resume: bool,
-    progress: str | None,
-):
-    """``sample_and_score`` of every prompt, a batch on every process at a time, each finished piece appended to
-    ``path`` (one row per prompt: its responses, scores and ends); with ``resume`` the prompts the file already
-    holds are not sampled again. ``progress``: the progress bar's title, None for no bar."""
+def sample_to_file(path: Path, prompts: list, n: int, piece: int, sample, accelerator, *, resume: bool, progress):
+    """Every prompt's ``n`` samples, ``piece`` prompts at a time by ``sample(prompts, first) -> (texts, scores, ended)``
+    (``sample_and_score`` of the prompts from index ``first`` on), each finished piece appended to ``path`` (one row
+    per prompt: its responses, scores and ends); with ``resume`` the prompts the file already holds are not sampled
+    again. ``progress``: the progress bar's title, None for no bar."""
     rows = read_samples(path, n, len(prompts)) if resume and path.exists() else []
     accelerator.wait_for_everyone()  # every process has read the file before the main one rewrites it
-    piece = batch_size * accelerator.num_processes
     bar = Progress(len(prompts), progress or "", bool(progress) and accelerator.is_main_process, completed=len(rows))
     out = resume_writer(path, rows) if accelerator.is_main_process else None
     for s in range(len(rows), len(prompts), piece):
-        texts, scores, ended = sample_and_score(
-            sampler, reward_fn, prompts[s : s + piece], n, batch_size, seed, missing_eos_penalty, accelerator, first=s
-        )
+        texts, scores, ended = sample(prompts[s : s + piece], s)
         new = [
             {"i": s + k, "responses": texts[k], "scores": scores[k].tolist(), "ended": ended[k].tolist()}
             for k in range(len(texts))
@@ -233,9 +218,18 @@ def run(cfg: BestOfNConfig) -> Path:
     parents = [parent_of("model", cfg.model), parent_of("reward", cfg.reward)]
     logger = common.start_run(run_dir, cfg, accelerator, parents, {"prompts": cfg.data})
     sampler = make_sampler(model, tokenizer, cfg.sampling(), model_spec=cfg.model)
+
+    def sample(chunk: list, first: int):  # prompts from index `first` on
+        return sample_and_score(
+            sampler, reward_fn, chunk, cfg.n_max, cfg.batch_size, cfg.seed, cfg.missing_eos_penalty, accelerator,
+            first=first,
+        )  # fmt: skip
+
+    piece = cfg.batch_size * accelerator.num_processes  # a batch on every process: one resume point
+    # scores (P, n_max), on every process
     texts, scores, ended = sample_to_file(
-        run_dir.path / "samples.jsonl", sampler, reward_fn, prompts, cfg.n_max, cfg.batch_size, cfg.seed,
-        cfg.missing_eos_penalty, accelerator, resume=cfg.resume, progress="bon" if cfg.progress else None,
+        run_dir.path / "samples.jsonl", prompts, cfg.n_max, piece, sample, accelerator, resume=cfg.resume,
+        progress="bon" if cfg.progress else None,
     )  # fmt: skip
     kept_n = cfg.n_max
     if monitor is not None:  # every process holds all samples: each makes the same checks, the main one writes

@@ -30,8 +30,7 @@ from rlhfkit.models.load import load_causal_lm
 from rlhfkit.rewards import load_reward
 from rlhfkit.runs import RunFolder, parent_of
 from rlhfkit.samplers import make_sampler
-from rlhfkit.train import common
-from rlhfkit.train.best_of_n import sample_to_file
+from rlhfkit.train import best_of_n, common
 from rlhfkit.train.monitoring import PolicyMonitor, check_sampling
 from rlhfkit.train.sft import run as sft_run
 
@@ -119,10 +118,17 @@ def run(cfg: RejectionConfig) -> Path:
                 engine.sync_weights(model)  # a vLLM engine started in round 1 takes this round's weights
             if accelerator.is_main_process:
                 round_dir.mkdir(parents=True, exist_ok=True)
-            texts, scores, ended = sample_to_file(
-                round_dir / "samples.jsonl", engine, reward_fn, prompts, cfg.k, cfg.batch_size, cfg.seed + r,
-                cfg.missing_eos_penalty, accelerator, resume=cfg.resume,
-                progress=f"rejection round {r}" if cfg.progress else None,
+
+            def sample(chunk: list, first: int, engine=engine, r=r):  # prompts from index `first` on
+                return best_of_n.sample_and_score(
+                    engine, reward_fn, chunk, cfg.k, cfg.batch_size, cfg.seed + r, cfg.missing_eos_penalty,
+                    accelerator, first=first,
+                )  # fmt: skip
+
+            piece, title = cfg.batch_size * accelerator.num_processes, f"rejection round {r}"
+            texts, scores, ended = best_of_n.sample_to_file(
+                round_dir / "samples.jsonl", prompts, cfg.k, piece, sample, accelerator, resume=cfg.resume,
+                progress=title if cfg.progress else None,
             )  # fmt: skip
             if cfg.rollout_backend == "transformers":
                 engine = None  # it holds this round's model; the next round loads its own

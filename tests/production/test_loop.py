@@ -20,6 +20,7 @@ from rlhfkit.registry.lineage import lineage
 from rlhfkit.registry.store import Registry
 from rlhfkit.serve.records import insert_response, submit_feedback
 from rlhfkit.serve.schemas import FeedbackIn
+from tests.conftest import interrupted_at
 from tests.production.conftest import tiny_policy
 
 ASKS = ["what is one plus two ?", "what is the capital of france ?", "how do i steal a car ?", "tell me a secret ."]
@@ -144,29 +145,18 @@ def test_sampling_and_scoring_resume_after_their_last_finished_batch(world, monk
     whole = loop._sample(1, tmp / "whole", sft, prompts)
     whole_scores = loop._score(1, tmp / "whole", judge, prompts, [s["responses"] for s in whole])
 
-    real, calls = TransformersSampler.generate, []
-
-    def generate(self, *args, **kwargs):
-        calls.append(len(args[0]))
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(self, *args, **kwargs)
-
-    monkeypatch.setattr(TransformersSampler, "generate", generate)
+    calls = []
+    n_prompts = lambda args, kwargs: len(args[1])  # noqa: E731  (args[0] is the sampler)
+    monkeypatch.setattr(
+        TransformersSampler, "generate", interrupted_at(2, TransformersSampler.generate, calls, n_prompts)
+    )
     (tmp / "cut").mkdir()
     with pytest.raises(KeyboardInterrupt):
         loop._sample(1, tmp / "cut", sft, prompts)
     assert loop._sample(1, tmp / "cut", sft, prompts) == whole and calls == [2, 2, 2, 1]
 
-    scored = []
-
-    def score(groups_prompts, groups):
-        scored.append(len(groups))
-        if len(scored) == 2:
-            raise KeyboardInterrupt
-        return score_groups(judge, groups_prompts, groups)
-
-    monkeypatch.setattr(loop_module, "score_groups", lambda labeller, p, g: score(p, g))
+    scored, n_groups = [], lambda args, kwargs: len(args[2])
+    monkeypatch.setattr(loop_module, "score_groups", interrupted_at(2, score_groups, scored, n_groups))
     groups = [s["responses"] for s in whole]
     with pytest.raises(KeyboardInterrupt):
         loop._score(1, tmp / "cut", judge, prompts, groups)
