@@ -35,6 +35,7 @@ into the engine before every rollout). ``rlhfkit.samplers.make_sampler`` picks o
 
 from __future__ import annotations
 
+import base64
 import hashlib
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -94,6 +95,19 @@ class Rollout:
     def response_tokens(self) -> list[list[int]]:
         """Each response's sampled token ids, the stop token included and the padding left out."""
         return [ids[keep].tolist() for ids, keep in zip(self.response_ids, self.response_mask.bool())]
+
+
+def generator_state_text(generator: torch.Generator) -> str:
+    """A random generator's state as text (base64), saved beside the samples it drew so a resumed run draws on."""
+    return base64.b64encode(bytes(generator.get_state().tolist())).decode()
+
+
+def restore_generator(generator: torch.Generator, text: str, where: str) -> None:
+    """Set ``generator`` to a state ``generator_state_text`` wrote; one that is not fails naming ``where``."""
+    try:
+        generator.set_state(torch.tensor(list(base64.b64decode(text, validate=True)), dtype=torch.uint8))
+    except (ValueError, TypeError, RuntimeError):
+        raise ValueError(f"{where}: not a random generator's state as rlhfkit saves it; move the file aside") from None
 
 
 @dataclass(frozen=True)

@@ -153,8 +153,10 @@ class GenerationState:
             ) from None
 
     def save(self, rows: int, model: int, batch: int, generator) -> None:
+        from rlhfkit.rollout import generator_state_text
+
         state = {"rows": rows, "model": model, "batch": batch}
-        state["generator"] = base64.b64encode(bytes(generator.get_state().tolist())).decode() if generator else None
+        state["generator"] = generator_state_text(generator) if generator else None
         tmp = self.path.with_name(self.path.name + ".partial")
         tmp.write_text(json.dumps(state))
         tmp.replace(self.path)

@@ -259,14 +259,12 @@ class Loop:
         """``k`` responses of the champion to each prompt, a batch of prompts at a time. Each finished batch goes to
         ``samples.pieces.jsonl`` with the generator's state after it, so a rerun goes on after the last finished
         batch with the noise an uninterrupted run would have drawn."""
-        import base64
-
         import torch
 
         from rlhfkit.config import SamplingPart
         from rlhfkit.data.records import to_json
         from rlhfkit.models.load import load_causal_lm
-        from rlhfkit.rollout import TransformersSampler
+        from rlhfkit.rollout import TransformersSampler, generator_state_text, restore_generator
 
         cfg, path = self.cfg, rd / "samples.pieces.jsonl"
         pieces = read_resume_rows(path, ("rows", "generator")) if path.exists() else []
@@ -275,7 +273,7 @@ class Loop:
             raise DataError(f"{path}: not the samples of this round's prompts; move it aside to sample the round again")
         generator = torch.Generator().manual_seed(cfg.seed * 1000 + r)
         if pieces:
-            generator.set_state(torch.tensor(list(base64.b64decode(pieces[-1]["generator"])), dtype=torch.uint8))
+            restore_generator(generator, pieces[-1]["generator"], f"{path}:{len(pieces)}")
         model, tokenizer = load_causal_lm(champion.source, "float32")
         sampler = TransformersSampler(model, tokenizer, SamplingPart(max_new_tokens=cfg.max_new_tokens,
                                                                      temperature=cfg.temperature))  # fmt: skip
@@ -287,8 +285,8 @@ class Loop:
                 new = [
                     {"prompt": to_json(p), "responses": texts[i * cfg.k : (i + 1) * cfg.k]} for i, p in enumerate(chunk)
                 ]
-                state = base64.b64encode(bytes(generator.get_state().tolist())).decode()
-                out.write(json.dumps({"rows": new, "generator": state}, ensure_ascii=False) + "\n")
+                piece = {"rows": new, "generator": generator_state_text(generator)}
+                out.write(json.dumps(piece, ensure_ascii=False) + "\n")
                 out.flush()
                 rows += new
                 progress.update(len(new))

@@ -163,6 +163,11 @@ def test_sampling_and_scoring_resume_after_their_last_finished_batch(world, monk
     assert torch.equal(loop._score(1, tmp / "cut", judge, prompts, groups), whole_scores) and scored == [2, 2, 2, 1]
     with pytest.raises(ValueError, match="samples.pieces.jsonl: not the samples of this round's prompts"):
         loop._sample(1, tmp / "cut", sft, list(reversed(prompts)))
+    pieces = tmp / "cut" / "samples.pieces.jsonl"
+    first = json.loads(pieces.read_text().splitlines()[0])
+    pieces.write_text(json.dumps({**first, "generator": "bm90IGEgc3RhdGU="}) + "\n")  # base64 of "not a state"
+    with pytest.raises(ValueError, match="samples.pieces.jsonl:1: not a random generator's state"):
+        loop._sample(1, tmp / "cut", sft, prompts)
 
 
 def test_reversed_labels_reverse_the_pairs_and_a_moved_alias_is_left_alone(world):
