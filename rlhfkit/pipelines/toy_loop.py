@@ -141,6 +141,9 @@ def run(cfg: DemoLoopConfig) -> Path:
 
     def traffic(name: str, model: str, users, chats: int, regenerate: float | None = None, rate: bool = False) -> dict:
         if name not in results.setdefault("traffic", {}):
+            started = results.setdefault("traffic_started", {})  # a phase cut short leaves its traffic in the database
+            started[name] = started.get(name, 0) + 1
+            save()
             before = max_feedback_id(registry.store)
             regen = cfg.regenerate if regenerate is None else regenerate
             stats = asyncio.run(simulate(server.url, model, users, chats, regen, cfg.concurrency, rate=rate))
@@ -160,6 +163,12 @@ def run(cfg: DemoLoopConfig) -> Path:
             pipe.log(f"2/5 round {r}: users chat with champion, then the loop")
             served = traffic(f"round-{r}", "champion", make_users(cfg.users, cfg.seed * 10 + r, prefix=f"r{r}"),
                              cfg.chats_per_user)  # fmt: skip
+            start = root / "loop" / f"round-{r}" / "start.json"
+            if not start.exists():  # the round learns from its own phase's feedback, not from a phase cut short before
+                start.parent.mkdir(parents=True, exist_ok=True)
+                start.write_text(json.dumps({"champion": registry.resolve(loop_cfg.policy).ref,
+                                             "live_after": served["feedback_after"],
+                                             "live_until": served["feedback_until"]}))  # fmt: skip
             summary = loop.round(r)
             if len(rounds) < r:
                 candidate = registry.resolve(summary["candidate"])
@@ -224,7 +233,12 @@ def run(cfg: DemoLoopConfig) -> Path:
         if "ab" not in results:
             pipe.log("5/5 A/B test: the final champion against SFT, fresh users")
             experiments = Experiments(registry)
-            name = f"final-vs-sft-{cfg.seed}"
+            # An A/B phase cut short leaves its answers and ratings in its experiment: a rerun tests in a fresh one.
+            cut = results.get("traffic_started", {}).get("ab", 0)
+            ab_name = lambda attempt: f"final-vs-sft-{cfg.seed}" + (f"-retry{attempt}" if attempt else "")  # noqa: E731
+            name = ab_name(cut)
+            if cut and experiments.find(ab_name(cut - 1)) is not None:
+                experiments.stop(ab_name(cut - 1))
             if experiments.find(name) is None:
                 champion = registry.resolve("champion")
                 # Rating is the primary metric: a thumbs up needs a persona's utility above 0.5, which an honest "I do
