@@ -229,7 +229,8 @@ def read_resume_rows(path: Path, fields: tuple[str, ...]) -> list[dict]:
 def resume_writer(path: Path, kept: list[dict]):
     """``path`` open for appending after exactly the ``kept`` rows (those ``read_resume_rows`` returned): the file is
     rewritten from them, so a line cut short by the interruption does not stay in front of the rows appended next."""
-    f = path.open("w")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    f = path.open("w", encoding="utf-8")
     for row in kept:
         f.write(json.dumps(row, ensure_ascii=False) + "\n")
     f.flush()

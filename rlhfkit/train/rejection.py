@@ -116,8 +116,6 @@ def run(cfg: RejectionConfig) -> Path:
                 engine = make_sampler(model, tokenizer, cfg.sampling(), model_spec=model_spec)
             else:
                 engine.sync_weights(model)  # a vLLM engine started in round 1 takes this round's weights
-            if accelerator.is_main_process:
-                round_dir.mkdir(parents=True, exist_ok=True)
 
             def sample(chunk: list, first: int, engine=engine, r=r):  # prompts from index `first` on
                 return best_of_n.sample_and_score(
