@@ -109,8 +109,10 @@ class Loop:
 
     # ---------------------------------------------------------------- one round
 
-    def round(self, r: int) -> dict:
-        """Run round ``r`` (or read it back, if it finished before)."""
+    def round(self, r: int, live: tuple[int, int] | None = None) -> dict:
+        """Run round ``r`` (or read it back, if it finished before). ``live``: the ids (after, until] of the live
+        feedback the round learns from, where the caller knows them (the demo: its finished traffic phase's, so what
+        a phase cut short left in the database is not the round's); by default every label since the last round."""
         cfg, rd = self.cfg, self.root / f"round-{r}"
         done = _json(rd / "round.json")
         if done is not None:
@@ -121,9 +123,10 @@ class Loop:
         if start is None:  # the champion and the live window are fixed when the round first starts
             from rlhfkit.serve.records import max_feedback_id
 
-            after = self.rounds[-1]["live_until"] if self.rounds else self.state["live_after"]
-            start = {"champion": self.registry.resolve(cfg.policy).ref, "live_after": after,
-                     "live_until": max_feedback_id(self.registry.store) if cfg.live else after}  # fmt: skip
+            if live is None:  # every label stored since the last round's window
+                after = self.rounds[-1]["live_until"] if self.rounds else self.state["live_after"]
+                live = (after, max_feedback_id(self.registry.store) if cfg.live else after)
+            start = {"champion": self.registry.resolve(cfg.policy).ref, "live_after": live[0], "live_until": live[1]}
             _write(rd / "start.json", start)
         champion = self.registry.resolve(start["champion"])
         self.log(f"round {r}: champion {champion.ref}")
@@ -230,7 +233,6 @@ class Loop:
         return load_reward(str(rm_dir)), rm_dir
 
     def _pairs(self, r: int, rd: Path, champion, labeller) -> tuple[list[dict], list[dict]]:
-
         from rlhfkit.data.records import from_json
 
         cfg = self.cfg

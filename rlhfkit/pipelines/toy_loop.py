@@ -163,13 +163,7 @@ def run(cfg: DemoLoopConfig) -> Path:
             pipe.log(f"2/5 round {r}: users chat with champion, then the loop")
             served = traffic(f"round-{r}", "champion", make_users(cfg.users, cfg.seed * 10 + r, prefix=f"r{r}"),
                              cfg.chats_per_user)  # fmt: skip
-            start = root / "loop" / f"round-{r}" / "start.json"
-            if not start.exists():  # the round learns from its own phase's feedback, not from a phase cut short before
-                start.parent.mkdir(parents=True, exist_ok=True)
-                start.write_text(json.dumps({"champion": registry.resolve(loop_cfg.policy).ref,
-                                             "live_after": served["feedback_after"],
-                                             "live_until": served["feedback_until"]}))  # fmt: skip
-            summary = loop.round(r)
+            summary = loop.round(r, live=(served["feedback_after"], served["feedback_until"]))
             if len(rounds) < r:
                 candidate = registry.resolve(summary["candidate"])
                 row = {**summary, "served": served["versions"], "live_thumbs_up": served["thumbs_up_rate"],
