@@ -45,10 +45,10 @@ def sample_tasks(
     progress: bool = False,
 ) -> list[dict]:
     """Return task rows (the JSONL ``annotate load`` reads) with K sampled responses per prompt, from any model
-        setting (a run folder, a Hugging Face folder, a built-in name...), through the stages' sampler.
+    setting (a run folder, a Hugging Face folder, a built-in name...), through the stages' sampler.
 
-        A sample that decodes to nothing (EOS at once) is drawn again, up to ``attempts`` times, because
-        an empty response cannot be judged. ``backend``: the stages' rollout backend (``vllm`` on a GPU); ``progress``:
+    A sample that decodes to nothing (EOS at once) is drawn again, up to ``attempts`` times, because
+    an empty response cannot be judged. ``backend``: the stages' rollout backend (``vllm`` on a GPU); ``progress``:
     show a progress bar."""
     import torch
 
