@@ -29,6 +29,7 @@ model's checks) is kept in the run folder as it is done, so rerunning an interru
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import shutil
@@ -290,7 +291,8 @@ def model_checks(cfg: EvalConfig, models: list[ModelReport], by_name: dict[str, 
     from rlhfkit.evaluate import capability as cap
     from rlhfkit.models.load import load_causal_lm
 
-    reference = []  # loaded on first use: not at all when every model's checks are kept from an earlier run
+    # loaded on first use: not at all when every model's checks are kept from an earlier run
+    reference = functools.cache(lambda: load_causal_lm(cfg.reference, cfg.dtype)[0].eval())
     sets = load_check_sets(cfg)
     judge = cap.RefusalJudge(cfg.refusal_judge, cfg.judge_batch_size) if cfg.refusal_judge else None
 
@@ -301,11 +303,9 @@ def model_checks(cfg: EvalConfig, models: list[ModelReport], by_name: dict[str, 
         rows = by_name[m.name].generations.rows
         out = {"kl": m.kl, "kl_source": m.kl_source}
         if wants_kl and m.kl is None and all(r.token_ids is not None for r in rows):
-            if not reference:
-                reference.append(load_causal_lm(cfg.reference, cfg.dtype)[0].eval())
             temperature = float((rows[0].sampling or {}).get("temperature", 1.0))
             kl = cap.sample_kl(
-                model, reference[0], tokenizer, [r.prompt for r in rows], [r.token_ids for r in rows], temperature,
+                model, reference(), tokenizer, [r.prompt for r in rows], [r.token_ids for r in rows], temperature,
                 max(cfg.max_length - cfg.max_new_tokens, 1),
             )  # fmt: skip
             out |= {"kl": float(kl.mean()), "kl_source": "monte-carlo"}
