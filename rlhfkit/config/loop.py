@@ -181,7 +181,9 @@ class DemoLoopConfig(StageConfig):
             return self
         return self.model_copy(
             update=dict(
-                sft_steps=20,
+                # after 20 steps every answer was noise, the users found each regenerated pair a tie, and a round
+                # could get no preference at all to learn from ("no human labels yet")
+                sft_steps=200,
                 rounds=2,
                 users=8,
                 chats_per_user=4,
