@@ -277,6 +277,13 @@ def test_eval_cli_on_models_with_capability_safety_and_a_refusal_judge(tmp_path,
     assert m.kl == 0.0 and m.kl_source == "monte-carlo"
     assert m.capability.tasks == 3 and m.capability.perplexity > 1 and m.capability.perplexity_tokens > 0
     assert m.safety.n_harmful == 3 and m.safety.n_benign == 3 and m.safety.judge is not None
+    answers = [json.loads(line) for line in (out / "answers.jsonl").read_text().splitlines()]
+    by_set = {s: [a for a in answers if a["set"] == s and a["model"] == "tiny"] for s in ("task", "redteam", "benign")}
+    assert [len(rows) for rows in by_set.values()] == [3, 3, 3] and len(answers) == 18  # and b's, the same model's
+    assert sum(a["correct"] for a in by_set["task"]) == round(m.capability.exact_match * 3)
+    assert sum(not a["refused"] for a in by_set["redteam"]) == round(m.safety.harmful_complied * 3)
+    assert sum(a["refused"] for a in by_set["benign"]) == round(m.safety.benign_refused * 3)
+    assert all(a["judge_refused"] == a["response"].startswith("no") for a in by_set["redteam"] + by_set["benign"])
     card = json.loads((out / "card.json").read_text())
     assert card["finished"] and card["figures"]["baseline"] == "b" and card["figures"]["leaderboard"]
     assert "leaderboard by" in result.output and (out / "report.html").exists()
@@ -301,8 +308,8 @@ def test_eval_resumes_without_judging_or_checking_again_what_it_finished(tmp_pat
 
     settings = dict(models=["a=tiny-4m"], baseline="b=tiny", data=toy_files["prompt"], max_prompts=4, max_new_tokens=4,
                     judges=["tests.test_generate_eval:counted_length"], reference="tiny",
-                    perplexity_data=str(eval_data_file("reference-text")), n_bootstrap=10, lc_bootstrap=0,
-                    progress=False)  # fmt: skip
+                    perplexity_data=str(eval_data_file("reference-text")), task_data=str(eval_data_file("task")),
+                    max_tasks=2, n_bootstrap=10, lc_bootstrap=0, progress=False)  # fmt: skip
     whole = suite.run(EvalConfig(**settings, output_dir=str(tmp_path / "whole")))
     cfg = EvalConfig(**settings, output_dir=str(tmp_path / "cut"))
     checked = []
@@ -315,6 +322,7 @@ def test_eval_resumes_without_judging_or_checking_again_what_it_finished(tmp_pat
     assert JUDGED == [4, 4] and len(checked) == 3  # the rerun judged nothing and checked one model
     without_timing = lambda path: EvalReport.read(path / "eval.json").model_dump(exclude={"timing"})  # noqa: E731
     assert without_timing(resumed) == without_timing(whole)
+    assert (resumed / "answers.jsonl").read_text() == (whole / "answers.jsonl").read_text()  # the first model's kept
     assert len((resumed / "finished.jsonl").read_text().splitlines()) == 4  # two models' scores and checks
 
 

@@ -231,8 +231,12 @@ def evaluate(cfg: EvalConfig, folder: Path, write_files: bool = True) -> EvalRep
                 notes=notes,
             )
         )
-    model_checks(cfg, models, by_name, finished)
+    answers = model_checks(cfg, models, by_name, finished)
     finished.close()
+    if write_files and answers:
+        from rlhfkit.data.io import write_jsonl
+
+        write_jsonl(folder / "answers.jsonl", answers)
 
     reward_models, plots = [], []
     plot_dir = folder if write_files else None
@@ -277,9 +281,10 @@ def samples(pool, n: int) -> dict[str, list[tuple[str, str]]]:
     }
 
 
-def model_checks(cfg: EvalConfig, models: list[ModelReport], by_name: dict[str, Entry], finished: Finished) -> None:
+def model_checks(cfg: EvalConfig, models: list[ModelReport], by_name: dict[str, Entry], finished: Finished) -> list:
     """KL to the reference, capability and safety for every model that can be loaded; a note on those that cannot.
-    Each model's checks are kept in ``finished`` once done."""
+    Each model's checks are kept in ``finished`` once done. Returns the models' greedy answers to the task, red-team
+    and benign sets (a row each, with its verdict), so a user can read what a rate counted."""
     wants_kl = cfg.reference is not None
     given = {m.name: [r.kl for r in by_name[m.name].generations.rows] for m in models}
     for m in models:
@@ -287,7 +292,7 @@ def model_checks(cfg: EvalConfig, models: list[ModelReport], by_name: dict[str, 
             m.kl, m.kl_source = sum(given[m.name]) / len(given[m.name]), "given"
     wants_model = wants_kl or cfg.perplexity_data or cfg.task_data or cfg.redteam_data or cfg.benign_data
     if not wants_model:
-        return
+        return []
     from rlhfkit.evaluate import capability as cap
     from rlhfkit.models.load import load_causal_lm
 
@@ -309,12 +314,15 @@ def model_checks(cfg: EvalConfig, models: list[ModelReport], by_name: dict[str, 
                 max(cfg.max_length - cfg.max_new_tokens, 1),
             )  # fmt: skip
             out |= {"kl": float(kl.mean()), "kl_source": "monte-carlo"}
-        capability = capability_block(cfg, model, tokenizer, sets)
-        safety = safety_block(cfg, model, tokenizer, sets, judge)
+        answers = []
+        capability = capability_block(cfg, model, tokenizer, sets, answers)
+        safety = safety_block(cfg, model, tokenizer, sets, judge, answers)
         out["capability"] = capability.model_dump() if capability is not None else None
         out["safety"] = safety.model_dump() if safety is not None else None
+        out["answers"] = answers
         return out
 
+    answers = []
     for m in models:
         if not loadable(m.spec):
             if wants_model:
@@ -326,6 +334,8 @@ def model_checks(cfg: EvalConfig, models: list[ModelReport], by_name: dict[str, 
         m.kl, m.kl_source = done["kl"], done["kl_source"]
         m.capability = Capability(**done["capability"]) if done["capability"] else None
         m.safety = Safety(**done["safety"]) if done["safety"] else None
+        answers += [{"model": m.name} | row for row in done.get("answers", [])]
+    return answers
 
 
 def load_check_sets(cfg: EvalConfig) -> dict:
@@ -349,7 +359,8 @@ def load_check_sets(cfg: EvalConfig) -> dict:
     return sets
 
 
-def capability_block(cfg: EvalConfig, model, tokenizer, sets: dict) -> Capability | None:
+def capability_block(cfg: EvalConfig, model, tokenizer, sets: dict, answers: list | None = None) -> Capability | None:
+    """Held-out perplexity and exact match; each task's greedy answer appended to ``answers`` when given."""
     from rlhfkit.evaluate import capability as cap
     from rlhfkit.evaluate.stats import proportion_interval
 
@@ -366,6 +377,11 @@ def capability_block(cfg: EvalConfig, model, tokenizer, sets: dict) -> Capabilit
         tasks = sets["tasks"]
         responses = cap.answer(model, tokenizer, [from_json(t["prompt"]) for t in tasks], greedy(cfg), cfg.batch_size)
         hits = cap.exact_match_outcomes(responses, [t["answer"] for t in tasks], cfg.task_match)
+        if answers is not None:
+            answers += [
+                {"set": "task", "prompt": t["prompt"], "response": r, "answer": t["answer"], "correct": bool(h)}
+                for t, r, h in zip(tasks, responses, hits)
+            ]
         rate, lo, hi = proportion_interval(int(sum(hits)), len(hits))
         out |= {"exact_match": rate, "exact_match_lo": lo, "exact_match_hi": hi, "tasks": len(hits)}
     return Capability(**out)
@@ -377,7 +393,10 @@ def greedy(cfg: EvalConfig):
     return greedy_sampling(cfg.max_new_tokens)
 
 
-def safety_block(cfg: EvalConfig, model, tokenizer, sets: dict, judge) -> Safety | None:
+def safety_block(cfg: EvalConfig, model, tokenizer, sets: dict, judge, answers: list | None = None) -> Safety | None:
+    """The shares of harmful requests complied with and benign ones refused; each greedy answer appended to
+    ``answers`` when given, with the detector's verdict (and the judge's)."""
+    from rlhfkit.data.records import to_json
     from rlhfkit.evaluate import capability as cap
     from rlhfkit.evaluate.safety import is_refusal, safety_rates
 
@@ -393,6 +412,11 @@ def safety_block(cfg: EvalConfig, model, tokenizer, sets: dict, judge) -> Safety
         out.judge = safety_rates(harmful, benign, detector=lambda t: by_text[t])
         detector = [is_refusal(t) for t in harmful + benign]
         out.judge_agreement = sum(a == b for a, b in zip(detector, verdicts)) / max(len(verdicts), 1)
+    if answers is not None:
+        for name, prompts, responses in (("redteam", harmful_prompts, harmful), ("benign", benign_prompts, benign)):
+            for prompt, response in zip(prompts, responses):
+                row = {"set": name, "prompt": to_json(prompt), "response": response, "refused": is_refusal(response)}
+                answers.append(row | ({"judge_refused": bool(by_text[response])} if judge is not None else {}))
     return out
 
 
