@@ -30,12 +30,25 @@ def test_quick_demo_runs_every_stage_and_writes_the_report(tmp_path):
 
 
 @pytest.mark.slow
-def test_rerun_reuses_finished_stages(tmp_path):
+def test_rerun_reuses_finished_stages(tmp_path, monkeypatch):
+    """A rerun of a finished demo trains nothing, samples no feedback and no best-of-N again (steps with no run
+    folder of their own, kept in data/), and prints the same table."""
+    from rlhfkit.pipelines import toy, toy_eval
+
     out = tmp_path / "demo"
-    run(DemoConfig(quick=True, output_dir=str(out), methods=["dpo"]))
+    run(DemoConfig(quick=True, output_dir=str(out), methods=["dpo", "bon"]))
     stamp = (out / "sft" / "card.json").stat().st_mtime
-    run(DemoConfig(quick=True, output_dir=str(out), methods=["dpo"]))
+    first = json.loads((out / "results.json").read_text())
+
+    def again(*args):
+        raise AssertionError("a finished step ran again")
+
+    monkeypatch.setattr(toy, "simulated_feedback", again)
+    monkeypatch.setattr(toy_eval, "best_of_n_file", again)
+    run(DemoConfig(quick=True, output_dir=str(out), methods=["dpo", "bon"]))
     assert (out / "sft" / "card.json").stat().st_mtime == stamp
+    second = json.loads((out / "results.json").read_text())
+    assert {**first, "wall_seconds": 0} == {**second, "wall_seconds": 0}
 
 
 def test_rerun_with_other_settings_is_refused_before_anything_is_written(tmp_path):

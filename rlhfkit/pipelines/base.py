@@ -3,6 +3,7 @@ a rerun reuses each finished stage and refuses other settings, clocks per step, 
 
     pipe = Pipeline(cfg, "demo")                          # refuses a folder made with other settings
     sft_dir = pipe.stage("sft", lambda: sft.run(...))     # reused if pipe.root / "sft" holds a finished run
+    figures = pipe.kept("feedback", lambda: {...})        # a step without a run folder, reused once it finished
     with pipe.step("evaluation"):                         # timed, printed
         ...
     pipe.finish(figures, stages={"sft": sft_dir, ...})    # the pipeline's card, with its stages as parents
@@ -10,6 +11,7 @@ a rerun reuses each finished stage and refuses other settings, clocks per step, 
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import time
@@ -54,6 +56,22 @@ class Pipeline:
             return folder
         with self.step(name):
             return Path(run())
+
+    def kept(self, name: str, compute: Callable[[], dict]) -> dict:
+        """A step that is not a stage (no run folder: it writes files into the pipeline's folder and returns a few
+        figures): its figures read back from ``root/data/<name>.json`` when an earlier run finished it, else
+        computed and kept there. The figures are written last, after the files they sum up, so their presence
+        says the step finished."""
+        path = self.root / "data" / f"{name}.json"
+        if path.exists():
+            self.log(f"{name}: finished in an earlier run, reused")
+            return json.loads(path.read_text())
+        figures = compute()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".partial")
+        tmp.write_text(json.dumps(figures))
+        tmp.replace(path)
+        return figures
 
     def totals(self) -> dict[str, float]:
         usage = resource.getrusage(resource.RUSAGE_SELF)

@@ -38,16 +38,13 @@ def _stage_common(cfg: DemoConfig, root: Path, name: str) -> dict:
 
 
 def run(cfg: DemoConfig) -> Path:
-    from rlhfkit.models.load import load_causal_lm
     from rlhfkit.rewards import load_reward
-    from rlhfkit.rollout import TransformersSampler
     from rlhfkit.train import dpo, ppo, rejection, reward, sft
 
     cfg = cfg.budgets()
     torch.set_num_threads(pick_threads(cfg.threads))
     pipe = Pipeline(cfg, "demo")
     root, data = pipe.root, pipe.root / "data"
-    rng = random.Random(cfg.seed)
     stage_runs: dict[str, Path] = {}
 
     pipe.log("1/7 SFT on demonstrations of mixed quality")
@@ -67,46 +64,10 @@ def run(cfg: DemoConfig) -> Path:
         ),
     )
     stage_runs["sft"] = sft_dir
-    sft_model, tokenizer = load_causal_lm(str(sft_dir))
 
     pipe.log("2/7 sampling SFT responses and 3/7 simulated feedback")
-    pool = annotator_pool(cfg.annotator_noise, seed=cfg.seed)
-    fresh_pool = annotator_pool(cfg.annotator_noise, seed=cfg.seed + 10_000)  # held-out labels come from other draws
-    prompts = [sample_prompt(rng) for _ in range(cfg.feedback_prompts)]
-    sampler = TransformersSampler(sft_model, tokenizer, SamplingPart(max_new_tokens=cfg.max_new_tokens))
-    gen = torch.Generator().manual_seed(cfg.seed)
-    responses = []
-    for s in range(0, len(prompts), 64):
-        chunk = prompts[s : s + 64]
-        texts = sampler.generate([as_chat(p) for p in chunk], n=cfg.samples_per_prompt, generator=gen).texts
-        responses += [texts[i * cfg.samples_per_prompt : (i + 1) * cfg.samples_per_prompt] for i in range(len(chunk))]
-    n_train = int(0.9 * len(prompts))
-    train_rows = feedback.comparisons(prompts[:n_train], responses[:n_train], pool, seed=cfg.seed)
-    # Held-out labels: several fresh draws of pairs and annotators per prompt, so the reward model's accuracy
-    # is measured to about +-2 points rather than +-4 (120 prompts give only ~130 decided labels per draw).
-    eval_rows = [
-        row
-        for k in range(cfg.eval_label_draws)
-        for row in feedback.comparisons(prompts[n_train:], responses[n_train:], fresh_pool, seed=cfg.seed + 1 + k)
-    ]
-    write_jsonl(data / "comparisons.jsonl", train_rows)
-    write_jsonl(data / "comparisons_eval.jsonl", eval_rows)
-    # The reward model's best-of-4 test (RewardBench 2's format), on the held-out prompts' samples.
-    write_jsonl(data / "best_of_4.jsonl", feedback.best_of_k_rows(prompts[n_train:], responses[n_train:], fresh_pool))
-    write_jsonl(data / "prompts.jsonl", [{"prompt": [{"role": "user", "content": p.text}]} for p in prompts[:n_train]])
-    agreement_items = [(p, a, b) for p, group in zip(prompts, responses) for a, b in [tuple(group[:2])] if a != b]
-    agreement = pairwise_agreement(pool, agreement_items, seed=cfg.seed)
-    # The reward model's ceiling on exactly its held-out labels: how often the annotators' noise-free
-    # consensus agrees with them.
-    by_text = {p.text: p for p in prompts[n_train:]}
-    ceiling = consensus_accuracy(
-        fresh_pool,
-        [(by_text[r["prompt"][0]["content"]], r["chosen"], r["rejected"]) for r in eval_rows if not r["tie"]],
-    )
-    pipe.log(
-        f"   {len(train_rows)} training comparisons ({sum(r['tie'] for r in train_rows)} ties); "
-        f"annotator agreement {agreement:.3f}; held-out labels the consensus agrees with {ceiling:.3f}"
-    )
+    labels = pipe.kept("feedback", lambda: simulated_feedback(pipe, cfg, sft_dir))
+    agreement, ceiling = labels["annotator_agreement"], labels["rm_ceiling"]
 
     pipe.log("4/7 reward model")
     rm_dir = pipe.stage(
@@ -231,6 +192,55 @@ def run(cfg: DemoConfig) -> Path:
     pipe.finish(summary, stage_runs)
     print_table(rows, agreement, ceiling, wall)
     return root
+
+
+def simulated_feedback(pipe: Pipeline, cfg: DemoConfig, sft_dir: Path) -> dict:
+    """Steps 2 and 3: SFT samples responses to the toy world's prompts, simulated annotators compare them. Writes
+    the training and held-out comparisons, the best-of-4 test and the prompts into ``data/``; returns the
+    annotators' agreement and the reward model's ceiling."""
+    from rlhfkit.models.load import load_causal_lm
+    from rlhfkit.rollout import TransformersSampler
+
+    data, rng = pipe.root / "data", random.Random(cfg.seed)
+    sft_model, tokenizer = load_causal_lm(str(sft_dir))
+    pool = annotator_pool(cfg.annotator_noise, seed=cfg.seed)
+    fresh_pool = annotator_pool(cfg.annotator_noise, seed=cfg.seed + 10_000)  # held-out labels come from other draws
+    prompts = [sample_prompt(rng) for _ in range(cfg.feedback_prompts)]
+    sampler = TransformersSampler(sft_model, tokenizer, SamplingPart(max_new_tokens=cfg.max_new_tokens))
+    gen = torch.Generator().manual_seed(cfg.seed)
+    responses = []
+    for s in range(0, len(prompts), 64):
+        chunk = prompts[s : s + 64]
+        texts = sampler.generate([as_chat(p) for p in chunk], n=cfg.samples_per_prompt, generator=gen).texts
+        responses += [texts[i * cfg.samples_per_prompt : (i + 1) * cfg.samples_per_prompt] for i in range(len(chunk))]
+    n_train = int(0.9 * len(prompts))
+    train_rows = feedback.comparisons(prompts[:n_train], responses[:n_train], pool, seed=cfg.seed)
+    # Held-out labels: several fresh draws of pairs and annotators per prompt, so the reward model's accuracy
+    # is measured to about +-2 points rather than +-4 (120 prompts give only ~130 decided labels per draw).
+    eval_rows = [
+        row
+        for k in range(cfg.eval_label_draws)
+        for row in feedback.comparisons(prompts[n_train:], responses[n_train:], fresh_pool, seed=cfg.seed + 1 + k)
+    ]
+    write_jsonl(data / "comparisons.jsonl", train_rows)
+    write_jsonl(data / "comparisons_eval.jsonl", eval_rows)
+    # The reward model's best-of-4 test (RewardBench 2's format), on the held-out prompts' samples.
+    write_jsonl(data / "best_of_4.jsonl", feedback.best_of_k_rows(prompts[n_train:], responses[n_train:], fresh_pool))
+    write_jsonl(data / "prompts.jsonl", [{"prompt": [{"role": "user", "content": p.text}]} for p in prompts[:n_train]])
+    agreement_items = [(p, a, b) for p, group in zip(prompts, responses) for a, b in [tuple(group[:2])] if a != b]
+    agreement = pairwise_agreement(pool, agreement_items, seed=cfg.seed)
+    # The reward model's ceiling on exactly its held-out labels: how often the annotators' noise-free
+    # consensus agrees with them.
+    by_text = {p.text: p for p in prompts[n_train:]}
+    ceiling = consensus_accuracy(
+        fresh_pool,
+        [(by_text[r["prompt"][0]["content"]], r["chosen"], r["rejected"]) for r in eval_rows if not r["tie"]],
+    )
+    pipe.log(
+        f"   {len(train_rows)} training comparisons ({sum(r['tie'] for r in train_rows)} ties); "
+        f"annotator agreement {agreement:.3f}; held-out labels the consensus agrees with {ceiling:.3f}"
+    )
+    return {"annotator_agreement": agreement, "rm_ceiling": ceiling}
 
 
 def rm_heldout_settings(cfg: DemoConfig, sft_dir: Path, data: Path, root: Path) -> dict:

@@ -45,11 +45,35 @@ def best_of_n_curve(model, tokenizer, prompts, proxy, cfg: DemoConfig) -> tuple[
     return out, curve
 
 
+def best_of_n_file(cfg: DemoConfig, sft_dir: Path, held: list, proxy, bon_file: Path) -> dict:
+    """Best-of-N on the held-out prompts: the choices at ``cfg.bon_n`` written to ``bon_file`` for the evaluation,
+    and the curve (KL, gold, proxy) over N."""
+    from rlhfkit.models.load import load_causal_lm
+
+    sft_model, tokenizer = load_causal_lm(str(sft_dir))
+    by_n, curve = best_of_n_curve(sft_model, tokenizer, held, proxy, cfg)
+    kl = best_of_n_kl(cfg.bon_n)
+    write_jsonl(
+        bon_file,
+        [
+            {
+                "model": f"best-of-{cfg.bon_n}",
+                "prompt_index": i,
+                "prompt": [m.model_dump() for m in as_chat(p)],
+                "response": t,
+                "kl": kl,
+                "seed": cfg.seed + 11,
+            }  # fmt: skip
+            for i, (p, t) in enumerate(zip(held, by_n[cfg.bon_n].texts))
+        ],
+    )
+    return {"curve": curve}
+
+
 def evaluate_demo(pipe, cfg: DemoConfig, sft_dir: Path, rm_dir: Path, policies: dict[str, Path], proxy) -> tuple:
     """Generate, then `rlhfkit eval`; returns (table rows, the report, best-of-N's curve, samples per method)."""
     from rlhfkit.evaluate import generate
     from rlhfkit.evaluate.suite import run as eval_run
-    from rlhfkit.models.load import load_causal_lm
 
     root, data = pipe.root, pipe.root / "data"
     held = eval_prompts(cfg.eval_prompts)
@@ -72,24 +96,8 @@ def evaluate_demo(pipe, cfg: DemoConfig, sft_dir: Path, rm_dir: Path, policies: 
     baseline = generated("generate-baseline", [f"{BASELINE}={sft_dir}"], cfg.seed + 7)
     curve = []
     if "bon" in cfg.methods:
-        sft_model, tokenizer = load_causal_lm(str(sft_dir))
-        by_n, curve = best_of_n_curve(sft_model, tokenizer, held, proxy, cfg)
         bon_file = data / f"best-of-{cfg.bon_n}.jsonl"
-        kl = best_of_n_kl(cfg.bon_n)
-        write_jsonl(
-            bon_file,
-            [
-                {
-                    "model": f"best-of-{cfg.bon_n}",
-                    "prompt_index": i,
-                    "prompt": [m.model_dump() for m in as_chat(p)],
-                    "response": t,
-                    "kl": kl,
-                    "seed": cfg.seed + 11,
-                }  # fmt: skip
-                for i, (p, t) in enumerate(zip(held, by_n[cfg.bon_n].texts))
-            ],
-        )
+        curve = pipe.kept("best-of-n", lambda: best_of_n_file(cfg, sft_dir, held, proxy, bon_file))["curve"]
         entries.append(str(bon_file))
     if policies:
         entries.append(str(generated("generate-policies", [f"{m}={p}" for m, p in policies.items()], cfg.seed + 9)))
