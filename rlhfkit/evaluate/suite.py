@@ -495,7 +495,8 @@ def print_report(r: EvalReport) -> None:
     checked = [m for m in r.models if m.capability is not None or m.safety is not None]
     if checked:
         table = Table(title="capability and safety (95% intervals)", title_justify="left")
-        for col in ("model", "perplexity", "exact match", "harmful complied", "benign refused"):
+        # two-line headers: one-line ones made the table wider than an 80-column log, which cut the figures short
+        for col in ("model", "perplexity", "exact\nmatch", "harmful\ncomplied", "benign\nrefused"):
             table.add_column(col, no_wrap=True)
         for m in checked:
             c, s = m.capability or Capability(), m.safety or Safety()
