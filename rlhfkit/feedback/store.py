@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, delete, exists, func, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, delete, exists, func, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 from sqlalchemy.orm.attributes import set_committed_value
@@ -126,6 +126,10 @@ _RENEW = (
 )
 
 
+_LEASE_LOCKS = 0x726C_6866  # the advisory-lock namespace of the queue's leases ("rlhf"), beside the project's id
+_PROJECT_LOCK = text(f"SELECT pg_advisory_xact_lock({_LEASE_LOCKS}, :project_id)")
+
+
 def lease_next(
     conn: Connection, user_id: int, project_id: int, settings: QueueSettings, rng: random.Random | None = None
 ):
@@ -133,6 +137,11 @@ def lease_next(
     (the caller commits). Returns a row (``_TASK_COLS``) or None when nothing is left."""
     if settings.strategy not in _QUEUE:
         raise ValueError(f"strategy '{settings.strategy}': must be one of {', '.join(_QUEUE)}")
+    if conn.dialect.name == "postgresql":
+        # Choosing an item and writing its lease must not interleave with another request's: at READ COMMITTED two
+        # transactions each miss the other's uncommitted lease and hand out the same item past the overlap.
+        # One lock per project, held to the caller's commit (SQLite's BEGIN IMMEDIATE already serialises writers).
+        conn.execute(_PROJECT_LOCK, {"project_id": project_id})
     now = utcnow()
     rng = rng or random
     params = {"user_id": user_id, "now": now, "overlap": settings.overlap, "project_id": project_id}

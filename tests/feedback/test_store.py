@@ -201,3 +201,39 @@ def test_group_commit_stores_each_label_once_and_isolates_a_failing_one(tmp_path
         assert db.scalar(select(func.count()).select_from(Label)) == 9
         assert db.scalar(select(func.sum(Task.n_labels))) == 9
         assert sorted(db.scalars(select(Label.id))) == sorted(label["id"] for label, _ in stored)
+
+
+def test_annotators_asking_at_once_on_postgresql_get_different_items(postgres):
+    """Two requests lease at once on PostgreSQL: the second waits for the first's lease to commit and gets the
+    other item, never the same one past the overlap (at READ COMMITTED each missed the other's lease)."""
+    import threading
+
+    from rlhfkit.feedback.db import Store
+    from rlhfkit.feedback.store import lease_next
+
+    store = Store(postgres())
+    migrate(store)
+    first, second = tasks(store, [PAIR, PAIR])
+    a, b = users(store, "a", "b")
+    pid, settings = project_id(store), QueueSettings(overlap=1)
+    leased, a_holds, got = threading.Event(), threading.Event(), {}
+
+    def lease(user, hold: bool) -> None:
+        with store.engine.connect() as conn:
+            got[user.username] = lease_next(conn, user.id, pid, settings).id
+            if hold:  # a's lease is written but not committed while b asks
+                leased.set()
+                a_holds.wait(5)
+            conn.commit()
+
+    holder = threading.Thread(target=lease, args=(a, True))
+    holder.start()
+    assert leased.wait(5)
+    asker = threading.Thread(target=lease, args=(b, False))
+    asker.start()
+    asker.join(0.5)
+    assert "b" not in got  # b waits for a's transaction
+    a_holds.set()
+    holder.join(5)
+    asker.join(5)
+    assert got == {"a": first, "b": second}
