@@ -401,3 +401,18 @@ def test_ppo_pieces_shrink_with_the_activations_of_their_tokens():
     assert [p.tolist() for p in micro_rows(rows.flip(0), "cpu", smollm2, batch(8, 1).piece_tokens)][0] == [0, 1]
     assert [len(p) for p in micro_rows(rows, "cpu")] == [4, 4]  # no size given: 4 rows
     assert [len(p) for p in micro_rows(rows, "cuda")] == [8]  # off the CPU: the whole mini-batch
+
+
+def test_minibatches_are_as_many_as_the_scheduler_counts_and_none_is_short(tmp_path, monkeypatch):
+    """9 rows in 4 mini-batches: 3, 2, 2 and 2 rows (not 3, 3, 3 and none), so two processes would each have a share
+    of every mini-batch, and the linear schedule ends at 0 after exactly the optimiser steps it was sized for (with
+    three mini-batches a pass it ended at a quarter of the peak rate)."""
+    from rlhfkit.train import ppo
+
+    sizes, share = [], ppo.minibatch_share
+    monkeypatch.setattr(ppo, "minibatch_share", lambda rows, acc: sizes.append(len(rows)) or share(rows, acc))
+    out = run(cfg(tmp_path, "nine", batch_size=9, num_minibatches=4, ppo_epochs=2, max_steps=2, lr_schedule="linear",
+                  warmup_ratio=0.0))  # fmt: skip
+    assert sizes == [3, 2, 2, 2] * 4  # 2 steps x 2 epochs
+    lrs = [r["train/lr"] for r in read_metrics(out) if "train/lr" in r]
+    assert lrs[-1] == pytest.approx(0.0, abs=1e-12)

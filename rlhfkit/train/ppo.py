@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -337,8 +336,7 @@ def update(
     P = accelerator.num_processes
     whole_slices = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
     B = batch.response_mask.size(0)
-    mb_size = math.ceil(B / cfg.num_minibatches)
-    n_updates = cfg.ppo_epochs * math.ceil(B / mb_size)
+    n_updates = cfg.ppo_epochs * cfg.num_minibatches  # as many as the scheduler was sized for
     shuffle = torch.Generator().manual_seed(cfg.seed * 7_919 + step)
     sums: dict[str, float] = {}
     grad_norms = []
@@ -348,8 +346,10 @@ def update(
 
     for _ in range(cfg.ppo_epochs):
         order = torch.randperm(B, generator=shuffle)
-        for s in range(0, B, mb_size):
-            mb_rows = order[s : s + mb_size]
+        # num_minibatches mini-batches of sizes that differ by one row at most (not ceil(B / n) rows and the rest,
+        # which may make fewer mini-batches than the scheduler counts and a last one with fewer rows than there are
+        # processes: an empty share that crashed one process's forward while the others waited in all-reduce)
+        for mb_rows in order.tensor_split(cfg.num_minibatches):
             idx = minibatch_share(mb_rows, accelerator).to(batch.response_mask.device)
             mb_tokens = float(batch.response_mask[mb_rows.to(idx.device)].sum())  # the whole mini-batch's tokens
             # on the CPU in pieces: less activation memory. Not under FSDP / DeepSpeed: there every forward is
