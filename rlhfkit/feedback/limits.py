@@ -255,14 +255,51 @@ class ShieldMiddleware:
 # ---------------------------------------------------------------- errors
 
 
-def _field(loc: tuple) -> str:
-    return ".".join(str(part) for part in loc if part != "body") or "body"
+_TYPE_TAG = re.compile(r"[\[\]()]|^(str|int|float|bool|list|dict|none|tuple)$")
+
+
+def schema_names(module) -> frozenset[str]:
+    """The field names (and aliases) of every pydantic model in ``module``: the words an error may name."""
+    from pydantic import BaseModel
+
+    models = [m for m in vars(module).values() if isinstance(m, type) and issubclass(m, BaseModel)]
+    return frozenset(n for m in models for name, f in m.model_fields.items() for n in (name, f.alias) if n)
+
+
+def error_field(error: dict, names: frozenset[str]) -> str:
+    """Where in the request a validation ``error`` is, in the schema's words. A query, path or header parameter is
+    named as the route declares it; in a body, indexes and the schema's field names are kept, anything else (a
+    dict field's keys, a field the schema does not have: the client's own words) is shown as ``<key>``, and
+    pydantic's union-member tags ("str", "list[TextPart]") are dropped. Nothing the client sent is repeated."""
+    loc = tuple(error.get("loc", ()))
+    if not loc:
+        return "body"
+    where, *parts = loc
+    if where != "body":
+        return ".".join(str(p) for p in parts) or str(where)
+    unknown = parts.pop() if error.get("type") == "extra_forbidden" and parts else None
+    out = []
+    for part in parts:
+        if isinstance(part, int) or part in names:
+            out.append(str(part))
+        elif not _TYPE_TAG.search(str(part)):
+            out.append("<key>")
+    if unknown is not None:
+        out.append("<key>")
+    return ".".join(out) or "body"
+
+
+def _schema_names() -> frozenset[str]:
+    from rlhfkit.feedback import schemas
+
+    return schema_names(schemas)
 
 
 async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     """422 naming each bad field and what is expected, never echoing the value: FastAPI's default puts
     the input in the answer (a password, a 100 KB string, or a NaN that then fails to serialise)."""
-    errors = [{"field": _field(e.get("loc", ())), "message": e.get("msg", "invalid")} for e in exc.errors()[:20]]
+    names = _schema_names()
+    errors = [{"field": error_field(e, names), "message": e.get("msg", "invalid")} for e in exc.errors()[:20]]
     detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5])
     return JSONResponse({"detail": detail, "errors": errors}, status_code=422)
 

@@ -43,10 +43,12 @@ def validate_answer(kind: str, answer: Any, k: int, scale: int) -> dict:
         return {"choice": choice}
     if kind == "ranking":
         ranking = answer.get("ranking")
+        # every item an index (type(): True is not 1 here), each once: anything else beside them ("x", null, a
+        # list) used to pass, and broke the project's export and leaderboard for every label after it
         if (
             not isinstance(ranking, list)
-            or sorted(x for x in ranking if isinstance(x, int)) != list(range(k))
-            or any(isinstance(x, bool) for x in ranking)
+            or any(type(x) is not int for x in ranking)
+            or sorted(ranking) != list(range(k))
         ):
             raise AnswerError(f"answer.ranking: must list each response index 0..{k - 1} once, best first")
         return {"ranking": list(ranking)}

@@ -30,7 +30,9 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rlhfkit.feedback.db import Store
+from rlhfkit.feedback.limits import error_field, schema_names
 from rlhfkit.registry.store import Registry, RegistryError
+from rlhfkit.serve import schemas
 from rlhfkit.serve.engine import Event, GenParams, Job, wall_ms
 from rlhfkit.serve.records import FeedbackError, insert_response, new_response_id, submit_feedback
 from rlhfkit.serve.routing import Route, Router
@@ -83,9 +85,7 @@ class Guard:
         await self.app(scope, receive, send_with_headers)
 
 
-def _field(loc) -> str:
-    parts = [str(p) for p in loc if p not in ("body", "query", "header")]
-    return ".".join(parts) or "body"
+_NAMES = schema_names(schemas)
 
 
 def create_app(
@@ -114,7 +114,7 @@ def create_app(
     async def _invalid(request, e: RequestValidationError):
         # Name the field and say what is wrong; never repeat the input (pydantic's "input" is left out).
         first = e.errors()[0]
-        field = _field(first.get("loc", ()))
+        field = error_field(first, _NAMES)
         message = first.get("msg", "invalid").removeprefix("Value error, ")
         if first.get("type") == "json_invalid":
             return error_response(400, "the body is not valid JSON", "body")

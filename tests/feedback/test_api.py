@@ -92,8 +92,9 @@ def test_invalid_answers_are_refused_with_the_field_named(server):
     )
     _, ann = server.new_user()
     serve_until(ann, ids[0])
-    r = submit(ann, ids[0], {"ranking": [0, 0, 1]})
-    assert r.status_code == 422 and "answer.ranking" in r.json()["detail"]
+    for ranking in ([0, 0, 1], [0, 1, 2, "x"], [0, 1, 2, None], [0, 1, 2, [0]], [True, 0, 2], [0, 1, 2.0]):
+        r = submit(ann, ids[0], {"ranking": ranking})
+        assert r.status_code == 422 and "answer.ranking" in r.json()["detail"], ranking
     r = submit(ann, ids[0], {"ranking": [0, 1, 2]}, flags={"7": ["harmful"]})
     assert r.status_code == 422 and "flags" in r.json()["detail"] and "7" not in r.json()["detail"]
     serve_until(ann, ids[1])

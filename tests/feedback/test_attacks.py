@@ -252,9 +252,16 @@ def test_422_answers_never_contain_the_submitted_values(server):
             "/api/admin/tasks", json=[{"prompt": "p", "responses": ["a", "b"], "gold": {"choice": secret}}]
         ),
     ]
+    # a client's own keys are input too: a dict field's keys, a field the schema does not have
+    [task_id] = server.load([PAIR])
+    _, ann = server.new_user()
+    serve_until(ann, task_id)
+    cases.append(submit(ann, task_id, {"choice": 0}, flags={secret: "not a list"}))
+    cases.append(submit(ann, task_id, {"choice": 0}, flags={"0": {secret: 1}}))
     for r in cases:
         assert r.status_code in (401, 422), (r.status_code, r.text[:200])
         assert MARK not in r.text and "secret" not in r.text, r.text[:300]
+    assert "flags.<key>" in cases[-2].json()["detail"]  # still says where
 
 
 def test_every_route_answers_hostile_bodies_and_parameters_with_4xx(server):

@@ -123,7 +123,7 @@ def test_feedback_of_every_kind_is_stored_once_with_version_arm_and_user(served)
         ({**thumbs, "kind": "rating", "value": 6}, "value"),
         ({**thumbs, "kind": "flag", "value": "rude"}, "value"),
         ({**thumbs, "kind": "preference"}, "other_response_id"),
-        ({**thumbs, "colour": "red"}, "colour"),
+        ({**thumbs, "colour": "red"}, "<key>"),  # a field the schema lacks: the client's word, not repeated
     ):
         r = served.feedback(**body)
         assert r.status_code == 422 and r.json()["error"]["param"] == field, (body, r.text)
@@ -227,6 +227,10 @@ def test_hostile_or_malformed_requests_get_a_4xx_that_does_not_echo_them(served)
         body = {"response_id": "chatcmpl-" + "0" * 24, "user": "u", "kind": "thumbs", "value": True, field: value}
         r = httpx.post(served.url + "/v1/feedback", json=body, headers={"Idempotency-Key": "nul-" + field})
         assert r.status_code == 422, (field, r.status_code, r.text[:300])
+    # a field the schema does not have is the client's own word: named as <key>, not repeated
+    body = {"response_id": "chatcmpl-" + "0" * 24, "kind": "thumbs", "value": True, HOSTILE: 1}
+    r = httpx.post(served.url + "/v1/feedback", json=body, headers={"Idempotency-Key": "extra"})
+    assert r.status_code == 422 and HOSTILE not in r.text and r.json()["error"]["param"] == "<key>", r.text[:300]
     assert httpx.get(served.url + "/v1/monitor?hours=-1").status_code == 422
     assert httpx.get(served.url + "/v1/monitor?experiment=nope").status_code == 404
     page = httpx.get(served.url + "/")
