@@ -4,7 +4,9 @@
 
 plan.json: a list of {"stage": "sft" | "rm" | "dpo" | "kto" | "ppo" | "bon" | "rejection", "config": {setting: value}}. Each
 stage is the library's own ``run``, as the command line calls it; one launch runs them all, so the processes
-start once.
+start once. An item with "interrupt": {"rank": R, "at_call": N} sends process R alone a SIGINT inside its N-th
+optimiser step, as a Ctrl-C that reaches one process first would, and goes on to the next item once the stage
+stopped.
 """
 
 import json
@@ -34,8 +36,39 @@ def main(plan_file: str) -> None:
         module = importlib.import_module(STAGES[item["stage"]][0])
         config = getattr(module, STAGES[item["stage"]][1])(**item["config"])
         start = time.perf_counter()
+        if "interrupt" in item:
+            run_interrupted(module, config, **item["interrupt"])
+            print(f"{item['stage']} {config.output_dir}: interrupted", flush=True)
+            continue
         module.run(config)
         print(f"{item['stage']} {config.output_dir}: {time.perf_counter() - start:.1f} s", flush=True)
+
+
+def run_interrupted(module, config, rank: int, at_call: int) -> None:
+    import os
+    import signal
+
+    from accelerate import PartialState
+
+    from rlhfkit.train import common
+
+    real, calls = common.optimizer_step, []
+
+    def step(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == at_call and PartialState().process_index == rank:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, **kwargs)
+
+    common.optimizer_step = step
+    try:
+        module.run(config)
+    except KeyboardInterrupt:
+        pass
+    else:
+        raise SystemExit(f"{config.output_dir}: the stage was not interrupted")
+    finally:
+        common.optimizer_step = real
 
 
 if __name__ == "__main__":

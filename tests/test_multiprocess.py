@@ -160,7 +160,8 @@ def runner(stage: str):
 def launch(items: list[dict], folder: Path, config: str = "ddp.yaml", processes: int = 2) -> str:
     """Run ``items`` in a ``processes``-process launch of configs/accelerate/<config>; returns its output."""
     plan_file = folder / f"plan-{config}.json"
-    plan_file.write_text(json.dumps([{"stage": i["stage"], "config": i["config"]} for i in items]))
+    keys = ("stage", "config", "interrupt")
+    plan_file.write_text(json.dumps([{k: i[k] for k in keys if k in i} for i in items]))
     cmd = [
         sys.executable, "-m", "accelerate.commands.launch",
         "--config_file", str(REPO / "configs" / "accelerate" / config),
@@ -212,11 +213,15 @@ def runs(tmp_path_factory):
     for name, step in (("sft", 3), ("ppo", 2)):
         copy = interrupted_copy(Path(by_name[name]["one"]["output_dir"]), step, root / "one-to-two" / name)
         resumed.append(dict(stage=by_name[name]["stage"], config=dict(by_name[name]["config"], output_dir=str(copy))))
+    # a Ctrl-C that reaches process 1 alone in step 4: both stop at its end, and the same command resumes
+    cut = dict(by_name["sft"]["config"], output_dir=str(root / "two" / "sft-cut"))
+    resumed += [dict(stage="sft", config=cut, interrupt={"rank": 1, "at_call": 4}), dict(stage="sft", config=cut)]
     start = time.perf_counter()
     print(launch(items + resumed, root))
     TIMES["two processes (DDP), all stages + 2 resumes, with start-up"] = time.perf_counter() - start
     # checkpoints of two processes, resumed by one
     out = {name: (Path(i["one"]["output_dir"]), Path(i["config"]["output_dir"])) for name, i in by_name.items()}
+    out["sft interrupted on one of two"] = (out["sft"][0], root / "two" / "sft-cut")
     for name, step in (("sft", 3), ("ppo", 2)):
         copy = interrupted_copy(out[name][1], step, root / "two-to-one" / name)
         runner(by_name[name]["stage"])(dict(by_name[name]["one"], output_dir=str(copy)))
@@ -323,6 +328,17 @@ def test_checkpoints_resume_on_another_number_of_processes(runs, name):
     one, resumed = runs[name]
     assert_same_weights(one, resumed)
     assert_same_figures(one, resumed)
+
+
+def test_a_ctrl_c_that_reaches_one_process_stops_both_at_the_same_step(runs):
+    """Process 1 alone gets a SIGINT in step 4: both processes stop at its end (the request is summed over them
+    there; one process stopping alone left the other waiting in a collective), the checkpoint holds step 4, and the
+    resumed run ends as an uninterrupted one-process run does."""
+    one, cut = runs["sft interrupted on one of two"]
+    steps = sorted(json.loads((c / "trainer_state.json").read_text())["step"] for c in (cut / "checkpoints").glob("*"))
+    assert 4 in steps and max(steps) == 6  # step 4's checkpoint at the interruption, then the resumed run's
+    assert_same_weights(one, cut)
+    assert_same_figures(one, cut)
 
 
 @pytest.mark.parametrize("name", ["ppo fsdp2", "sft fsdp2"])

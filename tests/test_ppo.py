@@ -416,3 +416,33 @@ def test_minibatches_are_as_many_as_the_scheduler_counts_and_none_is_short(tmp_p
     assert sizes == [3, 2, 2, 2] * 4  # 2 steps x 2 epochs
     lrs = [r["train/lr"] for r in read_metrics(out) if "train/lr" in r]
     assert lrs[-1] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_ctrl_c_inside_an_update_stops_at_the_steps_end_and_resumes_the_same_run(tmp_path, monkeypatch):
+    """SIGINT while step 2's four optimiser steps are under way: the step finishes, the checkpoint holds step 2 and
+    the model after it, and the resumed run ends with an uninterrupted run's weights. (A checkpoint taken at the
+    signal held step 1's count with half of step 2's updates, and the resumed run did them again.)"""
+    from safetensors.torch import load_file
+
+    from rlhfkit.train import common
+
+    settings = dict(max_steps=4, num_minibatches=2, ppo_epochs=2, seed=3, save_every=100)
+    whole = run(cfg(tmp_path, "whole", **settings))
+    real, calls = common.optimizer_step, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 6:  # step 2's second update
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(common, "optimizer_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg(tmp_path, "cut", **settings))
+    assert len(calls) == 8  # the step in flight finished its four updates
+    (ckpt,) = (tmp_path / "cut" / "checkpoints").glob("step-*")
+    assert json.loads((ckpt / "trainer_state.json").read_text())["step"] == 2
+    monkeypatch.setattr(common, "optimizer_step", real)
+    resumed = run(cfg(tmp_path, "cut", **settings))
+    a, b = (load_file(str(p / "final" / "model.safetensors")) for p in (whole, resumed))
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6

@@ -285,18 +285,47 @@ def resume(run: RunFolder, accelerator: Accelerator, enabled: bool, fresh: Train
     return fresh
 
 
-@contextmanager
-def interrupt_as_keyboard_interrupt():
-    """SIGTERM (a scheduler's kill) is treated like Ctrl-C, so both save a checkpoint before exiting."""
+class StepStop:
+    """Ctrl-C or SIGTERM during training stops the run at the end of the step under way, where the model,
+    optimiser, scheduler and trainer state agree (PPO's update is several optimiser steps before its step count
+    moves: a checkpoint from inside it held a half-updated model under the old count, and the resumed run did
+    that step's updates again). A second signal stops at once, without a checkpoint. The loop calls ``at_step_end``
+    after each step; with several processes the request is summed over them there, so all stop at the same step
+    (a process stopped alone would leave the others waiting in a collective)."""
 
-    def handler(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    def __init__(self, accelerator: Accelerator):
+        self.accelerator = accelerator
+        self.requested = self.forced = False
+
+    def handle(self, signum, frame) -> None:
+        if self.requested:
+            self.forced = True
+            raise KeyboardInterrupt(f"signal {signum}, a second time")
+        self.requested = True
+        print("\nstopping at the end of this step, with a checkpoint (again to stop at once, without one)", flush=True)
+
+    def at_step_end(self) -> None:
+        requested = self.requested
+        if self.accelerator.num_processes > 1:
+            flag = torch.tensor([float(requested)], device=self.accelerator.device)
+            requested = bool(self.accelerator.reduce(flag, "sum").item())
+        if requested:
+            raise KeyboardInterrupt("stopped at the end of a step")
+
+    @contextmanager
+    def installed(self):
+        # A signal ignored when the run started (a background job's SIGINT) stays ignored.
+        previous = {s: signal.getsignal(s) for s in self.SIGNALS}
+        for s in self.SIGNALS:
+            if previous[s] is not signal.SIG_IGN:
+                signal.signal(s, self.handle)
+        try:
+            yield self
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
 
 
 @contextmanager
@@ -308,15 +337,21 @@ def checkpoint_on_interrupt(
     progress: Progress,
     logger: MetricsLogger | None = None,
 ):
-    """Around a training loop: Ctrl-C or SIGTERM saves a checkpoint of ``state`` (as the loop left it) and
-    re-raises, so the same command resumes."""
+    """Around a training loop, yielding a ``StepStop`` whose ``at_step_end()`` the loop calls after each step:
+    Ctrl-C or SIGTERM saves a checkpoint of ``state`` at the end of the step under way and re-raises
+    KeyboardInterrupt, so the same command resumes; a second signal re-raises at once, saving nothing."""
+    stop = StepStop(accelerator)
     try:
-        with interrupt_as_keyboard_interrupt():
-            yield
+        with stop.installed():
+            yield stop
     except KeyboardInterrupt:
         progress.close()
-        path = save_checkpoint(run, accelerator, state, keep)
-        accelerator.print(f"interrupted at step {state.step}; checkpoint saved to {path}")
+        if stop.forced:
+            last = run.latest_checkpoint()
+            accelerator.print(f"stopped inside step {state.step + 1}: no checkpoint of it; the last one is {last}")
+        else:
+            path = save_checkpoint(run, accelerator, state, keep)
+            accelerator.print(f"interrupted at step {state.step}; checkpoint saved to {path}")
         if logger is not None:
             logger.close()
         raise

@@ -431,7 +431,7 @@ def run(cfg: DPOConfig) -> Path:
     progress = Progress(n_steps, "dpo", cfg.progress and accelerator.is_main_process, completed=state.step)
     policy.train()
     window, n_pairs, start = {}, 0, time.perf_counter()
-    with common.checkpoint_on_interrupt(run_dir, accelerator, state, cfg.keep_checkpoints, progress, logger):
+    with common.checkpoint_on_interrupt(run_dir, accelerator, state, cfg.keep_checkpoints, progress, logger) as stop:
         while state.step < n_steps:
             if monitor is not None and monitor.due(state.step):
                 monitor_check()
@@ -471,6 +471,7 @@ def run(cfg: DPOConfig) -> Path:
                 logger.log(state.step, evaluate(policy, ref_fn, held_out, eval_ref, loss_fn, cfg, pad_id, accelerator))
             if cfg.save_every and state.step % cfg.save_every == 0:
                 common.save_checkpoint(run_dir, accelerator, state, cfg.keep_checkpoints)
+            stop.at_step_end()  # where a Ctrl-C stops: a checkpoint here resumes the same run
         if monitor is not None and not monitor.stop and monitor.due(state.step):
             monitor_check()  # the last step's policy
     progress.close()

@@ -203,7 +203,7 @@ def run(cfg: KTOConfig) -> Path:
     progress = Progress(n_steps, "kto", cfg.progress and accelerator.is_main_process, completed=state.step)
     policy.train()
     window, n_examples, start = {}, 0, time.perf_counter()
-    with common.checkpoint_on_interrupt(run_dir, accelerator, state, cfg.keep_checkpoints, progress, logger):
+    with common.checkpoint_on_interrupt(run_dir, accelerator, state, cfg.keep_checkpoints, progress, logger) as stop:
         while state.step < n_steps:
             global_batch = next(batches)
             micro = batching.split_micro(global_batch, accelerator, cfg.grad_accum, micro_batch)
@@ -236,6 +236,7 @@ def run(cfg: KTOConfig) -> Path:
                 logger.log(state.step, evaluate(policy, reference, held_out, cfg, pad_id, accelerator))
             if cfg.save_every and state.step % cfg.save_every == 0:
                 common.save_checkpoint(run_dir, accelerator, state, cfg.keep_checkpoints)
+            stop.at_step_end()  # where a Ctrl-C stops: a checkpoint here resumes the same run
     progress.close()
     final_eval = evaluate(policy, reference, held_out, cfg, pad_id, accelerator) if held_out else {}
     logger.log(state.step, final_eval)

@@ -189,7 +189,7 @@ def run(cfg: PPOConfig) -> Path:
             accelerator.print(f"monitor: training reward switched to {cfg.monitor_switch_to} at step {state.step}")
 
     model.train()
-    with common.checkpoint_on_interrupt(run_dir, accelerator, state, cfg.keep_checkpoints, progress, logger):
+    with common.checkpoint_on_interrupt(run_dir, accelerator, state, cfg.keep_checkpoints, progress, logger) as stop:
         while state.step < n_steps:
             if monitor is not None and monitor.due(state.step):
                 monitor_check()
@@ -281,6 +281,7 @@ def run(cfg: PPOConfig) -> Path:
             progress.update()
             if cfg.save_every and state.step % cfg.save_every == 0:
                 common.save_checkpoint(run_dir, accelerator, state, cfg.keep_checkpoints)
+            stop.at_step_end()  # where a Ctrl-C stops: a checkpoint here resumes the same run
         if monitor is not None and not monitor.stop and monitor.due(state.step):
             monitor_check()  # the last step's policy
     progress.close()

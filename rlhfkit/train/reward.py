@@ -346,7 +346,7 @@ def train_member(
     progress = Progress(n_steps, name, cfg.progress and accelerator.is_main_process, completed=state.step)
     model.train()
     window = {"loss": 0.0, "n": 0, "correct": 0.0, "pairs": 0, "margin": 0.0, "start": time.perf_counter()}
-    with common.checkpoint_on_interrupt(member_dir, accelerator, state, cfg.keep_checkpoints, progress):
+    with common.checkpoint_on_interrupt(member_dir, accelerator, state, cfg.keep_checkpoints, progress) as stop:
         while state.step < n_steps:
             global_batch = next(batches)
             dropped = set()
@@ -396,6 +396,7 @@ def train_member(
                 logger.log(state.step, {tag + k: v for k, v in held_out_metrics().items()})
             if cfg.save_every and state.step % cfg.save_every == 0:
                 common.save_checkpoint(member_dir, accelerator, state, cfg.keep_checkpoints)
+            stop.at_step_end()  # where a Ctrl-C stops: a checkpoint here resumes the same run
     progress.close()
     figures = {}
     if held_out:

@@ -121,7 +121,7 @@ def run(cfg: SFTConfig) -> Path:
     progress = Progress(n_steps, "sft", cfg.progress and accelerator.is_main_process, completed=state.step)
     model.train()
     window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
-    with common.checkpoint_on_interrupt(run_dir, accelerator, state, cfg.keep_checkpoints, progress, logger):
+    with common.checkpoint_on_interrupt(run_dir, accelerator, state, cfg.keep_checkpoints, progress, logger) as stop:
         while state.step < n_steps:
             micro = [
                 [train[i] for i in m]
@@ -164,6 +164,7 @@ def run(cfg: SFTConfig) -> Path:
                 logger.log(state.step, evaluate(model, held_out, cfg, pad_id, accelerator))
             if cfg.save_every and state.step % cfg.save_every == 0:
                 common.save_checkpoint(run_dir, accelerator, state, cfg.keep_checkpoints)
+            stop.at_step_end()  # where a Ctrl-C stops: a checkpoint here resumes the same run
     progress.close()
     held_out_figures = evaluate(model, held_out, cfg, pad_id, accelerator) if held_out else {}
     logger.log(state.step, held_out_figures)
