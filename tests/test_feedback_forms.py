@@ -194,6 +194,26 @@ def test_kto_mismatched_partners_follow_trl_chunks():
     assert all(i != j for i, j in enumerate(mismatched_partners(9, 4)))
 
 
+def test_a_kto_example_keeps_its_prompt_whatever_its_mismatched_partner(tiny):
+    """An example whose prompt and completion fit max_length keeps its whole prompt; its mismatched partner (another
+    example's completion) is cut to the room left, not the prompt for it, which made the example train on another
+    prompt than its data's."""
+    from rlhfkit.data.pairs import tokenize_group
+    from rlhfkit.data.records import Rating
+    from rlhfkit.train.kto import tokenize_all
+
+    _, tok = tiny
+    prompt = " ".join(["what is the capital of france ?"] * 5)
+    short, long = "the answer is paris .", " ".join(["the answer is paris ."] * 12)
+    records = [Rating(prompt=prompt, completion=short, label=True),
+               Rating(prompt=prompt, completion=long, label=False)]  # fmt: skip
+    alone = tokenize_group(tok, prompt, [short], 64)
+    assert len(alone.prompt_ids) + len(alone.completion_ids[0]) <= 64 < len(alone) + len(tok(long)["input_ids"])
+    first = tokenize_all(tok, records, 64, chunk=2, source="thumbs")[0]
+    assert first.prompt_ids == alone.prompt_ids and first.completion_ids[0] == alone.completion_ids[0]
+    assert len(first.prompt_ids) + len(first.completion_ids[1]) == 64  # the partner cut to the room left
+
+
 class _ThreeProcesses:
     """Stands in for Accelerate with three processes: the two others' mismatched log-ratios sum to ``others`` over
     ``count`` examples."""

@@ -49,20 +49,25 @@ class Group:
         return len(self.prompt_ids) + sum(len(c) for c in self.completion_ids)
 
 
-def truncate(prompt: list[int], completions: list[list[int]], max_length: int) -> tuple[list[int], list[list[int]]]:
+def truncate(
+    prompt: list[int], completions: list[list[int]], max_length: int, own: int | None = None
+) -> tuple[list[int], list[list[int]]]:
     """Keep prompt + each completion within ``max_length`` tokens: completions are cut from the end (as
-    TRL's ``keep_start``); a prompt that leaves less than half the budget keeps its last half-budget tokens."""
-    longest = max(len(c) for c in completions)
+    TRL's ``keep_start``); a prompt that leaves less than half the budget keeps its last half-budget tokens.
+    Only the first ``own`` completions (all by default) decide whether the prompt is cut: KTO's mismatched
+    completion, another example's, is cut to the room its own completion leaves, never the prompt for it."""
+    longest = max(len(c) for c in completions[:own])
     if len(prompt) + longest > max_length and len(prompt) > max_length // 2:
         prompt = prompt[-(max_length // 2) :]
     room = max_length - len(prompt)
     return prompt, [c[:room] for c in completions]
 
 
-def tokenize_group(tokenizer, prompt, completions, max_length: int, **extra) -> Group:
-    """Token ids of a prompt and its completions, each boundary exact (see ``tokenize_prompt_completion``)."""
+def tokenize_group(tokenizer, prompt, completions, max_length: int, own: int | None = None, **extra) -> Group:
+    """Token ids of a prompt and its completions, each boundary exact (see ``tokenize_prompt_completion``);
+    ``own`` as ``truncate`` takes it."""
     prompt_ids, out = tokenize_prompt_completions(tokenizer, prompt, list(completions))
-    prompt_ids, out = truncate(prompt_ids, out, max_length)
+    prompt_ids, out = truncate(prompt_ids, out, max_length, own)
     return Group(prompt_ids, out, **extra)
 
 

@@ -61,7 +61,7 @@ def tokenize_all(tokenizer, records: list, max_length: int, chunk: int, source: 
     groups = []
     for record, j in zip(records, partners):
         completions = [record.completion, records[j].completion]
-        group = tokenize_group(tokenizer, record.prompt, completions, max_length, label=record.label)
+        group = tokenize_group(tokenizer, record.prompt, completions, max_length, own=1, label=record.label)
         if all(len(c) > 0 for c in group.completion_ids):
             groups.append(group)
     return groups
