@@ -2,6 +2,7 @@
 is exact, every loss variant runs, resume equals an uninterrupted run, the command works."""
 
 import json
+import shutil
 from contextlib import nullcontext
 
 import pytest
@@ -165,6 +166,25 @@ def test_a_reference_cache_cut_short_is_computed_again(small_data, tmp_path):
     run(cfg)
     again = load_file(str(cache))
     assert torch.equal(again["train"], first["train"]) and torch.equal(again["eval"], first["eval"])
+
+
+def test_a_reference_cache_of_other_held_out_pairs_is_computed_again(small_data, tmp_path):
+    """The held-out file edited between an interruption and the resume (as many pairs, chosen and rejected swapped):
+    the cache of its reference log-probs is keyed by its content, not its path, so it is computed again."""
+    from safetensors.torch import load_file
+
+    folder, out = tmp_path / "data", tmp_path / "pre"
+    shutil.copytree(small_data, folder)
+    cfg = _cfg(folder, out, max_steps=1, reference="precomputed")
+    run(cfg)
+    first = load_file(str(out / "ref_logps.safetensors"))["eval"].clone()
+    card = json.loads((out / "card.json").read_text())
+    (out / "card.json").write_text(json.dumps({**card, "finished": False}))  # as if interrupted before the end
+    rows = [json.loads(line) for line in (folder / "eval.jsonl").read_text().splitlines()]
+    write_jsonl(folder / "eval.jsonl", [{**r, "chosen": r["rejected"], "rejected": r["chosen"]} for r in rows])
+    run(cfg)
+    again = load_file(str(out / "ref_logps.safetensors"))["eval"]
+    assert torch.allclose(again.view(-1, 2).flip(1).reshape(-1), first, atol=1e-3)  # the pairs, swapped back
 
 
 def test_shared_prompt_is_exact_in_value_and_gradient():

@@ -298,7 +298,8 @@ class Reference:
         if cfg.reference == "copy":
             self.model = frozen()
         if cfg.reference == "precomputed":  # the model before LoRA and before any update is the reference: no copy
-            settings = (cfg.model, file_hash(cfg.data), cfg.eval_data, cfg.eval_fraction, cfg.seed, cfg.max_length)
+            held_out_file = file_hash(cfg.eval_data) if cfg.eval_data else None  # its content, as the data's
+            settings = (cfg.model, file_hash(cfg.data), held_out_file, cfg.eval_fraction, cfg.seed, cfg.max_length)
             settings += (cfg.shared_prompt, len(train), cfg.chat_template, cfg.dtype) + tuple(key_extra)
             settings += (ref_model,) if ref_model is not None else ()  # keys of runs without one are unchanged
             key = hashlib.sha256(repr(settings).encode()).hexdigest()[:16]
