@@ -22,6 +22,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from fastapi import Depends, HTTPException, Request
 from sqlalchemy import Connection, bindparam, delete, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from rlhfkit.feedback.models import ROLES, AuthSession, Invite, User, storable, utcnow
@@ -92,8 +93,11 @@ def create_user(db: Session, username: str, role: str, password: str | None = No
         active=True,
         created_at=utcnow(),
     )
-    db.add(user)
-    db.flush()
+    try:
+        with db.begin_nested():  # a savepoint: a twin request that won the race undoes this insert only
+            db.add(user)
+    except IntegrityError:
+        raise AuthError("username: already taken") from None
     return user
 
 

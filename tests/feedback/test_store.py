@@ -237,3 +237,49 @@ def test_annotators_asking_at_once_on_postgresql_get_different_items(postgres):
     holder.join(5)
     asker.join(5)
     assert got == {"a": first, "b": second}
+
+
+def test_two_admins_creating_one_username_at_once_on_postgresql_get_a_clear_refusal(postgres):
+    """The second of two concurrent creations of one username waits for the first and is refused as taken (it
+    passed the check before the first committed, and its insert then failed on the unique index: a 500)."""
+    import threading
+
+    from rlhfkit.feedback.auth import AuthError, create_user
+    from rlhfkit.feedback.db import Store
+
+    store = Store(postgres())
+    migrate(store)
+    created, first_holds, outcome = threading.Event(), threading.Event(), {}
+
+    def create(hold: bool) -> None:
+        with store.write() as db:
+            try:
+                create_user(db, "twin", "annotator")
+            except AuthError as e:
+                outcome["second"] = str(e)
+                return
+            if hold:
+                created.set()
+                first_holds.wait(5)
+            db.commit()
+
+    first = threading.Thread(target=create, args=(True,))
+    first.start()
+    assert created.wait(5)
+    second = threading.Thread(target=create, args=(False,))
+    second.start()
+    second.join(0.5)
+    first_holds.set()
+    first.join(5)
+    second.join(5)
+    assert outcome == {"second": "username: already taken"}
+    assert len(users_named(store, "twin")) == 1
+
+
+def users_named(store, name: str) -> list:
+    from sqlalchemy import select
+
+    from rlhfkit.feedback.models import User
+
+    with store.read() as db:
+        return db.scalars(select(User).where(User.username == name)).all()
