@@ -73,8 +73,9 @@ def validate_flags(flags: Any, k: int) -> dict[str, list[str]] | None:
         raise AnswerError("flags: must be an object mapping a response index to a list of flags")
     out: dict[str, list[str]] = {}
     for key, names in flags.items():
-        # Only a short run of ASCII digits is a response index; anything else is named by position only.
-        if not (isinstance(key, str) and key.isascii() and key.isdigit() and len(key) <= 3 and int(key) < k):
+        # Only a response index written as such ("1", not "01", which would overwrite "1"'s flags) is a key;
+        # anything else is named by position only.
+        if not (isinstance(key, str) and key.isascii() and key.isdigit() and key == str(int(key)) and int(key) < k):
             raise AnswerError(f"flags: every key must be a response index 0..{k - 1}")
         if not isinstance(names, list) or any(n not in FLAGS for n in names):
             raise AnswerError(f"flags.{int(key)}: must be a list drawn from {', '.join(FLAGS)}")

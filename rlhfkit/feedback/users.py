@@ -56,9 +56,10 @@ def list_users(db: Session) -> list[dict]:
 
 
 def _other_active_admins(db: Session, user: User) -> int:
-    return db.scalar(
-        select(func.count()).select_from(User).where(User.role == "admin", User.active.is_(True), User.id != user.id)
-    )
+    # FOR UPDATE (PostgreSQL; SQLite serialises writers already): two admins demoting each other at once are
+    # serialised here and the second counts after the first's change, so the service keeps an admin
+    admins = select(User.id).where(User.role == "admin", User.active.is_(True)).with_for_update()
+    return sum(i != user.id for i in db.scalars(admins))
 
 
 def change_user(db: Session, username: str, role: str | None = None, active: bool | None = None) -> tuple[User, int]:

@@ -97,6 +97,8 @@ def test_invalid_answers_are_refused_with_the_field_named(server):
         assert r.status_code == 422 and "answer.ranking" in r.json()["detail"], ranking
     r = submit(ann, ids[0], {"ranking": [0, 1, 2]}, flags={"7": ["harmful"]})
     assert r.status_code == 422 and "flags" in r.json()["detail"] and "7" not in r.json()["detail"]
+    r = submit(ann, ids[0], {"ranking": [0, 1, 2]}, flags={"1": ["harmful"], "01": []})  # "01" would overwrite "1"
+    assert r.status_code == 422 and "flags" in r.json()["detail"]
     serve_until(ann, ids[1])
     r = submit(ann, ids[1], {"ratings": [3, 6]})
     assert r.status_code == 422 and "answer.ratings.1" in r.json()["detail"]

@@ -283,3 +283,41 @@ def users_named(store, name: str) -> list:
 
     with store.read() as db:
         return db.scalars(select(User).where(User.username == name)).all()
+
+
+def test_two_admins_demoting_each_other_at_once_on_postgresql_leave_one(postgres):
+    """Admins a and b demote each other at once: the second waits for the first and is refused as the last admin
+    (each counted the other still an admin before either committed, and the service was left with none)."""
+    import threading
+
+    from rlhfkit.feedback.db import Store
+    from rlhfkit.feedback.users import UserError, change_user
+
+    store = Store(postgres())
+    migrate(store)
+    users(store, "a", "b", role="admin")
+    changed, first_holds, outcome = threading.Event(), threading.Event(), {}
+
+    def demote(name: str, hold: bool) -> None:
+        with store.write() as db:
+            try:
+                change_user(db, name, role="annotator")
+            except UserError as e:
+                outcome[name] = str(e)
+                return
+            if hold:
+                changed.set()
+                first_holds.wait(5)
+            db.commit()
+
+    first = threading.Thread(target=demote, args=("a", True))
+    first.start()
+    assert changed.wait(5)
+    second = threading.Thread(target=demote, args=("b", False))
+    second.start()
+    second.join(0.5)
+    first_holds.set()
+    first.join(5)
+    second.join(5)
+    assert list(outcome) == ["b"] and "last active admin" in outcome["b"]
+    assert [u.role for u in users_named(store, "b")] == ["admin"]
