@@ -19,7 +19,8 @@ BREAK_SECONDS = 600  # a gap longer than this between two labels is a break, not
 
 def active_hours(times: list, durations: list[int | None]) -> float:
     """Working time: gaps between consecutive labels, with breaks cut to nothing, plus the time spent
-    on the first item."""
+    on the first item (the earliest label's duration: ``times`` and ``durations`` come in any order, paired)."""
+    durations = [d for _, d in sorted(zip(times, durations), key=lambda pair: pair[0])]
     times = sorted(times)
     seconds = (durations[0] or 0) / 1000 if durations else 0.0
     for a, b in zip(times, times[1:]):

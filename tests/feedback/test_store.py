@@ -321,3 +321,14 @@ def test_two_admins_demoting_each_other_at_once_on_postgresql_leave_one(postgres
     second.join(5)
     assert list(outcome) == ["b"] and "last active admin" in outcome["b"]
     assert [u.role for u in users_named(store, "b")] == ["admin"]
+
+
+def test_working_time_adds_the_earliest_labels_duration_whatever_the_order_given():
+    """Labels at t0 + 10 s (5 s spent) and t0 (20 s spent), given in that order: 20 s for the first item plus the
+    10 s gap, not the 5 s of the label listed first."""
+    from datetime import datetime, timedelta
+
+    from rlhfkit.feedback.dashboard import active_hours
+
+    t0 = datetime(2026, 12, 3, 12, 0, 0)
+    assert active_hours([t0 + timedelta(seconds=10), t0], [5000, 20000]) * 3600 == pytest.approx(30.0)
