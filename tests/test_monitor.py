@@ -172,6 +172,15 @@ def test_disagreement_is_measured_from_its_lowest_not_its_start():
     assert not run([replace(c, ensemble_std=min(c.ensemble_std, 0.29)) for c in checks])[1].alarm
 
 
+def test_members_that_agree_exactly_say_nothing_rather_than_raise_the_alarm():
+    """An ensemble of copies of one model: std exactly 0 at every check, or 0 then 1e-9. The ratio to the lowest
+    (0/0, x/0) was nan or inf and raised "disagreement at nanx its lowest"; agreeing exactly is no signal."""
+    for stds in ([0.0] * 8, [0.0] + [1e-9] * 7):
+        checks = [Check(step=t, ensemble_std=v) for t, v in enumerate(stds, start=1)]
+        monitor, status = run(checks)
+        assert not status.alarm and status.best_step is not None
+
+
 def test_the_kept_check_is_one_where_the_ensemble_still_agrees():
     """The second model keeps rising (0.1 .. 1.0 at steps 1-6, then 1.1 .. 1.4), but from step 7 its members
     disagree 1.4x as much as at their lowest (0.28 against 0.19-0.21: over trust_factor 1.2, under the alarm's
@@ -310,3 +319,17 @@ def test_alarm_latches_and_summary_is_plain_json():
     summary = json.loads(json.dumps(monitor.summary()))
     assert summary["alarm_step"] == first and summary["best_step"] == status.best_step
     assert summary["fits"]["second_rm_reward"]["peak_kl"] > 0 and len(summary["history"]) == len(monitor.history)
+
+
+def test_the_gate_judges_this_rounds_check_not_an_earlier_rejected_ones():
+    """The promotion gate replays the earlier rounds' checks, rejected ones too: one that looped latched the monitor's
+    alarm and failed every later candidate with its old reason. The verdict is the current check's. And with no
+    reference (no KL) an alarm's detail said "no alarm"."""
+    from rlhfkit.evaluate.gate import GateSettings, overoptimisation_check
+
+    looping = Check(step=1, kl=1.0, mean_length=10.0, degenerate_share=0.5)
+    clean = Check(step=2, kl=1.0, mean_length=10.0, degenerate_share=0.0)
+    verdict = overoptimisation_check([looping], clean, GateSettings())
+    assert verdict["passed"] and verdict["detail"] == "KL to the reference 1 nats"
+    verdict = overoptimisation_check([], replace(looping, kl=None), GateSettings())
+    assert not verdict["passed"] and "loop" in verdict["detail"]

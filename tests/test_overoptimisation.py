@@ -39,6 +39,15 @@ def test_a_rising_curve_has_no_peak():
     assert fit.b == pytest.approx(-0.1) and fit.peak_d is None and fit.peak_reward is None
 
 
+def test_a_best_of_n_curve_falling_from_the_start_has_no_peak():
+    """R(d) = d (-0.5 - 0.3 d): a < 0 and b > 0 in the best-of-N form, negative and falling for every d > 0. Its
+    vertex a / 2b is at d < 0: no peak (it reported d* = -0.83 and a positive peak KL)."""
+    d = np.linspace(0.5, 3.0, 8)
+    fit = fit_gao(d**2, d * (-0.5 - 0.3 * d), "bon", reward_at_zero=0.0)
+    assert fit.a == pytest.approx(-0.5) and fit.b == pytest.approx(0.3)
+    assert fit.peak_d is None and fit.peak_kl is None and fit.peak_reward is None
+
+
 def test_least_squares_on_two_points_by_hand():
     """RL form through the origin at d = 1 and d = e: features [d, -d log d] are [1, 0] and [e, -e], so
     R(1) = a = 0.8 and R(e) = e (a - b) = e * 0.3 -> b = 0.5; a negative KL estimate counts as d = 0."""

@@ -99,6 +99,19 @@ def _check(name: str, value, threshold, passed: bool, detail: str) -> dict:
     return {"name": name, "value": value, "threshold": threshold, "passed": bool(passed), "detail": detail}
 
 
+def overoptimisation_check(history: list[Check], check: Check, settings: GateSettings) -> dict:
+    """The monitor on this round's check after the earlier rounds' ones (their signals set its baselines). One check
+    per round, and a round is expensive: a reason fires at its first occurrence (patience 1). The verdict is this
+    check's reasons, not the monitor's latched alarm: a rejected round that over-optimised must not fail every
+    candidate after it."""
+    monitor = OveroptimisationMonitor(MonitorSettings(kl_budget=settings.kl_budget, patience=1))
+    for earlier in history:
+        monitor.update(earlier)
+    reasons = monitor.update(check).reasons
+    fine = f"KL to the reference {check.kl:.3g} nats" if check.kl is not None else "no alarm"
+    return _check("overoptimisation", bool(reasons), "no alarm", not reasons, "; ".join(reasons.values()) or fine)
+
+
 def run_gate(inputs: GateInputs, settings: GateSettings) -> dict:
     """The gate's report: every check with its value, threshold and verdict, the monitor's check, and ``passed``."""
     from rlhfkit.models.load import load_causal_lm
@@ -148,14 +161,7 @@ def run_gate(inputs: GateInputs, settings: GateSettings) -> dict:
         judge_score = float(inputs.judge.score(inputs.prompts, cand_texts).mean())
     check = Check(step=len(inputs.history) + 1, kl=kl, proxy_reward=proxy_score, second_rm_reward=judge_score,
                   mean_length=length, degenerate_share=looping)  # fmt: skip
-    # One check per round, and a round is expensive: a reason fires at its first occurrence (patience 1).
-    monitor = OveroptimisationMonitor(MonitorSettings(kl_budget=settings.kl_budget, patience=1))
-    for earlier in inputs.history:
-        monitor.update(earlier)
-    status = monitor.update(check)
-    checks.append(_check("overoptimisation", status.alarm, "no alarm", not status.alarm,
-                         "; ".join(status.alarm_reasons.values()) or f"KL to the reference {kl:.3g} nats" if kl is not None
-                         else "no alarm"))  # fmt: skip
+    checks.append(overoptimisation_check(inputs.history, check, settings))
     return {
         "passed": all(c["passed"] for c in checks),
         "checks": checks,

@@ -217,9 +217,12 @@ def heldout_accuracy_falls(history: list[Check], s: MonitorSettings) -> str | No
 
 def disagreement_over_lowest(history: list[Check]) -> dict[int, float]:
     """Per check that measured ``ensemble_std`` (by index into history): its value over the lowest value up to and
-    including it. Only the past enters, so a check's ratio never changes once it is made."""
+    including it. Only the past enters, so a check's ratio never changes once it is made. While the lowest is 0 (the
+    members agreed exactly: copies of one model) disagreement says nothing, and the ratio is 1."""
     idx, values = series(history, "ensemble_std")
-    return dict(zip(idx.tolist(), (values / np.minimum.accumulate(values)).tolist())) if values.size else {}
+    lowest = np.minimum.accumulate(values)
+    ratios = np.where(lowest > 0, values / np.where(lowest > 0, lowest, 1.0), 1.0)
+    return dict(zip(idx.tolist(), ratios.tolist())) if values.size else {}
 
 
 def disagreement_grows(history: list[Check], s: MonitorSettings) -> str | None:

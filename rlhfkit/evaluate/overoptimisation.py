@@ -53,11 +53,12 @@ class GaoFit:
 
     @property
     def peak_d(self) -> float | None:
-        """d* where the curve peaks, None when it has no maximum at d > 0 (b <= 0)."""
+        """d* where the curve peaks, None when it has no maximum at d > 0 (b <= 0; for best-of-N also a <= 0, a
+        curve falling from d = 0)."""
         if self.b <= 0:
             return None
         if self.form == "bon":
-            return self.a / (2 * self.b)
+            return self.a / (2 * self.b) if self.a > 0 else None
         x = self.a / self.b - 1
         return math.exp(x) if x < 700 else None  # beyond float range: no peak in any reachable d
 
