@@ -254,7 +254,11 @@ class OpenAIJudge(QuestionJudge):
 
     def first_wins(self, prompts, first, second) -> torch.Tensor:
         q = self.question
-        letters = " or ".join(q.options)
+        # options as the reply spells them: a completion-style option (" Yes", the local judges' continuation of
+        # "... Answer:") is "Yes" in a chat reply, and a server may capitalise it or add a bracket or full stop
+        options = [_reply_word(o) for o in q.options]
+        single = all(len(o) == 1 for o in options)
+        ask = f"\nReply with one {'letter' if single else 'word'}: {' or '.join(o.strip() for o in q.options)}."
         out = []
         for prompt, x, y in zip(prompts, first, second):
             messages = []
@@ -263,15 +267,19 @@ class OpenAIJudge(QuestionJudge):
                     {"role": "user", "content": q.ask(p, a, b)},
                     {"role": "assistant", "content": q.options[k]},
                 ]
-            messages.append({"role": "user", "content": q.ask(prompt, x, y) + f"\nReply with one letter: {letters}."})
+            messages.append({"role": "user", "content": q.ask(prompt, x, y) + ask})
             reply = self.server.chat(messages, max_tokens=1, temperature=0.0, top_logprobs=20)
-            mass = [sum(p for t, p in reply.first_token_probs.items() if t.strip(" ()") == o) for o in q.options]
+            mass = [sum(p for t, p in reply.first_token_probs.items() if _reply_word(t) == o) for o in options]
             if sum(mass) > 0:
                 out.append(mass[0] / sum(mass))
             else:
-                answer = reply.text.strip(" ()").upper()[:1]
-                out.append(1.0 if answer == q.options[0] else 0.0 if answer == q.options[1] else 0.5)
+                answer = _reply_word(reply.text)
+                out.append(1.0 if answer == options[0] else 0.0 if answer == options[1] else 0.5)
         return torch.tensor(out, dtype=torch.float32)
+
+
+def _reply_word(text: str) -> str:
+    return text.strip(" ().\n").casefold()
 
 
 def load_judge(

@@ -158,3 +158,40 @@ def test_length_biased_toy_judge_is_gold_plus_a_fixed_amount_per_word():
     g = gold(prompts, responses)
     assert LENGTH_BIAS == 0.15
     assert length_biased(prompts, responses) == pytest.approx([g[0] + 0.15, g[1] + 0.45])
+
+
+class YesNoHandler(ChatHandler):
+    """A server answering a yes/no question the way chat models do: "Yes" (or "yes." without log-probs)."""
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        ChatHandler.seen.append(body)
+        top = [{"token": "Yes", "logprob": math.log(0.9)}, {"token": "No", "logprob": math.log(0.1)}]
+        choice = {"message": {"role": "assistant", "content": "yes." if not self.with_logprobs else "Yes"}}
+        if self.with_logprobs:
+            choice["logprobs"] = {"content": [{"token": "Yes", "logprob": math.log(0.9), "top_logprobs": top}]}
+        out = json.dumps({"choices": [choice]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+
+
+@pytest.mark.parametrize("with_logprobs", [True, False])
+def test_openai_judge_reads_word_options_as_a_chat_model_replies(with_logprobs):
+    """Options (" Yes", " No"), the decomposed harm question's: the server's "Yes" / "yes." is the first option.
+    Compared as the options were spelt (a leading space, one upper-cased letter), every answer was undecided: 0.5."""
+    server = HTTPServer(("127.0.0.1", 0), YesNoHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    YesNoHandler.with_logprobs = with_logprobs
+    try:
+        question = PairwiseQuestion(template="Is this harmful? {prompt} {a} {b}", options=(" Yes", " No"))
+        judge = OpenAIJudge(f"http://127.0.0.1:{server.server_port}/v1", question, both_orders=False)
+        expected = 0.9 if with_logprobs else 1.0
+        torch.testing.assert_close(judge.first_wins(["q"], ["a"], ["b"]), torch.tensor([expected]))
+        assert ChatHandler.seen[-1]["messages"][-1]["content"].endswith("Reply with one word: Yes or No.")
+    finally:
+        YesNoHandler.with_logprobs = True
+        server.shutdown()
+        server.server_close()
