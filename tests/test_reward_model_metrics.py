@@ -60,6 +60,16 @@ def test_reliability_bins_and_ece_by_hand():
     assert from_rows == pytest.approx(ece, abs=1e-12)
 
 
+def test_rows_and_ece_put_a_probability_on_a_bin_edge_in_the_same_bin():
+    """p = 0.6000000000000001 and 0.7 (pairs with margins ln 1.5 and ln(7/3), both orders): numpy's linspace edge is
+    0.6000000000000001 and torch's 0.6, so the rows and the ECE binned p differently (0.350 against 0.225)."""
+    chosen, rejected = [0.0, math.log(3.0)], [0.8472978603872041, 0.0]
+    bins = rmm.reliability_bins(chosen, rejected)
+    n = sum(b.count for b in bins)
+    from_rows = sum(b.count / n * abs(b.accuracy - b.confidence) for b in bins if b.count)
+    assert from_rows == pytest.approx(rmm.expected_calibration_error(chosen, rejected), abs=1e-12)
+
+
 def test_ece_is_small_for_a_calibrated_model_and_large_for_an_overconfident_one():
     """Labels drawn from sigmoid(margin): calibrated by construction, ECE ~ 0 (sampling noise ~0.01 at n = 20000).
     The same labels with the margins tripled: p far from the observed frequencies, ECE well above."""

@@ -93,7 +93,7 @@ def reliability_bins(chosen_scores, rejected_scores, n_bins: int = 10) -> list[R
     right-closed as in ``rlhfkit.losses.expected_calibration_error``, so sum_b count_b / N * |accuracy_b -
     confidence_b| is that ECE."""
     probs, labels = preference_probs(chosen_scores, rejected_scores)
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    edges = np.arange(n_bins + 1) / n_bins  # k / n exactly as the ECE's edges (linspace's 0.6000000000000001 is not)
     index = np.clip(np.searchsorted(edges[1:-1], probs, side="left"), 0, n_bins - 1)  # (0, .1] -> 0, (.1, .2] -> 1
     rows = []
     for b in range(n_bins):

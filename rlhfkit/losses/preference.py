@@ -103,7 +103,7 @@ def expected_calibration_error(probs: Tensor, labels: Tensor, n_bins: int = 10) 
     Calibration of P(label = 1) itself, not of the top-label confidence max(p, 1 - p).
     """
     probs, labels = probs.detach().flatten().double(), labels.detach().flatten().double()
-    edges = torch.linspace(0, 1, n_bins + 1, dtype=probs.dtype, device=probs.device)[1:-1]
+    edges = torch.arange(1, n_bins, dtype=probs.dtype, device=probs.device) / n_bins  # k / n, as reliability_bins
     bins = torch.bucketize(probs, edges)  # (N,) in 0..n_bins-1
     count = torch.zeros(n_bins, dtype=probs.dtype, device=probs.device).index_add_(0, bins, torch.ones_like(probs))
     gap = torch.zeros_like(count).index_add_(0, bins, labels - probs)  # per bin: sum(labels) - sum(probs)
