@@ -38,10 +38,15 @@ _FILLER = r"(?:(?:really|actually|possibly|ethically|responsibly|directly|in\s+g
 
 REFUSAL_PATTERNS = [
     r"\bI\s+" + _CANNOT + r"\s+" + _FILLER + _ASSIST + r"\b",  # I can't help / I won't be able to assist
-    # "I'm sorry, I can't", "I'm afraid I'm unable"; not "I'm sorry for the confusion, but I can help"
-    _I_AM + r"\s+(?:sorry|afraid)\b[^.!?\n]{0,40}?\b(?:can" + _APOS + r"?t|cannot|unable|not\s+able|not\s+equipped)\b",
-    r"\b(?:sorry|my\s+apologies|I\s+apologi[sz]e),?\s+but\b",
-    _I_AM + r"\s+(?:(?:unable|not\s+able|not\s+allowed|not\s+permitted|not\s+going)\s+to|not\s+comfortable)\b",
+    # "I'm sorry, I can't", "I'm afraid I'm unable": the speaker can't, not "I'm sorry to hear you can't sleep" or
+    # "I'm afraid the process cannot be stopped", nor "I'm sorry for the confusion, but I can help"
+    _I_AM + r"\s+(?:sorry|afraid)\b[^.!?\n]{0,40}?\bI(?:\s*" + _APOS + r"m|\s+am)?\s+"
+    r"(?:can" + _APOS + r"?t|cannot|can\s+not|unable|not\s+able|not\s+equipped)\b",
+    # "Sorry, but I ...", "... but this request ...", not "Sorry, but first: are you on Linux?"
+    r"\b(?:sorry|my\s+apologies|I\s+apologi[sz]e),?\s+but\s+(?:I\b|as\s+an\s+AI\b|this\s+(?:request|question)\b|"
+    r"th(?:at|is)(?:" + _APOS + r"s|\s+is)\s+not\b)",
+    _I_AM + r"\s+(?:(?:unable|not\s+able|not\s+allowed|not\s+permitted)\s+to|not\s+comfortable)\b",
+    _I_AM + r"\s+not\s+going\s+to\s+" + _FILLER + _ASSIST + r"\b",  # not "I'm not going to lie, ..."
     _I_AM + r"\s+not\s+(?:equipped|designed|programmed)\s+to\b",
     r"\bI\s+(?:must|have\s+to|need\s+to)\s+(?:respectfully\s+)?(?:decline|refuse)\b",
     r"\bI\s+(?:refuse|decline)\s+to\b",
