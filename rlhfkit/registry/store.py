@@ -239,7 +239,7 @@ class Registry:
                 query = select(versions).where(versions.c.name == name)
                 if number == "latest":
                     query = query.order_by(versions.c.number.desc()).limit(1)
-                elif number.isdigit():
+                elif number.isascii() and number.isdigit() and len(number) <= 9:  # not "²", nor past an INTEGER
                     query = query.where(versions.c.number == int(number))
                 else:
                     raise RegistryError(f"{ref!r}: a version is NAME:NUMBER or NAME:latest")

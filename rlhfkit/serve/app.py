@@ -242,8 +242,8 @@ def create_app(
         if experiment is not None:
             try:
                 return await store.run(experiment_report, store, experiment)
-            except RegistryError as e:
-                raise ApiError(404, str(e), "experiment", "not_found_error") from None
+            except RegistryError:  # its message repeats the name asked for: the client's own words
+                raise ApiError(404, "field 'experiment': no such experiment", "experiment", "not_found_error") from None
         return await store.run(live_figures, store, hours)
 
     @app.get("/", include_in_schema=False)

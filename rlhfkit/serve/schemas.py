@@ -71,7 +71,7 @@ class ChatRequest(BaseModel):
     max_tokens: StrictInt | None = Field(None, ge=1)
     max_completion_tokens: StrictInt | None = Field(None, ge=1)
     stop: Text | list[Text] | None = None
-    seed: StrictInt | None = None
+    seed: StrictInt | None = Field(None, ge=-(2**63), lt=2**63, description="a 64-bit integer")
     user: Text | None = Field(None, min_length=1, max_length=200, description="the end user: assigns the A/B arm")
     n: StrictInt = Field(1, ge=1, le=1, description="one choice per request")
     regenerate_of: Text | None = Field(None, max_length=40, description="the response this one replaces")

@@ -188,6 +188,7 @@ def test_hostile_or_malformed_requests_get_a_4xx_that_does_not_echo_them(served)
         (dict(json={"model": "champion", "messages": [{"role": "user", "content": 5}]}), 422),
         (dict(json={"model": "champion", "messages": msg, "max_tokens": 10**9}), 422),
         (dict(json={"model": "champion", "messages": msg, "n": 2}), 422),
+        (dict(json={"model": "champion", "messages": msg, "seed": 2**80}), 422),  # the sampler's seed is 64-bit
         (dict(json={"model": "champion", "messages": msg, "temperature": 7}), 422),
         (dict(json={"model": "champion", "messages": msg, "stop": ["a", "b", "c", "d", "e"]}), 422),
         (dict(json={"model": "champion", "messages": msg, "user": "x" * 500}), 422),
@@ -233,6 +234,11 @@ def test_hostile_or_malformed_requests_get_a_4xx_that_does_not_echo_them(served)
     assert r.status_code == 422 and HOSTILE not in r.text and r.json()["error"]["param"] == "<key>", r.text[:300]
     assert httpx.get(served.url + "/v1/monitor?hours=-1").status_code == 422
     assert httpx.get(served.url + "/v1/monitor?experiment=nope").status_code == 404
+    r = httpx.get(served.url + "/v1/monitor", params={"experiment": HOSTILE})
+    assert r.status_code == 404 and HOSTILE not in r.text
+    for model in ("champion:\u00b2", "champion:" + "9" * 30):  # a digit that int() refuses; past an INTEGER
+        r = httpx.post(url, json={"model": model, "messages": msg}, timeout=60)
+        assert r.status_code == 404 and model not in r.text, (model, r.status_code, r.text[:200])
     page = httpx.get(served.url + "/")
     assert page.status_code == 200 and "script-src 'self'" in page.headers["content-security-policy"]
 
