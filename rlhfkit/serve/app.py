@@ -23,6 +23,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import anyio
 from fastapi import FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
@@ -302,10 +303,10 @@ def _usage(done: Event | None) -> dict:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-async def _store_response(store: Store, record: dict, text: str, done, ttft, latency) -> None:
+async def _store_response(store: Store, record: dict, text: str, done, ttft, latency, cut: str | None = None) -> None:
     from rlhfkit.evaluate.safety import is_refusal
 
-    row = {**record, "text": text, "finish_reason": done.finish_reason if done else None,
+    row = {**record, "text": text, "finish_reason": done.finish_reason if done else cut,
            "completion_tokens": done.completion_tokens if done else 0, "ttft_ms": ttft, "latency_ms": latency,
            "refusal": is_refusal(text)}  # fmt: skip
     await store.transact(insert_response, row)
@@ -318,7 +319,7 @@ async def _sse(store, events, meta, record, extension, start) -> AsyncIterator[b
         return f"data: {json.dumps(body)}\n\n".encode()
 
     yield chunk({"role": "assistant", "content": ""})
-    text, done, ttft = "", None, None
+    text, done, ttft, stored, cut = "", None, None, False, "cancelled"
     try:
         async for event in events:
             if event.kind == "delta":
@@ -328,9 +329,19 @@ async def _sse(store, events, meta, record, extension, start) -> AsyncIterator[b
             else:
                 done = event
         # Stored (and on disk) before the last chunk: feedback on an answer the client saw always finds it.
-        await _store_response(store, record, text, done, ttft, wall_ms(start))
+        stored = True
+        with anyio.CancelScope(shield=True):  # a client leaving now must not cut the write short
+            await _store_response(store, record, text, done, ttft, wall_ms(start))
     except ApiError as e:
+        cut = "error"
         yield f"data: {json.dumps({'error': {'message': e.message, 'type': e.kind}})}\n\n".encode()
         return
+    finally:
+        # A client that went away mid-answer (or an engine that failed in it) had the response's id and part of
+        # its text: keep what it was shown, so its feedback finds it. Shielded: the request's task is being
+        # cancelled here.
+        if not stored:
+            with anyio.CancelScope(shield=True):
+                await _store_response(store, record, text, None, ttft, wall_ms(start), cut=cut)
     yield chunk({}, done.finish_reason if done else "stop", usage=_usage(done), rlhfkit=extension)
     yield b"data: [DONE]\n\n"

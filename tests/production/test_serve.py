@@ -354,3 +354,58 @@ def test_an_answer_with_a_nul_character_is_stored_on_either_database(db, tmp_pat
         insert_response(conn, row)
     registry.close()
     assert [r["text"] for r in rows(db, responses, id="chatcmpl-nul")] == ["a\ufffdb"]
+
+
+class SlowUpstream:
+    """An upstream endpoint that answers ten words, one every 0.2 s."""
+
+    async def stream(self, endpoint, messages, params):
+        import asyncio
+
+        from rlhfkit.serve.engine import Event
+
+        for i in range(10):
+            await asyncio.sleep(0.2)
+            yield Event("delta", text=f"w{i} ")
+        yield Event("done", finish_reason="stop", completion_tokens=10)
+
+
+def test_a_client_that_leaves_a_stream_keeps_the_answer_it_was_shown(tmp_path):
+    """The client reads three chunks of a streamed answer and hangs up: the answer is stored as far as it went
+    (finish_reason 'cancelled'), so feedback on its id finds it; it was lost, and the feedback a 404."""
+    import socket
+    import threading
+
+    import uvicorn
+
+    from rlhfkit.serve.app import create_app
+
+    db = str(tmp_path / "prod.db")
+    registry = Registry.open(db)
+    registry.register("nowhere", name="policy", endpoint="http://127.0.0.1:9/v1#a")
+    registry.promote("champion", "policy:1")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(registry.store, upstream=SlowUpstream()), port=port,
+                                           log_level="warning"))  # fmt: skip
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            time.sleep(0.05)
+        url = f"http://127.0.0.1:{port}"
+        body = {"model": "champion", "messages": [{"role": "user", "content": "hi"}], "user": "u", "stream": True}
+        with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=30) as r:
+            chunks = [json.loads(line[6:]) for line, _ in zip(r.iter_lines(), range(3)) if line.startswith("data: ")]
+        response_id = chunks[-1]["id"]
+        deadline = time.time() + 10
+        while time.time() < deadline and not rows(db, responses, id=response_id):
+            time.sleep(0.1)
+        [row] = rows(db, responses, id=response_id)
+        assert row["finish_reason"] == "cancelled" and row["text"].startswith("w0 ") and len(row["text"]) < 30
+        thumbs = {"response_id": response_id, "user": "u", "kind": "thumbs", "value": False}
+        assert httpx.post(url + "/v1/feedback", json=thumbs, headers={"Idempotency-Key": "k"}).status_code == 201
+    finally:
+        server.should_exit = True
+        thread.join(10)
