@@ -114,7 +114,7 @@ def _latest_feedback(store: Store, kinds: tuple[str, ...], after: int, until: in
         last[(r.response_id, r.kind, r.other_response_id if r.kind == "preference" else None)] = r
     if "preference" in kinds:  # one preference per regenerated pair: A over B and then B over A is one answer
         pairs: dict[tuple, Any] = {}
-        for r in last.values():
+        for r in sorted(last.values(), key=lambda r: r.id):  # the latest word last (a dict keeps first places)
             if r.kind == "preference":
                 pairs[tuple(sorted((r.response_id, r.other_response_id)))] = r
         last = {k: r for k, r in last.items() if r.kind != "preference"}

@@ -409,3 +409,23 @@ def test_a_client_that_leaves_a_stream_keeps_the_answer_it_was_shown(tmp_path):
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def test_a_user_who_changes_their_mind_twice_is_taken_at_their_last_word(served):
+    """A over B, then B over A, then A over B again: the pair's preference is the third (it was the second, whose
+    pair had kept the first one's place in a dict)."""
+    from rlhfkit.serve.records import _latest_feedback
+
+    a = served.chat(ASK, user="mind").json()["id"]
+    b = served.chat(ASK, user="mind", regenerate_of=a).json()["id"]
+    said = []
+    for win, lose in ((a, b), (b, a), (a, b)):
+        r = served.feedback(response_id=win, user="mind", kind="preference", other_response_id=lose)
+        assert r.status_code == 201
+        said.append(r.json()["id"])
+    store = Store(served.db)
+    try:
+        kept = [r.id for r in _latest_feedback(store, ("preference",), 0, None, None) if r.id in said]
+    finally:
+        store.dispose()
+    assert kept == [said[2]]
