@@ -186,6 +186,10 @@ class Registry:
                     if row["content_hash"] is None
                     else versions.c.content_hash == row["content_hash"],
                     versions.c.run_id.is_(None) if row["run_id"] is None else versions.c.run_id == row["run_id"],
+                    # another endpoint for the same name and source is another version, not this one
+                    versions.c.endpoint.is_(None)
+                    if row.get("endpoint") is None
+                    else versions.c.endpoint == row["endpoint"],
                 )
             ).scalar()
             if same is not None:
@@ -386,7 +390,7 @@ def holders(conn: Connection, alias: str) -> list[int]:
     for action, version_id in rows:
         if action == "rollback":
             stack.pop()
-        else:
+        elif not stack or stack[-1] != version_id:  # promoting the holder again (a retry) changes nothing
             stack.append(version_id)
     return stack
 

@@ -89,6 +89,9 @@ def test_promote_and_rollback_move_an_alias_as_a_stack(db, tmp_path):
         registry.promote("champion", refs[1], expect=refs[2])
     assert registry.resolve("champion").ref == refs[0]
     assert registry.promote("champion", refs[1], expect=refs[0]).current.ref == refs[1]
+    registry.promote("champion", refs[1])  # a retry of that promotion: the rollback still goes back to refs[0]
+    assert registry.rollback("champion").current.ref == refs[0]
+    registry.promote("champion", refs[1])
     with pytest.raises(RegistryError, match="no such alias"):
         registry.resolve("challenger")
     with pytest.raises(RegistryError, match="no such version"):
@@ -121,6 +124,17 @@ print(done)
 """
 
 
+def test_an_endpoint_registered_again_elsewhere_is_a_new_version(db):
+    """The same name and source served by another endpoint: a new version (it returned the first, still pointing at
+    the first host)."""
+    registry = Registry.open(db)
+    a = registry.register("external", endpoint="http://127.0.0.1:8001/v1#model-1")
+    b = registry.register("external", endpoint="http://127.0.0.1:8002/v1#model-2")
+    again = registry.register("external", endpoint="http://127.0.0.1:8001/v1#model-1")
+    assert a.ref != b.ref and again.ref == a.ref
+    assert registry.resolve(b.ref).endpoint == "http://127.0.0.1:8002/v1#model-2"
+
+
 def test_concurrent_promotions_from_several_processes_keep_the_alias_consistent(db, tmp_path):
     registry = Registry.open(db)
     refs = [registry.register(str(fake_run(tmp_path, f"c{i}"))).ref for i in range(4)]
@@ -140,8 +154,11 @@ def test_concurrent_promotions_from_several_processes_keep_the_alias_consistent(
     history = registry.history("champion")
     assert [e["seq"] for e in history] == list(range(1, done + 2))  # every change recorded once, in order
     stack = []
-    for e in history:  # replaying the events gives the holder the alias names
-        stack.pop() if e["action"] == "rollback" else stack.append(e["version"])
+    for e in history:  # replaying the events gives the holder the alias names (a promotion of the holder: none)
+        if e["action"] == "rollback":
+            stack.pop()
+        elif not stack or stack[-1] != e["version"]:
+            stack.append(e["version"])
         assert e["version"] == stack[-1]
     assert registry.resolve("champion").ref == stack[-1] and stack[-1] in refs
 
