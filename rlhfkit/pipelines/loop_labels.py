@@ -26,13 +26,18 @@ MAX_PAIRS_PER_PROMPT = 8
 
 
 def live_labels(store, after: int, until: int, thumbs: bool, seed: int) -> list[dict]:
-    from rlhfkit.data.convert import ratings_to_comparisons
+    from rlhfkit.data.convert import rating_points, ratings_to_comparisons
     from rlhfkit.serve.records import live_comparisons, live_ratings
 
     rows = [{**r, "source": "live"} for r in live_comparisons(store, after, until)]
     if thumbs:
         ratings = [Rating.model_validate({**r, "annotator": None}) for r in live_ratings(store, after, until)]
-        pairs = ratings_to_comparisons(ratings, by_annotator=False)
+        # pooled over users, one prompt may have thumbs from some and stars from others: pairs within a scale only
+        # (mixed, ratings_to_comparisons refuses the prompt, and every rerun of the round failed the same way)
+        by_scale: dict[int, list[Rating]] = {}
+        for r in ratings:
+            by_scale.setdefault(rating_points(r)[1], []).append(r)
+        pairs = [c for scale in sorted(by_scale) for c in ratings_to_comparisons(by_scale[scale], by_annotator=False)]
         rng = random.Random(seed)
         by_prompt: dict[str, list] = {}
         for c in pairs:

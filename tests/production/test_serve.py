@@ -429,3 +429,25 @@ def test_a_user_who_changes_their_mind_twice_is_taken_at_their_last_word(served)
     finally:
         store.dispose()
     assert kept == [said[2]]
+
+
+def test_thumbs_and_stars_on_one_prompt_give_pairs_within_each_scale(served):
+    """Two users thumb answers to one prompt up and down, a third gives one four stars: the loop's live labels pair
+    the thumbs and leave the stars alone (the mixed scales made the whole round fail, on every rerun)."""
+    from rlhfkit.pipelines.loop_labels import live_labels
+    from rlhfkit.serve.records import max_feedback_id
+
+    prompt = "what is the capital of chile ?"
+    answers = [served.chat(prompt, user=f"scale-{i}").json() for i in range(3)]
+    for (i, value), kind in zip(((0, True), (1, False), (2, 4)), ("thumbs", "thumbs", "rating")):
+        body = dict(response_id=answers[i]["id"], user=f"scale-{i}", kind=kind, value=value)
+        assert served.feedback(**body, **({"scale": 5} if kind == "rating" else {})).status_code == 201
+    store = Store(served.db)
+    try:
+        rows = live_labels(store, 0, max_feedback_id(store), thumbs=True, seed=0)
+    finally:
+        store.dispose()
+    texts = [a["choices"][0]["message"]["content"] for a in answers]
+    mine = [r for r in rows if r["source"] == "live-thumbs" and r["prompt"][-1]["content"] == prompt]
+    # the thumbs' pair, up over down (none if the two answers came out the same); the stars pair with nothing
+    assert [(r["chosen"], r["rejected"]) for r in mine] == ([(texts[0], texts[1])] if texts[0] != texts[1] else [])
