@@ -390,14 +390,24 @@ class Loop:
         return True
 
     def _label_summary(self, human: list[dict], pairs: list[dict], rd: Path, rm_dir) -> dict:
-        """What the candidate learnt from, by source, for its registry entry (and its lineage: the reward model that
-        picked the pairs is named by run id)."""
+        """What the candidate learnt from, for its registry entry (and its lineage: the reward model that picked the
+        pairs is named by run id): this round's new labels by source, and for DPO the data it trained on, which with
+        ``dpo_data: all`` and ``dpo_human`` holds every round's pairs and people's comparisons so far."""
         from rlhfkit.runs import RunCard, file_hash
 
         out = {source: {"n": n, "sha256_16": file_hash(rd / "human.jsonl")} for source, n in _count(human).items()}
         out["pairs"] = {"n": len(pairs), "labeller": self.cfg.labeller, "sha256_16": file_hash(rd / "pairs.jsonl")}
         if rm_dir is not None:
             out["pairs"].update(run_id=RunCard.read(rm_dir).id, path=str(rm_dir))
+        trained = rd / "dpo-data.jsonl"
+        if self.cfg.algorithm == "dpo" and trained.exists():
+            r = int(rd.name.split("-")[1])
+            out["trained_on"] = {
+                "n": len(read_jsonl(trained)),
+                "sha256_16": file_hash(trained),
+                "pairs_of_rounds": [r] if self.cfg.dpo_data == "round" else list(range(1, r + 1)),
+                "human": self.cfg.dpo_human,
+            }
         return out
 
     def finish(self) -> Path:

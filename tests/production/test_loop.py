@@ -18,6 +18,7 @@ from rlhfkit.pipelines.loop import Loop, dpo_steps, run
 from rlhfkit.pipelines.loop_labels import best_against_worst, score_groups
 from rlhfkit.registry.lineage import lineage
 from rlhfkit.registry.store import Registry
+from rlhfkit.runs import file_hash
 from rlhfkit.serve.records import insert_response, submit_feedback
 from rlhfkit.serve.schemas import FeedbackIn
 from tests.conftest import interrupted_at
@@ -91,6 +92,9 @@ def test_a_round_trains_gates_registers_and_promotes_what_passed(world):
     assert round_["gate"]["passed"] and round_["promoted"] and card["figures"]["champion"] == round_["candidate"]
     candidate = registry.resolve("champion")
     assert candidate.ref == "policy:2" and candidate.labels["live"]["n"] == 12 and candidate.labels["pairs"]["n"] > 0
+    trained = out / "round-1" / "dpo-data.jsonl"  # the round's pairs and the people's 12 preferences
+    assert candidate.labels["trained_on"] == {"n": candidate.labels["pairs"]["n"] + 12, "sha256_16": file_hash(trained),
+                                              "pairs_of_rounds": [1], "human": True}  # fmt: skip
     [evaluation] = registry.evaluations(candidate.ref)
     assert evaluation["passed"] and evaluation["against_id"] == sft.id
     assert {c["name"] for c in evaluation["report"]["checks"]} == {"win_rate", "capability_nll", "overoptimisation"}
