@@ -178,3 +178,32 @@ def test_rankings_and_ratings_are_validated():
         Rating.model_validate({"prompt": "p", "completion": "c", "rating": 9})
     with pytest.raises(ValueError, match="exactly one of"):
         Rating.model_validate({"prompt": "p", "completion": "c"})
+
+
+def test_a_resume_rewrite_cut_short_loses_none_of_the_rows_saved_before(tmp_path, monkeypatch):
+    """The rows an interrupted run kept are rewritten before appending; a second interruption inside that rewrite
+    (here: the third row's write fails) leaves the file as it was, not truncated to the rows written so far."""
+    import json
+
+    from rlhfkit.data import io
+
+    path = tmp_path / "raw.jsonl"
+    rows = [{"i": i} for i in range(5)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"i": 5, "cut')
+    calls = []
+
+    def dumps(row, **kwargs):
+        calls.append(row)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return json.dumps(row, **kwargs)
+
+    monkeypatch.setattr(io.json, "dumps", dumps)
+    with pytest.raises(KeyboardInterrupt):
+        io.resume_writer(path, rows)
+    monkeypatch.undo()
+    assert path.read_text().splitlines()[:5] == [json.dumps(r) for r in rows]
+    assert [p.name for p in tmp_path.iterdir()] == ["raw.jsonl"]  # and no temporary file left beside it
+    with io.resume_writer(path, rows) as f:
+        f.write(json.dumps({"i": 5}) + "\n")
+    assert [json.loads(line) for line in path.read_text().splitlines()] == rows + [{"i": 5}]

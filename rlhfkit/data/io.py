@@ -228,13 +228,19 @@ def read_resume_rows(path: Path, fields: tuple[str, ...]) -> list[dict]:
 
 def resume_writer(path: Path, kept: list[dict]):
     """``path`` open for appending after exactly the ``kept`` rows (those ``read_resume_rows`` returned): the file is
-    rewritten from them, so a line cut short by the interruption does not stay in front of the rows appended next."""
+    rewritten from them, so a line cut short by the interruption does not stay in front of the rows appended next.
+    The rewrite goes to a temporary file that replaces ``path`` whole: cut in the middle, it loses none of the rows
+    saved before."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    f = path.open("w", encoding="utf-8")
-    for row in kept:
-        f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    f.flush()
-    return f
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.partial")
+    try:
+        with tmp.open("w", encoding="utf-8") as f:
+            for row in kept:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path.open("a", encoding="utf-8")
 
 
 def n_training(n_records: int, eval_fraction: float) -> int:
