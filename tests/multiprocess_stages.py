@@ -4,7 +4,7 @@
 
 plan.json: a list of {"stage": "sft" | "rm" | "dpo" | "kto" | "ppo" | "bon" | "rejection", "config": {setting: value}}. Each
 stage is the library's own ``run``, as the command line calls it; one launch runs them all, so the processes
-start once. An item with "interrupt": {"rank": R, "at_call": N} sends process R alone a SIGINT inside its N-th
+start once. An item with "interrupt": {"rank": R, "at_call": N} sends process R alone a SIGTERM inside its N-th
 optimiser step, as a Ctrl-C that reaches one process first would, and goes on to the next item once the stage
 stopped.
 """
@@ -57,7 +57,7 @@ def run_interrupted(module, config, rank: int, at_call: int) -> None:
     def step(*args, **kwargs):
         calls.append(1)
         if len(calls) == at_call and PartialState().process_index == rank:
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGTERM)  # not SIGINT: a background job ignores it
         return real(*args, **kwargs)
 
     common.optimizer_step = step

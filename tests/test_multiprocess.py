@@ -213,7 +213,7 @@ def runs(tmp_path_factory):
     for name, step in (("sft", 3), ("ppo", 2)):
         copy = interrupted_copy(Path(by_name[name]["one"]["output_dir"]), step, root / "one-to-two" / name)
         resumed.append(dict(stage=by_name[name]["stage"], config=dict(by_name[name]["config"], output_dir=str(copy))))
-    # a Ctrl-C that reaches process 1 alone in step 4: both stop at its end, and the same command resumes
+    # a stop signal that reaches process 1 alone in step 4: both stop at its end, and the same command resumes
     cut = dict(by_name["sft"]["config"], output_dir=str(root / "two" / "sft-cut"))
     resumed += [dict(stage="sft", config=cut, interrupt={"rank": 1, "at_call": 4}), dict(stage="sft", config=cut)]
     start = time.perf_counter()
@@ -331,7 +331,7 @@ def test_checkpoints_resume_on_another_number_of_processes(runs, name):
 
 
 def test_a_ctrl_c_that_reaches_one_process_stops_both_at_the_same_step(runs):
-    """Process 1 alone gets a SIGINT in step 4: both processes stop at its end (the request is summed over them
+    """Process 1 alone gets a SIGTERM in step 4: both processes stop at its end (the request is summed over them
     there; one process stopping alone left the other waiting in a collective), the checkpoint holds step 4, and the
     resumed run ends as an uninterrupted one-process run does."""
     one, cut = runs["sft interrupted on one of two"]

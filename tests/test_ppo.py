@@ -419,9 +419,10 @@ def test_minibatches_are_as_many_as_the_scheduler_counts_and_none_is_short(tmp_p
 
 
 def test_ctrl_c_inside_an_update_stops_at_the_steps_end_and_resumes_the_same_run(tmp_path, monkeypatch):
-    """SIGINT while step 2's four optimiser steps are under way: the step finishes, the checkpoint holds step 2 and
-    the model after it, and the resumed run ends with an uninterrupted run's weights. (A checkpoint taken at the
-    signal held step 1's count with half of step 2's updates, and the resumed run did them again.)"""
+    """SIGTERM (handled as Ctrl-C is; SIGINT is ignored in a suite started in the background) while step 2's four
+    optimiser steps are under way: the step finishes, the checkpoint holds step 2 and the model after it, and the
+    resumed run ends with an uninterrupted run's weights. (A checkpoint taken at the signal held step 1's count with
+    half of step 2's updates, and the resumed run did them again.)"""
     from safetensors.torch import load_file
 
     from rlhfkit.train import common
@@ -433,7 +434,7 @@ def test_ctrl_c_inside_an_update_stops_at_the_steps_end_and_resumes_the_same_run
     def interrupted(*args, **kwargs):
         calls.append(1)
         if len(calls) == 6:  # step 2's second update
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGTERM)
         return real(*args, **kwargs)
 
     monkeypatch.setattr(common, "optimizer_step", interrupted)
