@@ -24,6 +24,7 @@ from rlhfkit.data.io import read_jsonl, read_records, write_jsonl
 from rlhfkit.data.records import Comparison, to_json, user_turn
 from rlhfkit.judges import LMJudge, PairwiseQuestion
 from rlhfkit.runs import RunCard
+from tests.test_judges import send_json
 
 # --- the constitution ------------------------------------------------------------------------------------
 
@@ -295,12 +296,7 @@ class JudgeServer(BaseHTTPRequestHandler):
         top = [{"token": "A", "logprob": math.log(p_a)}, {"token": "B", "logprob": math.log(1 - p_a)}]
         choice = {"message": {"role": "assistant", "content": "A"}, "finish_reason": "length",
                   "logprobs": {"content": [{"token": "A", "logprob": math.log(p_a), "top_logprobs": top}]}}  # fmt: skip
-        out = json.dumps({"choices": [choice]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(out)))
-        self.end_headers()
-        self.wfile.write(out)
+        send_json(self, {"choices": [choice]})
 
     def log_message(self, *args):
         pass

@@ -73,6 +73,15 @@ def test_lm_judge_reads_the_options_next_token_probabilities(tiny):
     torch.testing.assert_close(both.prob_a, debias(got, judge.first_wins(prompts, second, first)).prob_a)
 
 
+def send_json(handler: BaseHTTPRequestHandler, payload: dict) -> None:
+    out = json.dumps(payload).encode()
+    handler.send_response(200)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(out)))
+    handler.end_headers()
+    handler.wfile.write(out)
+
+
 class ChatHandler(BaseHTTPRequestHandler):
     """A small OpenAI-compatible chat server whose 'model' prefers the response mentioning "good", by 3 to 1,
     plus a bias toward whichever it is shown first (+0.1); it answers with the top log-probs of one token."""
@@ -90,12 +99,7 @@ class ChatHandler(BaseHTTPRequestHandler):
         if self.with_logprobs:
             top = [{"token": "A", "logprob": math.log(p_a)}, {"token": " B", "logprob": math.log(1 - p_a)}]
             choice["logprobs"] = {"content": [{"token": "A", "logprob": math.log(p_a), "top_logprobs": top}]}
-        out = json.dumps({"choices": [choice]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(out)))
-        self.end_headers()
-        self.wfile.write(out)
+        send_json(self, {"choices": [choice]})
 
     def log_message(self, *args):
         pass
@@ -170,12 +174,7 @@ class YesNoHandler(ChatHandler):
         choice = {"message": {"role": "assistant", "content": "yes." if not self.with_logprobs else "Yes"}}
         if self.with_logprobs:
             choice["logprobs"] = {"content": [{"token": "Yes", "logprob": math.log(0.9), "top_logprobs": top}]}
-        out = json.dumps({"choices": [choice]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(out)))
-        self.end_headers()
-        self.wfile.write(out)
+        send_json(self, {"choices": [choice]})
 
 
 @pytest.mark.parametrize("with_logprobs", [True, False])
