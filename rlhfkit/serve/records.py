@@ -48,8 +48,10 @@ def submit_feedback(conn: Connection, body: FeedbackIn, key: str) -> tuple[dict,
     stored = conn.execute(
         select(feedback).where(feedback.c.response_id == body.response_id, feedback.c.idempotency_key == key)
     ).first()
-    if stored is not None:
+    if stored is not None and stored.user_id == body.user:
         return _feedback_out(stored), True
+    if stored is not None:  # a replay is its sender's alone: anyone else is answered as about a missing response
+        raise FeedbackError(404, "response_id: no such response for this user")
     answer = conn.execute(
         select(responses.c.user_id, responses.c.version_id, responses.c.experiment, responses.c.arm,
                responses.c.messages).where(responses.c.id == body.response_id)

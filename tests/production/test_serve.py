@@ -113,6 +113,8 @@ def test_feedback_of_every_kind_is_stored_once_with_version_arm_and_user(served)
     assert rows(served.db, responses, id=again["id"])[0]["regenerate_of"] == first["id"]
     # someone else's response is as good as missing; a preference must be between answers to the same messages
     assert served.feedback(**{**thumbs, "user": "other"}).status_code == 404
+    replayed = served.feedback("key-1", **{**thumbs, "user": "other"})  # another user with the key: no replay
+    assert replayed.status_code == 404 and "comment" not in replayed.text
     other = served.chat("what is two plus two ?", user="fb-user").json()
     bad = served.feedback(response_id=other["id"], user="fb-user", kind="preference", other_response_id=first["id"])
     assert bad.status_code == 422 and "same messages" in bad.json()["error"]["message"]
