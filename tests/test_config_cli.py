@@ -50,6 +50,39 @@ def test_bad_yaml_names_the_file(tmp_path):
         load_config(SFTConfig, path)
 
 
+@pytest.mark.parametrize(
+    "stage, overrides, message",
+    [
+        # PPO's own default dropped the bound: -1 failed late in torch, 0 turned zero-gradient weights into NaN
+        ("ppo", ["--adam-eps", "0"], "setting 'adam_eps': Input should be greater than 0"),
+        ("ppo", ["--adam-eps", "-1"], "setting 'adam_eps': Input should be greater than 0"),
+        # an empty stop string cut every response to nothing, and counted it as ended
+        ("ppo", ["--stop", "['', '.']"], "setting 'stop.0': String should have at least 1 character"),
+    ],
+)
+def test_bad_settings_of_other_stages_are_named(stage, overrides, message):
+    from rlhfkit.train.ppo import PPOConfig
+
+    with pytest.raises(ConfigError) as err:
+        load_config({"ppo": PPOConfig}[stage], None, parse_overrides(overrides))
+    assert message in str(err.value)
+
+
+def test_one_lora_module_name_is_a_list_of_one(tiny):
+    """peft reads a string as a regex over the whole module path: "q_proj" alone matched nothing and failed after
+    the model had loaded. One name is a list of one; "all-linear" stays peft's keyword."""
+    import copy
+
+    from rlhfkit.models.load import add_lora
+
+    flags = ["--data", "toy", "--lora", "true", "--lora-target-modules", "q_proj"]
+    cfg = load_config(SFTConfig, None, parse_overrides(flags))
+    assert cfg.lora_target_modules == ["q_proj"]
+    assert load_config(SFTConfig, None, {"data": "toy"}).lora_target_modules == "all-linear"
+    model = add_lora(copy.deepcopy(tiny[0]), cfg)
+    assert {n.split(".lora_A")[0].split(".")[-1] for n, _ in model.named_parameters() if "lora_A" in n} == {"q_proj"}
+
+
 def test_a_config_file_that_cannot_be_read_is_named(tmp_path):
     (tmp_path / "latin1.yaml").write_bytes(b"# caf\xe9\nlr: 1e-4\n")
     with pytest.raises(ConfigError, match=r"latin1.yaml: not UTF-8 text \(byte 0xe9 at offset 5\)"):

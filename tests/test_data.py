@@ -30,6 +30,9 @@ GOOD = json.dumps({"prompt": "p", "chosen": "a", "rejected": "b"})
             "field 'prompt.0.role'",
         ),
         ("[1, 2]", "expected a JSON object"),
+        # Python's json reads NaN and Infinity: a NaN margin made the Bradley-Terry loss NaN
+        ('{"prompt": "p", "chosen": "a", "rejected": "b", "margin": NaN}', "field 'margin': nan is not a finite"),
+        ('{"prompt": "p", "chosen": "a", "rejected": "b", "margin": Infinity}', "field 'margin': inf is not a finite"),
     ],
 )
 def test_bad_comparison_rows_name_file_line_and_field(tmp_path, bad_line, message):

@@ -5,7 +5,7 @@ meaning in every stage that has it (a stage may override a default, with its rea
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal, get_args, get_origin
+from typing import Annotated, ClassVar, Literal, get_args, get_origin
 
 from pydantic import BaseModel, Field, field_validator
 
@@ -64,8 +64,17 @@ class ModelPart(StageConfig):
     lora_r: int = Field(16, gt=0, description="LoRA rank")
     lora_alpha: float = Field(32.0, gt=0, description="LoRA scaling numerator (scale = alpha / r)")
     lora_dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the LoRA path")
-    lora_target_modules: list[str] | str = Field("all-linear", description="modules that get adapters")
+    lora_target_modules: list[str] | str = Field(
+        "all-linear", description="modules that get adapters: all-linear, or names (q_proj, [q_proj, v_proj])"
+    )
     merge_lora: bool = Field(True, description="merge adapters into the weights when saving the final model")
+
+    @field_validator("lora_target_modules")
+    @classmethod
+    def _module_names(cls, value):
+        # one name given as a string is a list of one: peft reads a string as a regex that must match the whole
+        # module path, so "q_proj" matched nothing and failed after the model had loaded
+        return [value] if isinstance(value, str) and value != "all-linear" else value
 
 
 class DataPart(StageConfig):
@@ -110,7 +119,9 @@ class SamplingPart(StageConfig):
     )
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling; 1 = off")
     top_k: int = Field(0, ge=0, description="top-k sampling; 0 = off")
-    stop: list[str] = Field([], description="stop strings: the response is cut before them (counts as an end)")
+    stop: list[Annotated[str, Field(min_length=1)]] = Field(
+        [], description="stop strings: the response is cut before them (counts as an end)"
+    )
     # Huang et al. 2024 ("The N+ implementation details of RLHF with PPO"): a response that never ends gets a
     # fixed low score instead of the reward's, so the policy cannot gain by rambling past its budget.
     missing_eos_penalty: float | None = Field(

@@ -335,7 +335,7 @@ class PPOConfig(ModelPart, DataPart, RewardPart, SamplingPart, OptimPart, RunPar
         16, gt=0, description="prompts per rollout step, all processes together (completions = x group_size)"
     )
     lr: float = Field(1e-5, gt=0, description="peak learning rate (AdamW)")
-    adam_eps: float = Field(1e-5, description="Adam epsilon (1e-5 in the reference code)")
+    adam_eps: float = Field(1e-5, gt=0, description="Adam epsilon (1e-5 in the reference code)")
     warmup_ratio: float = Field(0.0, ge=0, lt=1)
     lr_schedule: Literal["cosine", "linear", "constant"] = "linear"
     log_every: int = Field(1, gt=0, description="rollout steps between logged metrics")

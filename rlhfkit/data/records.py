@@ -15,6 +15,7 @@ Field names follow TRL so its datasets load as they are:
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, model_validator
@@ -103,6 +104,8 @@ class Comparison(Record):
         self._require_text("prompt", "chosen", "rejected")
         if self.chosen == self.rejected:
             raise ValueError("fields 'chosen' and 'rejected': are identical, so the pair says nothing")
+        if self.margin is not None and not math.isfinite(self.margin):  # JSON's NaN / Infinity: a NaN loss
+            raise ValueError(f"field 'margin': {self.margin} is not a finite number")
         if self.chosen_prob is not None:
             if not 0 <= self.chosen_prob <= 1:
                 raise ValueError(f"field 'chosen_prob': {self.chosen_prob} is not a probability in [0, 1]")
