@@ -14,7 +14,7 @@ import torch
 from rlhfkit.data.pairs import Group, last_layer_only_at, model_mask, pack_groups, positions_to_keep
 from rlhfkit.losses import entropy_from_logits, selective_log_softmax
 from rlhfkit.models.decode import position_ids
-from rlhfkit.models.load import base_causal_lm
+from rlhfkit.models.load import base_causal_lm, output_head
 from rlhfkit.rollout import Rollout
 
 Tensor = torch.Tensor
@@ -90,7 +90,7 @@ def shared_prompt_forward(
     device = rollout.response_ids.device
     packed = pack_groups(packed_groups, pad_id=0).to(device)  # padding is never attended to nor read
     lm = base_causal_lm(model)
-    body, head = lm.base_model, lm.get_output_embeddings()
+    body, head = lm.base_model, output_head(lm)
     mask = model_mask(body, packed.attention_mask, next(body.parameters()).dtype)
     keep = positions_to_keep(packed.token_row, packed.token_pred, packed.input_ids.shape)
     with last_layer_only_at(body, *keep):

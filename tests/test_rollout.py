@@ -276,3 +276,37 @@ def test_load_prompts_from_any_record_type(tmp_path):
     assert train[:2] == ["hi", "a"] and train[2][0].content == "q" and len(train[2]) == 1 and held == []
     train, held = load_prompts(str(data_file("prompt")), eval_fraction=0.1)
     assert len(train) == 1800 and len(held) == 200 and toy_prompts(3, 0) == toy_prompts(3, 0)
+
+
+def test_an_architecture_that_transforms_its_logits_is_sampled_and_scored_by_its_own(tiny):
+    """Gemma 2 soft-caps its logits after the head (tanh(x / cap) x cap). The sampler, PPO's forward and DPO's run the
+    trunk and the head apart; with the bare head their log-probs were other logits' (-0.004 against -5.87 here, where
+    large weights put the logits far past the cap). Now each equals the model's own forward."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    from rlhfkit.data.pairs import Group, pack_groups
+    from rlhfkit.train.dpo import CompletionLogProbs
+
+    _, tok = tiny
+    cfg = Gemma2Config(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, head_dim=16, final_logit_softcapping=1.0,
+                       max_position_embeddings=256, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                       bos_token_id=tok.bos_token_id)  # fmt: skip
+    torch.manual_seed(0)
+    model = Gemma2ForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.mul_(20)
+    sampler = TransformersSampler(model, tok, SamplingPart(max_new_tokens=6))
+    r = sampler.generate(["hi there"], n=2, generator=torch.Generator().manual_seed(0))
+    ids = torch.cat([r.query_ids, r.response_ids], 1)
+    P, on = r.query_ids.shape[1], r.response_mask.bool()
+    with torch.no_grad():
+        own = model(ids).logits[:, P - 1 : -1].float().log_softmax(-1)
+        own = own.gather(-1, r.response_ids.unsqueeze(-1)).squeeze(-1)
+        torch.testing.assert_close(r.logprobs[on], own[on], atol=1e-4, rtol=0)
+        torch.testing.assert_close(response_forward(model, r, 1.0)["logprobs"][on], own[on], atol=1e-4, rtol=0)
+        row = r.response_ids[0][on[0]].tolist()
+        summed = CompletionLogProbs(model)(pack_groups([Group(r.query_ids[0].tolist(), [row, row])], 0))
+        torch.testing.assert_close(summed, own[0][on[0]].sum().repeat(2), atol=1e-3, rtol=0)

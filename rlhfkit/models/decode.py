@@ -28,7 +28,7 @@ from functools import cache
 import torch
 import torch.nn.functional as F
 
-from rlhfkit.models.load import base_causal_lm
+from rlhfkit.models.load import base_causal_lm, output_head
 
 Tensor = torch.Tensor
 AUTOCAST_ON_CPU = False  # decode in the autocast dtype on any CPU, even one that emulates bf16 (bench/ppo.py)
@@ -266,7 +266,7 @@ class TransformersDecoder:
 
     def __init__(self, model, capacity: int):
         lm = base_causal_lm(model)
-        self.body, self.head = lm.base_model, lm.get_output_embeddings()
+        self.body, self.head = lm.base_model, output_head(lm)
         self.cache = _in_place_cache(model.config.get_text_config().num_hidden_layers, capacity)
 
     def forward(self, ids: Tensor, positions: Tensor, mask: Tensor) -> Tensor:

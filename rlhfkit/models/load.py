@@ -26,6 +26,32 @@ def base_causal_lm(model):
     return model.get_base_model() if hasattr(model, "peft_config") else model
 
 
+def output_head(lm):
+    """The LM head as the model's own forward applies it: the output embedding, then what some architectures do to
+    its logits (Gemma 2's final soft-capping, Cohere's logit scale, Granite's logit scaling). The decode step, the
+    rollout's forward and DPO's run the trunk and the head apart; with the bare embedding they sampled and scored
+    from other logits than the model's. The embedding itself where nothing follows it."""
+    head = lm.get_output_embeddings()
+    text = lm.config.get_text_config()
+    scale = getattr(text, "logit_scale", None)  # Cohere
+    divide = getattr(text, "logits_scaling", None)  # Granite
+    cap = getattr(text, "final_logit_softcapping", None)  # Gemma 2 (Gemma 3: None)
+    if not (scale or divide or cap):
+        return head
+
+    def logits(hidden: torch.Tensor) -> torch.Tensor:
+        out = head(hidden)
+        if scale:
+            out = out * scale
+        if divide:
+            out = out / divide
+        if cap:
+            out = torch.tanh(out / cap) * cap
+        return out
+
+    return logits
+
+
 def resolve_dtype(name: str) -> torch.dtype:
     if name == "bf16-mixed":  # the weights of a mixed-precision run stay in float32
         return torch.float32

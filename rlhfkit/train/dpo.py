@@ -59,7 +59,7 @@ from rlhfkit.data.pairs import (
     tokenize_comparison,
 )
 from rlhfkit.data.prompts import read_prompts
-from rlhfkit.models.load import add_lora, base_causal_lm, load_causal_lm
+from rlhfkit.models.load import add_lora, base_causal_lm, load_causal_lm, output_head
 from rlhfkit.runs import Progress, file_hash, parent_of
 from rlhfkit.train import batching, common
 from rlhfkit.train.monitoring import PolicyMonitor, check_sampling
@@ -84,7 +84,7 @@ class CompletionLogProbs(nn.Module):
 
     def parts(self):
         lm = base_causal_lm(self.model)
-        return lm.base_model, lm.get_output_embeddings()
+        return lm.base_model, output_head(lm)
 
     def forward(self, packed: PackedGroups) -> torch.Tensor:
         body, head = self.parts()
