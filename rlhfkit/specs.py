@@ -94,6 +94,12 @@ def parse_model_spec(text: str, setting: str = "model") -> ModelSpec:
         return ModelSpec(text, "gguf", path)
     if path.is_dir():
         if _is_run_folder(path):
+            if (path / "final" / "adapter_config.json").exists() and not (path / "final" / "config.json").exists():
+                raise SpecError(
+                    f"setting '{setting}': {path} is a finished run whose final/ holds its LoRA adapters only (saved "
+                    "with merge_lora: false), which no stage loads as a model: merge them into its base model (peft's "
+                    "merge_and_unload) into a folder and give that, or train with merge_lora: true"
+                )
             if not (path / "final" / "config.json").exists():
                 raise SpecError(
                     f"setting '{setting}': {path} is a run folder without a final model (not finished, or a "

@@ -92,6 +92,25 @@ def test_unknown_model_spec_errors_clearly(tmp_path):
         get_known_model("gpt-17")
 
 
+def test_a_run_saved_with_its_adapters_only_is_named_as_such(tmp_path, tiny):
+    """A finished LoRA run saved with merge_lora false: final/ holds the adapters and no config.json. It was refused
+    as "a run folder without a final model (not finished ...)"; it says what it holds and what to do."""
+    import copy
+
+    from rlhfkit.config import load_config
+    from rlhfkit.models.load import add_lora
+    from rlhfkit.train.sft import SFTConfig
+
+    model, tok = tiny
+    lora = add_lora(copy.deepcopy(model), load_config(SFTConfig, None, {"data": "toy", "lora": True}))
+    run = tmp_path / "sft-lora"
+    save_model(lora, tok, run / "final", merge_lora=False)
+    (run / "card.json").write_text('{"finished": true}')
+    assert not (run / "final" / "config.json").exists()
+    with pytest.raises(ValueError, match="a finished run whose final/ holds its LoRA adapters only"):
+        load_causal_lm(str(run))
+
+
 def test_a_model_folder_that_cannot_be_read_is_one_error_naming_it(tmp_path, tiny):
     from rlhfkit.models.load import ModelLoadError
     from rlhfkit.models.reward import load_reward_model
