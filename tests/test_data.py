@@ -210,3 +210,11 @@ def test_a_resume_rewrite_cut_short_loses_none_of_the_rows_saved_before(tmp_path
     with io.resume_writer(path, rows) as f:
         f.write(json.dumps({"i": 5}) + "\n")
     assert [json.loads(line) for line in path.read_text().splitlines()] == rows + [{"i": 5}]
+
+
+def test_truncation_keeps_half_the_budget_of_a_long_prompt_even_at_one_token():
+    from rlhfkit.data.pairs import truncate
+
+    assert truncate([1, 2, 3, 4], [[5, 6], [7]], 4) == ([3, 4], [[5, 6], [7]])
+    prompt, completions = truncate([1, 2, 3, 4], [[5, 6], [7]], 1)  # half of 1 is 0: prompt[-0:] kept all four
+    assert len(prompt) + max(len(c) for c in completions) <= 1

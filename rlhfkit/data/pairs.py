@@ -58,7 +58,7 @@ def truncate(
     completion, another example's, is cut to the room its own completion leaves, never the prompt for it."""
     longest = max(len(c) for c in completions[:own])
     if len(prompt) + longest > max_length and len(prompt) > max_length // 2:
-        prompt = prompt[-(max_length // 2) :]
+        prompt = prompt[len(prompt) - max_length // 2 :]  # not prompt[-(max_length // 2):]: -0 keeps all of it
     room = max_length - len(prompt)
     return prompt, [c[:room] for c in completions]
 
