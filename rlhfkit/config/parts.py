@@ -120,7 +120,9 @@ class SamplingPart(StageConfig):
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling; 1 = off")
     top_k: int = Field(0, ge=0, description="top-k sampling; 0 = off")
     stop: list[Annotated[str, Field(min_length=1)]] = Field(
-        [], description="stop strings: the response is cut before them (counts as an end)"
+        [],
+        description="stop strings: the response is cut before them (counts as an end); on the command line one "
+        "that starts with '[' goes quoted inside a list, --stop \"['[/INST]']\" (a bare [/INST] is YAML's list of /INST)",
     )
     # Huang et al. 2024 ("The N+ implementation details of RLHF with PPO"): a response that never ends gets a
     # fixed low score instead of the reward's, so the policy cannot gain by rambling past its budget.
