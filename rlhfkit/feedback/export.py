@@ -9,8 +9,8 @@ Which labels feed which file:
 
 ``aggregate="none"`` keeps one row per annotator label (with ``annotator``, ``created_at`` and ids);
 ``"majority"`` keeps one row per item: the plurality choice (no row when the vote is split evenly),
-the Borda count order for rankings, the modal rating (ties go to the one nearest the median) and the
-majority thumb. Labels a reviewer rejected are never exported; gold items only when asked for.
+the Borda count order for rankings (responses with equal counts are a tie in the comparison export and leave the
+item out of the ranking export), the modal rating (ties go to the one nearest the median) and the majority thumb. Labels a reviewer rejected are never exported; gold items only when asked for.
 
 Every row keeps where it came from: ``task_id`` (the database's), ``task_external_id`` (the task
 file's ``id``), ``project``, the task's ``meta``, and the model of each response (``chosen_model`` /
@@ -122,7 +122,9 @@ def _comparisons(row: dict, drop_ties: bool, chat: bool) -> list[dict]:
         elif choice == "tie" and not drop_ties:
             pairs = [(*tie_order(row["task_id"]), True)]
     elif row["kind"] == "ranking":
-        pairs = [(a, b, False) for a, b in combinations(row["answer"]["ranking"], 2)]
+        tied = {frozenset(pair) for pair in row.get("tied_pairs", [])}
+        pairs = [(a, b, frozenset((a, b)) in tied) for a, b in combinations(row["answer"]["ranking"], 2)]
+        pairs = [p for p in pairs if not (p[2] and drop_ties)]
     out = []
     for a, b, tie in pairs:
         if r[a] == r[b]:
@@ -145,7 +147,7 @@ def _comparisons(row: dict, drop_ties: bool, chat: bool) -> list[dict]:
 
 
 def _rankings(row: dict, chat: bool) -> list[dict]:
-    if row["kind"] != "ranking":
+    if row["kind"] != "ranking" or row.get("tied_pairs"):  # a majority ranking with a split vote has no one order
         return []
     k = len(row["responses"])
     return [
@@ -191,7 +193,8 @@ def _plurality(votes: list) -> object | None:
 def _modal_rating(ratings: list[int]) -> int:
     counts = Counter(ratings)
     top = max(counts.values())
-    median = sorted(ratings)[(len(ratings) - 1) // 2]
+    ordered = sorted(ratings)
+    median = (ordered[(len(ordered) - 1) // 2] + ordered[len(ordered) // 2]) / 2  # of an even count, the middle two
     return min((r for r, n in counts.items() if n == top), key=lambda r: (abs(r - median), r))
 
 
@@ -199,6 +202,7 @@ def _aggregate(kind: str, group: list[dict]) -> dict | None:
     """Several annotators' rows for one item -> one synthetic row with the combined answer."""
     first = group[0]
     answers = [g["answer"] for g in group]
+    tied: list[list[int]] = []
     if first["kind"] == "pairwise":
         choice = _plurality([a["choice"] for a in answers])
         if choice is None:
@@ -211,6 +215,8 @@ def _aggregate(kind: str, group: list[dict]) -> dict | None:
             for position, i in enumerate(a["ranking"]):
                 borda[i] += k - position
         answer = {"ranking": sorted(range(k), key=lambda i: (-borda[i], i))}
+        # equal Borda counts are a split vote, as an even pairwise split is: ties, not an order by index
+        tied = [[a, b] for a, b in combinations(range(k), 2) if borda[a] == borda[b]]
     elif first["kind"] == "rating":
         answer = {
             "ratings": [_modal_rating([a["ratings"][i] for a in answers]) for i in range(len(first["responses"]))]
@@ -228,6 +234,7 @@ def _aggregate(kind: str, group: list[dict]) -> dict | None:
         "flags": dict(flags),
         "annotator": "majority",
         "annotators": sorted({g["annotator"] for g in group}),
+        "tied_pairs": tied,
         "n_labels": len(group),
         "created_at": max(g["created_at"] for g in group),
         "reason": "\n".join(g["reason"] for g in group if g["reason"]) or None,

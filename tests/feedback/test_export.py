@@ -200,3 +200,31 @@ def test_conversations_export_in_trls_conversational_form(tmp_path):
     records = roundtrip(tmp_path, "comparison", [first, second])
     assert records[0].prompt[0].role == "system" and records[0].chosen[0].content == "4"
     roundtrip(tmp_path, "comparison", [first, second], fmt="datasets")
+
+
+def test_a_split_ranking_vote_is_a_tie_not_an_order_by_index(tmp_path):
+    """Two annotators rank [0, 1, 2] and [1, 0, 2]: responses 0 and 1 have equal Borda counts. The majority export
+    made that r0 over r1 (ordered by index); it is a tie in the comparisons (left out with drop_ties), and the item
+    has no single order, so no ranking row, as an even pairwise split gives no row."""
+    store = new_store(tmp_path)
+    [rank] = tasks(store, [{"prompt": "rank", "responses": ["r0", "r1", "r2"], "kind": "ranking"}])
+    a, b = users(store, "ann", "bob")
+    label(store, a, rank, {"ranking": [0, 1, 2]})
+    label(store, b, rank, {"ranking": [1, 0, 2]})
+    with store.read() as db:
+        rows = label_rows(db, project_id(store))
+    pairs = {(r["chosen"], r["rejected"]): r["tie"] for r in build_records("comparison", rows, "majority")}
+    assert pairs in ({("r0", "r1"): True, ("r0", "r2"): False, ("r1", "r2"): False},
+                     {("r1", "r0"): True, ("r0", "r2"): False, ("r1", "r2"): False})  # fmt: skip
+    kept = build_records("comparison", rows, "majority", drop_ties=True)
+    assert {(r["chosen"], r["rejected"]) for r in kept} == {("r0", "r2"), ("r1", "r2")}
+    assert build_records("ranking", rows, "majority") == []
+
+
+def test_the_modal_rating_breaks_a_tie_by_the_true_median():
+    """[1, 1, 3, 5, 5, 6]: 1 and 5 twice each; the median is 4 (the middle two's mean), so 5, not 1 (the lower
+    middle value, 3, put 1 and 5 at the same distance and the tie went to the lower)."""
+    from rlhfkit.feedback.export import _modal_rating
+
+    assert _modal_rating([1, 1, 3, 5, 5, 6]) == 5 and _modal_rating([1, 1, 2, 5, 5, 6]) == 5
+    assert _modal_rating([2, 2, 4, 4]) == 2  # the median 3 is as near both: the lower, as before
