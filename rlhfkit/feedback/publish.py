@@ -21,14 +21,17 @@ TAGS = {"comparison": ["preference", "dpo", "reward-modeling"], "ranking": ["ran
 
 
 def _size_category(n: int) -> str:
-    for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")):
-        if n < limit:
-            return name
-    return "n>1M"
+    """The Hub's size_categories value: n<1K, 1K<n<10K, ... 100B<n<1T, n>1T."""
+    names = ["1K", "10K", "100K", "1M", "10M", "100M", "1B", "10B", "100B", "1T"]
+    for i, name in enumerate(names):
+        if n < 10 ** (3 + i):
+            return f"n<{name}" if i == 0 else f"{names[i - 1]}<n<{name}"
+    return "n>1T"
 
 
 def dataset_card(kind: str, records: list[dict], project: str, aggregate: str) -> str:
-    annotators = sorted({r.get("annotator") for r in records if r.get("annotator")})
+    # a majority row's annotator is "majority"; the people are in its annotators
+    annotators = sorted({a for r in records for a in (r.get("annotators") or [r.get("annotator")]) if a})
     fields = ", ".join(f"`{name}`" for name in records[0])
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     tags = "\n".join(f"- {t}" for t in ["rlhf", "human-feedback", *TAGS[kind]])

@@ -228,3 +228,13 @@ def test_the_modal_rating_breaks_a_tie_by_the_true_median():
 
     assert _modal_rating([1, 1, 3, 5, 5, 6]) == 5 and _modal_rating([1, 1, 2, 5, 5, 6]) == 5
     assert _modal_rating([2, 2, 4, 4]) == 2  # the median 3 is as near both: the lower, as before
+
+
+def test_the_dataset_card_counts_the_people_behind_majority_rows(labelled):
+    """Majority rows carry annotator "majority" and the people in "annotators": the card said 1 annotator."""
+    from rlhfkit.feedback.publish import _size_category, dataset_card
+
+    _, rows, _ = labelled
+    card = dataset_card("comparison", build_records("comparison", rows, "majority"), "default", "majority")
+    assert "- annotators: 3" in card
+    assert [_size_category(n) for n in (999, 2_000_000, 5 * 10**12)] == ["n<1K", "1M<n<10M", "n>1T"]
