@@ -76,7 +76,12 @@ def check_scores(scores, k: int, where: str) -> list[list[float]]:
             f"{where}: the scorer must return one list of {k} scores per ensemble member "
             f"(a list of lists), got {scores!r:.200}"
         )
-    return [[float(x) for x in m] for m in scores]
+    out = [[float(x) for x in m] for m in scores]
+    for m, member in enumerate(out):
+        for i, x in enumerate(member):
+            if not math.isfinite(x):  # NaN ordered the queue and made up suggestions shown to annotators
+                raise ValueError(f"{where}: member {m}, response {i}: the score {x} is not a finite number")
+    return out
 
 
 def load_scorer(spec: str) -> Scorer:

@@ -5,6 +5,8 @@ rlhfkit annotate generate --model runs/sft/final --prompts prompts.jsonl --k 2 -
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 from rlhfkit.data.io import BLANK, decode_line, parse_json_line
@@ -82,7 +84,12 @@ def sample_tasks(
             )
         rows.append(
             {
-                "id": f"gen-{n}",
+                # of what made it, not its place in this batch: "gen-0" of a second batch was the first's, and
+                # loading it into the same project skipped it as already present
+                "id": "gen-"
+                + hashlib.sha256(
+                    json.dumps([str(model_spec), prompt, seed, n, k, temperature, top_p]).encode()
+                ).hexdigest()[:16],
                 "prompt": prompt,
                 "responses": responses[:k],
                 "kind": kind or ("pairwise" if k == 2 else "ranking"),

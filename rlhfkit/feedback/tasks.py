@@ -144,7 +144,7 @@ def parse_task(location: str, raw: Any) -> Task:
         if not isinstance(meta, dict):
             raise TaskError(f"{location}: field 'meta': must be a JSON object")
         _check_json(location, "meta", meta)
-    return Task(
+    task = Task(
         external_id=None if ext is None else str(ext),
         kind=kind,
         prompt=prompt,
@@ -159,6 +159,8 @@ def parse_task(location: str, raw: Any) -> Task:
         n_labels=0,
         created_at=utcnow(),
     )
+    task.location = location  # not a column: where later checks (a repeated id) name it
+    return task
 
 
 def read_task_file(path: Path) -> list[Task]:
@@ -211,6 +213,13 @@ def add_tasks(
     with their new ids, number skipped). A task's own ``suggestion`` is kept over the scorer's."""
     tasks = list(tasks)
     ids = [t.external_id for t in tasks if t.external_id is not None]
+    first: dict[str, str] = {}
+    for n, task in enumerate(tasks, start=1):
+        where = getattr(task, "location", None) or f"item {n}"
+        if task.external_id is not None:
+            if task.external_id in first:  # the second was dropped as "already present", wrongly and unnamed
+                raise TaskError(f"{where}: field 'id': the same as {first[task.external_id]}'s (ids are per task)")
+            first[task.external_id] = where
     known: set[str] = set()
     for start in range(0, len(ids), 500):  # in chunks: SQLite caps the parameters of one statement
         chunk = ids[start : start + 500]

@@ -58,3 +58,12 @@ def test_scores_of_the_wrong_shape_are_refused():
 def test_unknown_strategy_is_named():
     with pytest.raises(ValueError, match="strategy 'smart'.*uncertainty"):
         order_for("smart")
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_score_that_is_not_finite_is_refused_naming_it(bad):
+    """NaN scores were taken: the item's uncertainty became 0 (pushed down the queue) and its suggestion made up."""
+    from rlhfkit.feedback.active import check_scores
+
+    with pytest.raises(ValueError, match=r"tasks.jsonl:3: member 0, response 0: the score .* is not a finite number"):
+        check_scores([[bad, 0.0]], 2, "tasks.jsonl:3")

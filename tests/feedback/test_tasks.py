@@ -3,6 +3,8 @@ storable on both databases; and the battles the leaderboard takes from labels.""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from rlhfkit.feedback.tasks import TaskError, parse_task
@@ -57,3 +59,30 @@ def test_battles_from_labels():
         ("a", "b", 1.0),
     ]
     assert battles_from_label("ranking", ["a", None, "a"], {"ranking": [0, 1, 2]}) == []
+
+
+def test_an_id_given_twice_in_one_load_is_named_not_dropped(tmp_path):
+    """Two rows with id "a" (and 7 against "7"): the second was skipped as "already present", silently. Refused now,
+    naming both lines."""
+    from rlhfkit.feedback.tasks import add_tasks, read_task_file
+    from tests.feedback.helpers import new_store, project_id
+
+    path = tmp_path / "tasks.jsonl"
+    for case, rows in enumerate(([{"id": "a"}, {"id": "a"}], [{"id": 7}, {"id": "7"}])):
+        path.write_text("".join(json.dumps({"prompt": f"p{i}", "responses": ["x", "y"], **r}) + "\n"
+                                for i, r in enumerate(rows)))  # fmt: skip
+        (tmp_path / str(case)).mkdir()
+        store = new_store(tmp_path / str(case))
+        with store.write() as db, pytest.raises(TaskError, match=rf"{path}:2: field 'id': the same as {path}:1"):
+            add_tasks(db, project_id(store), read_task_file(path))
+
+
+def test_generated_tasks_of_two_batches_keep_their_own_ids():
+    """`annotate generate` named every batch's tasks gen-0, gen-1, ...: a second batch loaded into the same project
+    was skipped as already present. Ids now come from what made the task."""
+    from rlhfkit.feedback.generate import sample_tasks
+
+    first = sample_tasks("tiny", ["hello world"], max_new_tokens=4)
+    second = sample_tasks("tiny", ["why the sky"], max_new_tokens=4)
+    again = sample_tasks("tiny", ["hello world"], max_new_tokens=4)
+    assert first[0]["id"] != second[0]["id"] and again[0]["id"] == first[0]["id"]
