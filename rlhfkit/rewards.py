@@ -148,6 +148,9 @@ class ClassifierReward(Reward):
         self.model = AutoModelForSequenceClassification.from_pretrained(spec.path).eval().requires_grad_(False)
         if self.model.config.pad_token_id is None:
             self.model.config.pad_token_id = self.tokenizer.pad_token_id
+        # what the model can read: a 512-position BERT given 1024 tokens failed on every long input
+        positions = getattr(self.model.config, "max_position_embeddings", None) or 1024
+        self.max_length = min(1024, positions, self.tokenizer.model_max_length or 1024)
         if device is not None:
             self.model.to(device)
 
@@ -157,7 +160,8 @@ class ClassifierReward(Reward):
             chat = user_turn(prompt) if isinstance(prompt, str) else from_json(prompt)
             reply = {"role": "assistant", "content": flat_text(from_json(response))}
             return {
-                "text": self.tokenizer.apply_chat_template([m.model_dump() for m in chat] + [reply], tokenize=False)
+                "text": self.tokenizer.apply_chat_template([m.model_dump() for m in chat] + [reply], tokenize=False),
+                "templated": True,  # the template wrote the special tokens (BOS): the tokenizer must not add more
             }
         return {"text": flat_text(from_json(prompt)), "text_pair": flat_text(from_json(response))}
 
@@ -176,7 +180,8 @@ class ClassifierReward(Reward):
                 return_tensors="pt",
                 padding=True,
                 truncation=True,
-                max_length=1024,
+                max_length=self.max_length,
+                add_special_tokens="templated" not in rows[0],
             ).to(device)
             out.append(self.model(**batch).logits[:, 0].float().cpu())  # (B,): the first logit is the reward
         return torch.cat(out).unsqueeze(0) if out else torch.zeros(1, 0)

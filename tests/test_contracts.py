@@ -461,3 +461,32 @@ def test_the_experiments_help_lists_their_own_settings(capsys, monkeypatch):
     shown = capsys.readouterr().out
     for name in OveroptimisationConfig.model_fields:
         assert f"--{name.replace('_', '-')} (" in shown, name
+
+
+def test_a_classifier_reward_reads_one_bos_and_no_more_tokens_than_it_has_positions(tmp_path):
+    """A Llama-3-style tokenizer (its template writes BOS, and so does the tokenizer): the classifier read two BOS
+    tokens. And a model of 64 positions was given up to 1024 tokens: a long input failed."""
+    from tokenizers.processors import TemplateProcessing
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    from rlhfkit.models.tiny import build_tokenizer
+    from rlhfkit.rewards import load_reward
+
+    tok = build_tokenizer()
+    tok._tokenizer.post_processor = TemplateProcessing(
+        single=f"{tok.bos_token} $A", pair=f"{tok.bos_token} $A $B", special_tokens=[(tok.bos_token, tok.bos_token_id)]
+    )
+    tok.chat_template = "{{ bos_token }}{% for m in messages %}{{ m['content'] }}\n{% endfor %}"
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_labels=1, pad_token_id=tok.pad_token_id,
+                         max_position_embeddings=64)  # fmt: skip
+    torch.manual_seed(0)
+    LlamaForSequenceClassification(config).save_pretrained(tmp_path / "cls")
+    tok.save_pretrained(tmp_path / "cls")
+    reward = load_reward(str(tmp_path / "cls"))
+    seen = []
+    reward.model.register_forward_pre_hook(lambda m, args, kwargs: seen.append(kwargs["input_ids"]), with_kwargs=True)
+    scores = reward(["what is one plus one ?"] * 2, ["two .", " two ." * 100])
+    assert torch.isfinite(scores).all() and seen[0].shape[1] <= 64
+    first = seen[0][0][seen[0][0] != tok.pad_token_id]
+    assert first[0] == tok.bos_token_id and first[1] != tok.bos_token_id

@@ -264,3 +264,25 @@ def test_toy_comparisons_are_valid():
     rows = toy_records("comparison")
     assert len(rows) == 2000
     Comparison.model_validate(rows[0])
+
+
+def test_a_reward_model_is_read_at_the_length_it_was_trained_on(trained_rm, tmp_path):
+    """Trained at max_length 48, it reads 48 tokens wherever it is loaded (PPO, best-of-N, `rm score`): the scorers
+    took 512, so what they read was not what it was trained and normalised on. A folder saved before keeps 512."""
+    from rlhfkit.models.reward_scoring import encode
+    from rlhfkit.rewards import load_reward
+
+    cfg, _ = trained_rm
+    out = tmp_path / "rm48"
+    run(cfg.model_copy(update={"output_dir": str(out), "max_length": 48, "max_steps": 2}))
+    rm = load_reward_model(out)
+    assert rm.max_length == 48 and json.loads((out / "final" / "reward.json").read_text())["max_length"] == 48
+    prompt, long = "what is one plus two ?", " three ." * 40
+    assert len(encode(rm, prompt, long)) == 48
+    direct = score_texts(rm, [prompt], [long], max_length=48)
+    assert torch.allclose(load_reward(str(out))([prompt], [long]), direct, atol=1e-5)
+    assert not torch.allclose(score_texts(rm, [prompt], [long], max_length=512), direct, atol=1e-5)
+    meta = json.loads((out / "final" / "reward.json").read_text())
+    del meta["max_length"]
+    (out / "final" / "reward.json").write_text(json.dumps(meta))
+    assert load_reward_model(out).max_length == 512

@@ -70,6 +70,7 @@ class RewardModel(nn.Module):
         annotators: list[str] | None = None,
         variance: bool = False,
         rating: dict | None = None,
+        max_length: int = 512,
     ):
         super().__init__()
         if kind not in ("causal", "encoder"):
@@ -95,6 +96,7 @@ class RewardModel(nn.Module):
             nn.init.zeros_(self.log_var_head.weight)
             nn.init.zeros_(self.log_var_head.bias)
         self.rating = dict(rating) if rating else None  # {"loss": "ordinal" | "regression", "levels": K}
+        self.max_length = max_length  # tokens it reads: those it was trained and normalised on
         self.threshold_params = self.offset = None
         if self.rating and self.rating["loss"] == "ordinal":
             from rlhfkit.losses import initial_threshold_params
@@ -307,6 +309,7 @@ def save_reward_model(rm: RewardModel | RewardEnsemble, path: str | Path) -> Pat
         tensors["offset"] = rm.offset
     save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path / "head.safetensors"))
     meta = {"kind": rm.kind, "pooling": rm.pooling, "gain": rm.gain, "bias": rm.bias, "base": rm.base}
+    meta["max_length"] = rm.max_length
     if rm.annotators:
         meta["annotators"] = rm.annotators
         meta["annotator_norms"] = {name: list(pair) for name, pair in rm.annotator_norms.items()}
@@ -365,6 +368,7 @@ def _reward_model_from(path: Path, dtype: str) -> RewardModel | RewardEnsemble:
         annotators=meta.get("annotators"),
         variance=meta.get("variance", False),
         rating=meta.get("rating"),
+        max_length=meta.get("max_length", 512),  # folders saved before it was kept: the scorers' old default
     )
     rm.annotator_norms = {name: tuple(pair) for name, pair in meta.get("annotator_norms", {}).items()}
     with torch.no_grad():

@@ -10,10 +10,11 @@ from rlhfkit.data.records import Message, flat_text
 from rlhfkit.models.reward import RewardEnsemble, RewardModel
 
 
-def encode(rm: RewardModel, prompt, response, max_length: int = 512) -> list[int]:
+def encode(rm: RewardModel, prompt, response, max_length: int | None = None) -> list[int]:
     """The token ids the reward model reads for one (prompt, response): for a causal trunk
     ``prompt_text + response + end-of-turn`` (chat template for conversational prompts, EOS appended
     for plain text, as TRL's RewardTrainer does); for an encoder the text pair [CLS] prompt [SEP] response [SEP]."""
+    max_length = max_length or rm.max_length  # by default what the model was trained on
     if rm.kind == "encoder":
         return rm.tokenizer(flat_text(prompt), flat_text(response), truncation="longest_first", max_length=max_length)[
             "input_ids"
@@ -38,7 +39,7 @@ def score_raw(
     prompts: list,
     responses: list,
     batch_size: int = 32,
-    max_length: int = 512,
+    max_length: int | None = None,
     annotator: str | None = None,
     with_log_var: bool = False,
 ):
@@ -71,7 +72,7 @@ def score_distribution(
     prompts: list,
     responses: list,
     batch_size: int = 32,
-    max_length: int = 512,
+    max_length: int | None = None,
     annotator: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean, variance), (N,) each, normalised: a mean-variance model's distribution of reward per response
@@ -89,7 +90,7 @@ def score_texts(
     prompts: list,
     responses: list,
     batch_size: int = 32,
-    max_length: int = 512,
+    max_length: int | None = None,
     annotator: str | None = None,
 ) -> torch.Tensor:
     """(N,) normalised scores; prompts are strings or message lists (rendered with the chat template).
@@ -105,7 +106,7 @@ def member_distributions(
     prompts: list,
     responses: list,
     batch_size: int = 32,
-    max_length: int = 512,
+    max_length: int | None = None,
     annotator: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(means, variances), (E, N) each, normalised, of every member (E = 1 for a single reward model; variance 0
@@ -120,7 +121,7 @@ def member_scores(
     prompts: list,
     responses: list,
     batch_size: int = 32,
-    max_length: int = 512,
+    max_length: int | None = None,
     annotator: str | None = None,
 ) -> torch.Tensor:
     """(E, N) normalised scores of every member (E = 1 for a single reward model)."""
@@ -133,7 +134,7 @@ def score_ensemble(
     prompts: list,
     responses: list,
     batch_size: int = 32,
-    max_length: int = 512,
+    max_length: int | None = None,
     annotator: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean, std) over members of the normalised scores, (N,) each; std is the members' disagreement."""

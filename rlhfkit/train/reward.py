@@ -301,6 +301,7 @@ def train_member(
         variance=cfg.head == "mean-variance",
         rating=data.rating,
     )
+    rm.max_length = cfg.max_length  # saved with it: PPO, best-of-N and `rm score` read what it was trained on
     if cfg.lora:
         from peft import LoraConfig, get_peft_model
 
