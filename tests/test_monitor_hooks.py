@@ -76,6 +76,10 @@ def test_ppo_checks_at_the_interval_and_logs_the_signals(tmp_path, toy_files):
     assert [m["step"] for m in logged] == [0, 2, 4] and all("monitor/rm_gap" in m for m in logged)
     rows = [json.loads(line) for line in (path / "monitor" / "samples.jsonl").read_text().splitlines()]
     assert len(rows) == 15 and {r["step"] for r in rows} == {0, 2, 4}
+    # the members' spread as everywhere else: the std over 2, |a - b| / 2 (it was over 1: sqrt(2) times that)
+    texts = [r["response"] for r in rows if r["step"] == 0]
+    spread = sum(abs(len(t) - len(t.split())) / 2 for t in texts) / len(texts)
+    assert first["ensemble_std"] == pytest.approx(spread, rel=1e-5)
     # each check's standard error of the second reward's mean, the floor of the monitor's noise: std / sqrt(5)
     for check in summary["history"]:
         scores = torch.tensor(count_the(None, [r["response"] for r in rows if r["step"] == check["step"]]))

@@ -286,3 +286,19 @@ def test_a_reward_model_is_read_at_the_length_it_was_trained_on(trained_rm, tmp_
     del meta["max_length"]
     (out / "final" / "reward.json").write_text(json.dumps(meta))
     assert load_reward_model(out).max_length == 512
+
+
+def test_every_bootstrap_member_learns_ties_when_the_data_has_one(tmp_path, monkeypatch):
+    """One tie among 64 pairs and a bootstrap of each member's training set: a member whose draw held no tie was
+    trained with plain Bradley-Terry, the others with Davidson. The choice is the data's, the same for all."""
+    from rlhfkit.train import reward
+
+    rows = rule_comparisons(64, seed=0)
+    rows[0] = {**rows[0], "tie": True}
+    write_jsonl(tmp_path / "train.jsonl", rows)
+    seen, real = [], reward.group_loss
+    monkeypatch.setattr(reward, "group_loss", lambda out, groups, cfg, with_ties, *a: seen.append(with_ties)
+                        or real(out, groups, cfg, with_ties, *a))  # fmt: skip
+    run(RewardConfig(data=str(tmp_path / "train.jsonl"), eval_fraction=0.0, output_dir=str(tmp_path / "rm"),
+                     max_steps=1, ensemble=6, bootstrap=True, **FAST))  # fmt: skip
+    assert len(seen) >= 6 and all(seen)

@@ -34,9 +34,15 @@ def ensemble_mean(scores: Tensor) -> Tensor:
     return scores.mean(0)
 
 
+def ensemble_spread(scores: Tensor) -> Tensor:
+    """The members' disagreement on each response: their std (over E, not E - 1, as everywhere an ensemble's spread
+    is given: `rm score`, the report, the monitor). scores (E, N) -> (N,)."""
+    return scores.std(0, unbiased=False)
+
+
 def ensemble_mean_minus_std(scores: Tensor, uncertainty_coef: float) -> Tensor:
     """mean - lambda * std over members: penalises responses the members disagree on."""
-    return scores.mean(0) - uncertainty_coef * scores.std(0, unbiased=False)
+    return scores.mean(0) - uncertainty_coef * ensemble_spread(scores)
 
 
 def ensemble_uncertainty_weighted(scores: Tensor, uncertainty_coef: float) -> Tensor:

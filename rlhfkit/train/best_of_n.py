@@ -32,7 +32,7 @@ from rlhfkit.data.io import DataError, read_resume_rows, resume_writer, write_js
 from rlhfkit.data.prompts import load_prompts
 from rlhfkit.data.records import to_json
 from rlhfkit.evaluate.monitor import Check, is_degenerate
-from rlhfkit.losses import best_of_n_kl
+from rlhfkit.losses import best_of_n_kl, ensemble_spread
 from rlhfkit.models.load import load_causal_lm
 from rlhfkit.rewards import load_reward
 from rlhfkit.rollout import RowSeeds
@@ -150,7 +150,7 @@ def monitor_best_of_n(
     second = monitor.second(flat_prompts, flat_texts).view(P, M) if monitor.second is not None else None
     training_members, training_variances = monitor.training_reward.distribution(flat_prompts, flat_texts)  # (E, P * M)
     members = monitor.ensemble.members(flat_prompts, flat_texts) if monitor.ensemble else training_members
-    spread = members.std(0).view(P, M) if members.size(0) > 1 else None
+    spread = ensemble_spread(members).view(P, M) if members.size(0) > 1 else None
     token_ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in flat_texts]
     lengths = torch.tensor([len(ids) for ids in token_ids]).view(P, M)
     degenerate = torch.tensor([is_degenerate(ids) for ids in token_ids]).view(P, M)

@@ -49,7 +49,7 @@ import torch
 from rlhfkit.config import SamplingPart
 from rlhfkit.data.records import to_json
 from rlhfkit.evaluate.monitor import Check, MonitorSettings, MonitorStatus, OveroptimisationMonitor, is_degenerate
-from rlhfkit.losses import masked_sum
+from rlhfkit.losses import ensemble_spread, masked_sum
 from rlhfkit.rewards import Reward, load_reward
 
 GOLD_MODULES = ("rlhfkit.toy.judge", "rlhfkit.toy.gold")
@@ -232,7 +232,7 @@ class PolicyMonitor:
         proxy = None if proxy_members is None else self.training_reward.combine(proxy_members, variances)
         second = self.second(prompts, texts) if self.second is not None else None
         members = self.ensemble.members(prompts, texts) if self.ensemble is not None else proxy_members  # (E, N)
-        spread = float(members.std(0).mean()) if members is not None and members.size(0) > 1 else None
+        spread = float(ensemble_spread(members).mean()) if members is not None and members.size(0) > 1 else None
         kl = samples.given_kl if samples.given_kl is not None else None
         if kl is None and samples.kl is not None:
             kl = float(samples.kl.mean())

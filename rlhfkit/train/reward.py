@@ -322,10 +322,12 @@ def train_member(
     train = cached_tokens(tokenize, data.train, rm.tokenizer, *settings, item_type=Group, sources=REWARD_SOURCES)
     held_out = cached_tokens(tokenize, data.held_out, rm.tokenizer, *settings, item_type=Group, sources=REWARD_SOURCES)
     held_out_pairs = tokenize_all(rm, data.held_out_pairs, cfg.max_length, data.annotators) or None
+    # from the data, before any resample: every member of an ensemble learns the same model of preference (a
+    # bootstrap draw that happened to hold no tie trained that member with plain Bradley-Terry, the others Davidson)
+    with_ties = data.kind == "comparison" and any(g.tie for g in train + held_out)
     if cfg.bootstrap:
         rng = random.Random(seed)
         train = [train[rng.randrange(len(train))] for _ in range(len(train))]
-    with_ties = data.kind == "comparison" and any(g.tie for g in train + held_out)
     mv = cfg.head == "mean-variance"
     ordinal = data.rating is not None and data.rating["loss"] == "ordinal"
     tag = f"member{index}/" if cfg.ensemble > 1 else ""
