@@ -253,3 +253,33 @@ def test_screenshot_of_the_labelling_page(browser, tmp_path):
             shutil.copy(path, os.environ["RLHFKIT_SCREENSHOT"])
     finally:
         srv.stop()
+
+
+def test_a_changed_answer_after_lost_replies_is_not_shown_as_saved(app_server, browser):
+    """Every reply to a submission is lost, though the server stored it ("Not saved"); the annotator changes the
+    answer and submits again. Sent under the same key, the server replayed the stored answer and the page said
+    "Saved" and moved on, the change lost. Now the changed answer goes under a new key, and the server's refusal
+    (this item is labelled already) is shown."""
+    name, page = open_page(app_server, browser)
+    wait_for_task(page, app_server.ids[0])
+    lost = []
+
+    def lose_the_reply(route):
+        if route.request.method == "POST" and len(lost) < 6:  # the page's six tries at the first submission
+            lost.append(route.fetch().status)  # the server answers; the page never hears it
+            route.abort()
+        else:
+            route.continue_()
+
+    page.route("**/api/labels", lose_the_reply)
+    order = shown_order(page)
+    page.click("button[data-choice]:has-text('A is better')")
+    page.click("#submit")
+    page.wait_for_selector(".toast.show:has-text('Not saved')", timeout=30_000)
+    assert lost[0] == 201 and set(lost[1:]) == {200}  # stored once, then replayed
+    page.click("button[data-choice]:has-text('B is better')")
+    page.click("#submit")
+    page.wait_for_selector(".toast.show:has-text('Not saved')", timeout=30_000)
+    wait_for_task(page, app_server.ids[0])  # still on the item, not moved on as if the change were saved
+    assert labels_of(app_server, name)[app_server.ids[0]]["answer"] == {"choice": order[0]}
+    assert page.errors == []

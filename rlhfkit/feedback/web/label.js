@@ -276,19 +276,32 @@ async function submit() {
     task_id: state.task.id, answer: answer(), reason: $("reason").value.trim() || null, flags,
     duration_ms: Math.round(performance.now() - state.shownAt),
   };
+  let label;
   try {
     if (editing) {
       await api("PUT", `/api/labels/${editing}`, { answer: body.answer, reason: body.reason, flags });
       location.href = withProject("/history", { saved: editing });
       return;
     }
-    const label = await apiWithRetry("POST", "/api/labels", body, state.key);
-    toast(`Saved label #${label.id}`, "ok");
-    await loadNext();
+    // The key stands for this answer. A submission whose replies were all lost may still have been stored: sent
+    // again under its key, a changed answer came back as the stored one, shown as "Saved", and the change was lost.
+    const sent = JSON.stringify([body.answer, body.reason, flags]);
+    if (state.keyFor !== undefined && state.keyFor !== sent) state.key = newKey();
+    state.keyFor = sent;
+    label = await apiWithRetry("POST", "/api/labels", body, state.key);
   } catch (err) {
     state.busy = false;
     render();
     toast("Not saved: " + err.message, "error");
+    return;
+  }
+  toast(`Saved label #${label.id}`, "ok");
+  try {
+    await loadNext();
+  } catch (err) {  // the label is stored: only the next item failed to come
+    state.busy = false;
+    render();
+    toast(`Saved label #${label.id}; the next item did not load: ${err.message}`, "error");
   }
 }
 
