@@ -7,6 +7,7 @@ Set RLHFKIT_SCREENSHOTS=docs to refresh docs/review-queue.png and docs/leaderboa
 
 from __future__ import annotations
 
+import json
 import os
 from urllib.parse import quote, urlsplit
 
@@ -326,3 +327,22 @@ def test_logging_in_never_leaves_the_site(srv, browser, target):
     page.wait_for_timeout(300)
     assert urlsplit(page.url).netloc == urlsplit(srv.url).netloc, page.url
     page.close()
+
+
+def test_a_task_upload_names_the_line_of_its_error_in_the_file(srv, browser, tmp_path):
+    """Blank lines are skipped before parsing: an error on the file's line 4 was reported as line 2, and the server's
+    own errors named "request body item N", not the file."""
+    page = log_in(srv, browser, "admin", ADMIN_PASSWORD, "/admin")
+    good = json.dumps({"prompt": "p", "responses": ["a", "b"]})
+    bad_json, bad_row = tmp_path / "bad-json.jsonl", tmp_path / "bad-row.jsonl"
+    bad_json.write_text(f"{good}\n\n\n{{not json\n")
+    bad_row.write_text(
+        f"{good}\n\n" + json.dumps({"prompt": "p", "responses": ["only one"], "kind": "pairwise"}) + "\n"
+    )
+    page.set_input_files("#task-file", str(bad_json))
+    page.wait_for_selector("#load-out:has-text('Not loaded')")
+    assert "bad-json.jsonl:4: malformed JSON" in page.inner_text("#load-out")
+    page.set_input_files("#task-file", str(bad_row))
+    page.wait_for_selector("#load-out:has-text('bad-row.jsonl')")
+    assert "bad-row.jsonl:3: field 'responses'" in page.inner_text("#load-out")
+    assert page.errors == []

@@ -126,15 +126,21 @@ async function uploadTasks(e) {
   if (!file) return;
   const text = await file.text();
   const out = $("load-out");
+  // each row's line in the file (blank lines skipped), so an error names the line it is on, the server's too
+  const json = file.name.endsWith(".json");
+  const lines = json ? [] : text.split("\n").map((l, i) => [l, i + 1]).filter(([l]) => l.trim());
+  const where = (item) => (json ? `${file.name} item ${item}` : `${file.name}:${lines[item - 1][1]}`);
   try {
-    const rows = file.name.endsWith(".json") ? JSON.parse(text)
-      : text.split("\n").filter((l) => l.trim()).map((l, i) => {
-        try { return JSON.parse(l); } catch (err) { throw new Error(`${file.name}:${i + 1}: malformed JSON`); }
-      });
+    const rows = json ? JSON.parse(text) : lines.map(([l, line]) => {
+      try { return JSON.parse(l); } catch (err) { throw new Error(`${file.name}:${line}: malformed JSON`); }
+    });
     const r = await api("POST", withProject("/api/admin/tasks"), rows);
     out.textContent = `Loaded ${r.added} items (${r.skipped_existing} were already there).`;
     await loadStats();
-  } catch (err) { out.textContent = "Not loaded: " + err.message; }
+  } catch (err) {
+    const message = err.message.replace(/request body item (\d+)/g, (_, item) => where(Number(item)));
+    out.textContent = "Not loaded: " + message;
+  }
 }
 
 function exportLabels(e) {
