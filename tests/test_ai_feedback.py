@@ -82,6 +82,12 @@ def test_the_constitution_and_the_red_team_seeds_name_a_file_they_cannot_read(tm
         ("Here's the rewritten answer:\nUse a tripod.", "Use a tripod.", True),
         ("Revision: Boil it for 8 minutes.", "Boil it for 8 minutes.", True),
         ("Here is how to boil an egg: put it in water.", "Here is how to boil an egg: put it in water.", False),
+        # the opening ends at its first full stop: the answer's own sentences after it stay (all were cut)
+        (
+            "Here is a revised response. I cannot help with that. Ask a doctor.",
+            "I cannot help with that. Ask a doctor.",
+            True,
+        ),
     ],
 )
 def test_self_referring_openings_are_cut(text, expected, leaked):
@@ -369,3 +375,20 @@ def test_a_gguf_shipped_in_chunk_packages_is_assembled_in_order_and_checked(tmp_
     monkeypatch.setitem(hub.GGUF_CHUNKS, "fake", (chunks, good))
     hub.get_known_model("fake")
     assert (tmp_path / "gguf-files" / "m.gguf").read_bytes() == b"GGUF-first-second"
+
+
+def flat_reward(prompts, responses):
+    """A reward that cannot tell any two responses apart: every label is a tie."""
+    return [0.0 for _ in responses]
+
+
+def test_per_principle_agreement_counts_a_tie_half_as_the_overall_figures_do(tmp_path):
+    """A judge that finds every pair a tie agrees half the time by the card's overall figures; the per-principle
+    figure counted ties as disagreement (0.0 beside 0.5 in the same card)."""
+    from rlhfkit.ai_feedback.label import run
+
+    path = run(LabelConfig(data=str(_pairs_file(tmp_path)), judge="tests.test_ai_feedback:flat_reward",
+                           output_dir=str(tmp_path / "flat")))  # fmt: skip
+    figures = RunCard.read(path).figures
+    assert figures["agreement"]["ensembled_both_orders"] == pytest.approx(0.5)
+    assert set(figures["agreement_per_principle"].values()) == {0.5}

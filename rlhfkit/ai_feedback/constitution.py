@@ -184,7 +184,7 @@ def load_constitution(path: str | Path | None = None) -> Constitution:
 _LEAK = re.compile(
     r"^\s*(?:(?:sure|okay|ok|certainly|of course)[,!.]?\s*)?"
     r"(?:here(?:'s| is)\s+(?:a|an|the|my)?\s*(?:revised|rewritten|new|updated|improved|better)\s+"
-    r"(?:response|answer|version)[^:\n]*[:.]\s*"
+    r"(?:response|answer|version)[^:.\n]*[:.]\s*"  # to the opening's first ':' or '.', not the line's last
     r"|(?:revised|rewritten|new)\s+(?:response|answer|version)\s*:\s*"
     r"|revision\s*:\s*)",
     re.IGNORECASE,

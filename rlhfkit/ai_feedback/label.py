@@ -180,6 +180,11 @@ class Labeller:
         return torch.tensor(out, dtype=torch.float32)
 
 
+def agree(p: torch.Tensor) -> float:
+    """(..., N) P(a better) -> the share of pairs won by a, ties half."""
+    return float(((p > 0.5).float() + 0.5 * (p == 0.5).float()).mean())
+
+
 def agreement(ab: torch.Tensor, ba: torch.Tensor, seed: int = 0) -> dict[str, float]:
     """How often the AI prefers response a (the input's chosen one), a tie counting half, four ways:
     ensembled (mean over the K principles) or one principle (each alone, averaged over principles), and both
@@ -188,9 +193,6 @@ def agreement(ab: torch.Tensor, ba: torch.Tensor, seed: int = 0) -> dict[str, fl
     coin = torch.tensor([random.Random(seed * 7919 + i).random() < 0.5 for i in range(ab.size(1))])
     one_order = torch.where(coin, ab, ba)  # (K, N)
     both = (ab + ba) / 2
-
-    def agree(p: torch.Tensor) -> float:  # (..., N) -> share of pairs won by a, ties half
-        return float(((p > 0.5).float() + 0.5 * (p == 0.5).float()).mean())
 
     return {
         "ensembled_both_orders": agree(both.mean(0)),
@@ -284,7 +286,7 @@ def run(cfg: LabelConfig) -> Path:
     if pairs and all(p.oriented for p in pairs):
         figures["agreement"] = agreement(ab, ba, cfg.seed)
         both = (ab + ba) / 2
-        figures["agreement_per_principle"] = {n: float((both[k] > 0.5).float().mean()) for k, n in enumerate(names)}
+        figures["agreement_per_principle"] = {n: agree(both[k]) for k, n in enumerate(names)}  # ties half, as above
         print("[label] agreement with the input's orientation: " + json.dumps(figures["agreement"]), flush=True)
     folder.finish(figures)
     return folder.path
