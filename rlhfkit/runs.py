@@ -110,6 +110,8 @@ def file_hash(path: str | Path) -> str | None:
     h = hashlib.sha256()
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     for p in files:
+        if path.is_dir():  # each file's name and size first: moving bytes between files or renaming one changes it
+            h.update(f"{p.relative_to(path).as_posix()}\0{p.stat().st_size}\0".encode())
         with p.open("rb") as f:
             for block in iter(lambda f=f: f.read(1 << 20), b""):
                 h.update(block)

@@ -2,6 +2,7 @@
 start-up, and the layering of the package (the toy world at the edge, no import back up a layer)."""
 
 import ast
+import hashlib
 import json
 import os
 import resource
@@ -490,3 +491,17 @@ def test_a_classifier_reward_reads_one_bos_and_no_more_tokens_than_it_has_positi
     assert torch.isfinite(scores).all() and seen[0].shape[1] <= 64
     first = seen[0][0][seen[0][0] != tok.pad_token_id]
     assert first[0] == tok.bos_token_id and first[1] != tok.bos_token_id
+
+
+def test_a_folders_data_hash_sees_its_files_names_and_where_each_ends(tmp_path):
+    """Folder A holds x = "ab" and y = ""; folder B x = "a" and y = "b": the same bytes in the same order, and the
+    same hash, as a renamed file kept its hash. A file's hash is its bytes' as before."""
+    from rlhfkit.runs import file_hash
+
+    for name, files in (("a", {"x": "ab", "y": ""}), ("b", {"x": "a", "y": "b"}), ("c", {"x": "ab", "z": ""})):
+        (tmp_path / name).mkdir()
+        for f, text in files.items():
+            (tmp_path / name / f).write_text(text)
+    hashes = {file_hash(tmp_path / n) for n in "abc"}
+    assert len(hashes) == 3
+    assert file_hash(tmp_path / "a" / "x") == hashlib.sha256(b"ab").hexdigest()[:16]

@@ -168,6 +168,7 @@ def lineage(registry: Registry, ref: str, max_depth: int = 20) -> Graph:
 
     def walk_parent(parent: dict, depth: int) -> str:
         run_id, path = parent.get("id"), parent.get("path", "?")
+        path = path.removeprefix("rm:")  # a reward setting names its run folder "rm:FOLDER"
         version = registry.find_run(run_id) if run_id else registry.find_source(path) if Path(path).exists() else None
         if version is not None:
             return add_version(version, depth)

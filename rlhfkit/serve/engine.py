@@ -198,6 +198,8 @@ class Engine:
                 done = bool(step.done[i]) or step.index == params.max_tokens - 1
                 text, _ = _cut_at_stop(tok.decode(rows[i], skip_special_tokens=True), list(params.stop))
                 visible = len(text) if done else max(sent[i], len(text) - hold)
+                while not done and visible > sent[i] and text[visible - 1] == "\ufffd":
+                    visible -= 1  # a character whose bytes span tokens decodes as U+FFFD until its last byte comes
                 if visible > sent[i]:
                     job.emit(Event("delta", text=text[sent[i] : visible]))
                     sent[i] = visible

@@ -62,13 +62,17 @@ class Upstream:
                         break
                     try:
                         choice = json.loads(data)["choices"][0]
-                    except (ValueError, KeyError, IndexError, TypeError):
+                        delta = choice.get("delta") or {}
+                        text = delta.get("content") or ""
+                        reason = choice.get("finish_reason")
+                        if not isinstance(text, str) or not isinstance(reason, str | None):
+                            raise TypeError  # a chunk of another shape: the same answer as any other bad chunk
+                    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
                         raise UpstreamError(f"upstream {url} sent something that is not a chat chunk") from None
-                    text = (choice.get("delta") or {}).get("content") or ""
                     if text:
                         n_chunks += 1
                         yield Event("delta", text=text)
-                    finish = choice.get("finish_reason") or finish
+                    finish = reason or finish
         except httpx.HTTPError as e:
             raise UpstreamError(f"upstream {url}: {type(e).__name__}") from None
         # Servers stream about one token per chunk; without a usage block that is the count we have.

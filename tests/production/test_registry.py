@@ -169,7 +169,7 @@ def test_lineage_follows_parents_by_id_through_unregistered_runs(db, tmp_path):
     rm = fake_run(tmp_path, "rm", "rm", parents=[Parent(role="model", path=str(sft), id=RunCard.read(sft).id)])
     sft_id, rm_id = RunCard.read(sft).id, RunCard.read(rm).id
     ppo = fake_run(tmp_path, "ppo", "ppo", parents=[Parent(role="model", path=str(sft), id=sft_id),
-                                                      Parent(role="reward", path=str(rm), id=rm_id)])  # fmt: skip
+                                                      Parent(role="reward", path=f"rm:{rm}", id=rm_id)])  # fmt: skip
     base = registry.register(str(sft))
     top = registry.register(str(ppo), labels={"live": {"n": 40}, "reward": {"n": 600}})
     registry.add_evaluation(top.ref, {"win_rate": 0.61}, passed=True, against=base.ref)
@@ -179,6 +179,7 @@ def test_lineage_follows_parents_by_id_through_unregistered_runs(db, tmp_path):
     assert text_.splitlines()[0].startswith("policy:2") and "[champion]" in text_
     assert f"model: {base.ref}" in text_  # the registered parent appears as its version
     assert f"reward: {rm_id}" in text_  # the unregistered one as its run, read from its folder...
+    assert "not registered" not in text_  # ...though a reward setting names it "rm:FOLDER", as PPO writes it
     assert "model: tiny" in text_  # ...and walked on to the SFT's own parent
     assert text_.count(f"model: {base.ref}") == 2 and "(above)" in text_  # a node reached twice is drawn once
     assert "labels  (live 40, reward 600)" in text_ and "passed vs policy:1, win 0.61" in text_

@@ -453,3 +453,70 @@ def test_thumbs_and_stars_on_one_prompt_give_pairs_within_each_scale(served):
     mine = [r for r in rows if r["source"] == "live-thumbs" and r["prompt"][-1]["content"] == prompt]
     # the thumbs' pair, up over down (none if the two answers came out the same); the stars pair with nothing
     assert [(r["chosen"], r["rejected"]) for r in mine] == ([(texts[0], texts[1])] if texts[0] != texts[1] else [])
+
+
+def test_streamed_text_never_sends_half_a_character(monkeypatch):
+    """One byte a token (as byte-level tokenizers decode): "é" and "€" span two and three tokens, and the partial
+    decode ends in U+FFFD. That was sent at once and never corrected: the answer streamed and stored as 'h�llo �'."""
+    import asyncio
+    import types
+
+    import torch
+
+    from rlhfkit import rollout
+    from rlhfkit.serve import engine
+
+    data = "héllo €".encode()
+
+    class ByteTokenizer:
+        def decode(self, ids, skip_special_tokens=True):
+            return bytes(ids).decode("utf-8", errors="replace")
+
+    def steps(model, tok, sampling, query, mask, eos=None, generator=None):
+        for i, b in enumerate(data):
+            last = torch.tensor([i == len(data) - 1])
+            yield types.SimpleNamespace(tokens=torch.tensor([b]), done=last, ended=last, index=i)
+
+    monkeypatch.setattr(rollout, "sample_steps", steps)
+    monkeypatch.setattr(rollout, "encode_prompts", lambda *a: (torch.zeros(1, 1, dtype=torch.long),) * 2)
+    eng = engine.Engine.__new__(engine.Engine)
+    eng.batches, eng.generator = 0, None
+    eng._model = lambda version: types.SimpleNamespace(tokenizer=ByteTokenizer(), max_positions=100, eos=[], model=None)
+    loop = asyncio.new_event_loop()
+    job = engine.Job(version=types.SimpleNamespace(id=1), messages=[{"role": "user", "content": "x"}],
+                     params=engine.GenParams(max_tokens=50), loop=loop)  # fmt: skip
+    eng._run([job])
+    loop.run_until_complete(asyncio.sleep(0))
+    events = []
+    while not job.events.empty():
+        events.append(job.events.get_nowait())
+    loop.close()
+    deltas = [e.text for e in events if e.kind == "delta"]
+    assert "".join(deltas) == "héllo €" and not any("\ufffd" in d for d in deltas)
+
+
+@pytest.mark.parametrize("chunk", ['{"choices": ["hi"]}', '{"choices": [{"delta": "x"}]}',
+                                   '{"choices": [{"delta": {"content": 5}}]}',
+                                   '{"choices": [{"delta": {}, "finish_reason": 3}]}'])  # fmt: skip
+def test_an_upstream_chunk_of_another_shape_is_an_upstream_error(chunk):
+    """Chunks that parse as JSON but are no chat chunk raised AttributeError (a 500, or a stream cut mid-answer) or
+    passed a number on as text; each is the upstream's fault, which the app answers 502."""
+    import asyncio
+
+    import httpx
+
+    from rlhfkit.serve.engine import GenParams
+    from rlhfkit.serve.upstream import Upstream, UpstreamError
+
+    body = f"data: {chunk}\n\ndata: [DONE]\n\n".encode()
+    upstream = Upstream()
+    upstream.client = httpx.AsyncClient(
+        transport=httpx.MockTransport(lambda request: httpx.Response(200, content=body))
+    )
+
+    async def read():
+        return [e async for e in upstream.stream("http://127.0.0.1:9/v1#m", [{"role": "user", "content": "x"}],
+                                                 GenParams(max_tokens=4))]  # fmt: skip
+
+    with pytest.raises(UpstreamError, match="not a chat chunk"):
+        asyncio.run(read())
