@@ -240,11 +240,11 @@ def run(cfg: BestOfNConfig) -> Path:
             scores = switched if penalty is None else torch.where(ended, switched, torch.full_like(switched, penalty))
 
     rows = []
-    n = 1
-    while n <= cfg.n_max:
+    # N = 1, 2, 4, ... and n_max itself, the N that chosen.jsonl holds (doubling alone missed an n_max of 12)
+    ns = sorted({2**k for k in range(cfg.n_max.bit_length()) if 2**k <= cfg.n_max} | {cfg.n_max})
+    for n in ns:
         rows.append({"n": n, "reward": expected_best_of_n(scores, n).mean().item(), "kl_bound": best_of_n_kl(n)})
         logger.log(n, {"bon/reward": rows[-1]["reward"], "bon/kl_bound": rows[-1]["kl_bound"]})
-        n *= 2
     best = scores[:, :kept_n].argmax(-1)  # (P,) the first kept_n samples: n_max unless the monitor stopped earlier
     chosen = [
         {
