@@ -302,7 +302,7 @@ def test_eval_resumes_without_judging_or_checking_again_what_it_finished(tmp_pat
     """Cut in the second model's checks: the rerun samples nothing, judges nothing and checks only that model, and
     writes the report of an uninterrupted run."""
     from rlhfkit.config.evaluation import EvalConfig
-    from rlhfkit.evaluate import suite
+    from rlhfkit.evaluate import checks, suite
     from rlhfkit.toy.data import eval_data_file
     from tests.test_generate_eval import JUDGED  # the judge's module, which pytest may have imported by another name
 
@@ -313,7 +313,7 @@ def test_eval_resumes_without_judging_or_checking_again_what_it_finished(tmp_pat
     whole = suite.run(EvalConfig(**settings, output_dir=str(tmp_path / "whole")))
     cfg = EvalConfig(**settings, output_dir=str(tmp_path / "cut"))
     checked = []
-    monkeypatch.setattr(suite, "capability_block", interrupted_at(2, suite.capability_block, checked))
+    monkeypatch.setattr(checks, "capability_block", interrupted_at(2, checks.capability_block, checked))
     JUDGED.clear()
     with pytest.raises(KeyboardInterrupt):
         suite.run(cfg)
