@@ -231,15 +231,7 @@ def resume_writer(path: Path, kept: list[dict]):
     rewritten from them, so a line cut short by the interruption does not stay in front of the rows appended next.
     The rewrite goes to a temporary file that replaces ``path`` whole: cut in the middle, it loses none of the rows
     saved before."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.partial")
-    try:
-        with tmp.open("w", encoding="utf-8") as f:
-            for row in kept:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_jsonl(path, kept)
     return path.open("a", encoding="utf-8")
 
 
