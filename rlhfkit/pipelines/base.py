@@ -67,10 +67,7 @@ class Pipeline:
             self.log(f"{name}: finished in an earlier run, reused")
             return json.loads(path.read_text())
         figures = compute()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".partial")
-        tmp.write_text(json.dumps(figures))
-        tmp.replace(path)
+        write_json(path, figures)
         return figures
 
     def totals(self) -> dict[str, float]:
@@ -87,6 +84,14 @@ class Pipeline:
         card.parents = [parent_of(name, str(path)) for name, path in stages.items()]
         card.write(self.root)
         return self.folder.finish(figures)
+
+
+def write_json(path: Path, data) -> None:
+    """``data`` as JSON at ``path``, through a temporary file: a reader (a resumed run) never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".partial")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    tmp.replace(path)
 
 
 def pick_threads(requested: int) -> int:

@@ -34,7 +34,7 @@ from pathlib import Path
 
 from rlhfkit.config.loop import LoopConfig
 from rlhfkit.data.io import DataError, n_training, read_resume_rows, read_state_json, resume_writer, write_jsonl
-from rlhfkit.pipelines.base import Pipeline, pick_threads
+from rlhfkit.pipelines.base import Pipeline, pick_threads, write_json
 from rlhfkit.pipelines.loop_labels import (
     best_against_worst,
     live_labels,
@@ -53,13 +53,6 @@ def _json(path: Path) -> dict | None:
     if not path.exists():
         return None
     return read_state_json(path, "not the JSON the loop wrote", "move it aside or give another --output-dir")
-
-
-def _write(path: Path, data) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".partial")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    tmp.replace(path)  # a reader (a resumed run) never sees half a file
 
 
 class Loop:
@@ -91,7 +84,7 @@ class Loop:
             reference = self.registry.resolve(cfg.reference or cfg.policy)
             # The first round takes every live label stored so far; each later round those that came after.
             state = {"reference": reference.ref, "loop_id": self.pipe.folder.card().id, "live_after": 0}
-            _write(self.root / "state.json", state)
+            write_json(self.root / "state.json", state)
         self.state = state
         self.reference = self.registry.resolve(state["reference"])
         prompts = read_prompts(cfg.prompts)
@@ -127,7 +120,7 @@ class Loop:
                 after = self.rounds[-1]["live_until"] if self.rounds else self.state["live_after"]
                 live = (after, max_feedback_id(self.registry.store) if cfg.live else after)
             start = {"champion": self.registry.resolve(cfg.policy).ref, "live_after": live[0], "live_until": live[1]}
-            _write(rd / "start.json", start)
+            write_json(rd / "start.json", start)
         champion = self.registry.resolve(start["champion"])
         self.log(f"round {r}: champion {champion.ref}")
         human = self._human_labels(r, rd, start)
@@ -143,7 +136,7 @@ class Loop:
         if gate is None:
             with self.pipe.step(f"round {r}: gate"):
                 gate = self._gate(candidate_dir, champion, labeller if rm_dir else None)
-            _write(rd / "gate.json", gate)
+            write_json(rd / "gate.json", gate)
         version = self.registry.register(
             str(candidate_dir), name=champion.name, labels=self._label_summary(human, pairs, rd, rm_dir)
         )
@@ -168,7 +161,7 @@ class Loop:
             "live_until": start["live_until"],
             "monitor_check": gate["monitor_check"],
         }
-        _write(rd / "round.json", {**summary, "done": True})
+        write_json(rd / "round.json", {**summary, "done": True})
         self.rounds.append(summary)
         self.log(f"round {r}: candidate {version.ref}, win rate vs {champion.ref} {gate['win_rate']:.3f}; "
                  f"gate {'passed' if gate['passed'] else 'failed ' + str(summary['gate']['failed'])}; "
