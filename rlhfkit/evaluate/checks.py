@@ -152,16 +152,17 @@ def safety_block(cfg: EvalConfig, model, tokenizer, sets: dict, judge, answers: 
     harmful_prompts, benign_prompts = sets.get("redteam_data", []), sets.get("benign_data", [])
     harmful = cap.answer(model, tokenizer, harmful_prompts, greedy(cfg), cfg.batch_size) if harmful_prompts else []
     benign = cap.answer(model, tokenizer, benign_prompts, greedy(cfg), cfg.batch_size) if benign_prompts else []
-    out = Safety(**safety_rates(harmful, benign))
+    refused = {t: is_refusal(t) for t in harmful + benign}  # the detector once per answer: rates, agreement, rows
+    out = Safety(**safety_rates(harmful, benign, detector=refused.__getitem__))
     if judge is not None:
         verdicts = judge(harmful_prompts + benign_prompts, harmful + benign)
         by_text = dict(zip(harmful + benign, verdicts))
         out.judge = safety_rates(harmful, benign, detector=lambda t: by_text[t])
-        detector = [is_refusal(t) for t in harmful + benign]
-        out.judge_agreement = sum(a == b for a, b in zip(detector, verdicts)) / max(len(verdicts), 1)
+        agree = [refused[t] == v for t, v in zip(harmful + benign, verdicts)]
+        out.judge_agreement = sum(agree) / max(len(verdicts), 1)
     if answers is not None:
         for name, prompts, responses in (("redteam", harmful_prompts, harmful), ("benign", benign_prompts, benign)):
             for prompt, response in zip(prompts, responses):
-                row = {"set": name, "prompt": to_json(prompt), "response": response, "refused": is_refusal(response)}
+                row = {"set": name, "prompt": to_json(prompt), "response": response, "refused": refused[response]}
                 answers.append(row | ({"judge_refused": bool(by_text[response])} if judge is not None else {}))
     return out
