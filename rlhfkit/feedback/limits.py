@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import math
 import os
 import re
@@ -289,6 +290,7 @@ def error_field(error: dict, names: frozenset[str]) -> str:
     return ".".join(out) or "body"
 
 
+@functools.cache  # the schemas do not change: their names are read once, not at every refused request
 def _schema_names() -> frozenset[str]:
     from rlhfkit.feedback import schemas
 

@@ -304,7 +304,9 @@ class StepStop:
             self.forced = True
             raise KeyboardInterrupt(f"signal {signum}, a second time")
         self.requested = True
-        print("\nstopping at the end of this step, with a checkpoint (again to stop at once, without one)", flush=True)
+        self.accelerator.print(
+            "\nstopping at the end of this step, with a checkpoint (again to stop at once, without one)"
+        )
 
     def at_step_end(self) -> None:
         requested = self.requested
